@@ -36,20 +36,10 @@ def models_main(argv=None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
-    import ast
-
     from kercr.models import DEEPCR_ORIGINAL_PARAMS, REFERENCE_TABLE, build_model, get_spec, list_models
     from kercr.models import count_trainable, input_multiple
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE, e.g. --set num_layers=8")
-        try:
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[key] = value
+    overrides = _parse_overrides(parser, args.set)
 
     try:
         if args.name:
@@ -77,6 +67,95 @@ def models_main(argv=None) -> int:
     except ValueError as err:
         print(f"kercr-models: error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _parse_overrides(parser, items) -> dict:
+    import ast
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set {item!r}: expected KEY=VALUE, e.g. --set num_layers=8")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    return overrides
+
+
+def train_main(argv=None) -> int:
+    """``kercr-train``: train a CR detector; re-running the same command resumes the run."""
+    parser = argparse.ArgumentParser(
+        prog="kercr-train",
+        description=(
+            "Train a cosmic-ray detector. With no options it trains the deepCR-style UNet on "
+            "kercr's embedded synthetic DECam-like data set (nothing is downloaded). Options come "
+            "from the defaults, then --config FILE, then the flags given here. The run directory "
+            "(--out) receives the resolved config, best/last models, history.csv, TensorBoard logs, "
+            "loss/Dice plots and metrics.json. Run the same command again to resume an "
+            "interrupted run from its last finished epoch."
+        ),
+    )
+    add = parser.add_argument
+    add("--model", help="architecture (see kercr-models), default deepcr")
+    add("--set", metavar="KEY=VALUE", action="append", default=[],
+        help="model builder option, e.g. --set num_heads=12 (repeatable)")
+    add("--config", metavar="FILE", help="TOML or YAML file with any of these options (flags override it)")
+    add("--data", help="'synthetic' (default) or a directory of FITS frames / kercr-prepare shards")
+    add("--epochs", type=int)
+    add("--steps-per-epoch", type=int, help="training batches per epoch")
+    add("--validation-steps", type=int, help="validation batches per evaluation")
+    add("--patch-size", type=int, help="patch height and width in pixels (default 256)")
+    add("--batch-size", type=int, help="patches per batch (default 16)")
+    add("--learning-rate", type=float, help="initial Adam learning rate (default 1e-3)")
+    add("--loss", choices=("dice_bce", "median_bce", "bce"),
+        help="(1 - Dice + BCE) / 2 (default), Cosmic-CoNN's median-weighted BCE, or plain BCE")
+    add("--alpha-epochs", type=int, help="median_bce: epochs over which alpha rises from 0 to 1")
+    add("--frames", type=int, help="synthetic exposures to generate (split 90/10 by exposure)")
+    add("--frame-shape", type=int, nargs=2, metavar=("NY", "NX"),
+        help="synthetic frame shape in pixels (default 4096 2048, a DECam CCD)")
+    add("--cr-rate-scale", type=float,
+        help="synthetic CR rate as a multiple of DECam's 0.6 per second per CCD (default 5)")
+    add("--strategy", choices=("auto", "none", "mirrored", "multiworker"),
+        help="tf.distribute strategy; multiworker reads TF_CONFIG")
+    add("--mixed-precision", action="store_true", default=None,
+        help="mixed float16 (GPU) / bfloat16 (CPU) training; output probabilities stay float32")
+    add("--out", help="run directory (default runs/kercr)")
+    add("--seed", type=int)
+    add("-v", "--verbose", action="count", default=1)
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    from kercr.config import ConfigError, read_config_file, resolve_config
+
+    flags = {
+        key: getattr(args, key)
+        for key in ("model", "data", "epochs", "steps_per_epoch", "validation_steps", "patch_size",
+                    "batch_size", "learning_rate", "loss", "alpha_epochs", "frames", "frame_shape", "cr_rate_scale",
+                    "strategy", "mixed_precision", "out", "seed")
+    }
+    flags["model_options"] = _parse_overrides(parser, args.set) or None
+    try:
+        file_options = read_config_file(args.config) if args.config else {}
+        config = resolve_config(file_options, flags)
+        from kercr.training import train
+
+        metrics = train(config)  # checks the model and patch size before any data is made
+    except (ConfigError, ValueError) as err:
+        print(f"kercr-train: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kercr-train: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
+    if metrics:
+        print(
+            f"validation ({metrics['cr_pixels']:,} CR and {metrics['non_cr_pixels']:,} other pixels, "
+            f"{metrics['ignored_pixels']:,} ignored): Dice {metrics['dice']:.4f} at p >= 0.5, "
+            f"best Dice {metrics['best_dice']:.4f}, TPR {metrics['tpr_at_fpr_1e-4']:.4f} at 0.01 % FPR, "
+            f"TPR {metrics['tpr_at_fpr_1e-3']:.4f} at 0.1 % FPR -> {config.out}"
+        )
     return 0
 
 

@@ -1,0 +1,186 @@
+"""Training configuration: defaults < config file (TOML or YAML) < command-line flags.
+
+The resolved configuration is a :class:`TrainConfig`; it is validated before any training
+starts and saved with the run as ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+LOSSES = ("dice_bce", "median_bce", "bce")
+STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+
+
+class ConfigError(ValueError):
+    """A bad training option or configuration file (the message says what to change)."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every option of ``kercr-train``; defaults follow the reference recipe.
+
+    Attributes
+    ----------
+    model : str
+        Registry name (see ``kercr-models``).
+    model_options : dict
+        Builder overrides, e.g. ``{"num_heads": 12}``.
+    data : str
+        ``"synthetic"`` (the embedded DECam-like generator), a directory of FITS frames, or a
+        directory of TFRecord shards written by ``kercr-prepare``.
+    epochs, steps_per_epoch, validation_steps : int
+        Epochs, training batches per epoch and validation batches per evaluation.
+    patch_size : int
+        Patch height and width in pixels (256 in the reference recipe).
+    batch_size : int
+        Patches per batch (global, over all replicas).
+    learning_rate : float
+        Initial Adam learning rate; reduced by ``lr_factor`` after ``lr_patience`` epochs
+        without improvement of the validation loss, down to ``min_learning_rate``.
+    loss : {"dice_bce", "median_bce", "bce"}
+        ``(1 - Dice + BCE) / 2``, Cosmic-CoNN's median-weighted BCE, or plain BCE.
+    alpha_epochs : int
+        For ``median_bce``: the floor alpha of the median weights rises linearly from
+        ``alpha_start`` to 1 over this many epochs.
+    frames : int
+        Synthetic frames to generate (train + validation; split 90/10 by exposure).
+    frame_shape : list of int
+        Synthetic frame shape (ny, nx) in pixels; DECam CCDs are 4096 x 2048.
+    cr_rate_scale : float
+        Synthetic CR rate as a multiple of DECam's dark rate (0.6 per second per CCD); training
+        on denser CRs gives more positive pixels per patch.
+    patches_per_frame : int or None
+        Patches cut from each frame (None: 128 per 2k x 4k CCD, scaled by area).
+    val_fraction : float
+        Fraction of exposures held out for validation.
+    strategy : {"auto", "none", "mirrored", "multiworker"}
+        tf.distribute strategy; ``multiworker`` reads the cluster from ``TF_CONFIG``.
+    mixed_precision : bool
+        Train with a mixed policy (float16 on GPU, bfloat16 on CPU); outputs stay float32.
+    out : str
+        Run directory; re-running the same command resumes the run in it.
+    seed : int
+        One seed for every random choice (data, initialization, shuffling).
+    """
+
+    model: str = "deepcr"
+    model_options: dict = dataclasses.field(default_factory=dict)
+    data: str = "synthetic"
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    validation_steps: int = 20
+    patch_size: int = 256
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    lr_factor: float = 0.5
+    lr_patience: int = 3
+    min_learning_rate: float = 1e-6
+    loss: str = "dice_bce"
+    alpha_start: float = 0.0
+    alpha_epochs: int = 10
+    frames: int = 20
+    frame_shape: list = dataclasses.field(default_factory=lambda: [4096, 2048])
+    cr_rate_scale: float = 5.0
+    patches_per_frame: int | None = None
+    val_fraction: float = 0.1
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    out: str = "runs/kercr"
+    seed: int = 0
+    tensorboard_images: int = 4
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    def validate(self) -> "TrainConfig":
+        """Check every option; raise :class:`ConfigError` naming the option and the fix."""
+        from kercr.models import get_spec, model_kwargs
+
+        try:
+            get_spec(self.model)
+            model_kwargs(self.model, **self.model_options)
+        except ValueError as err:
+            raise ConfigError(f"model: {err}") from None
+        for key in ("epochs", "steps_per_epoch", "validation_steps", "patch_size", "batch_size", "frames"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{key}={value!r} must be a positive integer.")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning_rate={self.learning_rate!r} must be in (0, 1), e.g. 1e-3.")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss={self.loss!r} is not valid; choose one of: {', '.join(LOSSES)}.")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy={self.strategy!r} is not valid; choose one of: {', '.join(STRATEGIES)}.")
+        if not self.cr_rate_scale > 0:
+            raise ConfigError(f"cr_rate_scale={self.cr_rate_scale!r} must be positive, e.g. 5.")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction={self.val_fraction!r} must be in (0, 1), e.g. 0.1.")
+        if len(self.frame_shape) != 2 or min(self.frame_shape) < self.patch_size:
+            raise ConfigError(
+                f"frame_shape={self.frame_shape!r} must be two sizes (ny, nx), each at least "
+                f"patch_size={self.patch_size}."
+            )
+        if self.data != "synthetic" and not Path(self.data).is_dir():
+            raise ConfigError(
+                f"data={self.data!r}: no such directory. Pass --data synthetic for the embedded "
+                "DECam-like data set, or a directory of FITS frames or kercr-prepare shards."
+            )
+        return self
+
+
+def read_config_file(path) -> dict:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; check the path given to --config.")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(
+                f"config file {str(path)!r}: unknown format {suffix!r}; use a .toml, .yaml or .yml file."
+            )
+    except ConfigError:
+        raise
+    except Exception as err:  # tomllib.TOMLDecodeError, yaml.YAMLError
+        raise ConfigError(f"config file {str(path)!r} is malformed: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a table of options, not {type(data).__name__}.")
+    return data
+
+
+def resolve_config(file_options: dict | None = None, flag_options: dict | None = None) -> TrainConfig:
+    """Merge defaults, config-file options and flags (flags win) into a validated config."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged = {}
+    for source, options in (("config file", file_options or {}), ("flags", flag_options or {})):
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) in {source}: {', '.join(unknown)}; valid options: {', '.join(sorted(fields))}."
+            )
+        for key, value in options.items():
+            if value is None:
+                continue
+            if key == "model_options":
+                merged[key] = {**merged.get(key, {}), **value}
+            else:
+                merged[key] = value
+    config = TrainConfig(**merged)
+    if isinstance(config.frame_shape, tuple):
+        config.frame_shape = list(config.frame_shape)
+    return config.validate()

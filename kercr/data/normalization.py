@@ -1,0 +1,229 @@
+"""The one normalization used by kercr for training and inference.
+
+``normalized = clip((image - sky) / noise, clip_min, clip_max)``
+
+``sky`` is a sigma-clipped median and ``noise`` a MAD-based standard deviation (1.4826 x MAD)
+of the finite, unmasked pixels, measured on a regular subsample so a 2048 x 4096 frame costs a
+few milliseconds. Subtracting the sky and dividing by the noise makes the result independent of
+the units (ADU or electrons: both statistics scale with the gain) and of an additive sky or bias
+level, so frames of different bands, exposure times and instruments look alike to the network.
+
+The scaling is linear on purpose (no asinh or log): a CR is a sharp, very bright, PSF-narrow
+feature, and a linear scale keeps the contrast between its peak and its neighbours that tells it
+from a star. Values are clipped to ``[clip_min, clip_max]`` (default ``[-10, 1000]`` noise units)
+so that saturated stars (~10^4 sigma) do not dominate the activations; nearly every CR peak is
+well inside this range. NaN pixels become ``nan_fill`` (default 0, the sky); callers pass them as
+ignored pixels to the loss.
+
+:class:`NormalizationConfig` is JSON-serializable and is stored with a trained model, so inference
+normalizes exactly as training did; :class:`NormalizationParams` adds the per-image statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import numpy as np
+
+from kercr.data.errors import KercrDataError
+
+__all__ = ["NormalizationConfig", "NormalizationParams", "robust_sky_noise", "normalize", "denormalize"]
+
+logger = logging.getLogger(__name__)
+
+METHOD = "sky_mad_linear_v1"
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizationConfig:
+    """Constants of the normalization; saved with a model (``to_dict`` / ``from_dict``).
+
+    Attributes
+    ----------
+    method : str
+        Name and version of the method (``"sky_mad_linear_v1"``).
+    clip_min, clip_max : float or None
+        Output range in noise units; ``None`` disables that side.
+    sigma_clip : float
+        Clipping threshold (in robust sigma) of the sky/noise iterations.
+    n_iter : int
+        Number of sigma-clipping iterations.
+    sample_size : int
+        Approximate number of pixels (regular grid subsample) used for the statistics.
+    nan_fill : float
+        Output value of NaN (and inf) input pixels, in noise units.
+    """
+
+    method: str = METHOD
+    clip_min: float | None = -10.0
+    clip_max: float | None = 1000.0
+    sigma_clip: float = 3.0
+    n_iter: int = 5
+    sample_size: int = 200_000
+    nan_fill: float = 0.0
+
+    def __post_init__(self):
+        if self.method != METHOD:
+            raise KercrDataError(f"unknown normalization method {self.method!r}; kercr knows {METHOD!r}.")
+        if self.clip_min is not None and self.clip_max is not None and not self.clip_min < self.clip_max:
+            raise KercrDataError(f"clip_min={self.clip_min} must be below clip_max={self.clip_max}.")
+        if self.sigma_clip <= 0 or self.n_iter < 0 or self.sample_size < 100:
+            raise KercrDataError("sigma_clip must be > 0, n_iter >= 0 and sample_size >= 100.")
+
+    def to_dict(self) -> dict:
+        """JSON-serializable dict of the constants."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "NormalizationConfig":
+        """Inverse of :meth:`to_dict`."""
+        return cls(**config)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizationParams:
+    """The constants plus the statistics measured on one image.
+
+    Attributes
+    ----------
+    config : NormalizationConfig
+        Constants used.
+    sky : float
+        Sky level subtracted, in the image's units (ADU or e-).
+    noise : float
+        Noise (robust standard deviation) divided by, in the image's units.
+    n_pixels : int
+        Number of pixels the statistics were measured on.
+    """
+
+    config: NormalizationConfig
+    sky: float
+    noise: float
+    n_pixels: int
+
+    def to_dict(self) -> dict:
+        """JSON-serializable dict (method constants and per-image statistics)."""
+        return {**self.config.to_dict(), "sky": self.sky, "noise": self.noise, "n_pixels": self.n_pixels}
+
+    def to_json(self) -> str:
+        """The dict of :meth:`to_dict` as a JSON string."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NormalizationParams":
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        stats = {k: d.pop(k) for k in ("sky", "noise", "n_pixels")}
+        return cls(config=NormalizationConfig.from_dict(d), **stats)
+
+
+def _subsample(image: np.ndarray, mask, sample_size: int) -> np.ndarray:
+    ny, nx = image.shape
+    step = max(1, int(np.sqrt(ny * nx / sample_size)))
+    # An odd step avoids locking onto every second column of a two-amplifier pattern.
+    if step > 1 and step % 2 == 0:
+        step += 1
+    values = image[::step, ::step]
+    good = np.isfinite(values)
+    if mask is not None:
+        good &= ~mask[::step, ::step]
+    return values[good].astype(np.float64)
+
+
+def robust_sky_noise(image, *, mask=None, config: NormalizationConfig | None = None) -> tuple[float, float, int]:
+    """Sigma-clipped median sky and MAD noise of an image.
+
+    Parameters
+    ----------
+    image : array_like, shape (ny, nx)
+        Image in any units; NaN/inf pixels are ignored.
+    mask : array_like of bool, shape (ny, nx), optional
+        True for pixels to ignore (saturated, bad, known CRs).
+    config : NormalizationConfig, optional
+        Clipping threshold, iterations and sample size.
+
+    Returns
+    -------
+    sky, noise : float
+        In the image's units.
+    n_pixels : int
+        Pixels left after clipping.
+    """
+    config = config or NormalizationConfig()
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise KercrDataError(f"image has shape {image.shape}; pass a 2-D (ny, nx) image.")
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != image.shape:
+            raise KercrDataError(f"mask shape {mask.shape} differs from image shape {image.shape}.")
+    values = _subsample(image, mask, config.sample_size)
+    if values.size < 10:
+        raise KercrDataError(
+            f"only {values.size} finite unmasked pixels in the statistics sample of a {image.shape} image; "
+            "the image is (almost) all NaN or masked. Check the mask and the data."
+        )
+    sky = float(np.median(values))
+    noise = MAD_TO_SIGMA * float(np.median(np.abs(values - sky)))
+    for _ in range(config.n_iter):
+        if noise <= 0:
+            break
+        keep = np.abs(values - sky) < config.sigma_clip * noise
+        if keep.all():
+            break
+        values = values[keep]
+        sky = float(np.median(values))
+        noise = MAD_TO_SIGMA * float(np.median(np.abs(values - sky)))
+    if not noise > 0:
+        # Quantized or constant images have MAD 0; fall back to the standard deviation.
+        noise = float(np.std(values))
+    if not noise > 0:
+        raise KercrDataError(
+            "the image is constant over its unmasked pixels (noise 0), so it cannot be normalized. "
+            "Pass a real exposure, not a blank or synthetic constant frame."
+        )
+    return sky, noise, int(values.size)
+
+
+def normalize(image, *, mask=None, config: NormalizationConfig | None = None) -> tuple[np.ndarray, NormalizationParams]:
+    """Normalize an image to sky-subtracted noise units (the one kercr normalization).
+
+    Parameters
+    ----------
+    image : array_like, shape (ny, nx)
+        Image in ADU or electrons, with or without sky/bias; not modified.
+    mask : array_like of bool, shape (ny, nx), optional
+        Pixels excluded from the statistics (they are still normalized).
+    config : NormalizationConfig, optional
+        Constants; pass the one stored with a model at inference.
+
+    Returns
+    -------
+    normalized : numpy.ndarray, shape (ny, nx), float32
+        ``clip((image - sky) / noise, clip_min, clip_max)``; NaN/inf input -> ``nan_fill``.
+    params : NormalizationParams
+        Constants and the measured ``sky`` and ``noise``.
+    """
+    config = config or NormalizationConfig()
+    image = np.asarray(image)
+    sky, noise, n = robust_sky_noise(image, mask=mask, config=config)
+    out = image.astype(np.float32, copy=True)
+    out -= np.float32(sky)
+    out *= np.float32(1.0 / noise)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        out[bad] = config.nan_fill
+    if config.clip_min is not None or config.clip_max is not None:
+        np.clip(out, config.clip_min, config.clip_max, out=out)
+    return out, NormalizationParams(config=config, sky=sky, noise=noise, n_pixels=n)
+
+
+def denormalize(normalized, params: NormalizationParams) -> np.ndarray:
+    """Map normalized values back to image units: ``normalized * noise + sky`` (float32).
+
+    Clipped pixels do not come back to their original values.
+    """
+    return (np.asarray(normalized, dtype=np.float32) * np.float32(params.noise) + np.float32(params.sky)).astype(np.float32)

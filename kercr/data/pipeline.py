@@ -1,0 +1,137 @@
+"""tf.data adapter: stream ``(image, mask, weight)`` patches for ``model.fit``.
+
+The only module of :mod:`kercr.data` that imports TensorFlow. Patches come from the numpy
+sources of :mod:`kercr.data.sources` (synthetic frames or FITS files), are interleaved across
+parallel workers, shuffled, augmented (random flips and 90-degree rotations applied identically to
+image, mask and weight), batched and prefetched. ``weight`` is passed to Keras as
+``sample_weight``: 0 on ignored pixels.
+
+Sharded TFRecords (``write_tfrecords`` / ``read_tfrecords``) use ``tf.io.gfile`` paths, so local
+folders and ``gs://`` buckets work alike.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from kercr.data.sources import fits_patches, synthetic_patches
+
+__all__ = ["synthetic_dataset", "fits_dataset", "augment", "write_tfrecords", "read_tfrecords"]
+
+logger = logging.getLogger(__name__)
+
+
+def _signature(patch_size):
+    spec = tf.TensorSpec((patch_size, patch_size, 1), tf.float32)
+    return (spec, spec, spec)
+
+
+def augment(image, mask, weight, seed):
+    """Apply the same random flip / 90-degree rotation to the three (p, p, 1) tensors (stateless)."""
+    stacked = tf.concat([image, mask, weight], axis=-1)
+    stacked = tf.image.stateless_random_flip_left_right(stacked, seed)
+    k = tf.random.stateless_uniform((), seed + 1, 0, 4, dtype=tf.int32)
+    stacked = tf.image.rot90(stacked, k)
+    return stacked[..., :1], stacked[..., 1:2], stacked[..., 2:3]
+
+
+def _finish(ds, *, batch_size, shuffle, augment_data, seed, repeat):
+    if shuffle:
+        ds = ds.shuffle(shuffle, seed=seed, reshuffle_each_iteration=True)
+    if augment_data:
+        counter = tf.data.Dataset.counter()
+        ds = tf.data.Dataset.zip((ds, counter)).map(
+            lambda p, i: augment(*p, tf.stack([tf.cast(seed, tf.int64), i])), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True)
+    if repeat:
+        ds = ds.repeat()
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def synthetic_dataset(*, seed, batch_size=8, patch_size=256, frames_per_worker=None, num_workers=4, shape=(4096, 2048),
+                      patches_per_frame=None, shuffle=1024, augment_data=True, config=None, normalization=None):
+    """Batches of ``(image, mask, weight)`` from synthetic frames, ``num_workers`` generators interleaved.
+
+    Worker ``k`` generates the frames of seed ``(seed, k)``, so a run is reproducible for a seed and
+    workers never repeat each other. ``frames_per_worker=None`` streams forever.
+    """
+
+    def worker(k):
+        return tf.data.Dataset.from_generator(
+            lambda k: synthetic_patches(seed=(seed, int(k)), n_frames=frames_per_worker, shape=shape,
+                                        patch_size=patch_size, patches_per_frame=patches_per_frame, config=config,
+                                        normalization=normalization),
+            output_signature=_signature(patch_size), args=(k,))
+
+    ds = tf.data.Dataset.range(num_workers).interleave(worker, cycle_length=num_workers, block_length=1,
+                                                        num_parallel_calls=num_workers, deterministic=True)
+    return _finish(ds, batch_size=batch_size, shuffle=shuffle, augment_data=augment_data, seed=seed, repeat=False)
+
+
+def fits_dataset(paths, *, seed, batch_size=8, patch_size=256, patches_per_frame=None, num_workers=4, shuffle=1024,
+                 augment_data=True, repeat=False, normalization=None):
+    """Batches from FITS files (labelled files with a CRMASK extension, or clean frames + simulated CRs)."""
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError("no FITS files given; pass a non-empty list of paths.")
+
+    def worker(i):
+        return tf.data.Dataset.from_generator(
+            lambda i: fits_patches([paths[int(i)]], seed=(seed, int(i)), patch_size=patch_size,
+                                   patches_per_frame=patches_per_frame, normalization=normalization),
+            output_signature=_signature(patch_size), args=(i,))
+
+    order = tf.data.Dataset.range(len(paths)).shuffle(len(paths), seed=seed) if shuffle else tf.data.Dataset.range(len(paths))
+    ds = order.interleave(worker, cycle_length=num_workers, num_parallel_calls=num_workers, deterministic=True)
+    return _finish(ds, batch_size=batch_size, shuffle=shuffle, augment_data=augment_data, seed=seed, repeat=repeat)
+
+
+def _feature(array):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.asarray(array, np.float32).tobytes()]))
+
+
+def write_tfrecords(patches, out_dir, *, prefix="patches", shard_size=1024) -> list[str]:
+    """Write ``(image, mask, weight)`` patches to sharded TFRecord files; returns the shard paths.
+
+    Refuses to write into a folder that already holds shards with this prefix (never overwrite).
+    """
+    out_dir = str(out_dir)
+    tf.io.gfile.makedirs(out_dir)
+    if tf.io.gfile.glob(f"{out_dir}/{prefix}-*.tfrecord"):
+        raise FileExistsError(f"{out_dir}: already holds {prefix}-*.tfrecord shards; choose a new folder or prefix.")
+    paths, writer, n = [], None, 0
+    for n, (image, mask, weight) in enumerate(patches):
+        if n % shard_size == 0:
+            if writer:
+                writer.close()
+            paths.append(f"{out_dir}/{prefix}-{len(paths):05d}.tfrecord")
+            writer = tf.io.TFRecordWriter(paths[-1])
+        feats = {"image": _feature(image), "mask": _feature(mask), "weight": _feature(weight),
+                 "size": tf.train.Feature(int64_list=tf.train.Int64List(value=[np.shape(image)[0]]))}
+        writer.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+    if writer:
+        writer.close()
+    logger.info("wrote %d patches to %d shards in %s", n + 1 if paths else 0, len(paths), out_dir)
+    return paths
+
+
+def read_tfrecords(pattern, *, patch_size=256, batch_size=8, shuffle=1024, augment_data=True, seed=0, repeat=False):
+    """Read shards written by :func:`write_tfrecords` (glob ``pattern``) into batches."""
+    files = tf.io.gfile.glob(str(pattern))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord shards match {pattern}; check the path.")
+    spec = {k: tf.io.FixedLenFeature([], tf.string) for k in ("image", "mask", "weight")}
+    spec["size"] = tf.io.FixedLenFeature([], tf.int64)
+
+    def parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        return tuple(tf.reshape(tf.io.decode_raw(ex[k], tf.float32), (patch_size, patch_size, 1))
+                     for k in ("image", "mask", "weight"))
+
+    ds = tf.data.Dataset.from_tensor_slices(sorted(files))
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return _finish(ds, batch_size=batch_size, shuffle=shuffle, augment_data=augment_data, seed=seed, repeat=repeat)

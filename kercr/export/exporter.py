@@ -1,0 +1,313 @@
+"""Export a kercr model: SavedModel for TF Serving and TFLite files, with a parity report.
+
+Layout of one export (``out/NAME/VERSION/`` is TF Serving's model-version directory)::
+
+    out/NAME/VERSION/
+        saved_model.pb, variables/          formats: savedmodel (raw pixels in, normalization inside)
+        tflite/NAME_float32.tflite, ...     formats: tflite (normalized pixels in), one per --quantize
+        parity.json                         max |delta p|, TPR at 0.01 % FPR and Dice vs Keras
+        export.json                         manifest: source, normalization, tile, files + sha256
+        normalization.json                  NormalizationConfig.to_dict() the export used
+
+Everything is written into a hidden temporary sibling directory (``out/NAME/.VERSION.partial-*``,
+which TF Serving ignores) and renamed to ``out/NAME/VERSION`` in one step at the end; on any error
+the temporary directory (and any directory the export created) is removed. An existing version
+directory is never overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from kercr.export.source import ExportError, load_model_source
+
+__all__ = ["FORMATS", "ExportResult", "export_model", "next_version", "SAVEDMODEL_TOLERANCE",
+           "TFLITE_FLOAT32_TOLERANCE"]
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("savedmodel", "tflite")
+DEFAULT_TILE = 256
+#: max |delta p| allowed against normalize + Keras; an export beyond it fails.
+SAVEDMODEL_TOLERANCE = 1e-5
+TFLITE_FLOAT32_TOLERANCE = 1e-4
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """Where an export went and what it measured.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        ``out/NAME/VERSION``.
+    files : list of str
+        Files written, relative to ``path``.
+    parity : dict
+        Content of ``parity.json``.
+    """
+
+    path: Path
+    files: list
+    parity: dict
+
+
+def next_version(model_dir) -> int:
+    """1 + the largest integer-named subdirectory of ``model_dir`` (1 if none)."""
+    model_dir = Path(model_dir)
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def _check_options(formats, quantize, name, version):
+    formats = tuple(dict.fromkeys(formats))
+    bad = sorted(set(formats) - set(FORMATS))
+    if bad or not formats:
+        raise ExportError(f"unknown format(s) {bad or formats}; choose from {', '.join(FORMATS)}.")
+    from kercr.export.tflite import QUANTIZE_MODES
+
+    quantize = tuple(dict.fromkeys(quantize or ("none",)))
+    bad = sorted(set(quantize) - set(QUANTIZE_MODES))
+    if bad:
+        raise ExportError(f"unknown quantization(s) {bad}; choose from {', '.join(QUANTIZE_MODES)}.")
+    if not _NAME.match(name):
+        raise ExportError(f"name {name!r}: use letters, digits, '_', '.', '-' (it becomes a directory name).")
+    if version is not None and (not isinstance(version, int) or version < 1):
+        raise ExportError(f"version {version!r} must be a positive integer (TF Serving's version directory).")
+    return formats, quantize
+
+
+def _resolve_tile(model, tile, description):
+    from kercr.models import input_multiple
+
+    fixed = model.input_shape[1]
+    multiple = input_multiple(model)
+    if fixed is not None:
+        if tile is not None and int(tile) != int(fixed):
+            raise ExportError(f"{description} has a fixed {fixed} x {fixed} input (its trained grid); it cannot be "
+                              f"exported at tile {tile}. Pass --tile {fixed} (or leave --tile out).")
+        return int(fixed), multiple, True
+    tile = DEFAULT_TILE if tile is None else int(tile)
+    if tile < multiple or tile % multiple:
+        raise ExportError(f"tile {tile} is not a positive multiple of {multiple}, which {description} needs "
+                          f"(it pools {multiple.bit_length() - 1} times); pass e.g. --tile {max(multiple, tile // multiple * multiple)}.")
+    return tile, multiple, False
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _int8_input_step(runner) -> dict | None:
+    """Scale of the int8 input quantization (noise units per step) of a full-integer model."""
+    details = {t["index"]: t for t in runner.interpreter.get_tensor_details()}
+    for op in runner.interpreter._get_ops_details():
+        if op["op_name"] == "QUANTIZE" and runner._input["index"] in list(op["inputs"]):
+            q = details[op["outputs"][0]]["quantization_parameters"]
+            scale, zero = float(q["scales"][0]), int(q["zero_points"][0])
+            return {"scale": scale, "zero_point": zero, "min": scale * (-128 - zero), "max": scale * (127 - zero)}
+    return None
+
+
+def _export_savedmodel(source, staging: Path, multiple, patches, reference, fpr, threshold) -> dict:
+    import tensorflow as tf
+
+    from kercr.export.parity import compare
+    from kercr.export.savedmodel import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, write_savedmodel
+
+    logger.info("writing the SavedModel")
+    write_savedmodel(source.model, staging, config=source.normalization, multiple=multiple)
+    serve = tf.saved_model.load(str(staging)).signatures[SIGNATURE_KEY]
+    served = np.concatenate([
+        serve(**{INPUT_NAME: tf.constant(patches.image_adu[i:i + 8, ..., None])})[OUTPUT_NAME].numpy()[..., 0]
+        for i in range(0, len(patches.image_adu), 8)])
+    report = compare(reference, served, patches, fpr=fpr, threshold=threshold)
+    report.update(input="raw pixels (normalization in the graph)", tolerance=SAVEDMODEL_TOLERANCE,
+                  passed=report["max_abs_delta_p"] <= SAVEDMODEL_TOLERANCE)
+    if not report["passed"]:
+        raise ExportError(f"the SavedModel differs from normalize + Keras by {report['max_abs_delta_p']:.3g} "
+                          f"(> {SAVEDMODEL_TOLERANCE}); nothing was written. Please report this as a kercr bug.")
+    return report
+
+
+def _export_tflite(source, staging: Path, name, tile, quantize, patches, normalized, reference,
+                   calibration, fpr, threshold, num_threads) -> dict:
+    from kercr.export.parity import compare
+    from kercr.export.tflite import VARIANT_NAMES, TFLiteRunner, convert
+
+    folder = staging / "tflite"
+    folder.mkdir()
+    reports = {}
+    for mode in quantize:
+        variant = VARIANT_NAMES[mode]
+        logger.info("converting to TFLite %s", variant)
+        try:
+            flatbuffer = convert(source.model, tile=tile, quantize=mode, representative=calibration)
+        except Exception as err:  # the converter raises ConverterError and others
+            raise ExportError(f"TFLite conversion ({variant}) of {source.description} failed: {type(err).__name__}: "
+                              f"{str(err).strip()[:2000]}") from None
+        path = folder / f"{name}_{variant}.tflite"
+        path.write_bytes(flatbuffer)
+        runner = TFLiteRunner(path, num_threads=num_threads)
+        report = compare(reference, runner.predict(normalized), patches, fpr=fpr, threshold=threshold)
+        report.update(file=str(path.relative_to(staging)), bytes=path.stat().st_size,
+                      input="normalized pixels (kercr.data.normalize before the interpreter)",
+                      input_shape=list(runner.shape), resizable=runner.resizable, ops=runner.ops())
+        if mode == "none":
+            report.update(tolerance=TFLITE_FLOAT32_TOLERANCE, passed=report["max_abs_delta_p"] <= TFLITE_FLOAT32_TOLERANCE)
+            if not report["passed"]:
+                raise ExportError(f"the float32 TFLite model differs from Keras by {report['max_abs_delta_p']:.3g} "
+                                  f"(> {TFLITE_FLOAT32_TOLERANCE}); nothing was written. Please report this as a kercr bug.")
+        if mode == "int8":
+            step = _int8_input_step(runner)
+            report["int8_input_quantization"] = step
+            if step:
+                report["loss_note"] = (
+                    f"int8 input: one step = {step['scale']:.3g} noise units over [{step['min']:.1f}, "
+                    f"{step['max']:.1f}]; sky noise and faint CR wings below a step are lost, and every "
+                    "activation is rounded to 256 levels. Judge by the TPR/Dice deltas here, on a trained model.")
+        reports[variant] = report
+    return reports
+
+
+def export_model(source, out, *, formats=FORMATS, quantize=("none",), name="kercr", version=None, tile=None,
+                 overrides=None, normalization=None, calibration_patches=16, validation_patches=8, seed=0,
+                 fpr=1e-4, threshold=0.5, cr_rate_per_s=100.0, num_threads=None) -> ExportResult:
+    """Export a model to ``out/NAME/VERSION`` (layout in the module docstring).
+
+    Parameters
+    ----------
+    source : str or path-like
+        ``.keras`` file, training run directory or registry name (see :mod:`kercr.export.source`).
+    out : str or path-like
+        Model base directory (TF Serving's ``--model_base_path`` parent).
+    formats : iterable of {"savedmodel", "tflite"}
+    quantize : iterable of {"none", "float16", "dynamic", "int8"}
+        TFLite variants (``"none"`` = float32).
+    name : str
+        Model name (directory and TF Serving ``MODEL_NAME``).
+    version : int, optional
+        Version directory; default one more than the largest existing. Never overwritten.
+    tile : int, optional
+        TFLite default input side and patch size of the parity/calibration sets (default 256, or the
+        fixed tile of a TransUNet; any other value is an error for it).
+    overrides : dict, optional
+        Builder options for a registry name.
+    normalization : path-like, optional
+        Normalization JSON replacing the ``normalization.json`` sidecar.
+    calibration_patches, validation_patches : int
+        Sizes of the int8 calibration set and the parity set (synthetic, see :mod:`kercr.export.parity`).
+    seed : int
+        Seed of both sets (calibration uses ``seed``, validation ``seed + 1``).
+    fpr, threshold : float
+        Operating points of the TPR and Dice in the parity report.
+    cr_rate_per_s : float
+        CR rate of the synthetic patches (events/s per 2k x 4k CCD).
+    num_threads : int, optional
+        Interpreter threads for the parity runs.
+
+    Returns
+    -------
+    ExportResult
+
+    Raises
+    ------
+    ExportError
+        Bad option, unloadable model, tile the model cannot take, conversion failure, parity failure,
+        or an existing version directory; nothing is left behind in ``out``.
+    """
+    formats, quantize = _check_options(formats, quantize, name, version)
+    if calibration_patches < 1 or validation_patches < 1:
+        raise ExportError("calibration_patches and validation_patches must be >= 1.")
+    out = Path(out)
+    model_dir = out / name
+    if version is not None and (model_dir / str(version)).exists():
+        raise ExportError(f"{model_dir / str(version)} already exists; exports never overwrite a version. "
+                          "Pick another --version (or leave it out for the next free one).")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output {out} exists and is not a directory.")
+    src = load_model_source(source, overrides=overrides, normalization=normalization)
+    tile, multiple, fixed = _resolve_tile(src.model, tile, src.description)
+    version = next_version(model_dir) if version is None else version
+    final = model_dir / str(version)
+
+    from kercr import __version__
+    from kercr.export.parity import keras_predict, normalized_patches, synthetic_patches
+
+    created = [d for d in (out, model_dir) if not d.exists()]
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the version dir should read like any other
+    try:
+        patches = synthetic_patches(validation_patches, tile=tile, seed=seed + 1, cr_rate_per_s=cr_rate_per_s)
+        normalized = normalized_patches(patches.image_adu, src.normalization)
+        reference = keras_predict(src.model, normalized)
+        parity = {"source": src.description, "trained": src.trained, "tile": tile,
+                  "validation_set": {"patches": validation_patches, "seed": seed + 1, "cr_rate_per_s": cr_rate_per_s,
+                                     "origin": "kercr.data.synthetic frames, 4 patches per 2 tile x 2 tile frame",
+                                     "ignore": "synthetic ignore mask (saturated, bleed, hot, bad-column pixels)"},
+                  "metrics": "kercr.metrics.tpr_at_fpr / dice_score, pooled pixels"}
+        if not src.trained:
+            parity["warning"] = "untrained model (random weights): TPR and Dice are meaningless; deltas still show drift."
+        if "savedmodel" in formats:
+            parity["savedmodel"] = _export_savedmodel(src, staging, multiple, patches, reference, fpr, threshold)
+        if "tflite" in formats:
+            calibration = None
+            if "int8" in quantize:
+                calibration = normalized_patches(
+                    synthetic_patches(calibration_patches, tile=tile, seed=seed, cr_rate_per_s=cr_rate_per_s).image_adu,
+                    src.normalization)
+                parity["calibration_set"] = {"patches": calibration_patches, "seed": seed}
+            parity["tflite"] = _export_tflite(src, staging, name, tile, quantize, patches, normalized, reference,
+                                              calibration, fpr, threshold, num_threads)
+        (staging / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+        (staging / "normalization.json").write_text(json.dumps(src.normalization.to_dict(), indent=2) + "\n")
+        files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        manifest = {
+            "kercr_version": __version__,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "source": src.description, "trained": src.trained, "normalization_source": src.normalization_source,
+            "normalization": src.normalization.to_dict(), "name": name, "version": version,
+            "formats": list(formats), "quantize": list(quantize) if "tflite" in formats else [],
+            "tile": tile, "input_multiple": multiple, "fixed_tile": fixed,
+            "savedmodel": {"signature": "serving_default", "input": "image", "output": "cr_probability",
+                           "input_values": "raw pixels (ADU or e-), NaN for bad pixels",
+                           "shape": [None, tile if fixed else None, tile if fixed else None, 1],
+                           "extra_signatures": {"normalized": "input normalized_image -> cr_probability"}}
+            if "savedmodel" in formats else None,
+            "tflite_input_values": "normalized (kercr.data.normalize)" if "tflite" in formats else None,
+            "files": {f: {"bytes": (staging / f).stat().st_size, "sha256": _sha256(staging / f)} for f in files},
+        }
+        (staging / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if final.exists():
+            raise ExportError(f"{final} appeared while exporting; not overwriting it.")
+        os.rename(staging, final)  # atomic on one file system: TF Serving never sees a partial version
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for d in reversed(created):
+            try:
+                d.rmdir()  # only if still empty
+            except OSError:
+                pass
+        raise
+    files = sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file())
+    logger.info("exported %s to %s", src.description, final)
+    return ExportResult(path=final, files=files, parity=parity)

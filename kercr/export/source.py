@@ -1,0 +1,176 @@
+"""What ``kercr-export`` exports: a ``.keras`` file, a training run directory or a registry name,
+plus the normalization constants the model was trained with.
+
+Rules (also in ``kercr-export --help`` and ``export/README.md``):
+
+- an existing ``.keras`` **file** is loaded with ``keras.saving.load_model`` (safe mode);
+- an existing **directory** must hold ``best.keras`` (a training run) or ``model.keras``;
+  ``best.keras`` wins when both exist;
+- anything else must be a **registry name** (``kercr.list_models()``): an untrained model, with
+  ``overrides`` (e.g. ``input_size=64``) passed to ``kercr.build_model``. Useful for tests and
+  benchmarks, never for science.
+
+The normalization constants are the JSON object :meth:`NormalizationConfig.to_dict` writes, in a
+file ``normalization.json`` in the same directory as the ``.keras`` file. When it is absent (and
+always for a registry name) the default :class:`NormalizationConfig` is used and a warning is
+logged. ``normalization=PATH`` overrides the sidecar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from kercr.data.errors import KercrDataError
+from kercr.data.normalization import NormalizationConfig
+
+__all__ = ["ExportError", "ModelSource", "load_model_source", "read_normalization", "NORMALIZATION_FILE",
+           "MODEL_FILES"]
+
+logger = logging.getLogger(__name__)
+
+NORMALIZATION_FILE = "normalization.json"
+MODEL_FILES = ("best.keras", "model.keras")
+
+
+class ExportError(ValueError):
+    """A model or an option cannot be exported; the message names the problem and the fix."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelSource:
+    """A loaded model and where it came from.
+
+    Attributes
+    ----------
+    model : keras.Model
+        Input (batch, H, W, 1) normalized float32, output (batch, H, W, 1) CR probability.
+    normalization : NormalizationConfig
+        Constants the served graph normalizes with.
+    description : str
+        Path of the ``.keras`` file, or ``"registry:NAME"``.
+    normalization_source : str
+        Path of the JSON file, or ``"default"``.
+    trained : bool
+        False for a registry name (random weights).
+    """
+
+    model: object
+    normalization: NormalizationConfig
+    description: str
+    normalization_source: str
+    trained: bool
+
+
+def read_normalization(path) -> NormalizationConfig:
+    """Read a ``normalization.json`` (the dict of ``NormalizationConfig.to_dict()``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"normalization file {path} does not exist; pass an existing JSON file.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportError(f"cannot read normalization file {path}: {err}. It must hold the JSON object "
+                          "written by NormalizationConfig.to_dict().") from None
+    if not isinstance(data, dict):
+        raise ExportError(f"normalization file {path} holds a JSON {type(data).__name__}; it must hold the "
+                          "object written by NormalizationConfig.to_dict().")
+    valid = {f.name for f in dataclasses.fields(NormalizationConfig)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ExportError(f"normalization file {path} has unknown key(s) {', '.join(unknown)}; "
+                          f"valid keys: {', '.join(sorted(valid))}.")
+    try:
+        return NormalizationConfig.from_dict(data)
+    except (KercrDataError, TypeError, ValueError) as err:
+        raise ExportError(f"normalization file {path} is invalid: {err}") from None
+
+
+def _find_keras_file(path: Path) -> Path:
+    if path.is_dir():
+        for name in MODEL_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise ExportError(f"directory {path} holds neither {' nor '.join(MODEL_FILES)}; pass a training run "
+                          "directory, a .keras file or a registry name (kercr-models lists them).")
+    if path.suffix != ".keras":
+        raise ExportError(f"{path} is not a .keras file; pass a .keras model, a training run directory or a "
+                          "registry name.")
+    return path
+
+
+def load_model_source(source, *, overrides=None, normalization=None) -> ModelSource:
+    """Load the model to export and its normalization constants (rules in the module docstring).
+
+    Parameters
+    ----------
+    source : str or path-like
+        ``.keras`` file, directory with ``best.keras``/``model.keras``, or registry name.
+    overrides : dict, optional
+        Builder options for a registry name (error for a file).
+    normalization : str or path-like, optional
+        JSON file replacing the ``normalization.json`` sidecar.
+
+    Raises
+    ------
+    ExportError
+        Unknown name, missing or unreadable model file, bad normalization file.
+    """
+    import keras
+
+    import kercr  # noqa: F401  (registers kercr's custom objects for safe-mode loading)
+    from kercr.models import build_model, list_models
+
+    overrides = dict(overrides or {})
+    path = Path(source)
+    if path.exists():
+        if overrides:
+            raise ExportError(f"builder options {sorted(overrides)} only apply to a registry name, not to the "
+                              f"saved model {path}.")
+        keras_file = _find_keras_file(path)
+        try:
+            model = keras.saving.load_model(keras_file, safe_mode=True)
+        except Exception as err:  # keras raises many types for a corrupt archive
+            raise ExportError(f"cannot load the Keras model {keras_file}: {type(err).__name__}: {err}. "
+                              "Check that it is a complete .keras file saved by kercr (load it with "
+                              "keras.saving.load_model after `import kercr`).") from None
+        description, trained = str(keras_file), True
+        sidecar = keras_file.parent / NORMALIZATION_FILE
+    else:
+        if str(source).endswith(".keras") or "/" in str(source):
+            raise ExportError(f"model file {source} does not exist; pass an existing .keras file, a training "
+                              "run directory or a registry name.")
+        if str(source) not in list_models():
+            raise ExportError(f"{source!r} is neither an existing file or directory nor a registry name; "
+                              f"registry names: {', '.join(list_models())}.")
+        try:
+            model = build_model(str(source), **overrides)
+        except (ValueError, TypeError) as err:
+            raise ExportError(str(err)) from None
+        description, trained, sidecar = f"registry:{source}", False, None
+        logger.warning("exporting the UNTRAINED registry model %r (random weights); use it for tests only.", source)
+
+    if normalization is not None:
+        config, norm_source = read_normalization(normalization), str(normalization)
+    elif sidecar is not None and sidecar.is_file():
+        config, norm_source = read_normalization(sidecar), str(sidecar)
+    else:
+        config, norm_source = NormalizationConfig(), "default"
+        where = f"next to {description}" if sidecar is not None else f"for {description}"
+        logger.warning("no %s %s; using the default NormalizationConfig(). If the model was trained with other "
+                       "constants, pass --normalization FILE.", NORMALIZATION_FILE, where)
+    _check_model(model, description)
+    return ModelSource(model=model, normalization=config, description=description,
+                       normalization_source=norm_source, trained=trained)
+
+
+def _check_model(model, description):
+    shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
+    if shape is None or len(shape) != 4 or shape[-1] != 1:
+        raise ExportError(f"{description}: input shape {model.input_shape} is not (batch, H, W, 1); kercr-export "
+                          "exports single-input, one-channel kercr models only.")
+    out = tuple(model.output_shape) if not isinstance(model.output_shape, list) else None
+    if out is None or len(out) != 4 or out[-1] != 1:
+        raise ExportError(f"{description}: output shape {model.output_shape} is not (batch, H, W, 1).")

@@ -1,0 +1,217 @@
+"""TFLite (LiteRT) conversion in four precisions, and a small runner around the LiteRT interpreter.
+
+The TFLite models take a **normalized** image (``kercr.data.normalize`` in numpy before the
+interpreter; :meth:`TFLiteRunner.predict_raw` does it): the normalization's sort-based median and
+data-dependent clipping are not TFLite builtins and would not quantize. Input ``image`` and output
+``cr_probability`` are float32 ``[1, H, W, 1]`` in every variant (the int8 model quantizes and
+dequantizes inside).
+
+Shapes: the stored input shape is the export tile (``--tile``). For the convolutional models the
+height and width are stored as dynamic (``shape_signature [1, -1, -1, 1]``), so
+``interpreter.resize_tensor_input(i, [1, H, W, 1])`` followed by ``allocate_tensors()`` runs any
+H, W divisible by the model's multiple. (A model converted with a fixed shape cannot be resized:
+TRANSPOSE_CONV bakes its output shape in as a constant and fails to prepare.) The TransUNet is
+fixed to its trained tile. Batch is 1.
+
+Variants (``quantize``):
+
+``none``     float32 weights and activations (XNNPACK runs every op).
+``float16``  float16 weights, dequantized to float32 at load; half the file, float32 compute.
+``dynamic``  int8 weights, activations quantized on the fly per op (hybrid kernels).
+``int8``     full-integer: int8 weights and activations calibrated on a representative set of
+             normalized patches; only int8 builtin ops are allowed, float32 in/out.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["QUANTIZE_MODES", "VARIANT_NAMES", "convert", "TFLiteRunner"]
+
+logger = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
+#: quantize mode -> name used in file names and reports
+VARIANT_NAMES = {"none": "float32", "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
+
+
+class _Converted(tf.Module):
+    def __init__(self, model, shape):
+        super().__init__(name="kercr_tflite")
+        self.model = model
+        self.model_variables = [v.value for v in model.variables]  # real tf.Variables, so they freeze
+        self.serve = tf.function(self._serve, input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
+
+    def _serve(self, image):
+        return {"cr_probability": self.model(image, training=False)}
+
+
+def _set_default_input_shape(flatbuffer: bytes, shape) -> bytes:
+    """Store ``shape`` as the input's default shape, keeping its dynamic ``shape_signature``."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    subgraph = model.subgraphs[0]
+    subgraph.tensors[subgraph.inputs[0]].shape = np.asarray(shape, dtype=np.int32)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def convert(model, *, tile: int, quantize: str = "none", representative=None) -> bytes:
+    """Convert a kercr Keras model to a TFLite flatbuffer.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Input (batch, H, W, 1) normalized float32.
+    tile : int
+        Default input height and width (the only one for a fixed-tile model).
+    quantize : {"none", "float16", "dynamic", "int8"}
+    representative : iterable of numpy.ndarray, optional
+        Normalized (tile, tile) float32 patches; required for ``"int8"``.
+
+    Returns
+    -------
+    bytes
+        The flatbuffer.
+    """
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"quantize={quantize!r}; choose from {', '.join(QUANTIZE_MODES)}.")
+    fixed = model.input_shape[1] is not None
+    shape = [1, tile, tile, 1] if fixed else [1, None, None, 1]
+    module = _Converted(model, shape)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantize == "int8":
+        if representative is None:
+            raise ValueError("int8 quantization needs a representative set of normalized patches.")
+        patches = [np.asarray(p, dtype=np.float32) for p in representative]
+        if not patches:
+            raise ValueError("the representative set for int8 calibration is empty.")
+
+        def dataset():
+            for patch in patches:
+                yield [patch.reshape(1, tile, tile, 1)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    flatbuffer = converter.convert()
+    if not fixed:
+        flatbuffer = _set_default_input_shape(flatbuffer, [1, tile, tile, 1])
+    return flatbuffer
+
+
+class TFLiteRunner:
+    """Run a kercr TFLite file with the LiteRT interpreter (batch 1, resizing as needed).
+
+    Parameters
+    ----------
+    model : str, path-like or bytes
+        ``.tflite`` file or flatbuffer.
+    num_threads : int, optional
+        CPU threads of the interpreter (and of its XNNPACK delegate).
+    """
+
+    def __init__(self, model, *, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if isinstance(model, (bytes, bytearray)):
+            self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+        else:
+            self.interpreter = Interpreter(model_path=str(Path(model)), num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self.shape = tuple(int(s) for s in self._input["shape"])
+        self.resizable = bool(np.any(self._input["shape_signature"] < 0))
+
+    def ops(self) -> dict:
+        """Which ops the XNNPACK delegate runs and which stay on TFLite's own kernels.
+
+        Returns
+        -------
+        dict
+            ``{"xnnpack_partitions": int, "xnnpack": {op: count}, "tflite_kernels": {op: count}}``.
+            A delegate node replaces a partition of the graph; its ops are found by walking back
+            from the partition's outputs to its inputs.
+        """
+        nodes = self.interpreter._get_ops_details()
+        delegates = [n for n in nodes if n["op_name"] == "DELEGATE"]
+        producer = {int(t): n["index"] for n in nodes if n["op_name"] != "DELEGATE" for t in n["outputs"]}
+        by_index = {n["index"]: n for n in nodes}
+        covered = set()
+        for d in delegates:
+            boundary = {int(t) for t in d["inputs"]}
+            stack = [int(t) for t in d["outputs"]]
+            while stack:
+                i = producer.get(stack.pop())
+                if i is None or i in covered:
+                    continue
+                covered.add(i)
+                stack.extend(int(t) for t in by_index[i]["inputs"] if int(t) >= 0 and int(t) not in boundary)
+
+        def count(selected):
+            out: dict = {}
+            for n in selected:
+                out[n["op_name"]] = out.get(n["op_name"], 0) + 1
+            return dict(sorted(out.items()))
+
+        others = [n for n in nodes if n["op_name"] != "DELEGATE"]
+        return {"xnnpack_partitions": len(delegates),
+                "xnnpack": count(n for n in others if n["index"] in covered),
+                "tflite_kernels": count(n for n in others if n["index"] not in covered)}
+
+    def _resize(self, height, width):
+        if (1, height, width, 1) == self.shape:
+            return
+        if not self.resizable:
+            raise ValueError(f"this TFLite model has a fixed input shape {list(self.shape)}; got a "
+                             f"{height} x {width} image. Cut tiles of {self.shape[1]} x {self.shape[2]}.")
+        self.interpreter.resize_tensor_input(self._input["index"], [1, height, width, 1])
+        self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self.shape = (1, height, width, 1)
+
+    def predict(self, normalized) -> np.ndarray:
+        """CR probability of normalized images.
+
+        Parameters
+        ----------
+        normalized : array_like, shape (H, W), (B, H, W) or (B, H, W, 1)
+            Output of ``kercr.data.normalize``.
+
+        Returns
+        -------
+        numpy.ndarray, float32, same shape as ``normalized``
+        """
+        x = np.asarray(normalized, dtype=np.float32)
+        shape = x.shape
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim == 4:
+            x = x[..., 0]
+        if x.ndim != 3:
+            raise ValueError(f"normalized images have shape {shape}; pass (H, W), (B, H, W) or (B, H, W, 1).")
+        out = np.empty(x.shape, np.float32)
+        self._resize(x.shape[1], x.shape[2])
+        for i, image in enumerate(x):
+            self.interpreter.set_tensor(self._input["index"], image[None, :, :, None])
+            self.interpreter.invoke()
+            out[i] = self.interpreter.get_tensor(self._output["index"])[0, :, :, 0]
+        return out.reshape(shape)
+
+    def predict_raw(self, image, *, config=None) -> np.ndarray:
+        """Normalize one raw (H, W) image with ``kercr.data.normalize`` and predict."""
+        from kercr.data.normalization import normalize
+
+        normalized, _ = normalize(image, config=config)
+        return self.predict(normalized)

@@ -1,0 +1,129 @@
+"""The data of a ``kercr-train`` run: training and validation batches, split by exposure.
+
+``--data`` selects the source:
+
+- ``synthetic``: kercr's embedded DECam-like frames (:class:`kercr.data.loader.SyntheticFrames`);
+- a directory of FITS files: clean frames with injected CRs, or files with a ``CRMASK`` extension
+  (:class:`kercr.data.loader.FITSFrames`);
+- a directory written by ``kercr-prepare`` (``prepare.json``, ``train/`` and ``val/`` TFRecord
+  shards): streamed with tf.data (TensorFlow backend).
+
+The first two are served through ``keras.utils.PyDataset``, so they feed TensorFlow (also under
+tf.distribute) and JAX alike. Exposures, never patches, are split 90/10 between training and
+validation (:func:`kercr.data.patches.split_exposures`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from kercr.config import ConfigError, TrainConfig
+from kercr.data.loader import FITSFrames, FixedBatches, PatchBatches, SyntheticFrames, patch_batches
+from kercr.data.patches import default_patch_count, split_exposures
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingData:
+    """What :func:`kercr.training.train` needs: ``train`` and ``val`` for ``fit``, and helpers."""
+
+    def __init__(self, train, val_batches):
+        self.train, self._val = train, list(val_batches)
+        self.val = FixedBatches(self._val)
+        self.alpha = 0.0
+
+    def set_alpha(self, alpha: float) -> None:
+        """Floor of the median weights from now on (Cosmic-CoNN's alpha schedule)."""
+        self.alpha = float(alpha)
+        if hasattr(self.train, "alpha"):
+            self.train.alpha = self.alpha
+        self.val = FixedBatches([(x, y, np.where(w > 0, np.maximum(w, alpha), 0.0).astype(np.float32))
+                                 for x, y, w in self._val])
+
+    def validation_batches(self, steps=None):
+        """The validation ``(x, y, w)`` batches; weight 0 marks ignored pixels."""
+        return self._val[:steps]
+
+    def validation_sample(self, n: int):
+        """``n`` validation patches for TensorBoard images, those with the most CR pixels first."""
+        x, y, w = (np.concatenate(a) for a in zip(*self._val))
+        order = np.argsort(-y.reshape(len(y), -1).sum(axis=1), kind="stable")[:n]
+        return x[order], y[order], w[order]
+
+
+def _shards(config: TrainConfig, initial_epoch: int) -> TrainingData:
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ConfigError(
+            f"{config.data}: TFRecord shards are read with tf.data, which needs the TensorFlow backend; "
+            "under JAX, train from --data synthetic or a directory of FITS files."
+        )
+    from kercr.data.pipeline import read_tfrecords
+
+    meta = json.loads((Path(config.data) / "prepare.json").read_text())
+    if meta.get("patch_size") != config.patch_size:
+        raise ConfigError(
+            f"{config.data} holds {meta.get('patch_size')} px patches but patch_size={config.patch_size}; "
+            f"pass --patch-size {meta.get('patch_size')}."
+        )
+    root = Path(config.data)
+    train = read_tfrecords(str(root / "train" / "*.tfrecord"), patch_size=config.patch_size,
+                           batch_size=config.batch_size, seed=config.seed + initial_epoch, repeat=True)
+    val = read_tfrecords(str(root / "val" / "*.tfrecord"), patch_size=config.patch_size,
+                         batch_size=config.batch_size, shuffle=0, augment_data=False, repeat=False)
+    val_batches = list(val.take(config.validation_steps).as_numpy_iterator())
+    if not val_batches:
+        raise ConfigError(f"{root / 'val'}: fewer validation patches than one batch of {config.batch_size}.")
+    return TrainingData(train, val_batches)
+
+
+def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=None) -> TrainingData:
+    """Training and validation batches for ``config``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    initial_epoch : int
+        Epoch the run (re)starts at; training batches depend on ``(seed, epoch, batch)``.
+    strategy : tf.distribute.Strategy, optional
+        Unused by the PyDataset loaders (Keras distributes them); kept for symmetry.
+    """
+    if config.data != "synthetic" and (Path(config.data) / "prepare.json").is_file():
+        return _shards(config, initial_epoch)
+    median = config.loss == "median_bce"
+    if config.data == "synthetic":
+        make = lambda cache: SyntheticFrames(seed=config.seed, shape=config.frame_shape, median_weights=median,  # noqa: E731
+                                             cr_rate_scale=config.cr_rate_scale, cache=cache)
+        source = make(2)
+        ids = source.exposure_ids(config.frames)
+        per_frame = config.patches_per_frame or default_patch_count(tuple(config.frame_shape))
+        per_frame = min(per_frame, math.prod(config.frame_shape) // config.patch_size**2 * 4)
+    else:
+        make = lambda cache: FITSFrames(config.data, seed=config.seed, median_weights=median,  # noqa: E731
+                                        cr_rate_scale=config.cr_rate_scale, cache=cache)
+        source = make(2)
+        ids = source.exposure_ids()
+        per_frame = config.patches_per_frame or 128
+        if len(ids) < 2:
+            raise ConfigError(
+                f"{config.data}: {len(ids)} FITS file; training needs at least 2 exposures so that "
+                "validation uses exposures never seen in training."
+            )
+    train_ids, val_ids = split_exposures(ids, val_fraction=config.val_fraction, seed=config.seed)
+    val_batches = patch_batches(make(1), val_ids, n_batches=config.validation_steps,
+                                batch_size=config.batch_size, patch_size=config.patch_size, seed=config.seed)
+    if not val_batches:
+        raise ConfigError("the validation exposures give less than one batch of patches; "
+                          "lower --batch-size or add exposures.")
+    train = PatchBatches(source, train_ids, batch_size=config.batch_size, patch_size=config.patch_size,
+                         patches_per_frame=per_frame, steps=config.steps_per_epoch, seed=config.seed,
+                         initial_epoch=initial_epoch)
+    logger.info("data %s: %d training and %d validation exposures; %d validation patches",
+                config.data, len(train_ids), len(val_ids), len(val_batches) * config.batch_size)
+    return TrainingData(train, val_batches)

@@ -1,0 +1,77 @@
+"""The one normalization: robust statistics, invariance to units and sky, serialization."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kercr.data.errors import KercrDataError
+from kercr.data.normalization import NormalizationConfig, NormalizationParams, denormalize, normalize, robust_sky_noise
+
+
+@pytest.fixture
+def frame():
+    rng = np.random.default_rng(1)
+    img = 500.0 + 12.0 * rng.standard_normal((300, 200))
+    img[100:103, 50:80] += 3000.0  # a CR-like streak and a star: outliers for the statistics
+    img[200:210, 150:160] += 20000.0
+    return img.astype(np.float32)
+
+
+def test_robust_statistics_ignore_outliers(frame):
+    sky, noise, n = robust_sky_noise(frame)
+    assert sky == pytest.approx(500.0, abs=1.0)
+    assert noise == pytest.approx(12.0, rel=0.05)
+    assert n > 1000
+
+
+def test_invariant_to_units_and_sky(frame):
+    base, p = normalize(frame)
+    in_electrons, pe = normalize(frame * 4.0)  # gain 4 e-/ADU
+    with_sky, ps = normalize(frame + 2500.0)
+    np.testing.assert_allclose(in_electrons, base, atol=1e-3)
+    np.testing.assert_allclose(with_sky, base, atol=0.02)
+    assert pe.noise == pytest.approx(4 * p.noise, rel=1e-6) and ps.sky == pytest.approx(p.sky + 2500, abs=0.5)
+    assert base.dtype == np.float32 and base.shape == frame.shape
+
+
+def test_output_range_nan_and_input_untouched(frame):
+    img = frame.copy()
+    img[5, 5] = np.nan
+    before = img.copy()
+    out, params = normalize(img)
+    np.testing.assert_array_equal(img, before)  # not modified (NaN compares equal here)
+    assert out[5, 5] == 0.0 and np.isfinite(out).all()
+    assert out.max() == pytest.approx(1000.0) and out.min() >= -10.0
+    assert np.median(out) == pytest.approx(0.0, abs=0.05)
+    assert out[101, 60] == pytest.approx((img[101, 60] - params.sky) / params.noise, rel=1e-5)
+    np.testing.assert_allclose(denormalize(out, params)[101, 60], img[101, 60], rtol=1e-5)
+
+
+def test_mask_excludes_pixels_from_statistics():
+    img = np.full((100, 100), 10.0) + np.random.default_rng(0).standard_normal((100, 100))
+    img[:, :60] += 1000.0  # most of the frame is a bright region, masked
+    mask = np.zeros(img.shape, bool)
+    mask[:, :60] = True
+    sky, _, _ = robust_sky_noise(img, mask=mask)
+    assert sky == pytest.approx(10.0, abs=0.3)
+
+
+def test_params_json_roundtrip(frame):
+    _, params = normalize(frame, config=NormalizationConfig(clip_max=500.0))
+    d = json.loads(params.to_json())
+    assert d["method"] == "sky_mad_linear_v1" and d["clip_max"] == 500.0
+    again = NormalizationParams.from_dict(d)
+    assert again == params
+    assert NormalizationConfig.from_dict(params.config.to_dict()) == params.config
+
+
+def test_bad_inputs():
+    with pytest.raises(KercrDataError, match="2-D"):
+        normalize(np.zeros(10))
+    with pytest.raises(KercrDataError, match="constant"):
+        normalize(np.ones((50, 50)))
+    with pytest.raises(KercrDataError, match="all NaN or masked"):
+        normalize(np.full((50, 50), np.nan))
+    with pytest.raises(KercrDataError, match="clip_min"):
+        NormalizationConfig(clip_min=5, clip_max=1)

@@ -1,0 +1,104 @@
+"""Synthetic DECam-like frames: determinism, truth masks, physics sanity, FITS round trip."""
+
+import numpy as np
+import pytest
+
+from kercr.data.cosmic_rays import CosmicRayModel
+from kercr.data.errors import KercrDataError
+from kercr.data.fits_io import read_ccd, write_fits_with_mask
+from kercr.data.normalization import robust_sky_noise
+from kercr.data.synthetic import BANDS, PIXEL_SCALE, SyntheticConfig, generate_dataset, make_frame
+
+SHAPE = (256, 192)
+MANY_CRS = SyntheticConfig(cr_model=CosmicRayModel(rate_per_s=300.0))
+EMPTY = SyntheticConfig(star_density=0.0, galaxy_density=0.0, hot_pixels=0.0, bad_columns=0.0,
+                        cr_model=CosmicRayModel(rate_per_s=0.0))
+
+
+def test_same_seed_same_frame_different_seed_differs():
+    a = make_frame(seed=11, shape=SHAPE)
+    b = make_frame(seed=11, shape=SHAPE)
+    c = make_frame(seed=12, shape=SHAPE)
+    np.testing.assert_array_equal(a.image_adu, b.image_adu)
+    np.testing.assert_array_equal(a.cr_mask, b.cr_mask)
+    assert a.meta == b.meta
+    assert not np.array_equal(a.image_adu, c.image_adu)
+
+
+def test_cr_pixels_are_where_the_mask_says():
+    f = make_frame(seed=1, shape=SHAPE, config=MANY_CRS)
+    assert f.cr_mask.sum() > 50
+    diff = f.image_adu - f.clean_adu
+    usable = ~f.ignore_mask  # CR charge on a saturated pixel is clipped away
+    np.testing.assert_array_equal((diff != 0)[usable], f.cr_mask[usable])
+    np.testing.assert_allclose(diff[f.cr_mask & usable], f.cr_electrons[f.cr_mask & usable] / f.meta["gain"], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("band", sorted(BANDS))
+def test_sky_and_noise_match_the_recipe(band):
+    f = make_frame(seed=2, shape=SHAPE, band=band, exptime=100.0)
+    zp, sky_mag = BANDS[band]
+    dark_sky_adu = 10 ** (-0.4 * (sky_mag - zp)) * PIXEL_SCALE**2 * 100.0 / 4.0
+    sky, noise, _ = robust_sky_noise(f.clean_adu, mask=f.ignore_mask)
+    assert 0.95 * dark_sky_adu < sky < 3.2 * dark_sky_adu  # moon/twilight factor 1-3
+    assert sky == pytest.approx(f.meta["sky_adu"], rel=0.03)
+    blank = make_frame(seed=2, shape=SHAPE, band=band, exptime=100.0, config=EMPTY)
+    # Noise from differences of neighbouring pixels: immune to the weak sky gradient.
+    d = np.diff(blank.clean_adu.astype(np.float64), axis=1)
+    noise = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2)
+    expected_noise = np.sqrt(blank.meta["sky_adu"] * 4.0 + 7.0**2) / 4.0  # Poisson + read noise, in ADU
+    assert noise == pytest.approx(expected_noise, rel=0.05)
+
+
+def test_saturated_stars_bleed_and_are_ignored():
+    cfg = SyntheticConfig(star_density=4e5, star_mags=(10.0, 14.0))
+    f = make_frame(seed=3, shape=(512, 256), band="z", exptime=150.0, config=cfg)
+    sat = f.clean_adu >= cfg.saturation_adu
+    assert sat.sum() > 50 and f.ignore_mask[sat].all()
+    assert f.clean_adu.max() == cfg.saturation_adu
+    # Bleed trails run along columns: saturated runs are much taller than wide.
+    cols = np.flatnonzero(sat.any(axis=0))
+    tallest = max(np.ptp(np.flatnonzero(sat[:, c])) + 1 for c in cols)
+    assert tallest > 3 * (f.meta["seeing_arcsec"] / PIXEL_SCALE)
+
+
+def test_stars_follow_the_psf_width():
+    cfg = SyntheticConfig(star_density=2e4, star_mags=(17.0, 18.0), galaxy_density=0.0, hot_pixels=0.0,
+                          bad_columns=0.0, cr_model=CosmicRayModel(rate_per_s=0.0))
+    f = make_frame(seed=4, shape=(512, 512), band="r", exptime=60.0, config=cfg)
+    assert not f.ignore_mask.any() and not f.cr_mask.any()
+    assert 0.8 <= f.meta["seeing_arcsec"] <= 1.6 and 2.5 <= f.meta["psf_beta"] <= 4.5
+    # Brightest star: its half-maximum area gives the FWHM (pi/4 FWHM^2), within pixelization.
+    img = f.clean_adu - f.meta["sky_adu"]
+    y, x = np.unravel_index(np.argmax(img), img.shape)
+    cut = img[max(y - 15, 0): y + 16, max(x - 15, 0): x + 16]
+    fwhm_px = np.sqrt(4 / np.pi * (cut > cut.max() / 2).sum())
+    assert fwhm_px == pytest.approx(f.meta["seeing_arcsec"] / PIXEL_SCALE, rel=0.25)
+
+
+def test_generate_dataset_is_reproducible_and_indexed():
+    frames = list(generate_dataset(3, seed=5, shape=(64, 64)))
+    again = list(generate_dataset(3, seed=5, shape=(64, 64)))
+    assert [f.meta["exposure_id"] for f in frames] == ["synthetic-5-000000", "synthetic-5-000001", "synthetic-5-000002"]
+    for a, b in zip(frames, again):
+        np.testing.assert_array_equal(a.image_adu, b.image_adu)
+    assert not np.array_equal(frames[0].image_adu, frames[1].image_adu)
+
+
+def test_bad_arguments():
+    with pytest.raises(KercrDataError, match="unknown band 'u'"):
+        make_frame(seed=0, shape=SHAPE, band="u")
+    with pytest.raises(KercrDataError, match="exptime"):
+        make_frame(seed=0, shape=SHAPE, exptime=-1)
+    with pytest.raises(KercrDataError, match="shape"):
+        make_frame(seed=0, shape=(4,))
+
+
+def test_synthetic_exposure_to_fits_and_back(tmp_path):
+    f = make_frame(seed=6, shape=SHAPE, config=MANY_CRS)
+    out = write_fits_with_mask(tmp_path / "synthetic.fits", f.image_adu, f.cr_mask, extname="N4",
+                               provenance={"BAND": f.meta["band"], "GAIN": 4.0, "RDNOISE": 7.0})
+    back = read_ccd(out, "N4")
+    np.testing.assert_array_equal(back.data, f.image_adu)
+    assert back.gain == 4.0 and back.readnoise == 7.0  # inherited from the primary header
+    np.testing.assert_array_equal(read_ccd(out, "CRMASK").data.astype(bool), f.cr_mask)

@@ -1,0 +1,388 @@
+"""kercr.export: TF Serving SavedModel, TFLite variants, parity reports, CLI and error handling.
+
+One small export (deepcr_2_4, 64 x 64 tiles, every format and quantization) is shared by most
+tests; one TransUNet export at input_size=64 covers the fixed-tile case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("ai_edge_litert")
+
+import keras  # noqa: E402
+
+import kercr  # noqa: E402
+from kercr.data.normalization import NormalizationConfig, normalize  # noqa: E402
+from kercr.export import ExportError, export_model, load_profile  # noqa: E402
+from kercr.export.parity import synthetic_patches  # noqa: E402
+from kercr.export.savedmodel import rest_body_to_kwargs, rest_response  # noqa: E402
+from kercr.export.tflite import TFLiteRunner  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TILE = 64
+# Non-default constants, so the tests see that the sidecar (not the default) reaches the graph;
+# sample_size=500 makes the subsample step > 1 on 64 x 128 images.
+SIDECAR = NormalizationConfig(clip_min=-5.0, clip_max=300.0, n_iter=3, sample_size=500, nan_fill=-1.0)
+VARIANTS = ("float32", "float16", "dynamic", "int8")
+
+
+def _save_model(folder: Path, name="deepcr_2_4", **overrides) -> Path:
+    keras.utils.set_random_seed(0)
+    model = kercr.build_model(name, **overrides)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "best.keras")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A training-run-like dir (best.keras + normalization.json) exported with every option."""
+    run = _save_model(tmp_path_factory.mktemp("run"))
+    (run / "normalization.json").write_text(json.dumps(SIDECAR.to_dict()))
+    out = tmp_path_factory.mktemp("models")
+    result = export_model(run, out, formats=["savedmodel", "tflite"], quantize=["none", "float16", "dynamic", "int8"],
+                          tile=TILE, calibration_patches=8, validation_patches=4, seed=0)
+    model = keras.saving.load_model(run / "best.keras")
+    return result, model, out
+
+
+@pytest.fixture(scope="module")
+def serving(exported):
+    result, _, _ = exported
+    return tf.saved_model.load(str(result.path)).signatures["serving_default"]
+
+
+def _raw_tile(seed=3, shape=(TILE, TILE)):
+    patches = synthetic_patches(1, tile=max(shape), seed=seed)
+    return patches.image_adu[0][: shape[0], : shape[1]].copy()
+
+
+def _keras_reference(model, image, config=SIDECAR):
+    normalized, _ = normalize(image, config=config)
+    return np.asarray(model(normalized[None, :, :, None], training=False))[0, :, :, 0]
+
+
+# --- layout -------------------------------------------------------------------------------------
+
+def test_layout_manifest_and_no_partial_dirs(exported):
+    result, _, out = exported
+    assert result.path == out / "kercr" / "1"
+    expected = {"saved_model.pb", "variables/variables.index", "parity.json", "export.json", "normalization.json",
+                *(f"tflite/kercr_{v}.tflite" for v in VARIANTS)}
+    assert expected <= set(result.files)
+    assert sorted(p.name for p in (out / "kercr").iterdir()) == ["1"]  # no hidden temporary dir left
+    manifest = json.loads((result.path / "export.json").read_text())
+    assert manifest["tile"] == TILE and manifest["input_multiple"] == 2 and manifest["fixed_tile"] is False
+    assert manifest["normalization"] == SIDECAR.to_dict()
+    assert manifest["normalization_source"].endswith("normalization.json")
+    assert json.loads((result.path / "normalization.json").read_text()) == SIDECAR.to_dict()
+    int8 = result.path / "tflite" / "kercr_int8.tflite"
+    assert manifest["files"]["tflite/kercr_int8.tflite"]["sha256"] == hashlib.sha256(int8.read_bytes()).hexdigest()
+
+
+# --- SavedModel ---------------------------------------------------------------------------------
+
+def test_signature_names_shapes_dtypes(serving):
+    args, kwargs = serving.structured_input_signature
+    assert args == ()
+    assert list(kwargs) == ["image"]
+    assert kwargs["image"].dtype == tf.float32
+    assert kwargs["image"].shape.as_list() == [None, None, None, 1]
+    assert list(serving.structured_outputs) == ["cr_probability"]
+    assert serving.structured_outputs["cr_probability"].dtype == tf.float32
+
+
+def test_served_raw_pixels_equal_normalize_plus_keras(exported, serving):
+    _, model, _ = exported
+    a = _raw_tile(seed=3, shape=(TILE, 2 * TILE))  # dynamic H, W: not the export tile
+    b = _raw_tile(seed=4, shape=(TILE, 2 * TILE)) + np.float32(750.0)  # another sky level in the same batch
+    a[10, 17] = np.nan
+    batch = np.stack([a, b])[..., None]
+    served = serving(image=tf.constant(batch))["cr_probability"].numpy()
+    assert served.shape == (2, TILE, 2 * TILE, 1) and served.dtype == np.float32
+    for i, image in enumerate((a, b)):
+        expected = _keras_reference(model, image)
+        np.testing.assert_allclose(served[i, :, :, 0], expected, rtol=0, atol=1e-5)
+    assert np.all(np.isfinite(served))
+    # The comparison can fail: the default constants or no normalization give other answers.
+    unnormalized = np.asarray(model(np.nan_to_num(batch[:1]), training=False))[0, :, :, 0]
+    assert np.abs(unnormalized - served[0, :, :, 0]).max() > 1e-3
+    default = _keras_reference(model, a, NormalizationConfig())
+    assert np.abs(default - served[0, :, :, 0]).max() > 1e-5
+
+
+def test_served_graph_errors(serving):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="constant"):
+        serving(image=tf.constant(np.full((1, TILE, TILE, 1), 7.0, np.float32)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="all NaN"):
+        serving(image=tf.constant(np.full((1, TILE, TILE, 1), np.nan, np.float32)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="multiples of 2"):
+        serving(image=tf.constant(_raw_tile(shape=(TILE - 1, TILE))[None, :, :, None]))
+
+
+def test_rest_bodies_row_and_columnar(exported, serving):
+    _, model, _ = exported
+    a, b = _raw_tile(seed=5), _raw_tile(seed=6) + np.float32(100.0)
+    a[0, 0] = np.nan
+    direct = serving(image=tf.constant(np.stack([a, b])[..., None]))["cr_probability"].numpy()
+    bodies = {
+        "row": json.dumps({"signature_name": "serving_default", "instances": [a[..., None].tolist(), b[..., None].tolist()]}),
+        "row_named": json.dumps({"instances": [{"image": a[..., None].tolist()}, {"image": b[..., None].tolist()}]}),
+        "columnar": json.dumps({"inputs": {"image": np.stack([a, b])[..., None].tolist()}}),
+        "columnar_bare": json.dumps({"inputs": np.stack([a, b])[..., None].tolist()}),
+    }
+    assert "NaN" in bodies["row"]  # JSON NaN travels as a NaN pixel
+    for kind, body in bodies.items():
+        kwargs = rest_body_to_kwargs(body, serving)
+        assert list(kwargs) == ["image"] and kwargs["image"].shape == (2, TILE, TILE, 1), kind
+        outputs = serving(**kwargs)
+        np.testing.assert_array_equal(outputs["cr_probability"].numpy(), direct, err_msg=kind)
+    response = rest_response(outputs, row_format=True)
+    assert np.asarray(response["predictions"]).shape == (2, TILE, TILE, 1)
+    assert np.asarray(rest_response(outputs, row_format=False)["outputs"]).shape == (2, TILE, TILE, 1)
+    np.testing.assert_allclose(np.asarray(response["predictions"][0])[..., 0], _keras_reference(model, a), atol=1e-5)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"instances": [[1.0]], "inputs": [[1.0]]}, "exactly one"),
+    ({"instances": [{"img": [[[1.0]]]}]}, "do not match"),
+    ({"instances": [[[[1.0]], [[1.0], [2.0]]]]}, "convert"),
+    ({"inputs": {"image": [[1.0, 2.0]]}}, "shape"),
+    ([1, 2], "JSON object"),
+])
+def test_rest_body_errors(serving, body, message):
+    with pytest.raises(ValueError, match=message):
+        rest_body_to_kwargs(body, serving)
+
+
+def test_saved_model_cli_show(exported):
+    result, _, _ = exported
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    if not cli.exists():
+        pytest.skip("saved_model_cli is not installed beside this Python")
+    shown = subprocess.run([str(cli), "show", "--dir", str(result.path), "--all"], capture_output=True, text=True,
+                           check=True, timeout=120).stdout
+    block = shown.split("signature_def['serving_default']:")[1].split("signature_def[")[0]
+    assert "inputs['image'] tensor_info:" in block
+    assert "outputs['cr_probability'] tensor_info:" in block
+    assert block.count("dtype: DT_FLOAT") == 2
+    assert block.count("shape: (-1, -1, -1, 1)") == 2
+    assert "Method name is: tensorflow/serving/predict" in block
+
+
+# --- TFLite -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant, atol", [("float32", 1e-4), ("float16", 2e-2), ("dynamic", 5e-2), ("int8", 0.5)])
+def test_tflite_variants_run_in_litert(exported, variant, atol):
+    from ai_edge_litert.interpreter import Interpreter
+
+    result, model, _ = exported
+    path = result.path / "tflite" / f"kercr_{variant}.tflite"
+    interpreter = Interpreter(model_path=str(path), num_threads=2)
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"] == np.float32 and list(inp["shape"]) == [1, TILE, TILE, 1]
+    assert list(inp["shape_signature"]) == [1, -1, -1, 1]
+    assert interpreter.get_signature_list() == {"serving_default": {"inputs": ["image"], "outputs": ["cr_probability"]}}
+    normalized, _ = normalize(_raw_tile(seed=7), config=SIDECAR)
+    interpreter.set_tensor(inp["index"], normalized[None, :, :, None])
+    interpreter.invoke()
+    got = interpreter.get_tensor(out["index"])[0, :, :, 0]
+    expected = np.asarray(model(normalized[None, :, :, None], training=False))[0, :, :, 0]
+    assert np.all((got >= 0) & (got <= 1))
+    assert np.abs(got - expected).max() <= atol
+    if variant == "int8":
+        dtypes = {d["dtype"] for d in interpreter.get_tensor_details()}
+        assert np.int8 in dtypes  # activations really are int8 inside
+        assert np.abs(got - expected).max() > 1e-4  # and quantization really happened
+
+
+def test_tflite_resizes_at_run_time(exported):
+    result, model, _ = exported
+    runner = TFLiteRunner(result.path / "tflite" / "kercr_float32.tflite", num_threads=2)
+    assert runner.resizable
+    image = _raw_tile(seed=8, shape=(TILE, 2 * TILE))
+    got = runner.predict_raw(image, config=SIDECAR)
+    assert got.shape == (TILE, 2 * TILE) and runner.shape == (1, TILE, 2 * TILE, 1)
+    np.testing.assert_allclose(got, _keras_reference(model, image), atol=1e-4)
+
+
+def test_parity_report(exported):
+    result, _, _ = exported
+    parity = json.loads((result.path / "parity.json").read_text())
+    assert parity == result.parity
+    assert parity["trained"] is True and parity["tile"] == TILE
+    assert parity["savedmodel"]["passed"] and parity["savedmodel"]["max_abs_delta_p"] <= 1e-5
+    assert set(parity["tflite"]) == set(VARIANTS)
+    float32 = parity["tflite"]["float32"]
+    assert float32["passed"] and float32["max_abs_delta_p"] <= 1e-4 and float32["flipped_pixels"] == 0
+    for variant, report in parity["tflite"].items():
+        assert report["pixels"] == 4 * TILE * TILE and report["cr_pixels"] > 0
+        for metric in ("tpr_at_fpr", "dice"):
+            r = report[metric]
+            assert math.isclose(r["delta"], r["export"] - r["keras"], abs_tol=1e-12), (variant, metric)
+        assert report["file"] == f"tflite/kercr_{variant}.tflite"
+    int8 = parity["tflite"]["int8"]
+    assert int8["max_abs_delta_p"] > float32["max_abs_delta_p"]
+    step = int8["int8_input_quantization"]
+    assert step["scale"] > 0 and step["min"] < 0 < step["max"]
+    assert "noise units" in int8["loss_note"]
+    ops = parity["tflite"]["float32"]["ops"]
+    assert ops["xnnpack_partitions"] >= 1 and ops["xnnpack"]["CONV_2D"] == 7  # XNNPACK runs every float conv
+    assert "CONV_2D" not in ops["tflite_kernels"]
+
+
+# --- TransUNet (fixed tile) -------------------------------------------------------------------
+
+def test_transunet_fixed_tile(tmp_path):
+    run = _save_model(tmp_path / "run", "transunet", input_size=64)
+    out = tmp_path / "models"
+    with pytest.raises(ExportError, match="fixed 64 x 64 input"):
+        export_model(run, out, tile=128)
+    assert not out.exists()
+    result = export_model(run, out, quantize=["none"], validation_patches=2)  # tile defaults to 64
+    serve = tf.saved_model.load(str(result.path)).signatures["serving_default"]
+    assert serve.structured_input_signature[1]["image"].shape.as_list() == [None, 64, 64, 1]
+    model = keras.saving.load_model(run / "best.keras")
+    image = _raw_tile(seed=9) + np.float32(300.0)
+    image[5, 5] = np.nan
+    served = serve(image=tf.constant(image[None, :, :, None]))["cr_probability"].numpy()[0, :, :, 0]
+    np.testing.assert_allclose(served, _keras_reference(model, image, NormalizationConfig()), atol=1e-5)
+    runner = TFLiteRunner(result.path / "tflite" / "kercr_float32.tflite")
+    assert not runner.resizable and runner.shape == (1, 64, 64, 1)
+    with pytest.raises(ValueError, match="fixed input shape"):
+        runner.predict(np.zeros((128, 128), np.float32))
+    assert result.parity["tflite"]["float32"]["max_abs_delta_p"] <= 1e-4
+
+
+# --- errors and atomicity ---------------------------------------------------------------------
+
+def test_unreadable_model_file_leaves_nothing(tmp_path):
+    bad = tmp_path / "run" / "best.keras"
+    bad.parent.mkdir()
+    bad.write_bytes(b"this is not a zip archive")
+    out = tmp_path / "models"
+    with pytest.raises(ExportError, match=r"cannot load the Keras model .*best\.keras"):
+        export_model(bad.parent, out)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("source, options, message", [
+    ("no_such_model", {}, "registry names"),
+    ("missing/dir/model.keras", {}, "does not exist"),
+    ("deepcr_2_4", {"tile": 63}, "multiple of 2"),
+    ("deepcr_2_4", {"formats": ["onnx"]}, "unknown format"),
+    ("deepcr_2_4", {"quantize": ["int4"]}, "unknown quantization"),
+    ("deepcr_2_4", {"version": 0}, "positive integer"),
+    ("deepcr_2_4", {"name": "../x"}, "name"),
+])
+def test_bad_options(tmp_path, source, options, message):
+    out = tmp_path / "models"
+    with pytest.raises(ExportError, match=message):
+        export_model(source, out, **options)
+    assert not out.exists()
+
+
+def test_run_dir_without_model_and_bad_sidecar(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ExportError, match="neither best.keras nor model.keras"):
+        export_model(tmp_path / "empty", tmp_path / "models")
+    run = _save_model(tmp_path / "run")
+    (run / "normalization.json").write_text(json.dumps({"clip_max": 10.0, "colour": "red"}))
+    with pytest.raises(ExportError, match="unknown key"):
+        export_model(run, tmp_path / "models")
+    assert not (tmp_path / "models").exists()
+
+
+def test_existing_version_is_refused_and_kept(tmp_path):
+    version = tmp_path / "models" / "kercr" / "3"
+    version.mkdir(parents=True)
+    (version / "keep.txt").write_text("old")
+    with pytest.raises(ExportError, match="already exists"):
+        export_model("deepcr_2_4", tmp_path / "models", version=3, tile=TILE)
+    assert (version / "keep.txt").read_text() == "old"
+    assert sorted(p.name for p in version.parent.iterdir()) == ["3"]
+
+
+def test_failure_mid_export_removes_partial_output(tmp_path, monkeypatch):
+    import kercr.export.exporter as exporter
+
+    def broken(*args, **kwargs):
+        raise ExportError("simulated TFLite failure")
+
+    monkeypatch.setattr(exporter, "_export_tflite", broken)
+    out = tmp_path / "models"
+    (out / "kercr" / "1").mkdir(parents=True)
+    with pytest.raises(ExportError, match="simulated"):
+        export_model("deepcr_2_4", out, tile=TILE, validation_patches=1)  # SavedModel is written, then it fails
+    assert sorted(p.name for p in (out / "kercr").iterdir()) == ["1"]  # no version 2, no hidden partial dir
+
+
+# --- CLI and profiles ---------------------------------------------------------------------------
+
+def test_cli_with_profile(tmp_path, capsys):
+    from kercr.export.cli import main
+
+    out = tmp_path / "models"
+    rc = main(["deepcr_2_4", "--out", str(out), "--profile", str(REPO / "export" / "serving.toml"),
+               "--tile", str(TILE), "--validation-patches", "2", "--name", "cr", "--version", "7"])
+    assert rc == 0
+    version = out / "cr" / "7"
+    assert (version / "saved_model.pb").is_file() and not (version / "tflite").exists()
+    assert json.loads((version / "export.json").read_text())["formats"] == ["savedmodel"]
+    assert "exported to" in capsys.readouterr().out
+    assert main(["deepcr_2_4", "--out", str(out), "--name", "cr", "--version", "7", "--tile", str(TILE)]) == 1
+
+
+def test_shipped_profiles_are_valid():
+    names = sorted(p.name for p in (REPO / "export").glob("*.toml"))
+    assert {"serving.toml", "edge.toml", "cpu-fast.toml"} <= set(names)
+    assert load_profile(REPO / "export" / "edge.toml")["quantize"][0] == "int8"
+    assert load_profile(REPO / "export" / "serving.toml")["formats"] == ["savedmodel"]
+
+
+def test_profile_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('formats = ["tflite"]\nquantise = ["int8"]\n')
+    with pytest.raises(ExportError, match="unknown key"):
+        load_profile(bad)
+    bad.write_text("tile = 'big'\n")
+    with pytest.raises(ExportError, match="tile"):
+        load_profile(bad)
+    with pytest.raises(ExportError, match="cannot read profile"):
+        load_profile(tmp_path / "missing.toml")
+
+
+# --- the TF re-implementation of normalize ------------------------------------------------------
+
+@pytest.mark.parametrize("config", [NormalizationConfig(), SIDECAR, NormalizationConfig(sample_size=100, n_iter=0)])
+def test_tf_normalization_matches_numpy_bit_for_bit(config):
+    from kercr.export.tf_normalization import normalize_batch
+
+    rng = np.random.default_rng(0)
+    fn = tf.function(lambda x: normalize_batch(x, config))
+    for shape in [(64, 64), (63, 65), (17, 33), (300, 200)]:  # odd and even pixel counts, subsample steps
+        images = (rng.normal(1000, 20, (3, *shape)) + 50 * rng.standard_cauchy((3, *shape))).astype(np.float32)
+        images[0, 3, 5], images[1, 0, 0] = np.nan, np.inf
+        images[2] = np.round(images[2] / 40) * 40  # quantized: MAD 0, numpy falls back to the std
+        got = fn(tf.constant(images[..., None])).numpy()[..., 0]
+        want = np.stack([normalize(image, config=config)[0] for image in images])
+        np.testing.assert_array_equal(got, want, err_msg=str(shape))
+
+
+def test_tf_median_even_count_averages_middle_values():
+    from kercr.export.tf_normalization import median
+
+    assert median(tf.constant([4.0, 1.0, 3.0, 2.0], tf.float64)).numpy() == 2.5
+    assert median(tf.constant([5.0, 1.0, 3.0], tf.float64)).numpy() == 3.0
+    assert median(tf.constant([7.0], tf.float64)).numpy() == 7.0

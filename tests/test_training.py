@@ -1,0 +1,218 @@
+"""kercr-train: run directory contents, config resolution, bad options, resume, multi-worker, JAX."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from kercr.cli import train_main
+from kercr.config import ConfigError, TrainConfig, read_config_file, resolve_config
+
+TINY = [
+    "--model", "deepcr_2_4", "--patch-size", "64", "--batch-size", "4", "--frames", "4",
+    "--frame-shape", "256", "256", "--cr-rate-scale", "50", "--steps-per-epoch", "3",
+    "--validation-steps", "2",
+]
+
+
+def _tiny_config(tmp_path, **kw):
+    options = dict(model="deepcr_2_4", patch_size=64, batch_size=4, frames=4, frame_shape=[256, 256],
+                   cr_rate_scale=50.0, steps_per_epoch=3, validation_steps=2, epochs=2, out=str(tmp_path / "run"))
+    options.update(kw)
+    return resolve_config({}, options)
+
+
+def _history(run):
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _env(**extra):
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _cli(*args):
+    """The ``kercr-train`` command line, run by this interpreter (the venv's bin may not be on PATH)."""
+    return [sys.executable, "-c", "import sys; from kercr.cli import train_main; sys.exit(train_main())", *args]
+
+
+def test_a_run_directory_holds_everything_the_user_needs(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main([*TINY, "--epochs", "2", "--out", str(run)]) == 0
+    for name in ("config.json", "normalization.json", "best.keras", "last.keras", "history.csv",
+                 "loss.png", "dice.png", "metrics.json"):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists()  # resume state is removed once the run finished
+    history = _history(run)
+    assert [int(r["epoch"]) for r in history] == [0, 1]
+    for key in ("loss", "val_loss", "dice", "val_dice", "tpr_at_fpr_1e-4", "val_tpr_at_fpr_1e-4", "learning_rate"):
+        assert key in history[0], key
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "deepcr_2_4" and config["patch_size"] == 64 and config["learning_rate"] == 1e-3
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["cr_pixels"] > 0 and 0 <= metrics["tpr_at_fpr_1e-4"] <= 1 and 0 <= metrics["dice"] <= 1
+    assert "Dice" in capsys.readouterr().out
+    # TensorBoard: scalars and validation images were written as real event files.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard" / "validation_images"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"image", "truth", "predicted"} <= set(events.Tags()["tensors"]) | set(events.Tags()["images"])
+    # The PNG plots are real images.
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_file_sets_options_and_flags_override_it(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('model = "unet"\nbatch_size = 8\nlearning_rate = 0.0005\n[model_options]\nfilters = [8, 16, 32]\n')
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("model: unet\nbatch_size: 8\n")
+    assert read_config_file(yaml) == {"model": "unet", "batch_size": 8}
+    config = resolve_config(read_config_file(toml), {"batch_size": 2, "epochs": None})
+    assert (config.model, config.batch_size, config.learning_rate) == ("unet", 2, 0.0005)
+    assert config.model_options == {"filters": [8, 16, 32]}
+    assert config.epochs == TrainConfig().epochs
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "resnet"], "unknown model 'resnet'"),
+        (["--data", "/no/such/dir"], "no such directory"),
+        (["--patch-size", "66", "--model", "deepcr"], "multiple of 4"),
+        (["--model", "transunet", "--set", "input_size=128"], "fixed at 128"),
+        (["--set", "heads=3"], "valid options"),
+        (["--batch-size", "0"], "positive integer"),
+    ],
+)
+def test_bad_options_fail_before_training_with_a_clear_error(tmp_path, capsys, args, message):
+    run = tmp_path / "run"
+    assert train_main([*TINY, *args, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not (run / "history.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "content, suffix, message",
+    [
+        ("model = [unclosed", ".toml", "malformed"),
+        ("epochs: [1, 2\n", ".yaml", "malformed"),
+        ("epoch = 3\n", ".toml", "unknown option(s) in config file: epoch"),
+        ("model = 'unet'\n", ".ini", "unknown format"),
+    ],
+)
+def test_malformed_config_files_are_rejected(tmp_path, capsys, content, suffix, message):
+    path = tmp_path / f"config{suffix}"
+    path.write_text(content)
+    assert train_main(["--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_run_directory_refuses_a_different_run(tmp_path):
+    config = _tiny_config(tmp_path)
+    (tmp_path / "run").mkdir()
+    config.save(tmp_path / "run" / "config.json")
+    from kercr.training import train
+
+    with pytest.raises(ConfigError, match="other options"):
+        train(_tiny_config(tmp_path, learning_rate=1e-2))
+
+
+def test_median_weighted_loss_raises_alpha_over_the_schedule(tmp_path):
+    from kercr.training import train
+
+    train(_tiny_config(tmp_path, loss="median_bce", epochs=3, alpha_epochs=2), verbose=0)
+    alphas = [float(r["alpha"]) for r in _history(tmp_path / "run")]
+    assert alphas == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_killed_training_resumes_from_the_last_finished_epoch(tmp_path):
+    run = tmp_path / "run"
+    args = _cli(*TINY, "--steps-per-epoch", "6", "--epochs", "4", "--out", str(run))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env())
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "history.csv").is_file() and len(_history(run)) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(_history(run))
+    assert 2 <= finished < 4
+    assert not (run / "metrics.json").exists()
+
+    out = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Epoch {finished + 1}/4" in out.stdout and "Epoch 1/4" not in out.stdout
+    history = _history(run)
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2, 3]
+    assert (run / "metrics.json").is_file() and not (run / "backup").exists()
+    # Running it once more finds the run finished and changes nothing.
+    before = (run / "best.keras").stat().st_mtime_ns
+    again = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=600)
+    assert again.returncode == 0 and "Epoch" not in again.stdout
+    assert (run / "best.keras").stat().st_mtime_ns == before
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
+    run = tmp_path / "run"
+    cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen(
+            _cli(*TINY, "--epochs", "2", "--strategy", "multiworker", "--out", str(run)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(TF_CONFIG=tf_config),
+        ))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert [int(r["epoch"]) for r in _history(run)] == [0, 1]
+    assert (run / "best.keras").is_file() and (run / "metrics.json").is_file()
+    # The non-chief worker wrote only to its scratch folder, which it removed.
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".worker")) == []
+    assert "validation (" in outputs[0] and "validation (" not in outputs[1]
+
+
+@pytest.mark.slow
+def test_training_runs_under_the_jax_backend(tmp_path):
+    pytest.importorskip("jax")
+    run = tmp_path / "run"
+    out = subprocess.run(_cli(*TINY, "--epochs", "1", "--out", str(run)), capture_output=True, text=True,
+                         env=_env(KERAS_BACKEND="jax"), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (run / "best.keras").is_file() and len(_history(run)) == 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["cr_pixels"] > 0
+
+
+def test_mixed_precision_keeps_float32_probabilities(tmp_path):
+    import keras
+
+    from kercr.training import train
+
+    try:
+        train(_tiny_config(tmp_path, mixed_precision=True, epochs=1), verbose=0)
+        model = keras.saving.load_model(tmp_path / "run" / "best.keras")
+        assert model.layers[1].dtype_policy.name == "mixed_bfloat16"
+        y = model(np.zeros((1, 64, 64, 1), "float32"))
+        assert keras.backend.standardize_dtype(y.dtype) == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -159,5 +159,65 @@ def train_main(argv=None) -> int:
     return 0
 
 
+def prepare_main(argv=None) -> int:
+    """``kercr-prepare``: write a data set as sharded TFRecords for ``kercr-train --data DIR``."""
+    parser = argparse.ArgumentParser(
+        prog="kercr-prepare",
+        description=(
+            "Cut frames into (image, mask, weight) patches and write them as sharded TFRecord files "
+            "(DIR/train/, DIR/val/, DIR/prepare.json), split 90/10 by exposure. DIR can be any "
+            "tf.io.gfile path, e.g. a local folder or gs://bucket/path. Train from it with "
+            "kercr-train --data DIR."
+        ),
+    )
+    add = parser.add_argument
+    add("--data", default="synthetic", help="'synthetic' (default) or a directory of FITS frames")
+    add("--out", required=True, help="output folder (must not hold shards yet)")
+    add("--frames", type=int, default=20, help="synthetic exposures to generate (default 20)")
+    add("--frame-shape", type=int, nargs=2, default=[4096, 2048], metavar=("NY", "NX"),
+        help="synthetic frame shape in pixels (default 4096 2048)")
+    add("--patch-size", type=int, default=256)
+    add("--patches-per-frame", type=int, default=None, help="default: 128 per 2k x 4k CCD, scaled by area")
+    add("--cr-rate-scale", type=float, default=5.0,
+        help="CR rate as a multiple of DECam's 0.6 per second per CCD (default 5)")
+    add("--median-weights", action="store_true", help="Cosmic-CoNN median weights instead of ones")
+    add("--val-fraction", type=float, default=0.1)
+    add("--shard-size", type=int, default=1024, help="patches per shard file")
+    add("--seed", type=int, default=0)
+    add("-v", "--verbose", action="count", default=1)
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    from kercr.data.errors import KercrDataError
+    from kercr.data.loader import FITSFrames, SyntheticFrames
+    from kercr.data.patches import default_patch_count
+    from kercr.data.pipeline import prepare_shards
+
+    try:
+        if args.data == "synthetic":
+            source = SyntheticFrames(seed=args.seed, shape=args.frame_shape, cr_rate_scale=args.cr_rate_scale,
+                                     median_weights=args.median_weights, cache=1)
+            ids = source.exposure_ids(args.frames)
+            per_frame = args.patches_per_frame or default_patch_count(tuple(args.frame_shape))
+        else:
+            if not os.path.isdir(args.data):
+                raise KercrDataError(f"--data {args.data!r}: no such directory; pass 'synthetic' or a FITS folder.")
+            source = FITSFrames(args.data, seed=args.seed, cr_rate_scale=args.cr_rate_scale,
+                                median_weights=args.median_weights, cache=1)
+            ids = source.exposure_ids()
+            per_frame = args.patches_per_frame or 128
+        if min(args.frame_shape) < args.patch_size:
+            raise KercrDataError(f"--patch-size {args.patch_size} is larger than the frames {args.frame_shape}.")
+        meta = prepare_shards(source, ids, args.out, patch_size=args.patch_size, patches_per_frame=per_frame,
+                              val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size,
+                              metadata={"data": args.data, "median_weights": args.median_weights})
+    except (KercrDataError, FileExistsError, ValueError) as err:
+        print(f"kercr-prepare: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {meta['train']['exposures']} training and {meta['val']['exposures']} validation exposures "
+          f"({per_frame} patches of {args.patch_size} px each) to {args.out}")
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(models_main())

@@ -126,7 +126,7 @@ class TrainConfig:
                 f"frame_shape={self.frame_shape!r} must be two sizes (ny, nx), each at least "
                 f"patch_size={self.patch_size}."
             )
-        if self.data != "synthetic" and not Path(self.data).is_dir():
+        if self.data != "synthetic" and "://" not in self.data and not Path(self.data).is_dir():
             raise ConfigError(
                 f"data={self.data!r}: no such directory. Pass --data synthetic for the embedded "
                 "DECam-like data set, or a directory of FITS frames or kercr-prepare shards."

@@ -56,6 +56,17 @@ class TrainingData:
         return x[order], y[order], w[order]
 
 
+def is_shard_dir(data: str) -> bool:
+    """True for a folder written by ``kercr-prepare`` (local or any ``tf.io.gfile`` URL)."""
+    if data == "synthetic":
+        return False
+    if "://" in data:
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(f"{data.rstrip('/')}/prepare.json")
+    return (Path(data) / "prepare.json").is_file()
+
+
 def _shards(config: TrainConfig, initial_epoch: int) -> TrainingData:
     import keras
 
@@ -66,20 +77,23 @@ def _shards(config: TrainConfig, initial_epoch: int) -> TrainingData:
         )
     from kercr.data.pipeline import read_tfrecords
 
-    meta = json.loads((Path(config.data) / "prepare.json").read_text())
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(f"{config.data.rstrip('/')}/prepare.json") as f:
+        meta = json.loads(f.read())
     if meta.get("patch_size") != config.patch_size:
         raise ConfigError(
             f"{config.data} holds {meta.get('patch_size')} px patches but patch_size={config.patch_size}; "
             f"pass --patch-size {meta.get('patch_size')}."
         )
-    root = Path(config.data)
-    train = read_tfrecords(str(root / "train" / "*.tfrecord"), patch_size=config.patch_size,
+    root = config.data.rstrip("/")
+    train = read_tfrecords(f"{root}/train/*.tfrecord", patch_size=config.patch_size,
                            batch_size=config.batch_size, seed=config.seed + initial_epoch, repeat=True)
-    val = read_tfrecords(str(root / "val" / "*.tfrecord"), patch_size=config.patch_size,
+    val = read_tfrecords(f"{root}/val/*.tfrecord", patch_size=config.patch_size,
                          batch_size=config.batch_size, shuffle=0, augment_data=False, repeat=False)
     val_batches = list(val.take(config.validation_steps).as_numpy_iterator())
     if not val_batches:
-        raise ConfigError(f"{root / 'val'}: fewer validation patches than one batch of {config.batch_size}.")
+        raise ConfigError(f"{root}/val: fewer validation patches than one batch of {config.batch_size}.")
     return TrainingData(train, val_batches)
 
 
@@ -94,7 +108,7 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
     strategy : tf.distribute.Strategy, optional
         Unused by the PyDataset loaders (Keras distributes them); kept for symmetry.
     """
-    if config.data != "synthetic" and (Path(config.data) / "prepare.json").is_file():
+    if is_shard_dir(config.data):
         return _shards(config, initial_epoch)
     median = config.loss == "median_bce"
     if config.data == "synthetic":

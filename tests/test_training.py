@@ -216,3 +216,44 @@ def test_mixed_precision_keeps_float32_probabilities(tmp_path):
         assert keras.backend.standardize_dtype(y.dtype) == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, capsys):
+    from kercr.cli import prepare_main
+
+    shards = tmp_path / "shards"
+    common = ["--frame-shape", "256", "256", "--patch-size", "64", "--cr-rate-scale", "50"]
+    assert prepare_main(["--frames", "5", "--patches-per-frame", "8", "--out", str(shards), *common]) == 0
+    meta = json.loads((shards / "prepare.json").read_text())
+    assert not set(meta["train_exposures"]) & set(meta["val_exposures"])
+    assert len(meta["train_exposures"]) + len(meta["val_exposures"]) == 5
+    assert list((shards / "train").glob("*.tfrecord")) and list((shards / "val").glob("*.tfrecord"))
+    # Never overwritten:
+    assert prepare_main(["--frames", "5", "--out", str(shards), *common]) == 2
+    assert "already holds" in capsys.readouterr().err
+    run = tmp_path / "run"
+    args = ["--data", str(shards), "--model", "deepcr_2_4", "--patch-size", "64", "--batch-size", "4",
+            "--steps-per-epoch", "2", "--validation-steps", "2", "--epochs", "1", "--out", str(run)]
+    assert train_main(args) == 0
+    assert json.loads((run / "metrics.json").read_text())["cr_pixels"] > 0
+    assert train_main([*args[:5], "32", *args[6:-1], str(tmp_path / "run2")]) == 2
+    assert "64 px patches" in capsys.readouterr().err
+
+
+def test_training_from_a_directory_of_clean_fits_frames(tmp_path):
+    from astropy.io import fits
+
+    from kercr.data.synthetic import make_frame
+    from kercr.training import train
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        f = make_frame(seed=i, shape=(256, 256))
+        header = fits.Header({"EXPTIME": 3000.0, "GAIN": 4.0, "RDNOISE": 7.0, "SATURATE": 45000.0})
+        fits.PrimaryHDU(f.clean_adu, header=header).writeto(frames / f"exp{i}.fits")
+    before = {p.name: p.read_bytes() for p in frames.iterdir()}
+    config = _tiny_config(tmp_path, data=str(frames), cr_rate_scale=5.0, epochs=1)
+    metrics = train(config, verbose=0)
+    assert metrics["cr_pixels"] > 0
+    assert {p.name: p.read_bytes() for p in frames.iterdir()} == before  # inputs untouched

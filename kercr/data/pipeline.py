@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from kercr.data.sources import fits_patches, synthetic_patches
 
-__all__ = ["synthetic_dataset", "fits_dataset", "augment", "write_tfrecords", "read_tfrecords"]
+__all__ = ["synthetic_dataset", "fits_dataset", "augment", "write_tfrecords", "read_tfrecords", "prepare_shards"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +135,63 @@ def read_tfrecords(pattern, *, patch_size=256, batch_size=8, shuffle=1024, augme
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     return _finish(ds, batch_size=batch_size, shuffle=shuffle, augment_data=augment_data, seed=seed, repeat=repeat)
+
+
+def prepare_shards(source, exposure_ids, out_dir, *, patch_size=256, patches_per_frame=128, val_fraction=0.1,
+                   seed=0, shard_size=1024, metadata=None) -> dict:
+    """Cut the frames of ``source`` into patches and write ``train/`` and ``val/`` TFRecord shards.
+
+    Exposures, never patches, are split between training and validation
+    (:func:`kercr.data.patches.split_exposures`). ``out_dir`` may be any ``tf.io.gfile`` path (a
+    local folder or a ``gs://`` bucket); it receives ``train/patches-*.tfrecord``,
+    ``val/patches-*.tfrecord`` and ``prepare.json`` (patch size, counts, the exposure split), and
+    must not hold shards already (nothing is overwritten).
+
+    Parameters
+    ----------
+    source : kercr.data.loader.SyntheticFrames or FITSFrames
+        Frame source: normalized frames with CR truth and pixel weights.
+    exposure_ids : list
+        Exposures to use.
+    out_dir : str
+    patch_size, patches_per_frame : int
+    val_fraction : float
+    seed : int
+    shard_size : int
+        Patches per shard file.
+    metadata : dict, optional
+        Extra JSON-serializable entries for ``prepare.json``.
+
+    Returns
+    -------
+    dict
+        The content of ``prepare.json``.
+    """
+    import json
+
+    from kercr.data.loader import _frame_keys
+    from kercr.data.patches import make_patches, split_exposures
+
+    out_dir = str(out_dir).rstrip("/")
+    if tf.io.gfile.exists(f"{out_dir}/prepare.json"):
+        raise FileExistsError(f"{out_dir} already holds prepared shards (prepare.json); choose a new --out.")
+    train_ids, val_ids = split_exposures(exposure_ids, val_fraction=val_fraction, seed=seed)
+
+    def patches(ids, offset):
+        for k, key in enumerate(_frame_keys(source, ids)):
+            image, mask, weight = source.frame(key)
+            (xs, ys, ws), _ = make_patches(image, mask, weight, patch_size=patch_size, n_patches=patches_per_frame,
+                                           mode="random", seed=np.random.default_rng([seed, offset, k]))
+            for x, y, w in zip(xs, ys, ws):
+                yield x[..., None], y[..., None], w[..., None]
+
+    counts = {}
+    for name, ids, offset in (("train", train_ids, 0), ("val", val_ids, 1)):
+        shards = write_tfrecords(patches(ids, offset), f"{out_dir}/{name}", shard_size=shard_size)
+        counts[name] = {"exposures": len(ids), "shards": len(shards)}
+    meta = {"patch_size": int(patch_size), "patches_per_frame": int(patches_per_frame), "seed": int(seed),
+            "train_exposures": [str(i) for i in train_ids], "val_exposures": [str(i) for i in val_ids],
+            **counts, **(metadata or {})}
+    with tf.io.gfile.GFile(f"{out_dir}/prepare.json", "w") as f:
+        f.write(json.dumps(meta, indent=2) + "\n")
+    return meta

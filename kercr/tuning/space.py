@@ -175,7 +175,8 @@ class SearchSpace:
         """A JSON-ready description (saved as ``search_space.json`` beside the search)."""
         out = {k: getattr(self, k) for k in SEARCH_KEYS}
         out["space"] = {"model": list(self.models), **{k: p.to_json() for k, p in self.params.items()}}
-        out["data"] = dict(self.data)
+        config = self.train_config().to_dict()
+        out["data"] = {k: config[k] for k in DATA_KEYS}
         return json.loads(json.dumps(out))
 
     def replace(self, **changes) -> "SearchSpace":

@@ -1,0 +1,130 @@
+"""Run a hyperparameter search: one resumable output directory per search.
+
+The output directory holds::
+
+    search_space.json    the resolved search space (a re-run must use the same one)
+    search/              Keras Tuner's project: oracle.json, tuner0.json, trial_<id>/ ...
+    results.csv          one row per trial, best first (see kercr.tuning.results)
+    results.md           the same as a Markdown table
+    best.keras           the best trial's model (best epoch), ready for kercr-export
+    normalization.json   the normalization constants the model expects
+    best_trial.json      the best trial's hyperparameters and metrics
+
+Running the same command again resumes an interrupted search (Keras Tuner reloads its oracle
+from ``search/`` because the directory and project name are the same and nothing is
+overwritten); a finished search only rewrites the results.
+
+Distributed mode (Keras Tuner's): one chief process holds the oracle and serves trials over gRPC
+to worker processes; all read ``KERASTUNER_TUNER_ID`` (``chief`` or ``tuner0``, ``tuner1``,
+...), ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT``. The chief writes the results
+when every worker has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import keras
+
+from kercr.tuning.space import SearchSpace, SearchSpaceError
+
+logger = logging.getLogger(__name__)
+
+PROJECT = "search"
+SPACE_FILE = "search_space.json"
+
+
+def distributed_role() -> str:
+    """``"chief"``, ``"worker"`` or ``"single"`` from Keras Tuner's environment variables."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "single"
+    missing = [v for v in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if not os.environ.get(v)]
+    if missing:
+        raise SearchSpaceError(
+            f"KERASTUNER_ORACLE_IP is set but {' and '.join(missing)} is not: set all three, e.g. "
+            "KERASTUNER_TUNER_ID=chief (or tuner0, tuner1, ...), KERASTUNER_ORACLE_IP=10.0.0.1, "
+            "KERASTUNER_ORACLE_PORT=8000; or unset KERASTUNER_ORACLE_IP for a single-process search."
+        )
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def _check_out_dir(out: Path, space: SearchSpace) -> None:
+    """Refuse to mix searches: ``out`` must hold no search or one with the same space."""
+    saved = out / SPACE_FILE
+    mine = space.to_json()
+    if saved.is_file():
+        previous = json.loads(saved.read_text())
+        if previous != mine:
+            diff = sorted(k for k in set(previous) | set(mine) if previous.get(k) != mine.get(k))
+            raise SearchSpaceError(
+                f"the output directory {str(out)!r} holds a search with another search space "
+                f"(differences in: {', '.join(diff)}); pass --out NEW_DIR for a new search, the same "
+                "options to resume that one, or --overwrite to delete it and start again."
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{SPACE_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(mine, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, saved)  # atomic: the chief and the workers may start together
+
+
+def run_search(space: SearchSpace, out, *, overwrite: bool = False, verbose="auto"):
+    """Run (or resume) the search ``space`` describes, with its results in ``out``.
+
+    Parameters
+    ----------
+    space : SearchSpace
+        The search (see :func:`kercr.tuning.load_search_space`).
+    out : str or path-like
+        Output directory (layout in the module docstring).
+    overwrite : bool
+        Delete a previous search in ``out`` and start afresh (default: resume it).
+    verbose : "auto", 0, 1 or 2
+        Keras progress display for each trial's training.
+
+    Returns
+    -------
+    list of dict or None
+        The results table rows, best first; None on a distributed worker (the chief writes
+        the results).
+    """
+    from kercr.training_data import make_training_data
+    from kercr.tuning.hypermodel import CRHyperModel
+    from kercr.tuning.results import write_results
+    from kercr.tuning.tuners import make_tuner
+
+    role = distributed_role()
+    out = Path(out)
+    if overwrite and role != "worker" and (out / SPACE_FILE).is_file():
+        (out / SPACE_FILE).unlink()
+    _check_out_dir(out, space)
+    config = space.train_config()
+    keras.utils.set_random_seed(space.seed)
+    hypermodel = CRHyperModel(space)
+    tuner = make_tuner(space, hypermodel, directory=out, project_name=PROJECT,
+                       overwrite=overwrite and role != "worker")
+    if role == "chief":
+        logger.info(
+            "chief oracle for %s search: serving trials on %s:%s until the workers finish",
+            space.tuner, os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"],
+        )
+        tuner.search(verbose=verbose)  # blocks while the workers run the trials
+    else:
+        data = make_training_data(config)
+        if role == "worker":
+            logger.info("worker %s: asking the chief oracle at %s:%s for trials", tuner.tuner_id,
+                        os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
+        else:
+            logger.info("%s search over %s in %s", space.tuner, ", ".join(space.models), out / PROJECT)
+        tuner.search(
+            data.train, validation_data=data.val, epochs=space.max_epochs,
+            steps_per_epoch=config.steps_per_epoch, validation_steps=config.validation_steps,
+            verbose=verbose,
+        )
+        if role == "worker":
+            logger.info("worker %s: the chief has no more trials; done", tuner.tuner_id)
+            return None
+    return write_results(tuner, space, out)

@@ -171,7 +171,8 @@ def prepare_main(argv=None) -> int:
         ),
     )
     add = parser.add_argument
-    add("--data", default="synthetic", help="'synthetic' (default) or a directory of FITS frames")
+    add("--data", default="synthetic",
+        help="'synthetic' (default), a directory of FITS frames, or the LCO CR dataset (Cosmic-CoNN)")
     add("--out", required=True, help="output folder (must not hold shards yet)")
     add("--frames", type=int, default=20, help="synthetic exposures to generate (default 20)")
     add("--frame-shape", type=int, nargs=2, default=[4096, 2048], metavar=("NY", "NX"),
@@ -189,7 +190,8 @@ def prepare_main(argv=None) -> int:
     _setup_logging(args.verbose)
 
     from kercr.data.errors import KercrDataError
-    from kercr.data.loader import FITSFrames, SyntheticFrames
+    from kercr.data.frames import FITSFrames, SyntheticFrames
+    from kercr.data.lco import LCOFrames, is_lco_dataset
     from kercr.data.patches import default_patch_count
     from kercr.data.pipeline import prepare_shards
 
@@ -199,6 +201,10 @@ def prepare_main(argv=None) -> int:
                                      median_weights=args.median_weights, cache=1)
             ids = source.exposure_ids(args.frames)
             per_frame = args.patches_per_frame or default_patch_count(tuple(args.frame_shape))
+        elif os.path.isdir(args.data) and is_lco_dataset(args.data):
+            source = LCOFrames(args.data, seed=args.seed, median_weights=args.median_weights, cache=1)
+            ids = source.exposure_ids()
+            per_frame = args.patches_per_frame or 128
         else:
             if not os.path.isdir(args.data):
                 raise KercrDataError(f"--data {args.data!r}: no such directory; pass 'synthetic' or a FITS folder.")
@@ -206,7 +212,7 @@ def prepare_main(argv=None) -> int:
                                 median_weights=args.median_weights, cache=1)
             ids = source.exposure_ids()
             per_frame = args.patches_per_frame or 128
-        if min(args.frame_shape) < args.patch_size:
+        if args.data == "synthetic" and min(args.frame_shape) < args.patch_size:
             raise KercrDataError(f"--patch-size {args.patch_size} is larger than the frames {args.frame_shape}.")
         meta = prepare_shards(source, ids, args.out, patch_size=args.patch_size, patches_per_frame=per_frame,
                               val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size,

@@ -15,6 +15,10 @@ from kercr import metrics as M
 def pooled_predictions(model, batches):
     """Run ``model`` over ``(x, y, w)`` numpy batches; return pooled (truth, score, ignore).
 
+    The score is the CR logit when the model exposes one (:func:`kercr.models.logit_model`),
+    else the probability: logits keep the ranking of confident pixels that float32
+    probabilities collapse onto 1.0. Both rank pixels identically otherwise.
+
     Parameters
     ----------
     model : keras.Model
@@ -26,35 +30,61 @@ def pooled_predictions(model, batches):
     -------
     truth : numpy.ndarray of bool, shape (N,)
     score : numpy.ndarray of float32, shape (N,)
+        Logits (or probabilities for models without a logit layer).
     ignore : numpy.ndarray of bool, shape (N,)
     """
+    from kercr.models import logit_model
+
+    scorer = logit_model(model) or model
     truth, score, ignore = [], [], []
     for x, y, w in batches:
-        p = np.asarray(model.predict_on_batch(x), dtype=np.float32)
+        p = np.asarray(scorer.predict_on_batch(x), dtype=np.float32)
         truth.append(np.asarray(y).reshape(-1) > 0.5)
         score.append(p.reshape(-1))
         ignore.append(np.asarray(w).reshape(-1) <= 0)
     return np.concatenate(truth), np.concatenate(score), np.concatenate(ignore)
 
 
-def pooled_metrics(truth, score, ignore=None, *, threshold=0.5) -> dict:
+def _sigmoid(z: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-np.float64(z))))
+
+
+def pooled_metrics(truth, score, ignore=None, *, threshold=0.5, logits=True) -> dict:
     """The standard kercr metrics on pooled pixels.
 
-    Returns a dict with ``tpr_at_fpr_1e-4`` and ``tpr_at_fpr_1e-3`` (TPR at 0.01 % and 0.1 %
-    FPR), ``threshold_at_fpr_1e-4``, ``precision_at_recall_0.95``, ``dice`` (at ``threshold``),
-    ``best_dice`` and ``best_dice_threshold``, and the pixel counts used.
+    Parameters
+    ----------
+    truth, score, ignore : numpy.ndarray, shape (N,)
+        As returned by :func:`pooled_predictions`.
+    threshold : float
+        Probability threshold of the ``dice`` entry.
+    logits : bool
+        Whether ``score`` holds logits (thresholds are reported as probabilities either way,
+        computed in float64; ``*_logit`` entries give the logit thresholds).
+
+    Returns
+    -------
+    dict
+        ``tpr_at_fpr_1e-4`` and ``tpr_at_fpr_1e-3`` (TPR at 0.01 % and 0.1 % FPR),
+        ``threshold_at_fpr_1e-4``, ``precision_at_recall_0.95``, ``dice`` (at ``threshold``),
+        ``best_dice`` and ``best_dice_threshold``, and the pixel counts used.
     """
     keep = np.ones_like(truth, dtype=bool) if ignore is None else ~np.asarray(ignore, dtype=bool)
+    to_p = _sigmoid if logits else float
+    cut = np.log(threshold / (1.0 - threshold)) if logits else threshold
     best, best_t = M.best_dice(truth, score, ignore=ignore)
+    t_fpr = M.threshold_at_fpr(truth, score, 1e-4, ignore=ignore)
     return {
         "tpr_at_fpr_1e-4": float(M.tpr_at_fpr(truth, score, 1e-4, ignore=ignore)),
         "tpr_at_fpr_1e-3": float(M.tpr_at_fpr(truth, score, 1e-3, ignore=ignore)),
-        "threshold_at_fpr_1e-4": float(M.threshold_at_fpr(truth, score, 1e-4, ignore=ignore)),
+        "threshold_at_fpr_1e-4": to_p(t_fpr),
+        "logit_threshold_at_fpr_1e-4": float(t_fpr) if logits else None,
         "precision_at_recall_0.95": float(M.precision_at_recall(truth, score, 0.95, ignore=ignore)),
-        "dice": float(M.dice_score(truth, score >= threshold, ignore=ignore)),
+        "dice": float(M.dice_score(truth, score >= cut, ignore=ignore)),
         "dice_threshold": float(threshold),
         "best_dice": float(best),
-        "best_dice_threshold": float(best_t),
+        "best_dice_threshold": to_p(best_t),
+        "logit_best_dice_threshold": float(best_t) if logits else None,
         "cr_pixels": int(np.count_nonzero(truth & keep)),
         "non_cr_pixels": int(np.count_nonzero(~truth & keep)),
         "ignored_pixels": int(np.count_nonzero(~keep)),
@@ -63,4 +93,7 @@ def pooled_metrics(truth, score, ignore=None, *, threshold=0.5) -> dict:
 
 def validation_metrics(model, batches, *, threshold=0.5) -> dict:
     """:func:`pooled_metrics` of ``model`` on ``(x, y, w)`` batches."""
-    return pooled_metrics(*pooled_predictions(model, batches), threshold=threshold)
+    from kercr.models import logit_model
+
+    return pooled_metrics(*pooled_predictions(model, batches), threshold=threshold,
+                          logits=logit_model(model) is not None)

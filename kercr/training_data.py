@@ -3,8 +3,10 @@
 ``--data`` selects the source:
 
 - ``synthetic``: kercr's embedded DECam-like frames (:class:`kercr.data.loader.SyntheticFrames`);
+- the LCO CR dataset released with Cosmic-CoNN, as published (:class:`kercr.data.lco.LCOFrames`;
+  any folder holding ``*_3frms_masks.fits`` files);
 - a directory of FITS files: clean frames with injected CRs, or files with a ``CRMASK`` extension
-  (:class:`kercr.data.loader.FITSFrames`);
+  (:class:`kercr.data.frames.FITSFrames`);
 - a directory written by ``kercr-prepare`` (``prepare.json``, ``train/`` and ``val/`` TFRecord
   shards): streamed with tf.data (TensorFlow backend).
 
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from kercr.config import ConfigError, TrainConfig
+from kercr.data.lco import LCOFrames, is_lco_dataset
 from kercr.data.loader import FITSFrames, FixedBatches, PatchBatches, SyntheticFrames, patch_batches
 from kercr.data.patches import default_patch_count, split_exposures
 
@@ -118,6 +121,11 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
         ids = source.exposure_ids(config.frames)
         per_frame = config.patches_per_frame or default_patch_count(tuple(config.frame_shape))
         per_frame = min(per_frame, math.prod(config.frame_shape) // config.patch_size**2 * 4)
+    elif is_lco_dataset(config.data):
+        make = lambda cache: LCOFrames(config.data, seed=config.seed, median_weights=median, cache=cache)  # noqa: E731
+        source = make(2)
+        ids = source.exposure_ids()
+        per_frame = config.patches_per_frame or 128
     else:
         make = lambda cache: FITSFrames(config.data, seed=config.seed, median_weights=median,  # noqa: E731
                                         cr_rate_scale=config.cr_rate_scale, cache=cache)

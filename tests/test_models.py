@@ -262,3 +262,14 @@ def test_every_architecture_exports_to_a_tf_saved_model(models, name, tmp_path):
         x = rng.normal(size=shape).astype("float32")
         served = np.asarray(loaded.serve(tf.constant(x)))
         np.testing.assert_allclose(served, np.asarray(model(x, training=False)), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["deepcr_2_4", "transunet"])
+def test_logit_model_shares_weights_and_its_sigmoid_is_the_output(models, name):
+    from kercr.models import logit_model
+
+    model = models[name]
+    x = _example_input(model, np.random.default_rng(5), batch=1) * 50
+    logits = np.asarray(logit_model(model)(x), dtype=np.float64)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), np.asarray(model(x)), atol=1e-6)
+    assert model.get_layer(f"{name}_head_logits").dtype_policy.compute_dtype == "float32"

@@ -17,6 +17,8 @@ from kercr.data.cosmic_rays import (
 )
 from kercr.data.errors import FITSFileNotFoundError, FITSFormatError, KercrDataError
 from kercr.data.fits_io import CCDFrame, iter_ccds, list_ccd_extensions, read_ccd, write_fits_with_mask
+from kercr.data.frames import FITSFrames, SyntheticFrames, frame_keys, patch_batches
+from kercr.data.lco import LCOFrames, find_lco_files, is_lco_dataset, lco_median_weights, read_lco_file
 from kercr.data.footprints import extract_footprints, inject_footprints, read_footprint_table
 from kercr.data.normalization import NormalizationConfig, NormalizationParams, denormalize, normalize, robust_sky_noise
 from kercr.data.patches import default_patch_count, extract_patches, make_patches, patch_positions, split_exposures
@@ -24,6 +26,8 @@ from kercr.data.synthetic import BANDS, SyntheticConfig, SyntheticFrame, generat
 from kercr.data.weights import apply_ignore_mask, median_weight_map
 
 __all__ = [
+    "FITSFrames", "LCOFrames", "SyntheticFrames", "find_lco_files", "frame_keys", "is_lco_dataset",
+    "lco_median_weights", "patch_batches", "read_lco_file",
     "BANDS", "CCDFrame", "CosmicRayImage", "CosmicRayModel", "DECAM", "DetectorGeometry", "FITSFileNotFoundError",
     "FITSFormatError", "KercrDataError", "NormalizationConfig", "NormalizationParams", "SyntheticConfig",
     "SyntheticFrame", "TrainingExample", "apply_ignore_mask", "decam_dq_ignore", "default_patch_count", "denormalize",

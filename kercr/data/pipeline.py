@@ -169,7 +169,7 @@ def prepare_shards(source, exposure_ids, out_dir, *, patch_size=256, patches_per
     """
     import json
 
-    from kercr.data.loader import _frame_keys
+    from kercr.data.frames import frame_keys
     from kercr.data.patches import make_patches, split_exposures
 
     out_dir = str(out_dir).rstrip("/")
@@ -178,7 +178,7 @@ def prepare_shards(source, exposure_ids, out_dir, *, patch_size=256, patches_per
     train_ids, val_ids = split_exposures(exposure_ids, val_fraction=val_fraction, seed=seed)
 
     def patches(ids, offset):
-        for k, key in enumerate(_frame_keys(source, ids)):
+        for k, key in enumerate(frame_keys(source, ids)):
             image, mask, weight = source.frame(key)
             (xs, ys, ws), _ = make_patches(image, mask, weight, patch_size=patch_size, n_patches=patches_per_frame,
                                            mode="random", seed=np.random.default_rng([seed, offset, k]))

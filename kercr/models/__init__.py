@@ -15,6 +15,7 @@ from kercr.models.registry import (
     get_spec,
     input_multiple,
     list_models,
+    logit_model,
     model_kwargs,
     register_model,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "get_spec",
     "input_multiple",
     "list_models",
+    "logit_model",
     "model_kwargs",
     "register_model",
 ]

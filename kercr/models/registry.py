@@ -104,6 +104,18 @@ def count_trainable(model: keras.Model) -> int:
     return int(sum(math.prod(w.shape) for w in model.trainable_weights))
 
 
+def logit_model(model: keras.Model) -> keras.Model | None:
+    """A model sharing ``model``'s weights that outputs the CR logits (pre-sigmoid), or None.
+
+    kercr's heads end in a layer named ``*_logits`` followed by the sigmoid; ranking pixels by
+    logit avoids the ties of float32 probabilities that round to 1.0.
+    """
+    head = model.layers[-1]
+    if not (isinstance(head, keras.layers.Activation) and model.layers[-2].name.endswith("_logits")):
+        return None
+    return keras.Model(model.inputs, model.layers[-2].output, name=f"{model.name}_logits")
+
+
 def input_multiple(model: keras.Model) -> int:
     """The number the input height and width must be divisible by.
 

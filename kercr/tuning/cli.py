@@ -18,7 +18,7 @@ repository's tuning/ folder) can search the other architectures (unet, deepcr, c
 attention_unet) and their widths, and set the tuner and the data.
 
 Writes to --out: results.csv and results.md (one row per trial, best first: heads, layers, MLP
-dim, trainable parameters, validation Dice and TPR at 0.01 %% FPR on pooled validation pixels),
+dim, trainable parameters, validation Dice and TPR at 0.01 % FPR on pooled validation pixels),
 best.keras with normalization.json (ready for kercr-export), and the Keras Tuner project in
 search/. Running the same command again resumes an interrupted search.
 """

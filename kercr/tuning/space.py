@@ -448,6 +448,6 @@ def _check_consistency(space: SearchSpace) -> None:
     if space.tuner == "hyperband" and space.max_epochs < 2:
         raise SearchSpaceError(
             f"{source}: [search] max_epochs = {space.max_epochs}: Hyperband needs at least 2 epochs "
-            "to have brackets; raise max_epochs or use tuner = \"random\"."
+            "to have brackets; raise max_epochs (--max-epochs) or use tuner = \"random\" (--tuner random)."
         )
     space.train_config()

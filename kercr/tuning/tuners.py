@@ -94,6 +94,9 @@ class _PooledEvaluationMixin:
             results[POOLED_DICE] = pooled["dice"]
             results[POOLED_TPR] = pooled["tpr_at_fpr_1e-4"]
         path = os.path.join(self.get_trial_dir(trial.trial_id), MODEL_FILE)
+        if model.optimizer is not None and not model.optimizer.built:
+            # Saved with a built optimizer, the file loads back without optimizer warnings.
+            model.optimizer.build(model.trainable_variables)
         model.save(path)
         logger.info(
             "trial %s (%s): %s %s, pooled validation Dice %s, TPR at 0.01 %% FPR %s; saved %s",
@@ -135,7 +138,15 @@ def make_tuner(space, hypermodel, *, directory, project_name="search", overwrite
                                  hyperband_iterations=space.hyperband_iterations, **common)
         cls = HyperbandTuner
     elif space.tuner == "bayesian":
-        oracle = BayesianOptimizationOracle(max_trials=space.max_trials, **common)
+        try:
+            oracle = BayesianOptimizationOracle(max_trials=space.max_trials, **common)
+        except ImportError as err:  # Keras Tuner's Gaussian process needs scikit-learn
+            from kercr.config import ConfigError
+
+            raise ConfigError(
+                f"tuner 'bayesian' needs scikit-learn ({err}); install it with "
+                "pip install 'keras-tuner[bayesian]', or use --tuner hyperband or --tuner random."
+            ) from None
         cls = BayesianOptimizationTuner
     else:
         oracle = RandomSearchOracle(max_trials=space.max_trials, **common)

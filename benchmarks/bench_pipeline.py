@@ -1,0 +1,89 @@
+"""Is the input pipeline the bottleneck? Patches per second in, against patches per second trained.
+
+Measures, on this machine's CPUs:
+
+1. the PyDataset loader that ``kercr-train`` uses (:class:`kercr.data.loader.PatchBatches` over
+   synthetic DECam-like 4096 x 2048 frames), single-threaded as ``fit`` calls it;
+2. the tf.data pipeline (:func:`kercr.data.pipeline.synthetic_dataset`, parallel interleave);
+3. the training step rate of the default recipe (``deepcr``, 256 x 256 patches, batches of 16,
+   DiceBCE loss) on the same CPUs;
+
+and prints the ratios (pipeline rate / training rate; above 1 means training never waits).
+
+Usage::
+
+    python benchmarks/bench_pipeline.py [--model deepcr] [--patch-size 256] [--batch-size 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="deepcr")
+    parser.add_argument("--patch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=3, help="synthetic frames to stream per measurement")
+    parser.add_argument("--steps", type=int, default=6, help="training steps to time (after 2 warm-up steps)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    import keras
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+
+    from kercr.data.loader import PatchBatches, SyntheticFrames
+    from kercr.data.pipeline import synthetic_dataset
+    from kercr.models import build_model
+    from kercr.training import make_loss, make_metrics
+
+    p, b = args.patch_size, args.batch_size
+    per_frame = 128
+
+    # 1. PyDataset: one frame per 128 patches, as in training.
+    source = SyntheticFrames(seed=0, shape=(4096, 2048), cr_rate_scale=5.0, cache=1)
+    n_batches = args.frames * per_frame // b
+    loader = PatchBatches(source, list(range(args.frames)), batch_size=b, patch_size=p,
+                          patches_per_frame=per_frame, steps=n_batches, seed=0)
+    t0 = time.perf_counter()
+    for i in range(n_batches):
+        loader[i]
+    pydataset_rate = n_batches * b / (time.perf_counter() - t0)
+
+    # 2. tf.data: parallel interleave of frame generators.
+    ds = synthetic_dataset(seed=0, batch_size=b, patch_size=p, frames_per_worker=1, num_workers=args.frames,
+                           patches_per_frame=per_frame, shuffle=256)
+    t0 = time.perf_counter()
+    n = sum(int(x.shape[0]) for x, _, _ in ds)
+    tfdata_rate = n / (time.perf_counter() - t0)
+
+    # 3. Training steps of the default recipe on fixed batches.
+    model = build_model(args.model)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=make_loss("dice_bce"), weighted_metrics=make_metrics())
+    x, y, w = loader[0]
+    for _ in range(2):
+        model.train_on_batch(x, y, sample_weight=w)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        model.train_on_batch(x, y, sample_weight=w)
+    train_rate = args.steps * b / (time.perf_counter() - t0)
+
+    print(f"model {args.model}, {p} x {p} patches, batches of {b}, {args.threads} threads")
+    print("| stage | patches/s | ratio to training |")
+    print("|---|---:|---:|")
+    print(f"| PyDataset loader (kercr-train) | {pydataset_rate:.1f} | {pydataset_rate / train_rate:.1f} |")
+    print(f"| tf.data pipeline ({args.frames} parallel frame generators) | {tfdata_rate:.1f} | "
+          f"{tfdata_rate / train_rate:.1f} |")
+    print(f"| training step ({args.model}) | {train_rate:.1f} | 1.0 |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

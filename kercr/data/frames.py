@@ -1,0 +1,174 @@
+"""Frame sources: normalized frames with exact CR truth and pixel weights (numpy only).
+
+A frame source gives ``frame(key) -> (image, mask, weight)``, float32 (ny, nx) arrays: the image
+normalized with :func:`kercr.data.normalization.normalize` over the whole frame (as at
+inference), the CR truth (0/1) and pixel weights (0 on ignored pixels: saturated, bleed trails,
+bad pixels, NaN; 1 elsewhere, or Cosmic-CoNN median weights). ``exposure_ids()`` lists the
+exposures, and ``frames_of(id)`` (where an exposure holds several frames) their frame keys, so
+data sets are split by exposure, never by frame or patch.
+
+- :class:`SyntheticFrames`: kercr's embedded DECam-like exposures, made on demand;
+- :class:`FITSFrames`: a directory of FITS files (clean frames get injected CRs);
+- :class:`kercr.data.lco.LCOFrames`: the LCO CR dataset released with Cosmic-CoNN.
+
+Frame ``i`` is a pure function of ``(seed, i)``. The Keras ``PyDataset`` loaders over these
+sources are in :mod:`kercr.data.loader`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from kercr.data.augment import make_training_example
+from kercr.data.errors import KercrDataError
+from kercr.data.fits_io import list_ccd_extensions, read_ccd
+from kercr.data.normalization import NormalizationConfig, normalize
+from kercr.data.patches import make_patches
+from kercr.data.synthetic import SyntheticConfig, make_frame
+from kercr.data.weights import median_weight_map
+
+__all__ = ["SyntheticFrames", "FITSFrames", "frame_keys", "patch_batches"]
+
+logger = logging.getLogger(__name__)
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fz", ".fits.gz")
+
+
+class _CachedFrames:
+    """Keeps the last ``cache`` prepared frames: consecutive batches reuse one frame."""
+
+    def __init__(self, *, seed: int, median_weights: bool, normalization: NormalizationConfig | None, cache: int):
+        self.seed, self.median_weights, self.cache = int(seed), bool(median_weights), int(cache)
+        self.normalization = normalization
+        self._cache: dict = {}
+
+    def frame(self, i):
+        """``(image, mask, weight)`` float32 (ny, nx) arrays of frame ``i``; weight 0 on ignored pixels."""
+        if i not in self._cache:
+            image_adu, cr_mask, ignore, clean_adu = self._make(i)
+            bad = np.asarray(ignore, bool) | ~np.isfinite(image_adu)
+            image, _ = normalize(image_adu, mask=bad, config=self.normalization)
+            if self.median_weights:
+                # The median of aligned CR-free exposures is the clean frame itself.
+                weight = median_weight_map([clean_adu] * 3, alpha=0.0, mask=bad).astype(np.float32)
+            else:
+                weight = np.ones(image.shape, np.float32)
+            weight[bad] = 0.0
+            if len(self._cache) >= self.cache:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[i] = (image, np.asarray(cr_mask, np.float32), weight)
+        return self._cache[i]
+
+
+class SyntheticFrames(_CachedFrames):
+    """Synthetic DECam-like exposures (:func:`kercr.data.synthetic.make_frame`) made on demand.
+
+    Parameters
+    ----------
+    seed : int
+    shape : tuple of int
+        Frame shape (ny, nx) in pixels.
+    cr_rate_scale : float
+        CR rate as a multiple of DECam's dark rate.
+    median_weights : bool
+        Weights from the clean frame (Cosmic-CoNN's median weighting) instead of ones.
+    """
+
+    def __init__(self, *, seed, shape=(4096, 2048), cr_rate_scale=1.0, median_weights=False,
+                 normalization=None, cache=2):
+        super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache)
+        self.shape = tuple(int(s) for s in shape)
+        base = SyntheticConfig()
+        self.config = dataclasses.replace(
+            base, cr_model=dataclasses.replace(base.cr_model, rate_per_s=base.cr_model.rate_per_s * cr_rate_scale))
+
+    def exposure_ids(self, n: int) -> list[int]:
+        return list(range(int(n)))
+
+    def _make(self, i):
+        f = make_frame(seed=np.random.SeedSequence([self.seed, 7919, int(i)]), shape=self.shape, config=self.config)
+        return f.image_adu, f.cr_mask, f.ignore_mask, f.clean_adu
+
+
+class FITSFrames(_CachedFrames):
+    """CCD frames from a directory of FITS files (each CCD extension is a frame).
+
+    A file with a ``CRMASK`` extension is labelled (its first other image extension, with an
+    optional ``IGNORE`` extension). Any other file holds clean frames: each CCD gets simulated
+    CRs injected (gain, read noise, saturation and exposure time from its header), so every label
+    is exact. Frames are keyed ``(path, extension)``; the exposure id is the file.
+    """
+
+    def __init__(self, directory, *, seed, cr_rate_scale=1.0, median_weights=False, normalization=None, cache=2):
+        super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache)
+        directory = Path(directory)
+        self.paths = sorted(p for p in directory.iterdir() if p.name.lower().endswith(FITS_SUFFIXES))
+        if not self.paths:
+            raise KercrDataError(
+                f"{directory}: no FITS files (*.fits, *.fits.fz, *.fz) found; point --data at a directory "
+                "of clean CCD frames, of files with a CRMASK extension, or of kercr-prepare shards."
+            )
+        self.cr_rate_scale = float(cr_rate_scale)
+        self._frames = {}
+        for path in self.paths:
+            names = [n for _, n in list_ccd_extensions(path)]
+            if "CRMASK" in names:
+                self._frames[str(path)] = [next(n for n in names if n not in ("CRMASK", "IGNORE"))]
+            else:
+                self._frames[str(path)] = [idx for idx, _ in list_ccd_extensions(path)]
+
+    def exposure_ids(self, n=None) -> list[str]:
+        return [str(p) for p in self.paths]
+
+    def frames_of(self, exposure_id) -> list:
+        return [(exposure_id, ext) for ext in self._frames[exposure_id]]
+
+    def _make(self, key):
+        path, ext = key
+        names = [n for _, n in list_ccd_extensions(path)]
+        ccd = read_ccd(path, ext)
+        if "CRMASK" in names:
+            mask = read_ccd(path, "CRMASK").data > 0
+            ignore = read_ccd(path, "IGNORE").data > 0 if "IGNORE" in names else np.zeros_like(mask)
+            return ccd.data, mask, ignore, ccd.data
+        if ccd.exptime is None:
+            raise KercrDataError(f"{path}[{ext}]: no EXPTIME in the header, needed to simulate CRs; add it.")
+        rng = np.random.default_rng([self.seed, abs(hash((Path(path).name, str(ext)))) % 2**32])
+        from kercr.data.cosmic_rays import CosmicRayModel
+
+        base = CosmicRayModel()
+        ex = make_training_example(
+            ccd.data, gain=ccd.gain or 4.0, readnoise_e=ccd.readnoise or 7.0, exptime=ccd.exptime,
+            saturation_adu=ccd.saturation, rng=rng, sky_scale_range=(0.0, 0.0),
+            cr_model=dataclasses.replace(base, rate_per_s=base.rate_per_s * self.cr_rate_scale),
+        )
+        return ex.image_adu, ex.cr_mask, ex.ignore_mask, ccd.data
+
+
+def _stack(patches):
+    return tuple(np.ascontiguousarray(np.stack(list(p))[..., None], dtype=np.float32) for p in patches)
+
+
+def frame_keys(source, exposure_ids):
+    if hasattr(source, "frames_of"):
+        return [k for e in exposure_ids for k in source.frames_of(e)]
+    return list(exposure_ids)
+
+
+def patch_batches(source, exposure_ids, *, n_batches, batch_size, patch_size, seed):
+    """A fixed list of ``(x, y, w)`` batches cut from the frames of ``exposure_ids`` (validation)."""
+    keys = frame_keys(source, exposure_ids)
+    n = n_batches * batch_size
+    per_frame = -(-n // len(keys))
+    patches = []
+    for k, key in enumerate(keys):
+        image, mask, weight = source.frame(key)
+        (xs, ys, ws), _ = make_patches(image, mask, weight, patch_size=patch_size, n_patches=per_frame,
+                                       mode="random", seed=np.random.default_rng([seed, 1000, k]))
+        patches.extend(zip(xs, ys, ws))
+    patches = patches[:n]
+    return [_stack(zip(*patches[b * batch_size:(b + 1) * batch_size])) for b in range(len(patches) // batch_size)]

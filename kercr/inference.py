@@ -1,0 +1,728 @@
+"""Full-frame cosmic-ray detection: :func:`detect`.
+
+The path from a raw CCD frame to a CR mask:
+
+1. **Ignored pixels.** Non-finite pixels (NaN, inf), pixels at or above the saturation level
+   (``exclude_saturated=True``, the default, when a level is known) and the caller's ``mask``
+   are *ignored*: they are left out of the normalization statistics, their probability is set
+   to 0 and their mask to False, and they are listed in :attr:`DetectionResult.ignored`.
+2. **Normalization.** kercr's one :func:`kercr.data.normalize` over the *whole* frame (sky and
+   noise measured on all non-ignored pixels), with the constants the model was trained with
+   (its ``normalization.json`` sidecar). Non-finite pixels become the config's ``nan_fill``
+   (the sky) before the network, so they never spread into their neighbours. Saturated and
+   masked pixels keep their (clipped) values in the network input, as in training, where such
+   pixels are in the input and only carry zero loss weight.
+3. **Tiling.** The normalized frame is reflect-padded by the overlap margin on every side (and
+   up to the tile grid), cut into overlapping tiles of equal shape, and each tile's central part
+   (the tile minus ``overlap`` pixels on each side) is kept; the kept parts tile the frame
+   exactly, so there is no averaging and no seam, and no border is left unpredicted. With
+   ``overlap`` at least the network's receptive-field radius (the default, computed from the
+   layers) and tile origins on the network's pooling grid, the tiled prediction equals a
+   prediction of the whole padded frame in one piece up to float32 round-off (~1e-6). Models
+   with a fixed input (TransUNet) are tiled at that size. Models whose normalization layers
+   pool over the image (GroupNormalization, LayerNormalization: ``cosmic_conn``) and the
+   TransUNet's attention see the whole tile, so their output depends (weakly) on the tile size.
+4. **Threshold.** ``mask = probability >= threshold`` outside ignored pixels.
+
+Models are given as ``"default"`` (``kercr/weights/default.keras``), a ``.keras`` file, a
+training run directory (``best.keras``) or a ``keras.Model``; a registry name is refused
+(an untrained architecture finds nothing). Loaded models are cached per file.
+
+Runtimes: ``"keras"`` runs the Keras model; ``"tflite-float32"``, ``"tflite-float16"``,
+``"tflite-dynamic"`` and ``"tflite-int8"`` convert the model once with
+:func:`kercr.export.tflite.convert` (cached on disk under ``$KERCR_CACHE_DIR`` or
+``~/.cache/kercr/tflite``, keyed by the SHA-256 of the ``.keras`` file, the variant and the
+versions) and run it in the LiteRT interpreter. ``"auto"`` is ``"tflite-float32"`` when
+``ai-edge-litert`` is installed and the model is a file (its output matches Keras within 1e-4
+and it is faster and lighter, see ``benchmarks/bench_detect.py``), else ``"keras"``. The int8
+variant is the fastest but quantizes the normalized input to 256 levels; use it only after
+checking its quality on your data (``kercr-evaluate --runtime tflite-int8``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from kercr.data.errors import KercrDataError
+from kercr.data.normalization import NormalizationConfig, NormalizationParams, normalize
+
+__all__ = ["DetectionResult", "LoadedModel", "ModelLoadError", "RUNTIMES", "detect", "load_model",
+           "receptive_field_radius", "resolve_runtime", "dilate_mask"]
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "keras", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8")
+_TFLITE_QUANTIZE = {"tflite-float32": "none", "tflite-float16": "float16", "tflite-dynamic": "dynamic",
+                    "tflite-int8": "int8"}
+NORMALIZATION_FILE = "normalization.json"
+MODEL_FILES = ("best.keras", "model.keras")
+#: Default tile side (pixels) of the convolutional models; see benchmarks/bench_detect.py.
+DEFAULT_TILE = 1024
+#: Overlap margin of fixed-input models (TransUNet, whose receptive field is the whole tile); at most 1/8 tile.
+FIXED_MODEL_OVERLAP = 32
+
+
+class ModelLoadError(ValueError):
+    """A model argument cannot be used for detection; the message names the problem and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A detection model and everything needed to run it.
+
+    Attributes
+    ----------
+    model : keras.Model
+        Input (B, H, W, 1) float32 normalized image, output (B, H, W, 1) CR probability.
+    name : str
+        ``"default"``, the ``.keras`` path, or ``"<instance NAME>"``.
+    path : pathlib.Path or None
+        The ``.keras`` file (None for an instance).
+    normalization : NormalizationConfig
+        Constants of :func:`kercr.data.normalize`.
+    normalization_source : str
+        The sidecar path, ``"card"`` or ``"default"``.
+    threshold : float
+        Default probability threshold (model card, run metrics, or 0.5).
+    threshold_source : str
+        Where :attr:`threshold` came from.
+    card : dict
+        The model card (empty when there is none).
+    multiple : int
+        Input height and width must be multiples of this (pooling); the tile size for fixed models.
+    fixed_size : int or None
+        Input side of a fixed-input model (TransUNet), else None.
+    rf_radius : int
+        Receptive-field radius in pixels (an upper bound from the layers); 0 for fixed models.
+    local : bool
+        True when every output pixel depends only on inputs within ``rf_radius`` (no
+        image-wide normalization or attention), so tiling is exact.
+    """
+
+    model: object
+    name: str
+    path: Path | None
+    normalization: NormalizationConfig
+    normalization_source: str
+    threshold: float
+    threshold_source: str
+    card: dict
+    multiple: int
+    fixed_size: int | None
+    rf_radius: int
+    local: bool
+
+    @property
+    def default_overlap(self) -> int:
+        """Overlap margin in pixels: the receptive-field radius rounded up to :attr:`multiple`."""
+        if self.fixed_size is not None:
+            return min(FIXED_MODEL_OVERLAP, self.fixed_size // 8)
+        return _round_up(max(self.rf_radius, 1), self.multiple)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def _layer_rf(layer, radius: float, jump: float) -> tuple[float, float]:
+    """Receptive-field radius and jump (input pixels per step) after ``layer``."""
+    import keras
+
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        stride = int(layer.strides[0])
+        jump /= stride
+        # k = s: each output pixel sees one input pixel; + one step for the sub-pixel alignment.
+        return radius + (max(0, int(layer.kernel_size[0]) - stride) + 1) * jump, jump
+    if isinstance(layer, keras.layers.Conv2D):
+        k, d = int(layer.kernel_size[0]), int(layer.dilation_rate[0])
+        return radius + (k - 1) // 2 * d * jump + (k - 1) % 2 * jump, jump * int(layer.strides[0])
+    if isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
+        return radius + (int(layer.pool_size[0]) - 1) * jump, jump * int(layer.strides[0])
+    if isinstance(layer, keras.layers.UpSampling2D):
+        jump /= int(layer.size[0])
+        return radius + jump, jump
+    return radius, jump
+
+
+def receptive_field_radius(model) -> int:
+    """Receptive-field radius of a convolutional model, in input pixels (an upper bound).
+
+    Propagates (radius, jump) through the functional graph: every convolution adds
+    ``(kernel - 1) / 2`` steps at its scale, every pooling ``pool - 1`` steps (its window is
+    one-sided), every upsampling one step for the sub-pixel alignment; a merge takes the largest
+    radius of its inputs. If the graph cannot be walked, every layer is counted in series
+    (a looser bound).
+
+    Parameters
+    ----------
+    model : keras.Model
+
+    Returns
+    -------
+    int
+        Pixels on each side of an output pixel that can influence it.
+    """
+    state: dict = {}
+    try:
+        for layer in model.layers:
+            nodes = getattr(layer, "_inbound_nodes", [])
+            parents = [t._keras_history.operation.name for t in nodes[0].input_tensors] if nodes else []
+            if len(nodes) > 1:
+                raise ValueError("shared layer")
+            inputs = [state[p] for p in parents]
+            radius = max((r for r, _ in inputs), default=0.0)
+            jump = max((j for _, j in inputs), default=1.0)
+            state[layer.name] = _layer_rf(layer, radius, jump)
+        radius = max(state[t._keras_history.operation.name][0] for t in model.outputs)
+    except (AttributeError, KeyError, IndexError, ValueError):
+        radius, jump = 0.0, 1.0
+        for layer in model.layers:
+            radius, jump = _layer_rf(layer, radius, jump)
+    return int(math.ceil(radius))
+
+
+def _is_local(model) -> bool:
+    import keras
+
+    global_layers = (keras.layers.GroupNormalization, keras.layers.LayerNormalization,
+                     keras.layers.MultiHeadAttention)
+    return model.input_shape[1] is None and not any(isinstance(layer, global_layers) for layer in model.layers)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"cannot read the {what} {path}: {err}. Fix or remove the file.") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"the {what} {path} holds a JSON {type(data).__name__}; it must hold an object.")
+    return data
+
+
+def _normalization_config(data: dict, source: str) -> NormalizationConfig:
+    valid = {f.name for f in dataclasses.fields(NormalizationConfig)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ModelLoadError(f"{source}: unknown normalization key(s) {', '.join(unknown)}; valid keys: "
+                             f"{', '.join(sorted(valid))}.")
+    try:
+        return NormalizationConfig.from_dict(data)
+    except (KercrDataError, TypeError, ValueError) as err:
+        raise ModelLoadError(f"{source}: invalid normalization constants: {err}") from None
+
+
+def _describe(model, *, name, path, card, sidecar_dir) -> LoadedModel:
+    from kercr.models import input_multiple
+
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4 or shape[-1] != 1:
+        raise ModelLoadError(f"{name}: input shape {shape} is not (batch, H, W, 1); kercr.detect runs "
+                             "single-input, one-channel kercr models.")
+    if sidecar_dir is not None and (sidecar_dir / NORMALIZATION_FILE).is_file():
+        sidecar = sidecar_dir / NORMALIZATION_FILE
+        norm = _normalization_config(_read_json(sidecar, "normalization file"), str(sidecar))
+        norm_source = str(sidecar)
+    elif isinstance(card.get("normalization"), dict):
+        norm, norm_source = _normalization_config(card["normalization"], f"{name} model card"), "card"
+    else:
+        norm, norm_source = NormalizationConfig(), "default"
+        logger.warning("%s: no %s beside the model and none in its card; normalizing with the default "
+                       "NormalizationConfig(). If the model was trained with other constants, put its "
+                       "normalization.json beside the .keras file.", name, NORMALIZATION_FILE)
+    threshold, threshold_source = 0.5, "none (0.5)"
+    if "threshold" in card:
+        threshold, threshold_source = float(card["threshold"]), "card"
+    elif path is not None and (path.parent / "metrics.json").is_file():
+        metrics = _read_json(path.parent / "metrics.json", "run metrics file")
+        if "threshold_at_fpr_1e-4" in metrics:
+            threshold = float(metrics["threshold_at_fpr_1e-4"])
+            threshold_source = f"{path.parent / 'metrics.json'} threshold_at_fpr_1e-4"
+    if not 0.0 <= threshold <= 1.0 or not math.isfinite(threshold):
+        raise ModelLoadError(f"{name}: default threshold {threshold} ({threshold_source}) is not in [0, 1].")
+    fixed = shape[1]
+    return LoadedModel(
+        model=model, name=name, path=path, normalization=norm, normalization_source=norm_source,
+        threshold=threshold, threshold_source=threshold_source, card=card,
+        multiple=int(input_multiple(model)), fixed_size=None if fixed is None else int(fixed),
+        rf_radius=0 if fixed is not None else receptive_field_radius(model), local=_is_local(model),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _load_file(path: str, mtime_ns: int, size: int, is_default: bool) -> LoadedModel:
+    import keras
+
+    import kercr  # noqa: F401  (registers kercr's custom objects for safe-mode loading)
+
+    p = Path(path)
+    try:
+        model = keras.saving.load_model(p, safe_mode=True)
+    except Exception as err:  # keras raises many types for a corrupt archive
+        raise ModelLoadError(f"cannot load the Keras model {p}: {type(err).__name__}: {err}. Check that it is a "
+                             "complete .keras file saved by kercr.") from None
+    card = {}
+    if (p.with_suffix(".json")).is_file():  # the model card: default.json beside default.keras
+        card = _read_json(p.with_suffix(".json"), "model card")
+    name = "default" if is_default else str(p)
+    logger.info("loaded model %s", name)
+    return _describe(model, name=name, path=p, card=card, sidecar_dir=p.parent)
+
+
+_INSTANCES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def load_model(model="default") -> LoadedModel:
+    """Resolve and load a detection model (cached).
+
+    Parameters
+    ----------
+    model : str, path-like, keras.Model or LoadedModel
+        ``"default"`` (``kercr/weights/default.keras``), a ``.keras`` file, a directory holding
+        ``best.keras`` (a kercr-train run) or ``model.keras``, or a ``keras.Model`` instance.
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    ModelLoadError
+        A registry name (untrained), a missing or unreadable file, a bad sidecar.
+    kercr.weights.MissingWeightsError
+        ``"default"`` when no default model is installed.
+    """
+    if isinstance(model, LoadedModel):
+        return model
+    import keras
+
+    if isinstance(model, keras.Model):
+        if model not in _INSTANCES:
+            _INSTANCES[model] = _describe(model, name=f"<instance {model.name}>", path=None, card={},
+                                          sidecar_dir=None)
+        return _INSTANCES[model]
+    if not isinstance(model, (str, os.PathLike)):
+        raise ModelLoadError(f"model={model!r}: pass 'default', a .keras file, a run directory or a keras.Model.")
+    is_default = str(model) == "default"
+    if is_default:
+        from kercr.weights import default_model_path
+
+        path = default_model_path()
+    else:
+        path = Path(model).expanduser()
+        if not path.exists():
+            from kercr.models import list_models
+
+            if str(model) in list_models():
+                raise ModelLoadError(
+                    f"model={str(model)!r} is a registry architecture with random weights, not a trained "
+                    "model; it would find nothing. Pass 'default', a trained .keras file or a kercr-train "
+                    "run directory (or train one: kercr-train).")
+            raise ModelLoadError(f"model {str(model)!r} does not exist; pass 'default', a .keras file or a "
+                                 "kercr-train run directory.")
+        if path.is_dir():
+            found = [path / n for n in MODEL_FILES if (path / n).is_file()]
+            if not found:
+                raise ModelLoadError(f"directory {path} holds neither {' nor '.join(MODEL_FILES)}; pass a "
+                                     "kercr-train run directory or a .keras file.")
+            path = found[0]
+        elif path.suffix != ".keras":
+            raise ModelLoadError(f"{path} is not a .keras file; pass a .keras model or a run directory.")
+    path = path.resolve()
+    st = path.stat()
+    return _load_file(str(path), st.st_mtime_ns, st.st_size, is_default)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtimes
+# ---------------------------------------------------------------------------------------------
+def _litert_available() -> bool:
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_runtime(runtime: str, loaded: LoadedModel) -> str:
+    """The concrete runtime ``runtime`` means for ``loaded`` (``"auto"`` resolved)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r}; choose one of: {', '.join(RUNTIMES)}.")
+    if runtime == "auto":
+        return "tflite-float32" if loaded.path is not None and _litert_available() else "keras"
+    if runtime.startswith("tflite") and not _litert_available():
+        raise ValueError(f"runtime={runtime!r} needs the LiteRT interpreter: pip install ai-edge-litert "
+                         "(or kercr[export]), or use runtime='keras'.")
+    return runtime
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("KERCR_CACHE_DIR") or Path.home() / ".cache" / "kercr") / "tflite"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _convert(loaded: LoadedModel, quantize: str) -> bytes:
+    from kercr.export.tflite import convert
+
+    tile = loaded.fixed_size or 256
+    representative = None
+    if quantize == "int8":
+        # Same calibration set as kercr-export's defaults: 16 synthetic 256 x 256 patches, seed 0.
+        from kercr.export.parity import normalized_patches, synthetic_patches
+
+        representative = normalized_patches(synthetic_patches(16, tile=tile, seed=0).image_adu, loaded.normalization)
+    logger.info("converting %s to TFLite (%s); done once, then cached", loaded.name, quantize)
+    return convert(loaded.model, tile=tile, quantize=quantize, representative=representative)
+
+
+_TFLITE_BYTES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _tflite_model(loaded: LoadedModel, runtime: str):
+    """The flatbuffer (bytes) or cached ``.tflite`` path of ``loaded`` for ``runtime``."""
+    quantize = _TFLITE_QUANTIZE[runtime]
+    if loaded.path is None:  # an instance: convert in memory, once per instance and variant
+        per_model = _TFLITE_BYTES.setdefault(loaded.model, {})
+        if quantize not in per_model:
+            per_model[quantize] = _convert(loaded, quantize)
+        return per_model[quantize]
+    import keras
+
+    from kercr._version import __version__
+
+    key = hashlib.sha256(json.dumps([_sha256(loaded.path), quantize, loaded.normalization.to_dict(), __version__,
+                                     keras.__version__]).encode()).hexdigest()[:20]
+    cached = _cache_dir() / f"{loaded.path.stem}-{key}-{runtime[7:]}.tflite"
+    if cached.is_file():
+        return cached
+    flatbuffer = _convert(loaded, quantize)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f".{cached.name}.{os.getpid()}.partial")
+        partial.write_bytes(flatbuffer)
+        os.replace(partial, cached)  # atomic: a concurrent reader never sees half a file
+        logger.info("cached the TFLite model in %s", cached)
+        return cached
+    except OSError as err:
+        logger.warning("cannot cache the TFLite model in %s (%s); set KERCR_CACHE_DIR to a writable "
+                       "directory to avoid converting again", cached.parent, err)
+        return flatbuffer
+
+
+@functools.lru_cache(maxsize=8)
+def _runner_from_path(path: str, num_threads):
+    from kercr.export.tflite import TFLiteRunner
+
+    return TFLiteRunner(path, num_threads=num_threads)
+
+
+def _predictor(loaded: LoadedModel, runtime: str, num_threads):
+    """A function (B, H, W) float32 normalized -> (B, H, W) float32 probability."""
+    if runtime == "keras":
+        def predict(x):
+            return np.asarray(loaded.model.predict_on_batch(x[..., None]), dtype=np.float32)[..., 0]
+
+        return predict
+    source = _tflite_model(loaded, runtime)
+    if isinstance(source, Path):
+        runner = _runner_from_path(str(source), num_threads)
+    else:
+        from kercr.export.tflite import TFLiteRunner
+
+        runner = TFLiteRunner(source, num_threads=num_threads)
+    return runner.predict
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+def _header_number(header, key, pair=(), combine=np.mean):
+    if header is None:
+        return None
+    for k in (key,):
+        v = header.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+            return float(v)
+    vals = [float(header[k]) for k in pair if isinstance(header.get(k), (int, float))
+            and not isinstance(header.get(k), bool) and header[k] > 0]
+    return float(combine(vals)) if vals else None
+
+
+def _unpack(image):
+    """(data, header, extra ignore mask or None, description) of a supported input."""
+    from astropy.io import fits
+
+    from kercr.data.fits_io import CCDFrame
+
+    if isinstance(image, CCDFrame):
+        return image.data, image.header, None, f"{image.path}[{image.extname}]", image
+    if isinstance(image, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+        if image.data is None:
+            raise KercrDataError(f"HDU {image.name!r} holds no image data; pass an image extension.")
+        return image.data, image.header, None, f"HDU {image.name}", None
+    try:
+        from astropy.nddata import CCDData
+    except ImportError:  # pragma: no cover
+        CCDData = ()
+    if CCDData and isinstance(image, CCDData):
+        header = fits.Header(image.meta) if image.meta else None
+        mask = None if image.mask is None else np.asarray(image.mask, dtype=bool)
+        return image.data, header, mask, "CCDData", None
+    return image, None, None, "image", None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DetectionResult:
+    """CR detection of one frame.
+
+    Attributes
+    ----------
+    probability : numpy.ndarray, shape (ny, nx), float32
+        CR probability in [0, 1]; 0 on ignored pixels.
+    mask : numpy.ndarray, shape (ny, nx), bool
+        ``probability >= threshold``; False on ignored pixels.
+    threshold : float
+        Probability threshold used.
+    ignored : numpy.ndarray, shape (ny, nx), bool
+        Pixels excluded: non-finite, saturated (``exclude_saturated``) and the caller's mask.
+    model_name : str
+        ``"default"``, the ``.keras`` path, or ``"<instance NAME>"``.
+    runtime : str
+        The runtime that ran (``"auto"`` resolved).
+    tile : tuple of int
+        Tile shape (height, width) in pixels actually predicted.
+    overlap : int
+        Margin in pixels discarded on each side of every tile.
+    n_tiles : int
+        Number of tiles predicted.
+    normalization : NormalizationParams
+        Constants and the frame's measured sky and noise (image units).
+    gain, readnoise, saturation : float or None
+        e-/ADU, electrons, image units: the values used (argument, else header, else None).
+    """
+
+    probability: np.ndarray
+    mask: np.ndarray
+    threshold: float
+    ignored: np.ndarray
+    model_name: str
+    runtime: str
+    tile: tuple
+    overlap: int
+    n_tiles: int
+    normalization: NormalizationParams
+    gain: float | None = None
+    readnoise: float | None = None
+    saturation: float | None = None
+
+    @property
+    def n_cr_pixels(self) -> int:
+        """Number of flagged pixels."""
+        return int(np.count_nonzero(self.mask))
+
+    def dilated_mask(self, iterations: int = 1) -> np.ndarray:
+        """:attr:`mask` grown by ``iterations`` pixels (3 x 3 structuring element), never into ignored pixels."""
+        return dilate_mask(self.mask, iterations) & ~self.ignored
+
+
+def dilate_mask(mask, iterations: int = 1) -> np.ndarray:
+    """Binary dilation with a 3 x 3 square structuring element, ``iterations`` times (0: a copy)."""
+    mask = np.asarray(mask, dtype=bool)
+    if iterations < 0:
+        raise ValueError(f"dilation {iterations} must be >= 0 pixels.")
+    if iterations == 0:
+        return mask.copy()
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=int(iterations))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiling
+# ---------------------------------------------------------------------------------------------
+def _axis_plan(n: int, tile: int, margin: int, multiple: int, fixed: bool):
+    """Tiles along one axis: (number, core, tile size, pad before, pad after)."""
+    core_max = tile - 2 * margin
+    count = max(1, math.ceil(n / core_max))
+    # Spread the frame evenly over the tiles instead of padding the last one with reflections.
+    core = core_max if fixed else min(core_max, _round_up(math.ceil(n / count), multiple))
+    size = core + 2 * margin
+    return count, core, size, margin, count * core + margin - n
+
+
+def _predict_tiled(normalized, predict, *, tile, margin, multiple, fixed, batch_size):
+    ny, nx = normalized.shape
+    cy, core_y, ty, pby, pay = _axis_plan(ny, tile, margin, multiple, fixed)
+    cx, core_x, tx, pbx, pax = _axis_plan(nx, tile, margin, multiple, fixed)
+    padded = np.pad(normalized, ((pby, pay), (pbx, pax)), mode="reflect")
+    out = np.empty((cy * core_y, cx * core_x), np.float32)
+    origins = [(i * core_y, j * core_x) for i in range(cy) for j in range(cx)]
+    for start in range(0, len(origins), batch_size):
+        chunk = origins[start:start + batch_size]
+        batch = np.stack([padded[y:y + ty, x:x + tx] for y, x in chunk])
+        prob = predict(batch)
+        for (y, x), p in zip(chunk, prob):
+            out[y:y + core_y, x:x + core_x] = p[margin:margin + core_y, margin:margin + core_x]
+    return out[:ny, :nx], (ty, tx), len(origins)
+
+
+def _check_tiling(loaded: LoadedModel, tile, overlap):
+    multiple = loaded.multiple
+    if loaded.fixed_size is not None:
+        if tile is not None and int(tile) != loaded.fixed_size:
+            raise ValueError(f"{loaded.name} takes a fixed {loaded.fixed_size} x {loaded.fixed_size} input; "
+                             f"tile={tile} is not possible. Leave tile=None.")
+        tile = loaded.fixed_size
+        margin = loaded.default_overlap if overlap is None else int(overlap)
+        if not 0 <= margin < tile // 2:
+            raise ValueError(f"overlap={overlap} must be in [0, {tile // 2}) pixels for a {tile}-pixel tile.")
+        return tile, margin
+    margin = loaded.default_overlap if overlap is None else _round_up(int(overlap), multiple)
+    if overlap is not None and int(overlap) < 0:
+        raise ValueError(f"overlap={overlap} must be >= 0 pixels.")
+    if overlap is not None and margin < loaded.rf_radius:
+        logger.warning("overlap %d px is below the receptive-field radius %d px of %s: tiles will show seams.",
+                       margin, loaded.rf_radius, loaded.name)
+    tile = DEFAULT_TILE if tile is None else _round_up(int(tile), multiple)
+    if tile - 2 * margin < multiple:
+        raise ValueError(f"tile={tile} leaves no core after an overlap of {margin} px on each side; pass "
+                         f"tile >= {2 * margin + multiple} or a smaller overlap.")
+    return tile, margin
+
+
+# ---------------------------------------------------------------------------------------------
+# detect
+# ---------------------------------------------------------------------------------------------
+def detect(image, *, model="default", threshold=None, gain=None, readnoise=None, saturation=None,
+           exclude_saturated=True, mask=None, tile=None, overlap=None, batch_size=4, runtime="auto",
+           num_threads=None) -> DetectionResult:
+    """Find cosmic rays in a CCD frame of any size.
+
+    Parameters
+    ----------
+    image : numpy.ndarray, astropy.nddata.CCDData, astropy.io.fits ImageHDU/PrimaryHDU/CompImageHDU or CCDFrame
+        Shape (ny, nx), any real dtype, in ADU or electrons, with or without sky. Not modified.
+        NaN/inf pixels are allowed (ignored). A ``CCDData`` mask and header and an HDU's header
+        are used.
+    model : str, path-like, keras.Model or LoadedModel
+        ``"default"``, a ``.keras`` file, a kercr-train run directory, or a model instance (see
+        :func:`load_model`). Registry names are refused (untrained).
+    threshold : float, optional
+        Probability threshold; default: the model card's ``threshold`` (chosen on validation
+        for 0.01 % FPR), else the run's ``metrics.json`` ``threshold_at_fpr_1e-4``, else 0.5.
+    gain : float, optional
+        e-/ADU; default: header ``GAIN`` (or mean of ``GAINA``/``GAINB``). Recorded only: the
+        normalization is in noise units and needs no gain.
+    readnoise : float, optional
+        Electrons; default: header ``RDNOISE`` (or mean of ``RDNOISEA``/``RDNOISEB``). Recorded only.
+    saturation : float, optional
+        Saturation level in the image's units; default: header ``SATURATE`` (or the lower of
+        ``SATURATA``/``SATURATB``).
+    exclude_saturated : bool
+        Ignore pixels ``>= saturation`` (when a level is known).
+    mask : numpy.ndarray of bool, shape (ny, nx), optional
+        True for pixels to ignore (bad pixels, bleed trails): left out of the statistics,
+        probability 0, mask False.
+    tile : int, optional
+        Tile side in pixels (rounded up to the model's multiple); default 1024, or the fixed
+        input of a TransUNet. Tiles shrink to fit small frames.
+    overlap : int, optional
+        Margin in pixels discarded on each side of every tile; default: the receptive-field
+        radius rounded up to the model's multiple (32 for a 256-pixel TransUNet, 1/8 of a smaller one).
+    batch_size : int
+        Tiles per network call (the TFLite runtimes run one at a time).
+    runtime : {"auto", "keras", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8"}
+        See the module docstring.
+    num_threads : int, optional
+        CPU threads of the LiteRT interpreter (Keras: set ``tf.config.threading`` instead).
+
+    Returns
+    -------
+    DetectionResult
+
+    Raises
+    ------
+    kercr.data.KercrDataError
+        Image not 2-D, too small, all pixels ignored, or a mask of another shape.
+    ModelLoadError, kercr.weights.MissingWeightsError
+        Unusable model argument.
+    ValueError
+        Bad tile, overlap, threshold or runtime.
+    """
+    data, header, extra_mask, description, frame = _unpack(image)
+    data = np.asarray(data)
+    if data.ndim != 2:
+        raise KercrDataError(f"{description} has shape {data.shape}; kercr.detect needs a 2-D (ny, nx) image.")
+    if min(data.shape) < 2:
+        raise KercrDataError(f"{description} has shape {data.shape}; pass an image of at least 2 x 2 pixels.")
+    if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
+        raise KercrDataError(f"{description} has dtype {data.dtype}; pass real-valued pixels.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    if frame is not None:  # a kercr CCDFrame already parsed its headers
+        gain = gain if gain is not None else frame.gain
+        readnoise = readnoise if readnoise is not None else frame.readnoise
+        saturation = saturation if saturation is not None else frame.saturation
+    else:
+        gain = gain if gain is not None else _header_number(header, "GAIN", ("GAINA", "GAINB"))
+        readnoise = readnoise if readnoise is not None else _header_number(header, "RDNOISE", ("RDNOISEA", "RDNOISEB"))
+        saturation = saturation if saturation is not None else _header_number(header, "SATURATE",
+                                                                               ("SATURATA", "SATURATB"), min)
+
+    loaded = load_model(model)
+    runtime = resolve_runtime(runtime, loaded)
+    threshold = loaded.threshold if threshold is None else float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold={threshold} must be a probability in [0, 1].")
+    tile, margin = _check_tiling(loaded, tile, overlap)
+
+    ignored = ~np.isfinite(data)
+    if exclude_saturated and saturation is not None:
+        with np.errstate(invalid="ignore"):
+            ignored |= data >= saturation
+    for m, what in ((extra_mask, "CCDData mask"), (mask, "mask")):
+        if m is not None:
+            m = np.asarray(m, dtype=bool)
+            if m.shape != data.shape:
+                raise KercrDataError(f"{what} has shape {m.shape} but the image {data.shape}; pass a mask of this image.")
+            ignored |= m
+    if ignored.all():
+        raise KercrDataError(f"every pixel of {description} is ignored (non-finite, saturated or masked); "
+                             "nothing to detect. Check the data, the saturation level and the mask.")
+
+    normalized, params = normalize(data, mask=ignored, config=loaded.normalization)
+    predict = _predictor(loaded, runtime, num_threads)
+    probability, tile_shape, n_tiles = _predict_tiled(
+        normalized, predict, tile=tile, margin=margin, multiple=loaded.multiple,
+        fixed=loaded.fixed_size is not None, batch_size=int(batch_size))
+    del normalized
+    np.clip(probability, 0.0, 1.0, out=probability)
+    probability[ignored] = 0.0
+    cr_mask = probability >= np.float32(threshold)
+    cr_mask &= ~ignored
+    logger.debug("%s: %d tiles of %s, %d CR pixels at p >= %.4g", description, n_tiles, tile_shape,
+                 int(cr_mask.sum()), threshold)
+    return DetectionResult(
+        probability=probability, mask=cr_mask, threshold=threshold, ignored=ignored, model_name=loaded.name,
+        runtime=runtime, tile=tuple(tile_shape), overlap=margin, n_tiles=n_tiles, normalization=params,
+        gain=gain, readnoise=readnoise, saturation=saturation,
+    )

@@ -1,0 +1,231 @@
+"""kercr-detect and kercr-evaluate: output files, extensions, headers, failures, metrics and plots.
+
+Uses a tiny untrained ``deepcr_2_4`` saved with a ``normalization.json`` and a card; nothing here
+needs a trained model (formats and behaviour, not detection quality).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import keras
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import kercr
+from kercr.data import NormalizationConfig, make_frame
+from kercr.detect_cli import detect_main, evaluate_main, output_path
+from kercr.inference import detect
+from kercr.metrics import dice_score
+
+
+def _save(directory, arch="deepcr_2_4", card=None, **overrides):
+    directory.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(0)
+    path = directory / "model.keras"
+    kercr.build_model(arch, **overrides).save(path)
+    (directory / "normalization.json").write_text(json.dumps(NormalizationConfig().to_dict()))
+    if card is not None:
+        (directory / "model.json").write_text(json.dumps(card))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _save(tmp_path_factory.mktemp("model"), card={"threshold": 0.6})
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _mef(path, names=("N4", "S22", "N10"), shape=(120, 90)):
+    hdus = [fits.PrimaryHDU(header=fits.Header({"INSTRUME": "DECam", "EXPTIME": 90.0}))]
+    for k, name in enumerate(names):
+        image = make_frame(seed=10 + k, shape=shape).image_adu
+        header = fits.Header({"GAIN": 4.0, "RDNOISE": 7.0, "SATURATE": 45000.0, "CRVAL1": 10.0 + k,
+                              "CTYPE1": "RA---TAN"})
+        if k == 2:  # tile-compressed, as DECam .fits.fz CCDs are
+            hdus.append(fits.CompImageHDU(image, header=header, name=name))
+        else:
+            hdus.append(fits.ImageHDU(image, header=header, name=name))
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+def _run(argv, tiny):
+    return detect_main([*argv, "--model", str(tiny), "--runtime", "keras"])
+
+
+# --------------------------------------------------------------------------------------------
+# kercr-detect
+# --------------------------------------------------------------------------------------------
+def test_single_image_file(tiny, tmp_path):
+    image = make_frame(seed=1, shape=(150, 130)).image_adu
+    src = tmp_path / "single.fits"
+    fits.PrimaryHDU(image, header=fits.Header({"SATURATE": 45000.0})).writeto(src)
+    before = _sha(src)
+    assert _run([str(src), "--save-probability", "--dilate", "1"], tiny) == 0
+    out = tmp_path / "single_crmask.fits"
+    assert _sha(src) == before  # input untouched
+    with fits.open(out) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "CRMASK", "CRPROB"]
+        np.testing.assert_array_equal(hdul[0].data, image)
+        mask, prob = hdul["CRMASK"], hdul["CRPROB"]
+        assert mask.data.dtype == np.uint8 and set(np.unique(mask.data)) <= {0, 1}
+        assert prob.data.dtype.kind == "f" and prob.data.shape == image.shape
+        h = hdul[0].header
+        assert h["KCRVER"] == kercr.__version__ and h["KCRTHR"] == 0.6 and h["KCRDIL"] == 1
+        assert h["KCRRUNT"] == "keras" and h["KCRMODEL"].endswith("model.keras") and "T" in h["KCRDATE"]
+        assert mask.header["KCRSRCEX"] == "PRIMARY" and mask.header["KCRNCR"] == int(mask.data.sum())
+        expected = detect(image, model=tiny, runtime="keras", saturation=45000.0)
+        np.testing.assert_array_equal(mask.data.astype(bool), expected.dilated_mask(1))
+        np.testing.assert_allclose(prob.data, expected.probability, atol=1e-6)
+
+
+def test_mef_every_ccd_gets_a_mask(tiny, tmp_path):
+    src = _mef(tmp_path / "c4d_test_ooi_r.fits")
+    out_dir = tmp_path / "masks"
+    assert _run([str(src), "--out", str(out_dir)], tiny) == 0
+    out = out_dir / "c4d_test_ooi_r_crmask.fits"
+    with fits.open(out) as hdul, fits.open(src) as orig:
+        names = [h.name for h in hdul]
+        assert names == ["PRIMARY", "N4", "S22", "N10", "N4_CRMASK", "S22_CRMASK", "N10_CRMASK"]
+        for name in ("N4", "S22", "N10"):
+            np.testing.assert_array_equal(hdul[name].data, orig[name].data)  # original data kept
+            m = hdul[f"{name}_CRMASK"]
+            assert m.data.shape == orig[name].data.shape and m.data.dtype == np.uint8
+            assert m.header["KCRSRCEX"] == name and m.header["CRVAL1"] == orig[name].header["CRVAL1"]
+            assert m.header["KCRTHR"] == 0.6
+        assert isinstance(hdul["N10"], fits.CompImageHDU)
+        assert hdul[0].header["INSTRUME"] == "DECam" and hdul[0].header["KCRVER"] == kercr.__version__
+    # --ext picks CCDs by name.
+    assert _run([str(src), "--out", str(tmp_path / "two"), "--ext", "N4,n10"], tiny) == 0
+    with fits.open(tmp_path / "two" / out.name) as hdul:
+        assert [h.name for h in hdul][4:] == ["N4_CRMASK", "N10_CRMASK"]
+
+
+def test_never_overwrites(tiny, tmp_path, caplog):
+    src = _mef(tmp_path / "a.fits", names=("N4", "S22"))
+    assert _run([str(src)], tiny) == 0
+    out = output_path(src)
+    before = _sha(out)
+    with caplog.at_level(logging.ERROR, logger="kercr"):
+        assert _run([str(src)], tiny) == 1
+    assert str(out) in caplog.text and "--out" in caplog.text
+    assert _sha(out) == before
+
+
+def test_failed_inputs_do_not_stop_the_others(tiny, tmp_path, caplog):
+    good = _mef(tmp_path / "good.fits", names=("N4", "S22"))
+    text = tmp_path / "notes.fits"
+    text.write_text("this is not FITS\n" * 50)
+    corrupt = tmp_path / "corrupt.fits"
+    corrupt.write_bytes(good.read_bytes()[: 2880 * 3 + 100])
+    missing = tmp_path / "missing.fits"
+    out_dir = tmp_path / "out"
+    with caplog.at_level(logging.ERROR, logger="kercr"):
+        rc = _run([str(missing), str(text), str(corrupt), str(good), "--out", str(out_dir)], tiny)
+    assert rc == 1
+    assert (out_dir / "good_crmask.fits").is_file()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["good_crmask.fits"]  # no partial files
+    for path in (missing, text, corrupt):
+        assert str(path) in caplog.text
+    assert "not found" in caplog.text and "not a readable FITS" in caplog.text
+
+
+def test_untrained_registry_name_is_refused(tmp_path, caplog):
+    src = tmp_path / "x.fits"
+    fits.PrimaryHDU(make_frame(seed=2, shape=(40, 40)).image_adu).writeto(src)
+    with caplog.at_level(logging.ERROR, logger="kercr"):
+        assert detect_main([str(src), "--model", "deepcr"]) == 1
+    assert "random weights" in caplog.text and not output_path(src).exists()
+
+
+def test_decam_cutouts(tiny, shared_data, tmp_path):
+    images = sorted(shared_data.glob("decam_cp/*/**/*_ooi_*.fits"))
+    if not images:
+        pytest.skip("no DECam cutouts")
+    picks = [p for p in images if "testcase8" in str(p) or "testcase4" in str(p)] + images[:2]
+    out_dir = tmp_path / "decam"
+    assert _run([str(p) for p in picks] + ["--out", str(out_dir), "--save-probability"], tiny) == 0
+    for src in picks:
+        with fits.open(output_path(src, out_dir)) as hdul, fits.open(src) as orig:
+            hdul.verify("exception")
+            ccd = orig[1].name
+            assert [h.name for h in hdul] == ["PRIMARY", ccd, "CRMASK", "CRPROB"]
+            np.testing.assert_array_equal(hdul[ccd].data, orig[ccd].data)
+            assert hdul["CRMASK"].data.shape == orig[ccd].data.shape
+            assert hdul["CRMASK"].header["KCRSRCEX"] == ccd
+            assert hdul["CRMASK"].header["CRVAL1"] == orig[ccd].header["CRVAL1"]  # WCS copied
+            assert hdul[0].header["PROCTYPE"] == orig[0].header["PROCTYPE"]
+            p = hdul["CRPROB"].data
+            assert np.isfinite(p).all() and 0 <= p.min() and p.max() <= 1
+
+
+# --------------------------------------------------------------------------------------------
+# kercr-evaluate
+# --------------------------------------------------------------------------------------------
+def test_evaluate_synthetic(tiny, tmp_path):
+    out = tmp_path / "eval"
+    assert evaluate_main(["--synthetic", "2", "--frame-shape", "128", "160", "--seed", "7", "--model", str(tiny),
+                          "--runtime", "keras", "--out", str(out), "--maps", "1"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    for key in ("prediction", "prediction_dilated_3x3"):
+        m = report[key]
+        for metric in ("tpr_at_fpr_1e-4", "tpr_at_fpr_1e-3", "precision_at_recall_0.95", "dice", "best_dice"):
+            assert 0.0 <= m[metric] <= 1.0
+        assert m["dice_threshold"] == 0.6
+    assert report["prediction"]["ignored_pixels"] == sum(f["ignored_pixels"] for f in report["frames"])
+    assert {"roc.png", "pr.png", "prediction_0.png", "activations.png"} <= set(p.name for p in out.iterdir())
+    assert not (out / "prediction_1.png").exists()
+    # The dilated Dice is the Dice of the binary 3x3 dilation of each frame's mask; truth unchanged.
+    from kercr.evaluate_report import synthetic_frames
+    from kercr.inference import dilate_mask
+
+    truths, preds, ignores = [], [], []
+    for _, image, truth, ignore in synthetic_frames(2, shape=(128, 160), seed=7):
+        r = detect(image, model=tiny, runtime="keras", mask=ignore)
+        truths.append(truth)
+        preds.append(dilate_mask(r.mask, 1))  # the plain binary dilation
+        ignores.append(r.ignored)
+    expected = dice_score(np.stack(truths), np.stack(preds), ignore=np.stack(ignores))
+    assert report["prediction_dilated_3x3"]["dice"] == pytest.approx(expected, abs=1e-12)
+    # Never overwrites an earlier report.
+    assert evaluate_main(["--synthetic", "1", "--frame-shape", "64", "64", "--model", str(tiny), "--runtime",
+                          "keras", "--out", str(out)]) == 1
+
+
+def test_evaluate_labelled_files_and_attention_maps(tmp_path):
+    model = _save(tmp_path / "att", "attention_unet", filters=(4, 8))
+    files = []
+    for k in range(2):
+        f = make_frame(seed=20 + k, shape=(128, 128))
+        ignore = f.ignore_mask.copy()
+        ignore[:4, :] = True
+        path = tmp_path / f"lab{k}.fits"
+        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(f.image_adu, name="S4"),
+                      fits.ImageHDU(f.cr_mask.astype(np.uint8), name="CRMASK"),
+                      fits.ImageHDU(ignore.astype(np.uint8), name="IGNORE")]).writeto(path)
+        files.append((path, f, ignore))
+    out = tmp_path / "ev"
+    assert evaluate_main([str(p) for p, _, _ in files] + ["--model", str(model), "--runtime", "keras",
+                                                          "--out", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["threshold"] == 0.5 and report["threshold_source"].startswith("none")
+    assert report["prediction"]["ignored_pixels"] >= sum(int(i.sum()) for _, _, i in files)
+    assert report["prediction"]["cr_pixels"] == sum(int((f.cr_mask & ~i).sum()) for _, f, i in files)
+    assert (out / "attention.png").is_file() and (out / "activations.png").is_file()
+    # A file without truth is a clear error.
+    plain = tmp_path / "plain.fits"
+    fits.PrimaryHDU(make_frame(seed=1, shape=(64, 64)).image_adu).writeto(plain)
+    assert evaluate_main([str(plain), "--model", str(model), "--out", str(tmp_path / "ev2")]) == 1
+
+
+def test_output_path_names():
+    assert output_path("/d/c4d_x_ooi_r.fits.fz").as_posix() == "/d/c4d_x_ooi_r_crmask.fits"
+    assert output_path("a.fits", "out").as_posix() == "out/a_crmask.fits"
+    assert output_path("b.fits.gz", suffix="_m").name == "b_m.fits"

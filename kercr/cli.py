@@ -118,6 +118,10 @@ def train_main(argv=None) -> int:
         help="synthetic frame shape in pixels (default 4096 2048, a DECam CCD)")
     add("--cr-rate-scale", type=float,
         help="synthetic CR rate as a multiple of DECam's 0.6 per second per CCD (default 5)")
+    add("--footprints", metavar="PATH",
+        help="real CR footprints to inject too: a footprint table (FITS) or a folder of dark frames")
+    add("--footprint-fraction", type=float,
+        help="synthetic data: real footprints per frame as a fraction of the simulated CRs (default 0.5)")
     add("--strategy", choices=("auto", "none", "mirrored", "multiworker"),
         help="tf.distribute strategy; multiworker reads TF_CONFIG")
     add("--mixed-precision", action="store_true", default=None,
@@ -133,7 +137,7 @@ def train_main(argv=None) -> int:
     flags = {
         key: getattr(args, key)
         for key in ("model", "data", "epochs", "steps_per_epoch", "validation_steps", "patch_size",
-                    "batch_size", "learning_rate", "loss", "alpha_epochs", "frames", "frame_shape", "cr_rate_scale",
+                    "batch_size", "learning_rate", "loss", "alpha_epochs", "frames", "frame_shape", "cr_rate_scale", "footprints", "footprint_fraction",
                     "strategy", "mixed_precision", "out", "seed")
     }
     flags["model_options"] = _parse_overrides(parser, args.set) or None

@@ -52,6 +52,13 @@ class TrainConfig:
     cr_rate_scale : float
         Synthetic CR rate as a multiple of DECam's dark rate (0.6 per second per CCD); training
         on denser CRs gives more positive pixels per patch.
+    footprints : str or None
+        Real CR footprints to inject besides the simulated CRs: a footprint table (imSim format,
+        e.g. ``../shared/data/cr_footprints/cosmic_rays_itl_2017_even.fits``) or a directory of
+        dark frames to harvest them from. With FITS frames (``--data DIR``) they replace the
+        simulated CRs.
+    footprint_fraction : float
+        Synthetic data: real footprints added per frame, as a fraction of the simulated CR count.
     patches_per_frame : int or None
         Patches cut from each frame (None: 128 per 2k x 4k CCD, scaled by area).
     val_fraction : float
@@ -84,6 +91,8 @@ class TrainConfig:
     frames: int = 20
     frame_shape: list = dataclasses.field(default_factory=lambda: [4096, 2048])
     cr_rate_scale: float = 5.0
+    footprints: str | None = None
+    footprint_fraction: float = 0.5
     patches_per_frame: int | None = None
     val_fraction: float = 0.1
     strategy: str = "auto"
@@ -119,6 +128,11 @@ class TrainConfig:
             raise ConfigError(f"strategy={self.strategy!r} is not valid; choose one of: {', '.join(STRATEGIES)}.")
         if not self.cr_rate_scale > 0:
             raise ConfigError(f"cr_rate_scale={self.cr_rate_scale!r} must be positive, e.g. 5.")
+        if self.footprints is not None and not Path(self.footprints).exists():
+            raise ConfigError(
+                f"footprints={self.footprints!r}: no such file or directory; pass a CR footprint table "
+                "(FITS) or a directory of dark frames."
+            )
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction!r} must be in (0, 1), e.g. 0.1.")
         if len(self.frame_shape) != 2 or min(self.frame_shape) < self.patch_size:

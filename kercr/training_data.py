@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from kercr.config import ConfigError, TrainConfig
+from kercr.data.frames import load_footprints
 from kercr.data.lco import LCOFrames, is_lco_dataset
 from kercr.data.loader import FITSFrames, FixedBatches, PatchBatches, SyntheticFrames, patch_batches
 from kercr.data.patches import default_patch_count, split_exposures
@@ -114,9 +115,11 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
     if is_shard_dir(config.data):
         return _shards(config, initial_epoch)
     median = config.loss == "median_bce"
+    stamps = load_footprints(config.footprints) if config.footprints else None
     if config.data == "synthetic":
         make = lambda cache: SyntheticFrames(seed=config.seed, shape=config.frame_shape, median_weights=median,  # noqa: E731
-                                             cr_rate_scale=config.cr_rate_scale, cache=cache)
+                                             cr_rate_scale=config.cr_rate_scale, cache=cache, footprints=stamps,
+                                             footprint_fraction=config.footprint_fraction)
         source = make(2)
         ids = source.exposure_ids(config.frames)
         per_frame = config.patches_per_frame or default_patch_count(tuple(config.frame_shape))
@@ -128,7 +131,7 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
         per_frame = config.patches_per_frame or 128
     else:
         make = lambda cache: FITSFrames(config.data, seed=config.seed, median_weights=median,  # noqa: E731
-                                        cr_rate_scale=config.cr_rate_scale, cache=cache)
+                                        cr_rate_scale=config.cr_rate_scale, cache=cache, footprints=stamps)
         source = make(2)
         ids = source.exposure_ids()
         per_frame = config.patches_per_frame or 128

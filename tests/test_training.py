@@ -257,3 +257,28 @@ def test_training_from_a_directory_of_clean_fits_frames(tmp_path):
     metrics = train(config, verbose=0)
     assert metrics["cr_pixels"] > 0
     assert {p.name: p.read_bytes() for p in frames.iterdir()} == before  # inputs untouched
+
+
+def test_real_footprints_from_dark_frames_are_injected(tmp_path):
+    from astropy.io import fits
+
+    from kercr.data.frames import SyntheticFrames, load_footprints
+
+    rng = np.random.default_rng(0)
+    darks = tmp_path / "darks"
+    darks.mkdir()
+    dark = rng.normal(0.0, 5.0, (200, 200)).astype(np.float32)
+    dark[50, 60:70] += 400.0  # a 10-pixel track
+    dark[120:123, 30] += 300.0  # a 3-pixel track
+    fits.PrimaryHDU(dark, header=fits.Header({"GAIN": 2.0})).writeto(darks / "dark.fits")
+    stamps = load_footprints(darks)
+    small, large = sorted(int((s > 0).sum()) for s in stamps)[-2:]
+    assert 3 <= small <= 5 and 10 <= large <= 14  # the tracks, grown by any 2.5-sigma neighbours
+    assert max(float(s.max()) for s in stamps) == pytest.approx(800.0, rel=0.1)  # electrons
+    plain = SyntheticFrames(seed=1, shape=(256, 256), cr_rate_scale=20)
+    mixed = SyntheticFrames(seed=1, shape=(256, 256), cr_rate_scale=20, footprints=stamps, footprint_fraction=2.0)
+    assert mixed.frame(0)[1].sum() > plain.frame(0)[1].sum()
+    # Every simulated CR pixel is still labelled; the extra labels are the footprints.
+    assert np.all(mixed.frame(0)[1][plain.frame(0)[1] > 0] == 1)
+    with pytest.raises(ConfigError, match="footprints"):
+        _tiny_config(tmp_path, footprints=str(tmp_path / "missing"))

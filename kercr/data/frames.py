@@ -31,7 +31,7 @@ from kercr.data.patches import make_patches
 from kercr.data.synthetic import SyntheticConfig, make_frame
 from kercr.data.weights import median_weight_map
 
-__all__ = ["SyntheticFrames", "FITSFrames", "frame_keys", "patch_batches"]
+__all__ = ["SyntheticFrames", "FITSFrames", "frame_keys", "load_footprints", "patch_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,10 @@ class SyntheticFrames(_CachedFrames):
     """
 
     def __init__(self, *, seed, shape=(4096, 2048), cr_rate_scale=1.0, median_weights=False,
-                 normalization=None, cache=2):
+                 normalization=None, cache=2, footprints=None, footprint_fraction=0.5):
         super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache)
         self.shape = tuple(int(s) for s in shape)
+        self.footprints, self.footprint_fraction = footprints, float(footprint_fraction)
         base = SyntheticConfig()
         self.config = dataclasses.replace(
             base, cr_model=dataclasses.replace(base.cr_model, rate_per_s=base.cr_model.rate_per_s * cr_rate_scale))
@@ -91,7 +92,16 @@ class SyntheticFrames(_CachedFrames):
 
     def _make(self, i):
         f = make_frame(seed=np.random.SeedSequence([self.seed, 7919, int(i)]), shape=self.shape, config=self.config)
-        return f.image_adu, f.cr_mask, f.ignore_mask, f.clean_adu
+        if not self.footprints:
+            return f.image_adu, f.cr_mask, f.ignore_mask, f.clean_adu
+        from kercr.data.footprints import inject_footprints
+
+        # Real footprints on top of the simulated CRs: footprint_fraction of the frame's CRs.
+        rng = np.random.default_rng([self.seed, 104729, int(i)])
+        n = rng.poisson(self.footprint_fraction * self.config.cr_model.expected_count(self.shape, f.meta["exptime"]))
+        image, _, mask = inject_footprints(f.image_adu, self.footprints, n=int(n), gain=f.meta["gain"], rng=rng,
+                                           saturation=self.config.saturation_adu)
+        return image, f.cr_mask | mask, f.ignore_mask, f.clean_adu
 
 
 class FITSFrames(_CachedFrames):
@@ -103,8 +113,10 @@ class FITSFrames(_CachedFrames):
     is exact. Frames are keyed ``(path, extension)``; the exposure id is the file.
     """
 
-    def __init__(self, directory, *, seed, cr_rate_scale=1.0, median_weights=False, normalization=None, cache=2):
+    def __init__(self, directory, *, seed, cr_rate_scale=1.0, median_weights=False, normalization=None, cache=2,
+                 footprints=None):
         super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache)
+        self.footprints = footprints
         directory = Path(directory)
         self.paths = sorted(p for p in directory.iterdir() if p.name.lower().endswith(FITS_SUFFIXES))
         if not self.paths:
@@ -143,10 +155,37 @@ class FITSFrames(_CachedFrames):
         base = CosmicRayModel()
         ex = make_training_example(
             ccd.data, gain=ccd.gain or 4.0, readnoise_e=ccd.readnoise or 7.0, exptime=ccd.exptime,
-            saturation_adu=ccd.saturation, rng=rng, sky_scale_range=(0.0, 0.0),
+            saturation_adu=ccd.saturation, rng=rng, sky_scale_range=(0.0, 0.0), footprints=self.footprints,
             cr_model=dataclasses.replace(base, rate_per_s=base.rate_per_s * self.cr_rate_scale),
         )
         return ex.image_adu, ex.cr_mask, ex.ignore_mask, ccd.data
+
+
+def load_footprints(path) -> list[np.ndarray]:
+    """Real CR footprints (stamps in electrons) from a footprint table or a folder of darks.
+
+    Parameters
+    ----------
+    path : path
+        A FITS footprint table in the format of imSim's ``cosmic_rays_itl_2017.fits`` (columns
+        ``fp_id``, ``x0``, ``y0``, ``pixel_values``), or a directory of bias-subtracted dark
+        frames from which footprints are harvested (:func:`kercr.data.footprints.extract_footprints`,
+        gain from each header).
+    """
+    from kercr.data.fits_io import iter_ccds
+    from kercr.data.footprints import extract_footprints, read_footprint_table
+
+    path = Path(path)
+    if path.is_dir():
+        stamps = []
+        for f in sorted(p for p in path.iterdir() if p.name.lower().endswith(FITS_SUFFIXES)):
+            for ccd in iter_ccds(f):
+                stamps += extract_footprints(ccd.data, gain=ccd.gain or 1.0)
+    else:
+        stamps = read_footprint_table(path)
+    if not stamps:
+        raise KercrDataError(f"{path}: no CR footprints found; pass a footprint table or a folder of dark frames.")
+    return stamps
 
 
 def _stack(patches):

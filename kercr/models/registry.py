@@ -113,7 +113,7 @@ def logit_model(model: keras.Model) -> keras.Model | None:
     head = model.layers[-1]
     if not (isinstance(head, keras.layers.Activation) and model.layers[-2].name.endswith("_logits")):
         return None
-    return keras.Model(model.inputs, model.layers[-2].output, name=f"{model.name}_logits")
+    return keras.Model(model.input, model.layers[-2].output, name=f"{model.name}_logits")
 
 
 def input_multiple(model: keras.Model) -> int:

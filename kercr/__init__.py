@@ -16,6 +16,7 @@ except ImportError:  # only the numpy data core is usable here
 
 if _keras is not None:
     from kercr import losses, metrics, models
+    from kercr.inference import detect
     from kercr.models import build_model, list_models
 
-__all__ = ["__version__", "build_model", "list_models", "losses", "metrics", "models"]
+__all__ = ["__version__", "build_model", "detect", "list_models", "losses", "metrics", "models"]

@@ -237,6 +237,14 @@ def plot_layer_maps(model, layer_names, normalized, path, *, title) -> Path | No
 # ---------------------------------------------------------------------------------------------
 # evaluate
 # ---------------------------------------------------------------------------------------------
+def _pooled(truth, probability, ignore, *, threshold) -> dict:
+    """:func:`kercr.evaluation.pooled_metrics` of probabilities (not logits)."""
+    import inspect
+
+    kw = {"logits": False} if "logits" in inspect.signature(evaluation.pooled_metrics).parameters else {}
+    return evaluation.pooled_metrics(truth, probability, ignore, threshold=threshold, **kw)
+
+
 def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_rate_scale=5.0, model="default",
              out, threshold=None, runtime="auto", tile=None, overlap=None, batch_size=4, num_threads=None,
              exclude_saturated=True, maps=3) -> dict:
@@ -316,8 +324,8 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
         raise ValueError("no frames to evaluate.")
     truth, score, score_d, ignore = (np.concatenate(a) for a in (truths, scores, dilated, ignores))
     del truths, scores, dilated, ignores
-    plain = evaluation.pooled_metrics(truth, score, ignore, threshold=used_threshold)
-    grown = evaluation.pooled_metrics(truth, score_d, ignore, threshold=used_threshold)
+    plain = _pooled(truth, score, ignore, threshold=used_threshold)
+    grown = _pooled(truth, score_d, ignore, threshold=used_threshold)
     plots = [p.name for p in plot_curves({"prediction": (truth, score, ignore),
                                           "prediction dilated 3x3": (truth, score_d, ignore)}, out)]
     plots += [p.name for p in drawn]

@@ -32,11 +32,11 @@ Runtimes: ``"keras"`` runs the Keras model; ``"tflite-float32"``, ``"tflite-floa
 ``"tflite-dynamic"`` and ``"tflite-int8"`` convert the model once with
 :func:`kercr.export.tflite.convert` (cached on disk under ``$KERCR_CACHE_DIR`` or
 ``~/.cache/kercr/tflite``, keyed by the SHA-256 of the ``.keras`` file, the variant and the
-versions) and run it in the LiteRT interpreter. ``"auto"`` is ``"tflite-float32"`` when
-``ai-edge-litert`` is installed and the model is a file (its output matches Keras within 1e-4
-and it is faster and lighter, see ``benchmarks/bench_detect.py``), else ``"keras"``. The int8
-variant is the fastest but quantizes the normalized input to 256 levels; use it only after
-checking its quality on your data (``kercr-evaluate --runtime tflite-int8``).
+versions) and run it in the LiteRT interpreter. ``"auto"`` is the model card's ``"runtime"`` when it names one (the
+shipped model's card sets it after its quality was checked with ``kercr-evaluate``), else
+``"keras"``: on 2 CPU threads TFLite float32 is no faster than Keras (``benchmarks/bench_detect.py``).
+The int8 variant is about 2x faster but quantizes the normalized input and every activation to
+256 levels; use it after checking its quality on your data (``kercr-evaluate --runtime tflite-int8``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ _TFLITE_QUANTIZE = {"tflite-float32": "none", "tflite-float16": "float16", "tfli
 NORMALIZATION_FILE = "normalization.json"
 MODEL_FILES = ("best.keras", "model.keras")
 #: Default tile side (pixels) of the convolutional models; see benchmarks/bench_detect.py.
-DEFAULT_TILE = 1024
+DEFAULT_TILE = 512
 #: Overlap margin of fixed-input models (TransUNet, whose receptive field is the whole tile); at most 1/8 tile.
 FIXED_MODEL_OVERLAP = 32
 
@@ -361,7 +361,12 @@ def resolve_runtime(runtime: str, loaded: LoadedModel) -> str:
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r}; choose one of: {', '.join(RUNTIMES)}.")
     if runtime == "auto":
-        return "tflite-float32" if loaded.path is not None and _litert_available() else "keras"
+        # The card may name a runtime validated for this model (e.g. tflite-int8 after kercr-evaluate
+        # showed no quality loss); otherwise Keras: exact, and TFLite float32 is not faster on CPU.
+        wanted = loaded.card.get("runtime")
+        if wanted in RUNTIMES and wanted != "auto" and (not wanted.startswith("tflite") or _litert_available()):
+            return wanted
+        return "keras"
     if runtime.startswith("tflite") and not _litert_available():
         raise ValueError(f"runtime={runtime!r} needs the LiteRT interpreter: pip install ai-edge-litert "
                          "(or kercr[export]), or use runtime='keras'.")
@@ -643,8 +648,9 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         True for pixels to ignore (bad pixels, bleed trails): left out of the statistics,
         probability 0, mask False.
     tile : int, optional
-        Tile side in pixels (rounded up to the model's multiple); default 1024, or the fixed
-        input of a TransUNet. Tiles shrink to fit small frames.
+        Tile side in pixels (rounded up to the model's multiple); default 512 (peak memory
+        < 1.5 GB on a 2k x 4k CCD), or the fixed input of a TransUNet. Tiles shrink to fit
+        small frames.
     overlap : int, optional
         Margin in pixels discarded on each side of every tile; default: the receptive-field
         radius rounded up to the model's multiple (32 for a 256-pixel TransUNet, 1/8 of a smaller one).

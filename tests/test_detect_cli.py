@@ -16,10 +16,13 @@ import pytest
 from astropy.io import fits
 
 import kercr
-from kercr.data import NormalizationConfig, make_frame
+from kercr.data import CosmicRayModel, NormalizationConfig, SyntheticConfig, make_frame
 from kercr.detect_cli import detect_main, evaluate_main, output_path
 from kercr.inference import detect
 from kercr.metrics import dice_score
+
+#: ~100 CR events per second per 2k x 4k CCD, so that small test frames hold CRs.
+MANY_CRS = SyntheticConfig(cr_model=CosmicRayModel(rate_per_s=100.0))
 
 
 def _save(directory, arch="deepcr_2_4", card=None, **overrides):
@@ -171,7 +174,8 @@ def test_decam_cutouts(tiny, shared_data, tmp_path):
 # --------------------------------------------------------------------------------------------
 def test_evaluate_synthetic(tiny, tmp_path):
     out = tmp_path / "eval"
-    assert evaluate_main(["--synthetic", "2", "--frame-shape", "128", "160", "--seed", "7", "--model", str(tiny),
+    assert evaluate_main(["--synthetic", "2", "--frame-shape", "128", "160", "--seed", "7", "--cr-rate-scale", "300",
+                          "--model", str(tiny),
                           "--runtime", "keras", "--out", str(out), "--maps", "1"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     for key in ("prediction", "prediction_dilated_3x3"):
@@ -187,7 +191,7 @@ def test_evaluate_synthetic(tiny, tmp_path):
     from kercr.inference import dilate_mask
 
     truths, preds, ignores = [], [], []
-    for _, image, truth, ignore in synthetic_frames(2, shape=(128, 160), seed=7):
+    for _, image, truth, ignore in synthetic_frames(2, shape=(128, 160), seed=7, cr_rate_scale=300):
         r = detect(image, model=tiny, runtime="keras", mask=ignore)
         truths.append(truth)
         preds.append(dilate_mask(r.mask, 1))  # the plain binary dilation
@@ -203,7 +207,7 @@ def test_evaluate_labelled_files_and_attention_maps(tmp_path):
     model = _save(tmp_path / "att", "attention_unet", filters=(4, 8))
     files = []
     for k in range(2):
-        f = make_frame(seed=20 + k, shape=(128, 128))
+        f = make_frame(seed=20 + k, shape=(128, 128), config=MANY_CRS)
         ignore = f.ignore_mask.copy()
         ignore[:4, :] = True
         path = tmp_path / f"lab{k}.fits"

@@ -270,8 +270,8 @@ def test_tflite_runtimes_match_keras_and_cache(tiny, frame, tmp_path, monkeypatc
     pytest.importorskip("ai_edge_litert")
     monkeypatch.setenv("KERCR_CACHE_DIR", str(tmp_path / "cache"))
     ref = detect(frame.image_adu, model=tiny, runtime="keras", tile=256)
-    auto = detect(frame.image_adu, model=tiny, runtime="auto", tile=256, num_threads=1)
-    assert auto.runtime == "tflite-float32"
+    assert detect(frame.image_adu, model=tiny, runtime="auto").runtime == "keras"  # no runtime in the card
+    auto = detect(frame.image_adu, model=tiny, runtime="tflite-float32", tile=256, num_threads=1)
     np.testing.assert_allclose(auto.probability, ref.probability, atol=1e-4, rtol=0)
     cached = sorted((tmp_path / "cache" / "tflite").glob("*.tflite"))
     assert len(cached) == 1 and "float32" in cached[0].name
@@ -282,6 +282,9 @@ def test_tflite_runtimes_match_keras_and_cache(tiny, frame, tmp_path, monkeypatc
     assert int8.probability.shape == SHAPE and 0 <= int8.probability.min() and int8.probability.max() <= 1
     assert np.abs(int8.probability - ref.probability).mean() < 0.05
     assert len(list((tmp_path / "cache" / "tflite").glob("*int8.tflite"))) == 1
+    # runtime="auto" follows the model card's validated runtime.
+    carded = _save_model(tmp_path / "carded", card={"threshold": 0.5, "runtime": "tflite-int8"})
+    assert detect(frame.image_adu, model=carded, num_threads=1).runtime == "tflite-int8"
 
 
 # --------------------------------------------------------------------------------------------

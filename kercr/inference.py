@@ -22,7 +22,8 @@ The path from a raw CCD frame to a CR mask:
    with a fixed input (TransUNet) are tiled at that size. Models whose normalization layers
    pool over the image (GroupNormalization, LayerNormalization: ``cosmic_conn``) and the
    TransUNet's attention see the whole tile, so their output depends (weakly) on the tile size.
-4. **Threshold.** ``mask = probability >= threshold`` outside ignored pixels.
+4. **Threshold.** ``mask = probability >= threshold`` outside ignored pixels (for Keras models the
+   comparison is made on the logits, which stay distinct where float32 probabilities round to 1).
 
 Models are given as ``"default"`` (``kercr/weights/default.keras``), a ``.keras`` file, a
 training run directory (``best.keras``) or a ``keras.Model``; a registry name is refused
@@ -441,12 +442,19 @@ def _runner_from_path(path: str, num_threads):
 
 
 def _predictor(loaded: LoadedModel, runtime: str, num_threads):
-    """A function (B, H, W) float32 normalized -> (B, H, W) float32 probability."""
+    """``(predict, returns_logits)``: predict maps (B, H, W) float32 normalized images to (B, H, W)
+    float32 CR logits (Keras models with a logit layer) or probabilities (TFLite, other models)."""
     if runtime == "keras":
-        def predict(x):
-            return np.asarray(loaded.model.predict_on_batch(x[..., None]), dtype=np.float32)[..., 0]
+        from kercr.models import logit_model
 
-        return predict
+        scorer = _logit_models.get(loaded.model)
+        if scorer is None:
+            scorer = _logit_models[loaded.model] = logit_model(loaded.model) or loaded.model
+
+        def predict(x):
+            return np.asarray(scorer.predict_on_batch(x[..., None]), dtype=np.float32)[..., 0]
+
+        return predict, scorer is not loaded.model
     source = _tflite_model(loaded, runtime)
     if isinstance(source, Path):
         runner = _runner_from_path(str(source), num_threads)
@@ -454,7 +462,10 @@ def _predictor(loaded: LoadedModel, runtime: str, num_threads):
         from kercr.export.tflite import TFLiteRunner
 
         runner = TFLiteRunner(source, num_threads=num_threads)
-    return runner.predict
+    return runner.predict, False
+
+
+_logit_models: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,14 +727,29 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
                              "nothing to detect. Check the data, the saturation level and the mask.")
 
     normalized, params = normalize(data, mask=ignored, config=loaded.normalization)
-    predict = _predictor(loaded, runtime, num_threads)
-    probability, tile_shape, n_tiles = _predict_tiled(
+    predict, logits = _predictor(loaded, runtime, num_threads)
+    score, tile_shape, n_tiles = _predict_tiled(
         normalized, predict, tile=tile, margin=margin, multiple=loaded.multiple,
         fixed=loaded.fixed_size is not None, batch_size=int(batch_size))
     del normalized
-    np.clip(probability, 0.0, 1.0, out=probability)
+    if logits:
+        # Threshold the logits: float32 probabilities round to 1.0 above a logit of ~16.6, where
+        # the threshold for 0.01 % FPR of a well-trained model can lie.
+        with np.errstate(divide="ignore"):
+            cut = np.log(threshold) - np.log1p(-threshold)
+        cr_mask = score >= cut
+        probability = np.empty_like(score)
+        np.negative(score, out=probability)
+        with np.errstate(over="ignore"):
+            np.exp(probability, out=probability)
+        probability += 1.0
+        np.reciprocal(probability, out=probability)
+        del score
+    else:
+        probability = score
+        np.clip(probability, 0.0, 1.0, out=probability)
+        cr_mask = probability >= np.float32(threshold)
     probability[ignored] = 0.0
-    cr_mask = probability >= np.float32(threshold)
     cr_mask &= ~ignored
     logger.debug("%s: %d tiles of %s, %d CR pixels at p >= %.4g", description, n_tiles, tile_shape,
                  int(cr_mask.sum()), threshold)

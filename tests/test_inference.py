@@ -360,3 +360,19 @@ def test_default_model_finds_the_two_gmos_cosmic_rays():
         assert r.mask[label == k].mean() >= 0.5, f"GMOS CR {k} not found"
     near = ndimage.binary_dilation(truth, iterations=3)
     assert r.mask[~near].mean() < 0.005
+
+
+def test_threshold_is_applied_to_logits_where_float32_probabilities_tie_at_one():
+    from kercr import build_model
+    from kercr.inference import detect
+
+    model = build_model("deepcr_2_4")
+    head = model.get_layer("deepcr_2_4_head_logits")
+    kernel, bias = head.get_weights()
+    head.set_weights([np.zeros_like(kernel), np.full_like(bias, 18.0)])  # logit 18 everywhere
+    image = np.random.default_rng(0).normal(100.0, 5.0, (64, 96)).astype(np.float32)
+    sigmoid = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+    above = detect(image, model=model, threshold=sigmoid(17.0))
+    below = detect(image, model=model, threshold=sigmoid(19.0))
+    assert np.all(above.probability == np.float32(1.0))  # the float32 probabilities tie at 1.0 ...
+    assert above.mask.all() and not below.mask.any()  # ... but the logits still decide

@@ -378,14 +378,6 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("KERCR_CACHE_DIR") or Path.home() / ".cache" / "kercr") / "tflite"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _convert(loaded: LoadedModel, quantize: str) -> bytes:
     from kercr.export.tflite import convert
 
@@ -414,8 +406,9 @@ def _tflite_model(loaded: LoadedModel, runtime: str):
     import keras
 
     from kercr._version import __version__
+    from kercr.export.exporter import file_sha256
 
-    key = hashlib.sha256(json.dumps([_sha256(loaded.path), quantize, loaded.normalization.to_dict(), __version__,
+    key = hashlib.sha256(json.dumps([file_sha256(loaded.path), quantize, loaded.normalization.to_dict(), __version__,
                                      keras.__version__]).encode()).hexdigest()[:20]
     cached = _cache_dir() / f"{loaded.path.stem}-{key}-{runtime[7:]}.tflite"
     if cached.is_file():

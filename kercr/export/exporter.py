@@ -106,11 +106,12 @@ def _resolve_tile(model, tile, description):
     return tile, multiple, False
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -294,7 +295,7 @@ def export_model(source, out, *, formats=FORMATS, quantize=("none",), name="kerc
                            "extra_signatures": {"normalized": "input normalized_image -> cr_probability"}}
             if "savedmodel" in formats else None,
             "tflite_input_values": "normalized (kercr.data.normalize)" if "tflite" in formats else None,
-            "files": {f: {"bytes": (staging / f).stat().st_size, "sha256": _sha256(staging / f)} for f in files},
+            "files": {f: {"bytes": (staging / f).stat().st_size, "sha256": file_sha256(staging / f)} for f in files},
         }
         (staging / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if final.exists():

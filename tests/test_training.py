@@ -282,3 +282,10 @@ def test_real_footprints_from_dark_frames_are_injected(tmp_path):
     assert np.all(mixed.frame(0)[1][plain.frame(0)[1] > 0] == 1)
     with pytest.raises(ConfigError, match="footprints"):
         _tiny_config(tmp_path, footprints=str(tmp_path / "missing"))
+
+
+def test_mirrored_strategy_trains(tmp_path):
+    from kercr.training import train
+
+    metrics = train(_tiny_config(tmp_path, strategy="mirrored", epochs=1), verbose=0)
+    assert metrics["cr_pixels"] > 0 and (tmp_path / "run" / "best.keras").is_file()

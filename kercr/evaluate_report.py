@@ -35,6 +35,7 @@ import numpy as np
 
 from kercr import evaluation
 from kercr import metrics as M
+from kercr.plots import subplots
 
 __all__ = ["evaluate", "labelled_frames", "synthetic_frames", "stage_layers", "attention_layers",
            "plot_curves", "plot_prediction_map", "plot_layer_maps"]
@@ -42,15 +43,6 @@ __all__ = ["evaluate", "labelled_frames", "synthetic_frames", "stage_layers", "a
 logger = logging.getLogger(__name__)
 
 _STAGE = re.compile(r"_(down\d+_2|up\d+_conv_2|enc\d+_2|dec\d+_2)_relu$")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,10 +125,9 @@ def plot_curves(curves: dict, out_dir) -> list[Path]:
         ``{label: (truth, score, ignore)}`` pooled 1-D arrays per curve.
     out_dir : path
     """
-    plt = _pyplot()
     out_dir = Path(out_dir)
-    fig_roc, ax_roc = plt.subplots(figsize=(6, 4.5), dpi=100)
-    fig_pr, ax_pr = plt.subplots(figsize=(6, 4.5), dpi=100)
+    fig_roc, ax_roc = subplots(figsize=(6, 4.5), dpi=100)
+    fig_pr, ax_pr = subplots(figsize=(6, 4.5), dpi=100)
     for label, (truth, score, ignore) in curves.items():
         fpr, tpr, _ = M.roc_curve(truth, score, ignore=ignore, bins=4096)
         ax_roc.plot(np.maximum(fpr, 1e-8), tpr, label=label)
@@ -153,7 +144,6 @@ def plot_curves(curves: dict, out_dir) -> list[Path]:
         ax.legend(loc="lower right")
         fig.tight_layout()
         fig.savefig(out_dir / name)
-        plt.close(fig)
         written.append(out_dir / name)
     return written
 
@@ -169,12 +159,11 @@ def plot_prediction_map(path, name, image, truth, probability, mask, *, size=512
     """Image | truth | probability | mask of the central ``size`` x ``size`` pixels (zscale stretch)."""
     from astropy.visualization import ZScaleInterval
 
-    plt = _pyplot()
     sl = _crop(image.shape, size)
     img = np.asarray(image, np.float32)[sl]
     finite = img[np.isfinite(img)]
     vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0, 1)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4), dpi=100)
+    fig, axes = subplots(1, 4, figsize=(16, 4.4), dpi=100)
     panels = ((img, "image (zscale)", dict(cmap="gray", vmin=vmin, vmax=vmax)),
               (truth[sl], "truth", dict(cmap="gray", vmin=0, vmax=1)),
               (probability[sl], "CR probability", dict(cmap="magma", vmin=0, vmax=1)),
@@ -187,7 +176,6 @@ def plot_prediction_map(path, name, image, truth, probability, mask, *, size=512
     fig.suptitle(name)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 
@@ -207,14 +195,13 @@ def plot_layer_maps(model, layer_names, normalized, path, *, title) -> Path | No
         return None
     import keras
 
-    plt = _pyplot()
     sub = keras.Model(model.inputs, [model.get_layer(n).output for n in layer_names])
     outs = sub.predict_on_batch(np.asarray(normalized, np.float32)[None, ..., None])
     if not isinstance(outs, (list, tuple)):
         outs = [outs]
     ncol = min(4, len(outs) + 1)
     nrow = int(np.ceil((len(outs) + 1) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.6 * nrow), dpi=90, squeeze=False)
+    fig, axes = subplots(nrow, ncol, figsize=(3.6 * ncol, 3.6 * nrow), dpi=90, squeeze=False)
     axes = axes.ravel()
     axes[0].imshow(normalized, origin="lower", cmap="gray", vmin=-3, vmax=10)
     axes[0].set_title("input (noise units)", fontsize=9)
@@ -230,7 +217,6 @@ def plot_layer_maps(model, layer_names, normalized, path, *, title) -> Path | No
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)
 
 

@@ -56,6 +56,15 @@ import numpy as np
 
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import NormalizationConfig, NormalizationParams, normalize
+from kercr.model_files import (
+    NORMALIZATION_FILE,
+    ModelFileError,
+    find_model_file,
+    load_keras_model,
+    normalization_from_dict,
+    read_json_object,
+    read_normalization,
+)
 
 __all__ = ["DetectionResult", "LoadedModel", "ModelLoadError", "RUNTIMES", "detect", "load_model",
            "receptive_field_radius", "resolve_runtime", "dilate_mask"]
@@ -65,15 +74,13 @@ logger = logging.getLogger(__name__)
 RUNTIMES = ("auto", "keras", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8")
 _TFLITE_QUANTIZE = {"tflite-float32": "none", "tflite-float16": "float16", "tflite-dynamic": "dynamic",
                     "tflite-int8": "int8"}
-NORMALIZATION_FILE = "normalization.json"
-MODEL_FILES = ("best.keras", "model.keras")
 #: Default tile side (pixels) of the convolutional models; see benchmarks/bench_detect.py.
 DEFAULT_TILE = 512
 #: Overlap margin of fixed-input models (TransUNet, whose receptive field is the whole tile); at most 1/8 tile.
 FIXED_MODEL_OVERLAP = 32
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(ModelFileError):
     """A model argument cannot be used for detection; the message names the problem and the fix."""
 
 
@@ -203,28 +210,6 @@ def _is_local(model) -> bool:
     return model.input_shape[1] is None and not any(isinstance(layer, global_layers) for layer in model.layers)
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"cannot read the {what} {path}: {err}. Fix or remove the file.") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"the {what} {path} holds a JSON {type(data).__name__}; it must hold an object.")
-    return data
-
-
-def _normalization_config(data: dict, source: str) -> NormalizationConfig:
-    valid = {f.name for f in dataclasses.fields(NormalizationConfig)}
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        raise ModelLoadError(f"{source}: unknown normalization key(s) {', '.join(unknown)}; valid keys: "
-                             f"{', '.join(sorted(valid))}.")
-    try:
-        return NormalizationConfig.from_dict(data)
-    except (KercrDataError, TypeError, ValueError) as err:
-        raise ModelLoadError(f"{source}: invalid normalization constants: {err}") from None
-
-
 def _describe(model, *, name, path, card, sidecar_dir) -> LoadedModel:
     from kercr.models import input_multiple
 
@@ -234,10 +219,11 @@ def _describe(model, *, name, path, card, sidecar_dir) -> LoadedModel:
                              "single-input, one-channel kercr models.")
     if sidecar_dir is not None and (sidecar_dir / NORMALIZATION_FILE).is_file():
         sidecar = sidecar_dir / NORMALIZATION_FILE
-        norm = _normalization_config(_read_json(sidecar, "normalization file"), str(sidecar))
+        norm = read_normalization(sidecar, error=ModelLoadError)
         norm_source = str(sidecar)
     elif isinstance(card.get("normalization"), dict):
-        norm, norm_source = _normalization_config(card["normalization"], f"{name} model card"), "card"
+        norm = normalization_from_dict(card["normalization"], f"{name} model card", error=ModelLoadError)
+        norm_source = "card"
     else:
         norm, norm_source = NormalizationConfig(), "default"
         logger.warning("%s: no %s beside the model and none in its card; normalizing with the default "
@@ -247,7 +233,7 @@ def _describe(model, *, name, path, card, sidecar_dir) -> LoadedModel:
     if "threshold" in card:
         threshold, threshold_source = float(card["threshold"]), "card"
     elif path is not None and (path.parent / "metrics.json").is_file():
-        metrics = _read_json(path.parent / "metrics.json", "run metrics file")
+        metrics = read_json_object(path.parent / "metrics.json", "run metrics file", error=ModelLoadError)
         if "threshold_at_fpr_1e-4" in metrics:
             threshold = float(metrics["threshold_at_fpr_1e-4"])
             threshold_source = f"{path.parent / 'metrics.json'} threshold_at_fpr_1e-4"
@@ -264,19 +250,11 @@ def _describe(model, *, name, path, card, sidecar_dir) -> LoadedModel:
 
 @functools.lru_cache(maxsize=8)
 def _load_file(path: str, mtime_ns: int, size: int, is_default: bool) -> LoadedModel:
-    import keras
-
-    import kercr  # noqa: F401  (registers kercr's custom objects for safe-mode loading)
-
     p = Path(path)
-    try:
-        model = keras.saving.load_model(p, safe_mode=True)
-    except Exception as err:  # keras raises many types for a corrupt archive
-        raise ModelLoadError(f"cannot load the Keras model {p}: {type(err).__name__}: {err}. Check that it is a "
-                             "complete .keras file saved by kercr.") from None
+    model = load_keras_model(p, error=ModelLoadError)
     card = {}
     if (p.with_suffix(".json")).is_file():  # the model card: default.json beside default.keras
-        card = _read_json(p.with_suffix(".json"), "model card")
+        card = read_json_object(p.with_suffix(".json"), "model card", error=ModelLoadError)
     name = "default" if is_default else str(p)
     logger.info("loaded model %s", name)
     return _describe(model, name=name, path=p, card=card, sidecar_dir=p.parent)
@@ -333,14 +311,7 @@ def load_model(model="default") -> LoadedModel:
                     "run directory (or train one: kercr-train).")
             raise ModelLoadError(f"model {str(model)!r} does not exist; pass 'default', a .keras file or a "
                                  "kercr-train run directory.")
-        if path.is_dir():
-            found = [path / n for n in MODEL_FILES if (path / n).is_file()]
-            if not found:
-                raise ModelLoadError(f"directory {path} holds neither {' nor '.join(MODEL_FILES)}; pass a "
-                                     "kercr-train run directory or a .keras file.")
-            path = found[0]
-        elif path.suffix != ".keras":
-            raise ModelLoadError(f"{path} is not a .keras file; pass a .keras model or a run directory.")
+        path = find_model_file(path, error=ModelLoadError)
     path = path.resolve()
     st = path.stat()
     return _load_file(str(path), st.st_mtime_ns, st.st_size, is_default)

@@ -1,17 +1,21 @@
-"""PNG plots of training runs (matplotlib, Agg backend: no display needed)."""
+"""PNG plots of training runs.
+
+Figures are made with ``matplotlib.figure.Figure`` directly, not pyplot: no display is needed and
+the library never switches the user's matplotlib backend (inline plots in a notebook keep working).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def _pyplot():
-    import matplotlib
+def subplots(nrows: int = 1, ncols: int = 1, **fig_kw):
+    """``(figure, axes)`` like ``pyplot.subplots``, without pyplot's global state or backend."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**{k: v for k, v in fig_kw.items() if k not in ("squeeze",)})
+    axes = fig.subplots(nrows, ncols, squeeze=fig_kw.get("squeeze", True))
+    return fig, axes
 
 
 def plot_history(history: list[dict], out_dir) -> list[Path]:
@@ -24,12 +28,11 @@ def plot_history(history: list[dict], out_dir) -> list[Path]:
     out_dir : path
         Directory the PNG files are written to.
     """
-    plt = _pyplot()
     out_dir = Path(out_dir)
     epochs = [row["epoch"] + 1 for row in history]
     written = []
     for key, label, name in (("loss", "loss", "loss.png"), ("dice", "Dice at p >= 0.5", "dice.png")):
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        fig, ax = subplots(figsize=(6, 4), dpi=100)
         for prefix, style in (("", "-o"), ("val_", "-s")):
             values = [row.get(prefix + key) for row in history]
             if any(v is not None for v in values):
@@ -40,6 +43,5 @@ def plot_history(history: list[dict], out_dir) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         fig.savefig(out_dir / name)
-        plt.close(fig)
         written.append(out_dir / name)
     return written

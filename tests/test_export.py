@@ -299,7 +299,7 @@ def test_run_dir_without_model_and_bad_sidecar(tmp_path):
         export_model(tmp_path / "empty", tmp_path / "models")
     run = _save_model(tmp_path / "run")
     (run / "normalization.json").write_text(json.dumps({"clip_max": 10.0, "colour": "red"}))
-    with pytest.raises(ExportError, match="unknown key"):
+    with pytest.raises(ExportError, match="unknown normalization key"):
         export_model(run, tmp_path / "models")
     assert not (tmp_path / "models").exists()
 

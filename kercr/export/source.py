@@ -19,23 +19,19 @@ logged. ``normalization=PATH`` overrides the sidecar.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
-from kercr.data.errors import KercrDataError
+from kercr import model_files
 from kercr.data.normalization import NormalizationConfig
+from kercr.model_files import MODEL_FILES, NORMALIZATION_FILE
 
 __all__ = ["ExportError", "ModelSource", "load_model_source", "read_normalization", "NORMALIZATION_FILE",
            "MODEL_FILES"]
 
 logger = logging.getLogger(__name__)
 
-NORMALIZATION_FILE = "normalization.json"
-MODEL_FILES = ("best.keras", "model.keras")
-
-
-class ExportError(ValueError):
+class ExportError(model_files.ModelFileError):
     """A model or an option cannot be exported; the message names the problem and the fix."""
 
 
@@ -66,39 +62,7 @@ class ModelSource:
 
 def read_normalization(path) -> NormalizationConfig:
     """Read a ``normalization.json`` (the dict of ``NormalizationConfig.to_dict()``)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ExportError(f"normalization file {path} does not exist; pass an existing JSON file.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ExportError(f"cannot read normalization file {path}: {err}. It must hold the JSON object "
-                          "written by NormalizationConfig.to_dict().") from None
-    if not isinstance(data, dict):
-        raise ExportError(f"normalization file {path} holds a JSON {type(data).__name__}; it must hold the "
-                          "object written by NormalizationConfig.to_dict().")
-    valid = {f.name for f in dataclasses.fields(NormalizationConfig)}
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        raise ExportError(f"normalization file {path} has unknown key(s) {', '.join(unknown)}; "
-                          f"valid keys: {', '.join(sorted(valid))}.")
-    try:
-        return NormalizationConfig.from_dict(data)
-    except (KercrDataError, TypeError, ValueError) as err:
-        raise ExportError(f"normalization file {path} is invalid: {err}") from None
-
-
-def _find_keras_file(path: Path) -> Path:
-    if path.is_dir():
-        for name in MODEL_FILES:
-            if (path / name).is_file():
-                return path / name
-        raise ExportError(f"directory {path} holds neither {' nor '.join(MODEL_FILES)}; pass a training run "
-                          "directory, a .keras file or a registry name (kercr-models lists them).")
-    if path.suffix != ".keras":
-        raise ExportError(f"{path} is not a .keras file; pass a .keras model, a training run directory or a "
-                          "registry name.")
-    return path
+    return model_files.read_normalization(path, error=ExportError)
 
 
 def load_model_source(source, *, overrides=None, normalization=None) -> ModelSource:
@@ -118,9 +82,6 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
     ExportError
         Unknown name, missing or unreadable model file, bad normalization file.
     """
-    import keras
-
-    import kercr  # noqa: F401  (registers kercr's custom objects for safe-mode loading)
     from kercr.models import build_model, list_models
 
     overrides = dict(overrides or {})
@@ -129,13 +90,8 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
         if overrides:
             raise ExportError(f"builder options {sorted(overrides)} only apply to a registry name, not to the "
                               f"saved model {path}.")
-        keras_file = _find_keras_file(path)
-        try:
-            model = keras.saving.load_model(keras_file, safe_mode=True)
-        except Exception as err:  # keras raises many types for a corrupt archive
-            raise ExportError(f"cannot load the Keras model {keras_file}: {type(err).__name__}: {err}. "
-                              "Check that it is a complete .keras file saved by kercr (load it with "
-                              "keras.saving.load_model after `import kercr`).") from None
+        keras_file = model_files.find_model_file(path, error=ExportError)
+        model = model_files.load_keras_model(keras_file, error=ExportError)
         description, trained = str(keras_file), True
         sidecar = keras_file.parent / NORMALIZATION_FILE
     else:

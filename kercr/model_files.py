@@ -1,0 +1,82 @@
+"""Files that make up a trained kercr model, shared by detection, export and tuning.
+
+A trained model is a ``.keras`` file with a ``normalization.json`` sidecar beside it (the dict
+of :meth:`kercr.data.normalization.NormalizationConfig.to_dict`); a ``kercr-train`` run
+directory holds ``best.keras`` (and ``last.keras``), and other tools write ``model.keras``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from kercr.data.errors import KercrDataError
+from kercr.data.normalization import NormalizationConfig
+
+NORMALIZATION_FILE = "normalization.json"
+MODEL_FILES = ("best.keras", "model.keras")
+
+
+class ModelFileError(ValueError):
+    """A model file or its sidecar cannot be used; the message names the file and the fix."""
+
+
+def find_model_file(path, *, error=ModelFileError) -> Path:
+    """The ``.keras`` file of ``path``: the file itself, or ``best.keras``/``model.keras`` in a directory."""
+    path = Path(path)
+    if path.is_dir():
+        for name in MODEL_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise error(f"directory {path} holds neither {' nor '.join(MODEL_FILES)}; pass a kercr-train run "
+                    "directory or a .keras file.")
+    if path.suffix != ".keras":
+        raise error(f"{path} is not a .keras file; pass a .keras model or a kercr-train run directory.")
+    return path
+
+
+def read_json_object(path, what: str, *, error=ModelFileError) -> dict:
+    """Read a JSON file that must hold an object (``what`` names it in errors)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"the {what} {path} does not exist; pass an existing JSON file.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"cannot read the {what} {path}: {err}. Fix or remove the file.") from None
+    if not isinstance(data, dict):
+        raise error(f"the {what} {path} holds a JSON {type(data).__name__}; it must hold an object.")
+    return data
+
+
+def normalization_from_dict(data: dict, source: str, *, error=ModelFileError) -> NormalizationConfig:
+    """A :class:`NormalizationConfig` from its dict, with errors naming ``source``."""
+    valid = {f.name for f in dataclasses.fields(NormalizationConfig)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise error(f"{source}: unknown normalization key(s) {', '.join(unknown)}; valid keys: "
+                    f"{', '.join(sorted(valid))}.")
+    try:
+        return NormalizationConfig.from_dict(data)
+    except (KercrDataError, TypeError, ValueError) as err:
+        raise error(f"{source}: invalid normalization constants: {err}") from None
+
+
+def read_normalization(path, *, error=ModelFileError) -> NormalizationConfig:
+    """Read a ``normalization.json`` file."""
+    return normalization_from_dict(read_json_object(path, "normalization file", error=error), str(path), error=error)
+
+
+def load_keras_model(path, *, error=ModelFileError):
+    """Load a kercr ``.keras`` file in safe mode (kercr's custom objects registered)."""
+    import keras
+
+    import kercr  # noqa: F401  (registers kercr's custom objects)
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as err:  # keras raises many types for a corrupt archive
+        raise error(f"cannot load the Keras model {path}: {type(err).__name__}: {err}. Check that it is a "
+                    "complete .keras file saved by kercr (load it with keras.saving.load_model after "
+                    "`import kercr`).") from None

@@ -8,7 +8,12 @@ import os
 import sys
 
 
-def _setup_logging(verbose: int = 0) -> None:
+def setup_logging(verbose: int = 0) -> None:
+    """Configure logging for a kercr command (the only place logging is configured).
+
+    ``verbose``: 0 warnings, 1 progress (INFO), 2 or more debug details. Also quiets
+    TensorFlow's C++ start-up messages.
+    """
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,12 +39,12 @@ def models_main(argv=None) -> int:
                         help="skip the ~105 M-parameter R50-ViT-B/16 TransUNet in the table")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
 
     from kercr.models import DEEPCR_ORIGINAL_PARAMS, REFERENCE_TABLE, build_model, get_spec, list_models
     from kercr.models import count_trainable, input_multiple
 
-    overrides = _parse_overrides(parser, args.set)
+    overrides = parse_overrides(parser, args.set)
 
     try:
         if args.name:
@@ -70,7 +75,8 @@ def models_main(argv=None) -> int:
     return 0
 
 
-def _parse_overrides(parser, items) -> dict:
+def parse_overrides(parser, items) -> dict:
+    """``--set KEY=VALUE`` items as a dict (values parsed as Python literals when they are)."""
     import ast
 
     overrides = {}
@@ -130,7 +136,7 @@ def train_main(argv=None) -> int:
     add("--seed", type=int)
     add("-v", "--verbose", action="count", default=1)
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
 
     from kercr.config import ConfigError, read_config_file, resolve_config
 
@@ -140,7 +146,7 @@ def train_main(argv=None) -> int:
                     "batch_size", "learning_rate", "loss", "alpha_epochs", "frames", "frame_shape", "cr_rate_scale", "footprints", "footprint_fraction",
                     "strategy", "mixed_precision", "out", "seed")
     }
-    flags["model_options"] = _parse_overrides(parser, args.set) or None
+    flags["model_options"] = parse_overrides(parser, args.set) or None
     try:
         file_options = read_config_file(args.config) if args.config else {}
         config = resolve_config(file_options, flags)
@@ -191,7 +197,7 @@ def prepare_main(argv=None) -> int:
     add("--seed", type=int, default=0)
     add("-v", "--verbose", action="count", default=1)
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
 
     from kercr.data.errors import KercrDataError
     from kercr.data.frames import FITSFrames, SyntheticFrames

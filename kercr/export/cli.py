@@ -6,9 +6,7 @@ Logging is configured here only.
 from __future__ import annotations
 
 import argparse
-import ast
 import logging
-import os
 import sys
 
 __all__ = ["main"]
@@ -72,20 +70,11 @@ def main(argv=None) -> int:
     """Run ``kercr-export``; returns the exit status (0 ok, 1 export error, 2 usage error)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    log = logging.getLogger("kercr.export")
+    from kercr.cli import parse_overrides, setup_logging
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE, e.g. --set input_size=64")
-        try:
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[key] = value
+    setup_logging(args.verbose)
+    log = logging.getLogger("kercr.export")
+    overrides = parse_overrides(parser, args.set)
 
     from kercr.export.exporter import export_model
     from kercr.export.profiles import load_profile

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -71,9 +70,9 @@ def main(argv=None) -> int:
     """Entry point of ``kercr-tune``; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from kercr.cli import setup_logging
+
+    setup_logging(args.verbose)
 
     from kercr.config import ConfigError
     from kercr.tuning.results import markdown_table

@@ -290,6 +290,11 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
             weighted_metrics=make_metrics(),
         )
     data = make_training_data(config, initial_epoch=initial_epoch, strategy=strategy)
+    if not any(np.any((y > 0.5) & (w > 0)) for _, y, w in data.validation_batches()):
+        raise ConfigError(
+            "the validation patches hold no (unignored) CR pixels, so TPR and Dice cannot be measured; "
+            "raise --validation-steps, --cr-rate-scale or the exposure time / frame size of the data."
+        )
 
     best_val = min((row["val_loss"] for row in history if "val_loss" in row), default=None)
     wait = 0

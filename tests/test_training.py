@@ -289,3 +289,11 @@ def test_mirrored_strategy_trains(tmp_path):
 
     metrics = train(_tiny_config(tmp_path, strategy="mirrored", epochs=1), verbose=0)
     assert metrics["cr_pixels"] > 0 and (tmp_path / "run" / "best.keras").is_file()
+
+
+def test_validation_without_cosmic_rays_is_refused_before_training(tmp_path):
+    from kercr.training import train
+
+    with pytest.raises(ConfigError, match="no \\(unignored\\) CR pixels"):
+        train(_tiny_config(tmp_path, cr_rate_scale=1e-6, validation_steps=1), verbose=0)
+    assert not (tmp_path / "run" / "history.csv").exists()

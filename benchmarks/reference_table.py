@@ -1,0 +1,461 @@
+"""Reproduce the reference results table (project issue #7) with one recipe and one benchmark.
+
+Usage::
+
+    python benchmarks/reference_table.py --scale tiny|cpu|gpu --out DIR [--rows LABEL,...] [--test-frames N]
+
+Every row of :data:`kercr.models.registry.REFERENCE_TABLE` (or the ``--rows`` subset, by label) is
+trained with the same recipe (:data:`RECIPES`, one per scale) by :func:`kercr.training.train`, each
+in its own run directory ``DIR/runs/<label>/``. ``train`` resumes an interrupted run and returns at
+once for a finished one, so re-running the command only does the missing work; the test metrics of
+a run are cached next to it (``reference_test.json``) and recomputed only when the benchmark
+definition or ``best.keras`` changed.
+
+Benchmark protocol
+------------------
+Test frames
+    ``SyntheticFrames(seed=20261124, shape=SCALE.frame_shape)``, frames ``0 .. N-1`` (``N`` =
+    ``--test-frames``, default per scale). Training uses ``TrainConfig.seed`` = 0 (frames keyed by
+    seed 0), so seed 20261124 is never used in training or validation. CRs are simulated at
+    DECam's physical dark rate (0.6 events/s per 4096 x 2048 CCD) times ``SCALE.test_cr_rate_scale``
+    (tiny: 20, so that a 256 x 256 smoke frame carries CRs; cpu and gpu: 5, the reference recipe's
+    training density).
+Second test set: real CR footprints
+    The same frames (same seeds, so the same sky, stars, galaxies, noise and defects) with the
+    simulated CR rate cut to a quarter and ``footprint_fraction = 3``: as many CRs as the first set
+    on average, three quarters of them real footprints drawn from
+    ``../shared/data/cr_footprints/cosmic_rays_itl_2017_even.fits`` (LSST ITL darks, imSim format).
+    Skipped, with a message, when that file is absent.
+Pixels
+    Each frame is normalized as a whole (as at inference) and cut into the non-overlapping grid of
+    ``patch_size`` tiles (frame sides are multiples of the patch size, so the tiles cover every
+    pixel exactly once). All test pixels of all frames are pooled before any rate is computed.
+Ignore masks
+    Pixels of weight 0 (saturated, bleed trails, hot pixels, bad columns, non-finite) are removed
+    from both positives and negatives of every metric, for the networks and for astroscrappy alike.
+Metrics (networks)
+    Dice at probability 0.5; TPR at 0.01 % and 0.1 % FPR (exact, interpolated on the pooled ROC);
+    precision at 95 % recall. Scores are the CR logits (:func:`kercr.evaluation.pooled_predictions`).
+    Validation Dice and TPR at 0.01 % FPR come from the run's ``metrics.json`` (best.keras on the
+    run's pooled validation patches).
+Speed
+    Inference throughput in Mpix/s with ``model.predict`` on the first test patches (at most
+    about 4 Mpix), on the CPU with 2 threads (a subprocess pinned to 2 cores, TensorFlow intra-op
+    threads 2, inter-op 1, GPUs hidden), after one warm-up pass; the best of 3 timed passes.
+astroscrappy baseline
+    ``astroscrappy.detect_cosmics`` (L.A.Cosmic) on the RAW ADU frames (the same frames before
+    normalization, sky included, bias 0), ``gain=4.0, readnoise=7.0, satlevel=45000`` (the
+    synthetic DECam CCD), defaults otherwise, ignored pixels passed as ``inmask``. Its output is a
+    binary mask, so only its operating point is reported: Dice, TPR and FPR on the same pooled,
+    non-ignored pixels; TPR at fixed FPR and precision at 95 % recall need a ROC and are "n/a".
+    Its Mpix/s is single-threaded (astroscrappy's own C loop) on the full frames.
+
+Outputs
+-------
+``DIR/table.md`` (also printed) and ``DIR/table.csv``: one row per model and test set with
+params, validation Dice / TPR@0.01 %, test Dice / TPR@0.01 % / TPR@0.1 % / precision@95 % recall,
+Mpix/s, the scale, the reference values side by side, and links to each run's loss and Dice
+curves (``loss.png``, ``dice.png``). Numbers at the tiny and cpu scales are NOT comparable with the
+reference values (far less training, other data); only the gpu scale runs the reference recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+TEST_SEED = 20261124
+FOOTPRINTS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cr_footprints" / "cosmic_rays_itl_2017_even.fits"
+FOOTPRINT_RATE_CUT = 0.25  # simulated CR rate of the footprint set, relative to the first set
+FOOTPRINT_FRACTION = 3.0  # real footprints per (reduced-rate) simulated CR: same total on average
+GAIN, READNOISE, SATLEVEL = 4.0, 7.0, 45000.0  # kercr.data.synthetic.SyntheticConfig defaults
+TIMING_PIXELS = 4 * 1024 * 1024
+TIMING_THREADS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """A benchmark scale: the training recipe (TrainConfig options) and the test frames."""
+
+    name: str
+    recipe: dict
+    frame_shape: tuple
+    test_frames: int
+    test_cr_rate_scale: float
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.recipe["patch_size"])
+
+
+RECIPES = {
+    # Smoke test: seconds per model; the numbers mean nothing. Dense CRs (40x) so that the
+    # 8 validation patches of 64 px on one 256 x 256 exposure hold CR pixels.
+    "tiny": Scale("tiny", dict(epochs=1, steps_per_epoch=2, validation_steps=2, patch_size=64, batch_size=4,
+                               frames=4, frame_shape=[256, 256], cr_rate_scale=40.0),
+                  (256, 256), 2, 20.0),
+    # A few epochs on 2 CPU cores (the quickstart's data at 128 px).
+    "cpu": Scale("cpu", dict(epochs=5, steps_per_epoch=25, validation_steps=6, patch_size=128, batch_size=16,
+                             frames=12, frame_shape=[1024, 1024], cr_rate_scale=10.0),
+                 (1024, 1024), 4, 5.0),
+    # The reference recipe: kercr-train's defaults (256 px patches, batch 16, 20 x 100 steps,
+    # 20 DECam-sized exposures at 5x the dark rate, Dice+BCE, Adam 1e-3 with plateau decay).
+    "gpu": Scale("gpu", dict(epochs=20, steps_per_epoch=100, validation_steps=20, patch_size=256, batch_size=16,
+                             frames=20, frame_shape=[4096, 2048], cr_rate_scale=5.0),
+                 (4096, 2048), 8, 5.0),
+}
+
+logger = logging.getLogger("reference_table")
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").lower()
+
+
+# --------------------------------------------------------------------------------------------
+# test sets
+
+
+class _RawKeepingFrames:
+    """Wrap a :class:`SyntheticFrames` to also keep the raw ADU frame (for astroscrappy).
+
+    ``SyntheticFrames._make`` is the one definition of a frame (seeding, CRs, footprints), so the
+    raw frame comes from the same call whose output the source normalizes.
+    """
+
+    def __init__(self, source):
+        self.source = source
+        self.raw = None
+        make = source._make
+
+        def _make(i):
+            out = make(i)
+            self.raw = out
+            return out
+
+        source._make = _make
+
+    def frame(self, i):
+        self.source._cache.clear()  # force _make, so raw and normalized frames are the same frame
+        image, mask, weight = self.source.frame(i)
+        image_adu, _, ignore, _ = self.raw
+        return image, mask, weight, np.asarray(image_adu, np.float32), np.asarray(ignore, bool)
+
+
+def test_sets(scale: Scale, n_frames: int) -> dict:
+    """``{name: SyntheticFrames}`` of the benchmark (the footprint set only when the file exists)."""
+    from kercr.data.frames import SyntheticFrames, load_footprints
+
+    sets = {"synthetic": SyntheticFrames(seed=TEST_SEED, shape=scale.frame_shape,
+                                         cr_rate_scale=scale.test_cr_rate_scale, cache=1)}
+    path = FOOTPRINTS.resolve()
+    if path.is_file():
+        sets["real footprints"] = SyntheticFrames(
+            seed=TEST_SEED, shape=scale.frame_shape, cr_rate_scale=scale.test_cr_rate_scale * FOOTPRINT_RATE_CUT,
+            cache=1, footprints=load_footprints(path), footprint_fraction=FOOTPRINT_FRACTION)
+    else:
+        print(f"[reference_table] {path} not found: skipping the real-footprint test set", flush=True)
+    return sets
+
+
+def grid_tiles(image, mask, weight, patch_size):
+    """Non-overlapping ``patch_size`` tiles covering the frame: ``(x, y, w)`` (n, p, p, 1) arrays."""
+    from kercr.data.patches import make_patches
+
+    ny, nx = image.shape
+    if ny % patch_size or nx % patch_size:
+        raise ValueError(f"frame {image.shape} is not a multiple of patch_size={patch_size}")
+    (xs, ys, ws), _ = make_patches(image, mask, weight, patch_size=patch_size, mode="grid", seed=TEST_SEED)
+    return tuple(np.ascontiguousarray(a[..., None], dtype=np.float32) for a in (xs, ys, ws))
+
+
+class TestData:
+    """The prepared test sets: per set, the list of frames as grid tiles and raw ADU frames.
+
+    Frames are generated once and kept in memory (gpu scale, 8 frames: about 0.8 GB per set).
+    """
+
+    def __init__(self, scale: Scale, n_frames: int):
+        self.scale, self.n_frames = scale, n_frames
+        self.sets = {}
+        for name, source in test_sets(scale, n_frames).items():
+            wrapped = _RawKeepingFrames(source)
+            frames = []
+            for i in range(n_frames):
+                image, mask, weight, raw, ignore = wrapped.frame(i)
+                frames.append(dict(tiles=grid_tiles(image, mask, weight, scale.patch_size), raw=raw,
+                                   truth=mask > 0.5, ignore=(weight <= 0) | ignore))
+            self.sets[name] = frames
+            cr = sum(int((f["truth"] & ~f["ignore"]).sum()) for f in frames)
+            print(f"[reference_table] test set {name!r}: {n_frames} frames of {scale.frame_shape}, "
+                  f"{cr} CR pixels (not ignored)", flush=True)
+
+    def key(self) -> str:
+        """A digest of the benchmark definition (invalidates cached test metrics when it changes)."""
+        spec = dict(seed=TEST_SEED, shape=self.scale.frame_shape, n=self.n_frames, patch=self.scale.patch_size,
+                    rate=self.scale.test_cr_rate_scale, fp=[FOOTPRINT_RATE_CUT, FOOTPRINT_FRACTION],
+                    sets=sorted(self.sets), timing=[TIMING_PIXELS, TIMING_THREADS])
+        return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+    def timing_input(self) -> np.ndarray:
+        x = np.concatenate([f["tiles"][0] for f in self.sets["synthetic"]])
+        n = max(1, TIMING_PIXELS // (self.scale.patch_size**2))
+        return x[:n]
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate_model(model, data: TestData, batch_size: int) -> dict:
+    """Pooled test metrics of ``model`` on every test set."""
+    from kercr.evaluation import pooled_metrics, pooled_predictions
+    from kercr.models import logit_model
+
+    logits = logit_model(model) is not None
+    out = {}
+    for name, frames in data.sets.items():
+        parts = []
+        for f in frames:
+            x, y, w = f["tiles"]
+            batches = [(x[b:b + batch_size], y[b:b + batch_size], w[b:b + batch_size])
+                       for b in range(0, len(x), batch_size)]
+            parts.append(pooled_predictions(model, batches))
+        truth, score, ignore = (np.concatenate(p) for p in zip(*parts))
+        out[name] = pooled_metrics(truth, score, ignore, logits=logits)
+    return out
+
+
+def time_model_subprocess(model_path: Path, x_path: Path, batch_size: int) -> float | None:
+    """Mpix/s of ``model.predict`` on 2 CPU threads, measured in a fresh process."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="2",
+               OMP_NUM_THREADS=str(TIMING_THREADS))
+    cmd = [sys.executable, __file__, "--time-model", str(model_path), "--time-input", str(x_path),
+           "--time-batch", str(batch_size)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    for line in res.stdout.splitlines():
+        if line.startswith("MPIX_PER_S "):
+            return float(line.split()[1])
+    print(f"[reference_table] timing {model_path} failed:\n{res.stderr[-2000:]}", flush=True)
+    return None
+
+
+def _time_main(model_path: str, x_path: str, batch_size: int) -> None:
+    """Subprocess entry: pin to 2 cores, 2 TF threads, time predict (warm-up + best of 3)."""
+    cpus = sorted(os.sched_getaffinity(0))[:TIMING_THREADS] if hasattr(os, "sched_getaffinity") else None
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(TIMING_THREADS)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    import kercr.losses, kercr.metrics, kercr.models  # noqa: F401,E401  (register custom objects)
+
+    model = keras.saving.load_model(model_path)
+    x = np.load(x_path)
+    model.predict(x, batch_size=batch_size, verbose=0)  # warm-up (tracing, allocation)
+    best = np.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        model.predict(x, batch_size=batch_size, verbose=0)
+        best = min(best, time.perf_counter() - t0)
+    print(f"MPIX_PER_S {x[..., 0].size / best / 1e6:.6f}", flush=True)
+
+
+def astroscrappy_baseline(data: TestData) -> dict:
+    """L.A.Cosmic (astroscrappy) at its default operating point on the raw test frames."""
+    try:
+        import astroscrappy
+    except ImportError:
+        print("[reference_table] astroscrappy is not installed: skipping the L.A.Cosmic baseline", flush=True)
+        return {}
+    out = {}
+    for name, frames in data.sets.items():
+        tp = fp = fn = tn = 0
+        seconds, pixels = 0.0, 0
+        for f in frames:
+            t0 = time.perf_counter()
+            crmask, _ = astroscrappy.detect_cosmics(f["raw"], inmask=f["ignore"], gain=GAIN, readnoise=READNOISE,
+                                                    satlevel=SATLEVEL)
+            seconds += time.perf_counter() - t0
+            pixels += f["raw"].size
+            keep, truth, pred = ~f["ignore"], f["truth"], np.asarray(crmask, bool)
+            tp += int(np.count_nonzero(truth & pred & keep))
+            fp += int(np.count_nonzero(~truth & pred & keep))
+            fn += int(np.count_nonzero(truth & ~pred & keep))
+            tn += int(np.count_nonzero(~truth & ~pred & keep))
+        out[name] = {
+            "dice": 2 * tp / max(1, 2 * tp + fp + fn), "tpr": tp / max(1, tp + fn), "fpr": fp / max(1, fp + tn),
+            "precision": tp / max(1, tp + fp), "mpix_per_s": pixels / seconds / 1e6,
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+
+
+def train_row(row, scale: Scale, out: Path, verbose) -> tuple[Path, dict]:
+    from kercr.config import resolve_config
+    from kercr.training import train
+
+    run = out / "runs" / slug(row.label)
+    config = resolve_config(None, dict(scale.recipe, model=row.model, model_options=dict(row.overrides),
+                                       data="synthetic", out=str(run), seed=0))
+    print(f"[reference_table] training {row.label!r} ({row.model} {row.overrides}) in {run}", flush=True)
+    metrics = train(config, verbose=verbose)
+    return run, metrics
+
+
+def row_results(row, scale: Scale, out: Path, data: TestData, timing_x: Path, verbose) -> dict:
+    import keras
+
+    from kercr.models import count_trainable
+
+    run, val = train_row(row, scale, out, verbose)
+    best = run / "best.keras"
+    cache = run / "reference_test.json"
+    stamp = f"{data.key()}:{best.stat().st_mtime_ns}"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("stamp") == stamp and cached.get("mpix_per_s") is not None:
+            print(f"[reference_table] {row.label!r}: cached test metrics", flush=True)
+            return cached
+    model = keras.saving.load_model(best)
+    batch = 16 if scale.patch_size <= 128 else 8
+    result = {
+        "stamp": stamp, "label": row.label, "run": str(run.relative_to(out)), "params": count_trainable(model),
+        "val_dice": val.get("dice"), "val_tpr": val.get("tpr_at_fpr_1e-4"),
+        "test": evaluate_model(model, data, batch), "mpix_per_s": time_model_subprocess(best, timing_x, batch),
+    }
+    cache.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+COLUMNS = ["model", "test set", "scale", "params", "val Dice", "val TPR@0.01%", "test Dice", "test TPR@0.01%",
+           "test TPR@0.1%", "precision@95% recall", "FPR (op. point)", "CPU Mpix/s (2 thr)",
+           "ref params", "ref val Dice", "ref val TPR@0.01%", "ref test Dice", "ref test TPR@0.01%", "curves"]
+
+
+def _f(v, digits=4):
+    if v is None:
+        return "n/a"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    return f"{v:.{digits}f}" if np.isfinite(v) else "n/a"
+
+
+def table_rows(results, rows, lacosmic, scale: Scale) -> list[dict]:
+    table = []
+    for row, res in zip(rows, results):
+        for set_name, m in res["test"].items():
+            ref = set_name == "synthetic"  # reference values next to the first test set only
+            table.append({
+                "model": row.label, "test set": set_name, "scale": scale.name, "params": _f(res["params"]),
+                "val Dice": _f(res["val_dice"]), "val TPR@0.01%": _f(res["val_tpr"]),
+                "test Dice": _f(m["dice"]), "test TPR@0.01%": _f(m["tpr_at_fpr_1e-4"]),
+                "test TPR@0.1%": _f(m["tpr_at_fpr_1e-3"]), "precision@95% recall": _f(m["precision_at_recall_0.95"]),
+                "FPR (op. point)": "", "CPU Mpix/s (2 thr)": _f(res["mpix_per_s"], 3),
+                "ref params": _f(row.params) if ref else "", "ref val Dice": _f(row.val_dice) if ref else "",
+                "ref val TPR@0.01%": _f(row.val_tpr) if ref else "", "ref test Dice": _f(row.test_dice) if ref else "",
+                "ref test TPR@0.01%": _f(row.test_tpr) if ref else "",
+                "curves": f"[loss]({res['run']}/loss.png) [dice]({res['run']}/dice.png)",
+            })
+    for set_name, m in lacosmic.items():
+        table.append({
+            "model": "astroscrappy (L.A.Cosmic, defaults)", "test set": set_name, "scale": scale.name, "params": "-",
+            "val Dice": "-", "val TPR@0.01%": "-", "test Dice": _f(m["dice"]),
+            "test TPR@0.01%": f"n/a (binary; TPR {m['tpr']:.4f})", "test TPR@0.1%": "n/a",
+            "precision@95% recall": "n/a", "FPR (op. point)": f"{m['fpr']:.2e}",
+            "CPU Mpix/s (2 thr)": f"{m['mpix_per_s']:.3f} (1 thr, full frame)",
+            **{c: "" for c in COLUMNS if c.startswith("ref ")}, "curves": "-",
+        })
+    return table
+
+
+def write_outputs(out: Path, table: list[dict], scale: Scale, data: TestData) -> str:
+    with (out / "table.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(table)
+    header = (
+        f"# kercr reference table, scale `{scale.name}`\n\n"
+        f"Recipe (every row): `{json.dumps(scale.recipe)}`, seed 0, Dice+BCE, Adam 1e-3.\n\n"
+        f"Test: {data.n_frames} SyntheticFrames of {scale.frame_shape[0]}x{scale.frame_shape[1]}, seed {TEST_SEED}, "
+        f"CRs at {scale.test_cr_rate_scale:g}x DECam's dark rate; `real footprints` = same frames with "
+        f"{FOOTPRINT_RATE_CUT:g}x that simulated rate plus {FOOTPRINT_FRACTION:g}x as many ITL-dark footprints. "
+        f"All {scale.patch_size}-px grid tiles, pixels pooled, ignored pixels (weight 0) excluded. "
+        "Dice at p = 0.5. astroscrappy gives a binary mask: its TPR/FPR are at its own operating point, "
+        "no ROC metrics. Reference values (`ref *`, DECam test set, 7,168 patches of 256 px) are for "
+        "comparison only" + (" and are not comparable at this scale" if scale.name != "gpu" else "") + ".\n\n"
+        f"Benchmark key `{data.key()}`; protocol in `benchmarks/reference_table.py`.\n\n"
+    )
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in table]
+    text = header + "\n".join(lines) + "\n"
+    (out / "table.md").write_text(text)
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=sorted(RECIPES), default="tiny")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--rows", default=None, help="comma-separated REFERENCE_TABLE labels (default: all)")
+    parser.add_argument("--test-frames", type=int, default=None, help="test frames per set (default per scale)")
+    parser.add_argument("--verbose", default=2, help="Keras fit verbosity (0, 1, 2)")
+    parser.add_argument("--time-model", help=argparse.SUPPRESS)
+    parser.add_argument("--time-input", help=argparse.SUPPRESS)
+    parser.add_argument("--time-batch", type=int, default=16, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.time_model:
+        _time_main(args.time_model, args.time_input, args.time_batch)
+        return 0
+    if args.out is None:
+        parser.error("--out DIR is required")
+
+    from kercr.models.registry import REFERENCE_TABLE
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    scale = RECIPES[args.scale]
+    rows = list(REFERENCE_TABLE)
+    if args.rows:
+        wanted = [s.strip() for s in args.rows.split(",") if s.strip()]
+        labels = {r.label: r for r in REFERENCE_TABLE}
+        unknown = [w for w in wanted if w not in labels]
+        if unknown:
+            parser.error(f"unknown row(s) {unknown}; choose from: {', '.join(labels)}")
+        rows = [labels[w] for w in wanted]
+    n_frames = args.test_frames or scale.test_frames
+    verbose = int(args.verbose) if str(args.verbose).isdigit() else args.verbose
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    data = TestData(scale, n_frames)
+    timing_x = out / "timing_input.npy"
+    np.save(timing_x, data.timing_input())
+    results = [row_results(row, scale, out, data, timing_x, verbose) for row in rows]
+    lacosmic = astroscrappy_baseline(data)
+    text = write_outputs(out, table_rows(results, rows, lacosmic, scale), scale, data)
+    print(text, flush=True)
+    print(f"[reference_table] wrote {out / 'table.md'} and {out / 'table.csv'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

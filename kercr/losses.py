@@ -120,8 +120,13 @@ class _Identity(keras.losses.Loss):
 class _PixelWeightedLoss(keras.losses.Loss):
     """Base class: a loss computed per patch with per-pixel weights inside.
 
-    Subclasses implement :meth:`per_sample_loss`.
+    Subclasses implement :meth:`per_sample_loss`. ``epsilon`` clips probabilities to
+    ``[epsilon, 1 - epsilon]`` inside the logarithms of the cross-entropy.
     """
+
+    def __init__(self, epsilon=EPSILON, reduction="sum_over_batch_size", name=None, dtype=None, **kwargs):
+        super().__init__(name=name, reduction=reduction, dtype=dtype, **kwargs)
+        self.epsilon = float(epsilon)
 
     def per_sample_loss(self, y_true, y_pred, pixel_weight=None):
         """Loss of each patch, shape ``(B,)``, with ``pixel_weight`` applied inside."""
@@ -147,7 +152,7 @@ class _PixelWeightedLoss(keras.losses.Loss):
 
     def get_config(self):
         config = super().get_config()
-        config["dtype"] = self.dtype
+        config.update(dtype=self.dtype, epsilon=self.epsilon)
         return config
 
 
@@ -207,14 +212,13 @@ class DiceBCELoss(_PixelWeightedLoss):
         dtype=None,
         **kwargs,
     ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype, **kwargs)
+        super().__init__(epsilon=epsilon, name=name, reduction=reduction, dtype=dtype, **kwargs)
         if smooth < 0:
             raise ValueError(f"smooth must be >= 0, got {smooth}.")
         if not 0.0 <= dice_weight <= 1.0:
             raise ValueError(f"dice_weight must lie in [0, 1], got {dice_weight}.")
         self.smooth = float(smooth)
         self.dice_weight = float(dice_weight)
-        self.epsilon = float(epsilon)
 
     def per_sample_loss(self, y_true, y_pred, pixel_weight=None):
         """Per-patch loss, shape ``(B,)``; see the class docstring for the formula."""
@@ -235,7 +239,7 @@ class DiceBCELoss(_PixelWeightedLoss):
 
     def get_config(self):
         config = super().get_config()
-        config.update(smooth=self.smooth, dice_weight=self.dice_weight, epsilon=self.epsilon)
+        config.update(smooth=self.smooth, dice_weight=self.dice_weight)
         return config
 
 
@@ -260,16 +264,8 @@ class WeightedBCE(_PixelWeightedLoss):
         Computation dtype. Default ``keras.backend.floatx()``.
     """
 
-    def __init__(
-        self,
-        epsilon=EPSILON,
-        reduction="sum_over_batch_size",
-        name="weighted_bce",
-        dtype=None,
-        **kwargs,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype, **kwargs)
-        self.epsilon = float(epsilon)
+    def __init__(self, epsilon=EPSILON, reduction="sum_over_batch_size", name="weighted_bce", dtype=None, **kwargs):
+        super().__init__(epsilon=epsilon, reduction=reduction, name=name, dtype=dtype, **kwargs)
 
     def per_sample_loss(self, y_true, y_pred, pixel_weight=None):
         """Per-patch weighted mean BCE, shape ``(B,)``."""
@@ -277,11 +273,6 @@ class WeightedBCE(_PixelWeightedLoss):
         w = ops.ones_like(y_pred) if pixel_weight is None else pixel_weight
         pos, neg = _pixel_bce(y_true, y_pred, self.epsilon)
         return ops.divide_no_nan(ops.sum(w * (pos + neg), axis=axes), ops.sum(w, axis=axes))
-
-    def get_config(self):
-        config = super().get_config()
-        config["epsilon"] = self.epsilon
-        return config
 
 
 @keras.saving.register_keras_serializable(package="kercr")
@@ -321,16 +312,8 @@ class MedianWeightedBCE(_PixelWeightedLoss):
        Ray Detection Deep-Learning Framework, Dataset, and Toolkit", arXiv:2106.14922.
     """
 
-    def __init__(
-        self,
-        epsilon=EPSILON,
-        reduction="sum_over_batch_size",
-        name="median_weighted_bce",
-        dtype=None,
-        **kwargs,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype, **kwargs)
-        self.epsilon = float(epsilon)
+    def __init__(self, epsilon=EPSILON, reduction="sum_over_batch_size", name="median_weighted_bce", dtype=None, **kwargs):
+        super().__init__(epsilon=epsilon, reduction=reduction, name=name, dtype=dtype, **kwargs)
 
     def per_sample_loss(self, y_true, y_pred, pixel_weight=None):
         """Per-patch median-weighted BCE, shape ``(B,)``."""
@@ -341,8 +324,3 @@ class MedianWeightedBCE(_PixelWeightedLoss):
         return ops.divide_no_nan(
             ops.sum(keep * pos + w * neg, axis=axes), ops.sum(keep, axis=axes)
         )
-
-    def get_config(self):
-        config = super().get_config()
-        config["epsilon"] = self.epsilon
-        return config

@@ -128,6 +128,8 @@ def train_main(argv=None) -> int:
         help="real CR footprints to inject too: a footprint table (FITS) or a folder of dark frames")
     add("--footprint-fraction", type=float,
         help="synthetic data: real footprints per frame as a fraction of the simulated CRs (default 0.5)")
+    add("--variety", choices=("decam", "wide"),
+        help="synthetic data: DECam-like frames (default) or a random CCD imager per frame (any-CCD models)")
     add("--strategy", choices=("auto", "none", "mirrored", "multiworker"),
         help="tf.distribute strategy; multiworker reads TF_CONFIG")
     add("--mixed-precision", action="store_true", default=None,
@@ -144,7 +146,7 @@ def train_main(argv=None) -> int:
         key: getattr(args, key)
         for key in ("model", "data", "epochs", "steps_per_epoch", "validation_steps", "patch_size",
                     "batch_size", "learning_rate", "loss", "alpha_epochs", "frames", "frame_shape", "cr_rate_scale", "footprints", "footprint_fraction",
-                    "strategy", "mixed_precision", "out", "seed")
+                    "variety", "strategy", "mixed_precision", "out", "seed")
     }
     flags["model_options"] = parse_overrides(parser, args.set) or None
     try:

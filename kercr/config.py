@@ -12,6 +12,7 @@ from pathlib import Path
 
 LOSSES = ("dice_bce", "median_bce", "bce")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+VARIETIES = ("decam", "wide")
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,10 @@ class TrainConfig:
         simulated CRs.
     footprint_fraction : float
         Synthetic data: real footprints added per frame, as a fraction of the simulated CR count.
+    variety : {"decam", "wide"}
+        Synthetic data: every frame from DECam's camera, or (``"wide"``) each from a new random
+        CCD imager (sampling 1.1-8 px FWHM, sky, gain, noise, bias, sensor thickness and pitch;
+        :func:`kercr.data.synthetic.random_instrument`) for a model that works on any CCD.
     patches_per_frame : int or None
         Patches cut from each frame (None: 128 per 2k x 4k CCD, scaled by area).
     val_fraction : float
@@ -93,6 +98,7 @@ class TrainConfig:
     cr_rate_scale: float = 5.0
     footprints: str | None = None
     footprint_fraction: float = 0.5
+    variety: str = "decam"
     patches_per_frame: int | None = None
     val_fraction: float = 0.1
     strategy: str = "auto"
@@ -126,6 +132,9 @@ class TrainConfig:
             raise ConfigError(f"loss={self.loss!r} is not valid; choose one of: {', '.join(LOSSES)}.")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy={self.strategy!r} is not valid; choose one of: {', '.join(STRATEGIES)}.")
+        if self.variety not in VARIETIES:
+            raise ConfigError(f"variety={self.variety!r} is not one of {VARIETIES}: 'decam' (DECam-like frames) or "
+                              "'wide' (a random CCD imager per frame).")
         if not self.cr_rate_scale > 0:
             raise ConfigError(f"cr_rate_scale={self.cr_rate_scale!r} must be positive, e.g. 5.")
         if self.footprints is not None and not Path(self.footprints).exists():

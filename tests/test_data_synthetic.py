@@ -102,3 +102,59 @@ def test_synthetic_exposure_to_fits_and_back(tmp_path):
     np.testing.assert_array_equal(back.data, f.image_adu)
     assert back.gain == 4.0 and back.readnoise == 7.0  # inherited from the primary header
     np.testing.assert_array_equal(read_ccd(out, "CRMASK").data.astype(bool), f.cr_mask)
+
+
+# --------------------------------------------------------------------------------------------
+# variety="wide": a random CCD imager per frame
+# --------------------------------------------------------------------------------------------
+def test_random_instruments_span_sampling_detectors_and_sensors():
+    from kercr.data.synthetic import SENSORS, random_instrument
+
+    rng = np.random.default_rng(0)
+    configs = [random_instrument(rng) for _ in range(400)]
+    fwhm = np.array([c.seeing_range[0] / c.pixel_scale for c in configs])
+    assert 1.1 <= fwhm.min() < 1.5 and 6.0 < fwhm.max() <= 8.0  # undersampled to well-sampled
+    gains = np.array([c.gain for c in configs])
+    assert 0.5 <= gains.min() < 0.7 and 4.0 < gains.max() <= 5.0
+    assert {c.cr_model.geometry.thickness_um for c in configs} == {s[0] for s in SENSORS}
+    biases = np.array([c.bias_adu for c in configs])
+    assert 0.3 < (biases == 0).mean() < 0.7 and biases.max() > 2000  # calibrated and raw frames
+    for c in configs:  # a 16-bit ADC and the brightest sky (z, 20x dark, longest exposure) below 30 % of full well
+        assert c.saturation_adu + c.bias_adu <= 65535.0
+        zp, sky_mag = BANDS["z"]
+        sky_e = 10 ** (-0.4 * (sky_mag - zp - c.zeropoint_offset)) * c.pixel_scale**2 * 20 * c.exptime_range[1]
+        assert sky_e <= 0.3 * c.saturation_adu * c.gain * 1.0001 or c.saturation_adu + c.bias_adu == 65535.0
+
+
+def test_wide_frames_differ_in_sampling_and_sky_and_keep_exact_truth():
+    from kercr.data.synthetic import random_instrument
+
+    frames = [make_frame(seed=i, shape=(256, 256), config=random_instrument(np.random.default_rng(i), cr_rate_scale=20))
+              for i in range(8)]
+    skies = [f.meta["sky_adu"] for f in frames]
+    assert max(skies) / min(skies) > 10
+    assert np.ptp([f.meta["fwhm_px"] for f in frames]) > 1.5
+    for f in frames:
+        assert np.median(f.clean_adu) < f.meta["saturation_adu"]  # never a saturated sky
+        hit = f.cr_mask
+        assert hit.any() and np.all(f.image_adu[~hit] == f.clean_adu[~hit])
+        assert np.all(f.image_adu[hit] >= f.clean_adu[hit])
+
+
+def test_saturated_stars_and_bleed_trails_are_negatives_in_training_weights():
+    from kercr.data.frames import SyntheticFrames
+
+    source = SyntheticFrames(seed=0, shape=(512, 512), variety="wide", cr_rate_scale=20)
+    for i in range(40):
+        f = make_frame(seed=np.random.SeedSequence([0, 7919, i]), shape=(512, 512), config=source.frame_config(i))
+        if f.saturated_mask.sum() > 20:
+            break
+    else:
+        pytest.fail("no wide frame with a saturated star in 40 tries")
+    image, mask, weight = source.frame(i)
+    negatives = f.saturated_mask & (mask == 0)
+    assert negatives.sum() > 20 and np.all(weight[negatives] == 1)
+    hot_or_bad = f.ignore_mask & ~f.saturated_mask
+    assert np.all(weight[hot_or_bad] == 0)
+    with pytest.raises(KercrDataError, match="variety"):
+        SyntheticFrames(seed=0, variety="hst")

@@ -2,7 +2,7 @@
 
 A frame source gives ``frame(key) -> (image, mask, weight)``, float32 (ny, nx) arrays: the image
 normalized with :func:`kercr.data.normalization.normalize` over the whole frame (as at
-inference), the CR truth (0/1) and pixel weights (0 on ignored pixels: saturated, bleed trails,
+inference), the CR truth (0/1) and pixel weights (0 on ignored pixels: hot pixels, bad columns,
 bad pixels, NaN; 1 elsewhere, or Cosmic-CoNN median weights). ``exposure_ids()`` lists the
 exposures, and ``frames_of(id)`` (where an exposure holds several frames) their frame keys, so
 data sets are split by exposure, never by frame or patch.
@@ -28,7 +28,7 @@ from kercr.data.errors import KercrDataError
 from kercr.data.fits_io import list_ccd_extensions, read_ccd
 from kercr.data.normalization import NormalizationConfig, normalize
 from kercr.data.patches import make_patches
-from kercr.data.synthetic import SyntheticConfig, make_frame
+from kercr.data.synthetic import SyntheticConfig, make_frame, random_instrument
 from kercr.data.weights import median_weight_map
 
 __all__ = ["SyntheticFrames", "FITSFrames", "frame_keys", "load_footprints", "patch_batches"]
@@ -76,13 +76,30 @@ class SyntheticFrames(_CachedFrames):
         CR rate as a multiple of DECam's dark rate.
     median_weights : bool
         Weights from the clean frame (Cosmic-CoNN's median weighting) instead of ones.
+    footprints : list of numpy.ndarray, optional
+        Real CR footprints (electrons) added on top of the simulated CRs.
+    footprint_fraction : float
+        Real footprints per frame as a fraction of the expected simulated CR count.
+    variety : {"decam", "wide"}
+        ``"decam"``: every frame from DECam's camera (:class:`SyntheticConfig` defaults);
+        ``"wide"``: every frame from a new random imager
+        (:func:`kercr.data.synthetic.random_instrument`: sampling, sky, gain, noise, bias,
+        sensor), for models that must work on any CCD.
+
+    Saturated and bleed-trail pixels are negatives in the weights (their truth is known); hot
+    pixels, bad columns and CR hits on saturated pixels are ignored (weight 0).
     """
 
+    VARIETIES = ("decam", "wide")
+
     def __init__(self, *, seed, shape=(4096, 2048), cr_rate_scale=1.0, median_weights=False,
-                 normalization=None, cache=2, footprints=None, footprint_fraction=0.5):
+                 normalization=None, cache=2, footprints=None, footprint_fraction=0.5, variety="decam"):
         super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache)
+        if variety not in self.VARIETIES:
+            raise KercrDataError(f"variety={variety!r} is not one of {self.VARIETIES}.")
         self.shape = tuple(int(s) for s in shape)
         self.footprints, self.footprint_fraction = footprints, float(footprint_fraction)
+        self.variety, self.cr_rate_scale = variety, float(cr_rate_scale)
         base = SyntheticConfig()
         self.config = dataclasses.replace(
             base, cr_model=dataclasses.replace(base.cr_model, rate_per_s=base.cr_model.rate_per_s * cr_rate_scale))
@@ -90,18 +107,27 @@ class SyntheticFrames(_CachedFrames):
     def exposure_ids(self, n: int) -> list[int]:
         return list(range(int(n)))
 
-    def _make(self, i):
-        f = make_frame(seed=np.random.SeedSequence([self.seed, 7919, int(i)]), shape=self.shape, config=self.config)
-        if not self.footprints:
-            return f.image_adu, f.cr_mask, f.ignore_mask, f.clean_adu
-        from kercr.data.footprints import inject_footprints
+    def frame_config(self, i) -> SyntheticConfig:
+        """The :class:`SyntheticConfig` frame ``i`` is made with."""
+        if self.variety == "decam":
+            return self.config
+        return random_instrument(np.random.default_rng([self.seed, 15485863, int(i)]), cr_rate_scale=self.cr_rate_scale)
 
-        # Real footprints on top of the simulated CRs: footprint_fraction of the frame's CRs.
-        rng = np.random.default_rng([self.seed, 104729, int(i)])
-        n = rng.poisson(self.footprint_fraction * self.config.cr_model.expected_count(self.shape, f.meta["exptime"]))
-        image, _, mask = inject_footprints(f.image_adu, self.footprints, n=int(n), gain=f.meta["gain"], rng=rng,
-                                           saturation=self.config.saturation_adu)
-        return image, f.cr_mask | mask, f.ignore_mask, f.clean_adu
+    def _make(self, i):
+        config = self.frame_config(i)
+        f = make_frame(seed=np.random.SeedSequence([self.seed, 7919, int(i)]), shape=self.shape, config=config)
+        image, cr_mask = f.image_adu, f.cr_mask
+        if self.footprints:
+            from kercr.data.footprints import inject_footprints
+
+            # Real footprints on top of the simulated CRs: footprint_fraction of the frame's CRs.
+            rng = np.random.default_rng([self.seed, 104729, int(i)])
+            n = rng.poisson(self.footprint_fraction * config.cr_model.expected_count(self.shape, f.meta["exptime"]))
+            image, _, mask = inject_footprints(image, self.footprints, n=int(n), gain=f.meta["gain"], rng=rng,
+                                               saturation=config.saturation_adu + config.bias_adu)
+            cr_mask = cr_mask | mask
+        ignore = f.ignore_mask & ~(f.saturated_mask & ~cr_mask)
+        return image, cr_mask, ignore, f.clean_adu
 
 
 class FITSFrames(_CachedFrames):

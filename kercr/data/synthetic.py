@@ -28,17 +28,16 @@ from typing import Iterator
 import numpy as np
 from scipy import ndimage
 
-from kercr.data.cosmic_rays import CosmicRayModel, inject_cosmic_rays, simulate_cosmic_rays
+from kercr.data.cosmic_rays import CosmicRayModel, DetectorGeometry, inject_cosmic_rays, simulate_cosmic_rays
 from kercr.data.errors import KercrDataError
 
-__all__ = ["BANDS", "PIXEL_SCALE", "SyntheticConfig", "SyntheticFrame", "make_frame", "generate_dataset"]
+__all__ = ["BANDS", "PIXEL_SCALE", "SENSORS", "SyntheticConfig", "random_instrument", "SyntheticFrame", "make_frame", "generate_dataset"]
 
 logger = logging.getLogger(__name__)
 
 PIXEL_SCALE = 0.263  # arcsec / pixel
 #: band -> (zero point for 1 e-/s, dark-sky surface brightness in mag/arcsec^2)
 BANDS = {"g": (26.61, 22.04), "r": (26.82, 20.91), "i": (26.76, 20.15), "z": (26.48, 18.46)}
-_DEG2_PER_PX = (PIXEL_SCALE / 3600.0) ** 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +74,13 @@ class SyntheticConfig:
         Mean numbers per 2048 x 4096 CCD.
     cr_model : CosmicRayModel
         CR rates and physics.
+    pixel_scale : float
+        Arcsec per pixel (DECam: 0.263).
+    zeropoint_offset : float
+        Magnitudes added to the DECam zero points (a smaller telescope or a lower throughput is
+        negative: -2.5 is 10x fewer e- per source and per sky area).
+    density_scale_range : tuple of float
+        Log-uniform range of the per-frame factor on the star counts (sparse to crowded fields).
     """
 
     gain: float = 4.0
@@ -95,6 +101,72 @@ class SyntheticConfig:
     hot_pixels: float = 40.0
     bad_columns: float = 2.0
     cr_model: CosmicRayModel = CosmicRayModel()
+    pixel_scale: float = PIXEL_SCALE
+    zeropoint_offset: float = 0.0
+    density_scale_range: tuple = (0.5, 2.0)
+
+
+def _log_uniform(rng, lo, hi):
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+#: (thickness um, pixel pitch um, diffusion sigma px at the entrance window): thick red-sensitive
+#: (DECam, HSC), LSST ITL, thinned back-illuminated and 2x2-binned thick sensors.
+SENSORS = ((250.0, 15.0, 0.45), (200.0, 15.0, 0.4), (100.0, 10.0, 0.3), (40.0, 15.0, 0.25),
+           (15.0, 15.0, 0.2), (20.0, 13.5, 0.2), (250.0, 30.0, 0.25), (40.0, 30.0, 0.15))
+
+
+def random_instrument(rng, *, cr_rate_scale: float = 1.0) -> SyntheticConfig:
+    """A random CCD imager and observing setup, for training that generalizes beyond DECam.
+
+    Everything a real frame can differ in is drawn independently and widely (units in brackets):
+
+    - sampling: PSF FWHM 1.1 to 8 pixels (log-uniform; undersampled space images to
+      well-sampled ground frames) at 0.1 to 1.2 arcsec/pixel, Moffat beta 2 to 6;
+    - signal: zero point offset -3.5 to +0.5 mag from DECam's, exposure 5 to 600 s (shorter
+      where the brightest sky would pass 30 % of full well), sky 0.5 to 20 times dark sky, star
+      counts 0.3 to 8 times the field average with more bright (saturated, bleeding) stars than
+      DECam's defaults: a sky of a few e- to tens of thousands of e- per pixel;
+    - detector: gain 0.5 to 5 e-/ADU, read noise 2 to 12 e-, full well 3e4 to 2e5 e- (and a
+      16-bit ADC), a bias pedestal of 0 (calibrated) or 100 to 3000 ADU (raw frames);
+    - sensor: one of :data:`SENSORS` (thickness, pitch, diffusion), which sets CR track lengths
+      and widths; the CR rate scales with the pixel area.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    cr_rate_scale : float
+        CR rate as a multiple of the sensor's dark rate.
+
+    Returns
+    -------
+    SyntheticConfig
+    """
+    fwhm_px = _log_uniform(rng, 1.1, 8.0)
+    pixel_scale = _log_uniform(rng, 0.1, 1.2)
+    gain = _log_uniform(rng, 0.5, 5.0)
+    bias = 0.0 if rng.uniform() < 0.5 else float(rng.uniform(100.0, 3000.0))
+    full_well = _log_uniform(rng, 3e4, 2e5)
+    thickness, pitch, diffusion = SENSORS[int(rng.integers(len(SENSORS)))]
+    geometry = DetectorGeometry(thickness_um=thickness, pixel_um=pitch, diffusion_sigma_px=diffusion)
+    zeropoint_offset = float(rng.uniform(-3.5, 0.5))
+    # Exposure times keep the brightest possible sky (z band, 20x dark) below 30 % of full well.
+    zp, sky_mag = BANDS["z"]
+    max_sky_rate = 10 ** (-0.4 * (sky_mag - zp - zeropoint_offset)) * pixel_scale**2 * 20.0
+    longest = min(600.0, 0.3 * full_well / max_sky_rate)
+    exptime_range = (min(5.0, longest / 10), longest)
+    mean_exptime = sum(exptime_range) / 2
+    base = CosmicRayModel()
+    cr_model = dataclasses.replace(
+        base, geometry=geometry, max_length_px=base.max_length_px * 15.0 / pitch,
+        rate_per_s=base.rate_per_s * cr_rate_scale * (pitch / 15.0) ** 2 * 115.0 / mean_exptime)
+    return SyntheticConfig(
+        gain=gain, readnoise_e=float(rng.uniform(2.0, 12.0)),
+        saturation_adu=float(min(full_well / gain, 65535.0 - bias)), bias_adu=bias,
+        exptime_range=exptime_range, seeing_range=(fwhm_px * pixel_scale,) * 2, beta_range=(2.0, 6.0),
+        sky_scale_range=(0.5, 20.0), density_scale_range=(0.3, 8.0), star_mags=(9.0, 24.5), star_slope=0.12,
+        hot_pixels=_log_uniform(rng, 5.0, 400.0), bad_columns=float(rng.uniform(0.0, 4.0)),
+        cr_model=cr_model, pixel_scale=pixel_scale, zeropoint_offset=zeropoint_offset)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -115,6 +187,10 @@ class SyntheticFrame:
         Injected CR charge in electrons.
     meta : dict
         JSON-serializable description (band, exptime, seeing, sky, gain, counts, ...).
+    saturated_mask : numpy.ndarray, (ny, nx) bool
+        Saturated and bleed-trail pixels (part of ``ignore_mask``). Their truth is known (no CR
+        unless ``cr_mask`` says so), so training uses them as negatives: a detector must learn
+        not to flag bleed trails, which are not all saturated.
     """
 
     image_adu: np.ndarray
@@ -123,6 +199,7 @@ class SyntheticFrame:
     ignore_mask: np.ndarray
     cr_electrons: np.ndarray
     meta: dict
+    saturated_mask: np.ndarray | None = None
 
 
 def _power_law_mags(rng, n, lo, hi, slope):
@@ -172,7 +249,7 @@ def _render_objects(shape, rng, *, n_stars, n_gals, zp, exptime, fwhm_px, beta, 
 
     m_gal = _power_law_mags(rng, n_gals, *cfg.galaxy_mags, cfg.galaxy_slope)
     f_gal = 10 ** (-0.4 * (m_gal - zp)) * exptime
-    re_px = np.clip(0.6 * 10 ** (-0.15 * (m_gal - 22)) * rng.lognormal(0, 0.3, n_gals), 0.1, 6.0) / PIXEL_SCALE
+    re_px = np.clip(0.6 * 10 ** (-0.15 * (m_gal - 22)) * rng.lognormal(0, 0.3, n_gals), 0.1, 6.0) / cfg.pixel_scale
     sersic_n = np.where(rng.uniform(size=n_gals) < 0.7, 1.0, 4.0)
     b_n = 2 * sersic_n - 1 / 3 + 0.009876 / sersic_n
     q = rng.uniform(0.2, 1.0, n_gals)
@@ -249,13 +326,14 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
         raise KercrDataError(f"exptime={exptime} s must be positive.")
     ny, nx = shape
     zp, sky_mag = BANDS[band]
+    zp += cfg.zeropoint_offset
     seeing = float(rng.uniform(*cfg.seeing_range))
     beta = float(rng.uniform(*cfg.beta_range))
-    fwhm_px = seeing / PIXEL_SCALE
-    sky_rate = 10 ** (-0.4 * (sky_mag - zp)) * PIXEL_SCALE**2 * float(np.exp(rng.uniform(*np.log(cfg.sky_scale_range))))
+    fwhm_px = seeing / cfg.pixel_scale
+    sky_rate = 10 ** (-0.4 * (sky_mag - zp)) * cfg.pixel_scale**2 * float(np.exp(rng.uniform(*np.log(cfg.sky_scale_range))))
     sky_e = sky_rate * exptime
-    area_deg2 = ny * nx * _DEG2_PER_PX
-    density = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+    area_deg2 = ny * nx * (cfg.pixel_scale / 3600.0) ** 2
+    density = float(np.exp(rng.uniform(*np.log(cfg.density_scale_range))))
     n_stars = int(rng.poisson(cfg.star_density * area_deg2 * density))
     n_gals = int(rng.poisson(cfg.galaxy_density * area_deg2))
 
@@ -272,7 +350,8 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
     noise = rng.standard_normal(shape, dtype=np.float32)
     noise *= np.sqrt(np.maximum(model, 0) + np.float32(cfg.readnoise_e**2))
     image_e = model + noise
-    ignore = _saturate_and_bleed(image_e, cfg.saturation_adu * cfg.gain)
+    saturated = _saturate_and_bleed(image_e, cfg.saturation_adu * cfg.gain)
+    ignore = saturated.copy()
     ignore[hot_y, hot_x] = True
     clean = image_e
     clean *= np.float32(1 / cfg.gain)
@@ -289,7 +368,8 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
     crs = simulate_cosmic_rays(shape, exptime=exptime, rng=rng, model=cfg.cr_model, readnoise_e=cfg.readnoise_e)
     image = inject_cosmic_rays(clean, crs.electrons, gain=cfg.gain, saturation=cfg.saturation_adu + cfg.bias_adu)
     meta = {
-        "band": band, "exptime": exptime, "seeing_arcsec": seeing, "psf_beta": beta, "pixel_scale": PIXEL_SCALE,
+        "band": band, "exptime": exptime, "seeing_arcsec": seeing, "psf_beta": beta, "pixel_scale": cfg.pixel_scale,
+        "fwhm_px": fwhm_px, "sensor_um": [cfg.cr_model.geometry.thickness_um, cfg.cr_model.geometry.pixel_um],
         "zeropoint_e": zp, "sky_e_per_s": sky_rate, "sky_adu": sky_e / cfg.gain + cfg.bias_adu,
         "gain": cfg.gain, "readnoise_e": cfg.readnoise_e, "saturation_adu": cfg.saturation_adu + cfg.bias_adu,
         "bias_adu": cfg.bias_adu, "n_stars": n_stars, "n_galaxies": n_gals, "n_hot_pixels": n_hot,
@@ -297,7 +377,7 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
     }
     logger.debug("synthetic frame %s", meta)
     return SyntheticFrame(image_adu=image, clean_adu=clean, cr_mask=crs.mask, ignore_mask=ignore,
-                          cr_electrons=crs.electrons, meta=meta)
+                          cr_electrons=crs.electrons, meta=meta, saturated_mask=saturated)
 
 
 def generate_dataset(n_frames, *, seed, shape=(4096, 2048), band=None, exptime=None,

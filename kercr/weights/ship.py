@@ -1,0 +1,121 @@
+"""Copy a finished ``kercr-train`` run into ``kercr/weights/`` as the shipped default model.
+
+    python -m kercr.weights.ship runs/default_model --command "kercr-train --config configs/default_model.toml"
+
+writes ``default.keras`` (the run's ``best.keras``), ``normalization.json`` and the model card
+``default.json``: architecture, parameter count, the training configuration and the command that
+reproduces it, the validation metrics, and the threshold chosen on validation data for 0.01 % FPR
+(see ``README.md`` here). Existing files are replaced only with ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from kercr.weights import DEFAULT_NAME, WEIGHTS_DIR
+
+__all__ = ["make_card", "ship"]
+
+_VALIDATION_KEYS = ("tpr_at_fpr_1e-4", "tpr_at_fpr_1e-3", "precision_at_recall_0.95", "dice", "best_dice",
+                    "best_dice_threshold", "cr_pixels", "non_cr_pixels", "ignored_pixels")
+
+
+def make_card(run_dir, *, command: str, runtime: str = "keras", notes: dict | None = None) -> dict:
+    """Model card of a finished run.
+
+    Parameters
+    ----------
+    run_dir : path
+        A ``kercr-train`` run directory (``best.keras``, ``config.json``, ``metrics.json``).
+    command : str
+        The exact command that reproduces the run.
+    runtime : str
+        What ``runtime="auto"`` means for this model (``keras`` unless a cheaper runtime was
+        checked against it with ``kercr-evaluate``).
+    notes : dict, optional
+        Extra entries (e.g. checks on real frames).
+    """
+    import kercr
+    from kercr.models import count_trainable
+
+    run_dir = Path(run_dir)
+    missing = [n for n in ("best.keras", "config.json", "metrics.json", "normalization.json") if not (run_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: missing {', '.join(missing)}; pass a finished kercr-train run directory.")
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    import keras
+
+    model = keras.saving.load_model(run_dir / "best.keras", compile=False)
+    card = {
+        "threshold": metrics["threshold_at_fpr_1e-4"],
+        "logit_threshold": metrics.get("logit_threshold_at_fpr_1e-4"),
+        "runtime": runtime,
+        "threshold_note": "probability threshold at 0.01 % FPR on the validation set (pooled pixels of the held-out "
+                          "exposures, hot pixels and bad columns excluded; saturated stars and bleed trails count "
+                          "as negatives)",
+        "architecture": config["model"],
+        "model_options": config.get("model_options") or {},
+        "params": count_trainable(model),
+        "trained_on": (f"kercr synthetic frames (variety {config.get('variety', 'decam')!r}), {config['frames']} "
+                       f"exposures of {config['frame_shape'][0]} x {config['frame_shape'][1]} px split "
+                       f"{1 - config['val_fraction']:.0%}/{config['val_fraction']:.0%} by exposure, seed "
+                       f"{config['seed']}; real CR footprints: {config.get('footprints')}"),
+        "command": command,
+        "config": config,
+        "validation": {k: metrics[k] for k in _VALIDATION_KEYS if k in metrics},
+        "kercr_version": kercr.__version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if notes:
+        card.update(notes)
+    return card
+
+
+def ship(run_dir, *, command: str, dest=WEIGHTS_DIR, name: str = DEFAULT_NAME, runtime: str = "keras",
+         notes: dict | None = None, force: bool = False) -> Path:
+    """Copy ``run_dir`` into ``dest`` as ``{name}.keras`` + ``normalization.json`` + ``{name}.json``.
+
+    Returns the path of the copied model. Raises ``FileExistsError`` when the files exist and
+    ``force`` is False.
+    """
+    run_dir, dest = Path(run_dir), Path(dest)
+    card = make_card(run_dir, command=command, runtime=runtime, notes=notes)
+    targets = [dest / f"{name}.keras", dest / "normalization.json", dest / f"{name}.json"]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} exist; pass --force to replace the shipped model.")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "best.keras", targets[0])
+    shutil.copyfile(run_dir / "normalization.json", targets[1])
+    targets[2].write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    return targets[0]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kercr.weights.ship", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="finished kercr-train run directory")
+    parser.add_argument("--command", required=True, help="the exact command that reproduces the run")
+    parser.add_argument("--runtime", default="keras", help="the card's runtime (default keras)")
+    parser.add_argument("--notes", metavar="JSON", help="JSON file of extra card entries (real-frame checks)")
+    parser.add_argument("--dest", default=str(WEIGHTS_DIR), help="destination directory (default kercr/weights)")
+    parser.add_argument("--force", action="store_true", help="replace an existing shipped model")
+    args = parser.parse_args(argv)
+    notes = json.loads(Path(args.notes).read_text()) if args.notes else None
+    try:
+        path = ship(args.run_dir, command=args.command, dest=args.dest, runtime=args.runtime, notes=notes,
+                    force=args.force)
+    except (FileNotFoundError, FileExistsError) as err:
+        print(f"ship: error: {err}", file=sys.stderr)
+        return 2
+    print(f"shipped {args.run_dir} -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -119,11 +119,10 @@ def test_random_instruments_span_sampling_detectors_and_sensors():
     assert {c.cr_model.geometry.thickness_um for c in configs} == {s[0] for s in SENSORS}
     biases = np.array([c.bias_adu for c in configs])
     assert 0.3 < (biases == 0).mean() < 0.7 and biases.max() > 2000  # calibrated and raw frames
-    for c in configs:  # a 16-bit ADC and the brightest sky (z, 20x dark, longest exposure) below 30 % of full well
+    for c in configs:  # a 16-bit ADC; the sky from a few e- to 30 % of full well; CR counts of a 115 s exposure
         assert c.saturation_adu + c.bias_adu <= 65535.0
-        zp, sky_mag = BANDS["z"]
-        sky_e = 10 ** (-0.4 * (sky_mag - zp - c.zeropoint_offset)) * c.pixel_scale**2 * 20 * c.exptime_range[1]
-        assert sky_e <= 0.3 * c.saturation_adu * c.gain * 1.0001 or c.saturation_adu + c.bias_adu == 65535.0
+        assert c.sky_e_range == (3.0, pytest.approx(0.3 * c.gain * c.saturation_adu, rel=1e-6))
+        assert c.cr_exptime == 115.0
 
 
 def test_wide_frames_differ_in_sampling_and_sky_and_keep_exact_truth():
@@ -131,8 +130,9 @@ def test_wide_frames_differ_in_sampling_and_sky_and_keep_exact_truth():
 
     frames = [make_frame(seed=i, shape=(256, 256), config=random_instrument(np.random.default_rng(i), cr_rate_scale=20))
               for i in range(8)]
-    skies = [f.meta["sky_adu"] for f in frames]
+    skies = [f.meta["sky_adu"] - f.meta["bias_adu"] for f in frames]
     assert max(skies) / min(skies) > 10
+    assert all(f.meta["cr_exptime"] == 115.0 for f in frames)
     assert np.ptp([f.meta["fwhm_px"] for f in frames]) > 1.5
     for f in frames:
         assert np.median(f.clean_adu) < f.meta["saturation_adu"]  # never a saturated sky
@@ -156,5 +156,12 @@ def test_saturated_stars_and_bleed_trails_are_negatives_in_training_weights():
     assert negatives.sum() > 20 and np.all(weight[negatives] == 1)
     hot_or_bad = f.ignore_mask & ~f.saturated_mask
     assert np.all(weight[hot_or_bad] == 0)
+    # CR pixels below their own noise are left out of the loss; bright ones are positives.
+    noise_e = np.sqrt(np.maximum(f.clean_adu * f.meta["gain"] - f.meta["bias_adu"] * f.meta["gain"], 0)
+                      + f.meta["readnoise_e"] ** 2)
+    sim = f.cr_mask & ~f.ignore_mask
+    faint, bright = sim & (f.cr_electrons < 0.9 * noise_e), sim & (f.cr_electrons > 1.1 * noise_e)
+    assert faint.sum() > 10 and bright.sum() > 10
+    assert np.all(weight[faint] == 0) and np.all(weight[bright] == 1) and np.all(mask[bright] == 1)
     with pytest.raises(KercrDataError, match="variety"):
         SyntheticFrames(seed=0, variety="hst")

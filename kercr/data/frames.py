@@ -3,7 +3,7 @@
 A frame source gives ``frame(key) -> (image, mask, weight)``, float32 (ny, nx) arrays: the image
 normalized with :func:`kercr.data.normalization.normalize` over the whole frame (as at
 inference), the CR truth (0/1) and pixel weights (0 on ignored pixels: hot pixels, bad columns,
-bad pixels, NaN; 1 elsewhere, or Cosmic-CoNN median weights). ``exposure_ids()`` lists the
+bad pixels, NaN, synthetic CR pixels fainter than their noise; 1 elsewhere, or Cosmic-CoNN median weights). ``exposure_ids()`` lists the
 exposures, and ``frames_of(id)`` (where an exposure holds several frames) their frame keys, so
 data sets are split by exposure, never by frame or patch.
 
@@ -34,6 +34,9 @@ from kercr.data.weights import median_weight_map
 __all__ = ["SyntheticFrames", "FITSFrames", "frame_keys", "load_footprints", "patch_batches"]
 
 logger = logging.getLogger(__name__)
+
+#: CR pixels with less charge than this many times their pixel's noise get weight 0 in training.
+FAINT_CR_SNR = 1.0
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fz", ".fits.gz")
 
@@ -87,7 +90,8 @@ class SyntheticFrames(_CachedFrames):
         sensor), for models that must work on any CCD.
 
     Saturated and bleed-trail pixels are negatives in the weights (their truth is known); hot
-    pixels, bad columns and CR hits on saturated pixels are ignored (weight 0).
+    pixels, bad columns, CR hits on saturated pixels and CR pixels whose charge is below
+    ``FAINT_CR_SNR`` (1) times the pixel's noise are ignored (weight 0).
     """
 
     VARIETIES = ("decam", "wide")
@@ -116,17 +120,21 @@ class SyntheticFrames(_CachedFrames):
     def _make(self, i):
         config = self.frame_config(i)
         f = make_frame(seed=np.random.SeedSequence([self.seed, 7919, int(i)]), shape=self.shape, config=config)
-        image, cr_mask = f.image_adu, f.cr_mask
+        image, cr_mask, cr_e = f.image_adu, f.cr_mask, f.cr_electrons
         if self.footprints:
             from kercr.data.footprints import inject_footprints
 
             # Real footprints on top of the simulated CRs: footprint_fraction of the frame's CRs.
             rng = np.random.default_rng([self.seed, 104729, int(i)])
-            n = rng.poisson(self.footprint_fraction * config.cr_model.expected_count(self.shape, f.meta["exptime"]))
-            image, _, mask = inject_footprints(image, self.footprints, n=int(n), gain=f.meta["gain"], rng=rng,
-                                               saturation=config.saturation_adu + config.bias_adu)
-            cr_mask = cr_mask | mask
-        ignore = f.ignore_mask & ~(f.saturated_mask & ~cr_mask)
+            n = rng.poisson(self.footprint_fraction * config.cr_model.expected_count(self.shape, f.meta["cr_exptime"]))
+            image, electrons, mask = inject_footprints(image, self.footprints, n=int(n), gain=f.meta["gain"], rng=rng,
+                                                       saturation=config.saturation_adu + config.bias_adu)
+            cr_mask, cr_e = cr_mask | mask, cr_e + electrons
+        # CR pixels whose charge is below the pixel's own noise (sky + source + read noise) look
+        # exactly like noise: no detector can learn them, so they are left out of the loss.
+        noise_e = np.sqrt(np.maximum((f.clean_adu - config.bias_adu) * config.gain, 0) + config.readnoise_e**2)
+        faint = cr_mask & (cr_e < FAINT_CR_SNR * noise_e)
+        ignore = (f.ignore_mask & ~(f.saturated_mask & ~cr_mask)) | faint
         return image, cr_mask, ignore, f.clean_adu
 
 

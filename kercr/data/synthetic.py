@@ -81,6 +81,12 @@ class SyntheticConfig:
         negative: -2.5 is 10x fewer e- per source and per sky area).
     density_scale_range : tuple of float
         Log-uniform range of the per-frame factor on the star counts (sparse to crowded fields).
+    sky_e_range : tuple of float or None
+        If set, the sky level in e- per pixel is drawn log-uniform in this range and the exposure
+        time follows from the band's sky brightness (``exptime_range`` is not used).
+    cr_exptime : float or None
+        Exposure time in seconds the CR count is drawn for (None: the frame's own), so that CR
+        density can be set independently of the sky.
     """
 
     gain: float = 4.0
@@ -104,6 +110,8 @@ class SyntheticConfig:
     pixel_scale: float = PIXEL_SCALE
     zeropoint_offset: float = 0.0
     density_scale_range: tuple = (0.5, 2.0)
+    sky_e_range: tuple | None = None
+    cr_exptime: float | None = None
 
 
 def _log_uniform(rng, lo, hi):
@@ -114,6 +122,8 @@ def _log_uniform(rng, lo, hi):
 #: (DECam, HSC), LSST ITL, thinned back-illuminated and 2x2-binned thick sensors.
 SENSORS = ((250.0, 15.0, 0.45), (200.0, 15.0, 0.4), (100.0, 10.0, 0.3), (40.0, 15.0, 0.25),
            (15.0, 15.0, 0.2), (20.0, 13.5, 0.2), (250.0, 30.0, 0.25), (40.0, 30.0, 0.15))
+#: How often each of :data:`SENSORS` is drawn: thick sensors (long, faint muon tracks) 45 %.
+SENSOR_WEIGHTS = (0.25, 0.1, 0.15, 0.1, 0.1, 0.1, 0.1, 0.1)
 
 
 def random_instrument(rng, *, cr_rate_scale: float = 1.0) -> SyntheticConfig:
@@ -123,10 +133,11 @@ def random_instrument(rng, *, cr_rate_scale: float = 1.0) -> SyntheticConfig:
 
     - sampling: PSF FWHM 1.1 to 8 pixels (log-uniform; undersampled space images to
       well-sampled ground frames) at 0.1 to 1.2 arcsec/pixel, Moffat beta 2 to 6;
-    - signal: zero point offset -3.5 to +0.5 mag from DECam's, exposure 5 to 600 s (shorter
-      where the brightest sky would pass 30 % of full well), sky 0.5 to 20 times dark sky, star
-      counts 0.3 to 8 times the field average with more bright (saturated, bleeding) stars than
-      DECam's defaults: a sky of a few e- to tens of thousands of e- per pixel;
+    - signal: sky level 3 e- to 30 % of saturation per pixel (log-uniform: as many sky-noise
+      dominated frames, where thick-sensor muon tracks are only 5-20 sigma, as read-noise
+      dominated ones), the exposure time following from the band's sky brightness (0.5 to 20
+      times dark sky) and a zero point -3.5 to +0.5 mag from DECam's; star counts 0.3 to 8
+      times the field average with more bright (saturated, bleeding) stars than DECam's defaults;
     - detector: gain 0.5 to 5 e-/ADU, read noise 2 to 12 e-, full well 3e4 to 2e5 e- (and a
       16-bit ADC), a bias pedestal of 0 (calibrated) or 100 to 3000 ADU (raw frames);
     - sensor: one of :data:`SENSORS` (thickness, pitch, diffusion), which sets CR track lengths
@@ -147,23 +158,18 @@ def random_instrument(rng, *, cr_rate_scale: float = 1.0) -> SyntheticConfig:
     gain = _log_uniform(rng, 0.5, 5.0)
     bias = 0.0 if rng.uniform() < 0.5 else float(rng.uniform(100.0, 3000.0))
     full_well = _log_uniform(rng, 3e4, 2e5)
-    thickness, pitch, diffusion = SENSORS[int(rng.integers(len(SENSORS)))]
+    thickness, pitch, diffusion = SENSORS[int(rng.choice(len(SENSORS), p=SENSOR_WEIGHTS))]
     geometry = DetectorGeometry(thickness_um=thickness, pixel_um=pitch, diffusion_sigma_px=diffusion)
     zeropoint_offset = float(rng.uniform(-3.5, 0.5))
-    # Exposure times keep the brightest possible sky (z band, 20x dark) below 30 % of full well.
-    zp, sky_mag = BANDS["z"]
-    max_sky_rate = 10 ** (-0.4 * (sky_mag - zp - zeropoint_offset)) * pixel_scale**2 * 20.0
-    longest = min(600.0, 0.3 * full_well / max_sky_rate)
-    exptime_range = (min(5.0, longest / 10), longest)
-    mean_exptime = sum(exptime_range) / 2
+    saturation_adu = float(min(full_well / gain, 65535.0 - bias))  # full well or the 16-bit ADC
     base = CosmicRayModel()
-    cr_model = dataclasses.replace(
-        base, geometry=geometry, max_length_px=base.max_length_px * 15.0 / pitch,
-        rate_per_s=base.rate_per_s * cr_rate_scale * (pitch / 15.0) ** 2 * 115.0 / mean_exptime)
+    cr_model = dataclasses.replace(base, geometry=geometry, max_length_px=base.max_length_px * 15.0 / pitch,
+                                   rate_per_s=base.rate_per_s * cr_rate_scale * (pitch / 15.0) ** 2)
     return SyntheticConfig(
         gain=gain, readnoise_e=float(rng.uniform(2.0, 12.0)),
-        saturation_adu=float(min(full_well / gain, 65535.0 - bias)), bias_adu=bias,
-        exptime_range=exptime_range, seeing_range=(fwhm_px * pixel_scale,) * 2, beta_range=(2.0, 6.0),
+        saturation_adu=saturation_adu, bias_adu=bias,
+        sky_e_range=(3.0, 0.3 * saturation_adu * gain), cr_exptime=115.0,
+        seeing_range=(fwhm_px * pixel_scale,) * 2, beta_range=(2.0, 6.0),
         sky_scale_range=(0.5, 20.0), density_scale_range=(0.3, 8.0), star_mags=(9.0, 24.5), star_slope=0.12,
         hot_pixels=_log_uniform(rng, 5.0, 400.0), bad_columns=float(rng.uniform(0.0, 4.0)),
         cr_model=cr_model, pixel_scale=pixel_scale, zeropoint_offset=zeropoint_offset)
@@ -306,7 +312,7 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
     band : {"g", "r", "i", "z"}, optional
         Filter (random if None).
     exptime : float, optional
-        Seconds (uniform in ``config.exptime_range`` if None).
+        Seconds (if None: uniform in ``config.exptime_range``, or set by ``config.sky_e_range``).
     config : SyntheticConfig, optional
 
     Returns
@@ -321,6 +327,7 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
         band = str(rng.choice(sorted(BANDS)))
     if band not in BANDS:
         raise KercrDataError(f"unknown band {band!r}; choose one of {sorted(BANDS)}.")
+    given = exptime is not None
     exptime = float(rng.uniform(*cfg.exptime_range)) if exptime is None else float(exptime)
     if not exptime > 0:
         raise KercrDataError(f"exptime={exptime} s must be positive.")
@@ -331,6 +338,9 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
     beta = float(rng.uniform(*cfg.beta_range))
     fwhm_px = seeing / cfg.pixel_scale
     sky_rate = 10 ** (-0.4 * (sky_mag - zp)) * cfg.pixel_scale**2 * float(np.exp(rng.uniform(*np.log(cfg.sky_scale_range))))
+    if cfg.sky_e_range is not None and not given:
+        sky_e = float(np.exp(rng.uniform(*np.log(cfg.sky_e_range))))
+        exptime = sky_e / sky_rate
     sky_e = sky_rate * exptime
     area_deg2 = ny * nx * (cfg.pixel_scale / 3600.0) ** 2
     density = float(np.exp(rng.uniform(*np.log(cfg.density_scale_range))))
@@ -365,10 +375,11 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
             clean[rows, col] += np.float32(rng.uniform(20, 500))
         ignore[rows, col] = True
 
-    crs = simulate_cosmic_rays(shape, exptime=exptime, rng=rng, model=cfg.cr_model, readnoise_e=cfg.readnoise_e)
+    cr_exptime = exptime if cfg.cr_exptime is None else float(cfg.cr_exptime)
+    crs = simulate_cosmic_rays(shape, exptime=cr_exptime, rng=rng, model=cfg.cr_model, readnoise_e=cfg.readnoise_e)
     image = inject_cosmic_rays(clean, crs.electrons, gain=cfg.gain, saturation=cfg.saturation_adu + cfg.bias_adu)
     meta = {
-        "band": band, "exptime": exptime, "seeing_arcsec": seeing, "psf_beta": beta, "pixel_scale": cfg.pixel_scale,
+        "band": band, "exptime": exptime, "cr_exptime": cr_exptime, "seeing_arcsec": seeing, "psf_beta": beta, "pixel_scale": cfg.pixel_scale,
         "fwhm_px": fwhm_px, "sensor_um": [cfg.cr_model.geometry.thickness_um, cfg.cr_model.geometry.pixel_um],
         "zeropoint_e": zp, "sky_e_per_s": sky_rate, "sky_adu": sky_e / cfg.gain + cfg.bias_adu,
         "gain": cfg.gain, "readnoise_e": cfg.readnoise_e, "saturation_adu": cfg.saturation_adu + cfg.bias_adu,

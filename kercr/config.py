@@ -64,6 +64,10 @@ class TrainConfig:
         Synthetic data: every frame from DECam's camera, or (``"wide"``) each from a new random
         CCD imager (sampling 1.1-8 px FWHM, sky, gain, noise, bias, sensor thickness and pitch;
         :func:`kercr.data.synthetic.random_instrument`) for a model that works on any CCD.
+    asinh_softening : float or None
+        Input stretch (noise units): ``s asinh(x / s)`` after the linear normalization, so faint CR
+        tracks are not dwarfed by bright sources; saved in the run's ``normalization.json`` and
+        applied again at inference. None: linear.
     patches_per_frame : int or None
         Patches cut from each frame (None: 128 per 2k x 4k CCD, scaled by area).
     val_fraction : float
@@ -99,6 +103,7 @@ class TrainConfig:
     footprints: str | None = None
     footprint_fraction: float = 0.5
     variety: str = "decam"
+    asinh_softening: float | None = None
     patches_per_frame: int | None = None
     val_fraction: float = 0.1
     strategy: str = "auto"
@@ -109,6 +114,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def normalization_config(self):
+        """The :class:`kercr.data.normalization.NormalizationConfig` this run trains with."""
+        from kercr.data.normalization import NormalizationConfig
+
+        return NormalizationConfig(asinh_softening=self.asinh_softening)
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -135,6 +146,9 @@ class TrainConfig:
         if self.variety not in VARIETIES:
             raise ConfigError(f"variety={self.variety!r} is not one of {VARIETIES}: 'decam' (DECam-like frames) or "
                               "'wide' (a random CCD imager per frame).")
+        if self.asinh_softening is not None and not self.asinh_softening > 0:
+            raise ConfigError(f"asinh_softening={self.asinh_softening!r} must be positive (noise units, e.g. 10) "
+                              "or unset for a linear input.")
         if not self.cr_rate_scale > 0:
             raise ConfigError(f"cr_rate_scale={self.cr_rate_scale!r} must be positive, e.g. 5.")
         if self.footprints is not None and not Path(self.footprints).exists():

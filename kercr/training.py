@@ -255,7 +255,6 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     dict
         The content of ``metrics.json``.
     """
-    from kercr.data.normalization import NormalizationConfig
     from kercr.evaluation import validation_metrics
     from kercr.plots import plot_history
     from kercr.training_data import make_training_data
@@ -274,7 +273,7 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     work.mkdir(parents=True, exist_ok=True)
     if chief:
         config.save(out / "config.json")
-        (out / "normalization.json").write_text(json.dumps(NormalizationConfig().to_dict(), indent=2) + "\n")
+        (out / "normalization.json").write_text(json.dumps(config.normalization_config().to_dict(), indent=2) + "\n")
 
     keras.utils.set_random_seed(config.seed)
     _set_precision(config)

@@ -113,24 +113,30 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
         Unused by the PyDataset loaders (Keras distributes them); kept for symmetry.
     """
     if is_shard_dir(config.data):
+        if config.asinh_softening is not None:
+            raise ConfigError(f"{config.data}: kercr-prepare shards hold linearly normalized patches; asinh_softening "
+                              "needs frames (--data synthetic or a FITS directory), or leave it unset.")
         return _shards(config, initial_epoch)
     median = config.loss == "median_bce"
+    norm = config.normalization_config()
     stamps = load_footprints(config.footprints) if config.footprints else None
     if config.data == "synthetic":
         make = lambda cache: SyntheticFrames(seed=config.seed, shape=config.frame_shape, median_weights=median,  # noqa: E731
                                              cr_rate_scale=config.cr_rate_scale, cache=cache, footprints=stamps,
+                                             normalization=norm,
                                              footprint_fraction=config.footprint_fraction, variety=config.variety)
         source = make(2)
         ids = source.exposure_ids(config.frames)
         per_frame = config.patches_per_frame or default_patch_count(tuple(config.frame_shape))
         per_frame = min(per_frame, math.prod(config.frame_shape) // config.patch_size**2 * 4)
     elif is_lco_dataset(config.data):
-        make = lambda cache: LCOFrames(config.data, seed=config.seed, median_weights=median, cache=cache)  # noqa: E731
+        make = lambda cache: LCOFrames(config.data, seed=config.seed, median_weights=median, cache=cache,
+                                       normalization=norm)  # noqa: E731
         source = make(2)
         ids = source.exposure_ids()
         per_frame = config.patches_per_frame or 128
     else:
-        make = lambda cache: FITSFrames(config.data, seed=config.seed, median_weights=median,  # noqa: E731
+        make = lambda cache: FITSFrames(config.data, seed=config.seed, median_weights=median, normalization=norm,  # noqa: E731
                                         cr_rate_scale=config.cr_rate_scale, cache=cache, footprints=stamps)
         source = make(2)
         ids = source.exposure_ids()

@@ -380,6 +380,18 @@ def test_tf_normalization_matches_numpy_bit_for_bit(config):
         np.testing.assert_array_equal(got, want, err_msg=str(shape))
 
 
+def test_tf_normalization_applies_the_asinh_stretch_like_numpy():
+    from kercr.export.tf_normalization import normalize_batch
+
+    config = NormalizationConfig(asinh_softening=10.0)
+    rng = np.random.default_rng(1)
+    images = (rng.normal(1000, 20, (2, 64, 64)) + 50 * rng.standard_cauchy((2, 64, 64))).astype(np.float32)
+    got = tf.function(lambda x: normalize_batch(x, config))(tf.constant(images[..., None])).numpy()[..., 0]
+    want = np.stack([normalize(image, config=config)[0] for image in images])
+    assert np.abs(want).max() < 70  # stretched: 1000 sigma -> ~53
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+
+
 def test_tf_median_even_count_averages_middle_values():
     from kercr.export.tf_normalization import median
 

@@ -47,7 +47,7 @@ def _cli(*args):
 
 def test_a_run_directory_holds_everything_the_user_needs(tmp_path, capsys):
     run = tmp_path / "run"
-    assert train_main([*TINY, "--epochs", "2", "--variety", "wide", "--out", str(run)]) == 0
+    assert train_main([*TINY, "--epochs", "2", "--variety", "wide", "--asinh-softening", "10", "--out", str(run)]) == 0
     for name in ("config.json", "normalization.json", "best.keras", "last.keras", "history.csv",
                  "loss.png", "dice.png", "metrics.json"):
         assert (run / name).is_file(), name
@@ -58,7 +58,8 @@ def test_a_run_directory_holds_everything_the_user_needs(tmp_path, capsys):
         assert key in history[0], key
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "deepcr_2_4" and config["patch_size"] == 64 and config["learning_rate"] == 1e-3
-    assert config["variety"] == "wide"
+    assert config["variety"] == "wide" and config["asinh_softening"] == 10.0
+    assert json.loads((run / "normalization.json").read_text())["asinh_softening"] == 10.0  # inference stretches too
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["cr_pixels"] > 0 and 0 <= metrics["tpr_at_fpr_1e-4"] <= 1 and 0 <= metrics["dice"] <= 1
     assert "Dice" in capsys.readouterr().out
@@ -285,6 +286,8 @@ def test_real_footprints_from_dark_frames_are_injected(tmp_path):
         _tiny_config(tmp_path, footprints=str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="variety='any'.*'wide'"):
         _tiny_config(tmp_path, variety="any")
+    with pytest.raises(ConfigError, match="asinh_softening=-1"):
+        _tiny_config(tmp_path, asinh_softening=-1)
 
 
 def test_mirrored_strategy_trains(tmp_path):

@@ -55,6 +55,11 @@ class NormalizationConfig:
         Approximate number of pixels (regular grid subsample) used for the statistics.
     nan_fill : float
         Output value of NaN (and inf) input pixels, in noise units.
+    asinh_softening : float or None
+        If set (``s``, in noise units), the clipped value ``x`` becomes ``s * asinh(x / s)``:
+        linear within a few ``s`` of the sky, logarithmic above, so faint CR tracks (5-20 sigma)
+        are not dwarfed by stars and bright CRs (10^2-10^3 sigma) in the network's activations.
+        None (the default): linear.
     """
 
     method: str = METHOD
@@ -64,6 +69,7 @@ class NormalizationConfig:
     n_iter: int = 5
     sample_size: int = 200_000
     nan_fill: float = 0.0
+    asinh_softening: float | None = None
 
     def __post_init__(self):
         if self.method != METHOD:
@@ -72,6 +78,8 @@ class NormalizationConfig:
             raise KercrDataError(f"clip_min={self.clip_min} must be below clip_max={self.clip_max}.")
         if self.sigma_clip <= 0 or self.n_iter < 0 or self.sample_size < 100:
             raise KercrDataError("sigma_clip must be > 0, n_iter >= 0 and sample_size >= 100.")
+        if self.asinh_softening is not None and not self.asinh_softening > 0:
+            raise KercrDataError(f"asinh_softening={self.asinh_softening!r} must be positive (noise units), or None.")
 
     def to_dict(self) -> dict:
         """JSON-serializable dict of the constants."""
@@ -203,7 +211,8 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
     Returns
     -------
     normalized : numpy.ndarray, shape (ny, nx), float32
-        ``clip((image - sky) / noise, clip_min, clip_max)``; NaN/inf input -> ``nan_fill``.
+        ``clip((image - sky) / noise, clip_min, clip_max)`` (then ``s asinh(x / s)`` when
+        ``asinh_softening`` is set); NaN/inf input -> ``nan_fill``.
     params : NormalizationParams
         Constants and the measured ``sky`` and ``noise``.
     """
@@ -218,6 +227,11 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
         out[bad] = config.nan_fill
     if config.clip_min is not None or config.clip_max is not None:
         np.clip(out, config.clip_min, config.clip_max, out=out)
+    if config.asinh_softening is not None:
+        soft = np.float32(config.asinh_softening)
+        out *= 1 / soft
+        np.arcsinh(out, out=out)
+        out *= soft
     return out, NormalizationParams(config=config, sky=sky, noise=noise, n_pixels=n)
 
 
@@ -226,4 +240,8 @@ def denormalize(normalized, params: NormalizationParams) -> np.ndarray:
 
     Clipped pixels do not come back to their original values.
     """
+    normalized = np.asarray(normalized, dtype=np.float32)
+    if params.config.asinh_softening is not None:
+        soft = np.float32(params.config.asinh_softening)
+        normalized = np.sinh(normalized / soft) * soft
     return (np.asarray(normalized, dtype=np.float32) * np.float32(params.noise) + np.float32(params.sky)).astype(np.float32)

@@ -116,6 +116,9 @@ def normalize_image(image, config: NormalizationConfig | None = None):
         out = tf.maximum(out, tf.constant(config.clip_min, tf.float32))
     if config.clip_max is not None:
         out = tf.minimum(out, tf.constant(config.clip_max, tf.float32))
+    if config.asinh_softening is not None:
+        soft = tf.constant(config.asinh_softening, tf.float32)
+        out = tf.math.asinh(out / soft) * soft
     return out
 
 

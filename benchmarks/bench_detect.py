@@ -38,6 +38,8 @@ def _prepare(work: Path, models, shape):
     from kercr.data import NormalizationConfig, make_frame
 
     for name in models:
+        if name == "default":  # the shipped, trained model (kercr/weights/default.keras)
+            continue
         d = work / name
         if not (d / f"{name}.keras").exists():
             d.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,8 @@ def _run(cmd, env):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["deepcr", "deepcr_2_32"])
+    parser.add_argument("--models", nargs="+", default=["deepcr", "deepcr_2_32"],
+                        help="registry names (untrained) or 'default' (the shipped model)")
     parser.add_argument("--runtimes", nargs="+", default=["keras", "tflite-float32", "tflite-int8"])
     parser.add_argument("--tiles", nargs="+", type=int, default=[512, 1024])
     parser.add_argument("--threads", type=int, default=2)
@@ -117,6 +120,10 @@ def main(argv=None) -> int:
     rows = []
     for name in args.models:
         model_path = work / name / f"{name}.keras"
+        if name == "default":
+            from kercr.weights import default_model_path
+
+            model_path = default_model_path()
         for runtime in args.runtimes:
             base = [sys.executable, __file__, "--worker", "--model-path", str(model_path), "--runtime", runtime,
                     "--threads", str(args.threads), "--frame", str(frame), "--batch-size", str(args.batch_size),
@@ -130,7 +137,7 @@ def main(argv=None) -> int:
                 rows.append(r)
                 print(json.dumps(r), file=sys.stderr, flush=True)
 
-    import keras  # noqa: F401  (versions for the table)
+    import keras
 
     import kercr
 
@@ -141,7 +148,14 @@ def main(argv=None) -> int:
     print("| model | params | runtime | tile (arg -> used) | overlap | Mpix/s | s / frame | peak RSS (MB) | "
           "first-use conversion (s) |")
     print("|---|---:|---|---|---:|---:|---:|---:|---:|")
-    params = {n: kercr.models.count_trainable(kercr.build_model(n)) for n in args.models}
+    def _params(name):
+        if name == "default":
+            from kercr.weights import default_model_path
+
+            return kercr.models.count_trainable(keras.saving.load_model(default_model_path(), compile=False))
+        return kercr.models.count_trainable(kercr.build_model(name))
+
+    params = {n: _params(n) for n in args.models}
     for r in rows:
         if "error" in r:
             print(f"| {r['model']} | {params[r['model']]:,} | {r['runtime']} | {r['tile_arg']} | | error: "

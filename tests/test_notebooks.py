@@ -21,10 +21,10 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 EXPECTED = ["01_detect", "02_train", "03_tune", "04_export", "05_inside"]
 KERNEL_NAME = "kercr-test-python"
-# Figures and tables each notebook must display in small mode (01 draws only the frame while the
-# shipped model is missing; with it, the four panels and the zoom).
+# Figures and tables each notebook must display in small mode (01: the four panels and the zoom
+# around the largest flagged CR, made with the shipped model).
 DISPLAYS = {
-    "01_detect": {"image/png": 1},
+    "01_detect": {"image/png": 2},
     "02_train": {"image/png": 2, "text/markdown": 1},
     "03_tune": {"text/markdown": 1},
     "04_export": {"image/png": 1, "text/markdown": 1},
@@ -92,6 +92,8 @@ def test_notebook_runs(path, tmp_path, kernel_dir, monkeypatch):
     assert "small mode: True" in text, "the notebook did not see KERCR_NOTEBOOK_SMALL=1"
     assert str(tmp_path / "out") in text, "the notebook did not write under KERCR_NOTEBOOK_OUT"
     assert (tmp_path / "out").is_dir()
+    if path.stem == "01_detect":
+        assert "SKIPPED" not in text and "kercr.detect and the shipped model are available" in text
     shown = [kind for o in outputs for kind in o.get("data", {}) if kind in ("image/png", "text/markdown")]
     for kind, n in DISPLAYS[path.stem].items():
         assert shown.count(kind) >= n, f"{path.name} displayed {shown.count(kind)} {kind} outputs, expected >= {n}"

@@ -280,14 +280,21 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     history = read_history(out / "history.csv")
     initial_epoch = len(history)
 
+    # A finished run given more --epochs has no backup/ any more: it goes on from last.keras
+    # (weights and optimizer state), not from fresh weights.
+    extending = bool(history) and not (work / "backup").exists() and (work / "last.keras").is_file()
     scope = strategy.scope() if strategy is not None else _NullScope()
     with scope:
-        model = build_and_check_model(config)
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-            loss=make_loss(config.loss),
-            weighted_metrics=make_metrics(),
-        )
+        if extending:
+            model = keras.saving.load_model(work / "last.keras")
+            logger.info("extending the finished run %s from epoch %d with last.keras", out, initial_epoch + 1)
+        else:
+            model = build_and_check_model(config)
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+                loss=make_loss(config.loss),
+                weighted_metrics=make_metrics(),
+            )
     data = make_training_data(config, initial_epoch=initial_epoch, strategy=strategy)
     if not any(np.any((y > 0.5) & (w > 0)) for _, y, w in data.validation_batches()):
         raise ConfigError(
@@ -336,7 +343,7 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     model.fit(
         data.train, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
         validation_data=data.val, validation_steps=config.validation_steps,
-        callbacks=callbacks, verbose=verbose,
+        callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch if extending else 0,
     )
     if not chief:
         shutil.rmtree(work, ignore_errors=True)

@@ -167,6 +167,20 @@ def test_killed_training_resumes_from_the_last_finished_epoch(tmp_path):
     assert (run / "best.keras").stat().st_mtime_ns == before
 
 
+def test_a_finished_run_given_more_epochs_goes_on_from_its_last_weights(tmp_path):
+    from kercr.training import train
+
+    train(_tiny_config(tmp_path, epochs=2, out=str(tmp_path / "straight")), verbose=0)
+    train(_tiny_config(tmp_path, epochs=1, out=str(tmp_path / "extended")), verbose=0)
+    assert not (tmp_path / "extended" / "backup").exists()
+    metrics = train(_tiny_config(tmp_path, epochs=2, out=str(tmp_path / "extended")), verbose=0)
+    straight, extended = _history(tmp_path / "straight"), _history(tmp_path / "extended")
+    assert [int(r["epoch"]) for r in extended] == [0, 1] and metrics["epochs"] == 2
+    # Same batches, weights and optimizer state: the second epoch matches an uninterrupted run.
+    for key in ("loss", "val_loss"):
+        assert float(extended[1][key]) == pytest.approx(float(straight[1][key]), rel=1e-3), key
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

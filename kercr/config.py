@@ -12,7 +12,6 @@ from pathlib import Path
 
 LOSSES = ("dice_bce", "median_bce", "bce")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
-VARIETIES = ("decam", "wide")
 
 
 class ConfigError(ValueError):
@@ -143,6 +142,8 @@ class TrainConfig:
             raise ConfigError(f"loss={self.loss!r} is not valid; choose one of: {', '.join(LOSSES)}.")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy={self.strategy!r} is not valid; choose one of: {', '.join(STRATEGIES)}.")
+        from kercr.data.synthetic import VARIETIES
+
         if self.variety not in VARIETIES:
             raise ConfigError(f"variety={self.variety!r} is not one of {VARIETIES}: 'decam' (DECam-like frames) or "
                               "'wide' (a random CCD imager per frame).")

@@ -1,10 +1,5 @@
 """Patches, exposure split, median weights, real-frame augmentation, and the no-TensorFlow rule."""
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,8 +8,6 @@ from kercr.data.cosmic_rays import CosmicRayModel
 from kercr.data.errors import KercrDataError
 from kercr.data.patches import default_patch_count, make_patches, patch_positions, split_exposures
 from kercr.data.weights import apply_ignore_mask, median_weight_map
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_default_patch_count_scales_with_area():
@@ -116,22 +109,13 @@ def test_training_example_from_real_frame():
     np.testing.assert_array_equal((np.abs(ex.image_adu - base) > 1e-3)[usable], ex.cr_mask[usable])
 
 
-def test_data_core_imports_no_tensorflow_or_keras():
+def test_data_core_imports_no_tensorflow_or_keras(run_without_ml):
     # Load kercr.data without kercr/__init__.py (which imports keras for the models) and block TF/keras.
-    code = textwrap.dedent(f"""
-        import importlib.abc, sys, types
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("tensorflow", "keras", "jax", "torch"):
-                    raise ImportError("blocked: " + name)
-        sys.meta_path.insert(0, Block())
-        pkg = types.ModuleType("kercr"); pkg.__path__ = [{str(REPO / "kercr")!r}]
-        sys.modules["kercr"] = pkg
+    result = run_without_ml("""
         import kercr.data, kercr.data.fits_io, kercr.data.synthetic
         frame = kercr.data.make_frame(seed=0, shape=(32, 32))
         assert "kercr.data.pipeline" not in sys.modules
         print("ok", frame.image_adu.shape)
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "ok (32, 32)" in result.stdout

@@ -3,9 +3,9 @@
 A frame source gives ``frame(key) -> (image, mask, weight)``, float32 (ny, nx) arrays: the image
 normalized with :func:`kercr.data.normalization.normalize` over the whole frame (as at
 inference), the CR truth (0/1) and pixel weights (0 on ignored pixels: hot pixels, bad columns,
-bad pixels, NaN, synthetic CR pixels fainter than their noise; 1 elsewhere, or Cosmic-CoNN median weights). ``exposure_ids()`` lists the
-exposures, and ``frames_of(id)`` (where an exposure holds several frames) their frame keys, so
-data sets are split by exposure, never by frame or patch.
+bad pixels, NaN, synthetic CR pixels fainter than their noise; 1 elsewhere, or Cosmic-CoNN median
+weights). ``exposure_ids()`` lists the exposures, and ``frames_of(id)`` (where an exposure holds
+several frames) their frame keys, so data sets are split by exposure, never by frame or patch.
 
 - :class:`SyntheticFrames`: kercr's embedded DECam-like exposures, made on demand;
 - :class:`FITSFrames`: a directory of FITS files (clean frames get injected CRs);
@@ -28,7 +28,7 @@ from kercr.data.errors import KercrDataError
 from kercr.data.fits_io import list_ccd_extensions, read_ccd
 from kercr.data.normalization import NormalizationConfig, normalize
 from kercr.data.patches import make_patches
-from kercr.data.synthetic import SyntheticConfig, make_frame, random_instrument
+from kercr.data.synthetic import VARIETIES, SyntheticConfig, make_frame, random_instrument
 from kercr.data.weights import median_weight_map
 
 __all__ = ["SyntheticFrames", "FITSFrames", "frame_keys", "load_footprints", "patch_batches"]
@@ -94,13 +94,11 @@ class SyntheticFrames(_CachedFrames):
     ``FAINT_CR_SNR`` (1) times the pixel's noise are ignored (weight 0).
     """
 
-    VARIETIES = ("decam", "wide")
-
     def __init__(self, *, seed, shape=(4096, 2048), cr_rate_scale=1.0, median_weights=False,
                  normalization=None, cache=2, footprints=None, footprint_fraction=0.5, variety="decam"):
         super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache)
-        if variety not in self.VARIETIES:
-            raise KercrDataError(f"variety={variety!r} is not one of {self.VARIETIES}.")
+        if variety not in VARIETIES:
+            raise KercrDataError(f"variety={variety!r} is not one of {VARIETIES}.")
         self.shape = tuple(int(s) for s in shape)
         self.footprints, self.footprint_fraction = footprints, float(footprint_fraction)
         self.variety, self.cr_rate_scale = variety, float(cr_rate_scale)

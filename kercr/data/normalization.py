@@ -244,4 +244,4 @@ def denormalize(normalized, params: NormalizationParams) -> np.ndarray:
     if params.config.asinh_softening is not None:
         soft = np.float32(params.config.asinh_softening)
         normalized = np.sinh(normalized / soft) * soft
-    return (np.asarray(normalized, dtype=np.float32) * np.float32(params.noise) + np.float32(params.sky)).astype(np.float32)
+    return (normalized * np.float32(params.noise) + np.float32(params.sky)).astype(np.float32)

@@ -31,7 +31,8 @@ from scipy import ndimage
 from kercr.data.cosmic_rays import CosmicRayModel, DetectorGeometry, inject_cosmic_rays, simulate_cosmic_rays
 from kercr.data.errors import KercrDataError
 
-__all__ = ["BANDS", "PIXEL_SCALE", "SENSORS", "SyntheticConfig", "random_instrument", "SyntheticFrame", "make_frame", "generate_dataset"]
+__all__ = ["BANDS", "PIXEL_SCALE", "SENSORS", "VARIETIES", "SyntheticConfig", "random_instrument", "SyntheticFrame",
+           "make_frame", "generate_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ SENSORS = ((250.0, 15.0, 0.45), (200.0, 15.0, 0.4), (100.0, 10.0, 0.3), (40.0, 1
            (15.0, 15.0, 0.2), (20.0, 13.5, 0.2), (250.0, 30.0, 0.25), (40.0, 30.0, 0.15))
 #: How often each of :data:`SENSORS` is drawn: thick sensors (long, faint muon tracks) 45 %.
 SENSOR_WEIGHTS = (0.25, 0.1, 0.15, 0.1, 0.1, 0.1, 0.1, 0.1)
+#: Synthetic data sets: DECam's camera for every frame, or :func:`random_instrument` per frame.
+VARIETIES = ("decam", "wide")
 
 
 def random_instrument(rng, *, cr_rate_scale: float = 1.0) -> SyntheticConfig:

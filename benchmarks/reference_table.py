@@ -83,6 +83,10 @@ FOOTPRINT_FRACTION = 3.0  # real footprints per (reduced-rate) simulated CR: sam
 GAIN, READNOISE, SATLEVEL = 4.0, 7.0, 45000.0  # kercr.data.synthetic.SyntheticConfig defaults
 TIMING_PIXELS = 4 * 1024 * 1024
 TIMING_THREADS = 2
+# Input stretch of every recipe (noise units; kercr.data.normalization.NormalizationConfig.asinh_softening):
+# the shipped default model's choice, which made bright muon tracks visible to the network.
+ASINH = 10.0
+SHIPPED_LABEL = "kercr default (shipped)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,16 +108,17 @@ RECIPES = {
     # Smoke test: seconds per model; the numbers mean nothing. Dense CRs (40x) so that the
     # 8 validation patches of 64 px on one 256 x 256 exposure hold CR pixels.
     "tiny": Scale("tiny", dict(epochs=1, steps_per_epoch=2, validation_steps=2, patch_size=64, batch_size=4,
-                               frames=4, frame_shape=[256, 256], cr_rate_scale=40.0),
+                               frames=4, frame_shape=[256, 256], cr_rate_scale=40.0, asinh_softening=ASINH),
                   (256, 256), 2, 20.0),
     # A few epochs on 2 CPU cores (the quickstart's data at 128 px).
     "cpu": Scale("cpu", dict(epochs=5, steps_per_epoch=25, validation_steps=6, patch_size=128, batch_size=16,
-                             frames=12, frame_shape=[1024, 1024], cr_rate_scale=10.0),
+                             frames=12, frame_shape=[1024, 1024], cr_rate_scale=10.0, asinh_softening=ASINH),
                  (1024, 1024), 4, 5.0),
     # The reference recipe: kercr-train's defaults (256 px patches, batch 16, 20 x 100 steps,
-    # 20 DECam-sized exposures at 5x the dark rate, Dice+BCE, Adam 1e-3 with plateau decay).
+    # 20 DECam-sized exposures at 5x the dark rate, Dice+BCE, Adam 1e-3 with plateau decay),
+    # with the asinh input stretch of the shipped model.
     "gpu": Scale("gpu", dict(epochs=20, steps_per_epoch=100, validation_steps=20, patch_size=256, batch_size=16,
-                             frames=20, frame_shape=[4096, 2048], cr_rate_scale=5.0),
+                             frames=20, frame_shape=[4096, 2048], cr_rate_scale=5.0, asinh_softening=ASINH),
                  (4096, 2048), 8, 5.0),
 }
 
@@ -154,17 +159,18 @@ class _RawKeepingFrames:
         return image, mask, weight, np.asarray(image_adu, np.float32), np.asarray(ignore, bool)
 
 
-def test_sets(scale: Scale, n_frames: int) -> dict:
+def test_sets(scale: Scale, n_frames: int, normalization=None) -> dict:
     """``{name: SyntheticFrames}`` of the benchmark (the footprint set only when the file exists)."""
     from kercr.data.frames import SyntheticFrames, load_footprints
 
-    sets = {"synthetic": SyntheticFrames(seed=TEST_SEED, shape=scale.frame_shape,
+    sets = {"synthetic": SyntheticFrames(seed=TEST_SEED, shape=scale.frame_shape, normalization=normalization,
                                          cr_rate_scale=scale.test_cr_rate_scale, cache=1)}
     path = FOOTPRINTS.resolve()
     if path.is_file():
         sets["real footprints"] = SyntheticFrames(
             seed=TEST_SEED, shape=scale.frame_shape, cr_rate_scale=scale.test_cr_rate_scale * FOOTPRINT_RATE_CUT,
-            cache=1, footprints=load_footprints(path), footprint_fraction=FOOTPRINT_FRACTION)
+            cache=1, footprints=load_footprints(path), footprint_fraction=FOOTPRINT_FRACTION,
+            normalization=normalization)
     else:
         print(f"[reference_table] {path} not found: skipping the real-footprint test set", flush=True)
     return sets
@@ -185,12 +191,15 @@ class TestData:
     """The prepared test sets: per set, the list of frames as grid tiles and raw ADU frames.
 
     Frames are generated once and kept in memory (gpu scale, 8 frames: about 0.8 GB per set).
+    ``normalization`` (a :class:`kercr.data.normalization.NormalizationConfig`) is the one the
+    evaluated models were trained with; it changes the network input only, never the truth, the
+    ignore mask or the raw frames.
     """
 
-    def __init__(self, scale: Scale, n_frames: int):
-        self.scale, self.n_frames = scale, n_frames
+    def __init__(self, scale: Scale, n_frames: int, normalization=None):
+        self.scale, self.n_frames, self.normalization = scale, n_frames, normalization
         self.sets = {}
-        for name, source in test_sets(scale, n_frames).items():
+        for name, source in test_sets(scale, n_frames, normalization).items():
             wrapped = _RawKeepingFrames(source)
             frames = []
             for i in range(n_frames):
@@ -206,7 +215,8 @@ class TestData:
         """A digest of the benchmark definition (invalidates cached test metrics when it changes)."""
         spec = dict(seed=TEST_SEED, shape=self.scale.frame_shape, n=self.n_frames, patch=self.scale.patch_size,
                     rate=self.scale.test_cr_rate_scale, fp=[FOOTPRINT_RATE_CUT, FOOTPRINT_FRACTION],
-                    sets=sorted(self.sets), timing=[TIMING_PIXELS, TIMING_THREADS])
+                    sets=sorted(self.sets), timing=[TIMING_PIXELS, TIMING_THREADS],
+                    norm=self.normalization.to_dict() if self.normalization is not None else None)
         return hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
     def timing_input(self) -> np.ndarray:
@@ -346,6 +356,41 @@ def row_results(row, scale: Scale, out: Path, data: TestData, timing_x: Path, ve
     return result
 
 
+def extra_results(spec: str, scale: Scale, data_for, timing_x: Path) -> tuple[object, dict]:
+    """Test metrics of an already trained model (``"default"``, a ``.keras`` file or a run directory).
+
+    It is evaluated on the same test frames, normalized with the model's own constants
+    (``data_for(normalization)`` returns the matching :class:`TestData`). Its validation columns
+    come from its model card or run metrics, that is from its OWN validation set, and the row
+    says so.
+    """
+    from types import SimpleNamespace
+
+    from kercr.inference import load_model
+    from kercr.models import count_trainable
+
+    loaded = load_model(spec)
+    card = dict(loaded.card)
+    val = card.get("validation") or {}
+    if not val and loaded.path is not None:
+        metrics = Path(loaded.path).parent / "metrics.json"
+        val = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    arch = card.get("architecture") or loaded.model.name
+    label = (f"{SHIPPED_LABEL}, {arch}" if spec == "default" else f"{Path(spec).name}, {arch}") + \
+        " (val: its own validation set)"
+    data = data_for(loaded.normalization)
+    batch = 16 if scale.patch_size <= 128 else 8
+    print(f"[reference_table] evaluating {label} ({loaded.path})", flush=True)
+    result = {
+        "label": label, "run": None, "params": count_trainable(loaded.model),
+        "val_dice": val.get("dice"), "val_tpr": val.get("tpr_at_fpr_1e-4"),
+        "test": evaluate_model(loaded.model, data, batch),
+        "mpix_per_s": time_model_subprocess(Path(loaded.path), timing_x, batch) if loaded.path else None,
+    }
+    row = SimpleNamespace(label=label, params=None, val_dice=None, val_tpr=None, test_dice=None, test_tpr=None)
+    return row, result
+
+
 COLUMNS = ["model", "test set", "scale", "params", "val Dice", "val TPR@0.01%", "test Dice", "test TPR@0.01%",
            "test TPR@0.1%", "precision@95% recall", "FPR (op. point)", "CPU Mpix/s (2 thr)",
            "ref params", "ref val Dice", "ref val TPR@0.01%", "ref test Dice", "ref test TPR@0.01%", "curves"]
@@ -363,7 +408,7 @@ def table_rows(results, rows, lacosmic, scale: Scale) -> list[dict]:
     table = []
     for row, res in zip(rows, results):
         for set_name, m in res["test"].items():
-            ref = set_name == "synthetic"  # reference values next to the first test set only
+            ref = set_name == "synthetic" and row.params is not None  # reference values: first test set only
             table.append({
                 "model": row.label, "test set": set_name, "scale": scale.name, "params": _f(res["params"]),
                 "val Dice": _f(res["val_dice"]), "val TPR@0.01%": _f(res["val_tpr"]),
@@ -373,7 +418,7 @@ def table_rows(results, rows, lacosmic, scale: Scale) -> list[dict]:
                 "ref params": _f(row.params) if ref else "", "ref val Dice": _f(row.val_dice) if ref else "",
                 "ref val TPR@0.01%": _f(row.val_tpr) if ref else "", "ref test Dice": _f(row.test_dice) if ref else "",
                 "ref test TPR@0.01%": _f(row.test_tpr) if ref else "",
-                "curves": f"[loss]({res['run']}/loss.png) [dice]({res['run']}/dice.png)",
+                "curves": f"[loss]({res['run']}/loss.png) [dice]({res['run']}/dice.png)" if res["run"] else "-",
             })
     for set_name, m in lacosmic.items():
         table.append({
@@ -394,7 +439,10 @@ def write_outputs(out: Path, table: list[dict], scale: Scale, data: TestData) ->
         writer.writerows(table)
     header = (
         f"# kercr reference table, scale `{scale.name}`\n\n"
-        f"Recipe (every row): `{json.dumps(scale.recipe)}`, seed 0, Dice+BCE, Adam 1e-3.\n\n"
+        f"Recipe (every reference row): `{json.dumps(scale.recipe)}`, seed 0, Dice+BCE, Adam 1e-3. "
+        "Rows marked \"val: its own validation set\" are already trained models (`--extra-model`, by default "
+        "the shipped one) evaluated on the same test frames with their own normalization; their "
+        "validation columns come from their model card.\n\n"
         f"Test: {data.n_frames} SyntheticFrames of {scale.frame_shape[0]}x{scale.frame_shape[1]}, seed {TEST_SEED}, "
         f"CRs at {scale.test_cr_rate_scale:g}x DECam's dark rate; `real footprints` = same frames with "
         f"{FOOTPRINT_RATE_CUT:g}x that simulated rate plus {FOOTPRINT_FRACTION:g}x as many ITL-dark footprints. "
@@ -418,6 +466,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--rows", default=None, help="comma-separated REFERENCE_TABLE labels (default: all)")
     parser.add_argument("--test-frames", type=int, default=None, help="test frames per set (default per scale)")
+    parser.add_argument("--extra-model", action="append", default=None, metavar="NAME|PATH",
+                        help="also evaluate this trained model on the test sets (repeatable; default: 'default', "
+                             "the shipped model; 'none' for no extra row)")
     parser.add_argument("--verbose", default=2, help="Keras fit verbosity (0, 1, 2)")
     parser.add_argument("--time-model", help=argparse.SUPPRESS)
     parser.add_argument("--time-input", help=argparse.SUPPRESS)
@@ -446,10 +497,26 @@ def main(argv=None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    data = TestData(scale, n_frames)
+    from kercr.data.normalization import NormalizationConfig
+
+    recipe_norm = NormalizationConfig(asinh_softening=scale.recipe.get("asinh_softening"))
+    datasets = {}
+
+    def data_for(normalization):
+        key = json.dumps(normalization.to_dict(), sort_keys=True)
+        if key not in datasets:
+            datasets[key] = TestData(scale, n_frames, normalization)
+        return datasets[key]
+
+    data = data_for(recipe_norm)
     timing_x = out / "timing_input.npy"
     np.save(timing_x, data.timing_input())
     results = [row_results(row, scale, out, data, timing_x, verbose) for row in rows]
+    extras = [e for e in (args.extra_model or ["default"]) if e.lower() != "none"]
+    for spec in extras:
+        row, res = extra_results(spec, scale, data_for, timing_x)
+        rows.append(row)
+        results.append(res)
     lacosmic = astroscrappy_baseline(data)
     text = write_outputs(out, table_rows(results, rows, lacosmic, scale), scale, data)
     print(text, flush=True)

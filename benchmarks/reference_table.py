@@ -55,7 +55,9 @@ Outputs
 ``DIR/table.md`` (also printed) and ``DIR/table.csv``: one row per model and test set with
 params, validation Dice / TPR@0.01 %, test Dice / TPR@0.01 % / TPR@0.1 % / precision@95 % recall,
 Mpix/s, the scale, the reference values side by side, and links to each run's loss and Dice
-curves (``loss.png``, ``dice.png``). Numbers at the tiny and cpu scales are NOT comparable with the
+curves (``loss.png``, ``dice.png``); ``DIR/curves.png``: the training and validation loss and
+Dice curves of every trained row in one figure; ``DIR/summary.md``: one line per model, both
+test sets side by side (the form quoted in BENCHMARKS.md). Numbers at the tiny and cpu scales are NOT comparable with the
 reference values (far less training, other data); only the gpu scale runs the reference recipe.
 """
 
@@ -456,7 +458,33 @@ def write_outputs(out: Path, table: list[dict], scale: Scale, data: TestData) ->
     lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in table]
     text = header + "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
+    (out / "summary.md").write_text(summary_table(table))
     return text
+
+
+def summary_table(table: list[dict]) -> str:
+    """One line per model (both test sets side by side): the form BENCHMARKS.md quotes."""
+    by_model = {}
+    for r in table:
+        by_model.setdefault(r["model"], {})[r["test set"]] = r
+    lines = ["| model | params | val Dice | val TPR@0.01% | test Dice | test TPR@0.01% | test TPR@0.1% | "
+             "precision@95% recall | real-fp Dice | real-fp TPR@0.01% | real-fp TPR@0.1% | CPU Mpix/s | "
+             "ref test Dice | ref test TPR@0.01% |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for model, sets in by_model.items():
+        s, f = sets.get("synthetic", {}), sets.get("real footprints", {})
+        if s.get("FPR (op. point)"):  # a binary detector: TPR at its own FPR
+            op = lambda r: r["test TPR@0.01%"].replace("n/a (binary; ", "").rstrip(")") + \
+                f" at FPR {r['FPR (op. point)']}" if r else ""
+            cells = [model, "-", "-", "-", s["test Dice"], op(s), "", "", f.get("test Dice", ""), op(f), "",
+                     s["CPU Mpix/s (2 thr)"], "", ""]
+        else:
+            cells = [model, s["params"], s["val Dice"], s["val TPR@0.01%"], s["test Dice"], s["test TPR@0.01%"],
+                     s["test TPR@0.1%"], s["precision@95% recall"], f.get("test Dice", ""),
+                     f.get("test TPR@0.01%", ""), f.get("test TPR@0.1%", ""), s["CPU Mpix/s (2 thr)"],
+                     s["ref test Dice"], s["ref test TPR@0.01%"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -519,6 +547,12 @@ def main(argv=None) -> int:
         results.append(res)
     lacosmic = astroscrappy_baseline(data)
     text = write_outputs(out, table_rows(results, rows, lacosmic, scale), scale, data)
+    from kercr.plots import plot_runs
+    from kercr.training import read_history
+
+    curves = plot_runs({res["label"]: read_history(out / res["run"] / "history.csv")
+                        for res in results if res.get("run")}, out / "curves.png")
+    print(f"[reference_table] wrote {curves}", flush=True)
     print(text, flush=True)
     print(f"[reference_table] wrote {out / 'table.md'} and {out / 'table.csv'}", flush=True)
     return 0

@@ -45,3 +45,32 @@ def plot_history(history: list[dict], out_dir) -> list[Path]:
         fig.savefig(out_dir / name)
         written.append(out_dir / name)
     return written
+
+
+def plot_runs(histories: dict, path) -> Path:
+    """One PNG comparing several runs: training and validation loss and Dice per epoch.
+
+    Parameters
+    ----------
+    histories : dict
+        ``{label: rows}``, rows as read by :func:`kercr.training.read_history`.
+    path : path
+        The PNG file to write (2 x 2 panels: training loss, validation loss, training Dice,
+        validation Dice at p >= 0.5; one line per run, the same colour in every panel).
+    """
+    path = Path(path)
+    fig, axes = subplots(2, 2, figsize=(11, 7.5), dpi=100)
+    panels = (("loss", "training loss"), ("val_loss", "validation loss"),
+              ("dice", "training Dice (p >= 0.5)"), ("val_dice", "validation Dice (p >= 0.5)"))
+    for ax, (key, title) in zip(axes.ravel(), panels):
+        for label, rows in histories.items():
+            points = [(row["epoch"] + 1, row[key]) for row in rows if key in row]
+            if points:
+                ax.plot(*zip(*points), "-o", ms=3, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path

@@ -71,6 +71,14 @@ def test_a_run_directory_holds_everything_the_user_needs(tmp_path, capsys):
     assert {"image", "truth", "predicted"} <= set(events.Tags()["tensors"]) | set(events.Tags()["images"])
     # The PNG plots are real images.
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Runs compared in one figure (the reference table's curves.png).
+    from kercr.plots import plot_runs
+    from kercr.training import read_history
+
+    rows = read_history(run / "history.csv")
+    assert [r["epoch"] for r in rows] == [0, 1] and "val_dice" in rows[0]
+    png = plot_runs({"a": rows, "b": rows[:1]}, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_config_file_sets_options_and_flags_override_it(tmp_path):

@@ -31,8 +31,9 @@ Pixels
     ``patch_size`` tiles (frame sides are multiples of the patch size, so the tiles cover every
     pixel exactly once). All test pixels of all frames are pooled before any rate is computed.
 Ignore masks
-    Pixels of weight 0 (saturated, bleed trails, hot pixels, bad columns, non-finite) are removed
-    from both positives and negatives of every metric, for the networks and for astroscrappy alike.
+    Pixels of weight 0 (hot pixels, bad columns, non-finite pixels, CR pixels fainter than their
+    own noise) are removed from both positives and negatives of every metric, for the networks and
+    for astroscrappy alike. Saturated stars and bleed trails are negatives, as in training.
 Metrics (networks)
     Dice at probability 0.5; TPR at 0.01 % and 0.1 % FPR (exact, interpolated on the pooled ROC);
     precision at 95 % recall. Scores are the CR logits (:func:`kercr.evaluation.pooled_predictions`).

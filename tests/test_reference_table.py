@@ -1,0 +1,78 @@
+"""benchmarks/reference_table.py at its smoke-test scale: the table, its caching and its errors.
+
+The numbers at ``--scale tiny`` mean nothing (one epoch of two steps); these tests check that the
+script trains a row with the recipe, evaluates it on both test sets, writes every output, reuses a
+finished row on a second call, and refuses an unknown row by name.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reference_table.py"
+ROW = "TransUNet 6/6/64"
+
+
+@pytest.fixture(scope="module")
+def reference_table():
+    spec = importlib.util.spec_from_file_location("reference_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reference_table"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("reference_table", None)
+
+
+def test_tiny_table_trains_evaluates_caches_and_writes_every_output(reference_table, tmp_path, capsys):
+    pytest.importorskip("astroscrappy")
+    args = ["--scale", "tiny", "--out", str(tmp_path), "--rows", ROW, "--test-frames", "1", "--verbose", "0"]
+    assert reference_table.main([*args, "--extra-model", "none"]) == 0
+    first = capsys.readouterr().out
+    assert "cached test metrics" not in first
+
+    with (tmp_path / "table.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    sets = {"synthetic", "real footprints"} if reference_table.FOOTPRINTS.resolve().is_file() else {"synthetic"}
+    assert {(r["model"], r["test set"]) for r in rows} == {(m, s) for m in (ROW, "astroscrappy (L.A.Cosmic, defaults)")
+                                                           for s in sets}
+    net = next(r for r in rows if r["model"] == ROW and r["test set"] == "synthetic")
+    assert net["scale"] == "tiny" and net["ref test Dice"] == "0.9689"  # the reference value beside it
+    for column in ("test Dice", "test TPR@0.01%", "test TPR@0.1%", "precision@95% recall"):
+        assert 0 <= float(net[column]) <= 1, (column, net[column])
+    assert float(net["CPU Mpix/s (2 thr)"]) > 0  # the timing subprocess ran
+
+    run = tmp_path / "runs" / "transunet_6_6_64"
+    config = json.loads((run / "config.json").read_text())
+    recipe = reference_table.RECIPES["tiny"].recipe
+    assert config["model_options"] == {"num_heads": 6, "num_layers": 6, "mlp_dim": 64}
+    assert all(config[k] == v for k, v in recipe.items()), "the row was not trained with the scale's recipe"
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (tmp_path / "summary.md").read_text().splitlines()
+    assert len(summary) == 2 + 2 and summary[2].startswith(f"| {ROW} |")  # header, rule, row, astroscrappy
+
+    # A second call reuses the finished run and its test metrics, and adds the shipped model's row.
+    cached = (run / "reference_test.json").read_text()
+    from kercr.weights import default_model_path
+
+    extra = [] if default_model_path().is_file() else ["--extra-model", "none"]
+    assert reference_table.main([*args, *extra]) == 0
+    assert "cached test metrics" in capsys.readouterr().out
+    assert (run / "reference_test.json").read_text() == cached
+    if not extra:
+        with (tmp_path / "table.csv").open() as f:
+            models = {r["model"] for r in csv.DictReader(f)}
+        assert any(m.startswith(reference_table.SHIPPED_LABEL) for m in models)
+
+
+def test_unknown_row_is_refused_with_the_valid_labels(reference_table, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        reference_table.main(["--scale", "tiny", "--out", str(tmp_path), "--rows", "TransUNet 6 / 6 / 64"])
+    err = capsys.readouterr().err
+    assert "unknown row(s) ['TransUNet 6 / 6 / 64']" in err and ROW in err
+    assert not (tmp_path / "runs").exists()

@@ -132,6 +132,9 @@ def train_main(argv=None) -> int:
         help="synthetic data: DECam-like frames (default) or a random CCD imager per frame (any-CCD models)")
     add("--asinh-softening", type=float, metavar="S",
         help="input stretch S*asinh(x/S) in noise units after normalization (default: linear)")
+    add("--noise-estimator", choices=("mad", "diff2"),
+        help="how the normalization measures a frame's noise: MAD of the pixels (default) or of "
+             "differences two pixels apart (diff2: not inflated by star halos)")
     add("--strategy", choices=("auto", "none", "mirrored", "multiworker"),
         help="tf.distribute strategy; multiworker reads TF_CONFIG")
     add("--mixed-precision", action="store_true", default=None,
@@ -148,7 +151,7 @@ def train_main(argv=None) -> int:
         key: getattr(args, key)
         for key in ("model", "data", "epochs", "steps_per_epoch", "validation_steps", "patch_size",
                     "batch_size", "learning_rate", "loss", "alpha_epochs", "frames", "frame_shape", "cr_rate_scale", "footprints", "footprint_fraction",
-                    "variety", "asinh_softening", "strategy", "mixed_precision", "out", "seed")
+                    "variety", "asinh_softening", "noise_estimator", "strategy", "mixed_precision", "out", "seed")
     }
     flags["model_options"] = parse_overrides(parser, args.set) or None
     try:

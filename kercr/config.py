@@ -67,6 +67,11 @@ class TrainConfig:
         Input stretch (noise units): ``s asinh(x / s)`` after the linear normalization, so faint CR
         tracks are not dwarfed by bright sources; saved in the run's ``normalization.json`` and
         applied again at inference. None: linear.
+    noise_estimator : {"mad", "diff2"}
+        How the normalization measures each frame's noise (:mod:`kercr.data.normalization`):
+        ``"mad"`` (MAD of the pixel values, the default) or ``"diff2"`` (MAD of differences of
+        pixels two apart; not inflated by star halos or other smooth structure). Saved in
+        ``normalization.json`` and used again at inference.
     patches_per_frame : int or None
         Patches cut from each frame (None: 128 per 2k x 4k CCD, scaled by area).
     val_fraction : float
@@ -103,6 +108,7 @@ class TrainConfig:
     footprint_fraction: float = 0.5
     variety: str = "decam"
     asinh_softening: float | None = None
+    noise_estimator: str = "mad"
     patches_per_frame: int | None = None
     val_fraction: float = 0.1
     strategy: str = "auto"
@@ -118,7 +124,7 @@ class TrainConfig:
         """The :class:`kercr.data.normalization.NormalizationConfig` this run trains with."""
         from kercr.data.normalization import NormalizationConfig
 
-        return NormalizationConfig(asinh_softening=self.asinh_softening)
+        return NormalizationConfig(asinh_softening=self.asinh_softening, noise_estimator=self.noise_estimator)
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -150,6 +156,11 @@ class TrainConfig:
         if self.asinh_softening is not None and not self.asinh_softening > 0:
             raise ConfigError(f"asinh_softening={self.asinh_softening!r} must be positive (noise units, e.g. 10) "
                               "or unset for a linear input.")
+        from kercr.data.normalization import NOISE_ESTIMATORS
+
+        if self.noise_estimator not in NOISE_ESTIMATORS:
+            raise ConfigError(f"noise_estimator={self.noise_estimator!r} is not one of {NOISE_ESTIMATORS}: 'mad' (MAD of "
+                              "the pixel values) or 'diff2' (MAD of differences two pixels apart, halo-robust).")
         if not self.cr_rate_scale > 0:
             raise ConfigError(f"cr_rate_scale={self.cr_rate_scale!r} must be positive, e.g. 5.")
         if self.footprints is not None and not Path(self.footprints).exists():

@@ -116,6 +116,10 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
         if config.asinh_softening is not None:
             raise ConfigError(f"{config.data}: kercr-prepare shards hold linearly normalized patches; asinh_softening "
                               "needs frames (--data synthetic or a FITS directory), or leave it unset.")
+        if config.noise_estimator != "mad":
+            raise ConfigError(f"{config.data}: kercr-prepare shards were normalized with the 'mad' noise estimate; "
+                              f"noise_estimator={config.noise_estimator!r} needs frames (--data synthetic or a FITS "
+                              "directory), or leave it at 'mad'.")
         return _shards(config, initial_epoch)
     median = config.loss == "median_bce"
     norm = config.normalization_config()

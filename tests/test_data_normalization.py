@@ -94,3 +94,60 @@ def test_asinh_softening_compresses_bright_values_and_round_trips(frame):
                                           if k != "asinh_softening"}).asinh_softening is None  # older files
     with pytest.raises(KercrDataError, match="asinh_softening"):
         NormalizationConfig(asinh_softening=0.0)
+
+
+# --- the noise estimators ----------------------------------------------------------------------
+
+DIFF2 = NormalizationConfig(noise_estimator="diff2")
+
+
+def _halo_frame(seed=2, sigma=10.0):
+    """Sky 200 + white noise ``sigma`` + a bright star's broad halo covering most of the frame."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:128, :128]
+    halo = 100.0 * np.exp(-((x - 64.0) ** 2 + (y - 64.0) ** 2) / (2 * 30.0**2))  # 10 sigma, 30 px wide
+    return (200.0 + halo + sigma * rng.standard_normal((128, 128))).astype(np.float32)
+
+
+def test_diff2_noise_is_not_inflated_by_a_star_halo():
+    image = _halo_frame()
+    _, mad, _ = robust_sky_noise(image)
+    _, diff2, _ = robust_sky_noise(image, config=DIFF2)
+    assert mad > 15.0  # the halo inflates the MAD of the pixel values
+    assert diff2 == pytest.approx(10.0, rel=0.08)
+    normalized, params = normalize(image, config=DIFF2)
+    assert params.noise == diff2 and params.config.noise_estimator == "diff2"
+
+
+def test_diff2_noise_is_unbiased_on_white_noise_and_honours_mask_and_nan(frame):
+    rng = np.random.default_rng(3)
+    white = (300.0 + 7.0 * rng.standard_normal((400, 300))).astype(np.float32)
+    assert robust_sky_noise(white, config=DIFF2)[1] == pytest.approx(7.0, rel=0.02)
+    assert robust_sky_noise(frame, config=DIFF2)[1] == pytest.approx(12.0, rel=0.05)  # CR streak and star clipped
+    hot = white.copy()
+    hot[:250] += 30.0 * rng.standard_normal((250, 300)).astype(np.float32)  # a noisy region, masked or NaN
+    mask = np.zeros(hot.shape, bool)
+    mask[:250] = True
+    assert robust_sky_noise(hot, config=DIFF2)[1] > 10.0
+    assert robust_sky_noise(hot, mask=mask, config=DIFF2)[1] == pytest.approx(7.0, rel=0.03)
+    hot[mask] = np.nan
+    assert robust_sky_noise(hot, config=DIFF2)[1] == pytest.approx(7.0, rel=0.03)
+
+
+def test_diff2_noise_keeps_noise_correlated_along_one_axis():
+    # Noise smoothed along x only (as along a spectrum's slit): first differences along x read
+    # low; differences two apart, on the axis where the noise is white, see the full noise.
+    rng = np.random.default_rng(4)
+    white = rng.standard_normal((300, 302))
+    image = (white[:, 1:-1] + white[:, :-2] + white[:, 2:]) / np.sqrt(3)  # std 1, correlated along x
+    assert robust_sky_noise(image, config=DIFF2)[1] == pytest.approx(1.0, rel=0.03)
+
+
+def test_noise_estimator_is_saved_and_checked():
+    assert NormalizationConfig.from_dict(json.loads(json.dumps(DIFF2.to_dict()))) == DIFF2
+    older = {k: v for k, v in NormalizationConfig().to_dict().items() if k != "noise_estimator"}
+    assert NormalizationConfig.from_dict(older).noise_estimator == "mad"  # models saved before the option
+    with pytest.raises(KercrDataError, match="noise_estimator='std'.*'diff2'"):
+        NormalizationConfig(noise_estimator="std")
+    with pytest.raises(KercrDataError, match="3 x 3"):
+        robust_sky_noise(np.ones((40, 2)) + np.arange(80).reshape(40, 2), config=DIFF2)

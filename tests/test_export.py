@@ -365,7 +365,9 @@ def test_profile_errors(tmp_path):
 
 # --- the TF re-implementation of normalize ------------------------------------------------------
 
-@pytest.mark.parametrize("config", [NormalizationConfig(), SIDECAR, NormalizationConfig(sample_size=100, n_iter=0)])
+@pytest.mark.parametrize("config", [NormalizationConfig(), SIDECAR, NormalizationConfig(sample_size=100, n_iter=0),
+                                    NormalizationConfig(noise_estimator="diff2"),
+                                    NormalizationConfig(noise_estimator="diff2", sample_size=100, asinh_softening=10.0)])
 def test_tf_normalization_matches_numpy_bit_for_bit(config):
     from kercr.export.tf_normalization import normalize_batch
 
@@ -377,7 +379,10 @@ def test_tf_normalization_matches_numpy_bit_for_bit(config):
         images[2] = np.round(images[2] / 40) * 40  # quantized: MAD 0, numpy falls back to the std
         got = fn(tf.constant(images[..., None])).numpy()[..., 0]
         want = np.stack([normalize(image, config=config)[0] for image in images])
-        np.testing.assert_array_equal(got, want, err_msg=str(shape))
+        if config.asinh_softening is None:
+            np.testing.assert_array_equal(got, want, err_msg=str(shape))
+        else:  # TF's asinh may differ from numpy's in the last float32 bit
+            np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6, err_msg=str(shape))
 
 
 def test_tf_normalization_applies_the_asinh_stretch_like_numpy():

@@ -47,7 +47,8 @@ def _cli(*args):
 
 def test_a_run_directory_holds_everything_the_user_needs(tmp_path, capsys):
     run = tmp_path / "run"
-    assert train_main([*TINY, "--epochs", "2", "--variety", "wide", "--asinh-softening", "10", "--out", str(run)]) == 0
+    assert train_main([*TINY, "--epochs", "2", "--variety", "wide", "--asinh-softening", "10",
+                       "--noise-estimator", "diff2", "--out", str(run)]) == 0
     for name in ("config.json", "normalization.json", "best.keras", "last.keras", "history.csv",
                  "loss.png", "dice.png", "metrics.json"):
         assert (run / name).is_file(), name
@@ -59,7 +60,8 @@ def test_a_run_directory_holds_everything_the_user_needs(tmp_path, capsys):
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == "deepcr_2_4" and config["patch_size"] == 64 and config["learning_rate"] == 1e-3
     assert config["variety"] == "wide" and config["asinh_softening"] == 10.0
-    assert json.loads((run / "normalization.json").read_text())["asinh_softening"] == 10.0  # inference stretches too
+    saved = json.loads((run / "normalization.json").read_text())
+    assert saved["asinh_softening"] == 10.0 and saved["noise_estimator"] == "diff2"  # inference does the same
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["cr_pixels"] > 0 and 0 <= metrics["tpr_at_fpr_1e-4"] <= 1 and 0 <= metrics["dice"] <= 1
     assert "Dice" in capsys.readouterr().out
@@ -262,6 +264,8 @@ def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, 
     assert json.loads((run / "metrics.json").read_text())["cr_pixels"] > 0
     assert train_main([*args[:5], "32", *args[6:-1], str(tmp_path / "run2")]) == 2
     assert "64 px patches" in capsys.readouterr().err
+    assert train_main([*args[:-1], str(tmp_path / "run3"), "--noise-estimator", "diff2"]) == 2
+    assert "normalized with the 'mad' noise estimate" in capsys.readouterr().err  # shards cannot be re-normalized
 
 
 def test_training_from_a_directory_of_clean_fits_frames(tmp_path):
@@ -310,6 +314,8 @@ def test_real_footprints_from_dark_frames_are_injected(tmp_path):
         _tiny_config(tmp_path, variety="any")
     with pytest.raises(ConfigError, match="asinh_softening=-1"):
         _tiny_config(tmp_path, asinh_softening=-1)
+    with pytest.raises(ConfigError, match="noise_estimator='std'.*'diff2'"):
+        _tiny_config(tmp_path, noise_estimator="std")
 
 
 def test_mirrored_strategy_trains(tmp_path):

@@ -2,9 +2,22 @@
 
 ``normalized = clip((image - sky) / noise, clip_min, clip_max)``
 
-``sky`` is a sigma-clipped median and ``noise`` a MAD-based standard deviation (1.4826 x MAD)
-of the finite, unmasked pixels, measured on a regular subsample so a 2048 x 4096 frame costs a
-few milliseconds. Subtracting the sky and dividing by the noise makes the result independent of
+``sky`` is a sigma-clipped median of the finite, unmasked pixels and ``noise`` a robust standard
+deviation, both measured on a subsample so a 2048 x 4096 frame costs a few milliseconds. The
+noise comes from one of two estimators (``NormalizationConfig.noise_estimator``):
+
+``"mad"``
+    1.4826 x the sigma-clipped MAD of the pixel values. Right on a frame of mostly sky; inflated
+    by smooth structure that covers much of the frame (star halos, galaxies, nebulae, a spectrum),
+    which makes every CR look fainter than it is (1.3-2.6x on small DECam cutouts around saturated
+    stars, see BENCHMARKS.md).
+``"diff2"``
+    The sigma-clipped MAD of pixel differences two pixels apart, ``x[i+2] - x[i]``, over sqrt 2,
+    along rows and along columns; the larger of the two. A smooth halo barely changes over two
+    pixels, so it does not inflate this; skipping the nearest neighbour keeps most of the noise
+    of frames whose neighbouring pixels are correlated (resampled, interpolated or binned data),
+    where first differences read low; taking the larger axis keeps the noise of data correlated
+    along one axis (spectra). Unbiased on white noise. Subtracting the sky and dividing by the noise makes the result independent of
 the units (ADU or electrons: both statistics scale with the gain) and of an additive sky or bias
 level, so frames of different bands, exposure times and instruments look alike to the network.
 
@@ -35,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 METHOD = "sky_mad_linear_v1"
 MAD_TO_SIGMA = 1.4826
+NOISE_ESTIMATORS = ("mad", "diff2")
+DIFF_LAG = 2  # pixels between the two pixels of a difference ("diff2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +75,9 @@ class NormalizationConfig:
         linear within a few ``s`` of the sky, logarithmic above, so faint CR tracks (5-20 sigma)
         are not dwarfed by stars and bright CRs (10^2-10^3 sigma) in the network's activations.
         None (the default): linear.
+    noise_estimator : {"mad", "diff2"}
+        How ``noise`` is measured (see the module docstring): ``"mad"`` (the default, and what
+        models saved without this key used) or ``"diff2"`` (halo-robust; the shipped model's).
     """
 
     method: str = METHOD
@@ -70,6 +88,7 @@ class NormalizationConfig:
     sample_size: int = 200_000
     nan_fill: float = 0.0
     asinh_softening: float | None = None
+    noise_estimator: str = "mad"
 
     def __post_init__(self):
         if self.method != METHOD:
@@ -80,6 +99,9 @@ class NormalizationConfig:
             raise KercrDataError("sigma_clip must be > 0, n_iter >= 0 and sample_size >= 100.")
         if self.asinh_softening is not None and not self.asinh_softening > 0:
             raise KercrDataError(f"asinh_softening={self.asinh_softening!r} must be positive (noise units), or None.")
+        if self.noise_estimator not in NOISE_ESTIMATORS:
+            raise KercrDataError(f"noise_estimator={self.noise_estimator!r} is not one of {NOISE_ESTIMATORS}: 'mad' "
+                                 "(MAD of the pixel values) or 'diff2' (MAD of differences two pixels apart).")
 
     def to_dict(self) -> dict:
         """JSON-serializable dict of the constants."""
@@ -130,10 +152,7 @@ class NormalizationParams:
 
 def _subsample(image: np.ndarray, mask, sample_size: int) -> np.ndarray:
     ny, nx = image.shape
-    step = max(1, int(np.sqrt(ny * nx / sample_size)))
-    # An odd step avoids locking onto every second column of a two-amplifier pattern.
-    if step > 1 and step % 2 == 0:
-        step += 1
+    step = _odd_step(max(1, int(np.sqrt(ny * nx / sample_size))))
     values = image[::step, ::step]
     good = np.isfinite(values)
     if mask is not None:
@@ -141,8 +160,56 @@ def _subsample(image: np.ndarray, mask, sample_size: int) -> np.ndarray:
     return values[good].astype(np.float64)
 
 
+def _odd_step(step: int) -> int:
+    # An odd step avoids locking onto every second column of a two-amplifier pattern.
+    return step + 1 if step > 1 and step % 2 == 0 else step
+
+
+def _diff_sample(image: np.ndarray, mask, sample_size: int, axis: int) -> np.ndarray:
+    """Differences ``x[i + DIFF_LAG] - x[i]`` along ``axis`` in every ``step``-th line (float64)."""
+    if axis == 0:
+        image = image.T
+        mask = None if mask is None else mask.T
+    ny, nx = image.shape
+    pairs = max(nx - DIFF_LAG, 0)
+    step = _odd_step(max(1, int(ny * pairs / sample_size))) if pairs else 1
+    rows = image[::step].astype(np.float64)
+    d = rows[:, DIFF_LAG:] - rows[:, :-DIFF_LAG]
+    good = np.isfinite(d)
+    if mask is not None:
+        m = mask[::step]
+        good &= ~(m[:, DIFF_LAG:] | m[:, :-DIFF_LAG])
+    return d[good]
+
+
+def _clipped_center_noise(values: np.ndarray, config: NormalizationConfig) -> tuple[float, float, np.ndarray]:
+    """Sigma-clipped median and 1.4826 x MAD of a 1-D sample (std if the MAD is 0); the kept values."""
+    center = float(np.median(values))
+    noise = MAD_TO_SIGMA * float(np.median(np.abs(values - center)))
+    for _ in range(config.n_iter):
+        if noise <= 0:
+            break
+        keep = np.abs(values - center) < config.sigma_clip * noise
+        if keep.all():
+            break
+        values = values[keep]
+        center = float(np.median(values))
+        noise = MAD_TO_SIGMA * float(np.median(np.abs(values - center)))
+    if not noise > 0:
+        # Quantized or constant images have MAD 0; fall back to the standard deviation.
+        noise = float(np.std(values))
+    return center, noise, values
+
+
+def _too_few(n: int, shape, what: str) -> KercrDataError:
+    return KercrDataError(
+        f"only {n} finite unmasked {what} in the statistics sample of a {shape} image; "
+        "the image is (almost) all NaN or masked, or too small (at least 3 x 3 pixels). Check the mask and the data."
+    )
+
+
 def robust_sky_noise(image, *, mask=None, config: NormalizationConfig | None = None) -> tuple[float, float, int]:
-    """Sigma-clipped median sky and MAD noise of an image.
+    """Sigma-clipped median sky and robust noise of an image.
 
     Parameters
     ----------
@@ -151,14 +218,14 @@ def robust_sky_noise(image, *, mask=None, config: NormalizationConfig | None = N
     mask : array_like of bool, shape (ny, nx), optional
         True for pixels to ignore (saturated, bad, known CRs).
     config : NormalizationConfig, optional
-        Clipping threshold, iterations and sample size.
+        Estimator, clipping threshold, iterations and sample size.
 
     Returns
     -------
     sky, noise : float
-        In the image's units.
+        In the image's units. ``noise`` by ``config.noise_estimator`` (module docstring).
     n_pixels : int
-        Pixels left after clipping.
+        Pixels left after clipping in the sky sample.
     """
     config = config or NormalizationConfig()
     image = np.asarray(image)
@@ -170,24 +237,15 @@ def robust_sky_noise(image, *, mask=None, config: NormalizationConfig | None = N
             raise KercrDataError(f"mask shape {mask.shape} differs from image shape {image.shape}.")
     values = _subsample(image, mask, config.sample_size)
     if values.size < 10:
-        raise KercrDataError(
-            f"only {values.size} finite unmasked pixels in the statistics sample of a {image.shape} image; "
-            "the image is (almost) all NaN or masked. Check the mask and the data."
-        )
-    sky = float(np.median(values))
-    noise = MAD_TO_SIGMA * float(np.median(np.abs(values - sky)))
-    for _ in range(config.n_iter):
-        if noise <= 0:
-            break
-        keep = np.abs(values - sky) < config.sigma_clip * noise
-        if keep.all():
-            break
-        values = values[keep]
-        sky = float(np.median(values))
-        noise = MAD_TO_SIGMA * float(np.median(np.abs(values - sky)))
-    if not noise > 0:
-        # Quantized or constant images have MAD 0; fall back to the standard deviation.
-        noise = float(np.std(values))
+        raise _too_few(values.size, image.shape, "pixels")
+    sky, noise, values = _clipped_center_noise(values, config)
+    if config.noise_estimator == "diff2":
+        noise = 0.0
+        for axis in (0, 1):
+            diffs = _diff_sample(image, mask, config.sample_size, axis)
+            if diffs.size < 10:
+                raise _too_few(diffs.size, image.shape, f"pixel pairs {DIFF_LAG} apart")
+            noise = max(noise, _clipped_center_noise(diffs, config)[1] / np.sqrt(2))
     if not noise > 0:
         raise KercrDataError(
             "the image is constant over its unmasked pixels (noise 0), so it cannot be normalized. "

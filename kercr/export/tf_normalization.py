@@ -10,6 +10,9 @@ numpy algorithm step by step, in the same precision, so the two agree to float32
   of an even count is the mean of the two middle values;
 - up to ``n_iter`` sigma-clipping iterations, stopping as numpy does when the noise is 0 or
   no pixel is clipped; the population standard deviation when the MAD is 0;
+- for ``noise_estimator="diff2"``, the same clipped MAD of the differences ``x[i+2] - x[i]`` of
+  every ``step``-th row and every ``step``-th column (``step = int(lines * pairs / sample_size)``,
+  made odd), over sqrt 2, the larger of the two axes;
 - ``(image - float32(sky)) * float32(1 / noise)`` in float32, non-finite -> ``nan_fill``,
   then the clip.
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from kercr.data.normalization import MAD_TO_SIGMA, NormalizationConfig
+from kercr.data.normalization import DIFF_LAG, MAD_TO_SIGMA, NormalizationConfig
 
 __all__ = ["normalize_image", "normalize_batch", "median"]
 
@@ -50,24 +53,42 @@ def _sky_noise(values):
 def _subsample(image, sample_size: int):
     shape = tf.shape(image)
     npix = tf.cast(shape[0], tf.float64) * tf.cast(shape[1], tf.float64)
-    step = tf.maximum(1, tf.cast(tf.sqrt(npix / tf.constant(float(sample_size), tf.float64)), tf.int32))
-    # Odd step, as in numpy (avoids locking onto one amplifier of a two-amplifier pattern).
-    step = tf.where((step > 1) & (step % 2 == 0), step + 1, step)
+    step = _odd(tf.maximum(1, tf.cast(tf.sqrt(npix / tf.constant(float(sample_size), tf.float64)), tf.int32)))
     values = tf.reshape(image[::step, ::step], [-1])
     return tf.cast(tf.boolean_mask(values, tf.math.is_finite(values)), tf.float64)
 
 
-def robust_sky_noise(image, config: NormalizationConfig):
-    """Sigma-clipped median sky and MAD noise of one (ny, nx) float32 image, as float64 scalars."""
-    values = _subsample(image, config.sample_size)
+def _odd(step):
+    # Odd step, as in numpy (avoids locking onto one amplifier of a two-amplifier pattern).
+    return tf.where((step > 1) & (step % 2 == 0), step + 1, step)
+
+
+def _diff_sample(image, sample_size: int, axis: int):
+    """Differences ``x[i + DIFF_LAG] - x[i]`` along ``axis`` of every ``step``-th line, finite, float64."""
+    if axis == 0:
+        image = tf.transpose(image)
+    shape = tf.shape(image)
+    pairs = tf.maximum(shape[1] - DIFF_LAG, 0)
+    lines = tf.cast(shape[0], tf.float64) * tf.cast(pairs, tf.float64)
+    step = _odd(tf.maximum(1, tf.cast(lines / tf.constant(float(sample_size), tf.float64), tf.int32)))
+    rows = tf.cast(image[::step], tf.float64)
+    d = tf.reshape(rows[:, DIFF_LAG:] - rows[:, :-DIFF_LAG], [-1])
+    return tf.boolean_mask(d, tf.math.is_finite(d))
+
+
+def _assert_enough(values, what: str):
     check = tf.debugging.Assert(
         tf.size(values) >= MIN_SAMPLE,
-        ["kercr normalization: fewer than 10 finite pixels in the statistics sample; the image is "
-         "(almost) all NaN. Send real pixel values (NaN only for bad pixels). Finite sample size:",
+        [f"kercr normalization: fewer than 10 finite {what} in the statistics sample; the image is "
+         "(almost) all NaN or smaller than 3 x 3. Send real pixel values (NaN only for bad pixels). Finite sample size:",
          tf.size(values)],
     )
     with tf.control_dependencies([check]):
-        values = tf.identity(values)
+        return tf.identity(values)
+
+
+def _clipped(values, config: NormalizationConfig):
+    """Sigma-clipped median and MAD noise of a 1-D float64 sample, as numpy's ``_clipped_center_noise``."""
     sky, noise = _sky_noise(values)
     sigma_clip = tf.constant(float(config.sigma_clip), tf.float64)
     for _ in range(int(config.n_iter)):
@@ -82,6 +103,17 @@ def robust_sky_noise(image, config: NormalizationConfig):
         values, sky, noise = tf.cond(stop, lambda values=values, sky=sky, noise=noise: (values, sky, noise), clipped)
     # Quantized or constant images have MAD 0; numpy falls back to the standard deviation.
     noise = tf.cond(noise > 0, lambda: noise, lambda: tf.math.reduce_std(values))
+    return sky, noise
+
+
+def robust_sky_noise(image, config: NormalizationConfig):
+    """Sigma-clipped median sky and robust noise of one (ny, nx) float32 image, as float64 scalars."""
+    sky, noise = _clipped(_assert_enough(_subsample(image, config.sample_size), "pixels"), config)
+    if config.noise_estimator == "diff2":
+        noise = tf.constant(0.0, tf.float64)
+        for axis in (0, 1):
+            diffs = _assert_enough(_diff_sample(image, config.sample_size, axis), f"pixel pairs {DIFF_LAG} apart")
+            noise = tf.maximum(noise, _clipped(diffs, config)[1] / tf.sqrt(tf.constant(2.0, tf.float64)))
     check = tf.debugging.Assert(
         noise > 0,
         ["kercr normalization: the image is constant over its finite pixels (noise 0), so it cannot be "

@@ -277,8 +277,8 @@ def evaluate_main(argv=None) -> int:
     """``kercr-evaluate``: pooled-pixel metrics and plots of a model on labelled frames."""
     parser = argparse.ArgumentParser(
         prog="kercr-evaluate",
-        description="Score a CR model on labelled frames: pooled TPR at 0.01 %% and 0.1 %% FPR, precision at "
-                    "95 %% recall, Dice at the default and the best threshold, each without and with 3x3 "
+        description="Score a CR model on labelled frames: pooled TPR at 0.01 % and 0.1 % FPR, precision at "
+                    "95 % recall, Dice at the default and the best threshold, each without and with 3x3 "
                     "dilation of the prediction, ignored pixels excluded. Writes metrics.json and PNG plots "
                     "(ROC, PR, prediction maps, activation and attention maps) to --out.",
         epilog="Labelled FITS files hold the image (first image extension), the truth in an extension "

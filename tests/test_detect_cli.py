@@ -233,3 +233,14 @@ def test_output_path_names():
     assert output_path("/d/c4d_x_ooi_r.fits.fz").as_posix() == "/d/c4d_x_ooi_r_crmask.fits"
     assert output_path("a.fits", "out").as_posix() == "out/a_crmask.fits"
     assert output_path("b.fits.gz", suffix="_m").name == "b_m.fits"
+
+
+@pytest.mark.parametrize("main", [detect_main, evaluate_main])
+def test_help_reads_as_written(main, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "%%" not in text  # argparse does not %-format descriptions; only help strings
+    if main is evaluate_main:
+        assert "0.01 % and 0.1 % FPR" in " ".join(text.split())

@@ -139,6 +139,9 @@ def _check_run_dir(out: Path, config: TrainConfig) -> dict:
     saved = out / "config.json"
     if saved.is_file():
         previous = json.loads(saved.read_text())
+        # Options added to kercr after the run was made default to what that run did.
+        defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+        previous = {**{k: v for k, v in defaults.items() if k not in previous}, **previous}
         mine = json.loads(json.dumps(config.to_dict()))
         ignore = {"epochs"}  # extending a run is allowed
         diff = sorted(k for k in set(previous) | set(mine) if k not in ignore and previous.get(k) != mine.get(k))

@@ -140,6 +140,19 @@ def test_a_run_directory_refuses_a_different_run(tmp_path):
         train(_tiny_config(tmp_path, learning_rate=1e-2))
 
 
+def test_a_run_made_before_an_option_existed_resumes_with_its_default(tmp_path):
+    from kercr.training import _check_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    older = _tiny_config(tmp_path).to_dict()
+    del older["noise_estimator"]  # config.json of a run made before kercr had the option
+    (run / "config.json").write_text(json.dumps(older))
+    assert _check_run_dir(run, _tiny_config(tmp_path, epochs=5)) == {}  # same run, extended
+    with pytest.raises(ConfigError, match=r"other options \(noise_estimator\)"):
+        _check_run_dir(run, _tiny_config(tmp_path, noise_estimator="diff2"))
+
+
 def test_median_weighted_loss_raises_alpha_over_the_schedule(tmp_path):
     from kercr.training import train
 

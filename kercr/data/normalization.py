@@ -17,13 +17,16 @@ noise comes from one of two estimators (``NormalizationConfig.noise_estimator``)
     pixels, so it does not inflate this; skipping the nearest neighbour keeps most of the noise
     of frames whose neighbouring pixels are correlated (resampled, interpolated or binned data),
     where first differences read low; taking the larger axis keeps the noise of data correlated
-    along one axis (spectra). Unbiased on white noise. Subtracting the sky and dividing by the noise makes the result independent of
-the units (ADU or electrons: both statistics scale with the gain) and of an additive sky or bias
-level, so frames of different bands, exposure times and instruments look alike to the network.
+    along one axis (spectra). Unbiased on white noise.
 
-The scaling is linear on purpose (no asinh or log): a CR is a sharp, very bright, PSF-narrow
-feature, and a linear scale keeps the contrast between its peak and its neighbours that tells it
-from a star. Values are clipped to ``[clip_min, clip_max]`` (default ``[-10, 1000]`` noise units)
+Subtracting the sky and dividing by the noise makes the result independent of the units (ADU or
+electrons: both statistics scale with the gain) and of an additive sky or bias level, so frames of
+different bands, exposure times and instruments look alike to the network.
+
+The scaling is linear by default: a CR is a sharp, very bright, PSF-narrow feature, and a linear
+scale keeps the contrast between its peak and its neighbours that tells it from a star.
+``asinh_softening`` adds an asinh stretch after the clip (the shipped model uses it) so faint CRs
+are not dwarfed by bright sources. Values are clipped to ``[clip_min, clip_max]`` (default ``[-10, 1000]`` noise units)
 so that saturated stars (~10^4 sigma) do not dominate the activations; nearly every CR peak is
 well inside this range. NaN pixels become ``nan_fill`` (default 0, the sky); callers pass them as
 ignored pixels to the loss.

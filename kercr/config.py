@@ -156,11 +156,12 @@ class TrainConfig:
         if self.asinh_softening is not None and not self.asinh_softening > 0:
             raise ConfigError(f"asinh_softening={self.asinh_softening!r} must be positive (noise units, e.g. 10) "
                               "or unset for a linear input.")
-        from kercr.data.normalization import NOISE_ESTIMATORS
+        from kercr.data.errors import KercrDataError
 
-        if self.noise_estimator not in NOISE_ESTIMATORS:
-            raise ConfigError(f"noise_estimator={self.noise_estimator!r} is not one of {NOISE_ESTIMATORS}: 'mad' (MAD of "
-                              "the pixel values) or 'diff2' (MAD of differences two pixels apart, halo-robust).")
+        try:  # the normalization checks its own constants (noise_estimator, ...)
+            self.normalization_config()
+        except KercrDataError as err:
+            raise ConfigError(str(err)) from None
         if not self.cr_rate_scale > 0:
             raise ConfigError(f"cr_rate_scale={self.cr_rate_scale!r} must be positive, e.g. 5.")
         if self.footprints is not None and not Path(self.footprints).exists():

@@ -25,7 +25,10 @@ Pixels and metrics:
     TPR at 0.01 % and 0.1 % FPR, precision at 95 % recall (from the pooled ROC / PR curves of the
     detect() probabilities), Dice and TPR/FPR at the model card's threshold. A second row counts
     only the "visible" CR pixels (injected charge >= 3 x the frame's robust noise); the fainter
-    CR pixels are then left out of positives and negatives alike.
+    CR pixels are then left out of positives and negatives alike. Last, the TPR at the pooled
+    0.01 % FPR threshold is split between CR pixels on sources (stars, galaxies, halos:
+    :func:`kercr.data.synthetic.source_map` of the frame before injection) and on the sky, and
+    within each by injected charge over the frame's noise.
 Baseline:
     astroscrappy (L.A.Cosmic) defaults with each frame's gain and read noise (DECam 7 e-, GMOS
     4.24 e-) and the ignored pixels as ``inmask``: one operating point (TPR, FPR, Dice).
@@ -46,6 +49,8 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+VISIBLE_SNR = 3.0  # "visible" CR pixels: injected charge >= 3 x the frame's noise
+SNR_BINS = (0, 1, 2, 3, 5, 10, 20, np.inf)  # injected charge over noise, for the breakdown
 
 
 def real_frames():
@@ -77,20 +82,23 @@ def real_frames():
 
 
 def injected(frames, stamps, repeats):
-    """Yield ``(name, repeat, image, truth, visible, ignore, gain, readnoise)`` with footprints injected.
+    """Yield ``(name, repeat, image, truth, snr, ignore, gain, readnoise, on_source)`` with footprints injected.
 
-    ``visible``: truth pixels whose injected charge is at least 3 times the frame's noise.
+    ``snr``: injected charge over the frame's noise (0 off the CRs); "visible" CR pixels have
+    ``snr >= 3``. ``on_source``: pixels on stars, galaxies and halos of the frame before injection.
     """
     from kercr.data.footprints import inject_footprints
     from kercr.data.normalization import robust_sky_noise
+    from kercr.data.synthetic import source_map
 
     for name, image, ignore, gain, readnoise in frames:
         n = max(1, image.size // 2500)
         _, noise_adu, _ = robust_sky_noise(image, mask=ignore)
+        on_source = source_map(image, mask=ignore)
         for r in range(repeats):
             img, electrons, truth = inject_footprints(image, stamps, n=n, gain=gain,
                                                       rng=np.random.default_rng([r, image.size]))
-            yield name, r, img, truth, truth & (electrons >= 3 * noise_adu * gain), ignore, gain, readnoise
+            yield name, r, img, truth, electrons / np.float32(noise_adu * gain), ignore, gain, readnoise, on_source
 
 
 def main(argv=None) -> int:
@@ -113,19 +121,20 @@ def main(argv=None) -> int:
     threshold = args.threshold if args.threshold is not None else loaded.threshold
     stamps = load_footprints(SHARED / "cr_footprints" / "cosmic_rays_itl_2017_even.fits")
     frames = real_frames()
-    truths, scores, faint, per_frame = [], [], [], {}
+    truths, scores, snrs, sources, per_frame = [], [], [], [], {}
     lac = {"tp": 0, "fp": 0, "fn": 0, "neg": 0, "seconds": 0.0, "pixels": 0}
     try:
         import astroscrappy
     except ImportError:
         astroscrappy = None
     t0 = time.perf_counter()
-    for name, r, img, truth, visible, ignore, gain, readnoise in injected(frames, stamps, args.repeats):
+    for name, r, img, truth, snr, ignore, gain, readnoise, on_source in injected(frames, stamps, args.repeats):
         res = detect(img, model=loaded, threshold=threshold, runtime=args.runtime, mask=ignore)
         ign = ignore | res.ignored
         truths.append(truth[~ign])
         scores.append(res.probability[~ign])
-        faint.append((truth & ~visible)[~ign])
+        snrs.append(snr[~ign])
+        sources.append(on_source[~ign])
         f = per_frame.setdefault(name, {"cr": 0, "found": 0, "fp": 0, "neg": 0})
         f["cr"] += int((truth & ~ign).sum())
         f["found"] += int((truth & res.mask & ~ign).sum())
@@ -140,8 +149,20 @@ def main(argv=None) -> int:
             lac["fp"] += int((m & ~truth & ~ign).sum())
             lac["fn"] += int((~m & truth & ~ign).sum())
             lac["neg"] += int((~truth & ~ign).sum())
-    truth, score, faint = np.concatenate(truths), np.concatenate(scores), np.concatenate(faint)
+    truth, score, snr = np.concatenate(truths), np.concatenate(scores), np.concatenate(snrs)
+    faint = truth & (snr < VISIBLE_SNR)
+    on_source = np.concatenate(sources)
     kercr = pooled_metrics(truth, score, None, threshold=threshold, logits=False)
+    cut = kercr["threshold_at_fpr_1e-4"]
+    by_background = {}
+    for where, sel in (("on_sources", on_source), ("on_sky", ~on_source)):
+        row = by_background[where] = {"cr_pixels": int((truth & sel).sum()), "tpr_at_fpr_1e-4": None, "by_snr": {}}
+        if row["cr_pixels"]:
+            row["tpr_at_fpr_1e-4"] = float((score[truth & sel] >= cut).mean())
+        for lo, hi in zip(SNR_BINS[:-1], SNR_BINS[1:]):
+            px = truth & sel & (snr >= lo) & (snr < hi)
+            if px.any():
+                row["by_snr"][f"{lo:g}-{hi:g}"] = {"cr_pixels": int(px.sum()), "tpr": float((score[px] >= cut).mean())}
     visible = pooled_metrics(truth, score, faint, threshold=threshold, logits=False)
     at = score >= threshold
     kercr.update(tpr_at_threshold=float((at & truth).sum() / truth.sum()),
@@ -149,7 +170,7 @@ def main(argv=None) -> int:
     report = {"model": str(args.model), "runtime": args.runtime, "repeats": args.repeats, "frames": len(frames),
               "cr_pixels": int(truth.sum()), "visible_cr_pixels": int((truth & ~faint).sum()),
               "non_cr_pixels": int((~truth).sum()), "kercr": kercr, "kercr_visible_crs": visible,
-              "per_frame": per_frame, "seconds": time.perf_counter() - t0}
+              "kercr_by_background": by_background, "per_frame": per_frame, "seconds": time.perf_counter() - t0}
     if astroscrappy is not None:
         tp, fp, fn = lac["tp"], lac["fp"], lac["fn"]
         report["astroscrappy"] = {"tpr": tp / max(tp + fn, 1), "fpr": fp / max(lac["neg"], 1),
@@ -170,6 +191,12 @@ def main(argv=None) -> int:
     v = visible
     print(f"| kercr, visible CR pixels only | {v['tpr_at_fpr_1e-4']:.4f} | {v['tpr_at_fpr_1e-3']:.4f} | "
           f"{v['precision_at_recall_0.95']:.4f} | {v['dice']:.4f} | |")
+    for where, row in by_background.items():
+        if row["tpr_at_fpr_1e-4"] is not None:
+            print(f"| kercr, CR pixels {where.replace('_', ' ')} ({row['cr_pixels']:,}) | {row['tpr_at_fpr_1e-4']:.4f} | | | | |")
+    print("TPR at the pooled 0.01 % FPR threshold by injected charge / noise:")
+    for where, row in by_background.items():
+        print(f"  {where}: " + ", ".join(f"{k} {v['tpr']:.2f} ({v['cr_pixels']})" for k, v in row["by_snr"].items()))
     if "astroscrappy" in report:
         a = report["astroscrappy"]
         print(f"| astroscrappy defaults | n/a | n/a | n/a | {a['dice']:.4f} | {a['tpr']:.4f} / {a['fpr']:.2e} |")

@@ -130,6 +130,12 @@ def train_main(argv=None) -> int:
         help="synthetic data: real footprints per frame as a fraction of the simulated CRs (default 0.5)")
     add("--variety", choices=("decam", "wide"),
         help="synthetic data: DECam-like frames (default) or a random CCD imager per frame (any-CCD models)")
+    add("--extended-sources", type=float, metavar="N",
+        help="synthetic data: large smooth sources (big galaxies, diffuse light) per 1024x1024 pixels (default 0)")
+    add("--on-source-fraction", type=float, metavar="F",
+        help="synthetic data: fraction of the real footprints put on stars/galaxies/halos (default 0: anywhere)")
+    add("--init-weights", metavar="MODEL",
+        help="fine-tune: start from a .keras file, a run directory's best.keras or 'default' (the shipped model)")
     add("--asinh-softening", type=float, metavar="S",
         help="input stretch S*asinh(x/S) in noise units after normalization (default: linear)")
     add("--noise-estimator", choices=("mad", "diff2"),
@@ -151,7 +157,8 @@ def train_main(argv=None) -> int:
         key: getattr(args, key)
         for key in ("model", "data", "epochs", "steps_per_epoch", "validation_steps", "patch_size",
                     "batch_size", "learning_rate", "loss", "alpha_epochs", "frames", "frame_shape", "cr_rate_scale", "footprints", "footprint_fraction",
-                    "variety", "asinh_softening", "noise_estimator", "strategy", "mixed_precision", "out", "seed")
+                    "variety", "extended_sources", "on_source_fraction", "init_weights", "asinh_softening",
+                    "noise_estimator", "strategy", "mixed_precision", "out", "seed")
     }
     flags["model_options"] = parse_overrides(parser, args.set) or None
     try:

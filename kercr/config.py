@@ -59,6 +59,17 @@ class TrainConfig:
         simulated CRs.
     footprint_fraction : float
         Synthetic data: real footprints added per frame, as a fraction of the simulated CR count.
+    extended_sources : float
+        Synthetic data: mean number of large smooth sources (galaxies tens to hundreds of pixels
+        across, diffuse light) per 1024 x 1024 pixels; 0 (default): none.
+    on_source_fraction : float
+        Synthetic data: fraction of the real footprints centred on stars, galaxies and halos
+        instead of anywhere, so the model learns CR hits on bright backgrounds; 0 (default):
+        placed uniformly.
+    init_weights : str or None
+        Start from the weights of a trained model instead of random ones (fine-tuning): a
+        ``.keras`` file, a run directory (its ``best.keras``) or ``"default"`` (the shipped
+        model). The architecture must be the same as ``model``.
     variety : {"decam", "wide"}
         Synthetic data: every frame from DECam's camera, or (``"wide"``) each from a new random
         CCD imager (sampling 1.1-8 px FWHM, sky, gain, noise, bias, sensor thickness and pitch;
@@ -107,6 +118,9 @@ class TrainConfig:
     footprints: str | None = None
     footprint_fraction: float = 0.5
     variety: str = "decam"
+    extended_sources: float = 0.0
+    on_source_fraction: float = 0.0
+    init_weights: str | None = None
     asinh_softening: float | None = None
     noise_estimator: str = "mad"
     patches_per_frame: int | None = None
@@ -162,6 +176,17 @@ class TrainConfig:
             self.normalization_config()
         except KercrDataError as err:
             raise ConfigError(str(err)) from None
+        if not self.extended_sources >= 0:
+            raise ConfigError(f"extended_sources={self.extended_sources!r} must be >= 0 (sources per 1024 x 1024 "
+                              "pixels, e.g. 4), or 0 for none.")
+        if not 0 <= self.on_source_fraction <= 1:
+            raise ConfigError(f"on_source_fraction={self.on_source_fraction!r} must be in [0, 1], e.g. 0.3.")
+        if self.data != "synthetic" and (self.extended_sources or self.on_source_fraction):
+            raise ConfigError(f"extended_sources and on_source_fraction shape the synthetic frames; data={self.data!r} "
+                              "is not synthetic, so leave them at 0.")
+        if self.init_weights is not None and self.init_weights != "default" and not Path(self.init_weights).exists():
+            raise ConfigError(f"init_weights={self.init_weights!r}: no such file or directory; pass a .keras model, a "
+                              "run directory (its best.keras is used) or 'default' (the shipped model).")
         if not self.cr_rate_scale > 0:
             raise ConfigError(f"cr_rate_scale={self.cr_rate_scale!r} must be positive, e.g. 5.")
         if self.footprints is not None and not Path(self.footprints).exists():

@@ -115,6 +115,28 @@ def build_and_check_model(config: TrainConfig) -> keras.Model:
     return model
 
 
+def load_initial_weights(model: keras.Model, config: TrainConfig) -> None:
+    """Copy the weights of ``config.init_weights`` into ``model`` (fine-tuning); ConfigError if they do not fit."""
+    from kercr.inference import load_model
+
+    try:
+        source = load_model(config.init_weights)
+    except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
+        raise ConfigError(f"init_weights={config.init_weights!r} cannot be loaded ({err}); pass a .keras model, "
+                          "a run directory or 'default'.") from None
+    weights = source.model.get_weights()
+    mine = model.get_weights()
+    if len(weights) != len(mine) or any(a.shape != b.shape for a, b in zip(weights, mine)):
+        raise ConfigError(f"init_weights={config.init_weights!r} holds a {source.model.count_params():,}-parameter "
+                          f"model that does not match model={config.model!r} ({model.count_params():,} parameters) "
+                          f"with these model_options; pass the same architecture it was trained with.")
+    if source.normalization != config.normalization_config():
+        logger.warning("init_weights %s was trained with another input normalization (%s); this run uses %s",
+                       config.init_weights, source.normalization, config.normalization_config())
+    model.set_weights(weights)
+    logger.info("starting from the weights of %s", config.init_weights)
+
+
 # --------------------------------------------------------------------------------------------
 # resume bookkeeping
 
@@ -293,6 +315,8 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
             logger.info("extending the finished run %s from epoch %d with last.keras", out, initial_epoch + 1)
         else:
             model = build_and_check_model(config)
+            if config.init_weights is not None and not history:
+                load_initial_weights(model, config)
             model.compile(
                 optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
                 loss=make_loss(config.loss),

@@ -128,7 +128,9 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
         make = lambda cache: SyntheticFrames(seed=config.seed, shape=config.frame_shape, median_weights=median,  # noqa: E731
                                              cr_rate_scale=config.cr_rate_scale, cache=cache, footprints=stamps,
                                              normalization=norm,
-                                             footprint_fraction=config.footprint_fraction, variety=config.variety)
+                                             footprint_fraction=config.footprint_fraction, variety=config.variety,
+                                             extended_sources=config.extended_sources,
+                                             on_source_fraction=config.on_source_fraction)
         source = make(2)
         ids = source.exposure_ids(config.frames)
         per_frame = config.patches_per_frame or default_patch_count(tuple(config.frame_shape))

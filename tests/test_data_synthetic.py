@@ -165,3 +165,79 @@ def test_saturated_stars_and_bleed_trails_are_negatives_in_training_weights():
     assert np.all(weight[faint] == 0) and np.all(weight[bright] == 1) and np.all(mask[bright] == 1)
     with pytest.raises(KercrDataError, match="variety"):
         SyntheticFrames(seed=0, variety="hst")
+
+
+def test_extended_sources_are_large_smooth_and_seeded():
+    from kercr.data.synthetic import extended_sources
+
+    shape = (512, 512)
+    a = extended_sources(shape, 3, n=4, noise_e=20.0)
+    assert a.dtype == np.float32 and a.shape == shape
+    np.testing.assert_array_equal(a, extended_sources(shape, 3, n=4, noise_e=20.0))
+    assert not extended_sources(shape, 3, n=0, noise_e=20.0).any()
+    assert a.min() >= 0 and a.max() <= 300 * 20.0 * 4  # peaks at most 300 x the noise each
+    # Smooth: neighbouring pixels differ by a small fraction of the peak; extended: many pixels
+    # above the noise.
+    assert np.abs(np.diff(a, axis=1)).max() < 0.5 * a.max()
+    assert (a > 20.0).sum() > 2000
+    capped = extended_sources(shape, 3, n=1, noise_e=20.0, peak_snr=(300.0, 300.0), max_peak_e=1000.0)
+    assert 900 < capped.max() <= 1000.0
+
+
+def test_source_map_marks_sources_not_sky_or_masked_pixels():
+    from kercr.data.synthetic import extended_sources, source_map
+
+    rng = np.random.default_rng(0)
+    sky = 500 + 10 * rng.standard_normal((512, 512)).astype(np.float32)
+    assert source_map(sky).mean() < 1e-3
+    blob = extended_sources(sky.shape, 1, n=1, noise_e=10.0, peak_snr=(50.0, 50.0), re_px=(20.0, 20.0))
+    image = sky + blob
+    original = image.copy()
+    on = source_map(image)
+    np.testing.assert_array_equal(image, original)  # input not modified
+    bright = blob > 30.0  # 3 sigma
+    assert bright.sum() > 100 and on[bright].mean() > 0.9
+    assert on[blob < 1.0].mean() < 1e-3
+    mask = np.zeros(sky.shape, bool)
+    mask[bright] = True
+    assert not source_map(image, mask=mask)[mask].any()
+
+
+def test_footprints_can_be_placed_on_chosen_pixels():
+    from kercr.data.footprints import inject_footprints
+
+    stamps = [np.full((3, 3), 400.0, np.float32), np.full((1, 5), 800.0, np.float32)]
+    clean = np.full((200, 200), 100.0, np.float32)
+    where = np.zeros(clean.shape, bool)
+    where[150:160, 40:50] = True
+    _, cr, mask = inject_footprints(clean, stamps, n=30, gain=1.0, rng=1, where=where)
+    ys, xs = np.nonzero(mask)
+    assert ys.min() >= 150 - 2 and ys.max() <= 159 + 2 and xs.min() >= 40 - 2 and xs.max() <= 49 + 2
+    _, _, anywhere = inject_footprints(clean, stamps, n=30, gain=1.0, rng=1, where=np.zeros(clean.shape, bool))
+    assert anywhere.any() and not anywhere[150:160, 40:50].all()
+    with pytest.raises(KercrDataError, match="where has shape"):
+        inject_footprints(clean, stamps, n=1, gain=1.0, rng=1, where=where[:10])
+
+
+def test_training_frames_can_hold_large_sources_with_cr_hits_on_sources():
+    from kercr.data.frames import SyntheticFrames
+    from kercr.data.synthetic import source_map
+
+    stamps = [np.outer(np.ones(2), np.linspace(300, 3000, 12)).astype(np.float32)]
+    kw = dict(seed=0, shape=(512, 512), variety="wide", cr_rate_scale=20, footprints=stamps, footprint_fraction=1.0)
+    base, rich = SyntheticFrames(**kw), SyntheticFrames(**kw, extended_sources=6, on_source_fraction=1.0)
+    same = SyntheticFrames(**kw, extended_sources=0, on_source_fraction=0)
+    on_base = on_rich = 0
+    for i in range(6):
+        image0, cr0, ignore0, clean0 = base._make(i)
+        np.testing.assert_array_equal(image0, same._make(i)[0])  # the defaults leave the frames as they were
+        image, cr, ignore, clean = rich._make(i)
+        # Sources are in the clean frame too: the image differs from it only by the CR charge.
+        assert np.all(image[~cr] == clean[~cr])
+        on_base += (cr0 & source_map(clean0, mask=ignore0)).sum() / cr0.sum()
+        on_rich += (cr & source_map(clean, mask=ignore)).sum() / cr.sum()
+    assert on_rich > 2 * on_base
+    with pytest.raises(KercrDataError, match="on_source_fraction"):
+        SyntheticFrames(seed=0, on_source_fraction=1.5)
+    with pytest.raises(KercrDataError, match="extended_sources"):
+        SyntheticFrames(seed=0, extended_sources=-1)

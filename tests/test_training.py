@@ -104,6 +104,9 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path):
         (["--model", "transunet", "--set", "input_size=128"], "fixed at 128"),
         (["--set", "heads=3"], "valid options"),
         (["--batch-size", "0"], "positive integer"),
+        (["--on-source-fraction", "1.5"], "on_source_fraction=1.5 must be in [0, 1]"),
+        (["--extended-sources", "-1"], "extended_sources=-1.0 must be >= 0"),
+        (["--init-weights", "/no/such/model.keras"], "init_weights='/no/such/model.keras': no such file"),
     ],
 )
 def test_bad_options_fail_before_training_with_a_clear_error(tmp_path, capsys, args, message):
@@ -151,6 +154,37 @@ def test_a_run_made_before_an_option_existed_resumes_with_its_default(tmp_path):
     assert _check_run_dir(run, _tiny_config(tmp_path, epochs=5)) == {}  # same run, extended
     with pytest.raises(ConfigError, match=r"other options \(noise_estimator\)"):
         _check_run_dir(run, _tiny_config(tmp_path, noise_estimator="diff2"))
+
+
+def test_fine_tuning_starts_from_the_given_weights(tmp_path):
+    import keras
+
+    from kercr.training import train
+
+    train(_tiny_config(tmp_path, epochs=1, out=str(tmp_path / "base")), verbose=0)
+    base = keras.saving.load_model(tmp_path / "base" / "best.keras")
+    # A negligible learning rate: the fine-tuned weights stay those of the base model.
+    assert train_main([*TINY, "--epochs", "1", "--learning-rate", "1e-9", "--seed", "5", "--extended-sources", "2",
+                       "--on-source-fraction", "0.5", "--init-weights", str(tmp_path / "base"),
+                       "--out", str(tmp_path / "tuned")]) == 0
+    tuned = keras.saving.load_model(tmp_path / "tuned" / "last.keras")
+    # (trainable weights: batch-norm statistics move with the new batches whatever the rate)
+    for a, b in zip(base.trainable_weights, tuned.trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+    saved = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert saved["init_weights"] == str(tmp_path / "base") and saved["on_source_fraction"] == 0.5
+    # Without --init-weights the same options start elsewhere (the test can fail).
+    assert train_main([*TINY, "--epochs", "1", "--learning-rate", "1e-9", "--seed", "5",
+                       "--out", str(tmp_path / "fresh")]) == 0
+    fresh = keras.saving.load_model(tmp_path / "fresh" / "last.keras")
+    assert not np.allclose(fresh.trainable_weights[0].numpy(), base.trainable_weights[0].numpy(), atol=1e-5)
+    # Another architecture cannot start from these weights.
+    with pytest.raises(ConfigError, match="does not match model='unet'"):
+        train(_tiny_config(tmp_path, model="unet", init_weights=str(tmp_path / "base"),
+                           out=str(tmp_path / "other")), verbose=0)
+    # The synthetic-frame options mean nothing for FITS data.
+    with pytest.raises(ConfigError, match="leave them at 0"):
+        _tiny_config(tmp_path, data=str(tmp_path), on_source_fraction=0.3).validate()
 
 
 def test_median_weighted_loss_raises_alpha_over_the_schedule(tmp_path):

@@ -134,7 +134,7 @@ def random_orientation(stamp, rng) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def inject_footprints(image_adu, stamps, *, n, gain, rng, saturation=None):
+def inject_footprints(image_adu, stamps, *, n, gain, rng, saturation=None, where=None):
     """Add ``n`` randomly chosen, oriented and placed footprints to an image.
 
     Parameters
@@ -150,6 +150,9 @@ def inject_footprints(image_adu, stamps, *, n, gain, rng, saturation=None):
     rng : numpy.random.Generator or int
     saturation : float, optional
         Saturation in ADU (CR pixels are clipped to it).
+    where : array_like of bool, shape (ny, nx), optional
+        Allowed footprint centres (e.g. :func:`kercr.data.synthetic.source_map`, to put CR hits
+        on stars and galaxies); None or no True pixel: anywhere, footprints may overlap the edge.
 
     Returns
     -------
@@ -169,12 +172,23 @@ def inject_footprints(image_adu, stamps, *, n, gain, rng, saturation=None):
     if n > 0 and len(stamps) == 0:
         raise KercrDataError("no footprint stamps given; read a footprint table or extract footprints first.")
     ny, nx = image.shape
+    centres = None
+    if where is not None:
+        where = np.asarray(where, bool)
+        if where.shape != image.shape:
+            raise KercrDataError(f"where has shape {where.shape} but the image {image.shape}; pass a map of this image.")
+        centres = np.flatnonzero(where)
+        centres = centres if centres.size else None
     cr = np.zeros(image.shape, dtype=np.float32)
     for _ in range(int(n)):
         s = random_orientation(stamps[int(rng.integers(len(stamps)))], rng)
         h, w = s.shape
-        y0 = int(rng.integers(-h + 1, ny))
-        x0 = int(rng.integers(-w + 1, nx))
+        if centres is None:
+            y0 = int(rng.integers(-h + 1, ny))
+            x0 = int(rng.integers(-w + 1, nx))
+        else:
+            yc, xc = divmod(int(centres[rng.integers(centres.size)]), nx)
+            y0, x0 = yc - h // 2, xc - w // 2
         ys, xs = slice(max(y0, 0), min(y0 + h, ny)), slice(max(x0, 0), min(x0 + w, nx))
         cr[ys, xs] += s[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
     out = inject_cosmic_rays(image, cr, gain=gain, saturation=saturation)

@@ -28,7 +28,8 @@ from kercr.data.errors import KercrDataError
 from kercr.data.fits_io import list_ccd_extensions, read_ccd
 from kercr.data.normalization import NormalizationConfig, normalize
 from kercr.data.patches import make_patches
-from kercr.data.synthetic import VARIETIES, SyntheticConfig, make_frame, random_instrument
+from kercr.data.synthetic import VARIETIES, SyntheticConfig, make_frame, random_instrument, source_map
+from kercr.data.synthetic import extended_sources as render_extended_sources
 from kercr.data.weights import median_weight_map
 
 __all__ = ["SyntheticFrames", "FITSFrames", "frame_keys", "load_footprints", "patch_batches"]
@@ -83,6 +84,14 @@ class SyntheticFrames(_CachedFrames):
         Real CR footprints (electrons) added on top of the simulated CRs.
     footprint_fraction : float
         Real footprints per frame as a fraction of the expected simulated CR count.
+    extended_sources : float
+        Mean number of large smooth sources (galaxies tens to hundreds of pixels across, diffuse
+        light; :func:`kercr.data.synthetic.extended_sources`) added per 1024 x 1024 pixels, with
+        their photon noise. 0: none (the frames of earlier kercr versions).
+    on_source_fraction : float
+        Fraction of the real footprints centred on sources (stars, galaxies, halos:
+        :func:`kercr.data.synthetic.source_map` of the clean frame) instead of anywhere, so the
+        model sees CR hits on bright backgrounds. 0: placed uniformly.
     variety : {"decam", "wide"}
         ``"decam"``: every frame from DECam's camera (:class:`SyntheticConfig` defaults);
         ``"wide"``: every frame from a new random imager
@@ -95,10 +104,16 @@ class SyntheticFrames(_CachedFrames):
     """
 
     def __init__(self, *, seed, shape=(4096, 2048), cr_rate_scale=1.0, median_weights=False,
-                 normalization=None, cache=2, footprints=None, footprint_fraction=0.5, variety="decam"):
+                 normalization=None, cache=2, footprints=None, footprint_fraction=0.5, variety="decam",
+                 extended_sources=0.0, on_source_fraction=0.0):
         super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache)
         if variety not in VARIETIES:
             raise KercrDataError(f"variety={variety!r} is not one of {VARIETIES}.")
+        if not extended_sources >= 0:
+            raise KercrDataError(f"extended_sources={extended_sources!r} must be >= 0 (sources per 1024 x 1024 pixels).")
+        if not 0 <= on_source_fraction <= 1:
+            raise KercrDataError(f"on_source_fraction={on_source_fraction!r} must be in [0, 1].")
+        self.extended_sources, self.on_source_fraction = float(extended_sources), float(on_source_fraction)
         self.shape = tuple(int(s) for s in shape)
         self.footprints, self.footprint_fraction = footprints, float(footprint_fraction)
         self.variety, self.cr_rate_scale = variety, float(cr_rate_scale)
@@ -118,22 +133,39 @@ class SyntheticFrames(_CachedFrames):
     def _make(self, i):
         config = self.frame_config(i)
         f = make_frame(seed=np.random.SeedSequence([self.seed, 7919, int(i)]), shape=self.shape, config=config)
-        image, cr_mask, cr_e = f.image_adu, f.cr_mask, f.cr_electrons
+        image, cr_mask, cr_e, clean = f.image_adu, f.cr_mask, f.cr_electrons, f.clean_adu
+        if self.extended_sources > 0:
+            # Large smooth sources with their photon noise, on the image and on the clean frame alike.
+            rng = np.random.default_rng([self.seed, 130363, int(i)])
+            sky_noise_e = np.sqrt((f.meta["sky_adu"] - config.bias_adu) * config.gain + config.readnoise_e**2)
+            n = rng.poisson(self.extended_sources * np.prod(self.shape) / 1024**2)
+            source_e = render_extended_sources(self.shape, rng, n=int(n), noise_e=sky_noise_e,
+                                               max_peak_e=0.5 * config.saturation_adu * config.gain)
+            source_e += rng.standard_normal(self.shape, dtype=np.float32) * np.sqrt(source_e)
+            source_adu = source_e * np.float32(1 / config.gain)
+            image, clean = image + source_adu, clean + source_adu
         if self.footprints:
             from kercr.data.footprints import inject_footprints
 
             # Real footprints on top of the simulated CRs: footprint_fraction of the frame's CRs.
             rng = np.random.default_rng([self.seed, 104729, int(i)])
             n = rng.poisson(self.footprint_fraction * config.cr_model.expected_count(self.shape, f.meta["cr_exptime"]))
-            image, electrons, mask = inject_footprints(image, self.footprints, n=int(n), gain=f.meta["gain"], rng=rng,
-                                                       saturation=config.saturation_adu + config.bias_adu)
+            saturation = config.saturation_adu + config.bias_adu
+            n_on = rng.binomial(int(n), self.on_source_fraction) if self.on_source_fraction > 0 else 0
+            if n_on:  # CR hits on stars, galaxies and halos (not on saturated or bad pixels)
+                where = source_map(clean, mask=f.ignore_mask)
+                image, electrons, mask = inject_footprints(image, self.footprints, n=n_on, gain=f.meta["gain"],
+                                                           rng=rng, saturation=saturation, where=where)
+                cr_mask, cr_e = cr_mask | mask, cr_e + electrons
+            image, electrons, mask = inject_footprints(image, self.footprints, n=int(n) - n_on, gain=f.meta["gain"],
+                                                       rng=rng, saturation=saturation)
             cr_mask, cr_e = cr_mask | mask, cr_e + electrons
         # CR pixels whose charge is below the pixel's own noise (sky + source + read noise) look
         # exactly like noise: no detector can learn them, so they are left out of the loss.
-        noise_e = np.sqrt(np.maximum((f.clean_adu - config.bias_adu) * config.gain, 0) + config.readnoise_e**2)
+        noise_e = np.sqrt(np.maximum((clean - config.bias_adu) * config.gain, 0) + config.readnoise_e**2)
         faint = cr_mask & (cr_e < FAINT_CR_SNR * noise_e)
         ignore = (f.ignore_mask & ~(f.saturated_mask & ~cr_mask)) | faint
-        return image, cr_mask, ignore, f.clean_adu
+        return image, cr_mask, ignore, clean
 
 
 class FITSFrames(_CachedFrames):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -32,7 +33,7 @@ from kercr.data.cosmic_rays import CosmicRayModel, DetectorGeometry, inject_cosm
 from kercr.data.errors import KercrDataError
 
 __all__ = ["BANDS", "PIXEL_SCALE", "SENSORS", "VARIETIES", "SyntheticConfig", "random_instrument", "SyntheticFrame",
-           "make_frame", "generate_dataset"]
+           "make_frame", "generate_dataset", "extended_sources", "source_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -392,6 +393,108 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
     logger.debug("synthetic frame %s", meta)
     return SyntheticFrame(image_adu=image, clean_adu=clean, cr_mask=crs.mask, ignore_mask=ignore,
                           cr_electrons=crs.electrons, meta=meta, saturated_mask=saturated)
+
+
+def extended_sources(shape, rng, *, n, noise_e, peak_snr=(2.0, 300.0), re_px=(8.0, 120.0), max_peak_e=None):
+    """Large smooth sources (nearby galaxies, nebulae, halos): an image in electrons, noiseless.
+
+    The embedded frames' galaxies are at most a few arcsec across; real fields also hold
+    galaxies and diffuse light tens to hundreds of pixels across, on which CR hits must still
+    be found. Each source is an elliptical Sersic profile (index 0.5-4, axis ratio 0.3-1, centred
+    anywhere on the frame) whose peak is ``peak_snr`` times the frame's noise.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (ny, nx) in pixels.
+    rng : numpy.random.Generator or int
+    n : int
+        Number of sources.
+    noise_e : float
+        The frame's sky noise in electrons (sets the peak surface brightness).
+    peak_snr : tuple of float
+        Log-uniform range of the peak, in units of ``noise_e``.
+    re_px : tuple of float
+        Log-uniform range of the effective radius in pixels.
+    max_peak_e : float, optional
+        Upper limit of a peak in electrons (e.g. half the full well, so nothing saturates).
+
+    Returns
+    -------
+    numpy.ndarray, shape (ny, nx), float32
+        Source charge in electrons per pixel.
+    """
+    rng = np.random.default_rng(rng)
+    ny, nx = shape
+    out = np.zeros(shape, np.float32)
+    for _ in range(int(n)):
+        re = _log_uniform(rng, *re_px)
+        sersic_n = _log_uniform(rng, 0.5, 4.0)
+        b_n = 2 * sersic_n - 1 / 3 + 0.009876 / sersic_n
+        q, pa = rng.uniform(0.3, 1.0), rng.uniform(0, np.pi)
+        peak = _log_uniform(rng, *peak_snr) * noise_e
+        if max_peak_e is not None:
+            peak = min(peak, max_peak_e)
+        yc, xc = rng.uniform(0, ny), rng.uniform(0, nx)
+        half = 6 * re  # the profile is below 1e-3 of its peak (n <= 4 at this radius is ~1e-3)
+        y0, y1 = max(int(yc - half), 0), min(int(yc + half) + 1, ny)
+        x0, x1 = max(int(xc - half), 0), min(int(xc + half) + 1, nx)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        dy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(yc)
+        dx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(xc)
+        c, s = np.float32(np.cos(pa)), np.float32(np.sin(pa))
+        u, w = dx * c + dy * s, (-dx * s + dy * c) / np.float32(q)
+        r = np.sqrt(u * u + w * w + np.float32(1.0))  # softened by a pixel: no cusp
+        # Sersic profile normalized to 1 at the (softened) centre
+        k, inv_n = np.float32(b_n), np.float32(1 / sersic_n)
+        profile = np.exp(-k * ((r / np.float32(re)) ** inv_n - np.float32(1 / re) ** inv_n))
+        out[y0:y1, x0:x1] += np.float32(peak) * profile
+    return out
+
+
+def source_map(image, *, mask=None, nsigma=1.0, block=256, smooth=5):
+    """Pixels on astronomical sources: where the locally smoothed signal exceeds the noise.
+
+    The local background is the median of ``block`` x ``block`` pixel blocks (bilinear between
+    block centres); the signal is the ``smooth`` x ``smooth`` mean of image - background, and a
+    pixel is on a source when that mean exceeds ``nsigma`` times the pixel noise (measured from
+    differences of pixels two apart, so the sources do not inflate it; ``nsigma * smooth``
+    sigma of the mean). Used to place CR hits on stars, galaxies and halos
+    in training, and to report how a detector does there.
+
+    Parameters
+    ----------
+    image : array_like, shape (ny, nx)
+        Image (ADU or electrons); not modified.
+    mask : array_like of bool, optional
+        Pixels to leave out of the background and of the map (saturated, bad).
+    nsigma : float
+        Threshold in units of the per-pixel noise.
+    block, smooth : int
+        Background block size and smoothing box in pixels.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (ny, nx)
+    """
+    from kercr.data.normalization import NormalizationConfig, robust_sky_noise
+
+    image = np.asarray(image, dtype=np.float32)
+    bad = ~np.isfinite(image) if mask is None else (np.asarray(mask, bool) | ~np.isfinite(image))
+    # the noise from pixel differences: not inflated by the sources being mapped
+    _, noise, _ = robust_sky_noise(image, mask=bad, config=NormalizationConfig(noise_estimator="diff2"))
+    ny, nx = image.shape
+    by, bx = max(1, ny // block), max(1, nx // block)
+    grid = np.where(bad, np.nan, image)[: by * block if ny >= block else ny, : bx * block if nx >= block else nx]
+    hy, hx = grid.shape[0] // by, grid.shape[1] // bx
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-masked blocks
+        med = np.nanmedian(grid[: by * hy, : bx * hx].reshape(by, hy, bx, hx), axis=(1, 3))
+    med = np.where(np.isfinite(med), med, np.nanmedian(med) if np.isfinite(med).any() else 0.0)
+    background = ndimage.zoom(med, (ny / by, nx / bx), order=1, mode="nearest", grid_mode=True)[:ny, :nx]
+    signal = ndimage.uniform_filter(np.where(bad, background, image) - background, smooth)
+    return (signal > nsigma * noise) & ~bad
 
 
 def generate_dataset(n_frames, *, seed, shape=(4096, 2048), band=None, exptime=None,

@@ -65,7 +65,12 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", notes: dict | No
         "trained_on": (f"kercr synthetic frames (variety {config.get('variety', 'decam')!r}), {config['frames']} "
                        f"exposures of {config['frame_shape'][0]} x {config['frame_shape'][1]} px split "
                        f"{1 - config['val_fraction']:.0%}/{config['val_fraction']:.0%} by exposure, seed "
-                       f"{config['seed']}; real CR footprints: {config.get('footprints')}"),
+                       f"{config['seed']}; real CR footprints: {config.get('footprints')}"
+                       + (f"; {config['extended_sources']:g} large smooth sources per 1024 x 1024 px"
+                          if config.get("extended_sources") else "")
+                       + (f"; {config['on_source_fraction']:.0%} of the footprints on sources"
+                          if config.get("on_source_fraction") else "")
+                       + (f"; fine-tuned from {config['init_weights']}" if config.get("init_weights") else "")),
         "command": command,
         "config": config,
         "validation": {k: metrics[k] for k in _VALIDATION_KEYS if k in metrics},

@@ -390,7 +390,7 @@ def test_default_model_card_matches_the_config_files_it_names():
     import re
     from pathlib import Path
 
-    from kercr.config import read_config_file, resolve_config
+    from kercr.config import TrainConfig, read_config_file
     from kercr.weights import default_card
 
     card = default_card()
@@ -399,7 +399,8 @@ def test_default_model_card_matches_the_config_files_it_names():
     root = Path(kercr.__file__).resolve().parents[1]
     if not (root / files[-1]).is_file():
         pytest.skip("the config files are not installed beside the package (a wheel install)")
-    configs = [json.loads(json.dumps(resolve_config(read_config_file(root / f), {}).to_dict())) for f in files]
+    # (not validated: a fine-tuning stage names its base run, which a fresh checkout does not hold)
+    configs = [json.loads(json.dumps(TrainConfig(**read_config_file(root / f)).to_dict())) for f in files]
     assert configs[-1] == card["config"]
     for base, tuned in zip(configs, configs[1:]):  # each stage starts from the run before it
         assert tuned["init_weights"] == base["out"] and tuned["model"] == base["model"]

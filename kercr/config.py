@@ -176,11 +176,13 @@ class TrainConfig:
             self.normalization_config()
         except KercrDataError as err:
             raise ConfigError(str(err)) from None
-        if not self.extended_sources >= 0:
-            raise ConfigError(f"extended_sources={self.extended_sources!r} must be >= 0 (sources per 1024 x 1024 "
-                              "pixels, e.g. 4), or 0 for none.")
-        if not 0 <= self.on_source_fraction <= 1:
-            raise ConfigError(f"on_source_fraction={self.on_source_fraction!r} must be in [0, 1], e.g. 0.3.")
+        from kercr.data.frames import SyntheticFrames
+
+        try:  # the synthetic frames check their own options (extended_sources, on_source_fraction)
+            SyntheticFrames(seed=self.seed, extended_sources=self.extended_sources,
+                            on_source_fraction=self.on_source_fraction)
+        except KercrDataError as err:
+            raise ConfigError(str(err)) from None
         if self.data != "synthetic" and (self.extended_sources or self.on_source_fraction):
             raise ConfigError(f"extended_sources and on_source_fraction shape the synthetic frames; data={self.data!r} "
                               "is not synthetic, so leave them at 0.")

@@ -110,9 +110,10 @@ class SyntheticFrames(_CachedFrames):
         if variety not in VARIETIES:
             raise KercrDataError(f"variety={variety!r} is not one of {VARIETIES}.")
         if not extended_sources >= 0:
-            raise KercrDataError(f"extended_sources={extended_sources!r} must be >= 0 (sources per 1024 x 1024 pixels).")
+            raise KercrDataError(f"extended_sources={extended_sources!r} must be >= 0 (sources per 1024 x 1024 "
+                                 "pixels, e.g. 3), or 0 for none.")
         if not 0 <= on_source_fraction <= 1:
-            raise KercrDataError(f"on_source_fraction={on_source_fraction!r} must be in [0, 1].")
+            raise KercrDataError(f"on_source_fraction={on_source_fraction!r} must be in [0, 1], e.g. 0.3.")
         self.extended_sources, self.on_source_fraction = float(extended_sources), float(on_source_fraction)
         self.shape = tuple(int(s) for s in shape)
         self.footprints, self.footprint_fraction = footprints, float(footprint_fraction)

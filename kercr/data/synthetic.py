@@ -485,12 +485,12 @@ def source_map(image, *, mask=None, nsigma=1.0, block=256, smooth=5):
     # the noise from pixel differences: not inflated by the sources being mapped
     _, noise, _ = robust_sky_noise(image, mask=bad, config=NormalizationConfig(noise_estimator="diff2"))
     ny, nx = image.shape
-    by, bx = max(1, ny // block), max(1, nx // block)
-    grid = np.where(bad, np.nan, image)[: by * block if ny >= block else ny, : bx * block if nx >= block else nx]
-    hy, hx = grid.shape[0] // by, grid.shape[1] // bx
+    hy, hx = min(block, ny), min(block, nx)  # block size (the frame's, if smaller); the remainder is left out
+    by, bx = ny // hy, nx // hx
+    grid = np.where(bad, np.nan, image)[: by * hy, : bx * hx]
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-masked blocks
-        med = np.nanmedian(grid[: by * hy, : bx * hx].reshape(by, hy, bx, hx), axis=(1, 3))
+        med = np.nanmedian(grid.reshape(by, hy, bx, hx), axis=(1, 3))
     med = np.where(np.isfinite(med), med, np.nanmedian(med) if np.isfinite(med).any() else 0.0)
     background = ndimage.zoom(med, (ny / by, nx / bx), order=1, mode="nearest", grid_mode=True)[:ny, :nx]
     signal = ndimage.uniform_filter(np.where(bad, background, image) - background, smooth)

@@ -134,6 +134,15 @@ def train_main(argv=None) -> int:
         help="synthetic data: large smooth sources (big galaxies, diffuse light) per 1024x1024 pixels (default 0)")
     add("--on-source-fraction", type=float, metavar="F",
         help="synthetic data: fraction of the real footprints put on stars/galaxies/halos (default 0: anywhere)")
+    add("--sky-e-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+        help="synthetic data, --variety wide: sky level range in e-/pixel, log-uniform, capped at 30%% of "
+             "saturation (default 3 e- to the cap); a higher LOW trains on more bright skies")
+    add("--cr-threshold-e", type=float, metavar="E",
+        help="synthetic data: simulated CRs keep only pixels above E electrons (image and truth), like "
+             "footprints harvested from dark frames (about 50 e-); default half the read noise")
+    add("--faint-crs", choices=("ignore", "negative", "positive"),
+        help="synthetic data: CR pixels fainter than the noise are left out of the loss (default), "
+             "labelled not-CR or labelled CR")
     add("--init-weights", metavar="MODEL",
         help="fine-tune: start from a .keras file, a run directory's best.keras or 'default' (the shipped model)")
     add("--asinh-softening", type=float, metavar="S",
@@ -157,7 +166,7 @@ def train_main(argv=None) -> int:
         key: getattr(args, key)
         for key in ("model", "data", "epochs", "steps_per_epoch", "validation_steps", "patch_size",
                     "batch_size", "learning_rate", "loss", "alpha_epochs", "frames", "frame_shape", "cr_rate_scale", "footprints", "footprint_fraction",
-                    "variety", "extended_sources", "on_source_fraction", "init_weights", "asinh_softening",
+                    "variety", "extended_sources", "on_source_fraction", "sky_e_range", "cr_threshold_e", "faint_crs", "init_weights", "asinh_softening",
                     "noise_estimator", "strategy", "mixed_precision", "out", "seed")
     }
     flags["model_options"] = parse_overrides(parser, args.set) or None

@@ -66,6 +66,19 @@ class TrainConfig:
         Synthetic data: fraction of the real footprints centred on stars, galaxies and halos
         instead of anywhere, so the model learns CR hits on bright backgrounds; 0 (default):
         placed uniformly.
+    sky_e_range : list of float or None
+        Synthetic data, ``variety="wide"``: [low, high] sky level in e- per pixel (log-uniform,
+        high capped at 30 % of each imager's saturation); None (default): 3 e- to the cap. A
+        higher floor (e.g. [30, 1e6]) trains on more bright-sky frames, where CR tracks are faint.
+    cr_threshold_e : float or None
+        Synthetic data: simulated CRs keep only pixels with more than this charge (e-), in the
+        image and the truth alike, like footprints harvested from dark frames (imSim's ITL
+        table ends at about 50 e-). None (default): half the read noise.
+    faint_crs : {"ignore", "negative", "positive"}
+        Synthetic data: CR pixels whose charge is below the pixel's noise are left out of the
+        loss (``"ignore"``, default: the model's output there is never corrected, and it learns
+        to flag the noise pixels around bright CRs), labelled not-CR (``"negative"``) or labelled
+        CR like any other CR pixel (``"positive"``).
     init_weights : str or None
         Start from the weights of a trained model instead of random ones (fine-tuning): a
         ``.keras`` file, a run directory (its ``best.keras``) or ``"default"`` (the shipped
@@ -120,6 +133,9 @@ class TrainConfig:
     variety: str = "decam"
     extended_sources: float = 0.0
     on_source_fraction: float = 0.0
+    sky_e_range: list | None = None
+    cr_threshold_e: float | None = None
+    faint_crs: str = "ignore"
     init_weights: str | None = None
     asinh_softening: float | None = None
     noise_estimator: str = "mad"
@@ -178,14 +194,18 @@ class TrainConfig:
             raise ConfigError(str(err)) from None
         from kercr.data.frames import SyntheticFrames
 
-        try:  # the synthetic frames check their own options (extended_sources, on_source_fraction)
+        try:  # the synthetic frames check their own options (extended_sources, on_source_fraction, sky_e_range)
             SyntheticFrames(seed=self.seed, extended_sources=self.extended_sources,
-                            on_source_fraction=self.on_source_fraction)
+                            on_source_fraction=self.on_source_fraction, variety=self.variety,
+                            sky_e_range=self.sky_e_range, cr_threshold_e=self.cr_threshold_e,
+                            faint_crs=self.faint_crs)
         except KercrDataError as err:
             raise ConfigError(str(err)) from None
-        if self.data != "synthetic" and (self.extended_sources or self.on_source_fraction):
-            raise ConfigError(f"extended_sources and on_source_fraction shape the synthetic frames; data={self.data!r} "
-                              "is not synthetic, so leave them at 0.")
+        if self.data != "synthetic" and (self.extended_sources or self.on_source_fraction or self.sky_e_range
+                                         or self.cr_threshold_e or self.faint_crs != "ignore"):
+            raise ConfigError(f"extended_sources, on_source_fraction, sky_e_range, cr_threshold_e and faint_crs "
+                              f"shape the synthetic frames; "
+                              f"data={self.data!r} is not synthetic, so leave them at their defaults.")
         if self.init_weights is not None and self.init_weights != "default" and not Path(self.init_weights).exists():
             raise ConfigError(f"init_weights={self.init_weights!r}: no such file or directory; pass a .keras model, a "
                               "run directory (its best.keras is used) or 'default' (the shipped model).")

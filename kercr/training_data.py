@@ -130,7 +130,9 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
                                              normalization=norm,
                                              footprint_fraction=config.footprint_fraction, variety=config.variety,
                                              extended_sources=config.extended_sources,
-                                             on_source_fraction=config.on_source_fraction)
+                                             on_source_fraction=config.on_source_fraction,
+                                             sky_e_range=config.sky_e_range,
+                                             cr_threshold_e=config.cr_threshold_e, faint_crs=config.faint_crs)
         source = make(2)
         ids = source.exposure_ids(config.frames)
         per_frame = config.patches_per_frame or default_patch_count(tuple(config.frame_shape))

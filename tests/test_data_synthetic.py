@@ -241,3 +241,76 @@ def test_training_frames_can_hold_large_sources_with_cr_hits_on_sources():
         SyntheticFrames(seed=0, on_source_fraction=1.5)
     with pytest.raises(KercrDataError, match="extended_sources"):
         SyntheticFrames(seed=0, extended_sources=-1)
+
+
+def test_cr_threshold_e_cuts_simulated_crs_like_harvested_footprints():
+    from kercr.data.frames import SyntheticFrames
+
+    kw = dict(seed=0, shape=(256, 256), variety="wide", cr_rate_scale=40)
+    default, cut = SyntheticFrames(**kw), SyntheticFrames(**kw, cr_threshold_e=50)
+    fewer = 0
+    for i in range(4):
+        image0, cr0, _, clean0 = default._make(i)
+        np.testing.assert_array_equal(image0, SyntheticFrames(**kw, cr_threshold_e=None)._make(i)[0])
+        image, cr, _, clean = cut._make(i)
+        config = cut.frame_config(i)
+        charge_e = (image - clean) * config.gain
+        unsaturated = image < config.saturation_adu + config.bias_adu
+        assert cr.any() and charge_e[cr & unsaturated].min() >= 50 * 0.999  # nothing below the cut is kept...
+        assert np.all(charge_e[~cr] == 0)  # ...neither in the image nor in the truth
+        assert not (cr & ~cr0).any()  # the same CRs, cut: a subset of the default truth
+        fewer += cr0.sum() - cr.sum()
+    assert fewer > 0
+    for bad in (0, -5, "high", float("nan")):
+        with pytest.raises(KercrDataError, match="cr_threshold_e"):
+            SyntheticFrames(seed=0, cr_threshold_e=bad)
+
+
+def test_faint_crs_sets_the_label_of_sub_noise_cr_pixels():
+    from kercr.data.frames import SyntheticFrames
+
+    kw = dict(seed=0, shape=(256, 256), variety="wide", cr_rate_scale=40)
+    ignored, negative = SyntheticFrames(**kw), SyntheticFrames(**kw, faint_crs="negative")
+    moved = 0
+    for i in range(4):
+        image0, cr0, ignore0, _ = ignored._make(i)
+        image, cr, ignore, _ = negative._make(i)
+        np.testing.assert_array_equal(image, image0)  # the same frame: only the labels differ
+        faint = cr0 & ignore0 & ~cr  # the sub-noise CR pixels: ignored before, negatives now
+        assert not (cr & ~cr0).any() and np.array_equal(cr0 & ~cr, faint)
+        assert not (ignore & faint).any()
+        moved += faint.sum()
+        image, cr, ignore, _ = SyntheticFrames(**kw, faint_crs="positive")._make(i)
+        assert np.array_equal(cr, cr0) and not (ignore & faint).any()  # CR pixels, in the loss
+    assert moved > 0
+    with pytest.raises(KercrDataError, match="faint_crs='drop' is not one of"):
+        SyntheticFrames(seed=0, faint_crs="drop")
+
+
+def test_sky_e_range_moves_the_sky_of_the_random_imagers():
+    from kercr.data.frames import SyntheticFrames
+    from kercr.data.synthetic import make_frame
+
+    def skies_e(frames, n=40):
+        out = []
+        for i in range(n):
+            config = frames.frame_config(i)
+            meta = make_frame(seed=np.random.SeedSequence([0, 7919, i]), shape=(32, 32), config=config).meta
+            out.append((meta["sky_adu"] - config.bias_adu) * config.gain)
+        return np.array(out)
+
+    default = SyntheticFrames(seed=0, variety="wide")
+    bright = SyntheticFrames(seed=0, variety="wide", sky_e_range=(100, 1e6))
+    for i in range(40):  # unset: 3 e- up to 30 % of saturation, as before; the cap applies to both
+        a, b = default.frame_config(i), bright.frame_config(i)
+        assert a.sky_e_range[0] == 3.0 and b.sky_e_range == (100.0, a.sky_e_range[1])
+        assert (a.gain, a.readnoise_e, a.seeing_range) == (b.gain, b.readnoise_e, b.seeing_range)
+    low, high = skies_e(default), skies_e(bright)
+    assert high.min() >= 100 * 0.999 and (low < 100).mean() > 0.3
+    assert np.median(high) > 3 * np.median(low)
+    for bad, message in [((100, 50), "0 < low < high"), ((0, 10), "0 < low < high"), ("bright", "0 < low < high"),
+                         ((1, 2, 3), "0 < low < high")]:
+        with pytest.raises(KercrDataError, match=message):
+            SyntheticFrames(seed=0, variety="wide", sky_e_range=bad)
+    with pytest.raises(KercrDataError, match="variety='wide'"):
+        SyntheticFrames(seed=0, sky_e_range=(100, 1e6))

@@ -106,11 +106,16 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path):
         (["--batch-size", "0"], "positive integer"),
         (["--on-source-fraction", "1.5"], "on_source_fraction=1.5 must be in [0, 1]"),
         (["--extended-sources", "-1"], "extended_sources=-1.0 must be >= 0"),
+        (["--variety", "wide", "--sky-e-range", "500", "50"], "must be two sky levels in e- per pixel, 0 < low < high"),
+        (["--sky-e-range", "100", "1e6"], "Use variety='wide' or leave sky_e_range unset"),
+        (["--cr-threshold-e", "0"], "cr_threshold_e=0.0 must be a positive charge in e-"),
+        (["--variety", "wide", "--data", "{tmp}", "--faint-crs", "negative"], "leave them at their defaults"),
         (["--init-weights", "/no/such/model.keras"], "init_weights='/no/such/model.keras': no such file"),
     ],
 )
 def test_bad_options_fail_before_training_with_a_clear_error(tmp_path, capsys, args, message):
     run = tmp_path / "run"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert train_main([*TINY, *args, "--out", str(run)]) == 2
     err = capsys.readouterr().err
     assert message in err, err
@@ -183,7 +188,7 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path):
         train(_tiny_config(tmp_path, model="unet", init_weights=str(tmp_path / "base"),
                            out=str(tmp_path / "other")), verbose=0)
     # The synthetic-frame options mean nothing for FITS data.
-    with pytest.raises(ConfigError, match="leave them at 0"):
+    with pytest.raises(ConfigError, match="leave them at their defaults"):
         _tiny_config(tmp_path, data=str(tmp_path), on_source_fraction=0.3).validate()
 
 

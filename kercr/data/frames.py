@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: CR pixels with less charge than this many times their pixel's noise get weight 0 in training.
 FAINT_CR_SNR = 1.0
+#: What training does with CR pixels fainter than ``FAINT_CR_SNR`` x noise (:class:`SyntheticFrames`).
+FAINT_CRS = ("ignore", "negative", "positive")
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fz", ".fits.gz")
 
@@ -97,15 +99,31 @@ class SyntheticFrames(_CachedFrames):
         ``"wide"``: every frame from a new random imager
         (:func:`kercr.data.synthetic.random_instrument`: sampling, sky, gain, noise, bias,
         sensor), for models that must work on any CCD.
+    sky_e_range : (float, float) or None
+        ``variety="wide"`` only: the sky level range in e- per pixel (log-uniform, capped at 30 %
+        of each imager's saturation). None: 3 e- to the cap. A higher floor (e.g. 30 e-) puts
+        more frames on bright skies, where CR tracks are faint against the sky noise.
+    cr_threshold_e : float or None
+        Simulated CRs keep only pixels with more than this charge (e-), in the image and the
+        truth alike, so their edges match those of footprints harvested from dark frames (about
+        50 e- for imSim's ITL table). None: half the read noise (CR wings down to the noise).
+    faint_crs : {"ignore", "negative", "positive"}
+        CR pixels whose charge is below ``FAINT_CR_SNR`` (1) times the pixel's noise look exactly
+        like noise. ``"ignore"`` (default) leaves them out of the loss, so a model's output there
+        is never corrected: it learns to flag the noise pixels next to every bright CR.
+        ``"negative"`` labels them not-CR (a model flags only pixels with visible charge);
+        ``"positive"`` labels them CR like any other CR pixel (the truth of an injection
+        benchmark), so a model learns how likely a noise-like pixel next to a CR is to be one.
 
     Saturated and bleed-trail pixels are negatives in the weights (their truth is known); hot
-    pixels, bad columns, CR hits on saturated pixels and CR pixels whose charge is below
-    ``FAINT_CR_SNR`` (1) times the pixel's noise are ignored (weight 0).
+    pixels, bad columns, CR hits on saturated pixels and (by default) CR pixels whose charge is
+    below ``FAINT_CR_SNR`` (1) times the pixel's noise are ignored (weight 0).
     """
 
     def __init__(self, *, seed, shape=(4096, 2048), cr_rate_scale=1.0, median_weights=False,
                  normalization=None, cache=2, footprints=None, footprint_fraction=0.5, variety="decam",
-                 extended_sources=0.0, on_source_fraction=0.0):
+                 extended_sources=0.0, on_source_fraction=0.0, sky_e_range=None, cr_threshold_e=None,
+                 faint_crs="ignore"):
         super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache)
         if variety not in VARIETIES:
             raise KercrDataError(f"variety={variety!r} is not one of {VARIETIES}.")
@@ -115,6 +133,28 @@ class SyntheticFrames(_CachedFrames):
         if not 0 <= on_source_fraction <= 1:
             raise KercrDataError(f"on_source_fraction={on_source_fraction!r} must be in [0, 1], e.g. 0.3.")
         self.extended_sources, self.on_source_fraction = float(extended_sources), float(on_source_fraction)
+        if sky_e_range is not None:
+            if variety != "wide":
+                raise KercrDataError(f"sky_e_range={sky_e_range!r} sets the sky of the random imagers of "
+                                     "variety='wide'; DECam-like frames take their sky from the band and exposure "
+                                     "time. Use variety='wide' or leave sky_e_range unset.")
+            try:
+                lo, hi = (float(v) for v in sky_e_range)
+            except (TypeError, ValueError):
+                lo = hi = float("nan")
+            if not 0 < lo < hi:
+                raise KercrDataError(f"sky_e_range={sky_e_range!r} must be two sky levels in e- per pixel, "
+                                     "0 < low < high, e.g. [30, 1e6] (the high end is capped at 30 % of saturation).")
+            sky_e_range = (lo, hi)
+        self.sky_e_range = sky_e_range
+        if cr_threshold_e is not None and not _positive(cr_threshold_e):
+            raise KercrDataError(f"cr_threshold_e={cr_threshold_e!r} must be a positive charge in e- (e.g. 50, the "
+                                 "edge of imSim's ITL footprints), or unset for half the read noise.")
+        self.cr_threshold_e = None if cr_threshold_e is None else float(cr_threshold_e)
+        if faint_crs not in FAINT_CRS:
+            raise KercrDataError(f"faint_crs={faint_crs!r} is not one of {FAINT_CRS}: 'ignore' leaves CR pixels fainter "
+                                 "than the noise out of the loss, 'negative' labels them not-CR, 'positive' CR.")
+        self.faint_crs = faint_crs
         self.shape = tuple(int(s) for s in shape)
         self.footprints, self.footprint_fraction = footprints, float(footprint_fraction)
         self.variety, self.cr_rate_scale = variety, float(cr_rate_scale)
@@ -128,8 +168,13 @@ class SyntheticFrames(_CachedFrames):
     def frame_config(self, i) -> SyntheticConfig:
         """The :class:`SyntheticConfig` frame ``i`` is made with."""
         if self.variety == "decam":
-            return self.config
-        return random_instrument(np.random.default_rng([self.seed, 15485863, int(i)]), cr_rate_scale=self.cr_rate_scale)
+            config = self.config
+        else:
+            config = random_instrument(np.random.default_rng([self.seed, 15485863, int(i)]),
+                                       cr_rate_scale=self.cr_rate_scale, sky_e_range=self.sky_e_range)
+        if self.cr_threshold_e is not None:
+            config = dataclasses.replace(config, cr_threshold_e=self.cr_threshold_e)
+        return config
 
     def _make(self, i):
         config = self.frame_config(i)
@@ -165,6 +210,10 @@ class SyntheticFrames(_CachedFrames):
         # exactly like noise: no detector can learn them, so they are left out of the loss.
         noise_e = np.sqrt(np.maximum((clean - config.bias_adu) * config.gain, 0) + config.readnoise_e**2)
         faint = cr_mask & (cr_e < FAINT_CR_SNR * noise_e)
+        if self.faint_crs == "negative":  # labelled not-CR: only pixels with visible charge are CRs
+            cr_mask, faint = cr_mask & ~faint, np.zeros_like(faint)
+        elif self.faint_crs == "positive":  # labelled CR, like every other CR pixel
+            faint = np.zeros_like(faint)
         ignore = (f.ignore_mask & ~(f.saturated_mask & ~cr_mask)) | faint
         return image, cr_mask, ignore, clean
 
@@ -224,6 +273,14 @@ class FITSFrames(_CachedFrames):
             cr_model=dataclasses.replace(base, rate_per_s=base.rate_per_s * self.cr_rate_scale),
         )
         return ex.image_adu, ex.cr_mask, ex.ignore_mask, ccd.data
+
+
+def _positive(value) -> bool:
+    """True if ``value`` reads as a finite positive number."""
+    try:
+        return bool(np.isfinite(float(value)) and float(value) > 0)
+    except (TypeError, ValueError):
+        return False
 
 
 def load_footprints(path) -> list[np.ndarray]:

@@ -89,6 +89,11 @@ class SyntheticConfig:
     cr_exptime : float or None
         Exposure time in seconds the CR count is drawn for (None: the frame's own), so that CR
         density can be set independently of the sky.
+    cr_threshold_e : float or None
+        Simulated CR charge kept per pixel, in e-: deposits below it are dropped from the image
+        and from the truth alike (None: half the read noise). CR footprints harvested from dark
+        frames end at their harvesting threshold (about 50 e- for imSim's ITL table); simulated
+        CRs cut the same way have the same sharp edges.
     """
 
     gain: float = 4.0
@@ -114,6 +119,7 @@ class SyntheticConfig:
     density_scale_range: tuple = (0.5, 2.0)
     sky_e_range: tuple | None = None
     cr_exptime: float | None = None
+    cr_threshold_e: float | None = None
 
 
 def _log_uniform(rng, lo, hi):
@@ -130,7 +136,7 @@ SENSOR_WEIGHTS = (0.25, 0.1, 0.15, 0.1, 0.1, 0.1, 0.1, 0.1)
 VARIETIES = ("decam", "wide")
 
 
-def random_instrument(rng, *, cr_rate_scale: float = 1.0) -> SyntheticConfig:
+def random_instrument(rng, *, cr_rate_scale: float = 1.0, sky_e_range=None) -> SyntheticConfig:
     """A random CCD imager and observing setup, for training that generalizes beyond DECam.
 
     Everything a real frame can differ in is drawn independently and widely (units in brackets):
@@ -152,6 +158,11 @@ def random_instrument(rng, *, cr_rate_scale: float = 1.0) -> SyntheticConfig:
     rng : numpy.random.Generator
     cr_rate_scale : float
         CR rate as a multiple of the sensor's dark rate.
+    sky_e_range : (float, float) or None
+        Sky level range in e- per pixel (log-uniform), instead of 3 e- to 30 % of saturation.
+        Both ends are capped at 30 % of the imager's saturation. A higher floor spends fewer
+        frames on the read-noise-dominated regime (where the noise hardly changes with the sky)
+        and more on bright skies, where CR tracks are faint against the sky noise.
 
     Returns
     -------
@@ -172,11 +183,17 @@ def random_instrument(rng, *, cr_rate_scale: float = 1.0) -> SyntheticConfig:
     return SyntheticConfig(
         gain=gain, readnoise_e=float(rng.uniform(2.0, 12.0)),
         saturation_adu=saturation_adu, bias_adu=bias,
-        sky_e_range=(3.0, 0.3 * saturation_adu * gain), cr_exptime=115.0,
+        sky_e_range=_capped_sky_range(sky_e_range, 0.3 * saturation_adu * gain), cr_exptime=115.0,
         seeing_range=(fwhm_px * pixel_scale,) * 2, beta_range=(2.0, 6.0),
         sky_scale_range=(0.5, 20.0), density_scale_range=(0.3, 8.0), star_mags=(9.0, 24.5), star_slope=0.12,
         hot_pixels=_log_uniform(rng, 5.0, 400.0), bad_columns=float(rng.uniform(0.0, 4.0)),
         cr_model=cr_model, pixel_scale=pixel_scale, zeropoint_offset=zeropoint_offset)
+
+
+def _capped_sky_range(sky_e_range, cap_e):
+    """``random_instrument``'s sky range in e-: ``sky_e_range`` (default 3 e- upward) capped at ``cap_e``."""
+    lo, hi = (3.0, cap_e) if sky_e_range is None else (float(sky_e_range[0]), float(sky_e_range[1]))
+    return (min(lo, cap_e), min(hi, cap_e))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -380,7 +397,8 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
         ignore[rows, col] = True
 
     cr_exptime = exptime if cfg.cr_exptime is None else float(cfg.cr_exptime)
-    crs = simulate_cosmic_rays(shape, exptime=cr_exptime, rng=rng, model=cfg.cr_model, readnoise_e=cfg.readnoise_e)
+    crs = simulate_cosmic_rays(shape, exptime=cr_exptime, rng=rng, model=cfg.cr_model, readnoise_e=cfg.readnoise_e,
+                               threshold_e=cfg.cr_threshold_e)
     image = inject_cosmic_rays(clean, crs.electrons, gain=cfg.gain, saturation=cfg.saturation_adu + cfg.bias_adu)
     meta = {
         "band": band, "exptime": exptime, "cr_exptime": cr_exptime, "seeing_arcsec": seeing, "psf_beta": beta, "pixel_scale": cfg.pixel_scale,

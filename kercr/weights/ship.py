@@ -70,6 +70,10 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", notes: dict | No
                           if config.get("extended_sources") else "")
                        + (f"; {config['on_source_fraction']:.0%} of the footprints on sources"
                           if config.get("on_source_fraction") else "")
+                       + (f"; sky {config['sky_e_range'][0]:g}-{config['sky_e_range'][1]:g} e- per pixel"
+                          if config.get("sky_e_range") else "")
+                       + (f"; simulated CR pixels above {config['cr_threshold_e']:g} e-"
+                          if config.get("cr_threshold_e") else "")
                        + (f"; fine-tuned from {config['init_weights']}" if config.get("init_weights") else "")),
         "command": command,
         "config": config,

@@ -194,7 +194,7 @@ class TrainConfig:
             raise ConfigError(str(err)) from None
         from kercr.data.frames import SyntheticFrames
 
-        try:  # the synthetic frames check their own options (extended_sources, on_source_fraction, sky_e_range)
+        try:  # the synthetic frames check their own options (sources, sky range, CR threshold, faint CRs)
             SyntheticFrames(seed=self.seed, extended_sources=self.extended_sources,
                             on_source_fraction=self.on_source_fraction, variety=self.variety,
                             sky_e_range=self.sky_e_range, cr_threshold_e=self.cr_threshold_e,

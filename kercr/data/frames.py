@@ -207,7 +207,7 @@ class SyntheticFrames(_CachedFrames):
                                                        rng=rng, saturation=saturation)
             cr_mask, cr_e = cr_mask | mask, cr_e + electrons
         # CR pixels whose charge is below the pixel's own noise (sky + source + read noise) look
-        # exactly like noise: no detector can learn them, so they are left out of the loss.
+        # exactly like noise: by default they are left out of the loss (faint_crs chooses).
         noise_e = np.sqrt(np.maximum((clean - config.bias_adu) * config.gain, 0) + config.readnoise_e**2)
         faint = cr_mask & (cr_e < FAINT_CR_SNR * noise_e)
         if self.faint_crs == "negative":  # labelled not-CR: only pixels with visible charge are CRs

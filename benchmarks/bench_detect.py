@@ -7,11 +7,14 @@ alone. Threads are capped at ``--threads`` (TF intra-op = N, inter-op = 1; LiteR
 first, so the measured process is the steady state of ``runtime="tflite-*"``: load the cached
 ``.tflite``, normalize, tile, predict, stitch. Models are untrained (speed does not depend on the
 weights). The first ``detect`` call (tracing, interpreter allocation) is a warm-up and not timed.
+``--tta on off`` measures with and without the four-flip average (``auto``, the default: what the
+model card says, on for the shipped model, off for the untrained ones).
 
 Usage::
 
     .venv/bin/python benchmarks/bench_detect.py                      # the full table (~15 min on 2 cores)
     .venv/bin/python benchmarks/bench_detect.py --models deepcr_2_32 --runtimes tflite-int8 --tiles 1024
+    .venv/bin/python benchmarks/bench_detect.py --models default --runtimes tflite-int8 --tiles 512 --tta on off
 
 Prints a Markdown table (Mpix/s = frame pixels / median wall time of one ``detect`` call).
 """
@@ -51,6 +54,9 @@ def _prepare(work: Path, models, shape):
     return frame
 
 
+_TTA = {"auto": None, "on": True, "off": False}
+
+
 def _worker(args) -> dict:
     threads = args.threads
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -66,7 +72,7 @@ def _worker(args) -> dict:
 
     image = np.load(args.frame)
     kw = dict(model=args.model_path, runtime=args.runtime, tile=args.tile, num_threads=threads,
-              batch_size=args.batch_size)
+              batch_size=args.batch_size, tta=_TTA[args.tta_mode])
     t0 = time.perf_counter()
     result = detect(image, **kw)
     first = time.perf_counter() - t0
@@ -80,7 +86,7 @@ def _worker(args) -> dict:
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"first_s": first, "times_s": times, "median_s": float(np.median(times)), "peak_rss_mb": rss_kb / 1024,
             "mpix_per_s": image.size / 1e6 / float(np.median(times)), "tile": list(result.tile),
-            "n_tiles": result.n_tiles, "overlap": result.overlap, "runtime": result.runtime}
+            "n_tiles": result.n_tiles, "overlap": result.overlap, "runtime": result.runtime, "tta": result.tta}
 
 
 def _run(cmd, env):
@@ -96,6 +102,8 @@ def main(argv=None) -> int:
                         help="registry names (untrained) or 'default' (the shipped model)")
     parser.add_argument("--runtimes", nargs="+", default=["keras", "tflite-float32", "tflite-int8"])
     parser.add_argument("--tiles", nargs="+", type=int, default=[512, 1024])
+    parser.add_argument("--tta", nargs="+", choices=sorted(_TTA), default=["auto"],
+                        help="four-flip averaging: on, off, or auto (the model card's choice; default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
@@ -107,6 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runtime", help=argparse.SUPPRESS)
     parser.add_argument("--tile", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--frame", help=argparse.SUPPRESS)
+    parser.add_argument("--tta-mode", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(args)))
@@ -132,10 +141,11 @@ def main(argv=None) -> int:
             if runtime.startswith("tflite"):  # convert + cache once, outside the measured process
                 convert = _run(base + ["--tile", "256", "--convert-only"], env).get("convert_s")
             for tile in args.tiles:
-                r = _run(base + ["--tile", str(tile)], env)
-                r.update(model=name, runtime=runtime, tile_arg=tile, convert_s=convert)
-                rows.append(r)
-                print(json.dumps(r), file=sys.stderr, flush=True)
+                for tta in args.tta:
+                    r = _run(base + ["--tile", str(tile), "--tta-mode", tta], env)
+                    r.update(model=name, runtime=runtime, tile_arg=tile, convert_s=convert, tta_arg=tta)
+                    rows.append(r)
+                    print(json.dumps(r), file=sys.stderr, flush=True)
 
     import keras
 
@@ -145,9 +155,9 @@ def main(argv=None) -> int:
     print(f"\n`{' '.join([Path(sys.executable).name, 'benchmarks/bench_detect.py'] + (argv or sys.argv[1:]))}` "
           f"(kercr {kercr.__version__}, {args.threads} threads, frame {ny} x {nx}, batch {args.batch_size}, "
           f"median of {args.repeats})\n")
-    print("| model | params | runtime | tile (arg -> used) | overlap | Mpix/s | s / frame | peak RSS (MB) | "
-          "first-use conversion (s) |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|")
+    print("| model | params | runtime | flips (tta) | tile (arg -> used) | overlap | Mpix/s | s / frame | "
+          "peak RSS (MB) | first-use conversion (s) |")
+    print("|---|---:|---|---|---|---:|---:|---:|---:|---:|")
     def _params(name):
         if name == "default":
             from kercr.weights import default_model_path
@@ -158,11 +168,11 @@ def main(argv=None) -> int:
     params = {n: _params(n) for n in args.models}
     for r in rows:
         if "error" in r:
-            print(f"| {r['model']} | {params[r['model']]:,} | {r['runtime']} | {r['tile_arg']} | | error: "
-                  f"{r['error'][:80]} | | | |")
+            print(f"| {r['model']} | {params[r['model']]:,} | {r['runtime']} | {r['tta_arg']} | {r['tile_arg']} | | "
+                  f"error: {r['error'][:80]} | | | |")
             continue
         conv = f"{r['convert_s']:.1f}" if r.get("convert_s") else ""
-        print(f"| {r['model']} | {params[r['model']]:,} | {r['runtime']} | {r['tile_arg']} -> "
+        print(f"| {r['model']} | {params[r['model']]:,} | {r['runtime']} | {'on' if r['tta'] else 'off'} | {r['tile_arg']} -> "
               f"{r['tile'][0]}x{r['tile'][1]} ({r['n_tiles']}) | {r['overlap']} | {r['mpix_per_s']:.2f} | "
               f"{r['median_s']:.1f} | {r['peak_rss_mb']:.0f} | {conv} |")
     print(f"\n{PEERS}")

@@ -237,8 +237,8 @@ class TestData:
 # evaluation
 
 
-def evaluate_model(model, data: TestData, batch_size: int) -> dict:
-    """Pooled test metrics of ``model`` on every test set."""
+def evaluate_model(model, data: TestData, batch_size: int, *, tta: bool = False) -> dict:
+    """Pooled test metrics of ``model`` on every test set (``tta``: each tile scored as its four-flip average)."""
     from kercr.evaluation import pooled_metrics, pooled_predictions
     from kercr.models import logit_model
 
@@ -250,7 +250,7 @@ def evaluate_model(model, data: TestData, batch_size: int) -> dict:
             x, y, w = f["tiles"]
             batches = [(x[b:b + batch_size], y[b:b + batch_size], w[b:b + batch_size])
                        for b in range(0, len(x), batch_size)]
-            parts.append(pooled_predictions(model, batches))
+            parts.append(pooled_predictions(model, batches, tta=tta))
         truth, score, ignore = (np.concatenate(p) for p in zip(*parts))
         out[name] = pooled_metrics(truth, score, ignore, logits=logits)
     return out
@@ -364,13 +364,15 @@ def row_results(row, scale: Scale, out: Path, data: TestData, timing_x: Path, ve
     return result
 
 
-def extra_results(spec: str, scale: Scale, data_for, timing_x: Path) -> tuple[object, dict]:
+def extra_results(spec: str, scale: Scale, data_for, timing_x: Path, tta=None) -> tuple[object, dict]:
     """Test metrics of an already trained model (``"default"``, a ``.keras`` file or a run directory).
 
     It is evaluated on the same test frames, normalized with the model's own constants
     (``data_for(normalization)`` returns the matching :class:`TestData`). Its validation columns
     come from its model card or run metrics, that is from its OWN validation set, and the row
-    says so.
+    says so. A model whose card asks for flips (``"tta"``; ``tta`` True/False overrides the card) is
+    scored as ``kercr.detect`` runs it,
+    each tile averaged over its four flips (its speed column is then a quarter of the network's).
     """
     from types import SimpleNamespace
 
@@ -384,17 +386,20 @@ def extra_results(spec: str, scale: Scale, data_for, timing_x: Path) -> tuple[ob
         metrics = Path(loaded.path).parent / "metrics.json"
         val = json.loads(metrics.read_text()) if metrics.is_file() else {}
     arch = card.get("architecture") or loaded.model.name
+    tta = bool(card.get("tta", False)) if tta is None else bool(tta)
     label = (f"{SHIPPED_LABEL}, {arch}" if spec == "default" else f"{Path(spec).name}, {arch}") + \
-        " (val: its own validation set)"
+        (", four-flip average" if tta else "") + " (val: its own validation set)"
     data = data_for(loaded.normalization)
     batch = scale.eval_batch
     print(f"[reference_table] evaluating {label} ({loaded.path})", flush=True)
     result = {
         "label": label, "run": None, "params": count_trainable(loaded.model),
         "val_dice": val.get("dice"), "val_tpr": val.get("tpr_at_fpr_1e-4"),
-        "test": evaluate_model(loaded.model, data, batch),
+        "test": evaluate_model(loaded.model, data, batch, tta=tta),
         "mpix_per_s": time_model_subprocess(Path(loaded.path), timing_x, batch) if loaded.path else None,
     }
+    if tta and result["mpix_per_s"]:
+        result["mpix_per_s"] /= 4
     row = SimpleNamespace(label=label, params=None, val_dice=None, val_tpr=None, test_dice=None, test_tpr=None)
     return row, result
 
@@ -507,6 +512,8 @@ def main(argv=None) -> int:
     parser.add_argument("--extra-model", action="append", default=None, metavar="NAME|PATH",
                         help="also evaluate this trained model on the test sets (repeatable; default: 'default', "
                              "the shipped model; 'none' for no extra row)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="score the extra models averaged over four flips (default: each model card's choice)")
     parser.add_argument("--verbose", default=2, help="Keras fit verbosity (0, 1, 2)")
     parser.add_argument("--time-model", help=argparse.SUPPRESS)
     parser.add_argument("--time-input", help=argparse.SUPPRESS)
@@ -552,7 +559,7 @@ def main(argv=None) -> int:
     results = [row_results(row, scale, out, data, timing_x, verbose) for row in rows]
     extras = [e for e in (args.extra_model or ["default"]) if e.lower() != "none"]
     for spec in extras:
-        row, res = extra_results(spec, scale, data_for, timing_x)
+        row, res = extra_results(spec, scale, data_for, timing_x, tta=args.tta)
         rows.append(row)
         results.append(res)
     lacosmic = astroscrappy_baseline(data)

@@ -6,8 +6,8 @@ extension (1 = cosmic ray) per processed CCD and, with ``--save-probability``, o
 probability extension. Naming: a file with a single image HDU gets ``CRMASK`` (and ``CRPROB``); a
 multi-extension file gets ``<EXTNAME>_CRMASK`` (e.g. ``N4_CRMASK``) and ``<EXTNAME>_CRPROB``. Each
 mask header names its image (``KCRSRCEX``) and carries the provenance (``KCRVER`` kercr version,
-``KCRMODEL``, ``KCRTHR`` threshold, ``KCRDATE`` UTC date, ``KCRRUNT`` runtime, ``KCRDIL`` dilation,
-tiling, counts) and the image's WCS keywords; the primary header carries the same provenance.
+``KCRMODEL``, ``KCRTHR`` threshold, ``KCRDATE`` UTC date, ``KCRRUNT`` runtime, ``KCRTTA`` whether
+the four flips were averaged, ``KCRDIL`` dilation, tiling, counts) and the image's WCS keywords; the primary header carries the same provenance.
 
 ``kercr-evaluate`` scores a model on labelled frames, see :mod:`kercr.evaluate_report`.
 """
@@ -93,6 +93,7 @@ def _provenance(args, result, version: str) -> dict:
         "KCRTHR": (float(result.threshold), "CR probability threshold"),
         "KCRDATE": (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC"),
         "KCRRUNT": (result.runtime, "kercr inference runtime"),
+        "KCRTTA": (bool(result.tta), "prediction averaged over 4 flips"),
         "KCRDIL": (int(args.dilate), "mask dilation, pixels (3x3 element)"),
         "KCRTILE": (f"{result.tile[0]}x{result.tile[1]}", "tile shape, pixels"),
         "KCROVLP": (int(result.overlap), "tile overlap margin, pixels"),
@@ -149,7 +150,7 @@ def _process_file(path: Path, args, loaded, index: int, total: int) -> Path:
             frame = read_ccd(path, hdu_index)
             result = detect(frame, model=loaded, threshold=args.threshold, tile=args.tile, overlap=args.overlap,
                             batch_size=args.batch_size, runtime=args.runtime, num_threads=args.threads,
-                            exclude_saturated=not args.keep_saturated)
+                            tta=args.tta, exclude_saturated=not args.keep_saturated)
             mask = result.dilated_mask(args.dilate) if args.dilate else result.mask
             prov = _provenance(args, result, __version__)
             if first:
@@ -206,6 +207,9 @@ def _common_model_args(parser):
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
                         help="inference engine (default auto: the model card's runtime, else keras). "
                              "tflite-int8 is ~2x faster; check its quality first with kercr-evaluate.")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each tile's prediction over its four flips (4x the time; default: the "
+                             "model card's choice, on for the shipped model).")
     parser.add_argument("--tile", type=int, default=None, help="tile side in pixels (default 512: peak memory < 1.5 GB for a 2k x 4k CCD).")
     parser.add_argument("--overlap", type=int, default=None,
                         help="tile margin in pixels (default: the network's receptive field).")
@@ -306,7 +310,7 @@ def evaluate_main(argv=None) -> int:
         report = evaluate(
             files=args.files, synthetic=args.synthetic, frame_shape=tuple(args.frame_shape), seed=args.seed,
             cr_rate_scale=args.cr_rate_scale, model=loaded, out=args.out, threshold=args.threshold,
-            runtime=args.runtime, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+            runtime=args.runtime, tta=args.tta, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
             num_threads=args.threads, exclude_saturated=not args.keep_saturated, maps=args.maps)
     except (ValueError, OSError) as err:
         logger.error("%s", err)

@@ -232,7 +232,7 @@ def _pooled(truth, probability, ignore, *, threshold) -> dict:
 
 
 def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_rate_scale=5.0, model="default",
-             out, threshold=None, runtime="auto", tile=None, overlap=None, batch_size=4, num_threads=None,
+             out, threshold=None, runtime="auto", tta=None, tile=None, overlap=None, batch_size=4, num_threads=None,
              exclude_saturated=True, maps=3) -> dict:
     """Score a model on labelled FITS files and/or synthetic frames; write metrics.json and plots.
 
@@ -252,7 +252,7 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
         As for :func:`kercr.detect`.
     out : path
         Output directory; created; an existing ``metrics.json`` there is never overwritten.
-    threshold, runtime, tile, overlap, batch_size, num_threads, exclude_saturated
+    threshold, runtime, tta, tile, overlap, batch_size, num_threads, exclude_saturated
         Passed to :func:`kercr.detect` (``threshold=None``: the model's default).
     maps : int
         Number of frames drawn as prediction maps.
@@ -287,9 +287,9 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
     for source in sources:
         for name, image, truth, ignore in source:
             result = detect(image, model=loaded, threshold=threshold, mask=ignore, tile=tile, overlap=overlap,
-                            batch_size=batch_size, runtime=runtime, num_threads=num_threads,
+                            batch_size=batch_size, runtime=runtime, num_threads=num_threads, tta=tta,
                             exclude_saturated=exclude_saturated)
-            used_threshold = result.threshold
+            used_threshold, used_tta = result.threshold, result.tta
             ignored = result.ignored  # includes the frame's ignore mask
             prob = result.probability
             truths.append(truth.ravel())
@@ -335,7 +335,7 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": loaded.name, "threshold": used_threshold,
         "threshold_source": "argument" if threshold is not None else loaded.threshold_source,
-        "runtime": runtime, "normalization_source": loaded.normalization_source,
+        "runtime": runtime, "tta": used_tta, "normalization_source": loaded.normalization_source,
         "frames": frames,
         "synthetic": {"n": synthetic, "shape": list(frame_shape), "seed": seed, "cr_rate_scale": cr_rate_scale}
         if synthetic else None,

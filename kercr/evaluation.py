@@ -12,7 +12,7 @@ import numpy as np
 from kercr import metrics as M
 
 
-def pooled_predictions(model, batches):
+def pooled_predictions(model, batches, *, tta=False):
     """Run ``model`` over ``(x, y, w)`` numpy batches; return pooled (truth, score, ignore).
 
     The score is the CR logit when the model exposes one (:func:`kercr.models.logit_model`),
@@ -25,6 +25,9 @@ def pooled_predictions(model, batches):
     batches : iterable of (x, y, w)
         ``x`` (B, H, W, 1) float32 normalized images, ``y`` (B, H, W, 1) CR truth, ``w`` the
         pixel weights (0 = ignored pixel).
+    tta : bool
+        Score each patch as the mean over its four flips (:func:`kercr.inference.flip_average`),
+        as ``kercr.detect(..., tta=True)`` does.
 
     Returns
     -------
@@ -35,10 +38,13 @@ def pooled_predictions(model, batches):
     """
     from kercr.models import logit_model
 
+    from kercr.inference import flip_average
+
     scorer = logit_model(model) or model
     truth, score, ignore = [], [], []
     for x, y, w in batches:
-        p = np.asarray(scorer.predict_on_batch(x), dtype=np.float32)
+        x = np.asarray(x, dtype=np.float32)
+        p = flip_average(scorer.predict_on_batch, x) if tta else np.asarray(scorer.predict_on_batch(x), dtype=np.float32)
         truth.append(np.asarray(y).reshape(-1) > 0.5)
         score.append(p.reshape(-1))
         ignore.append(np.asarray(w).reshape(-1) <= 0)
@@ -91,9 +97,9 @@ def pooled_metrics(truth, score, ignore=None, *, threshold=0.5, logits=True) -> 
     }
 
 
-def validation_metrics(model, batches, *, threshold=0.5) -> dict:
-    """:func:`pooled_metrics` of ``model`` on ``(x, y, w)`` batches."""
+def validation_metrics(model, batches, *, threshold=0.5, tta=False) -> dict:
+    """:func:`pooled_metrics` of ``model`` on ``(x, y, w)`` batches (``tta``: see :func:`pooled_predictions`)."""
     from kercr.models import logit_model
 
-    return pooled_metrics(*pooled_predictions(model, batches), threshold=threshold,
+    return pooled_metrics(*pooled_predictions(model, batches, tta=tta), threshold=threshold,
                           logits=logit_model(model) is not None)

@@ -22,7 +22,12 @@ The path from a raw CCD frame to a CR mask:
    with a fixed input (TransUNet) are tiled at that size. Models whose normalization layers
    pool over the image (GroupNormalization, LayerNormalization: ``cosmic_conn``) and the
    TransUNet's attention see the whole tile, so their output depends (weakly) on the tile size.
-4. **Threshold.** ``mask = probability >= threshold`` outside ignored pixels (for Keras models the
+4. **Flips (test-time augmentation).** With ``tta`` (the shipped model's card turns it on) every
+   tile is also predicted flipped along rows, columns and both, each prediction is flipped back,
+   and the four logits are averaged (TFLite probabilities are turned into logits first, as the
+   validation scores the card's threshold was chosen on were): 4 x the network time. On the real-frame benchmark it finds more CR pixels at the same false-
+   positive rate (``BENCHMARKS.md``); adding the four transposed views gains nothing more.
+5. **Threshold.** ``mask = probability >= threshold`` outside ignored pixels (for Keras models the
    comparison is made on the logits, which stay distinct where float32 probabilities round to 1).
 
 Models are given as ``"default"`` (``kercr/weights/default.keras``), a ``.keras`` file, a
@@ -67,7 +72,7 @@ from kercr.model_files import (
 )
 
 __all__ = ["DetectionResult", "LoadedModel", "ModelLoadError", "RUNTIMES", "detect", "load_model",
-           "receptive_field_radius", "resolve_runtime", "dilate_mask"]
+           "receptive_field_radius", "resolve_runtime", "resolve_tta", "dilate_mask", "flip_average"]
 
 logger = logging.getLogger(__name__)
 
@@ -431,6 +436,59 @@ def _predictor(loaded: LoadedModel, runtime: str, num_threads):
 
 _logit_models: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
+FLIP_AXES = ((), (1,), (2,), (1, 2))  # the four flips of a (B, H, W[, C]) batch: none, rows, columns, both
+
+
+def flip_average(predict, x) -> np.ndarray:
+    """Test-time augmentation: the mean of ``predict`` over the four flips of each image.
+
+    Parameters
+    ----------
+    predict : callable
+        Maps a (B, H, W[, C]) float32 batch to an array whose first three axes are (B, H, W).
+    x : numpy.ndarray, shape (B, H, W[, C])
+
+    Returns
+    -------
+    numpy.ndarray, float32
+        The average of ``predict`` on ``x`` flipped along H, along W, along both and not at all,
+        each prediction flipped back first, so it is aligned with ``x``. It averages whatever
+        ``predict`` returns (logits or probabilities).
+    """
+    total = None
+    for axes in FLIP_AXES:
+        p = np.asarray(predict(np.ascontiguousarray(np.flip(x, axes)) if axes else x), dtype=np.float32)
+        p = np.flip(p, axes) if axes else p
+        if total is None:
+            total = p.copy()
+        else:
+            total += p
+    total /= np.float32(len(FLIP_AXES))
+    return total
+
+
+# Probabilities are clipped to [floor, 1 - floor] before they become logits: half the int8 output
+# step (a probability of exactly 0 or 1 would otherwise outweigh the other three flips).
+_PROBABILITY_FLOOR = {"tflite-int8": 1.0 / 512}
+
+
+def _as_logits(predict, floor: float):
+    """``predict`` (probabilities) turned into logits, probabilities clipped to ``[floor, 1 - floor]``."""
+    def logits(x):
+        p = np.clip(np.asarray(predict(x), dtype=np.float32), floor, 1.0 - floor)
+        return (np.log(p) - np.log1p(-p)).astype(np.float32)
+
+    return logits
+
+
+def resolve_tta(tta, loaded: LoadedModel) -> bool:
+    """Whether flips run for ``loaded``: ``tta`` itself, or when None the model card's ``"tta"`` (False without one)."""
+    if tta is None:
+        return bool(loaded.card.get("tta", False))
+    if not isinstance(tta, (bool, np.bool_)):
+        raise ValueError(f"tta={tta!r}; pass True, False or None (None: the model card's choice).")
+    return bool(tta)
+
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
@@ -488,6 +546,8 @@ class DetectionResult:
         ``"default"``, the ``.keras`` path, or ``"<instance NAME>"``.
     runtime : str
         The runtime that ran (``"auto"`` resolved).
+    tta : bool
+        Whether the prediction is the average over the four flips of each tile.
     tile : tuple of int
         Tile shape (height, width) in pixels actually predicted.
     overlap : int
@@ -513,6 +573,7 @@ class DetectionResult:
     gain: float | None = None
     readnoise: float | None = None
     saturation: float | None = None
+    tta: bool = False
 
     @property
     def n_cr_pixels(self) -> int:
@@ -594,7 +655,7 @@ def _check_tiling(loaded: LoadedModel, tile, overlap):
 # ---------------------------------------------------------------------------------------------
 def detect(image, *, model="default", threshold=None, gain=None, readnoise=None, saturation=None,
            exclude_saturated=True, mask=None, tile=None, overlap=None, batch_size=4, runtime="auto",
-           num_threads=None) -> DetectionResult:
+           tta=None, num_threads=None) -> DetectionResult:
     """Find cosmic rays in a CCD frame of any size.
 
     Parameters
@@ -633,6 +694,10 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         Tiles per network call (the TFLite runtimes run one at a time).
     runtime : {"auto", "keras", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8"}
         See the module docstring.
+    tta : bool, optional
+        Average the prediction over the four flips of each tile (4 x the time; see the module
+        docstring). Default: the model card's ``"tta"`` (on for the shipped model, whose threshold
+        was chosen with it), else off.
     num_threads : int, optional
         CPU threads of the LiteRT interpreter (Keras: set ``tf.config.threading`` instead).
 
@@ -671,6 +736,7 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
 
     loaded = load_model(model)
     runtime = resolve_runtime(runtime, loaded)
+    tta = resolve_tta(tta, loaded)
     threshold = loaded.threshold if threshold is None else float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold={threshold} must be a probability in [0, 1].")
@@ -692,6 +758,10 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
 
     normalized, params = normalize(data, mask=ignored, config=loaded.normalization)
     predict, logits = _predictor(loaded, runtime, num_threads)
+    if tta:
+        if not logits:  # average TFLite probabilities as logits, as the card's threshold was chosen
+            predict, logits = _as_logits(predict, _PROBABILITY_FLOOR.get(runtime, 1e-7)), True
+        predict = functools.partial(flip_average, predict)
     score, tile_shape, n_tiles = _predict_tiled(
         normalized, predict, tile=tile, margin=margin, multiple=loaded.multiple,
         fixed=loaded.fixed_size is not None, batch_size=int(batch_size))
@@ -720,5 +790,5 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     return DetectionResult(
         probability=probability, mask=cr_mask, threshold=threshold, ignored=ignored, model_name=loaded.name,
         runtime=runtime, tile=tuple(tile_shape), overlap=margin, n_tiles=n_tiles, normalization=params,
-        gain=gain, readnoise=readnoise, saturation=saturation,
+        gain=gain, readnoise=readnoise, saturation=saturation, tta=tta,
     )

@@ -389,6 +389,42 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     return metrics
 
 
+def run_validation(run_dir, *, tta: bool = False) -> dict:
+    """Validation metrics of a finished run's ``best.keras``, recomputed on its validation patches.
+
+    The patches are rebuilt from the run's ``config.json`` (they depend on nothing else; options
+    added to kercr after the run read as their defaults), so ``tta=False`` gives ``metrics.json``
+    again. ``tta=True`` scores every patch as the mean over its four flips, as
+    ``kercr.detect(..., tta=True)`` does: the threshold for 0.01 % FPR of a model that runs with flips.
+
+    Parameters
+    ----------
+    run_dir : path
+        A finished ``kercr-train`` run directory (``best.keras``, ``config.json``).
+    tta : bool
+
+    Returns
+    -------
+    dict
+        :func:`kercr.evaluation.pooled_metrics` of the validation pixels.
+    """
+    import dataclasses
+
+    from kercr.evaluation import validation_metrics
+    from kercr.training_data import make_training_data
+
+    run_dir = Path(run_dir)
+    missing = [n for n in ("best.keras", "config.json") if not (run_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: missing {', '.join(missing)}; pass a finished kercr-train run directory.")
+    saved = json.loads((run_dir / "config.json").read_text())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    data = make_training_data(config)
+    best = keras.saving.load_model(run_dir / "best.keras")
+    return validation_metrics(best, data.validation_batches(config.validation_steps), tta=tta)
+
+
 def _build_from_local_batch(model, batch) -> None:
     """Build model, loss, metrics and optimizer from a local batch, before ``fit``.
 

@@ -87,6 +87,14 @@ def test_single_image_file(tiny, tmp_path):
         expected = detect(image, model=tiny, runtime="keras", saturation=45000.0)
         np.testing.assert_array_equal(mask.data.astype(bool), expected.dilated_mask(1))
         np.testing.assert_allclose(prob.data, expected.probability, atol=1e-6)
+        assert h["KCRTTA"] is False  # the card does not ask for flips
+    # --tta: the flip-averaged detection, and the header says so.
+    assert _run([str(src), "--save-probability", "--tta", "--suffix", "_tta"], tiny) == 0
+    with fits.open(tmp_path / "single_tta.fits") as hdul:
+        assert hdul[0].header["KCRTTA"] is True and hdul["CRMASK"].header["KCRTTA"] is True
+        flips = detect(image, model=tiny, runtime="keras", saturation=45000.0, tta=True)
+        np.testing.assert_allclose(hdul["CRPROB"].data, flips.probability, atol=1e-6)
+        assert np.abs(flips.probability - expected.probability).max() > 1e-3
 
 
 def test_mef_every_ccd_gets_a_mask(tiny, tmp_path):
@@ -184,6 +192,7 @@ def test_evaluate_synthetic(tiny, tmp_path):
             assert 0.0 <= m[metric] <= 1.0
         assert m["dice_threshold"] == 0.6
     assert report["prediction"]["ignored_pixels"] == sum(f["ignored_pixels"] for f in report["frames"])
+    assert report["tta"] is False
     assert {"roc.png", "pr.png", "prediction_0.png", "activations.png"} <= set(p.name for p in out.iterdir())
     assert not (out / "prediction_1.png").exists()
     # The dilated Dice is the Dice of the binary 3x3 dilation of each frame's mask; truth unchanged.

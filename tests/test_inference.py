@@ -288,6 +288,72 @@ def test_tflite_runtimes_match_keras_and_cache(tiny, frame, tmp_path, monkeypatc
 
 
 # --------------------------------------------------------------------------------------------
+# Flips (test-time augmentation)
+# --------------------------------------------------------------------------------------------
+def _logit(p):
+    p = np.asarray(p, np.float64)
+    return np.log(p) - np.log1p(-p)
+
+
+def test_flips_average_the_logits_of_the_four_flipped_frames(tiny):
+    # One tile per frame (a multiple of the pooling grid), so a flipped frame is tiled as the mirror image.
+    image = make_frame(seed=5, shape=(192, 128)).image_adu
+    res = detect(image, model=tiny, tta=True, tile=512)
+    assert res.tta and res.n_tiles == 1
+    views = [(lambda a: a), np.flipud, np.fliplr, lambda a: np.flipud(np.fliplr(a))]
+    mean_logit = np.mean([f(_logit(detect(f(image), model=tiny, tta=False, tile=512).probability))
+                          for f in views], axis=0)
+    np.testing.assert_allclose(res.probability, 1 / (1 + np.exp(-mean_logit)), atol=2e-5, rtol=0)
+    # The average makes the detection flip-equivariant; the random-weight net alone is not.
+    flipped = detect(np.flipud(image), model=tiny, tta=True, tile=512).probability
+    np.testing.assert_allclose(np.flipud(flipped), res.probability, atol=2e-5, rtol=0)
+    plain = detect(image, model=tiny, tta=False, tile=512).probability
+    assert np.abs(np.flipud(detect(np.flipud(image), model=tiny, tta=False, tile=512).probability) - plain).max() > 1e-3
+    # The mask is the thresholded average, on tiled frames too.
+    big = detect(make_frame(seed=6, shape=SHAPE).image_adu, model=tiny, tta=True, tile=128, threshold=0.5)
+    assert big.n_tiles > 1 and np.array_equal(big.mask, (big.probability >= 0.5) & ~big.ignored)
+
+
+def test_flips_follow_the_model_card_unless_told(tmp_path, frame):
+    flips = _save_model(tmp_path / "flips", card={"threshold": 0.5, "tta": True})
+    assert detect(frame.image_adu, model=flips).tta
+    assert not detect(frame.image_adu, model=flips, tta=False).tta
+    assert not detect(frame.image_adu, model=_save_model(tmp_path / "plain", card={"threshold": 0.5})).tta
+    with pytest.raises(ValueError, match="tta="):
+        detect(frame.image_adu, model=flips, tta="yes")
+
+
+def test_flips_with_tflite_average_logits_like_keras(tiny, frame, tmp_path, monkeypatch):
+    pytest.importorskip("ai_edge_litert")
+    monkeypatch.setenv("KERCR_CACHE_DIR", str(tmp_path / "cache"))
+    ref = detect(frame.image_adu, model=tiny, runtime="keras", tile=256, tta=True)
+    lite = detect(frame.image_adu, model=tiny, runtime="tflite-float32", tile=256, tta=True, num_threads=1)
+    assert lite.tta
+    np.testing.assert_allclose(lite.probability, ref.probability, atol=1e-4, rtol=0)
+
+
+def test_pooled_predictions_with_flips_score_each_patch_as_the_flip_average(tiny):
+    from kercr.evaluation import pooled_predictions
+    from kercr.inference import flip_average
+    from kercr.models import logit_model
+
+    model = load_model(tiny).model
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 64, 64, 1)).astype(np.float32)
+    y = (rng.random((3, 64, 64, 1)) < 0.05).astype(np.float32)
+    w = np.ones_like(y)
+    truth, score, ignore = pooled_predictions(model, [(x, y, w)], tta=True)
+    scorer = logit_model(model) or model
+    expected = np.mean([np.flip(scorer.predict_on_batch(np.ascontiguousarray(np.flip(x, a))), a) if a else
+                        scorer.predict_on_batch(x) for a in ((), (1,), (2,), (1, 2))], axis=0)
+    np.testing.assert_allclose(score, expected.reshape(-1), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(flip_average(scorer.predict_on_batch, x).reshape(-1), score, atol=1e-6, rtol=0)
+    assert np.array_equal(truth, y.reshape(-1) > 0.5) and not ignore.any()
+    _, plain, _ = pooled_predictions(model, [(x, y, w)])
+    assert np.abs(plain - score).max() > 1e-3
+
+
+# --------------------------------------------------------------------------------------------
 # Real frames with the shipped model (skip until kercr/weights/default.keras exists)
 # --------------------------------------------------------------------------------------------
 needs_default = pytest.mark.skipif(

@@ -383,3 +383,28 @@ def test_validation_without_cosmic_rays_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="no \\(unignored\\) CR pixels"):
         train(_tiny_config(tmp_path, cr_rate_scale=1e-6, validation_steps=1), verbose=0)
     assert not (tmp_path / "run" / "history.csv").exists()
+
+
+def test_validation_is_rebuilt_from_the_run_and_a_card_with_flips_takes_its_threshold(tmp_path):
+    from kercr.training import run_validation
+    from kercr.weights.ship import ship
+
+    run = tmp_path / "run"
+    assert train_main([*TINY, "--epochs", "1", "--out", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    again = run_validation(run)
+    for key in ("tpr_at_fpr_1e-4", "threshold_at_fpr_1e-4", "dice", "cr_pixels", "non_cr_pixels"):
+        assert again[key] == pytest.approx(metrics[key], rel=1e-6), key
+    flips = run_validation(run, tta=True)
+    assert flips["cr_pixels"] == metrics["cr_pixels"] and flips["threshold_at_fpr_1e-4"] != metrics["threshold_at_fpr_1e-4"]
+    ship(run, command="kercr-train ...", dest=tmp_path / "weights", tta=True)
+    card = json.loads((tmp_path / "weights" / "default.json").read_text())
+    assert card["tta"] is True and card["threshold"] == pytest.approx(flips["threshold_at_fpr_1e-4"])
+    assert card["validation"]["tpr_at_fpr_1e-4"] == pytest.approx(flips["tpr_at_fpr_1e-4"])
+    assert card["validation_without_tta"]["tpr_at_fpr_1e-4"] == pytest.approx(metrics["tpr_at_fpr_1e-4"])
+    ship(run, command="kercr-train ...", dest=tmp_path / "plain")
+    plain = json.loads((tmp_path / "plain" / "default.json").read_text())
+    assert plain["tta"] is False and plain["threshold"] == metrics["threshold_at_fpr_1e-4"]
+    assert "validation_without_tta" not in plain
+    with pytest.raises(FileNotFoundError, match="finished kercr-train run"):
+        run_validation(tmp_path / "nothing")

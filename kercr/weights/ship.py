@@ -25,7 +25,7 @@ _VALIDATION_KEYS = ("tpr_at_fpr_1e-4", "tpr_at_fpr_1e-3", "precision_at_recall_0
                     "best_dice_threshold", "cr_pixels", "non_cr_pixels", "ignored_pixels")
 
 
-def make_card(run_dir, *, command: str, runtime: str = "keras", notes: dict | None = None) -> dict:
+def make_card(run_dir, *, command: str, runtime: str = "keras", tta: bool = False, notes: dict | None = None) -> dict:
     """Model card of a finished run.
 
     Parameters
@@ -37,6 +37,12 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", notes: dict | No
     runtime : str
         What ``runtime="auto"`` means for this model (``keras`` unless a cheaper runtime was
         checked against it with ``kercr-evaluate``).
+    tta : bool
+        Whether ``kercr.detect`` averages this model over the four flips of each tile by
+        default. The threshold and the validation metrics are then those of the flipped-and-
+        averaged scores, recomputed on the run's validation patches
+        (:func:`kercr.training.run_validation`); the run's own ``metrics.json`` numbers are
+        kept as ``validation_without_tta``.
     notes : dict, optional
         Extra entries (e.g. checks on real frames).
     """
@@ -52,13 +58,20 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", notes: dict | No
     import keras
 
     model = keras.saving.load_model(run_dir / "best.keras", compile=False)
+    plain = metrics
+    if tta:
+        from kercr.training import run_validation
+
+        metrics = run_validation(run_dir, tta=True)
     card = {
         "threshold": metrics["threshold_at_fpr_1e-4"],
         "logit_threshold": metrics.get("logit_threshold_at_fpr_1e-4"),
         "runtime": runtime,
+        "tta": bool(tta),
         "threshold_note": "probability threshold at 0.01 % FPR on the validation set (pooled pixels of the held-out "
                           "exposures, hot pixels and bad columns excluded; saturated stars and bleed trails count "
-                          "as negatives)",
+                          "as negatives)" + ("; scores averaged over the four flips of each patch, as detect() "
+                                             "does with tta" if tta else ""),
         "architecture": config["model"],
         "model_options": config.get("model_options") or {},
         "params": count_trainable(model),
@@ -78,6 +91,7 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", notes: dict | No
         "command": command,
         "config": config,
         "validation": {k: metrics[k] for k in _VALIDATION_KEYS if k in metrics},
+        **({"validation_without_tta": {k: plain[k] for k in _VALIDATION_KEYS if k in plain}} if tta else {}),
         "kercr_version": kercr.__version__,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
@@ -87,14 +101,14 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", notes: dict | No
 
 
 def ship(run_dir, *, command: str, dest=WEIGHTS_DIR, name: str = DEFAULT_NAME, runtime: str = "keras",
-         notes: dict | None = None, force: bool = False) -> Path:
+         tta: bool = False, notes: dict | None = None, force: bool = False) -> Path:
     """Copy ``run_dir`` into ``dest`` as ``{name}.keras`` + ``normalization.json`` + ``{name}.json``.
 
     Returns the path of the copied model. Raises ``FileExistsError`` when the files exist and
     ``force`` is False.
     """
     run_dir, dest = Path(run_dir), Path(dest)
-    card = make_card(run_dir, command=command, runtime=runtime, notes=notes)
+    card = make_card(run_dir, command=command, runtime=runtime, tta=tta, notes=notes)
     targets = [dest / f"{name}.keras", dest / "normalization.json", dest / f"{name}.json"]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
@@ -111,13 +125,15 @@ def main(argv=None) -> int:
     parser.add_argument("run_dir", help="finished kercr-train run directory")
     parser.add_argument("--command", required=True, help="the exact command that reproduces the run")
     parser.add_argument("--runtime", default="keras", help="the card's runtime (default keras)")
+    parser.add_argument("--tta", action="store_true",
+                        help="detect() averages the model over four flips by default; threshold chosen that way")
     parser.add_argument("--notes", metavar="JSON", help="JSON file of extra card entries (real-frame checks)")
     parser.add_argument("--dest", default=str(WEIGHTS_DIR), help="destination directory (default kercr/weights)")
     parser.add_argument("--force", action="store_true", help="replace an existing shipped model")
     args = parser.parse_args(argv)
     notes = json.loads(Path(args.notes).read_text()) if args.notes else None
     try:
-        path = ship(args.run_dir, command=args.command, dest=args.dest, runtime=args.runtime, notes=notes,
+        path = ship(args.run_dir, command=args.command, dest=args.dest, runtime=args.runtime, tta=args.tta, notes=notes,
                     force=args.force)
     except (FileNotFoundError, FileExistsError) as err:
         print(f"ship: error: {err}", file=sys.stderr)

@@ -403,3 +403,44 @@ def test_tf_median_even_count_averages_middle_values():
     assert median(tf.constant([4.0, 1.0, 3.0, 2.0], tf.float64)).numpy() == 2.5
     assert median(tf.constant([5.0, 1.0, 3.0], tf.float64)).numpy() == 3.0
     assert median(tf.constant([7.0], tf.float64)).numpy() == 7.0
+
+
+# --- four-flip average ----------------------------------------------------------------------------
+
+def test_a_card_with_flips_exports_the_flip_average_in_every_format(tmp_path):
+    from kercr.export.cli import main
+    from kercr.inference import flip_average
+    from kercr.models import logit_model
+
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    keras.utils.set_random_seed(0)
+    model = kercr.build_model("deepcr_2_4")
+    model.save(folder / "model.keras")
+    (folder / "normalization.json").write_text(json.dumps(SIDECAR.to_dict()))
+    (folder / "model.json").write_text(json.dumps({"threshold": 0.5, "tta": True}))  # as the shipped card
+    result = export_model(folder / "model.keras", tmp_path / "models", quantize=["none", "int8"], tile=TILE,
+                          calibration_patches=4, validation_patches=2)
+    manifest = json.loads((result.path / "export.json").read_text())
+    assert manifest["tta"] is True and result.parity["tta"] is True
+    image = _raw_tile(seed=5)
+    normalized, _ = normalize(image, config=SIDECAR)
+    x = normalized[None, :, :, None]
+    expected = 1 / (1 + np.exp(-flip_average(logit_model(model).predict_on_batch, x)[0, :, :, 0]))
+    plain = _keras_reference(model, image)
+    assert np.abs(expected - plain).max() > 1e-3  # the flips change the output of a random-weight net
+    serve = tf.saved_model.load(str(result.path)).signatures["serving_default"]
+    served = serve(image=tf.constant(image[None, :, :, None]))["cr_probability"].numpy()[0, :, :, 0]
+    np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0)
+    lite = TFLiteRunner(result.path / "tflite" / "kercr_float32.tflite").predict(normalized[None])[0]
+    np.testing.assert_allclose(lite, expected, atol=1e-4, rtol=0)
+    int8 = TFLiteRunner(result.path / "tflite" / "kercr_int8.tflite").predict(normalized[None])[0]
+    assert int8.shape == expected.shape and np.abs(int8 - expected).mean() < 0.05
+    # --no-tta exports the plain network from the same file.
+    assert main([str(folder / "model.keras"), "--out", str(tmp_path / "models"), "--formats", "savedmodel",
+                 "--tile", str(TILE), "--validation-patches", "2", "--no-tta"]) == 0
+    plain_dir = tmp_path / "models" / "kercr" / "2"
+    assert json.loads((plain_dir / "export.json").read_text())["tta"] is False
+    served = tf.saved_model.load(str(plain_dir)).signatures["serving_default"](
+        image=tf.constant(image[None, :, :, None]))["cr_probability"].numpy()[0, :, :, 0]
+    np.testing.assert_allclose(served, plain, atol=1e-5, rtol=0)

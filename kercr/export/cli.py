@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-patches", type=int, help="int8 calibration patches (default 16)")
     p.add_argument("--validation-patches", type=int, help="parity patches (default 8)")
     p.add_argument("--seed", type=int, help="seed of the synthetic calibration/parity patches (default 0)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="export the model averaged over the four flips of each tile, as kercr.detect runs it "
+                        "(4x the time; default: the model card's choice, on for the shipped model)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v: progress, -vv: debug")
     return p
 
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
 
     try:
         options = load_profile(args.profile) if args.profile else {}
-        for key in ("formats", "quantize", "name", "tile", "calibration_patches", "validation_patches", "seed"):
+        for key in ("formats", "quantize", "name", "tile", "calibration_patches", "validation_patches", "seed", "tta"):
             value = getattr(args, key)
             if value is not None:
                 options[key] = value

@@ -189,7 +189,7 @@ def _export_tflite(source, staging: Path, name, tile, quantize, patches, normali
 
 def export_model(source, out, *, formats=FORMATS, quantize=("none",), name="kercr", version=None, tile=None,
                  overrides=None, normalization=None, calibration_patches=16, validation_patches=8, seed=0,
-                 fpr=1e-4, threshold=0.5, cr_rate_per_s=100.0, num_threads=None) -> ExportResult:
+                 fpr=1e-4, threshold=0.5, cr_rate_per_s=100.0, num_threads=None, tta=None) -> ExportResult:
     """Export a model to ``out/NAME/VERSION`` (layout in the module docstring).
 
     Parameters
@@ -222,6 +222,11 @@ def export_model(source, out, *, formats=FORMATS, quantize=("none",), name="kerc
         CR rate of the synthetic patches (events/s per 2k x 4k CCD).
     num_threads : int, optional
         Interpreter threads for the parity runs.
+    tta : bool, optional
+        Export the model averaged over the four flips of each input tile
+        (:func:`kercr.models.flip_average_model`), as ``kercr.detect(..., tta=True)`` runs it: every
+        format then computes the flip average in its graph (4x the network time). Default: the
+        model card's ``"tta"`` (on for the shipped model), else off.
 
     Returns
     -------
@@ -245,6 +250,12 @@ def export_model(source, out, *, formats=FORMATS, quantize=("none",), name="kerc
         raise ExportError(f"output {out} exists and is not a directory.")
     src = load_model_source(source, overrides=overrides, normalization=normalization)
     tile, multiple, fixed = _resolve_tile(src.model, tile, src.description)
+    tta = src.tta if tta is None else bool(tta)
+    if tta:
+        from kercr.models import flip_average_model
+
+        src = dataclasses.replace(src, model=flip_average_model(src.model),
+                                  description=f"{src.description} (four-flip average)")
     version = next_version(model_dir) if version is None else version
     final = model_dir / str(version)
 
@@ -261,7 +272,7 @@ def export_model(source, out, *, formats=FORMATS, quantize=("none",), name="kerc
         patches = synthetic_patches(validation_patches, tile=tile, seed=seed + 1, cr_rate_per_s=cr_rate_per_s)
         normalized = normalized_patches(patches.image_adu, src.normalization)
         reference = keras_predict(src.model, normalized)
-        parity = {"source": src.description, "trained": src.trained, "tile": tile,
+        parity = {"source": src.description, "trained": src.trained, "tile": tile, "tta": tta,
                   "validation_set": {"patches": validation_patches, "seed": seed + 1, "cr_rate_per_s": cr_rate_per_s,
                                      "origin": "kercr.data.synthetic frames, 4 patches per 2 tile x 2 tile frame",
                                      "ignore": "synthetic ignore mask (saturated, bleed, hot, bad-column pixels)"},
@@ -288,6 +299,7 @@ def export_model(source, out, *, formats=FORMATS, quantize=("none",), name="kerc
             "source": src.description, "trained": src.trained, "normalization_source": src.normalization_source,
             "normalization": src.normalization.to_dict(), "name": name, "version": version,
             "formats": list(formats), "quantize": list(quantize) if "tflite" in formats else [],
+            "tta": tta,  # the graph averages each tile over its four flips
             "tile": tile, "input_multiple": multiple, "fixed_tile": fixed,
             "savedmodel": {"signature": "serving_default", "input": "image", "output": "cr_probability",
                            "input_values": "raw pixels (ADU or e-), NaN for bad pixels",

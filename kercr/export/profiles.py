@@ -9,7 +9,7 @@ A profile is a flat table whose keys are ``kercr-export`` long options with ``_`
 
 Allowed keys: ``description``, ``formats``, ``quantize``, ``tile``, ``name``,
 ``calibration_patches``, ``validation_patches``, ``seed``, ``fpr``, ``threshold``,
-``cr_rate_per_s``. Options given on the command line win over the profile. The profiles shipped
+``cr_rate_per_s``, ``tta``. Options given on the command line win over the profile. The profiles shipped
 with kercr are in the repository's top-level ``export/`` folder.
 """
 
@@ -26,7 +26,7 @@ __all__ = ["PROFILE_KEYS", "load_profile"]
 PROFILE_KEYS = {
     "description": str, "formats": list, "quantize": list, "tile": int, "name": str,
     "calibration_patches": int, "validation_patches": int, "seed": int, "fpr": float, "threshold": float,
-    "cr_rate_per_s": float,
+    "cr_rate_per_s": float, "tta": bool,
 }
 
 
@@ -61,6 +61,8 @@ def load_profile(path) -> dict:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if expected is list:
             ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if expected is bool:
+            ok = isinstance(value, bool)
         if not ok:
             raise ExportError(f"profile {path}: {key} = {value!r} should be a "
                               f"{'list of strings' if expected is list else expected.__name__}.")

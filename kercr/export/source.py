@@ -13,7 +13,9 @@ Rules (also in ``kercr-export --help`` and ``export/README.md``):
 The normalization constants are the JSON object :meth:`NormalizationConfig.to_dict` writes, in a
 file ``normalization.json`` in the same directory as the ``.keras`` file. When it is absent (and
 always for a registry name) the default :class:`NormalizationConfig` is used and a warning is
-logged. ``normalization=PATH`` overrides the sidecar.
+logged. ``normalization=PATH`` overrides the sidecar. The model card beside a ``.keras`` file
+(``NAME.json``, e.g. the shipped ``default.json``) says whether the model runs averaged over the
+four flips of its input (``"tta"``); the export follows it unless told otherwise.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class ModelSource:
         Path of the JSON file, or ``"default"``.
     trained : bool
         False for a registry name (random weights).
+    tta : bool
+        The model card's ``"tta"``: ``kercr.detect`` averages this model over four flips by default.
     """
 
     model: object
@@ -58,6 +62,7 @@ class ModelSource:
     description: str
     normalization_source: str
     trained: bool
+    tta: bool = False
 
 
 def read_normalization(path) -> NormalizationConfig:
@@ -94,6 +99,9 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
         model = model_files.load_keras_model(keras_file, error=ExportError)
         description, trained = str(keras_file), True
         sidecar = keras_file.parent / NORMALIZATION_FILE
+        card_file = keras_file.with_suffix(".json")
+        card = model_files.read_json_object(card_file, "model card", error=ExportError) if card_file.is_file() else {}
+        tta = bool(card.get("tta", False))
     else:
         if str(source).endswith(".keras") or "/" in str(source):
             raise ExportError(f"model file {source} does not exist; pass an existing .keras file, a training "
@@ -105,7 +113,7 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
             model = build_model(str(source), **overrides)
         except (ValueError, TypeError) as err:
             raise ExportError(str(err)) from None
-        description, trained, sidecar = f"registry:{source}", False, None
+        description, trained, sidecar, tta = f"registry:{source}", False, None, False
         logger.warning("exporting the UNTRAINED registry model %r (random weights); use it for tests only.", source)
 
     if normalization is not None:
@@ -119,7 +127,7 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
                        "constants, pass --normalization FILE.", NORMALIZATION_FILE, where)
     _check_model(model, description)
     return ModelSource(model=model, normalization=config, description=description,
-                       normalization_source=norm_source, trained=trained)
+                       normalization_source=norm_source, trained=trained, tta=tta)
 
 
 def _check_model(model, description):

@@ -116,6 +116,32 @@ def logit_model(model: keras.Model) -> keras.Model | None:
     return keras.Model(model.input, model.layers[-2].output, name=f"{model.name}_logits")
 
 
+def flip_average_model(model: keras.Model) -> keras.Model:
+    """``model`` averaged over the four flips of its input, as one Keras model (for export).
+
+    The input is predicted as it is and flipped along H, along W and along both; each output is
+    flipped back and the four are averaged: the logits when ``model`` exposes them
+    (:func:`logit_model`; then the sigmoid is applied to the mean), else the probabilities. This
+    is what ``kercr.detect(..., tta=True)`` computes tile by tile, in a graph that SavedModel and
+    TFLite exports carry. Weights are shared with ``model``; input and output shapes are its own.
+    """
+    scorer = logit_model(model)
+    inner = scorer or model
+    x = keras.Input(shape=tuple(model.input_shape[1:]), name="image")
+    views = []
+    for axes in ((), (1,), (2,), (1, 2)):
+        v = x
+        for a in axes:
+            v = keras.ops.flip(v, axis=a)
+        y = inner(v)
+        for a in axes:
+            y = keras.ops.flip(y, axis=a)
+        views.append(y)
+    mean = keras.layers.Average(name="flip_average")(views)
+    out = keras.layers.Activation("sigmoid", name="probability")(mean) if scorer is not None else mean
+    return keras.Model(x, out, name=f"{model.name}_flips")
+
+
 def input_multiple(model: keras.Model) -> int:
     """The number the input height and width must be divisible by.
 

@@ -25,8 +25,9 @@ The path from a raw CCD frame to a CR mask:
 4. **Flips (test-time augmentation).** With ``tta`` (the shipped model's card turns it on) every
    tile is also predicted flipped along rows, columns and both, each prediction is flipped back,
    and the four logits are averaged (TFLite probabilities are turned into logits first, as the
-   validation scores the card's threshold was chosen on were): 4 x the network time. On the real-frame benchmark it finds more CR pixels at the same false-
-   positive rate (``BENCHMARKS.md``); adding the four transposed views gains nothing more.
+   validation scores the card's threshold was chosen on were): 4 x the network time. On the
+   real-frame benchmark it finds more CR pixels at the same false-positive rate
+   (``BENCHMARKS.md``); adding the four transposed views gains nothing more.
 5. **Threshold.** ``mask = probability >= threshold`` outside ignored pixels (for Keras models the
    comparison is made on the logits, which stay distinct where float32 probabilities round to 1).
 

@@ -7,6 +7,8 @@ alone. Threads are capped at ``--threads`` (TF intra-op = N, inter-op = 1; LiteR
 first, so the measured process is the steady state of ``runtime="tflite-*"``: load the cached
 ``.tflite``, normalize, tile, predict, stitch. Models are untrained (speed does not depend on the
 weights). The first ``detect`` call (tracing, interpreter allocation) is a warm-up and not timed.
+Tiles go ``--batch-size`` per call, by default as in ``detect``: 4 with TFLite, whose two
+one-thread interpreters (``ParallelTFLiteRunner``, 2 threads) take two each, and 1 with Keras.
 ``--tta on off`` measures with and without the four-flip average (``auto``, the default: what the
 model card says, on for the shipped model, off for the untrained ones).
 
@@ -105,7 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", nargs="+", choices=sorted(_TTA), default=["auto"],
                         help="four-flip averaging: on, off, or auto (the model card's choice; default)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="tiles per call (default: detect()'s, 4 with TFLite, 1 with Keras)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--shape", nargs=2, type=int, default=[4096, 2048], metavar=("NY", "NX"))
     parser.add_argument("--workdir", default=None, help="models, frame and TFLite cache (default: a temp dir)")
@@ -135,8 +138,9 @@ def main(argv=None) -> int:
             model_path = default_model_path()
         for runtime in args.runtimes:
             base = [sys.executable, __file__, "--worker", "--model-path", str(model_path), "--runtime", runtime,
-                    "--threads", str(args.threads), "--frame", str(frame), "--batch-size", str(args.batch_size),
-                    "--repeats", str(args.repeats)]
+                    "--threads", str(args.threads), "--frame", str(frame), "--repeats", str(args.repeats)]
+            if args.batch_size is not None:
+                base += ["--batch-size", str(args.batch_size)]
             convert = None
             if runtime.startswith("tflite"):  # convert + cache once, outside the measured process
                 convert = _run(base + ["--tile", "256", "--convert-only"], env).get("convert_s")
@@ -153,7 +157,7 @@ def main(argv=None) -> int:
 
     ny, nx = args.shape
     print(f"\n`{' '.join([Path(sys.executable).name, 'benchmarks/bench_detect.py'] + (argv or sys.argv[1:]))}` "
-          f"(kercr {kercr.__version__}, {args.threads} threads, frame {ny} x {nx}, batch {args.batch_size}, "
+          f"(kercr {kercr.__version__}, {args.threads} threads, frame {ny} x {nx}, batch {args.batch_size or "4 (TFLite) / 1 (Keras)"}, "
           f"median of {args.repeats})\n")
     print("| model | params | runtime | flips (tta) | tile (arg -> used) | overlap | Mpix/s | s / frame | "
           "peak RSS (MB) | first-use conversion (s) |")

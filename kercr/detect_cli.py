@@ -213,8 +213,10 @@ def _common_model_args(parser):
     parser.add_argument("--tile", type=int, default=None, help="tile side in pixels (default 512: peak memory < 1.5 GB for a 2k x 4k CCD).")
     parser.add_argument("--overlap", type=int, default=None,
                         help="tile margin in pixels (default: the network's receptive field).")
-    parser.add_argument("--batch-size", type=int, default=4, help="tiles per Keras call (default 4).")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (TFLite interpreter).")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="tiles per call (default 4 with TFLite, shared out between its interpreters; 1 with Keras).")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of the TFLite runtimes (default: every core this process may use).")
     parser.add_argument("--keep-saturated", action="store_true",
                         help="do not exclude pixels at or above the header's SATURATE level.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more messages (-vv: debug).")

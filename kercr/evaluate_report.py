@@ -232,7 +232,7 @@ def _pooled(truth, probability, ignore, *, threshold) -> dict:
 
 
 def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_rate_scale=5.0, model="default",
-             out, threshold=None, runtime="auto", tta=None, tile=None, overlap=None, batch_size=4, num_threads=None,
+             out, threshold=None, runtime="auto", tta=None, tile=None, overlap=None, batch_size=None, num_threads=None,
              exclude_saturated=True, maps=3) -> dict:
     """Score a model on labelled FITS files and/or synthetic frames; write metrics.json and plots.
 

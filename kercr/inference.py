@@ -82,6 +82,9 @@ _TFLITE_QUANTIZE = {"tflite-float32": "none", "tflite-float16": "float16", "tfli
                     "tflite-int8": "int8"}
 #: Default tile side (pixels) of the convolutional models; see benchmarks/bench_detect.py.
 DEFAULT_TILE = 512
+#: tiles per network call when ``detect(batch_size=None)``: TFLite shares a batch out between its
+#: interpreters; Keras on a CPU is no faster with more and needs more memory (BENCHMARKS.md)
+DEFAULT_BATCH_SIZE = {"tflite": 4, "keras": 1}
 #: Overlap margin of fixed-input models (TransUNet, whose receptive field is the whole tile); at most 1/8 tile.
 FIXED_MODEL_OVERLAP = 32
 
@@ -406,9 +409,9 @@ def _tflite_model(loaded: LoadedModel, runtime: str):
 
 @functools.lru_cache(maxsize=8)
 def _runner_from_path(path: str, num_threads):
-    from kercr.export.tflite import TFLiteRunner
+    from kercr.export.tflite import ParallelTFLiteRunner
 
-    return TFLiteRunner(path, num_threads=num_threads)
+    return ParallelTFLiteRunner(path, num_threads=num_threads)
 
 
 def _predictor(loaded: LoadedModel, runtime: str, num_threads):
@@ -429,9 +432,9 @@ def _predictor(loaded: LoadedModel, runtime: str, num_threads):
     if isinstance(source, Path):
         runner = _runner_from_path(str(source), num_threads)
     else:
-        from kercr.export.tflite import TFLiteRunner
+        from kercr.export.tflite import ParallelTFLiteRunner
 
-        runner = TFLiteRunner(source, num_threads=num_threads)
+        runner = ParallelTFLiteRunner(source, num_threads=num_threads)
     return runner.predict, False
 
 
@@ -655,7 +658,7 @@ def _check_tiling(loaded: LoadedModel, tile, overlap):
 # detect
 # ---------------------------------------------------------------------------------------------
 def detect(image, *, model="default", threshold=None, gain=None, readnoise=None, saturation=None,
-           exclude_saturated=True, mask=None, tile=None, overlap=None, batch_size=4, runtime="auto",
+           exclude_saturated=True, mask=None, tile=None, overlap=None, batch_size=None, runtime="auto",
            tta=None, num_threads=None) -> DetectionResult:
     """Find cosmic rays in a CCD frame of any size.
 
@@ -691,8 +694,10 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     overlap : int, optional
         Margin in pixels discarded on each side of every tile; default: the receptive-field
         radius rounded up to the model's multiple (32 for a 256-pixel TransUNet, 1/8 of a smaller one).
-    batch_size : int
-        Tiles per network call (the TFLite runtimes run one at a time).
+    batch_size : int, optional
+        Tiles per network call. Default: 4 with the TFLite runtimes (shared out between their two
+        interpreters, one tile at a time each), 1 with Keras (on a CPU a larger batch is no faster
+        and costs about 130 MB per 512-pixel tile: 1.7 GB peak at 4 against 1.2 GB at 1).
     runtime : {"auto", "keras", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8"}
         See the module docstring.
     tta : bool, optional
@@ -700,7 +705,10 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         docstring). Default: the model card's ``"tta"`` (on for the shipped model, whose threshold
         was chosen with it), else off.
     num_threads : int, optional
-        CPU threads of the LiteRT interpreter (Keras: set ``tf.config.threading`` instead).
+        CPU threads for the TFLite runtimes, default: every core this process may use. They are
+        shared out between two LiteRT interpreters, each on its own tiles of a batch (on two
+        cores 15 % faster than one interpreter's threads sharing each tile, for about 180 MB
+        more memory; ``num_threads=1`` runs one). Keras: set ``tf.config.threading`` instead.
 
     Returns
     -------
@@ -723,8 +731,8 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         raise KercrDataError(f"{description} has shape {data.shape}; pass an image of at least 2 x 2 pixels.")
     if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
         raise KercrDataError(f"{description} has dtype {data.dtype}; pass real-valued pixels.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1 (or None: 4 with TFLite, 1 with Keras).")
     if frame is not None:  # a kercr CCDFrame already parsed its headers
         gain = gain if gain is not None else frame.gain
         readnoise = readnoise if readnoise is not None else frame.readnoise
@@ -738,6 +746,8 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     loaded = load_model(model)
     runtime = resolve_runtime(runtime, loaded)
     tta = resolve_tta(tta, loaded)
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE["keras" if runtime == "keras" else "tflite"]
     threshold = loaded.threshold if threshold is None else float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold={threshold} must be a probability in [0, 1].")

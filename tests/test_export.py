@@ -217,6 +217,31 @@ def test_tflite_resizes_at_run_time(exported):
     np.testing.assert_allclose(got, _keras_reference(model, image), atol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["float32", "int8"])
+def test_parallel_runner_splits_batches_and_gives_the_single_interpreters_output(exported, variant):
+    from kercr.export.tflite import ParallelTFLiteRunner
+
+    result, _, _ = exported
+    path = result.path / "tflite" / f"kercr_{variant}.tflite"
+    single = TFLiteRunner(path, num_threads=1)
+    pool = ParallelTFLiteRunner(path, num_threads=2)
+    assert pool.workers == 2 and ParallelTFLiteRunner(path, num_threads=1).workers == 1
+    assert ParallelTFLiteRunner(path, num_threads=8).workers == 2  # two interpreters of 4 threads
+    batch = np.stack([normalize(_raw_tile(seed=20 + k), config=SIDECAR)[0] for k in range(3)])
+    calls = []
+    for runner in pool.runners:  # record which images each interpreter gets
+        runner.predict = (lambda f: lambda x: calls.append(len(x)) or f(x))(runner.predict)
+    expected = single.predict(batch)
+    got = pool.predict(batch)  # 3 images: 2 to one interpreter, 1 to the other, in order
+    assert sorted(calls) == [1, 2]
+    assert got.dtype == np.float32 and got.shape == batch.shape
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(pool.predict(batch[..., None]), expected[..., None])
+    np.testing.assert_array_equal(pool.predict(batch[0]), expected[0])  # one image: one interpreter
+    with pytest.raises(ValueError, match="num_threads=0"):
+        ParallelTFLiteRunner(path, num_threads=0)
+
+
 def test_parity_report(exported):
     result, _, _ = exported
     parity = json.loads((result.path / "parity.json").read_text())

@@ -287,6 +287,27 @@ def test_tflite_runtimes_match_keras_and_cache(tiny, frame, tmp_path, monkeypatc
     assert detect(frame.image_adu, model=carded, num_threads=1).runtime == "tflite-int8"
 
 
+def test_default_batch_per_runtime_and_two_interpreters_give_one_interpreters_mask(tiny, frame, tmp_path,
+                                                                                monkeypatch):
+    pytest.importorskip("ai_edge_litert")
+    import kercr.inference as inference
+
+    monkeypatch.setenv("KERCR_CACHE_DIR", str(tmp_path / "cache"))
+    batches = []
+    tiled = inference._predict_tiled
+    monkeypatch.setattr(inference, "_predict_tiled", lambda *a, **kw: batches.append(kw["batch_size"]) or tiled(*a, **kw))
+    detect(frame.image_adu, model=tiny, runtime="keras", tile=128)
+    one = detect(frame.image_adu, model=tiny, runtime="tflite-int8", tile=128, num_threads=1)
+    two = detect(frame.image_adu, model=tiny, runtime="tflite-int8", tile=128, num_threads=2)
+    assert batches == [1, 4, 4] and one.n_tiles > 4  # Keras one tile per call, TFLite four
+    np.testing.assert_array_equal(two.probability, one.probability)  # each tile through one interpreter
+    np.testing.assert_array_equal(two.mask, one.mask)
+    detect(frame.image_adu, model=tiny, runtime="keras", tile=128, batch_size=3)
+    assert batches[-1] == 3
+    with pytest.raises(ValueError, match="batch_size=0"):
+        detect(frame.image_adu, model=tiny, batch_size=0)
+
+
 # --------------------------------------------------------------------------------------------
 # Flips (test-time augmentation)
 # --------------------------------------------------------------------------------------------

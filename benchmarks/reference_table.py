@@ -26,6 +26,13 @@ Second test set: real CR footprints
     on average, three quarters of them real footprints drawn from
     ``../shared/data/cr_footprints/cosmic_rays_itl_2017_even.fits`` (LSST ITL darks, imSim format).
     Skipped, with a message, when that file is absent.
+Third test set: footprints only
+    The second set scored on its real footprints alone: the pixels of its simulated CRs, grown by
+    one pixel, are ignored (the same frames rendered without footprints say which they are). The
+    simulator labels a CR's diffusion wings down to half the read noise; dark-frame footprints end
+    at about 50 e-, like the real CRs a held-out set of real frames would inject. A model trained
+    to leave faint wing pixels out (``--cr-threshold-e``, ``--faint-crs negative``) is judged here
+    without the simulator's labelling convention.
 Pixels
     Each frame is normalized as a whole (as at inference) and cut into the non-overlapping grid of
     ``patch_size`` tiles (frame sides are multiples of the patch size, so the tiles cover every
@@ -184,6 +191,28 @@ def test_sets(scale: Scale, n_frames: int, normalization=None) -> dict:
     return sets
 
 
+FOOTPRINTS_ONLY = "footprints only"
+
+
+def simulated_crs(source, i) -> np.ndarray:
+    """Pixels of frame ``i``'s simulated CRs in a footprint set, grown by one pixel (bool).
+
+    The frame rendered without footprints: its CRs, noise and sources are drawn from the same
+    seeds (the footprints have a random stream of their own), so its CR mask is exactly the
+    simulated part of the footprint frame's truth.
+    """
+    import copy
+
+    from scipy import ndimage
+
+    from kercr.data.frames import SyntheticFrames
+
+    plain = copy.copy(source)
+    plain.footprints, plain._cache = None, {}
+    _, cr_mask, _, _ = SyntheticFrames._make(plain, i)  # the class's, not a wrapper set on the instance
+    return ndimage.binary_dilation(cr_mask, structure=np.ones((3, 3), bool))
+
+
 def grid_tiles(image, mask, weight, patch_size):
     """Non-overlapping ``patch_size`` tiles covering the frame: ``(x, y, w)`` (n, p, p, 1) arrays."""
     from kercr.data.patches import make_patches
@@ -209,12 +238,20 @@ class TestData:
         self.sets = {}
         for name, source in test_sets(scale, n_frames, normalization).items():
             wrapped = _RawKeepingFrames(source)
-            frames = []
+            frames, only = [], []
             for i in range(n_frames):
                 image, mask, weight, raw, ignore = wrapped.frame(i)
                 frames.append(dict(tiles=grid_tiles(image, mask, weight, scale.patch_size), raw=raw,
                                    truth=mask > 0.5, ignore=(weight <= 0) | ignore))
+                if source.footprints:  # the same frame scored on its footprints alone
+                    simulated = simulated_crs(source, i)
+                    kept = np.where(simulated, np.float32(0), weight)
+                    only.append(dict(tiles=grid_tiles(image, mask, kept, scale.patch_size), raw=raw,
+                                     truth=mask > 0.5, ignore=(kept <= 0) | ignore | simulated))
             self.sets[name] = frames
+            if only:
+                self.sets[FOOTPRINTS_ONLY] = only
+        for name, frames in self.sets.items():
             cr = sum(int((f["truth"] & ~f["ignore"]).sum()) for f in frames)
             print(f"[reference_table] test set {name!r}: {n_frames} frames of {scale.frame_shape}, "
                   f"{cr} CR pixels (not ignored)", flush=True)
@@ -458,7 +495,8 @@ def write_outputs(out: Path, table: list[dict], scale: Scale, data: TestData) ->
         "validation columns come from their model card.\n\n"
         f"Test: {data.n_frames} SyntheticFrames of {scale.frame_shape[0]}x{scale.frame_shape[1]}, seed {TEST_SEED}, "
         f"CRs at {scale.test_cr_rate_scale:g}x DECam's dark rate; `real footprints` = same frames with "
-        f"{FOOTPRINT_RATE_CUT:g}x that simulated rate plus {FOOTPRINT_FRACTION:g}x as many ITL-dark footprints. "
+        f"{FOOTPRINT_RATE_CUT:g}x that simulated rate plus {FOOTPRINT_FRACTION:g}x as many ITL-dark footprints; "
+        f"`{FOOTPRINTS_ONLY}` = that set scored on its footprints alone (simulated CRs, grown by 1 px, ignored). "
         f"All {scale.patch_size}-px grid tiles, pixels pooled, ignored pixels (weight 0) excluded. "
         "Dice at p = 0.5. astroscrappy gives a binary mask: its TPR/FPR are at its own operating point, "
         "no ROC metrics. Reference values (`ref *`, DECam test set, 7,168 patches of 256 px) are for "

@@ -38,7 +38,8 @@ def test_tiny_table_trains_evaluates_caches_and_writes_every_output(reference_ta
 
     with (tmp_path / "table.csv").open() as f:
         rows = list(csv.DictReader(f))
-    sets = {"synthetic", "real footprints"} if reference_table.FOOTPRINTS.resolve().is_file() else {"synthetic"}
+    sets = ({"synthetic", "real footprints", "footprints only"} if reference_table.FOOTPRINTS.resolve().is_file()
+            else {"synthetic"})
     assert {(r["model"], r["test set"]) for r in rows} == {(m, s) for m in (ROW, "astroscrappy (L.A.Cosmic, defaults)")
                                                            for s in sets}
     net = next(r for r in rows if r["model"] == ROW and r["test set"] == "synthetic")
@@ -76,3 +77,24 @@ def test_unknown_row_is_refused_with_the_valid_labels(reference_table, tmp_path,
     err = capsys.readouterr().err
     assert "unknown row(s) ['TransUNet 6 / 6 / 64']" in err and ROW in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_footprints_only_ignores_exactly_the_simulated_crs(reference_table):
+    if not reference_table.FOOTPRINTS.resolve().is_file():
+        pytest.skip(f"{reference_table.FOOTPRINTS} not found (../shared/data is absent)")
+    import numpy as np
+    from scipy import ndimage
+
+    from kercr.data.frames import SyntheticFrames
+
+    scale = reference_table.RECIPES["tiny"]
+    source = reference_table.test_sets(scale, 1)["real footprints"]
+    _, truth, _, _ = source._make(0)
+    simulated = reference_table.simulated_crs(source, 0)
+    plain = SyntheticFrames(seed=reference_table.TEST_SEED, shape=scale.frame_shape,
+                            cr_rate_scale=scale.test_cr_rate_scale * reference_table.FOOTPRINT_RATE_CUT)
+    _, alone, _, _ = plain._make(0)  # the same frame made without footprints
+    assert alone.any() and np.array_equal(simulated, ndimage.binary_dilation(alone, np.ones((3, 3), bool)))
+    assert not (alone & ~truth).any()  # every simulated CR pixel is in the footprint frame's truth
+    assert (truth & ~simulated).any()  # and footprints are left to score
+    assert source.footprints is not None and len(source._cache) == 0  # the source itself is untouched

@@ -157,7 +157,7 @@ def main(argv=None) -> int:
 
     ny, nx = args.shape
     print(f"\n`{' '.join([Path(sys.executable).name, 'benchmarks/bench_detect.py'] + (argv or sys.argv[1:]))}` "
-          f"(kercr {kercr.__version__}, {args.threads} threads, frame {ny} x {nx}, batch {args.batch_size or "4 (TFLite) / 1 (Keras)"}, "
+          f"(kercr {kercr.__version__}, {args.threads} threads, frame {ny} x {nx}, batch {args.batch_size or '4 (TFLite) / 1 (Keras)'}, "
           f"median of {args.repeats})\n")
     print("| model | params | runtime | flips (tta) | tile (arg -> used) | overlap | Mpix/s | s / frame | "
           "peak RSS (MB) | first-use conversion (s) |")

@@ -697,7 +697,7 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     batch_size : int, optional
         Tiles per network call. Default: 4 with the TFLite runtimes (shared out between their two
         interpreters, one tile at a time each), 1 with Keras (on a CPU a larger batch is no faster
-        and costs about 130 MB per 512-pixel tile: 1.7 GB peak at 4 against 1.2 GB at 1).
+        and costs about 150 MB per 512-pixel tile: 1.7 GB peak at 4 against 1.2 GB at 1).
     runtime : {"auto", "keras", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8"}
         See the module docstring.
     tta : bool, optional
@@ -707,7 +707,7 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     num_threads : int, optional
         CPU threads for the TFLite runtimes, default: every core this process may use. They are
         shared out between two LiteRT interpreters, each on its own tiles of a batch (on two
-        cores 15 % faster than one interpreter's threads sharing each tile, for about 180 MB
+        cores 12-17 % faster than one interpreter's threads sharing each tile, for about 180 MB
         more memory; ``num_threads=1`` runs one). Keras: set ``tf.config.threading`` instead.
 
     Returns

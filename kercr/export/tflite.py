@@ -233,7 +233,7 @@ class ParallelTFLiteRunner:
 
     LiteRT's own threads split every layer of one image and meet after each layer; on this
     project's 2-core machine, two one-thread interpreters working on different tiles run the
-    shipped int8 model about 16 % faster than one two-thread interpreter (BENCHMARKS.md, "Speed
+    shipped int8 model 12-17 % faster than one two-thread interpreter (BENCHMARKS.md, "Speed
     of the shipped model"). Outputs are those of :class:`TFLiteRunner` (each image still goes
     through one interpreter). Calls are serialized by a lock, so one instance may be shared
     between threads.
@@ -257,7 +257,6 @@ class ParallelTFLiteRunner:
         if int(max_workers) < 1:
             raise ValueError(f"max_workers={max_workers}: pass 1 or more interpreters.")
         workers = min(threads, int(max_workers))
-        self.num_threads = threads
         self.runners = [TFLiteRunner(model, num_threads=max(1, threads // workers)) for _ in range(workers)]
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="kercr-tflite") if workers > 1 else None
         self._lock = threading.Lock()

@@ -125,11 +125,13 @@ def flip_average_model(model: keras.Model) -> keras.Model:
     is what ``kercr.detect(..., tta=True)`` computes tile by tile, in a graph that SavedModel and
     TFLite exports carry. Weights are shared with ``model``; input and output shapes are its own.
     """
+    from kercr.inference import FLIP_AXES  # the views detect() averages
+
     scorer = logit_model(model)
     inner = scorer or model
     x = keras.Input(shape=tuple(model.input_shape[1:]), name="image")
     views = []
-    for axes in ((), (1,), (2,), (1, 2)):
+    for axes in FLIP_AXES:
         v = x
         for a in axes:
             v = keras.ops.flip(v, axis=a)

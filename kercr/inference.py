@@ -707,7 +707,7 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     num_threads : int, optional
         CPU threads for the TFLite runtimes, default: every core this process may use. They are
         shared out between two LiteRT interpreters, each on its own tiles of a batch (on two
-        cores 12-17 % faster than one interpreter's threads sharing each tile, for about 180 MB
+        cores 12-14 % faster than one interpreter's threads sharing each tile, for about 180 MB
         more memory; ``num_threads=1`` runs one). Keras: set ``tf.config.threading`` instead.
 
     Returns

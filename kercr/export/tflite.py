@@ -233,7 +233,7 @@ class ParallelTFLiteRunner:
 
     LiteRT's own threads split every layer of one image and meet after each layer; on this
     project's 2-core machine, two one-thread interpreters working on different tiles run the
-    shipped int8 model 12-17 % faster than one two-thread interpreter (BENCHMARKS.md, "Speed
+    shipped int8 model 12-14 % faster than one two-thread interpreter (BENCHMARKS.md, "Speed
     of the shipped model"). Outputs are those of :class:`TFLiteRunner` (each image still goes
     through one interpreter). Calls are serialized by a lock, so one instance may be shared
     between threads.

@@ -67,9 +67,9 @@ from kercr.model_files import (
     ModelFileError,
     find_model_file,
     load_keras_model,
-    normalization_from_dict,
+    model_normalization,
+    read_card,
     read_json_object,
-    read_normalization,
 )
 
 __all__ = ["DetectionResult", "LoadedModel", "ModelLoadError", "RUNTIMES", "detect", "load_model",
@@ -219,20 +219,16 @@ def _is_local(model) -> bool:
     return model.input_shape[1] is None and not any(isinstance(layer, global_layers) for layer in model.layers)
 
 
-def _describe(model, *, name, path, card, sidecar_dir) -> LoadedModel:
+def _describe(model, *, name, path, card) -> LoadedModel:
     from kercr.models import input_multiple
 
     shape = model.input_shape
     if isinstance(shape, list) or len(shape) != 4 or shape[-1] != 1:
         raise ModelLoadError(f"{name}: input shape {shape} is not (batch, H, W, 1); kercr.detect runs "
                              "single-input, one-channel kercr models.")
-    if sidecar_dir is not None and (sidecar_dir / NORMALIZATION_FILE).is_file():
-        sidecar = sidecar_dir / NORMALIZATION_FILE
-        norm = read_normalization(sidecar, error=ModelLoadError)
-        norm_source = str(sidecar)
-    elif isinstance(card.get("normalization"), dict):
-        norm = normalization_from_dict(card["normalization"], f"{name} model card", error=ModelLoadError)
-        norm_source = "card"
+    found = model_normalization(path, card, error=ModelLoadError)
+    if found is not None:
+        norm, norm_source = found
     else:
         norm, norm_source = NormalizationConfig(), "default"
         logger.warning("%s: no %s beside the model and none in its card; normalizing with the default "
@@ -261,12 +257,10 @@ def _describe(model, *, name, path, card, sidecar_dir) -> LoadedModel:
 def _load_file(path: str, mtime_ns: int, size: int, is_default: bool) -> LoadedModel:
     p = Path(path)
     model = load_keras_model(p, error=ModelLoadError)
-    card = {}
-    if (p.with_suffix(".json")).is_file():  # the model card: default.json beside default.keras
-        card = read_json_object(p.with_suffix(".json"), "model card", error=ModelLoadError)
+    card = read_card(p, error=ModelLoadError)  # default.json beside default.keras
     name = "default" if is_default else str(p)
     logger.info("loaded model %s", name)
-    return _describe(model, name=name, path=p, card=card, sidecar_dir=p.parent)
+    return _describe(model, name=name, path=p, card=card)
 
 
 _INSTANCES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -298,8 +292,7 @@ def load_model(model="default") -> LoadedModel:
 
     if isinstance(model, keras.Model):
         if model not in _INSTANCES:
-            _INSTANCES[model] = _describe(model, name=f"<instance {model.name}>", path=None, card={},
-                                          sidecar_dir=None)
+            _INSTANCES[model] = _describe(model, name=f"<instance {model.name}>", path=None, card={})
         return _INSTANCES[model]
     if not isinstance(model, (str, os.PathLike)):
         raise ModelLoadError(f"model={model!r}: pass 'default', a .keras file, a run directory or a keras.Model.")

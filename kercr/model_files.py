@@ -3,6 +3,10 @@
 A trained model is a ``.keras`` file with a ``normalization.json`` sidecar beside it (the dict
 of :meth:`kercr.data.normalization.NormalizationConfig.to_dict`); a ``kercr-train`` run
 directory holds ``best.keras`` (and ``last.keras``), and other tools write ``model.keras``.
+An optional model card ``NAME.json`` beside ``NAME.keras`` (the shipped ``default.json``) holds
+the threshold, whether the model runs averaged over four flips (``"tta"``) and, for a model
+without a sidecar, its ``"normalization"``. Detection and export read these files through
+:func:`read_card` and :func:`model_normalization`, so both run a model with the same constants.
 """
 
 from __future__ import annotations
@@ -66,6 +70,32 @@ def normalization_from_dict(data: dict, source: str, *, error=ModelFileError) ->
 def read_normalization(path, *, error=ModelFileError) -> NormalizationConfig:
     """Read a ``normalization.json`` file."""
     return normalization_from_dict(read_json_object(path, "normalization file", error=error), str(path), error=error)
+
+
+def read_card(keras_file, *, error=ModelFileError) -> dict:
+    """The model card ``NAME.json`` beside ``NAME.keras``; an empty dict when there is none."""
+    card_file = Path(keras_file).with_suffix(".json")
+    return read_json_object(card_file, "model card", error=error) if card_file.is_file() else {}
+
+
+def model_normalization(keras_file, card: dict, *, error=ModelFileError) -> tuple[NormalizationConfig, str] | None:
+    """The normalization constants a saved model was trained with, and where they came from.
+
+    The ``normalization.json`` sidecar beside ``keras_file`` wins; else the card's
+    ``"normalization"`` object (source ``"card"``); else None (the caller falls back to the
+    default :class:`NormalizationConfig` and warns). ``keras_file`` None (an in-memory model)
+    looks at the card only.
+    """
+    if keras_file is not None:
+        sidecar = Path(keras_file).parent / NORMALIZATION_FILE
+        if sidecar.is_file():
+            return read_normalization(sidecar, error=error), str(sidecar)
+    if "normalization" in card:
+        if not isinstance(card["normalization"], dict):
+            raise error(f"model card of {keras_file}: \"normalization\" must be an object of "
+                        "NormalizationConfig constants; fix the card or put a normalization.json beside the model.")
+        return normalization_from_dict(card["normalization"], f"model card of {keras_file}", error=error), "card"
+    return None
 
 
 def load_keras_model(path, *, error=ModelFileError):

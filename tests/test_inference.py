@@ -235,6 +235,29 @@ def test_normalization_sidecar_is_used(tmp_path, frame, caplog):
     np.testing.assert_allclose(p_missing, p_plain, atol=1e-6)  # the default config == the saved default
 
 
+def test_detection_and_export_read_the_same_normalization(tmp_path):
+    """Sidecar first, then the card's "normalization", then the default: in detect and export alike."""
+    from kercr.export import ExportError, load_model_source
+
+    card_norm = NormalizationConfig(clip_max=2.0)
+    in_card = _save_model(tmp_path / "card", "m", normalization=False,
+                          card={"threshold": 0.5, "normalization": card_norm.to_dict()})
+    both = _save_model(tmp_path / "both", "m", card={"normalization": card_norm.to_dict()})
+    neither = _save_model(tmp_path / "neither", "m", normalization=False)
+    expected = {in_card: (card_norm, "card"),
+                both: (NormalizationConfig(), str(tmp_path / "both" / "normalization.json")),
+                neither: (NormalizationConfig(), "default")}
+    for path, (norm, source) in expected.items():
+        loaded, exported = load_model(path), load_model_source(path)
+        assert loaded.normalization == exported.normalization == norm, path
+        assert loaded.normalization_source == source and exported.normalization_source == source, path
+    bad = _save_model(tmp_path / "bad", "m", normalization=False, card={"normalization": [1, 2]})
+    with pytest.raises(ModelLoadError, match="must be an object"):
+        load_model(bad)
+    with pytest.raises(ExportError, match="must be an object"):
+        load_model_source(bad)
+
+
 def test_image_wide_layers_are_reported(tmp_path):
     keras.utils.set_random_seed(0)
     assert load_model(kercr.build_model("deepcr_2_4")).local

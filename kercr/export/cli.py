@@ -16,7 +16,8 @@ Export a kercr cosmic-ray model for serving.
 
 MODEL is one of
   * a .keras file (its normalization constants are read from normalization.json in the same
-    directory; without it the default NormalizationConfig is used and a warning is logged),
+    directory, else from the "normalization" of its model card NAME.json; without either the
+    default NormalizationConfig is used and a warning is logged),
   * a training run directory holding best.keras (preferred) or model.keras,
   * a registry name (kercr-models lists them): an UNTRAINED model, for tests and benchmarks.
 

@@ -11,11 +11,12 @@ Rules (also in ``kercr-export --help`` and ``export/README.md``):
   benchmarks, never for science.
 
 The normalization constants are the JSON object :meth:`NormalizationConfig.to_dict` writes, in a
-file ``normalization.json`` in the same directory as the ``.keras`` file. When it is absent (and
-always for a registry name) the default :class:`NormalizationConfig` is used and a warning is
-logged. ``normalization=PATH`` overrides the sidecar. The model card beside a ``.keras`` file
-(``NAME.json``, e.g. the shipped ``default.json``) says whether the model runs averaged over the
-four flips of its input (``"tta"``); the export follows it unless told otherwise.
+file ``normalization.json`` in the same directory as the ``.keras`` file, else the model card's
+``"normalization"`` (as :func:`kercr.detect` reads them, :func:`kercr.model_files.model_normalization`).
+When both are absent (and always for a registry name) the default :class:`NormalizationConfig` is
+used and a warning is logged. ``normalization=PATH`` overrides both. The model card beside a
+``.keras`` file (``NAME.json``, e.g. the shipped ``default.json``) also says whether the model runs
+averaged over the four flips of its input (``"tta"``); the export follows it unless told otherwise.
 """
 
 from __future__ import annotations
@@ -98,9 +99,7 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
         keras_file = model_files.find_model_file(path, error=ExportError)
         model = model_files.load_keras_model(keras_file, error=ExportError)
         description, trained = str(keras_file), True
-        sidecar = keras_file.parent / NORMALIZATION_FILE
-        card_file = keras_file.with_suffix(".json")
-        card = model_files.read_json_object(card_file, "model card", error=ExportError) if card_file.is_file() else {}
+        card = model_files.read_card(keras_file, error=ExportError)
         tta = bool(card.get("tta", False))
     else:
         if str(source).endswith(".keras") or "/" in str(source):
@@ -113,16 +112,17 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
             model = build_model(str(source), **overrides)
         except (ValueError, TypeError) as err:
             raise ExportError(str(err)) from None
-        description, trained, sidecar, tta = f"registry:{source}", False, None, False
+        description, trained, keras_file, card, tta = f"registry:{source}", False, None, {}, False
         logger.warning("exporting the UNTRAINED registry model %r (random weights); use it for tests only.", source)
 
+    found = model_files.model_normalization(keras_file, card, error=ExportError) if normalization is None else None
     if normalization is not None:
         config, norm_source = read_normalization(normalization), str(normalization)
-    elif sidecar is not None and sidecar.is_file():
-        config, norm_source = read_normalization(sidecar), str(sidecar)
+    elif found is not None:  # the sidecar, else the card: what kercr.detect runs the model with
+        config, norm_source = found
     else:
         config, norm_source = NormalizationConfig(), "default"
-        where = f"next to {description}" if sidecar is not None else f"for {description}"
+        where = f"next to {description} nor in its card" if keras_file is not None else f"for {description}"
         logger.warning("no %s %s; using the default NormalizationConfig(). If the model was trained with other "
                        "constants, pass --normalization FILE.", NORMALIZATION_FILE, where)
     _check_model(model, description)

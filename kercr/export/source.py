@@ -115,16 +115,16 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
         description, trained, keras_file, card, tta = f"registry:{source}", False, None, {}, False
         logger.warning("exporting the UNTRAINED registry model %r (random weights); use it for tests only.", source)
 
-    found = model_files.model_normalization(keras_file, card, error=ExportError) if normalization is None else None
     if normalization is not None:
         config, norm_source = read_normalization(normalization), str(normalization)
-    elif found is not None:  # the sidecar, else the card: what kercr.detect runs the model with
+    else:  # the sidecar, else the card: what kercr.detect runs the model with
+        found = model_files.model_normalization(keras_file, card, error=ExportError)
+        if found is None:
+            found = NormalizationConfig(), "default"
+            where = f"next to {description} nor in its card" if keras_file is not None else f"for {description}"
+            logger.warning("no %s %s; using the default NormalizationConfig(). If the model was trained with other "
+                           "constants, pass --normalization FILE.", NORMALIZATION_FILE, where)
         config, norm_source = found
-    else:
-        config, norm_source = NormalizationConfig(), "default"
-        where = f"next to {description} nor in its card" if keras_file is not None else f"for {description}"
-        logger.warning("no %s %s; using the default NormalizationConfig(). If the model was trained with other "
-                       "constants, pass --normalization FILE.", NORMALIZATION_FILE, where)
     _check_model(model, description)
     return ModelSource(model=model, normalization=config, description=description,
                        normalization_source=norm_source, trained=trained, tta=tta)

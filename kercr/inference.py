@@ -158,6 +158,8 @@ def _layer_rf(layer, radius: float, jump: float) -> tuple[float, float]:
     """Receptive-field radius and jump (input pixels per step) after ``layer``."""
     import keras
 
+    if isinstance(layer, keras.Model):  # a nested network (a wrapper, an ensemble member): same-size output
+        return radius + receptive_field_radius(layer) * jump, jump
     if isinstance(layer, keras.layers.Conv2DTranspose):
         stride = int(layer.strides[0])
         jump /= stride
@@ -180,8 +182,8 @@ def receptive_field_radius(model) -> int:
     Propagates (radius, jump) through the functional graph: every convolution adds
     ``(kernel - 1) / 2`` steps at its scale, every pooling ``pool - 1`` steps (its window is
     one-sided), every upsampling one step for the sub-pixel alignment; a merge takes the largest
-    radius of its inputs. If the graph cannot be walked, every layer is counted in series
-    (a looser bound).
+    radius of its inputs; a nested model (a wrapper, an ensemble member) adds its own radius. If
+    the graph cannot be walked, every layer is counted in series (a looser bound).
 
     Parameters
     ----------
@@ -216,7 +218,17 @@ def _is_local(model) -> bool:
 
     global_layers = (keras.layers.GroupNormalization, keras.layers.LayerNormalization,
                      keras.layers.MultiHeadAttention)
-    return model.input_shape[1] is None and not any(isinstance(layer, global_layers) for layer in model.layers)
+    return model.input_shape[1] is None and not any(isinstance(layer, global_layers) for layer in _all_layers(model))
+
+
+def _all_layers(model):
+    """The layers of ``model`` and of every model nested in it."""
+    import keras
+
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
 
 
 def _describe(model, *, name, path, card) -> LoadedModel:

@@ -264,6 +264,30 @@ def test_image_wide_layers_are_reported(tmp_path):
     assert not load_model(kercr.build_model("cosmic_conn", filters=(8, 16), groups=4)).local
 
 
+def test_models_nested_in_a_wrapper_or_an_ensemble_are_tiled_like_their_parts(frame):
+    """detect() reads the input multiple, receptive field and image-wide layers through nested models
+    (it used to see multiple 1 and radius 0 there, and crashed on frames of odd size)."""
+    keras.utils.set_random_seed(0)
+    inner = kercr.build_model("deepcr_2_4")
+    x = keras.Input((None, None, 1))
+    wrapper = keras.Model(x, inner(x), name="wrapper")
+    plain, wrapped = load_model(inner), load_model(wrapper)
+    assert (wrapped.multiple, wrapped.rf_radius, wrapped.local) == (plain.multiple, plain.rf_radius, True)
+    image = frame.image_adu[:, :301]  # odd width: the multiple must be honoured
+    expected = detect(image, model=inner, tile=64, runtime="keras").probability
+    np.testing.assert_allclose(detect(image, model=wrapper, tile=64, runtime="keras").probability, expected,
+                               atol=1e-6, rtol=0)
+    # An ensemble of two networks averaging their logits, one of them with image-wide GroupNorm.
+    other = kercr.build_model("cosmic_conn", filters=(8, 16), groups=4)
+    logits = [keras.Model(m.input, m.layers[-2].output, name=f"{m.name}_part")(x) for m in (inner, other)]
+    ensemble = keras.Model(x, keras.layers.Activation("sigmoid")(keras.layers.Average(name="mean_logits")(logits)))
+    loaded = load_model(ensemble)
+    assert loaded.multiple >= max(plain.multiple, load_model(other).multiple)
+    assert loaded.rf_radius >= max(plain.rf_radius, load_model(other).rf_radius) and not loaded.local
+    r = detect(image, model=ensemble, runtime="keras")
+    assert r.probability.shape == image.shape and np.isfinite(r.probability).all()
+
+
 def test_fixed_input_model_is_tiled_at_its_size(tmp_path):
     keras.utils.set_random_seed(0)
     model = kercr.build_model("transunet", input_size=64, num_layers=1, hidden_dim=12, num_heads=2, mlp_dim=8,

@@ -147,7 +147,9 @@ def flip_average_model(model: keras.Model) -> keras.Model:
 def input_multiple(model: keras.Model) -> int:
     """The number the input height and width must be divisible by.
 
-    For a model with a fixed tile size (TransUNet) this is the tile size itself.
+    For a model with a fixed tile size (TransUNet) this is the tile size itself. A model nested
+    inside another (a wrapper, an ensemble of kercr networks) contributes its own multiple as a
+    factor: an upper bound, so any size it allows is valid for every part.
     """
     fixed = model.input_shape[1]
     if fixed is not None:
@@ -158,6 +160,8 @@ def input_multiple(model: keras.Model) -> int:
             multiple *= int(layer.strides[0])
         elif type(layer) is keras.layers.Conv2D:
             multiple *= int(layer.strides[0])
+        elif isinstance(layer, keras.Model):
+            multiple *= input_multiple(layer)
     return multiple
 
 

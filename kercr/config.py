@@ -159,6 +159,31 @@ class TrainConfig:
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
+    @classmethod
+    def load(cls, path) -> "TrainConfig":
+        """The configuration a run saved as ``config.json`` (not validated: its files may have moved).
+
+        Options that kercr gained after the run was made read as their defaults, which is what
+        that run did. Raises :class:`ConfigError` for a missing or malformed file and for options
+        this kercr does not know (a run made by a newer kercr).
+        """
+        path = Path(path)
+        try:
+            saved = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{str(path)!r} does not exist; pass a kercr-train run directory.") from None
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{str(path)!r} is not a readable run configuration ({err}); "
+                              "it is written by kercr-train, so re-run the training or restore the file.") from None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{str(path)!r} must hold a JSON object of options, not {type(saved).__name__}.")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(saved) - fields)
+        if unknown:
+            raise ConfigError(f"{str(path)!r} has option(s) this kercr does not know ({', '.join(unknown)}); "
+                              "the run was made by a newer kercr: upgrade kercr to use it.")
+        return cls(**saved)
+
     def validate(self) -> "TrainConfig":
         """Check every option; raise :class:`ConfigError` naming the option and the fix."""
         from kercr.models import get_spec, model_kwargs

@@ -160,10 +160,8 @@ def _check_run_dir(out: Path, config: TrainConfig) -> dict:
     """Refuse to mix runs: an existing run directory must hold the same configuration."""
     saved = out / "config.json"
     if saved.is_file():
-        previous = json.loads(saved.read_text())
-        # Options added to kercr after the run was made default to what that run did.
-        defaults = json.loads(json.dumps(TrainConfig().to_dict()))
-        previous = {**{k: v for k, v in defaults.items() if k not in previous}, **previous}
+        # Options added to kercr after the run was made read as their defaults: what that run did.
+        previous = json.loads(json.dumps(TrainConfig.load(saved).to_dict()))
         mine = json.loads(json.dumps(config.to_dict()))
         ignore = {"epochs"}  # extending a run is allowed
         diff = sorted(k for k in set(previous) | set(mine) if k not in ignore and previous.get(k) != mine.get(k))
@@ -408,8 +406,6 @@ def run_validation(run_dir, *, tta: bool = False) -> dict:
     dict
         :func:`kercr.evaluation.pooled_metrics` of the validation pixels.
     """
-    import dataclasses
-
     from kercr.evaluation import validation_metrics
     from kercr.training_data import make_training_data
 
@@ -417,9 +413,7 @@ def run_validation(run_dir, *, tta: bool = False) -> dict:
     missing = [n for n in ("best.keras", "config.json") if not (run_dir / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{run_dir}: missing {', '.join(missing)}; pass a finished kercr-train run directory.")
-    saved = json.loads((run_dir / "config.json").read_text())
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    config = TrainConfig.load(run_dir / "config.json")
     data = make_training_data(config)
     best = keras.saving.load_model(run_dir / "best.keras")
     return validation_metrics(best, data.validation_batches(config.validation_steps), tta=tta)

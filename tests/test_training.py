@@ -161,6 +161,24 @@ def test_a_run_made_before_an_option_existed_resumes_with_its_default(tmp_path):
         _check_run_dir(run, _tiny_config(tmp_path, noise_estimator="diff2"))
 
 
+def test_a_saved_run_configuration_loads_back_and_bad_ones_are_named(tmp_path):
+    config = _tiny_config(tmp_path, model_options={"filters": [8, 16]}, variety="wide", sky_e_range=[30.0, 1e6])
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == config
+    older = config.to_dict()
+    del older["noise_estimator"]  # a run made before kercr had the option did what its default does
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert TrainConfig.load(tmp_path / "older.json").noise_estimator == TrainConfig().noise_estimator
+    (tmp_path / "newer.json").write_text(json.dumps({**config.to_dict(), "warp_drive": 9}))
+    with pytest.raises(ConfigError, match=r"does not know \(warp_drive\).*upgrade kercr"):
+        TrainConfig.load(tmp_path / "newer.json")
+    (tmp_path / "cut.json").write_text(json.dumps(config.to_dict())[:40])
+    with pytest.raises(ConfigError, match="not a readable run configuration"):
+        TrainConfig.load(tmp_path / "cut.json")
+    with pytest.raises(ConfigError, match="does not exist"):
+        TrainConfig.load(tmp_path / "none.json")
+
+
 def test_fine_tuning_starts_from_the_given_weights(tmp_path):
     import keras
 

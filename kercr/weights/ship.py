@@ -47,13 +47,14 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", tta: bool = Fals
         Extra entries (e.g. checks on real frames).
     """
     import kercr
+    from kercr.config import TrainConfig
     from kercr.models import count_trainable
 
     run_dir = Path(run_dir)
     missing = [n for n in ("best.keras", "config.json", "metrics.json", "normalization.json") if not (run_dir / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{run_dir}: missing {', '.join(missing)}; pass a finished kercr-train run directory.")
-    config = json.loads((run_dir / "config.json").read_text())
+    config = TrainConfig.load(run_dir / "config.json")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     import keras
 
@@ -72,24 +73,24 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", tta: bool = Fals
                           "exposures, hot pixels and bad columns excluded; saturated stars and bleed trails count "
                           "as negatives)" + ("; scores averaged over the four flips of each patch, as detect() "
                                              "does with tta" if tta else ""),
-        "architecture": config["model"],
-        "model_options": config.get("model_options") or {},
+        "architecture": config.model,
+        "model_options": config.model_options,
         "params": count_trainable(model),
-        "trained_on": (f"kercr synthetic frames (variety {config.get('variety', 'decam')!r}), {config['frames']} "
-                       f"exposures of {config['frame_shape'][0]} x {config['frame_shape'][1]} px split "
-                       f"{1 - config['val_fraction']:.0%}/{config['val_fraction']:.0%} by exposure, seed "
-                       f"{config['seed']}; real CR footprints: {config.get('footprints')}"
-                       + (f"; {config['extended_sources']:g} large smooth sources per 1024 x 1024 px"
-                          if config.get("extended_sources") else "")
-                       + (f"; {config['on_source_fraction']:.0%} of the footprints on sources"
-                          if config.get("on_source_fraction") else "")
-                       + (f"; sky {config['sky_e_range'][0]:g}-{config['sky_e_range'][1]:g} e- per pixel"
-                          if config.get("sky_e_range") else "")
-                       + (f"; simulated CR pixels above {config['cr_threshold_e']:g} e-"
-                          if config.get("cr_threshold_e") else "")
-                       + (f"; fine-tuned from {config['init_weights']}" if config.get("init_weights") else "")),
+        "trained_on": (f"kercr synthetic frames (variety {config.variety!r}), {config.frames} "
+                       f"exposures of {config.frame_shape[0]} x {config.frame_shape[1]} px split "
+                       f"{1 - config.val_fraction:.0%}/{config.val_fraction:.0%} by exposure, seed "
+                       f"{config.seed}; real CR footprints: {config.footprints}"
+                       + (f"; {config.extended_sources:g} large smooth sources per 1024 x 1024 px"
+                          if config.extended_sources else "")
+                       + (f"; {config.on_source_fraction:.0%} of the footprints on sources"
+                          if config.on_source_fraction else "")
+                       + (f"; sky {config.sky_e_range[0]:g}-{config.sky_e_range[1]:g} e- per pixel"
+                          if config.sky_e_range else "")
+                       + (f"; simulated CR pixels above {config.cr_threshold_e:g} e-"
+                          if config.cr_threshold_e else "")
+                       + (f"; fine-tuned from {config.init_weights}" if config.init_weights else "")),
         "command": command,
-        "config": config,
+        "config": config.to_dict(),
         "validation": {k: metrics[k] for k in _VALIDATION_KEYS if k in metrics},
         **({"validation_without_tta": {k: plain[k] for k in _VALIDATION_KEYS if k in plain}} if tta else {}),
         "kercr_version": kercr.__version__,

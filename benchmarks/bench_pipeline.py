@@ -30,6 +30,10 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=3, help="synthetic frames to stream per measurement")
     parser.add_argument("--steps", type=int, default=6, help="training steps to time (after 2 warm-up steps)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--filters", default=None, help="the model's filters, e.g. 48,96 (default: its preset's)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="time the training step under kercr-train's --mixed-precision policy (bfloat16 on CPU)")
+    parser.add_argument("--training-only", action="store_true", help="time only the training step (3.)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -48,24 +52,32 @@ def main(argv=None) -> int:
     per_frame = 128
 
     # 1. PyDataset: one frame per 128 patches, as in training.
+    frames = 1 if args.training_only else args.frames
     source = SyntheticFrames(seed=0, shape=(4096, 2048), cr_rate_scale=5.0, cache=1)
-    n_batches = args.frames * per_frame // b
-    loader = PatchBatches(source, list(range(args.frames)), batch_size=b, patch_size=p,
+    n_batches = frames * per_frame // b
+    loader = PatchBatches(source, list(range(frames)), batch_size=b, patch_size=p,
                           patches_per_frame=per_frame, steps=n_batches, seed=0)
-    t0 = time.perf_counter()
-    for i in range(n_batches):
-        loader[i]
-    pydataset_rate = n_batches * b / (time.perf_counter() - t0)
+    if not args.training_only:
+        t0 = time.perf_counter()
+        for i in range(n_batches):
+            loader[i]
+        pydataset_rate = n_batches * b / (time.perf_counter() - t0)
 
-    # 2. tf.data: parallel interleave of frame generators.
-    ds = synthetic_dataset(seed=0, batch_size=b, patch_size=p, frames_per_worker=1, num_workers=args.frames,
-                           patches_per_frame=per_frame, shuffle=256)
-    t0 = time.perf_counter()
-    n = sum(int(x.shape[0]) for x, _, _ in ds)
-    tfdata_rate = n / (time.perf_counter() - t0)
+        # 2. tf.data: parallel interleave of frame generators.
+        ds = synthetic_dataset(seed=0, batch_size=b, patch_size=p, frames_per_worker=1, num_workers=args.frames,
+                               patches_per_frame=per_frame, shuffle=256)
+        t0 = time.perf_counter()
+        n = sum(int(x.shape[0]) for x, _, _ in ds)
+        tfdata_rate = n / (time.perf_counter() - t0)
 
     # 3. Training steps of the default recipe on fixed batches.
-    model = build_model(args.model)
+    if args.mixed_precision:
+        from kercr.config import TrainConfig
+        from kercr.training import _set_precision  # what kercr-train --mixed-precision does
+
+        _set_precision(TrainConfig(mixed_precision=True))
+    overrides = {"filters": tuple(int(f) for f in args.filters.split(","))} if args.filters else {}
+    model = build_model(args.model, **overrides)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=make_loss("dice_bce"), weighted_metrics=make_metrics())
     x, y, w = loader[0]
     for _ in range(2):
@@ -75,13 +87,16 @@ def main(argv=None) -> int:
         model.train_on_batch(x, y, sample_weight=w)
     train_rate = args.steps * b / (time.perf_counter() - t0)
 
-    print(f"model {args.model}, {p} x {p} patches, batches of {b}, {args.threads} threads")
+    precision = keras.mixed_precision.global_policy().name
+    print(f"model {args.model} {overrides or ''}, {p} x {p} patches, batches of {b}, {args.threads} threads, "
+          f"{precision}")
     print("| stage | patches/s | ratio to training |")
     print("|---|---:|---:|")
-    print(f"| PyDataset loader (kercr-train) | {pydataset_rate:.1f} | {pydataset_rate / train_rate:.1f} |")
-    print(f"| tf.data pipeline ({args.frames} parallel frame generators) | {tfdata_rate:.1f} | "
-          f"{tfdata_rate / train_rate:.1f} |")
-    print(f"| training step ({args.model}) | {train_rate:.1f} | 1.0 |")
+    if not args.training_only:
+        print(f"| PyDataset loader (kercr-train) | {pydataset_rate:.1f} | {pydataset_rate / train_rate:.1f} |")
+        print(f"| tf.data pipeline ({args.frames} parallel frame generators) | {tfdata_rate:.1f} | "
+              f"{tfdata_rate / train_rate:.1f} |")
+    print(f"| training step ({args.model}, {precision}; {b / train_rate:.3f} s per step) | {train_rate:.1f} | 1.0 |")
     return 0
 
 

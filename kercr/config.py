@@ -18,6 +18,18 @@ class ConfigError(ValueError):
     """A bad training option or configuration file (the message says what to change)."""
 
 
+_KIND_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+               "list": "a list", "dict": "a table of options"}
+
+
+def _is_kind(value, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, {"str": str, "bool": bool, "list": (list, tuple), "dict": dict}[kind])
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Every option of ``kercr-train``; defaults follow the reference recipe.
@@ -156,6 +168,30 @@ class TrainConfig:
 
         return NormalizationConfig(asinh_softening=self.asinh_softening, noise_estimator=self.noise_estimator)
 
+    def _check_types(self) -> None:
+        """Every option has its field's type (YAML reads ``1e-3`` as a string: such numbers are converted)."""
+        for field in dataclasses.fields(self):
+            kinds = [k for k in str(field.type).replace(" ", "").split("|") if k != "None"]
+            value = getattr(self, field.name)
+            if value is None and "None" in str(field.type):
+                continue
+            if "float" in kinds and isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+                else:
+                    setattr(self, field.name, value)
+            if not any(_is_kind(value, kind) for kind in kinds):
+                want = " or ".join(_KIND_NAMES[k] for k in kinds) + (" (or unset)" if "None" in str(field.type) else "")
+                raise ConfigError(f"{field.name}={value!r} must be {want}, not {type(value).__name__}.")
+        for key, n, kind in (("frame_shape", 2, "int"), ("sky_e_range", 2, "float")):
+            value = getattr(self, key)
+            if value is not None and (len(value) != n or not all(_is_kind(v, kind) for v in value)):
+                items = "integers" if kind == "int" else "numbers"
+                raise ConfigError(f"{key}={value!r} must be a list of {n} {items}, e.g. "
+                                  f"{'[1024, 1024]' if key == 'frame_shape' else '[30, 1e6]'}.")
+
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
@@ -186,6 +222,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every option; raise :class:`ConfigError` naming the option and the fix."""
+        self._check_types()
         from kercr.models import get_spec, model_kwargs
 
         try:
@@ -299,6 +336,9 @@ def resolve_config(file_options: dict | None = None, flag_options: dict | None =
             if value is None:
                 continue
             if key == "model_options":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"model_options={value!r} in {source} must be a table of builder options, "
+                                      'e.g. model_options = {filters = [48, 96]} (or --set "filters=[48,96]").')
                 merged[key] = {**merged.get(key, {}), **value}
             else:
                 merged[key] = value

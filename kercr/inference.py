@@ -87,6 +87,7 @@ DEFAULT_TILE = 512
 DEFAULT_BATCH_SIZE = {"tflite": 4, "keras": 1}
 #: Overlap margin of fixed-input models (TransUNet, whose receptive field is the whole tile); at most 1/8 tile.
 FIXED_MODEL_OVERLAP = 32
+_SATURATED_PROBABILITY = 1.0 - 2.0**-24  # the largest float32 below 1 is 1 - 2**-24
 
 
 class ModelLoadError(ModelFileError):
@@ -127,6 +128,9 @@ class LoadedModel:
     local : bool
         True when every output pixel depends only on inputs within ``rf_radius`` (no
         image-wide normalization or attention), so tiling is exact.
+    logit_threshold : float or None
+        The default threshold as a logit, when the card or the run's metrics give it: Keras
+        models are cut there, since a threshold near 1 rounds to 1.0 as a float32 probability.
     """
 
     model: object
@@ -141,6 +145,7 @@ class LoadedModel:
     fixed_size: int | None
     rf_radius: int
     local: bool
+    logit_threshold: float | None = None
 
     @property
     def default_overlap(self) -> int:
@@ -246,27 +251,56 @@ def _describe(model, *, name, path, card) -> LoadedModel:
         logger.warning("%s: no %s beside the model and none in its card; normalizing with the default "
                        "NormalizationConfig(). If the model was trained with other constants, put its "
                        "normalization.json beside the .keras file.", name, NORMALIZATION_FILE)
-    threshold, threshold_source = 0.5, "none (0.5)"
+    threshold, threshold_source, logit_threshold = 0.5, "none (0.5)", None
     if "threshold" in card:
         threshold, threshold_source = float(card["threshold"]), "card"
+        logit_threshold = card.get("logit_threshold")
     elif path is not None and (path.parent / "metrics.json").is_file():
         metrics = read_json_object(path.parent / "metrics.json", "run metrics file", error=ModelLoadError)
         if "threshold_at_fpr_1e-4" in metrics:
             threshold = float(metrics["threshold_at_fpr_1e-4"])
             threshold_source = f"{path.parent / 'metrics.json'} threshold_at_fpr_1e-4"
+            logit_threshold = metrics.get("logit_threshold_at_fpr_1e-4")
     if not 0.0 <= threshold <= 1.0 or not math.isfinite(threshold):
         raise ModelLoadError(f"{name}: default threshold {threshold} ({threshold_source}) is not in [0, 1].")
+    if logit_threshold is not None:
+        try:
+            logit_threshold = float(logit_threshold)
+        except (TypeError, ValueError):
+            logit_threshold = math.nan
+        if not math.isfinite(logit_threshold):
+            raise ModelLoadError(f"{name}: the logit threshold beside the default threshold ({threshold_source}) is "
+                                 "not a finite number; fix or remove it (the probability threshold is then used).")
+    if threshold >= _SATURATED_PROBABILITY:
+        if logit_threshold is not None:
+            advice = (f"Keras detection cuts at its logit threshold {logit_threshold:.4g} instead; TFLite runtimes "
+                      "flag almost nothing unless given a threshold below 1.")
+        else:
+            advice = "It would flag almost nothing: pass a threshold below 1 (e.g. 0.5)."
+        logger.warning("%s: its default threshold (%s) is %.9g, which float32 probabilities round to 1 (the model "
+                       "scores its validation non-CR pixels that high). %s", name, threshold_source, threshold, advice)
     fixed = shape[1]
     return LoadedModel(
         model=model, name=name, path=path, normalization=norm, normalization_source=norm_source,
         threshold=threshold, threshold_source=threshold_source, card=card,
         multiple=int(input_multiple(model)), fixed_size=None if fixed is None else int(fixed),
         rf_radius=0 if fixed is not None else receptive_field_radius(model), local=_is_local(model),
+        logit_threshold=logit_threshold,
     )
 
 
+def _file_stamp(path: Path):
+    """``(mtime_ns, size)`` of a file, or None when there is none: part of the model cache's key."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 @functools.lru_cache(maxsize=8)
-def _load_file(path: str, mtime_ns: int, size: int, is_default: bool) -> LoadedModel:
+def _load_file(path: str, stamps: tuple, is_default: bool) -> LoadedModel:
+    """Load and describe a model file; ``stamps`` (of it and the files beside it) keys the cache."""
     p = Path(path)
     model = load_keras_model(p, error=ModelLoadError)
     card = read_card(p, error=ModelLoadError)  # default.json beside default.keras
@@ -327,8 +361,10 @@ def load_model(model="default") -> LoadedModel:
                                  "kercr-train run directory.")
         path = find_model_file(path, error=ModelLoadError)
     path = path.resolve()
-    st = path.stat()
-    return _load_file(str(path), st.st_mtime_ns, st.st_size, is_default)
+    # The card, the normalization sidecar and a run's metrics.json are read with the model: a change
+    # to any of them loads it again.
+    beside = (path, path.with_suffix(".json"), path.parent / NORMALIZATION_FILE, path.parent / "metrics.json")
+    return _load_file(str(path), tuple(_file_stamp(f) for f in beside), is_default)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -753,7 +789,8 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     tta = resolve_tta(tta, loaded)
     if batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE["keras" if runtime == "keras" else "tflite"]
-    threshold = loaded.threshold if threshold is None else float(threshold)
+    # The default threshold is cut on the logits where the card or the run's metrics give it.
+    threshold, logit_cut = (loaded.threshold, loaded.logit_threshold) if threshold is None else (float(threshold), None)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold={threshold} must be a probability in [0, 1].")
     tile, margin = _check_tiling(loaded, tile, overlap)
@@ -785,8 +822,11 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     if logits:
         # Threshold the logits: float32 probabilities round to 1.0 above a logit of ~16.6, where
         # the threshold for 0.01 % FPR of a well-trained model can lie.
-        with np.errstate(divide="ignore"):
-            cut = np.log(threshold) - np.log1p(-threshold)
+        if logit_cut is not None:
+            cut = logit_cut
+        else:
+            with np.errstate(divide="ignore"):
+                cut = np.log(threshold) - np.log1p(-threshold)
         cr_mask = score >= cut
         probability = np.empty_like(score)
         np.negative(score, out=probability)

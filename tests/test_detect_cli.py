@@ -9,6 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -253,3 +257,13 @@ def test_help_reads_as_written(main, capsys):
     assert "%%" not in text  # argparse does not %-format descriptions; only help strings
     if main is evaluate_main:
         assert "0.01 % and 0.1 % FPR" in " ".join(text.split())
+
+
+def test_console_scripts_start_without_tensorflow_start_up_lines():
+    # TensorFlow >= 2.19 logs INFO lines from C++ at import whatever TF_CPP_MIN_LOG_LEVEL says;
+    # kercr's console scripts catch them, so a command's own output is what the terminal shows.
+    exe = Path(sys.executable).parent / "kercr-models"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0 and "usage: kercr-models" in out.stdout
+    assert "InitializeLog" not in out.stderr and "I0000" not in out.stderr, out.stderr

@@ -201,6 +201,32 @@ def test_threshold_from_card_argument_or_run_metrics(tiny, frame, tmp_path):
     assert detect(frame.image_adu, model=bare, runtime="keras").threshold == 0.5
 
 
+def test_a_run_whose_threshold_rounds_to_one_is_cut_on_its_logit_threshold(frame, tmp_path, caplog):
+    # A confident model's threshold for 0.01 % FPR can lie above a logit of ~17, which float32
+    # probabilities round to 1.0: its metrics.json then says threshold 1.0, and the mask must come
+    # from the logit threshold beside it (before, it was cut at +inf and flagged nothing).
+    run = tmp_path / "run"
+    _save_model(run, "best")
+    p = detect(frame.image_adu, model=run, runtime="keras").probability.astype(np.float64)
+    logit = np.log(p) - np.log1p(-p)
+    cut = float(np.quantile(logit[~np.isinf(logit)], 0.9))
+    (run / "metrics.json").write_text(json.dumps({"threshold_at_fpr_1e-4": 1.0, "logit_threshold_at_fpr_1e-4": cut}))
+    # The metrics file appeared after the model was first loaded: the cache must see it.
+    with caplog.at_level("WARNING", logger="kercr"):
+        r = detect(frame.image_adu, model=run / "best.keras", runtime="keras")
+    assert r.threshold == 1.0 and "round to 1" in caplog.text and "logit threshold" in caplog.text
+    flagged = r.mask.sum()
+    assert 0.05 < flagged / r.mask.size < 0.15  # about the 10 % of pixels above the cut
+    assert detect(frame.image_adu, model=run / "best.keras", threshold=0.5, runtime="keras").threshold == 0.5
+    bare = tmp_path / "bare"
+    _save_model(bare, "best")
+    (bare / "metrics.json").write_text(json.dumps({"threshold_at_fpr_1e-4": 1.0}))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kercr"):
+        detect(frame.image_adu, model=bare, runtime="keras")
+    assert "pass a threshold below 1" in caplog.text
+
+
 def test_model_arguments(tiny, tmp_path, frame):
     assert load_model(tiny) is load_model(str(tiny))  # cached per resolved file
     with pytest.raises(ModelLoadError, match="registry architecture with random weights"):

@@ -129,6 +129,12 @@ def test_bad_options_fail_before_training_with_a_clear_error(tmp_path, capsys, a
         ("epochs: [1, 2\n", ".yaml", "malformed"),
         ("epoch = 3\n", ".toml", "unknown option(s) in config file: epoch"),
         ("model = 'unet'\n", ".ini", "unknown format"),
+        ("frame_shape = 1024\n", ".toml", "frame_shape=1024 must be a list, not int"),
+        ("frame_shape = [1024, 'x']\n", ".toml", "must be a list of 2 integers"),
+        ("cr_rate_scale = 'dense'\n", ".toml", "cr_rate_scale='dense' must be a number, not str"),
+        ("model_options = [48, 96]\n", ".toml", "must be a table of builder options"),
+        ("epochs: true\n", ".yaml", "epochs=True must be an integer, not bool"),
+        ("mixed_precision: 'yes'\n", ".yaml", "must be true or false"),
     ],
 )
 def test_malformed_config_files_are_rejected(tmp_path, capsys, content, suffix, message):
@@ -136,6 +142,14 @@ def test_malformed_config_files_are_rejected(tmp_path, capsys, content, suffix, 
     path.write_text(content)
     assert train_main(["--config", str(path), "--out", str(tmp_path / "run")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_yaml_numbers_written_without_a_dot_are_read_as_numbers(tmp_path):
+    # PyYAML reads 1e-3 as the string "1e-3" (YAML 1.1 wants 1.0e-3); kercr takes it as the number.
+    path = tmp_path / "config.yaml"
+    path.write_text("learning_rate: 1e-3\nasinh_softening: 1e1\n")
+    config = resolve_config(read_config_file(path), {})
+    assert config.learning_rate == 1e-3 and config.asinh_softening == 10.0
 
 
 def test_a_run_directory_refuses_a_different_run(tmp_path):

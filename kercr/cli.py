@@ -45,6 +45,8 @@ def models_main(argv=None) -> int:
     from kercr.models import count_trainable, input_multiple
 
     overrides = parse_overrides(parser, args.set)
+    if overrides and not args.name:
+        parser.error("--set changes one architecture: name it, e.g. kercr-models deepcr_2_32 --set filters=[48,96]")
 
     try:
         if args.name:
@@ -116,12 +118,20 @@ def train_main(argv=None) -> int:
     add("--patch-size", type=int, help="patch height and width in pixels (default 256)")
     add("--batch-size", type=int, help="patches per batch (default 16)")
     add("--learning-rate", type=float, help="initial Adam learning rate (default 1e-3)")
+    add("--lr-factor", type=float, help="factor the learning rate is multiplied by when the validation loss "
+        "stalls (default 0.5)")
+    add("--lr-patience", type=int, help="epochs without a better validation loss before that (default 3)")
+    add("--min-learning-rate", type=float, help="floor of the learning rate (default 1e-6)")
     add("--loss", choices=("dice_bce", "median_bce", "bce"),
         help="(1 - Dice + BCE) / 2 (default), Cosmic-CoNN's median-weighted BCE, or plain BCE")
-    add("--alpha-epochs", type=int, help="median_bce: epochs over which alpha rises from 0 to 1")
+    add("--alpha-epochs", type=int, help="median_bce: epochs over which alpha rises to 1")
+    add("--alpha-start", type=float, help="median_bce: the floor alpha of the median weights at epoch 0 (default 0)")
     add("--frames", type=int, help="synthetic exposures to generate (split 90/10 by exposure)")
     add("--frame-shape", type=int, nargs=2, metavar=("NY", "NX"),
         help="synthetic frame shape in pixels (default 4096 2048, a DECam CCD)")
+    add("--patches-per-frame", type=int, metavar="N",
+        help="patches cut from each frame (default 128 per 2k x 4k CCD, scaled by area)")
+    add("--val-fraction", type=float, help="fraction of the exposures held out for validation (default 0.1)")
     add("--cr-rate-scale", type=float,
         help="synthetic CR rate as a multiple of DECam's 0.6 per second per CCD (default 5)")
     add("--footprints", metavar="PATH",
@@ -152,23 +162,22 @@ def train_main(argv=None) -> int:
              "differences two pixels apart (diff2: not inflated by star halos)")
     add("--strategy", choices=("auto", "none", "mirrored", "multiworker"),
         help="tf.distribute strategy; multiworker reads TF_CONFIG")
-    add("--mixed-precision", action="store_true", default=None,
-        help="mixed float16 (GPU) / bfloat16 (CPU) training; output probabilities stay float32")
+    add("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+        help="mixed float16 (GPU) / bfloat16 (CPU) training; output probabilities stay float32 (default off)")
+    add("--tensorboard-images", type=int, metavar="N",
+        help="validation patches drawn as image | truth | prediction in TensorBoard each epoch (default 4)")
     add("--out", help="run directory (default runs/kercr)")
     add("--seed", type=int)
     add("-v", "--verbose", action="count", default=1)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
-    from kercr.config import ConfigError, read_config_file, resolve_config
+    import dataclasses
 
-    flags = {
-        key: getattr(args, key)
-        for key in ("model", "data", "epochs", "steps_per_epoch", "validation_steps", "patch_size",
-                    "batch_size", "learning_rate", "loss", "alpha_epochs", "frames", "frame_shape", "cr_rate_scale", "footprints", "footprint_fraction",
-                    "variety", "extended_sources", "on_source_fraction", "sky_e_range", "cr_threshold_e", "faint_crs", "init_weights", "asinh_softening",
-                    "noise_estimator", "strategy", "mixed_precision", "out", "seed")
-    }
+    from kercr.config import ConfigError, TrainConfig, read_config_file, resolve_config
+
+    # Every option has its flag (model_options: --set), so a flag name is its option's name.
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "model_options"}
     flags["model_options"] = parse_overrides(parser, args.set) or None
     try:
         file_options = read_config_file(args.config) if args.config else {}

@@ -120,6 +120,8 @@ class TrainConfig:
         Run directory; re-running the same command resumes the run in it.
     seed : int
         One seed for every random choice (data, initialization, shuffling).
+    tensorboard_images : int
+        Validation patches drawn as image | truth | prediction in TensorBoard after each epoch (0: none).
     """
 
     model: str = "deepcr"
@@ -236,6 +238,18 @@ class TrainConfig:
                 raise ConfigError(f"{key}={value!r} must be a positive integer.")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning_rate={self.learning_rate!r} must be in (0, 1), e.g. 1e-3.")
+        if not 0 < self.lr_factor < 1:
+            raise ConfigError(f"lr_factor={self.lr_factor!r} must be in (0, 1), e.g. 0.5 (halve the learning rate).")
+        if not 0 <= self.min_learning_rate <= self.learning_rate:
+            raise ConfigError(f"min_learning_rate={self.min_learning_rate!r} must be in [0, learning_rate], e.g. 1e-6.")
+        for key in ("lr_patience", "tensorboard_images"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key}={getattr(self, key)!r} must be >= 0.")
+        if not 0 <= self.alpha_start <= 1:
+            raise ConfigError(f"alpha_start={self.alpha_start!r} must be in [0, 1] (the median weights' floor).")
+        if self.patches_per_frame is not None and self.patches_per_frame < 1:
+            raise ConfigError(f"patches_per_frame={self.patches_per_frame!r} must be >= 1, or unset for 128 per "
+                              "2k x 4k CCD.")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss={self.loss!r} is not valid; choose one of: {', '.join(LOSSES)}.")
         if self.strategy not in STRATEGIES:

@@ -203,7 +203,8 @@ def _common_model_args(parser):
                              "kercr-train run directory (best.keras). Registry names are untrained and refused.")
     parser.add_argument("--threshold", type=float, default=None,
                         help="CR probability threshold (default: the model card's, chosen on validation "
-                             "for 0.01 %% false positives; 0.5 without a card).")
+                             "for 0.01 %% false positives; for a run directory without a card, its "
+                             "metrics.json threshold_at_fpr_1e-4; else 0.5).")
     parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
                         help="inference engine (default auto: the model card's runtime, else keras). "
                              "tflite-int8 is ~2x faster; check its quality first with kercr-evaluate.")
@@ -305,6 +306,8 @@ def evaluate_main(argv=None) -> int:
     _setup_logging(-1 if args.quiet else args.verbose)
     if not args.files and args.synthetic < 1:
         parser.error("give labelled FITS files or --synthetic N.")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold {args.threshold}: pass a probability in [0, 1].")
     from kercr.evaluate_report import evaluate
 
     try:
@@ -318,6 +321,8 @@ def evaluate_main(argv=None) -> int:
         logger.error("%s", err)
         return 1
     m, d = report["prediction"], report["prediction_dilated_3x3"]
-    logger.info("TPR at 0.01 %% FPR %.4f (dilated %.4f), Dice %.4f (dilated %.4f); wrote %s",
-                m["tpr_at_fpr_1e-4"], d["tpr_at_fpr_1e-4"], m["dice"], d["dice"], Path(args.out) / "metrics.json")
-    return 0 if not report.get("failed") else 1
+    # The result is the command's output: on stdout, -q or not.
+    print(f"TPR at 0.01 % FPR {m['tpr_at_fpr_1e-4']:.4f} (dilated {d['tpr_at_fpr_1e-4']:.4f}), at 0.1 % "
+          f"{m['tpr_at_fpr_1e-3']:.4f}; precision at 95 % recall {m['precision_at_recall_0.95']:.4f}; Dice "
+          f"{m['dice']:.4f} (dilated {d['dice']:.4f}); wrote {Path(args.out) / 'metrics.json'}")
+    return 0

@@ -223,12 +223,11 @@ def plot_layer_maps(model, layer_names, normalized, path, *, title) -> Path | No
 # ---------------------------------------------------------------------------------------------
 # evaluate
 # ---------------------------------------------------------------------------------------------
-def _pooled(truth, probability, ignore, *, threshold) -> dict:
-    """:func:`kercr.evaluation.pooled_metrics` of probabilities (not logits)."""
-    import inspect
-
-    kw = {"logits": False} if "logits" in inspect.signature(evaluation.pooled_metrics).parameters else {}
-    return evaluation.pooled_metrics(truth, probability, ignore, threshold=threshold, **kw)
+def _pooled(truth, score, ignore, *, threshold, logit_threshold) -> dict:
+    """:func:`kercr.evaluation.pooled_metrics` of logits (``logit_threshold`` given) or probabilities."""
+    logits = logit_threshold is not None
+    return evaluation.pooled_metrics(truth, score, ignore, threshold=threshold, logits=logits,
+                                     logit_threshold=logit_threshold)
 
 
 def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_rate_scale=5.0, model="default",
@@ -288,13 +287,18 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
         for name, image, truth, ignore in source:
             result = detect(image, model=loaded, threshold=threshold, mask=ignore, tile=tile, overlap=overlap,
                             batch_size=batch_size, runtime=runtime, num_threads=num_threads, tta=tta,
-                            exclude_saturated=exclude_saturated)
-            used_threshold, used_tta = result.threshold, result.tta
+                            exclude_saturated=exclude_saturated, keep_logits=True)
+            used_threshold, used_tta, used_runtime = result.threshold, result.tta, result.runtime
+            logit_threshold = result.logit_threshold  # None when the runtime gives probabilities
             ignored = result.ignored  # includes the frame's ignore mask
             prob = result.probability
+            # Pixels are ranked by their logits where the runtime gives them: confident pixels,
+            # whose float32 probabilities all round to 1.0, keep their order.
+            score = prob if result.logit is None else result.logit
             truths.append(truth.ravel())
-            scores.append(prob.ravel())
-            dilated.append(ndimage.maximum_filter(prob, size=3, mode="nearest").ravel())
+            scores.append(score.ravel())
+            dilated.append(ndimage.maximum_filter(score, size=3, mode="nearest").ravel())
+            del score
             ignores.append(ignored.ravel())
             frames.append({"name": name, "shape": list(prob.shape), "cr_pixels": int((truth & ~ignored).sum()),
                            "ignored_pixels": int(ignored.sum()), "flagged_pixels": int(result.mask.sum())})
@@ -310,8 +314,11 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
         raise ValueError("no frames to evaluate.")
     truth, score, score_d, ignore = (np.concatenate(a) for a in (truths, scores, dilated, ignores))
     del truths, scores, dilated, ignores
-    plain = _pooled(truth, score, ignore, threshold=used_threshold)
-    grown = _pooled(truth, score_d, ignore, threshold=used_threshold)
+    plain = _pooled(truth, score, ignore, threshold=used_threshold, logit_threshold=logit_threshold)
+    grown = _pooled(truth, score_d, ignore, threshold=used_threshold, logit_threshold=logit_threshold)
+    if logit_threshold is not None:  # the binned curves take probabilities
+        with np.errstate(over="ignore"):
+            score, score_d = (1.0 / (1.0 + np.exp(-s)) for s in (score, score_d))
     plots = [p.name for p in plot_curves({"prediction": (truth, score, ignore),
                                           "prediction dilated 3x3": (truth, score_d, ignore)}, out)]
     plots += [p.name for p in drawn]
@@ -335,7 +342,8 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": loaded.name, "threshold": used_threshold,
         "threshold_source": "argument" if threshold is not None else loaded.threshold_source,
-        "runtime": runtime, "tta": used_tta, "normalization_source": loaded.normalization_source,
+        "runtime": used_runtime, "scores": "logits" if logit_threshold is not None else "probabilities",
+        "tta": used_tta, "normalization_source": loaded.normalization_source,
         "frames": frames,
         "synthetic": {"n": synthetic, "shape": list(frame_shape), "seed": seed, "cr_rate_scale": cr_rate_scale}
         if synthetic else None,

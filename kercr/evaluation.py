@@ -55,7 +55,7 @@ def _sigmoid(z: float) -> float:
     return float(1.0 / (1.0 + np.exp(-np.float64(z))))
 
 
-def pooled_metrics(truth, score, ignore=None, *, threshold=0.5, logits=True) -> dict:
+def pooled_metrics(truth, score, ignore=None, *, threshold=0.5, logits=True, logit_threshold=None) -> dict:
     """The standard kercr metrics on pooled pixels.
 
     Parameters
@@ -67,6 +67,9 @@ def pooled_metrics(truth, score, ignore=None, *, threshold=0.5, logits=True) -> 
     logits : bool
         Whether ``score`` holds logits (thresholds are reported as probabilities either way,
         computed in float64; ``*_logit`` entries give the logit thresholds).
+    logit_threshold : float, optional
+        With ``logits``: the cut of the ``dice`` entry as a logit, for a threshold so close to 1
+        that even float64 cannot tell it from 1 (``threshold`` is then only reported).
 
     Returns
     -------
@@ -77,7 +80,13 @@ def pooled_metrics(truth, score, ignore=None, *, threshold=0.5, logits=True) -> 
     """
     keep = np.ones_like(truth, dtype=bool) if ignore is None else ~np.asarray(ignore, dtype=bool)
     to_p = _sigmoid if logits else float
-    cut = np.log(threshold / (1.0 - threshold)) if logits else threshold
+    if logits and logit_threshold is not None:
+        cut = float(logit_threshold)
+    elif logits:
+        with np.errstate(divide="ignore"):
+            cut = np.log(threshold) - np.log1p(-threshold)
+    else:
+        cut = threshold
     best, best_t = M.best_dice(truth, score, ignore=ignore)
     t_fpr = M.threshold_at_fpr(truth, score, 1e-4, ignore=ignore)
     return {

@@ -378,6 +378,9 @@ def _litert_available() -> bool:
     return True
 
 
+_warned_no_litert: list = []  # the fallback to Keras is logged once per process
+
+
 def resolve_runtime(runtime: str, loaded: LoadedModel) -> str:
     """The concrete runtime ``runtime`` means for ``loaded`` (``"auto"`` resolved)."""
     if runtime not in RUNTIMES:
@@ -388,6 +391,11 @@ def resolve_runtime(runtime: str, loaded: LoadedModel) -> str:
         wanted = loaded.card.get("runtime")
         if wanted in RUNTIMES and wanted != "auto" and (not wanted.startswith("tflite") or _litert_available()):
             return wanted
+        if wanted in RUNTIMES and wanted.startswith("tflite") and not _warned_no_litert:
+            _warned_no_litert.append(True)
+            logger.warning("%s: its card asks for runtime %r, but the LiteRT interpreter is not installed; running "
+                           "Keras instead (nearly the same masks, about 3x slower on a CPU). pip install ai-edge-litert "
+                           "(or kercr[export]) for the fast path.", loaded.name, wanted)
         return "keras"
     if runtime.startswith("tflite") and not _litert_available():
         raise ValueError(f"runtime={runtime!r} needs the LiteRT interpreter: pip install ai-edge-litert "
@@ -603,6 +611,12 @@ class DetectionResult:
         Constants and the frame's measured sky and noise (image units).
     gain, readnoise, saturation : float or None
         e-/ADU, electrons, image units: the values used (argument, else header, else None).
+    logit_threshold : float or None
+        The logit the mask was cut at, when the runtime gives logits (else None).
+    logit : numpy.ndarray or None
+        float32 logits of :attr:`probability` (ignored pixels: the lowest float32), with ``keep_logits=True`` and
+        a runtime that gives logits (Keras, or any with ``tta``); else None. They rank confident
+        pixels that the float32 probability rounds to 1.0 alike.
     """
 
     probability: np.ndarray
@@ -619,6 +633,8 @@ class DetectionResult:
     readnoise: float | None = None
     saturation: float | None = None
     tta: bool = False
+    logit_threshold: float | None = None
+    logit: np.ndarray | None = None
 
     @property
     def n_cr_pixels(self) -> int:
@@ -700,7 +716,7 @@ def _check_tiling(loaded: LoadedModel, tile, overlap):
 # ---------------------------------------------------------------------------------------------
 def detect(image, *, model="default", threshold=None, gain=None, readnoise=None, saturation=None,
            exclude_saturated=True, mask=None, tile=None, overlap=None, batch_size=None, runtime="auto",
-           tta=None, num_threads=None) -> DetectionResult:
+           tta=None, num_threads=None, keep_logits=False) -> DetectionResult:
     """Find cosmic rays in a CCD frame of any size.
 
     Parameters
@@ -750,6 +766,9 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         shared out between two LiteRT interpreters, each on its own tiles of a batch (on two
         cores 12-14 % faster than one interpreter's threads sharing each tile, for about 180 MB
         more memory; ``num_threads=1`` runs one). Keras: set ``tf.config.threading`` instead.
+    keep_logits : bool
+        Also return the logits (:attr:`DetectionResult.logit`, one more float32 map), for
+        ranking pixels as :mod:`kercr.evaluation` does.
 
     Returns
     -------
@@ -819,6 +838,7 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         normalized, predict, tile=tile, margin=margin, multiple=loaded.multiple,
         fixed=loaded.fixed_size is not None, batch_size=int(batch_size))
     del normalized
+    logit, cut = None, None
     if logits:
         # Threshold the logits: float32 probabilities round to 1.0 above a logit of ~16.6, where
         # the threshold for 0.01 % FPR of a well-trained model can lie.
@@ -834,6 +854,9 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
             np.exp(probability, out=probability)
         probability += 1.0
         np.reciprocal(probability, out=probability)
+        if keep_logits:
+            score[ignored] = np.finfo(np.float32).min  # probability 0; finite for the metrics
+            logit = score
         del score
     else:
         probability = score
@@ -846,5 +869,6 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     return DetectionResult(
         probability=probability, mask=cr_mask, threshold=threshold, ignored=ignored, model_name=loaded.name,
         runtime=runtime, tile=tuple(tile_shape), overlap=margin, n_tiles=n_tiles, normalization=params,
-        gain=gain, readnoise=readnoise, saturation=saturation, tta=tta,
+        gain=gain, readnoise=readnoise, saturation=saturation, tta=tta, logit=logit,
+        logit_threshold=None if cut is None else float(cut),
     )

@@ -184,19 +184,24 @@ def test_decam_cutouts(tiny, shared_data, tmp_path):
 # --------------------------------------------------------------------------------------------
 # kercr-evaluate
 # --------------------------------------------------------------------------------------------
-def test_evaluate_synthetic(tiny, tmp_path):
+def test_evaluate_synthetic(tiny, tmp_path, capsys):
     out = tmp_path / "eval"
     assert evaluate_main(["--synthetic", "2", "--frame-shape", "128", "160", "--seed", "7", "--cr-rate-scale", "300",
                           "--model", str(tiny),
-                          "--runtime", "keras", "--out", str(out), "--maps", "1"]) == 0
+                          "--runtime", "keras", "--out", str(out), "--maps", "1", "-q"]) == 0
     report = json.loads((out / "metrics.json").read_text())
+    printed = capsys.readouterr().out  # the result line, even with -q
+    assert f"TPR at 0.01 % FPR {report['prediction']['tpr_at_fpr_1e-4']:.4f}" in printed and "metrics.json" in printed
+    with pytest.raises(SystemExit):
+        evaluate_main(["--synthetic", "1", "--model", str(tiny), "--threshold", "1.5", "--out", str(tmp_path / "x")])
+    assert "pass a probability in [0, 1]" in capsys.readouterr().err and not (tmp_path / "x").exists()
     for key in ("prediction", "prediction_dilated_3x3"):
         m = report[key]
         for metric in ("tpr_at_fpr_1e-4", "tpr_at_fpr_1e-3", "precision_at_recall_0.95", "dice", "best_dice"):
             assert 0.0 <= m[metric] <= 1.0
         assert m["dice_threshold"] == 0.6
     assert report["prediction"]["ignored_pixels"] == sum(f["ignored_pixels"] for f in report["frames"])
-    assert report["tta"] is False
+    assert report["tta"] is False and report["runtime"] == "keras" and report["scores"] == "logits"
     assert {"roc.png", "pr.png", "prediction_0.png", "activations.png"} <= set(p.name for p in out.iterdir())
     assert not (out / "prediction_1.png").exists()
     # The dilated Dice is the Dice of the binary 3x3 dilation of each frame's mask; truth unchanged.
@@ -214,6 +219,33 @@ def test_evaluate_synthetic(tiny, tmp_path):
     # Never overwrites an earlier report.
     assert evaluate_main(["--synthetic", "1", "--frame-shape", "64", "64", "--model", str(tiny), "--runtime",
                           "keras", "--out", str(out)]) == 1
+
+
+def test_evaluate_ranks_a_confident_models_pixels_by_logit(tmp_path):
+    # A model so confident that float32 probabilities round to 1.0 on every pixel above ~2.4 sigma:
+    # ranked by probability, those pixels tie and the TPR at 0.01 % FPR collapses; kercr-evaluate
+    # ranks by the logits (as training's validation does) and cuts the mask at the logit threshold.
+    from kercr.evaluate_report import evaluate, synthetic_frames
+    from kercr.evaluation import pooled_metrics
+
+    x = keras.Input((None, None, 1))
+    logits = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Constant(40.0),
+                                 bias_initializer=keras.initializers.Constant(-80.0), name="head_logits")(x)
+    model = keras.Model(x, keras.layers.Activation("sigmoid")(logits))
+    report = evaluate(synthetic=2, frame_shape=(128, 160), seed=7, cr_rate_scale=300, model=model,
+                      out=tmp_path / "ev", runtime="keras", threshold=0.5, maps=0)
+    assert report["scores"] == "logits" and report["runtime"] == "keras"
+    truth, logit, prob, ignore = [], [], [], []
+    for _, image, t, i in synthetic_frames(2, shape=(128, 160), seed=7, cr_rate_scale=300):
+        r = detect(image, model=model, runtime="keras", mask=i, threshold=0.5, keep_logits=True)
+        truth.append(t.ravel()), logit.append(r.logit.ravel()), prob.append(r.probability.ravel())
+        ignore.append(r.ignored.ravel())
+    truth, logit, prob, ignore = (np.concatenate(a) for a in (truth, logit, prob, ignore))
+    assert (prob[~ignore] == 1.0).mean() > 0.01  # the ties are real
+    by_logit = pooled_metrics(truth, logit, ignore, threshold=0.5, logits=True)
+    by_probability = pooled_metrics(truth, prob, ignore, threshold=0.5, logits=False)
+    assert report["prediction"]["tpr_at_fpr_1e-4"] == pytest.approx(by_logit["tpr_at_fpr_1e-4"])
+    assert by_logit["tpr_at_fpr_1e-4"] > by_probability["tpr_at_fpr_1e-4"] + 0.1
 
 
 def test_evaluate_labelled_files_and_attention_maps(tmp_path):

@@ -339,6 +339,22 @@ def test_dilated_mask_never_enters_ignored_pixels(tiny, frame):
 # --------------------------------------------------------------------------------------------
 # TFLite runtimes
 # --------------------------------------------------------------------------------------------
+def test_a_card_runtime_without_litert_falls_back_to_keras_and_says_so(tmp_path, monkeypatch, caplog):
+    import kercr.inference as inference
+
+    path = _save_model(tmp_path / "m", card={"threshold": 0.5, "runtime": "tflite-int8"})
+    loaded = load_model(path)
+    assert inference.resolve_runtime("auto", loaded) == "tflite-int8"  # LiteRT is a dependency on Linux
+    monkeypatch.setattr(inference, "_litert_available", lambda: False)
+    monkeypatch.setattr(inference, "_warned_no_litert", [])
+    with caplog.at_level("WARNING", logger="kercr"):
+        assert inference.resolve_runtime("auto", loaded) == "keras"
+        assert inference.resolve_runtime("auto", loaded) == "keras"
+    assert caplog.text.count("LiteRT interpreter is not installed") == 1 and "pip install ai-edge-litert" in caplog.text
+    with pytest.raises(ValueError, match="needs the LiteRT interpreter"):
+        inference.resolve_runtime("tflite-int8", loaded)
+
+
 def test_tflite_runtimes_match_keras_and_cache(tiny, frame, tmp_path, monkeypatch):
     pytest.importorskip("ai_edge_litert")
     monkeypatch.setenv("KERCR_CACHE_DIR", str(tmp_path / "cache"))

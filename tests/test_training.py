@@ -111,6 +111,10 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path):
         (["--cr-threshold-e", "0"], "cr_threshold_e=0.0 must be a positive charge in e-"),
         (["--variety", "wide", "--data", "{tmp}", "--faint-crs", "negative"], "leave them at their defaults"),
         (["--init-weights", "/no/such/model.keras"], "init_weights='/no/such/model.keras': no such file"),
+        (["--lr-factor", "2"], "lr_factor=2.0 must be in (0, 1)"),
+        (["--alpha-start", "1.5"], "alpha_start=1.5 must be in [0, 1]"),
+        (["--patches-per-frame", "0"], "patches_per_frame=0 must be >= 1"),
+        (["--val-fraction", "1"], "val_fraction=1.0 must be in (0, 1)"),
     ],
 )
 def test_bad_options_fail_before_training_with_a_clear_error(tmp_path, capsys, args, message):
@@ -120,6 +124,32 @@ def test_bad_options_fail_before_training_with_a_clear_error(tmp_path, capsys, a
     err = capsys.readouterr().err
     assert message in err, err
     assert not (run / "history.csv").exists()
+
+
+def test_every_training_option_has_a_flag(tmp_path, monkeypatch):
+    import dataclasses
+
+    import kercr.training
+
+    configs = []
+    monkeypatch.setattr(kercr.training, "train", lambda config: configs.append(config) or {})
+    flags = ["--lr-factor", "0.25", "--lr-patience", "7", "--min-learning-rate", "1e-5", "--alpha-start", "0.1",
+             "--patches-per-frame", "12", "--val-fraction", "0.2", "--tensorboard-images", "0",
+             "--mixed-precision"]
+    assert train_main([*TINY, *flags, "--out", str(tmp_path / "run")]) == 0
+    config = configs[-1]
+    assert (config.lr_factor, config.lr_patience, config.min_learning_rate, config.alpha_start) == (0.25, 7, 1e-5, 0.1)
+    assert (config.patches_per_frame, config.val_fraction, config.tensorboard_images) == (12, 0.2, 0)
+    assert config.mixed_precision is True
+    path = tmp_path / "mp.toml"
+    path.write_text("mixed_precision = true\n")
+    assert train_main([*TINY, "--config", str(path), "--no-mixed-precision", "--out", str(tmp_path / "b")]) == 0
+    assert configs[-1].mixed_precision is False  # a flag switches off what the file switched on
+    helptext = subprocess.run([sys.executable, "-c", "from kercr.cli import train_main; train_main(['--help'])"],
+                              capture_output=True, text=True).stdout
+    for field in dataclasses.fields(TrainConfig):
+        if field.name != "model_options":  # set with --set KEY=VALUE
+            assert "--" + field.name.replace("_", "-") in helptext, field.name
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 FITS_SUFFIXES = (".fits.fz", ".fits.gz", ".fit.gz", ".fts.gz", ".fits", ".fit", ".fts", ".fz")
 #: HDUs kercr-detect never treats as CCD images (its own outputs and truth/ignore masks).
 _SKIP_EXT = re.compile(r"^(.*_)?(CRMASK|CRPROB|IGNORE)$", re.IGNORECASE)
+#: Planes beside the science image in SCI/ERR/DQ-style files (HST, JWST, Gemini, ...): not part of
+#: ``--ext all``, though ``--ext NAME`` still picks them.
+_AUX_EXT = re.compile(r"^(ERR|DQ|VAR|VARIANCE|IVAR|WHT|WEIGHT|MASK|BPM|CON|SAMP|TIME|OBJMASK)$", re.IGNORECASE)
 _WCS_KEYS = re.compile(r"^(WCSAXES|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\d|CD\d_\d|PC\d_\d|PV\d_\d+|CROTA\d|"
                        r"RADESYS|EQUINOX|LTV\d|LTM\d_\d|DATASEC|DETSEC|CCDSEC)$")
 
@@ -74,7 +77,14 @@ def _select_extensions(path, ext_arg):
     if not images:
         raise FITSFormatError(f"{path}: no CCD image extension (only masks or no image data). Pass a FITS image.")
     if ext_arg in (None, "all"):
-        return images, len(images) == 1
+        science = [(i, n) for i, n in images if not _AUX_EXT.match(n)]
+        if not science:
+            raise FITSFormatError(f"{path}: only error, variance, weight or data-quality planes "
+                                  f"{[n for _, n in images]}; pass --ext NAME to process one of them anyway.")
+        if len(science) < len(images):
+            logger.info("%s: skipping %s (error/variance/quality planes; --ext NAME picks one)", path,
+                        ", ".join(n for i, n in images if _AUX_EXT.match(n)))
+        return science, len(images) == 1
     wanted = [e.strip() for e in ext_arg.split(",") if e.strip()]
     chosen = []
     for e in wanted:
@@ -82,7 +92,7 @@ def _select_extensions(path, ext_arg):
         if not match:
             raise FITSFormatError(f"{path}: extension {e!r} not found among the image extensions "
                                   f"{[n for _, n in images]}. Pass --ext with one of them, or --ext all.")
-        chosen.extend(match)
+        chosen.extend(m for m in match if m not in chosen)  # --ext 1,N4 naming one HDU twice does it once
     return chosen, len(images) == 1
 
 
@@ -244,8 +254,9 @@ def detect_main(argv=None) -> int:
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="FITS files (.fits, .fits.fz, .fits.gz).")
     parser.add_argument("--ext", default="all",
-                        help="image extensions to process: 'all' (default: every image HDU), or names/indices "
-                             "separated by commas, e.g. N4,S22.")
+                        help="image extensions to process: 'all' (default: every image HDU but error, variance, "
+                             "weight and data-quality planes such as ERR, VAR, DQ), or names/indices separated by "
+                             "commas, e.g. N4,S22.")
     parser.add_argument("--dilate", type=int, default=0, metavar="N",
                         help="grow the mask by N pixels (3x3 element, N times; default 0).")
     parser.add_argument("--out", default=None, metavar="DIR", help="output directory (default: beside each input).")

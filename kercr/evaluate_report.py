@@ -52,8 +52,9 @@ def labelled_frames(paths):
     """Yield ``(name, image, truth, ignore)`` from labelled FITS files.
 
     Each file holds the image (its first image extension other than the masks), ``CRMASK``
-    (non-zero = CR) and optionally ``IGNORE`` (non-zero = excluded); ``image`` is float32 (ny, nx)
-    in the file's units, ``truth`` and ``ignore`` bool (ny, nx).
+    (non-zero = CR) and optionally ``IGNORE`` (non-zero = excluded); ``image`` is the
+    :class:`kercr.data.CCDFrame` of the image (data in the file's units, with its gain, read noise
+    and saturation from the header), ``truth`` and ``ignore`` bool (ny, nx).
     """
     from kercr.data import list_ccd_extensions, read_ccd
     from kercr.data.errors import FITSFormatError

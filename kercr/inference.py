@@ -559,7 +559,7 @@ def _header_number(header, key, pair=(), combine=np.mean):
 
 
 def _unpack(image):
-    """(data, header, extra ignore mask or None, description) of a supported input."""
+    """(data, header, extra ignore mask or None, description, CCDFrame or None) of a supported input."""
     from astropy.io import fits
 
     from kercr.data.fits_io import CCDFrame
@@ -578,6 +578,14 @@ def _unpack(image):
         header = fits.Header(image.meta) if image.meta else None
         mask = None if image.mask is None else np.asarray(image.mask, dtype=bool)
         return image.data, header, mask, "CCDData", None
+    if isinstance(image, (str, os.PathLike)):
+        raise KercrDataError(f"kercr.detect got the file name {str(image)!r}, not an image: read it first, e.g. "
+                             f"kercr.detect(kercr.data.read_ccd({str(image)!r})) for its first image (ext=NAME "
+                             "for another), or "
+                             "run kercr-detect on the file (every CCD extension).")
+    if isinstance(image, fits.HDUList):
+        raise KercrDataError("kercr.detect got a whole FITS file (HDUList): pass one image extension, e.g. "
+                             "hdul[1] or hdul['N4'] (kercr-detect does every CCD extension).")
     return image, None, None, "image", None
 
 

@@ -121,6 +121,23 @@ def test_mef_every_ccd_gets_a_mask(tiny, tmp_path):
     assert _run([str(src), "--out", str(tmp_path / "two"), "--ext", "N4,n10"], tiny) == 0
     with fits.open(tmp_path / "two" / out.name) as hdul:
         assert [h.name for h in hdul][4:] == ["N4_CRMASK", "N10_CRMASK"]
+    # One HDU named twice (index and name) is done once.
+    assert _run([str(src), "--out", str(tmp_path / "twice"), "--ext", "1,N4"], tiny) == 0
+    with fits.open(tmp_path / "twice" / out.name) as hdul:
+        assert [h.name for h in hdul][4:] == ["N4_CRMASK"]
+
+
+def test_ext_all_skips_error_variance_and_quality_planes(tiny, tmp_path):
+    image = make_frame(seed=3, shape=(120, 90)).image_adu
+    src = tmp_path / "hst_like_flt.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, name="SCI"), fits.ImageHDU(np.sqrt(image), name="ERR"),
+                  fits.ImageHDU(np.zeros(image.shape, np.int16), name="DQ")]).writeto(src)
+    assert _run([str(src), "--out", str(tmp_path / "a")], tiny) == 0
+    with fits.open(tmp_path / "a" / "hst_like_flt_crmask.fits") as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "SCI", "ERR", "DQ", "SCI_CRMASK"]
+    assert _run([str(src), "--out", str(tmp_path / "b"), "--ext", "ERR"], tiny) == 0  # asked for by name
+    with fits.open(tmp_path / "b" / "hst_like_flt_crmask.fits") as hdul:
+        assert [h.name for h in hdul][-1] == "ERR_CRMASK"
 
 
 def test_never_overwrites(tiny, tmp_path, caplog):

@@ -176,6 +176,14 @@ def test_bad_inputs_get_clear_errors(tiny, frame):
         detect(frame.image_adu, model=tiny, mask=np.zeros((3, 3), bool), runtime="keras")
     with pytest.raises(KercrDataError, match="every pixel"):
         detect(np.full((40, 40), np.nan, np.float32), model=tiny, runtime="keras")
+    with pytest.raises(KercrDataError, match=r"file name 'frame.fits', not an image.*read_ccd\('frame.fits'\)"):
+        detect("frame.fits", model=tiny)
+    from astropy.io import fits
+
+    with pytest.raises(KercrDataError, match=r"whole FITS file \(HDUList\).*hdul\[1\]"):
+        detect(fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(frame.image_adu)]), model=tiny)
+    with pytest.raises(KercrDataError, match=r"too small.*5 x 5 pixels at least"):
+        detect(np.random.default_rng(0).normal(100, 5, (3, 3)).astype(np.float32), model=tiny, runtime="keras")
     with pytest.raises(ValueError, match="leaves no core"):
         detect(frame.image_adu, model=tiny, tile=8, overlap=16, runtime="keras")
     with pytest.raises(ValueError, match="runtime"):
@@ -282,6 +290,22 @@ def test_detection_and_export_read_the_same_normalization(tmp_path):
         load_model(bad)
     with pytest.raises(ExportError, match="must be an object"):
         load_model_source(bad)
+
+
+def test_export_takes_default_as_detect_does(tmp_path, monkeypatch):
+    import kercr.weights
+    from kercr.export import ExportError, load_model_source
+
+    shipped = _save_model(tmp_path / "weights", "default", card={"threshold": 0.4, "tta": True},
+                          normalization=False)
+    (tmp_path / "weights" / "normalization.json").write_text(json.dumps(NormalizationConfig(clip_max=3.0).to_dict()))
+    monkeypatch.setattr(kercr.weights, "WEIGHTS_DIR", tmp_path / "weights")
+    source = load_model_source("default")
+    assert source.description == str(shipped) and source.tta is True
+    assert source.normalization == load_model("default").normalization == NormalizationConfig(clip_max=3.0)
+    monkeypatch.setattr(kercr.weights, "WEIGHTS_DIR", tmp_path / "none")
+    with pytest.raises(ExportError, match="default.keras"):
+        load_model_source("default")
 
 
 def test_image_wide_layers_are_reported(tmp_path):

@@ -207,7 +207,9 @@ def _clipped_center_noise(values: np.ndarray, config: NormalizationConfig) -> tu
 def _too_few(n: int, shape, what: str) -> KercrDataError:
     return KercrDataError(
         f"only {n} finite unmasked {what} in the statistics sample of a {shape} image; "
-        "the image is (almost) all NaN or masked, or too small (at least 3 x 3 pixels). Check the mask and the data."
+        "the image is (almost) all NaN or masked, or too small: the statistics need 10 finite unmasked pixels and, "
+        "with noise_estimator='diff2', 10 pairs of them two pixels apart along each axis (5 x 5 pixels at least). "
+        "Check the mask and the data."
     )
 
 

@@ -47,7 +47,7 @@ def _csv(value: str) -> list:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kercr-export", description=_DESCRIPTION, epilog=_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL_OR_RUN_DIR", help=".keras file, run directory or registry name")
+    p.add_argument("model", metavar="MODEL_OR_RUN_DIR", help=".keras file, run directory, 'default' (the shipped model) or registry name")
     p.add_argument("--out", required=True, metavar="DIR", help="base directory; the export goes to DIR/NAME/VERSION")
     p.add_argument("--profile", metavar="FILE", help="TOML/JSON profile (e.g. export/serving.toml); flags win over it")
     p.add_argument("--formats", type=_csv, metavar="LIST", help="comma list of savedmodel,tflite (default: both)")

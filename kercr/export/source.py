@@ -77,7 +77,8 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
     Parameters
     ----------
     source : str or path-like
-        ``.keras`` file, directory with ``best.keras``/``model.keras``, or registry name.
+        ``.keras`` file, directory with ``best.keras``/``model.keras``, ``"default"`` (the shipped
+        model) or registry name.
     overrides : dict, optional
         Builder options for a registry name (error for a file).
     normalization : str or path-like, optional
@@ -92,6 +93,13 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
 
     overrides = dict(overrides or {})
     path = Path(source)
+    if str(source) == "default":  # the shipped model, as kercr.detect and kercr-train --init-weights take it
+        from kercr.weights import MissingWeightsError, default_model_path
+
+        try:
+            path = default_model_path()
+        except MissingWeightsError as err:
+            raise ExportError(str(err)) from None
     if path.exists():
         if overrides:
             raise ExportError(f"builder options {sorted(overrides)} only apply to a registry name, not to the "

@@ -163,7 +163,8 @@ def _check_run_dir(out: Path, config: TrainConfig) -> dict:
         # Options added to kercr after the run was made read as their defaults: what that run did.
         previous = json.loads(json.dumps(TrainConfig.load(saved).to_dict()))
         mine = json.loads(json.dumps(config.to_dict()))
-        ignore = {"epochs"}  # extending a run is allowed
+        # Extending a run is allowed; "out" names this very directory, however spelled (runs/x/, ./runs/x, ...).
+        ignore = {"epochs", "out"}
         diff = sorted(k for k in set(previous) | set(mine) if k not in ignore and previous.get(k) != mine.get(k))
         if diff:
             raise ConfigError(
@@ -187,6 +188,29 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
         if self.initial_best is not None:
             self.best = self.initial_best
             self.wait = self.initial_wait
+
+
+def plateau_state(history, *, learning_rate, factor, patience, min_lr, min_delta=1e-4):
+    """``(best, wait, learning_rate)`` of ``ReduceLROnPlateau(monitor="val_loss")`` after ``history``.
+
+    Replays Keras' rule epoch by epoch (an improvement is ``val_loss < best - min_delta``; after
+    ``patience`` epochs without one the rate is multiplied by ``factor``, down to ``min_lr``, and
+    the count starts again), so a resumed run cuts its learning rate exactly when an uninterrupted
+    one would. ``learning_rate`` is the run's initial rate; the one returned is the rate for the
+    next epoch (after any cut at the end of the last one).
+    """
+    best, wait, lr = None, 0, float(np.float32(learning_rate))
+    for row in history:
+        current = row.get("val_loss")
+        if current is None:
+            continue
+        if best is None or current + min_delta < best:
+            best, wait = current, 0
+            continue
+        wait += 1
+        if wait >= patience and lr > np.float32(min_lr):
+            lr, wait = float(np.float32(max(lr * factor, min_lr))), 0
+    return best, wait, lr
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -327,19 +351,19 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
             "raise --validation-steps, --cr-rate-scale or the exposure time / frame size of the data."
         )
 
+    # The plateau callback's state and the learning rate after the finished epochs, replayed from
+    # history.csv (its learning_rate column is logged before each epoch's cut).
     best_val = min((row["val_loss"] for row in history if "val_loss" in row), default=None)
-    wait = 0
-    if history and best_val is not None:
-        best_epoch = min(range(len(history)), key=lambda i: history[i].get("val_loss", np.inf))
-        wait = len(history) - 1 - best_epoch
-    if history and "learning_rate" in history[-1]:
-        model.optimizer.learning_rate = history[-1]["learning_rate"]
+    plateau_best, wait, lr = plateau_state(history, learning_rate=config.learning_rate, factor=config.lr_factor,
+                                           patience=config.lr_patience, min_lr=config.min_learning_rate)
+    if history:
+        model.optimizer.learning_rate = lr
 
     callbacks = [
         LearningRateLogger(),
         ResumableReduceLROnPlateau(
             monitor="val_loss", factor=config.lr_factor, patience=config.lr_patience,
-            min_lr=config.min_learning_rate, initial_best=best_val, initial_wait=wait,
+            min_lr=config.min_learning_rate, initial_best=plateau_best, initial_wait=wait,
         ),
         keras.callbacks.BackupAndRestore(str(work / "backup"), double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(

@@ -1,7 +1,12 @@
 """tf.data pipeline, TFRecord round trip and the Keras PyDataset loader (small shapes)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from astropy.io import fits
 
 from kercr.data.fits_io import write_fits_with_mask
 from kercr.data.sources import fits_patches, frame_patches, synthetic_patches
@@ -93,3 +98,18 @@ def test_pydataset_loader():
     assert not np.array_equal(ds[1][0], batches(0)[1][0])
     with pytest.raises(IndexError):
         ds[4]
+
+
+def test_crs_injected_into_fits_frames_are_the_same_in_every_process(tmp_path):
+    # The injection seed comes from the file and extension names; Python's hash() of a str differs
+    # between processes (PYTHONHASHSEED), so a resumed run or another worker saw other CRs.
+    f = make_frame(seed=5, shape=(96, 80))
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(f.clean_adu, header=fits.Header(
+        {"GAIN": 4.0, "RDNOISE": 7.0, "EXPTIME": 90.0, "SATURATE": 45000.0}), name="N4")]).writeto(tmp_path / "a.fits")
+    code = ("import sys, hashlib, numpy as np; from kercr.data.frames import FITSFrames; "
+            "s = FITSFrames(sys.argv[1], seed=3, cr_rate_scale=200.0); "
+            "key = s.frames_of(s.exposure_ids()[0])[0]; image, mask, ignore, clean = s._make(key); "
+            "print(int(mask.sum()), hashlib.sha256(np.ascontiguousarray(mask)).hexdigest())")
+    runs = [subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout for seed in ("1", "2")]
+    assert runs[0] == runs[1] and int(runs[0].split()[0]) > 0

@@ -153,6 +153,21 @@ def test_rest_bodies_row_and_columnar(exported, serving):
     np.testing.assert_allclose(np.asarray(response["predictions"][0])[..., 0], _keras_reference(model, a), atol=1e-5)
 
 
+def test_the_serving_request_in_the_export_readme_is_accepted(serving):
+    # export/README.md's request-building snippet, run as written: its body must parse as one tile.
+    import contextlib
+    import io
+    import re
+
+    text = (REPO / "export" / "README.md").read_text()
+    snippet = re.search(r"python - <<'PY' > request.json\n(.*?)\nPY\n", text, re.S).group(1)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(snippet, {})
+    kwargs = rest_body_to_kwargs(out.getvalue(), serving)
+    assert kwargs["image"].shape == (1, 256, 256, 1)
+
+
 @pytest.mark.parametrize("body, message", [
     ({"instances": [[1.0]], "inputs": [[1.0]]}, "exactly one"),
     ({"instances": [{"img": [[[1.0]]]}]}, "do not match"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -263,7 +264,9 @@ class FITSFrames(_CachedFrames):
             return ccd.data, mask, ignore, ccd.data
         if ccd.exptime is None:
             raise KercrDataError(f"{path}[{ext}]: no EXPTIME in the header, needed to simulate CRs; add it.")
-        rng = np.random.default_rng([self.seed, abs(hash((Path(path).name, str(ext)))) % 2**32])
+        # Seeded by the file and extension names through a stable hash (Python's hash() of a str
+        # changes from one process to the next): the same CRs in every run, resume and worker.
+        rng = np.random.default_rng([self.seed, zlib.crc32(f"{Path(path).name}[{ext}]".encode())])
         from kercr.data.cosmic_rays import CosmicRayModel
 
         base = CosmicRayModel()

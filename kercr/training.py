@@ -166,6 +166,11 @@ def _check_run_dir(out: Path, config: TrainConfig) -> dict:
         # Extending a run is allowed; "out" names this very directory, however spelled (runs/x/, ./runs/x, ...).
         ignore = {"epochs", "out"}
         diff = sorted(k for k in set(previous) | set(mine) if k not in ignore and previous.get(k) != mine.get(k))
+        started = any((out / name).exists() for name in ("history.csv", "backup", "last.keras", "best.keras"))
+        if diff and not started:  # a start that failed before its first epoch: nothing to keep
+            logger.info("%s: no epoch finished under its earlier options (%s); starting with these", out,
+                        ", ".join(diff))
+            diff = []
         if diff:
             raise ConfigError(
                 f"the run directory {str(out)!r} holds a run with other options ({', '.join(diff)}); "

@@ -36,18 +36,22 @@ logger = logging.getLogger(__name__)
 class TrainingData:
     """What :func:`kercr.training.train` needs: ``train`` and ``val`` for ``fit``, and helpers."""
 
-    def __init__(self, train, val_batches):
+    def __init__(self, train, val_batches, *, alpha_variable=None):
         self.train, self._val = train, list(val_batches)
         self.val = FixedBatches(self._val)
         self.alpha = 0.0
+        self._alpha_variable = alpha_variable  # read by a tf.data training pipeline's map
 
     def set_alpha(self, alpha: float) -> None:
         """Floor of the median weights from now on (Cosmic-CoNN's alpha schedule)."""
         self.alpha = float(alpha)
         if hasattr(self.train, "alpha"):
             self.train.alpha = self.alpha
-        self.val = FixedBatches([(x, y, np.where(w > 0, np.maximum(w, alpha), 0.0).astype(np.float32))
-                                 for x, y, w in self._val])
+        if self._alpha_variable is not None:
+            self._alpha_variable.assign(self.alpha)
+        # In place: fit() holds this very FixedBatches, so the floor reaches validation too.
+        self.val.batches[:] = [(x, y, np.where(w > 0, np.maximum(w, alpha), 0.0).astype(np.float32))
+                               for x, y, w in self._val]
 
     def validation_batches(self, steps=None):
         """The validation ``(x, y, w)`` batches; weight 0 marks ignored pixels."""
@@ -90,15 +94,27 @@ def _shards(config: TrainConfig, initial_epoch: int) -> TrainingData:
             f"{config.data} holds {meta.get('patch_size')} px patches but patch_size={config.patch_size}; "
             f"pass --patch-size {meta.get('patch_size')}."
         )
+    median = bool(meta.get("median_weights"))
+    if config.loss == "median_bce" and not median:
+        raise ConfigError(f"{config.data} was prepared without median weights, so median_bce would train as plain "
+                          "BCE; run kercr-prepare --median-weights into a new folder, or pick another --loss.")
+    if median and config.loss != "median_bce":
+        raise ConfigError(f"{config.data} holds Cosmic-CoNN median weights, which only --loss median_bce uses; "
+                          "pass --loss median_bce, or prepare shards without --median-weights.")
     root = config.data.rstrip("/")
     train = read_tfrecords(f"{root}/train/*.tfrecord", patch_size=config.patch_size,
                            batch_size=config.batch_size, seed=config.seed + initial_epoch, repeat=True)
+    alpha = None
+    if median:  # the alpha schedule's floor, read by the pipeline as the variable changes
+        alpha = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+        train = train.map(lambda x, y, w: (x, y, tf.where(w > 0, tf.maximum(w, alpha), 0.0)),
+                          num_parallel_calls=tf.data.AUTOTUNE)
     val = read_tfrecords(f"{root}/val/*.tfrecord", patch_size=config.patch_size,
                          batch_size=config.batch_size, shuffle=0, augment_data=False, repeat=False)
     val_batches = list(val.take(config.validation_steps).as_numpy_iterator())
     if not val_batches:
         raise ConfigError(f"{root}/val: fewer validation patches than one batch of {config.batch_size}.")
-    return TrainingData(train, val_batches)
+    return TrainingData(train, val_batches, alpha_variable=alpha)
 
 
 def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=None) -> TrainingData:

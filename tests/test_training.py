@@ -183,11 +183,14 @@ def test_yaml_numbers_written_without_a_dot_are_read_as_numbers(tmp_path):
 
 
 def test_a_run_directory_refuses_a_different_run(tmp_path):
+    from kercr.training import _check_run_dir, train
+
     config = _tiny_config(tmp_path)
     (tmp_path / "run").mkdir()
     config.save(tmp_path / "run" / "config.json")
-    from kercr.training import train
-
+    # A start that failed before its first epoch left only config.json: a corrected command goes on.
+    assert _check_run_dir(tmp_path / "run", _tiny_config(tmp_path, learning_rate=1e-2)) == {}
+    (tmp_path / "run" / "history.csv").write_text("epoch,loss,val_loss\n0,0.5,0.5\n")
     with pytest.raises(ConfigError, match="other options"):
         train(_tiny_config(tmp_path, learning_rate=1e-2))
 
@@ -200,6 +203,7 @@ def test_a_run_made_before_an_option_existed_resumes_with_its_default(tmp_path):
     older = _tiny_config(tmp_path).to_dict()
     del older["noise_estimator"]  # config.json of a run made before kercr had the option
     (run / "config.json").write_text(json.dumps(older))
+    (run / "history.csv").write_text("epoch,loss,val_loss\n0,0.5,0.5\n")  # it finished an epoch
     assert _check_run_dir(run, _tiny_config(tmp_path, epochs=5)) == {}  # same run, extended
     assert _check_run_dir(run, _tiny_config(tmp_path, out=str(run) + "/")) == {}  # the same directory, spelled otherwise
     with pytest.raises(ConfigError, match=r"other options \(noise_estimator\)"):
@@ -261,6 +265,22 @@ def test_median_weighted_loss_raises_alpha_over_the_schedule(tmp_path):
     train(_tiny_config(tmp_path, loss="median_bce", epochs=3, alpha_epochs=2), verbose=0)
     alphas = [float(r["alpha"]) for r in _history(tmp_path / "run")]
     assert alphas == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_the_alpha_floor_reaches_plain_sky_and_the_validation_set_fit_holds(tmp_path):
+    # At alpha 0 the median weight of plain sky is exactly 0, which everywhere means "ignored": such
+    # pixels never came back as alpha rose. And fit() holds data.val, which set_alpha must update.
+    from kercr.training_data import make_training_data
+
+    data = make_training_data(_tiny_config(tmp_path, loss="median_bce"))
+    held = data.val
+    x, y, w = (np.concatenate(a) for a in zip(*data.validation_batches()))
+    assert w.min() == 0 and (w > 0).mean() > 0.9  # the ignored pixels only
+    ignored = w == 0
+    data.set_alpha(1.0)
+    assert data.val is held
+    w1 = np.concatenate([b[2] for b in held])
+    assert np.all(w1[~ignored] == 1.0) and np.all(w1[ignored] == 0.0)
 
 
 def test_killed_training_resumes_from_the_last_finished_epoch(tmp_path):
@@ -379,6 +399,9 @@ def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, 
     assert json.loads((run / "metrics.json").read_text())["cr_pixels"] > 0
     assert train_main([*args[:5], "32", *args[6:-1], str(tmp_path / "run2")]) == 2
     assert "64 px patches" in capsys.readouterr().err
+    # median_bce needs shards with median weights (else it would train as plain BCE).
+    assert train_main([*args[:-1], str(tmp_path / "run3"), "--loss", "median_bce"]) == 2
+    assert "prepared without median weights" in capsys.readouterr().err
     assert train_main([*args[:-1], str(tmp_path / "run3"), "--noise-estimator", "diff2"]) == 2
     assert "normalized with the 'mad' noise estimate" in capsys.readouterr().err  # shards cannot be re-normalized
 

@@ -62,6 +62,9 @@ class _CachedFrames:
             if self.median_weights:
                 # The median of aligned CR-free exposures is the clean frame itself.
                 weight = median_weight_map([clean_adu] * 3, alpha=0.0, mask=bad).astype(np.float32)
+                # Weight 0 means "ignored" everywhere downstream (the alpha floor, the metrics); plain
+                # sky, whose median weight at alpha 0 is exactly 0, still counts once alpha rises.
+                np.maximum(weight, MIN_COUNTED_WEIGHT, out=weight)
             else:
                 weight = np.ones(image.shape, np.float32)
             weight[bad] = 0.0
@@ -69,6 +72,10 @@ class _CachedFrames:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[i] = (image, np.asarray(cr_mask, np.float32), weight)
         return self._cache[i]
+
+
+#: The least weight of a pixel that is not ignored (weight 0 marks ignored pixels).
+MIN_COUNTED_WEIGHT = np.float32(1e-6)
 
 
 class SyntheticFrames(_CachedFrames):

@@ -54,7 +54,24 @@ def test_multi_extension_by_name_and_iteration(tmp_path, image):
     assert [f.extname for f in frames] == ["N4", "S22", "N10"]
     assert [float(f.data[0, 0] - image[0, 0]) for f in frames] == [0.0, 1.0, 2.0]
     assert [f.extname for f in iter_ccds(path, ext=["N10", 1])] == ["N10", "N4"]
+    assert [f.extname for f in iter_ccds(path, ext="S22")] == ["S22"]  # one name, not its letters
+    assert [f.extname for f in iter_ccds(path, ext=3)] == ["N10"]
     assert read_ccd(path).extname == "N4"  # first image HDU by default
+    for bad in (4, -1):  # astropy passes integers through unchecked
+        with pytest.raises(errors.FITSFormatError, match=r"not found: the file has HDUs 0 to 3"):
+            read_ccd(path, bad)
+
+
+def test_truncated_file_says_so(tmp_path, image):
+    path = tmp_path / "mef.fits"
+    _mef(path, image)
+    raw = path.read_bytes()
+    for keep in (2880 * 2 + 100, len(raw) - 2000):  # cut inside a header, and inside the last CCD's pixels
+        cut = tmp_path / f"cut{keep}.fits"
+        cut.write_bytes(raw[:keep])
+        with pytest.raises(errors.FITSFormatError, match="the file is truncated"):
+            read_ccd(cut)
+    assert path.read_bytes() == raw
 
 
 def test_overrides_beat_header(tmp_path, image):

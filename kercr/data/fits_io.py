@@ -17,6 +17,7 @@ import datetime
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -92,13 +93,23 @@ def _check_path(path) -> Path:
 
 def _open(p: Path) -> fits.HDUList:
     try:
-        # Scaling is applied by kercr (see _frame_from_hdu): astropy refuses to memory-map scaled data.
-        hdul = fits.open(p, memmap=True, lazy_load_hdus=False, do_not_scale_image_data=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # Scaling is applied by kercr (see _frame_from_hdu): astropy refuses to memory-map scaled data.
+            hdul = fits.open(p, memmap=True, lazy_load_hdus=False, do_not_scale_image_data=True)
     except (OSError, ValueError, TypeError) as exc:
         raise FITSFormatError(
             f"{p}: not a readable FITS file ({exc}). Pass a FITS image (.fits, .fit, .fits.fz); "
             "if it should be one, it may be truncated or corrupt: download or write it again."
         ) from exc
+    truncated = [w for w in caught if "truncated" in str(w.message).lower()]
+    for w in caught:  # the others go on as they came
+        if w not in truncated:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if truncated:
+        hdul.close()
+        raise FITSFormatError(f"{p}: the file is truncated ({truncated[0].message}); astropy dropped what it could "
+                              "not read. Download or write it again.")
     return hdul
 
 
@@ -222,11 +233,14 @@ def _resolve_ext(hdul: fits.HDUList, ext, p: Path) -> int:
             if _is_image(h):
                 return i
         raise FITSFormatError(f"{p}: no HDU holds image data. Pass a FITS image file, not a table-only file.")
+    names = [f"{i}:{_extname(h, i)}" for i, h in enumerate(hdul)]
     try:
-        return hdul.index_of(ext)
+        index = hdul.index_of(ext)
     except (KeyError, IndexError) as exc:
-        names = [f"{i}:{_extname(h, i)}" for i, h in enumerate(hdul)]
         raise FITSFormatError(f"{p}: extension {ext!r} not found. Available HDUs: {names}.") from exc
+    if not 0 <= index < len(hdul):  # astropy passes an integer through unchecked (-1, 5 of 3, ...)
+        raise FITSFormatError(f"{p}: extension {ext!r} not found: the file has HDUs 0 to {len(hdul) - 1}: {names}.")
+    return index
 
 
 def read_ccd(path, ext=None, *, gain=None, readnoise=None, saturation=None) -> CCDFrame:
@@ -273,9 +287,9 @@ def iter_ccds(path, ext="all", *, gain=None, readnoise=None, saturation=None) ->
     ----------
     path : str or os.PathLike
         FITS file.
-    ext : "all" or sequence of (int or str)
-        ``"all"`` yields every HDU with 2-D image data (an empty primary HDU is skipped);
-        a sequence selects HDUs by index or ``EXTNAME``, in the given order.
+    ext : "all", int, str or sequence of (int or str)
+        ``"all"`` yields every HDU with 2-D image data (an empty primary HDU is skipped); one
+        index or ``EXTNAME``, or a sequence of them, selects HDUs in the given order.
     gain, readnoise, saturation : float, optional
         Overrides, as in :func:`read_ccd`.
 
@@ -291,7 +305,8 @@ def iter_ccds(path, ext="all", *, gain=None, readnoise=None, saturation=None) ->
             if not indices:
                 raise FITSFormatError(f"{p}: no HDU holds image data. Pass a FITS image file.")
         else:
-            indices = [_resolve_ext(hdul, e, p) for e in ext]
+            one = isinstance(ext, (str, int, np.integer, tuple))  # a name, an index, or astropy's (name, ver)
+            indices = [_resolve_ext(hdul, e, p) for e in ([ext] if one else ext)]
         for i in indices:
             yield _frame_from_hdu(hdul, i, p, gain, readnoise, saturation)
 

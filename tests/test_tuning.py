@@ -312,3 +312,44 @@ def test_distributed_role_needs_all_three_variables(monkeypatch):
     assert distributed_role() == "chief"
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner1")
     assert distributed_role() == "worker"
+
+
+def test_a_failed_start_does_not_block_the_corrected_command(tmp_path, capsys):
+    from kercr.tuning.search import SPACE_FILE, _check_out_dir
+
+    out = tmp_path / "tune"
+    for name in ("results.csv", "results.md", "best.keras", "best_trial.json", "normalization.json"):
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_text("from an earlier search")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[search]\ntuner = "random"\nmax_trials = 1\nmax_epochs = 1\n[space]\nmodel = ["transunet"]\n'
+                   "[data]\npatch_size = 64\nframes = 1\nframe_shape = [128, 128]\n")
+    # One frame cannot be split 90/10: a clear error, before any trial, and --overwrite removed
+    # the earlier search's results (an interrupted new search must not show the old best model).
+    assert main(["--space", str(bad), "--out", str(out), "--overwrite"]) == 2
+    assert "kercr-tune: error:" in capsys.readouterr().err
+    assert not any((out / n).exists() for n in ("results.csv", "best.keras", "best_trial.json"))
+    # The corrected space goes on in the same folder: no trial ran under the failed one.
+    fixed = parse_search_space(TINY, source="tiny")
+    _check_out_dir(out, fixed)
+    assert json.loads((out / SPACE_FILE).read_text()) == fixed.to_json()
+    (out / "search" / "trial_0").mkdir(parents=True)  # once a trial has run, another space is refused
+    other = parse_search_space({**TINY, "search": {**TINY["search"], "max_trials": 3}}, source="tiny")
+    with pytest.raises(SearchSpaceError, match="another search space"):
+        _check_out_dir(out, other)
+
+
+def test_median_bce_trials_raise_alpha_as_kercr_train_does():
+    from kercr.training import AlphaSchedule
+
+    hypermodel = CRHyperModel(parse_search_space({**TINY, "search": {**TINY["search"], "loss": "median_bce"}},
+                                                 source="tiny"))
+    hypermodel.data = object()
+    seen = {}
+
+    class Model:
+        def fit(self, x, *args, callbacks=None, **kwargs):
+            seen["callbacks"] = callbacks
+
+    hypermodel.fit(None, Model(), [], validation_data=None)
+    assert any(isinstance(c, AlphaSchedule) for c in seen["callbacks"])

@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
 
     from kercr.config import ConfigError
+    from kercr.data.errors import KercrDataError
     from kercr.tuning.results import markdown_table
     from kercr.tuning.search import run_search
     from kercr.tuning.space import SearchSpace, load_search_space
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
                               max_trials=args.max_trials, seed=args.seed)
         rows = run_search(space, args.out, overwrite=args.overwrite,
                           verbose="auto" if args.verbose else 2)
-    except ConfigError as err:
+    except (ConfigError, KercrDataError) as err:
         print(f"kercr-tune: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -93,9 +94,10 @@ def main(argv=None) -> int:
         return 130
     if rows is not None:
         sys.stdout.write(markdown_table(rows, space))
+        best = os.path.join(args.out, "best.keras")
+        saved = f"best model: {best}" if os.path.isfile(best) else "no best model saved (see above)"
         sys.stdout.write(f"\nresults: {os.path.join(args.out, 'results.csv')}, "
-                         f"{os.path.join(args.out, 'results.md')}; best model: "
-                         f"{os.path.join(args.out, 'best.keras')}\n")
+                         f"{os.path.join(args.out, 'results.md')}; {saved}\n")
     return 0
 
 

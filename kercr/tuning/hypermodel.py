@@ -48,6 +48,7 @@ class CRHyperModel(kt.HyperModel):
         super().__init__(name=name, tunable=tunable)
         self.space = space if space is not None else SearchSpace()
         self.config = self.space.train_config()
+        self.data = None  # the search's TrainingData (run_search sets it): median_bce's alpha schedule
 
     def hyperparameter_values(self, hp) -> tuple[str, dict, float]:
         """Declare the space on ``hp``; return ``(model name, builder overrides, learning rate)``."""
@@ -110,6 +111,10 @@ class CRHyperModel(kt.HyperModel):
         if hasattr(x, "epoch") and hasattr(x, "steps"):
             x.epoch = int(kwargs.get("initial_epoch", 0))
         callbacks = list(callbacks or [])
+        if self.config.loss == "median_bce" and self.data is not None:
+            from kercr.training import AlphaSchedule  # as kercr-train: the floor alpha rises over the epochs
+
+            callbacks.append(AlphaSchedule(self.data, start=self.config.alpha_start, epochs=self.config.alpha_epochs))
         if kwargs.get("validation_data") is not None:
             callbacks.append(keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=self.config.lr_factor, patience=self.config.lr_patience,

@@ -115,8 +115,6 @@ def write_results(tuner, space, out) -> list[dict]:
     list of dict
         The table rows, best first.
     """
-    from kercr.data.normalization import NormalizationConfig
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(tuner, space)
@@ -146,7 +144,8 @@ def write_results(tuner, space, out) -> list[dict]:
                 best["trial"], best["tuner"] or "another machine", source.parent, err, source,
             )
             return rows
-    (out / "normalization.json").write_text(json.dumps(NormalizationConfig().to_dict(), indent=2) + "\n")
+    normalization = space.train_config().normalization_config()  # what every trial trained with
+    (out / "normalization.json").write_text(json.dumps(normalization.to_dict(), indent=2) + "\n")
     (out / "best_trial.json").write_text(json.dumps(
         {**best, "hyperparameters": tuner.oracle.get_trial(best["trial"]).hyperparameters.values},
         indent=2, sort_keys=True, default=str) + "\n")

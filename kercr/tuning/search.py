@@ -34,6 +34,8 @@ from kercr.tuning.space import SearchSpace, SearchSpaceError
 logger = logging.getLogger(__name__)
 
 PROJECT = "search"
+#: What write_results puts beside the search (deleted by --overwrite).
+RESULT_FILES = ("results.csv", "results.md", "best.keras", "best_trial.json", "normalization.json")
 SPACE_FILE = "search_space.json"
 
 
@@ -57,6 +59,11 @@ def _check_out_dir(out: Path, space: SearchSpace) -> None:
     mine = space.to_json()
     if saved.is_file():
         previous = json.loads(saved.read_text())
+        started = any((out / PROJECT).glob("trial_*"))
+        if previous != mine and not started:  # a start that failed before any trial: nothing to keep
+            logger.info("%s: no trial ran under its earlier search space; starting with this one", out)
+            previous = mine
+            saved.unlink()
         if previous != mine:
             diff = sorted(k for k in set(previous) | set(mine) if previous.get(k) != mine.get(k))
             raise SearchSpaceError(
@@ -64,7 +71,8 @@ def _check_out_dir(out: Path, space: SearchSpace) -> None:
                 f"(differences in: {', '.join(diff)}); pass --out NEW_DIR for a new search, the same "
                 "options to resume that one, or --overwrite to delete it and start again."
             )
-        return
+        if saved.is_file():
+            return
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{SPACE_FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(mine, indent=2, sort_keys=True) + "\n")
@@ -98,12 +106,17 @@ def run_search(space: SearchSpace, out, *, overwrite: bool = False, verbose="aut
 
     role = distributed_role()
     out = Path(out)
-    if overwrite and role != "worker" and (out / SPACE_FILE).is_file():
-        (out / SPACE_FILE).unlink()
+    if overwrite and role != "worker":
+        # The earlier search's space and results go too: an interrupted new search must not show
+        # the old best model (Keras Tuner deletes its own project folder).
+        for name in (SPACE_FILE, *RESULT_FILES):
+            (out / name).unlink(missing_ok=True)
     _check_out_dir(out, space)
     config = space.train_config()
     keras.utils.set_random_seed(space.seed)
     hypermodel = CRHyperModel(space)
+    data = None if role == "chief" else make_training_data(config)  # before the tuner: fail early
+    hypermodel.data = data
     tuner = make_tuner(space, hypermodel, directory=out, project_name=PROJECT,
                        overwrite=overwrite and role != "worker")
     if role == "chief":
@@ -113,7 +126,6 @@ def run_search(space: SearchSpace, out, *, overwrite: bool = False, verbose="aut
         )
         tuner.search(verbose=verbose)  # blocks while the workers run the trials
     else:
-        data = make_training_data(config)
         if role == "worker":
             logger.info("worker %s: asking the chief oracle at %s:%s for trials", tuner.tuner_id,
                         os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])

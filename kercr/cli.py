@@ -230,6 +230,10 @@ def prepare_main(argv=None) -> int:
     add("-v", "--verbose", action="count", default=1)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    if args.shard_size < 1:
+        parser.error(f"--shard-size {args.shard_size}: pass a number of patches per shard file >= 1 (default 1024).")
+
+    import tensorflow as tf
 
     from kercr.data.errors import KercrDataError
     from kercr.data.frames import FITSFrames, SyntheticFrames
@@ -261,6 +265,9 @@ def prepare_main(argv=None) -> int:
                               metadata={"data": args.data, "median_weights": args.median_weights})
     except (KercrDataError, FileExistsError, ValueError) as err:
         print(f"kercr-prepare: error: {err}", file=sys.stderr)
+        return 2
+    except tf.errors.OpError as err:  # an --out that cannot be written (a file in the way, a bucket without access)
+        print(f"kercr-prepare: error: cannot write to --out {args.out!r}: {err.message}", file=sys.stderr)
         return 2
     print(f"wrote {meta['train']['exposures']} training and {meta['val']['exposures']} validation exposures "
           f"({per_frame} patches of {args.patch_size} px each) to {args.out}")

@@ -366,6 +366,10 @@ def test_failure_mid_export_removes_partial_output(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="simulated"):
         export_model("deepcr_2_4", out, tile=TILE, validation_patches=1)  # SavedModel is written, then it fails
     assert sorted(p.name for p in (out / "kercr").iterdir()) == ["1"]  # no version 2, no hidden partial dir
+    deep = tmp_path / "new" / "deeper" / "models"  # the folders a failed export made go too
+    with pytest.raises(ExportError, match="simulated"):
+        export_model("deepcr_2_4", deep, tile=TILE, validation_patches=1, formats=("tflite",))
+    assert not (tmp_path / "new").exists()
 
 
 # --- CLI and profiles ---------------------------------------------------------------------------

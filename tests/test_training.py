@@ -392,6 +392,17 @@ def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, 
     # Never overwritten:
     assert prepare_main(["--frames", "5", "--out", str(shards), *common]) == 2
     assert "already holds" in capsys.readouterr().err
+    # A run that stopped before prepare.json, an --out that cannot be written, a zero shard size:
+    (tmp_path / "half" / "train").mkdir(parents=True)
+    (tmp_path / "half" / "train" / "patches-00000.tfrecord").write_bytes(b"")
+    assert prepare_main(["--frames", "5", "--out", str(tmp_path / "half"), *common]) == 2
+    assert "stopped before it finished" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert prepare_main(["--frames", "5", "--out", str(tmp_path / "afile" / "sub"), *common]) == 2
+    assert "cannot write to --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        prepare_main(["--frames", "5", "--shard-size", "0", "--out", str(tmp_path / "z"), *common])
+    assert "--shard-size 0" in capsys.readouterr().err and not (tmp_path / "z").exists()
     run = tmp_path / "run"
     args = ["--data", str(shards), "--model", "deepcr_2_4", "--patch-size", "64", "--batch-size", "4",
             "--steps-per-epoch", "2", "--validation-steps", "2", "--epochs", "1", "--out", str(run)]

@@ -175,6 +175,11 @@ def prepare_shards(source, exposure_ids, out_dir, *, patch_size=256, patches_per
     out_dir = str(out_dir).rstrip("/")
     if tf.io.gfile.exists(f"{out_dir}/prepare.json"):
         raise FileExistsError(f"{out_dir} already holds prepared shards (prepare.json); choose a new --out.")
+    if tf.io.gfile.glob(f"{out_dir}/train/*.tfrecord") or tf.io.gfile.glob(f"{out_dir}/val/*.tfrecord"):
+        raise FileExistsError(f"{out_dir} holds shards but no prepare.json: an earlier kercr-prepare stopped before "
+                              "it finished. Delete that folder, or choose a new --out.")
+    if int(shard_size) < 1:
+        raise ValueError(f"shard_size={shard_size} must be >= 1 patches per shard file (default 1024).")
     train_ids, val_ids = split_exposures(exposure_ids, val_fraction=val_fraction, seed=seed)
 
     def patches(ids, offset):

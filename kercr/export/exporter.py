@@ -262,7 +262,8 @@ def export_model(source, out, *, formats=FORMATS, quantize=("none",), name="kerc
     from kercr import __version__
     from kercr.export.parity import keras_predict, normalized_patches, synthetic_patches
 
-    created = [d for d in (out, model_dir) if not d.exists()]
+    # Every folder this export makes (missing parents of --out too), outermost first, for the clean-up.
+    created = [d for d in (*reversed(model_dir.parents), model_dir) if not d.exists()]
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
     umask = os.umask(0)

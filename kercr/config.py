@@ -240,8 +240,9 @@ class TrainConfig:
             raise ConfigError(f"learning_rate={self.learning_rate!r} must be in (0, 1), e.g. 1e-3.")
         if not 0 < self.lr_factor < 1:
             raise ConfigError(f"lr_factor={self.lr_factor!r} must be in (0, 1), e.g. 0.5 (halve the learning rate).")
-        if not 0 <= self.min_learning_rate <= self.learning_rate:
-            raise ConfigError(f"min_learning_rate={self.min_learning_rate!r} must be in [0, learning_rate], e.g. 1e-6.")
+        if not 0 <= self.min_learning_rate < 1:
+            raise ConfigError(f"min_learning_rate={self.min_learning_rate!r} must be in [0, 1), e.g. 1e-6 (the plateau "
+                              "cuts never take the learning rate below it).")
         for key in ("lr_patience", "tensorboard_images"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r} must be >= 0.")

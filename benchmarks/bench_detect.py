@@ -10,7 +10,9 @@ weights). The first ``detect`` call (tracing, interpreter allocation) is a warm-
 Tiles go ``--batch-size`` per call, by default as in ``detect``: 4 with TFLite, whose two
 one-thread interpreters (``ParallelTFLiteRunner``, 2 threads) take two each, and 1 with Keras.
 ``--tta on off`` measures with and without the four-flip average (``auto``, the default: what the
-model card says, on for the shipped model, off for the untrained ones).
+model card says, on for the shipped model, off for the untrained ones; ``two``: two views, as is
+and flipped along rows). ``--models`` also takes a saved ``.keras`` file (e.g. a run's
+``last.keras``, for the speed of a wider network).
 
 Usage::
 
@@ -43,7 +45,7 @@ def _prepare(work: Path, models, shape):
     from kercr.data import NormalizationConfig, make_frame
 
     for name in models:
-        if name == "default":  # the shipped, trained model (kercr/weights/default.keras)
+        if name == "default" or name.endswith(".keras"):  # the shipped model, or a saved one
             continue
         d = work / name
         if not (d / f"{name}.keras").exists():
@@ -56,7 +58,7 @@ def _prepare(work: Path, models, shape):
     return frame
 
 
-_TTA = {"auto": None, "on": True, "off": False}
+_TTA = {"auto": None, "on": True, "two": True, "off": False}  # "two": two views (as is, rows flipped)
 
 
 def _worker(args) -> dict:
@@ -70,7 +72,11 @@ def _worker(args) -> dict:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import kercr  # noqa: F401
+    from kercr import inference
     from kercr.inference import detect
+
+    if args.tta_mode == "two":
+        inference.FLIP_AXES = ((), (1,))
 
     image = np.load(args.frame)
     kw = dict(model=args.model_path, runtime=args.runtime, tile=args.tile, num_threads=threads,
@@ -131,7 +137,7 @@ def main(argv=None) -> int:
            "OMP_NUM_THREADS": str(args.threads)}
     rows = []
     for name in args.models:
-        model_path = work / name / f"{name}.keras"
+        model_path = Path(name).resolve() if name.endswith(".keras") else work / name / f"{name}.keras"
         if name == "default":
             from kercr.weights import default_model_path
 
@@ -167,6 +173,8 @@ def main(argv=None) -> int:
             from kercr.weights import default_model_path
 
             return kercr.models.count_trainable(keras.saving.load_model(default_model_path(), compile=False))
+        if name.endswith(".keras"):
+            return kercr.models.count_trainable(keras.saving.load_model(name, compile=False))
         return kercr.models.count_trainable(kercr.build_model(name))
 
     params = {n: _params(n) for n in args.models}
@@ -176,7 +184,8 @@ def main(argv=None) -> int:
                   f"error: {r['error'][:80]} | | | |")
             continue
         conv = f"{r['convert_s']:.1f}" if r.get("convert_s") else ""
-        print(f"| {r['model']} | {params[r['model']]:,} | {r['runtime']} | {'on' if r['tta'] else 'off'} | {r['tile_arg']} -> "
+        flips = "two views" if r["tta_arg"] == "two" else "on" if r["tta"] else "off"
+        print(f"| {r['model']} | {params[r['model']]:,} | {r['runtime']} | {flips} | {r['tile_arg']} -> "
               f"{r['tile'][0]}x{r['tile'][1]} ({r['n_tiles']}) | {r['overlap']} | {r['mpix_per_s']:.2f} | "
               f"{r['median_s']:.1f} | {r['peak_rss_mb']:.0f} | {conv} |")
     print(f"\n{PEERS}")

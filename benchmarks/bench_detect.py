@@ -107,11 +107,12 @@ def _run(cmd, env):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["deepcr", "deepcr_2_32"],
-                        help="registry names (untrained) or 'default' (the shipped model)")
+                        help="registry names (untrained), 'default' (the shipped model) or saved .keras files")
     parser.add_argument("--runtimes", nargs="+", default=["keras", "tflite-float32", "tflite-int8"])
     parser.add_argument("--tiles", nargs="+", type=int, default=[512, 1024])
     parser.add_argument("--tta", nargs="+", choices=sorted(_TTA), default=["auto"],
-                        help="four-flip averaging: on, off, or auto (the model card's choice; default)")
+                        help="flip averaging: on (four flips), two (two views), off, or auto (the model card's choice; "
+                             "default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="tiles per call (default: detect()'s, 4 with TFLite, 1 with Keras)")

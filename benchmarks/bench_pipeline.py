@@ -12,7 +12,9 @@ and prints the ratios (pipeline rate / training rate; above 1 means training nev
 
 Usage::
 
-    python benchmarks/bench_pipeline.py [--model deepcr] [--patch-size 256] [--batch-size 16]
+    python benchmarks/bench_pipeline.py [--model deepcr] [--patch-size 256] [--batch-size 16] [--frames 3]
+                                        [--steps 6] [--threads 2] [--filters 48,96] [--mixed-precision]
+                                        [--training-only]
 """
 
 from __future__ import annotations

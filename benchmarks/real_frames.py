@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/real_frames.py [--model default|PATH] [--repeats 20] [--runtime R] [--tta|--no-tta] [--out DIR]
+    python benchmarks/real_frames.py [--model default|PATH] [--repeats 20] [--runtime R] [--tta|--no-tta]
+                                     [--threshold T] [--out DIR]
 
 Protocol
 --------

@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/reference_table.py --scale tiny|cpu|gpu --out DIR [--rows LABEL,...] [--test-frames N]
+                                         [--extra-model PATH] [--tta|--no-tta] [-v]
 
 Every row of :data:`kercr.models.registry.REFERENCE_TABLE` (or the ``--rows`` subset, by label) is
 trained with the same recipe (:data:`RECIPES`, one per scale) by :func:`kercr.training.train`, each

@@ -532,6 +532,9 @@ def test_default_model_finds_decam_cosmic_ray(shared_data, testcase, stem):
     found = r.dilated_mask(1)[cr].mean()
     assert found >= 0.5, f"only {found:.0%} of the {cr.sum()} CR pixels (DQ code 5) flagged after 1-pixel dilation"
     elsewhere = ~ndimage.binary_dilation(cr, iterations=3)
+    # The model card's real_frame_checks quote these (pytest -rP shows them).
+    print(f"{testcase} {stem}: bright track pixels flagged {r.mask[track].mean():.2f}, DQ-5 pixels covered after "
+          f"1-px dilation {found:.2f}, other pixels flagged {int(r.mask[elsewhere].sum())}")
     assert r.mask[elsewhere].sum() <= max(5, 1e-3 * elsewhere.sum()), f"{r.mask[elsewhere].sum()} pixels flagged off the CR"
 
 
@@ -547,6 +550,7 @@ def test_default_model_ignores_saturated_stars_and_bleed_trails(shared_data, tes
         dq = read_ccd(image.with_name(image.name.replace("_ooi_", "_ood_")), 1).data
         star = (dq == 3) | (dq == 4)
         r = detect(read_ccd(image, 1))
+        print(f"{testcase} {image.name}: saturated/bleed pixels flagged {r.mask[star].mean():.4f}")  # pytest -rP
         assert r.mask[star].mean() < 0.01, f"{image.name}: {r.mask[star].mean():.1%} of saturated/bleed pixels flagged"
         # The network itself, not only the saturation cut: bleed-trail pixels below saturation.
         bleed = (dq == 4) & ~r.ignored
@@ -627,9 +631,11 @@ def test_default_model_finds_the_two_gmos_cosmic_rays():
     # astroscrappy's own test: exactly these two CRs.
     assert n == 2 and boxes == [(slice(41, 72), slice(142, 161)), (slice(117, 147), slice(35, 43))]
     r = detect(data, gain=1.933, readnoise=4.24)
+    near = ndimage.binary_dilation(truth, iterations=3)
+    print(f"GMOS: CR pixels flagged {[round(float(r.mask[label == k].mean()), 2) for k in (1, 2)]}, other pixels "
+          f"flagged {int(r.mask[~near].sum())}")  # the model card quotes these (pytest -rP)
     for k in (1, 2):
         assert r.mask[label == k].mean() >= 0.5, f"GMOS CR {k} not found"
-    near = ndimage.binary_dilation(truth, iterations=3)
     assert r.mask[~near].mean() < 0.005
 
 

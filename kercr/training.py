@@ -170,8 +170,7 @@ def _check_run_dir(out: Path, config: TrainConfig) -> dict:
         if diff and not started:  # a start that failed before its first epoch: nothing to keep
             logger.info("%s: no epoch finished under its earlier options (%s); starting with these", out,
                         ", ".join(diff))
-            diff = []
-        if diff:
+        elif diff:
             raise ConfigError(
                 f"the run directory {str(out)!r} holds a run with other options ({', '.join(diff)}); "
                 "pass --out NEW_DIR for a new run, or the same options to resume that one."

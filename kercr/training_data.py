@@ -29,6 +29,7 @@ from kercr.data.frames import load_footprints
 from kercr.data.lco import LCOFrames, is_lco_dataset
 from kercr.data.loader import FITSFrames, FixedBatches, PatchBatches, SyntheticFrames, patch_batches
 from kercr.data.patches import default_patch_count, split_exposures
+from kercr.data.weights import alpha_floor
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ class TrainingData:
         if self._alpha_variable is not None:
             self._alpha_variable.assign(self.alpha)
         # In place: fit() holds this very FixedBatches, so the floor reaches validation too.
-        self.val.batches[:] = [(x, y, np.where(w > 0, np.maximum(w, alpha), 0.0).astype(np.float32))
-                               for x, y, w in self._val]
+        self.val.batches[:] = [(x, y, alpha_floor(w, alpha)) for x, y, w in self._val]
 
     def validation_batches(self, steps=None):
         """The validation ``(x, y, w)`` batches; weight 0 marks ignored pixels."""

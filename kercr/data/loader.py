@@ -14,6 +14,7 @@ import numpy as np
 from kercr.data.augment import random_flip_rot90
 from kercr.data.frames import FITSFrames, SyntheticFrames, _stack, frame_keys, patch_batches
 from kercr.data.patches import make_patches
+from kercr.data.weights import alpha_floor
 
 __all__ = ["SyntheticFrames", "FITSFrames", "PatchBatches", "FixedBatches", "patch_batches"]
 
@@ -67,7 +68,7 @@ class PatchBatches(keras.utils.PyDataset):
             xs, ys, ws = zip(*(random_flip_rot90(x, y, w, rng=rng) for x, y, w in zip(xs, ys, ws)))
         x, y, w = _stack((xs, ys, ws))
         if self.alpha > 0:
-            w = np.where(w > 0, np.maximum(w, np.float32(self.alpha)), 0.0).astype(np.float32)
+            w = alpha_floor(w, self.alpha)
         return x, y, w
 
 

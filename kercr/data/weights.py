@@ -25,7 +25,7 @@ from scipy import ndimage
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import NormalizationConfig, robust_sky_noise
 
-__all__ = ["median_weight_map", "apply_ignore_mask"]
+__all__ = ["median_weight_map", "apply_ignore_mask", "alpha_floor"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,3 +82,10 @@ def apply_ignore_mask(weights, ignore_mask) -> np.ndarray:
         raise KercrDataError(f"ignore mask shape {ignore.shape} differs from weights shape {w.shape}.")
     w[ignore] = 0.0
     return w
+
+
+def alpha_floor(weights, alpha) -> np.ndarray:
+    """Cosmic-CoNN's alpha schedule: a float32 copy of ``weights`` raised to at least ``alpha``
+    where they count (> 0); ignored pixels (weight 0) stay 0."""
+    w = np.asarray(weights, dtype=np.float32)
+    return np.where(w > 0, np.maximum(w, np.float32(alpha)), np.float32(0.0)).astype(np.float32)

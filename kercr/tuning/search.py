@@ -59,20 +59,17 @@ def _check_out_dir(out: Path, space: SearchSpace) -> None:
     mine = space.to_json()
     if saved.is_file():
         previous = json.loads(saved.read_text())
-        started = any((out / PROJECT).glob("trial_*"))
-        if previous != mine and not started:  # a start that failed before any trial: nothing to keep
-            logger.info("%s: no trial ran under its earlier search space; starting with this one", out)
-            previous = mine
-            saved.unlink()
-        if previous != mine:
+        if previous == mine:
+            return
+        if any((out / PROJECT).glob("trial_*")):
             diff = sorted(k for k in set(previous) | set(mine) if previous.get(k) != mine.get(k))
             raise SearchSpaceError(
                 f"the output directory {str(out)!r} holds a search with another search space "
                 f"(differences in: {', '.join(diff)}); pass --out NEW_DIR for a new search, the same "
                 "options to resume that one, or --overwrite to delete it and start again."
             )
-        if saved.is_file():
-            return
+        # A start that failed before any trial: nothing to keep, this space replaces it.
+        logger.info("%s: no trial ran under its earlier search space; starting with this one", out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{SPACE_FILE}.{os.getpid()}"
     tmp.write_text(json.dumps(mine, indent=2, sort_keys=True) + "\n")

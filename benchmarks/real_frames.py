@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/real_frames.py [--model default|PATH] [--repeats 20] [--runtime R] [--tta|--no-tta]
-                                     [--threshold T] [--out DIR]
+                                     [--threshold T] [--variant as-is|binned|bright-sky] [--out DIR]
 
 Protocol
 --------
@@ -21,6 +21,9 @@ CRs:
     injected ``--repeats`` times with different seeds (seed = repeat index) and every repeat is
     detected separately. These footprints are also in the default model's training set (in
     different frames); the backgrounds are what is new.
+Variants (``--variant``, :func:`vary`; default ``as-is``):
+    ``binned``: frames and footprints summed in 2 x 2 blocks (other pixel scales, undersampling);
+    ``bright-sky``: 5,000 ADU of sky and its Poisson noise added (a raw frame's bright sky).
 Pixels and metrics:
     pooled over all frames and repeats, ignored pixels removed from positives and negatives:
     TPR at 0.01 % and 0.1 % FPR, precision at 95 % recall (from the pooled ROC / PR curves of the
@@ -89,6 +92,46 @@ def real_frames():
     return frames
 
 
+VARIANTS = ("as-is", "binned", "bright-sky")
+BRIGHT_SKY_ADU = 5000.0  # sky added by the "bright-sky" variant, ADU (20,000 e- at DECam's gain of 4)
+
+
+def _bin2(a, reduce):
+    """2 x 2 blocks of ``a`` (cropped to even), combined by ``reduce`` over the block (sum or any)."""
+    ny, nx = (a.shape[0] // 2) * 2, (a.shape[1] // 2) * 2
+    return reduce(a[:ny, :nx].reshape(ny // 2, 2, nx // 2, 2), axis=(1, 3))
+
+
+def vary(frames, stamps, variant):
+    """The test frames and footprints under a ``variant`` of the protocol: ``(frames, stamps)``.
+
+    ``as-is``: unchanged. ``binned``: every frame summed in 2 x 2 blocks (half the sampling:
+    DECam 0.53 "/px, GMOS 0.58 "/px; a block is ignored if any pixel in it was; read noise x 2, as
+    for binning in software) and every footprint summed the same way before it is injected, which
+    is how a binned CCD records a CR. ``bright-sky``: :data:`BRIGHT_SKY_ADU` of sky added with
+    its Poisson noise (seeded per frame), as in a raw frame under a bright sky; the footprints
+    are unchanged, so more of every CR is under the noise.
+    """
+    if variant == "as-is":
+        return frames, stamps
+    if variant == "binned":
+        out = [(name, _bin2(image.astype(np.float64), np.sum).astype(np.float32), _bin2(ignore, np.any), gain, 2 * rn)
+               for name, image, ignore, gain, rn in frames]
+        binned = []
+        for stamp in stamps:
+            pad = np.pad(stamp, ((0, stamp.shape[0] % 2), (0, stamp.shape[1] % 2)))
+            binned.append(_bin2(pad, np.sum).astype(stamp.dtype))
+        return out, binned
+    if variant == "bright-sky":
+        out = []
+        for i, (name, image, ignore, gain, rn) in enumerate(frames):
+            rng = np.random.default_rng([i, 20261125])
+            sky = rng.poisson(BRIGHT_SKY_ADU * gain, size=image.shape) / gain
+            out.append((name, (image + sky).astype(np.float32), ignore, gain, rn))
+        return out, stamps
+    raise ValueError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
+
+
 def injected(frames, stamps, repeats):
     """Yield ``(name, repeat, image, truth, snr, ignore, gain, readnoise, on_source)`` with footprints injected.
 
@@ -117,6 +160,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runtime", default="keras")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="four-flip averaging (default: the model card's choice)")
+    parser.add_argument("--variant", choices=VARIANTS, default="as-is",
+                        help="the frames as they are, binned 2 x 2, or under a bright sky (see vary())")
     parser.add_argument("--out", default="runs/real_frames")
     args = parser.parse_args(argv)
     if not (SHARED / "decam_cp").is_dir():
@@ -130,7 +175,7 @@ def main(argv=None) -> int:
     loaded = load_model(args.model)
     threshold = args.threshold if args.threshold is not None else loaded.threshold
     stamps = load_footprints(SHARED / "cr_footprints" / "cosmic_rays_itl_2017_even.fits")
-    frames = real_frames()
+    frames, stamps = vary(real_frames(), stamps, args.variant)
     truths, scores, snrs, sources, rims, per_frame = [], [], [], [], [], {}
     lac = {"tp": 0, "fp": 0, "fn": 0, "neg": 0, "seconds": 0.0, "pixels": 0}
     try:
@@ -186,7 +231,8 @@ def main(argv=None) -> int:
     at = score >= threshold
     kercr.update(tpr_at_threshold=float((at & truth).sum() / truth.sum()),
                  fpr_at_threshold=float((at & ~truth).sum() / (~truth).sum()), threshold=threshold)
-    report = {"model": str(args.model), "runtime": args.runtime, "tta": tta, "repeats": args.repeats, "frames": len(frames),
+    report = {"model": str(args.model), "variant": args.variant, "runtime": args.runtime, "tta": tta,
+              "repeats": args.repeats, "frames": len(frames),
               "cr_pixels": int(truth.sum()), "visible_cr_pixels": int((truth & ~faint).sum()),
               "non_cr_pixels": int((~truth).sum()), "kercr": kercr, "kercr_visible_crs": visible,
               "kercr_by_background": by_background, "false_positives_at_1e-4": rim_report, "per_frame": per_frame,

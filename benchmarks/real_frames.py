@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/real_frames.py [--model default|PATH] [--repeats 20] [--runtime R] [--tta|--no-tta]
+    python benchmarks/real_frames.py [--model default|PATH] [--repeats 20] [--first-repeat K] [--runtime R] [--tta|--no-tta]
                                      [--threshold T] [--variant as-is|binned|bright-sky] [--out DIR]
 
 Protocol
@@ -18,7 +18,8 @@ CRs:
     real footprints from LSST ITL dark frames (``../shared/data/cr_footprints/``, electrons,
     converted with each frame's gain), placed by :func:`kercr.data.footprints.inject_footprints`
     (random stamp, rotation/flip, position) at one footprint per 2,500 pixels; each frame is
-    injected ``--repeats`` times with different seeds (seed = repeat index) and every repeat is
+    injected ``--repeats`` times with different seeds (seed = repeat index, from ``--first-repeat``,
+    default 0: another start gives injections no earlier run has scored) and every repeat is
     detected separately. These footprints are also in the default model's training set (in
     different frames); the backgrounds are what is new.
 Variants (``--variant``, :func:`vary`; default ``as-is``):
@@ -132,7 +133,7 @@ def vary(frames, stamps, variant):
     raise ValueError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
 
 
-def injected(frames, stamps, repeats):
+def injected(frames, stamps, repeats, first=0):
     """Yield ``(name, repeat, image, truth, snr, ignore, gain, readnoise, on_source)`` with footprints injected.
 
     ``snr``: injected charge over the frame's noise (0 off the CRs); "visible" CR pixels have
@@ -146,7 +147,7 @@ def injected(frames, stamps, repeats):
         n = max(1, image.size // 2500)
         _, noise_adu, _ = robust_sky_noise(image, mask=ignore)
         on_source = source_map(image, mask=ignore)
-        for r in range(repeats):
+        for r in range(first, first + repeats):
             img, electrons, truth = inject_footprints(image, stamps, n=n, gain=gain,
                                                       rng=np.random.default_rng([r, image.size]))
             yield name, r, img, truth, electrons / np.float32(noise_adu * gain), ignore, gain, readnoise, on_source
@@ -157,6 +158,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="default")
     parser.add_argument("--threshold", type=float, help="default: the model card's")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--first-repeat", type=int, default=0, metavar="K",
+                        help="seed of the first injection (default 0; another K gives unseen injections)")
     parser.add_argument("--runtime", default="keras")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="four-flip averaging (default: the model card's choice)")
@@ -183,7 +186,7 @@ def main(argv=None) -> int:
     except ImportError:
         astroscrappy = None
     t0 = time.perf_counter()
-    for name, r, img, truth, snr, ignore, gain, readnoise, on_source in injected(frames, stamps, args.repeats):
+    for name, r, img, truth, snr, ignore, gain, readnoise, on_source in injected(frames, stamps, args.repeats, args.first_repeat):
         res = detect(img, model=loaded, threshold=threshold, runtime=args.runtime, mask=ignore, tta=args.tta)
         tta = res.tta
         ign = ignore | res.ignored
@@ -232,7 +235,7 @@ def main(argv=None) -> int:
     kercr.update(tpr_at_threshold=float((at & truth).sum() / truth.sum()),
                  fpr_at_threshold=float((at & ~truth).sum() / (~truth).sum()), threshold=threshold)
     report = {"model": str(args.model), "variant": args.variant, "runtime": args.runtime, "tta": tta,
-              "repeats": args.repeats, "frames": len(frames),
+              "repeats": args.repeats, "first_repeat": args.first_repeat, "frames": len(frames),
               "cr_pixels": int(truth.sum()), "visible_cr_pixels": int((truth & ~faint).sum()),
               "non_cr_pixels": int((~truth).sum()), "kercr": kercr, "kercr_visible_crs": visible,
               "kercr_by_background": by_background, "false_positives_at_1e-4": rim_report, "per_frame": per_frame,

@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/reference_table.py --scale tiny|cpu|gpu --out DIR [--rows LABEL,...] [--test-frames N]
+                                         [--first-test-frame K]
                                          [--extra-model PATH] [--tta|--no-tta] [-v]
 
 Every row of :data:`kercr.models.registry.REFERENCE_TABLE` (or the ``--rows`` subset, by label) is
@@ -15,8 +16,9 @@ definition or ``best.keras`` changed.
 Benchmark protocol
 ------------------
 Test frames
-    ``SyntheticFrames(seed=20261124, shape=SCALE.frame_shape)``, frames ``0 .. N-1`` (``N`` =
-    ``--test-frames``, default per scale). Training uses ``TrainConfig.seed`` = 0 (frames keyed by
+    ``SyntheticFrames(seed=20261124, shape=SCALE.frame_shape)``, frames ``K .. K+N-1`` (``N`` =
+    ``--test-frames``, default per scale; ``K`` = ``--first-test-frame``, default 0: another ``K``
+    gives frames no earlier run of the benchmark has scored, for a confirmatory test). Training uses ``TrainConfig.seed`` = 0 (frames keyed by
     seed 0), so seed 20261124 is never used in training or validation. CRs are simulated at
     DECam's physical dark rate (0.6 events/s per 4096 x 2048 CCD) times ``SCALE.test_cr_rate_scale``
     (tiny: 20, so that a 256 x 256 smoke frame carries CRs; cpu and gpu: 5, the reference recipe's
@@ -234,13 +236,14 @@ class TestData:
     ignore mask or the raw frames.
     """
 
-    def __init__(self, scale: Scale, n_frames: int, normalization=None):
+    def __init__(self, scale: Scale, n_frames: int, normalization=None, first_frame: int = 0):
         self.scale, self.n_frames, self.normalization = scale, n_frames, normalization
+        self.first_frame = int(first_frame)
         self.sets = {}
         for name, source in test_sets(scale, n_frames, normalization).items():
             wrapped = _RawKeepingFrames(source)
             frames, only = [], []
-            for i in range(n_frames):
+            for i in range(self.first_frame, self.first_frame + n_frames):
                 image, mask, weight, raw, ignore = wrapped.frame(i)
                 frames.append(dict(tiles=grid_tiles(image, mask, weight, scale.patch_size), raw=raw,
                                    truth=mask > 0.5, ignore=(weight <= 0) | ignore))
@@ -260,6 +263,7 @@ class TestData:
     def key(self) -> str:
         """A digest of the benchmark definition (invalidates cached test metrics when it changes)."""
         spec = dict(seed=TEST_SEED, shape=self.scale.frame_shape, n=self.n_frames, patch=self.scale.patch_size,
+                    **({"first": self.first_frame} if self.first_frame else {}),
                     rate=self.scale.test_cr_rate_scale, fp=[FOOTPRINT_RATE_CUT, FOOTPRINT_FRACTION],
                     sets=sorted(self.sets), timing=[TIMING_PIXELS, TIMING_THREADS],
                     norm=self.normalization.to_dict() if self.normalization is not None else None)
@@ -494,7 +498,8 @@ def write_outputs(out: Path, table: list[dict], scale: Scale, data: TestData) ->
         "Rows marked \"val: its own validation set\" are already trained models (`--extra-model`, by default "
         "the shipped one) evaluated on the same test frames with their own normalization; their "
         "validation columns come from their model card.\n\n"
-        f"Test: {data.n_frames} SyntheticFrames of {scale.frame_shape[0]}x{scale.frame_shape[1]}, seed {TEST_SEED}, "
+        f"Test: {data.n_frames} SyntheticFrames of {scale.frame_shape[0]}x{scale.frame_shape[1]}, seed {TEST_SEED}"
+        + (f" (frames {data.first_frame} to {data.first_frame + data.n_frames - 1})" if data.first_frame else "") + ", "
         f"CRs at {scale.test_cr_rate_scale:g}x DECam's dark rate; `real footprints` = same frames with "
         f"{FOOTPRINT_RATE_CUT:g}x that simulated rate plus {FOOTPRINT_FRACTION:g}x as many ITL-dark footprints; "
         f"`{FOOTPRINTS_ONLY}` = that set scored on its footprints alone (simulated CRs, grown by 1 px, ignored). "
@@ -548,6 +553,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--rows", default=None, help="comma-separated REFERENCE_TABLE labels (default: all)")
     parser.add_argument("--test-frames", type=int, default=None, help="test frames per set (default per scale)")
+    parser.add_argument("--first-test-frame", type=int, default=0, metavar="K",
+                        help="index of the first test frame (default 0; another K gives unseen frames)")
     parser.add_argument("--extra-model", action="append", default=None, metavar="NAME|PATH",
                         help="also evaluate this trained model on the test sets (repeatable; default: 'default', "
                              "the shipped model; 'none' for no extra row)")
@@ -589,7 +596,7 @@ def main(argv=None) -> int:
     def data_for(normalization):
         key = json.dumps(normalization.to_dict(), sort_keys=True)
         if key not in datasets:
-            datasets[key] = TestData(scale, n_frames, normalization)
+            datasets[key] = TestData(scale, n_frames, normalization, first_frame=args.first_test_frame)
         return datasets[key]
 
     data = data_for(recipe_norm)

@@ -3,8 +3,9 @@
 Usage::
 
     pip install torch==2.13.0 cosmic-conn==0.6.1 deepCR==0.3.1   # not kercr dependencies: this benchmark's only
-    python benchmarks/peers.py [--model default|PATH] [--repeats 10] [--peers cosmic-conn deepcr-decam]
+    python benchmarks/peers.py [--model default|PATH] [--repeats 10] [--first-repeat K] [--peers cosmic-conn deepcr-decam]
                                [--variants as-is binned bright-sky] [--no-reference] [--reference-frames 4]
+                               [--first-reference-frame K]
                                [--threads 2] [--out DIR]
 
 What it answers: the detection issue's accuracy bar is Cosmic-CoNN's ground-imaging model on its
@@ -230,30 +231,32 @@ def print_table(title, rows, counts):
               f"({k['tpr_at_threshold']:.3f} / {k['fpr_at_threshold']:.1e}, p >= {k['threshold']:.4g}) |")
 
 
-def real_frame_items(repeats, variant="as-is"):
+def real_frame_items(repeats, variant="as-is", first=0):
     """The real-frame proxy's injected frames (under ``variant``: real_frames.vary) as :func:`score_frames` items."""
     from kercr.data.frames import load_footprints
 
     frames, stamps = vary(real_frames(), load_footprints(SHARED / "cr_footprints" / "cosmic_rays_itl_2017_even.fits"),
                           variant)
-    for name, r, img, truth, snr, ignore, gain, _, on_source in injected(frames, stamps, repeats):
+    for name, r, img, truth, snr, ignore, gain, _, on_source in injected(frames, stamps, repeats, first):
         yield dict(name=f"{name} repeat {r}", image=img, truth=truth, ignore=ignore, gain=gain, snr=snr,
                    on_source=on_source)
 
 
-def reference_items(frames):
+def reference_items(frames, first=0):
     """The reference table's cpu-scale test sets (``{set: items}``): raw ADU frames, truth, ignore."""
     from reference_table import GAIN, RECIPES, TestData
 
-    data = TestData(RECIPES["cpu"], frames)
+    data = TestData(RECIPES["cpu"], frames, first_frame=first)
     return {name: [dict(name=f"{name} {i}", image=f["raw"], truth=f["truth"], ignore=f["ignore"], gain=GAIN)
-                   for i, f in enumerate(sets)] for name, sets in data.sets.items()}
+                   for i, f in enumerate(sets, start=first)] for name, sets in data.sets.items()}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default", help="kercr model: default, a run folder or a .keras file")
     parser.add_argument("--repeats", type=int, default=10, help="injections per real frame")
+    parser.add_argument("--first-repeat", type=int, default=0, metavar="K",
+                        help="seed of the first injection (real_frames.py --first-repeat)")
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the peers")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
@@ -261,6 +264,8 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="also score the reference table's cpu-scale test sets (synthetic frames)")
     parser.add_argument("--reference-frames", type=int, default=4, help="test frames per reference set")
+    parser.add_argument("--first-reference-frame", type=int, default=0, metavar="K",
+                        help="first reference test frame (reference_table.py --first-test-frame)")
     parser.add_argument("--out", default="runs/peers")
     args = parser.parse_args(argv)
     if not (SHARED / "decam_cp").is_dir():
@@ -276,11 +281,11 @@ def main(argv=None) -> int:
 
     loaded = load_model(args.model)
     report = {"kercr": {"model": str(args.model), "runtime": "keras", "tta": bool(loaded.card.get("tta", False))},
-              "repeats": args.repeats, "sets": {}}
-    sets = {"real frames" + ("" if v == "as-is" else f", {v}"): list(real_frame_items(args.repeats, v))
+              "repeats": args.repeats, "first_repeat": args.first_repeat, "sets": {}}
+    sets = {"real frames" + ("" if v == "as-is" else f", {v}"): list(real_frame_items(args.repeats, v, args.first_repeat))
             for v in args.variants}
     if args.reference:
-        sets |= reference_items(args.reference_frames)
+        sets |= reference_items(args.reference_frames, args.first_reference_frame)
     for name, items in sets.items():
         rows, counts = score_frames(items, runners, loaded,
                                     progress=lambda it: print(f"  {it['name']}", file=sys.stderr, flush=True))

@@ -590,7 +590,9 @@ def test_default_model_finds_cosmic_rays_on_galaxies():
 @needs_default
 def test_default_model_card_matches_the_config_files_it_names():
     """The card's command reproduces the shipped model: each config file it names resolves to the
-    options recorded for that run (the last one to the card's own config)."""
+    options recorded for that run, and the card's own config is the last stage's or, when the
+    command ends by averaging runs (``kercr.weights.average``), the first averaged run's (whose
+    validation patches chose the threshold); every averaged run is a stage of the command."""
     import re
     from pathlib import Path
 
@@ -605,9 +607,13 @@ def test_default_model_card_matches_the_config_files_it_names():
         pytest.skip("the config files are not installed beside the package (a wheel install)")
     # (not validated: a fine-tuning stage names its base run, which a fresh checkout does not hold)
     configs = [json.loads(json.dumps(TrainConfig(**read_config_file(root / f)).to_dict())) for f in files]
+    by_out = {c["out"]: c for c in configs}
+    averaged = re.findall(r"kercr\.weights\.average ((?:\S+ )+)--out", card["command"])
+    runs = averaged[0].split() if averaged else [configs[-1]["out"]]
+    assert set(runs) <= set(by_out), f"averaged runs {runs} are not all stages of {card['command']}"
     # an option added after the model was shipped reads as its default (as when a run resumes)
-    assert configs[-1] == json.loads(json.dumps(TrainConfig(**card["config"]).to_dict()))
-    assert set(card["config"]) <= set(configs[-1])
+    assert by_out[runs[0]] == json.loads(json.dumps(TrainConfig(**card["config"]).to_dict()))
+    assert set(card["config"]) <= set(by_out[runs[0]])
     for base, tuned in zip(configs, configs[1:]):  # each stage starts from the run before it
         assert tuned["init_weights"] == base["out"] and tuned["model"] == base["model"]
 

@@ -59,6 +59,7 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", tta: bool = Fals
     import keras
 
     model = keras.saving.load_model(run_dir / "best.keras", compile=False)
+    average = json.loads((run_dir / "average.json").read_text()) if (run_dir / "average.json").is_file() else None
     plain = metrics
     if tta:
         from kercr.training import run_validation
@@ -88,7 +89,10 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", tta: bool = Fals
                           if config.sky_e_range else "")
                        + (f"; simulated CR pixels above {config.cr_threshold_e:g} e-"
                           if config.cr_threshold_e else "")
-                       + (f"; fine-tuned from {config.init_weights}" if config.init_weights else "")),
+                       + (f"; loss {config.loss}" if config.loss != "dice_bce" else "")
+                       + (f"; fine-tuned from {config.init_weights}" if config.init_weights else "")
+                       + (f"; weights: the mean of {' and '.join(average['runs'])} (kercr.weights.average)"
+                          if average else "")),
         "command": command,
         "config": config.to_dict(),
         "validation": {k: metrics[k] for k in _VALIDATION_KEYS if k in metrics},

@@ -268,6 +268,10 @@ def main(argv=None) -> int:
                         help="first reference test frame (reference_table.py --first-test-frame)")
     parser.add_argument("--out", default="runs/peers")
     args = parser.parse_args(argv)
+    if args.first_repeat < 0:
+        parser.error(f"--first-repeat {args.first_repeat}: give a seed of 0 or more")
+    if args.first_reference_frame < 0:
+        parser.error(f"--first-reference-frame {args.first_reference_frame}: give a frame index of 0 or more")
     if not (SHARED / "decam_cp").is_dir():
         print(f"[peers] {SHARED}/decam_cp not found: nothing to measure", file=sys.stderr)
         return 0

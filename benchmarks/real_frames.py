@@ -2,8 +2,9 @@
 
 Usage::
 
-    python benchmarks/real_frames.py [--model default|PATH] [--repeats 20] [--first-repeat K] [--runtime R] [--tta|--no-tta]
-                                     [--threshold T] [--variant as-is|binned|bright-sky] [--out DIR]
+    python benchmarks/real_frames.py [--model default|PATH] [--repeats 20] [--first-repeat K] [--runtime R]
+                                     [--tta|--no-tta] [--threshold T] [--variant as-is|binned|bright-sky]
+                                     [--out DIR]
 
 Protocol
 --------
@@ -167,6 +168,8 @@ def main(argv=None) -> int:
                         help="the frames as they are, binned 2 x 2, or under a bright sky (see vary())")
     parser.add_argument("--out", default="runs/real_frames")
     args = parser.parse_args(argv)
+    if args.first_repeat < 0:
+        parser.error(f"--first-repeat {args.first_repeat}: give a seed of 0 or more")
     if not (SHARED / "decam_cp").is_dir():
         print(f"[real_frames] {SHARED}/decam_cp not found: nothing to measure", file=sys.stderr)
         return 0
@@ -186,7 +189,8 @@ def main(argv=None) -> int:
     except ImportError:
         astroscrappy = None
     t0 = time.perf_counter()
-    for name, r, img, truth, snr, ignore, gain, readnoise, on_source in injected(frames, stamps, args.repeats, args.first_repeat):
+    items = injected(frames, stamps, args.repeats, args.first_repeat)
+    for name, r, img, truth, snr, ignore, gain, readnoise, on_source in items:
         res = detect(img, model=loaded, threshold=threshold, runtime=args.runtime, mask=ignore, tta=args.tta)
         tta = res.tta
         ign = ignore | res.ignored

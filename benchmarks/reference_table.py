@@ -18,8 +18,9 @@ Benchmark protocol
 Test frames
     ``SyntheticFrames(seed=20261124, shape=SCALE.frame_shape)``, frames ``K .. K+N-1`` (``N`` =
     ``--test-frames``, default per scale; ``K`` = ``--first-test-frame``, default 0: another ``K``
-    gives frames no earlier run of the benchmark has scored, for a confirmatory test). Training uses ``TrainConfig.seed`` = 0 (frames keyed by
-    seed 0), so seed 20261124 is never used in training or validation. CRs are simulated at
+    gives frames no earlier run of the benchmark has scored, for a confirmatory test). Training
+    uses ``TrainConfig.seed`` = 0 (frames keyed by seed 0), so seed 20261124 is never used in
+    training or validation. CRs are simulated at
     DECam's physical dark rate (0.6 events/s per 4096 x 2048 CCD) times ``SCALE.test_cr_rate_scale``
     (tiny: 20, so that a 256 x 256 smoke frame carries CRs; cpu and gpu: 5, the reference recipe's
     training density).
@@ -551,7 +552,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(RECIPES), default="tiny")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--rows", default=None, help="comma-separated REFERENCE_TABLE labels (default: all)")
+    parser.add_argument("--rows", default=None, help="comma-separated REFERENCE_TABLE labels (default: all; 'none' "
+                                                     "trains no row and scores only the --extra-model ones)")
     parser.add_argument("--test-frames", type=int, default=None, help="test frames per set (default per scale)")
     parser.add_argument("--first-test-frame", type=int, default=0, metavar="K",
                         help="index of the first test frame (default 0; another K gives unseen frames)")
@@ -576,8 +578,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     scale = RECIPES[args.scale]
     rows = list(REFERENCE_TABLE)
+    if args.first_test_frame < 0:
+        parser.error(f"--first-test-frame {args.first_test_frame}: give a frame index of 0 or more")
     if args.rows:
-        wanted = [s.strip() for s in args.rows.split(",") if s.strip()]
+        wanted = [s.strip() for s in args.rows.split(",") if s.strip() and s.strip().lower() != "none"]
         labels = {r.label: r for r in REFERENCE_TABLE}
         unknown = [w for w in wanted if w not in labels]
         if unknown:

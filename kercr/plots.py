@@ -70,7 +70,8 @@ def plot_runs(histories: dict, path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7)
+    if axes[0, 0].get_lines():  # no runs (a table of extra models only): empty panels, no legend
+        axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     return path

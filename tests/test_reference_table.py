@@ -98,3 +98,29 @@ def test_footprints_only_ignores_exactly_the_simulated_crs(reference_table):
     assert not (alone & ~truth).any()  # every simulated CR pixel is in the footprint frame's truth
     assert (truth & ~simulated).any()  # and footprints are left to score
     assert source.footprints is not None and len(source._cache) == 0  # the source itself is untouched
+
+
+def test_first_test_frame_shifts_the_test_frames_and_the_cache_key(reference_table):
+    """``--first-test-frame K`` gives frames K.. of the same seed: a confirmatory test on frames
+    no earlier run scored, and never the cached metrics of another range."""
+    scale = reference_table.RECIPES["tiny"]
+    both = reference_table.TestData(scale, 2)
+    second = reference_table.TestData(scale, 1, first_frame=1)
+    for name, frames in second.sets.items():
+        assert len(frames) == 1
+        for key in ("truth", "ignore", "raw"):
+            assert (frames[0][key] == both.sets[name][1][key]).all(), (name, key)
+        assert not (frames[0]["raw"] == both.sets[name][0]["raw"]).all()
+    assert second.key() != reference_table.TestData(scale, 1).key()
+
+
+def test_rows_none_scores_only_the_extra_models_and_bad_starts_are_refused(reference_table, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        reference_table.main(["--scale", "tiny", "--out", str(tmp_path), "--first-test-frame", "-1"])
+    assert "--first-test-frame -1" in capsys.readouterr().err
+    pytest.importorskip("astroscrappy")
+    assert reference_table.main(["--scale", "tiny", "--out", str(tmp_path), "--rows", "none", "--test-frames", "1",
+                                 "--extra-model", "none"]) == 0
+    assert not (tmp_path / "runs").exists()
+    with (tmp_path / "table.csv").open() as f:
+        assert {r["model"] for r in csv.DictReader(f)} == {"astroscrappy (L.A.Cosmic, defaults)"}

@@ -3,7 +3,8 @@
 Usage::
 
     pip install torch==2.13.0 cosmic-conn==0.6.1 deepCR==0.3.1   # not kercr dependencies: this benchmark's only
-    python benchmarks/peers.py [--model default|PATH] [--repeats 10] [--first-repeat K] [--peers cosmic-conn deepcr-decam]
+    python benchmarks/peers.py [--model default|PATH] [--repeats 10] [--first-repeat K]
+                               [--peers cosmic-conn deepcr-decam]
                                [--variants as-is binned bright-sky] [--no-reference] [--reference-frames 4]
                                [--first-reference-frame K]
                                [--threads 2] [--out DIR]
@@ -286,8 +287,8 @@ def main(argv=None) -> int:
     loaded = load_model(args.model)
     report = {"kercr": {"model": str(args.model), "runtime": "keras", "tta": bool(loaded.card.get("tta", False))},
               "repeats": args.repeats, "first_repeat": args.first_repeat, "sets": {}}
-    sets = {"real frames" + ("" if v == "as-is" else f", {v}"): list(real_frame_items(args.repeats, v, args.first_repeat))
-            for v in args.variants}
+    sets = {"real frames" + ("" if v == "as-is" else f", {v}"):
+            list(real_frame_items(args.repeats, v, args.first_repeat)) for v in args.variants}
     if args.reference:
         sets |= reference_items(args.reference_frames, args.first_reference_frame)
     for name, items in sets.items():

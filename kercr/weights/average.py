@@ -59,7 +59,6 @@ def average_runs(run_dirs, out, *, weights=None) -> Path:
     import keras
     import numpy as np
 
-    import kercr  # noqa: F401  (registers kercr's custom objects for loading)
     from kercr.training import run_validation
 
     run_dirs, out = [Path(r) for r in run_dirs], Path(out)
@@ -72,7 +71,8 @@ def average_runs(run_dirs, out, *, weights=None) -> Path:
         if missing:
             raise FileNotFoundError(f"{run}: missing {', '.join(missing)}; pass finished kercr-train run directories.")
     weights = np.ones(len(run_dirs)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if weights.shape != (len(run_dirs),) or not np.all(np.isfinite(weights)) or (weights < 0).any() or weights.sum() <= 0:
+    if (weights.shape != (len(run_dirs),) or not np.all(np.isfinite(weights)) or (weights < 0).any()
+            or weights.sum() <= 0):
         raise ValueError(f"weights={weights.tolist()}: give one non-negative number per run, not all zero.")
     weights = weights / weights.sum()
     norms = [json.loads((run / "normalization.json").read_text()) for run in run_dirs]

@@ -3,8 +3,8 @@
 Usage::
 
     python benchmarks/real_frames.py [--model default|PATH] [--repeats 20] [--first-repeat K] [--runtime R]
-                                     [--tta|--no-tta] [--threshold T] [--variant as-is|binned|bright-sky]
-                                     [--out DIR]
+                                     [--tta|--no-tta] [--threshold T]
+                                     [--variant as-is|binned|bright-sky|galaxy|integer] [--out DIR]
 
 Protocol
 --------
@@ -25,7 +25,16 @@ CRs:
     different frames); the backgrounds are what is new.
 Variants (``--variant``, :func:`vary`; default ``as-is``):
     ``binned``: frames and footprints summed in 2 x 2 blocks (other pixel scales, undersampling);
-    ``bright-sky``: 5,000 ADU of sky and its Poisson noise added (a raw frame's bright sky).
+    ``bright-sky``: 5,000 ADU of sky and its Poisson noise added (a raw frame's bright sky);
+    ``galaxy``: one galaxy or nebula covering 30-70 % of the frame
+    (:func:`kercr.data.synthetic.dominant_source`, seeded per frame) added with its Poisson noise,
+    its peak capped so that nothing saturates: one noise level per frame is then wrong over much
+    of the field; the "visible" noise of a pixel includes the source's photon noise;
+    ``integer``: each frame re-expressed as a high-gain, low-sky imager's raw data: a gain G >= 10
+    e-/ADU that makes the sky noise about 1.5 ADU, ``(image - sky) x gain / G + 50`` ADU, the
+    footprints injected at gain G and the frame rounded to whole ADU after the injection (CRs
+    included); astroscrappy gets gain G and a read noise that matches the frame's noise. Both keep
+    the ignore masks (:func:`vary`).
 Pixels and metrics:
     pooled over all frames and repeats, ignored pixels removed from positives and negatives:
     TPR at 0.01 % and 0.1 % FPR, precision at 95 % recall (from the pooled ROC / PR curves of the
@@ -38,13 +47,16 @@ Pixels and metrics:
     positives at that threshold lie: the share that touch a CR (the 1-pixel rim around the
     injected footprints, which carries no injected charge), and the TPR at 0.01 % FPR if that
     rim were left out of the negatives (for diagnosis only: the rim is part of the protocol).
+    The same split at the card's threshold (issue 22's "fat masks": false positives within 1 px
+    of a CR, 8-connected, against those elsewhere, with the false-positive rate of each).
 Detection:
     ``kercr.detect`` with the model's defaults unless told otherwise: the card's threshold and its
     four-flip averaging (``tta``; on for the shipped model), and ``--runtime`` (default keras, whose
     scores rank every pixel; the card's int8 coarsens low probabilities).
 Baseline:
     astroscrappy (L.A.Cosmic) defaults with each frame's gain and read noise (DECam 7 e-, GMOS
-    4.24 e-) and the ignored pixels as ``inmask``: one operating point (TPR, FPR, Dice).
+    4.24 e-; under a variant, the variant's: :func:`vary`) and the ignored pixels as ``inmask``:
+    one operating point (TPR, FPR, Dice).
 
 Outputs ``DIR/real_frames.json`` and prints a table. With ``../shared/data`` absent it says so and exits 0.
 """
@@ -56,6 +68,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -66,8 +79,23 @@ VISIBLE_SNR = 3.0  # "visible" CR pixels: injected charge >= 3 x the frame's noi
 SNR_BINS = (0, 1, 2, 3, 5, 10, 20, np.inf)  # injected charge over noise, for the breakdown
 
 
+class Frame(NamedTuple):
+    """One test frame: ``image`` (ny, nx) float32 in ADU, ``ignore`` (ny, nx) bool, ``gain`` e-/ADU and
+    ``readnoise`` e- (astroscrappy's), ``noise_adu`` (float or (ny, nx) map; None: the frame's robust
+    noise, measured by :func:`injected`) and ``whole_adu`` (True: the frame is rounded to whole ADU
+    after the CRs are injected, as raw data are)."""
+
+    name: str
+    image: np.ndarray
+    ignore: np.ndarray
+    gain: float
+    readnoise: float
+    noise_adu: object = None
+    whole_adu: bool = False
+
+
 def real_frames():
-    """``[(name, image float32, ignore bool, gain, readnoise_e)]`` of the real test frames."""
+    """``[Frame]`` of the real test frames (no noise given: :func:`injected` measures it)."""
     from astropy.io import fits
 
     from kercr.data import read_ccd
@@ -77,8 +105,8 @@ def real_frames():
         ccd = read_ccd(path, 1)
         dq = read_ccd(path.with_name(path.name.replace("_ooi_", "_ood_")), 1).data
         ignore = ndimage.binary_dilation(dq > 0, iterations=2)
-        frames.append((f"decam/{path.parent.name}/{path.name}", np.asarray(ccd.data, np.float32), ignore,
-                       float(ccd.gain or 4.0), 7.0))
+        frames.append(Frame(f"decam/{path.parent.name}/{path.name}", np.asarray(ccd.data, np.float32), ignore,
+                            float(ccd.gain or 4.0), 7.0))
     try:
         import astroscrappy
     except ImportError:
@@ -90,18 +118,40 @@ def real_frames():
                 data = hdul["SCI"].data.astype(np.float32)
                 sky = hdul["SKYFIT"].data
             truth, _ = astroscrappy.detect_cosmics(data, inbkg=sky, readnoise=4.24, gain=1.933)
-            frames.append(("gmos/astroscrappy", data, ndimage.binary_dilation(truth, iterations=3), 1.933, 4.24))
+            frames.append(Frame("gmos/astroscrappy", data, ndimage.binary_dilation(truth, iterations=3), 1.933, 4.24))
     return frames
 
 
-VARIANTS = ("as-is", "binned", "bright-sky")
+VARIANTS = ("as-is", "binned", "bright-sky", "galaxy", "integer")
 BRIGHT_SKY_ADU = 5000.0  # sky added by the "bright-sky" variant, ADU (20,000 e- at DECam's gain of 4)
+GALAXY_MAX_ADU = 30000.0  # "galaxy": frame + source stays below this (DECam saturates at 33,000-50,000 ADU)
+GALAXY_TRIES = 50  # "galaxy": sources drawn until one covers 30 % of the frame under that cap
+INTEGER_NOISE_ADU = 1.5  # "integer": the sky noise of the re-expressed frame, ADU (before rounding)
+INTEGER_MIN_GAIN = 10.0  # "integer": the least gain, e-/ADU
+INTEGER_SKY_ADU = 50.0  # "integer": the sky level of the re-expressed frame, ADU
 
 
 def _bin2(a, reduce):
     """2 x 2 blocks of ``a`` (cropped to even), combined by ``reduce`` over the block (sum or any)."""
     ny, nx = (a.shape[0] // 2) * 2, (a.shape[1] // 2) * 2
     return reduce(a[:ny, :nx].reshape(ny // 2, 2, nx // 2, 2), axis=(1, 3))
+
+
+def _sky_noise(frame):
+    """``(sky, noise)`` of a frame in ADU: sigma-clipped median and the diff2 noise (pixel differences
+    two apart, which stars and galaxies do not inflate, unlike the MAD of the pixel values)."""
+    from kercr.data.normalization import NormalizationConfig, robust_sky_noise
+
+    config = NormalizationConfig(noise_estimator="diff2")
+    sky, noise, _ = robust_sky_noise(frame.image, mask=frame.ignore, config=config)
+    return sky, noise
+
+
+def _mad_noise(frame):
+    """The frame's robust noise in ADU as the protocol measures it ("visible" CR pixels)."""
+    from kercr.data.normalization import robust_sky_noise
+
+    return robust_sky_noise(frame.image, mask=frame.ignore)[1]
 
 
 def vary(frames, stamps, variant):
@@ -113,12 +163,35 @@ def vary(frames, stamps, variant):
     is how a binned CCD records a CR. ``bright-sky``: :data:`BRIGHT_SKY_ADU` of sky added with
     its Poisson noise (seeded per frame), as in a raw frame under a bright sky; the footprints
     are unchanged, so more of every CR is under the noise.
+
+    ``galaxy``: one :func:`kercr.data.synthetic.dominant_source` per frame (rng ``[i, 20261204]``),
+    a galaxy or nebula brighter than the sky's variance (the frame's diff2 noise squared, in e-)
+    over 30-70 % of the frame, added with its Poisson noise in ADU at the frame's gain. Its peak
+    is capped so that no unignored pixel passes :data:`GALAXY_MAX_ADU` (nothing saturates); a
+    source that the cap leaves covering less than 30 % (a cuspy Sersic profile on a bright sky)
+    is drawn again from the same stream (at most :data:`GALAXY_TRIES` times). The "visible"
+    noise of a pixel is the frame's robust noise and the source's photon noise in quadrature
+    (``noise_adu`` map); gain and read noise are the frame's (astroscrappy models the source's
+    noise from the data itself).
+
+    ``integer``: a high-gain, low-sky imager's raw frame: gain ``G = max(10, noise x gain / 1.5)``
+    e-/ADU (noise: the diff2 sky noise, so the new sky noise is about 1.5 ADU),
+    ``(image - sky) x gain / G + 50`` ADU (the charge above the sky unchanged), left unrounded
+    here: :func:`injected` rounds to whole ADU after the CRs are added at gain ``G``
+    (``whole_adu``). The "visible" noise is the frame's robust noise x gain / G with the rounding
+    (1/12 ADU^2) added; astroscrappy gets gain G and the read noise with which its noise model,
+    ``sqrt(level x G + readnoise^2)`` at the 50 ADU level, gives the frame's noise (0 where the
+    50 ADU alone give more: then it overestimates the noise by at most sqrt(50 / G) / 1.5, 1.5x
+    at G = 10).
+
+    Every variant keeps the ignore masks. The input frames are not modified.
     """
     if variant == "as-is":
         return frames, stamps
+    frames = [Frame(*f) for f in frames]
     if variant == "binned":
-        out = [(name, _bin2(image.astype(np.float64), np.sum).astype(np.float32), _bin2(ignore, np.any), gain, 2 * rn)
-               for name, image, ignore, gain, rn in frames]
+        out = [Frame(f.name, _bin2(f.image.astype(np.float64), np.sum).astype(np.float32), _bin2(f.ignore, np.any),
+                     f.gain, 2 * f.readnoise) for f in frames]
         binned = []
         for stamp in stamps:
             pad = np.pad(stamp, ((0, stamp.shape[0] % 2), (0, stamp.shape[1] % 2)))
@@ -126,10 +199,44 @@ def vary(frames, stamps, variant):
         return out, binned
     if variant == "bright-sky":
         out = []
-        for i, (name, image, ignore, gain, rn) in enumerate(frames):
+        for i, f in enumerate(frames):
             rng = np.random.default_rng([i, 20261125])
-            sky = rng.poisson(BRIGHT_SKY_ADU * gain, size=image.shape) / gain
-            out.append((name, (image + sky).astype(np.float32), ignore, gain, rn))
+            sky = rng.poisson(BRIGHT_SKY_ADU * f.gain, size=f.image.shape) / f.gain
+            out.append(f._replace(image=(f.image + sky).astype(np.float32)))
+        return out, stamps
+    if variant == "galaxy":
+        from kercr.data.synthetic import DOMINANT_COVER, dominant_source
+
+        out = []
+        for i, f in enumerate(frames):
+            _, noise = _sky_noise(f)
+            sky_var_e = (noise * f.gain) ** 2
+            good = ~f.ignore & np.isfinite(f.image)
+            max_peak_e = max(GALAXY_MAX_ADU - float(f.image[good].max()), 0.0) * f.gain
+            rng = np.random.default_rng([i, 20261204])
+            best = None
+            for _ in range(GALAXY_TRIES):  # a cuspy galaxy capped below saturation may cover too little
+                source_e = dominant_source(f.image.shape, rng, sky_var_e=sky_var_e, max_peak_e=max_peak_e)
+                cover = float((source_e > sky_var_e).mean())
+                if best is None or cover > best[0]:
+                    best = (cover, source_e.astype(np.float64))
+                if cover >= DOMINANT_COVER[0]:
+                    break
+            source_e = best[1]
+            image = f.image + rng.poisson(source_e) / f.gain
+            noise_map = np.sqrt((_mad_noise(f) * f.gain) ** 2 + source_e) / f.gain
+            out.append(f._replace(image=image.astype(np.float32), noise_adu=noise_map.astype(np.float32)))
+        return out, stamps
+    if variant == "integer":
+        out = []
+        for f in frames:
+            sky, noise = _sky_noise(f)
+            g = max(INTEGER_MIN_GAIN, noise * f.gain / INTEGER_NOISE_ADU)
+            image = (f.image.astype(np.float64) - sky) * (f.gain / g) + INTEGER_SKY_ADU
+            rounded_noise = np.hypot(noise * f.gain / g, np.sqrt(1 / 12))
+            readnoise = np.sqrt(max((rounded_noise * g) ** 2 - INTEGER_SKY_ADU * g, 0.0))
+            visible = np.hypot(_mad_noise(f) * f.gain / g, np.sqrt(1 / 12))
+            out.append(Frame(f.name, image.astype(np.float32), f.ignore, g, float(readnoise), float(visible), True))
         return out, stamps
     raise ValueError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
 
@@ -137,21 +244,58 @@ def vary(frames, stamps, variant):
 def injected(frames, stamps, repeats, first=0):
     """Yield ``(name, repeat, image, truth, snr, ignore, gain, readnoise, on_source)`` with footprints injected.
 
-    ``snr``: injected charge over the frame's noise (0 off the CRs); "visible" CR pixels have
-    ``snr >= 3``. ``on_source``: pixels on stars, galaxies and halos of the frame before injection.
+    ``snr``: injected charge over the frame's noise (its ``noise_adu``, else its robust noise; 0
+    off the CRs); "visible" CR pixels have ``snr >= 3``. ``on_source``: pixels on stars, galaxies
+    and halos of the frame before injection. A ``whole_adu`` frame is rounded to whole ADU after
+    the injection.
     """
     from kercr.data.footprints import inject_footprints
-    from kercr.data.normalization import robust_sky_noise
     from kercr.data.synthetic import source_map
 
-    for name, image, ignore, gain, readnoise in frames:
+    for frame in frames:
+        name, image, ignore, gain, readnoise, noise_adu, whole_adu = Frame(*frame)
         n = max(1, image.size // 2500)
-        _, noise_adu, _ = robust_sky_noise(image, mask=ignore)
+        if noise_adu is None:
+            noise_adu = _mad_noise(Frame(*frame))
+        noise_e = np.float32(noise_adu * gain) if np.ndim(noise_adu) == 0 else (noise_adu * gain).astype(np.float32)
         on_source = source_map(image, mask=ignore)
         for r in range(first, first + repeats):
             img, electrons, truth = inject_footprints(image, stamps, n=n, gain=gain,
                                                       rng=np.random.default_rng([r, image.size]))
-            yield name, r, img, truth, electrons / np.float32(noise_adu * gain), ignore, gain, readnoise, on_source
+            if whole_adu:
+                img = np.round(img)
+            yield name, r, img, truth, electrons / noise_e, ignore, gain, readnoise, on_source
+
+
+def near_crs(truth):
+    """Pixels within 1 px of a CR pixel (8-connected) that are not CR pixels: the rim of a frame's CRs (bool)."""
+    truth = np.asarray(truth, bool)
+    return ndimage.binary_dilation(truth, structure=np.ones((3, 3), bool)) & ~truth
+
+
+def false_positive_split(truth, flagged, near) -> dict:
+    """Where the false positives of a detection lie: within 1 px of a CR or elsewhere (issue 22, "fat masks").
+
+    Parameters
+    ----------
+    truth, flagged, near : numpy.ndarray of bool, same shape
+        CR pixels, the detector's CR pixels and :func:`near_crs` of the truth (computed per frame
+        before pooling), ignored pixels already removed.
+
+    Returns
+    -------
+    dict
+        ``false_positives``; ``near_cr`` and ``elsewhere`` (their counts); ``share_near_cr``;
+        ``fpr_near_cr`` and ``fpr_elsewhere`` (false positives over the non-CR pixels of each
+        region) and ``near_cr_pixels``.
+    """
+    truth, flagged, near = (np.asarray(a, bool) for a in (truth, flagged, near))
+    fp = flagged & ~truth
+    n_near, n_else = int((fp & near).sum()), int((fp & ~near).sum())
+    pixels_near, pixels_else = int((near & ~truth).sum()), int((~near & ~truth).sum())
+    return {"false_positives": n_near + n_else, "near_cr": n_near, "elsewhere": n_else,
+            "share_near_cr": n_near / max(n_near + n_else, 1), "near_cr_pixels": pixels_near,
+            "fpr_near_cr": n_near / max(pixels_near, 1), "fpr_elsewhere": n_else / max(pixels_else, 1)}
 
 
 def main(argv=None) -> int:
@@ -165,7 +309,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="four-flip averaging (default: the model card's choice)")
     parser.add_argument("--variant", choices=VARIANTS, default="as-is",
-                        help="the frames as they are, binned 2 x 2, or under a bright sky (see vary())")
+                        help="the frames as they are, binned 2 x 2, under a bright sky, with a galaxy covering "
+                             "30-70 %% of the frame, or as a high-gain imager's integer frames (see vary())")
     parser.add_argument("--out", default="runs/real_frames")
     args = parser.parse_args(argv)
     if args.first_repeat < 0:
@@ -198,7 +343,7 @@ def main(argv=None) -> int:
         scores.append(res.probability[~ign])
         snrs.append(snr[~ign])
         sources.append(on_source[~ign])
-        rims.append((ndimage.binary_dilation(truth, structure=np.ones((3, 3))) & ~truth)[~ign])
+        rims.append(near_crs(truth)[~ign])
         f = per_frame.setdefault(name, {"cr": 0, "found": 0, "fp": 0, "neg": 0})
         f["cr"] += int((truth & ~ign).sum())
         f["found"] += int((truth & res.mask & ~ign).sum())
@@ -234,6 +379,7 @@ def main(argv=None) -> int:
     rim_report = {"rim_pixels": int(rim.sum()), "false_positives": int(false_pos.sum()),
                   "share_of_false_positives_on_rim": float((false_pos & rim).sum() / max(false_pos.sum(), 1)),
                   "tpr_at_fpr_1e-4_without_rim": float((score[truth] >= rim_cut).mean())}
+    fat_mask = false_positive_split(truth, score >= threshold, rim)
     visible = pooled_metrics(truth, score, faint, threshold=threshold, logits=False)
     at = score >= threshold
     kercr.update(tpr_at_threshold=float((at & truth).sum() / truth.sum()),
@@ -242,7 +388,8 @@ def main(argv=None) -> int:
               "repeats": args.repeats, "first_repeat": args.first_repeat, "frames": len(frames),
               "cr_pixels": int(truth.sum()), "visible_cr_pixels": int((truth & ~faint).sum()),
               "non_cr_pixels": int((~truth).sum()), "kercr": kercr, "kercr_visible_crs": visible,
-              "kercr_by_background": by_background, "false_positives_at_1e-4": rim_report, "per_frame": per_frame,
+              "kercr_by_background": by_background, "false_positives_at_1e-4": rim_report,
+              "false_positives_at_threshold": fat_mask, "per_frame": per_frame,
               "seconds": time.perf_counter() - t0}
     if astroscrappy is not None:
         tp, fp, fn = lac["tp"], lac["fp"], lac["fn"]
@@ -273,6 +420,10 @@ def main(argv=None) -> int:
     print(f"False positives at the 0.01 % FPR threshold: {rim_report['share_of_false_positives_on_rim']:.0%} touch a CR "
           f"(the 1-px rim of the footprints); TPR at 0.01 % FPR with that rim left out of the negatives: "
           f"{rim_report['tpr_at_fpr_1e-4_without_rim']:.4f} (diagnostic)")
+    print(f"False positives at the card's threshold (p >= {threshold:.4g}): {fat_mask['false_positives']:,}, "
+          f"{fat_mask['share_near_cr']:.0%} within 1 px of a CR ({fat_mask['near_cr']:,}; FPR there "
+          f"{fat_mask['fpr_near_cr']:.2e}) and {fat_mask['elsewhere']:,} elsewhere "
+          f"(FPR {fat_mask['fpr_elsewhere']:.2e})")
     if "astroscrappy" in report:
         a = report["astroscrappy"]
         print(f"| astroscrappy defaults | n/a | n/a | n/a | {a['dice']:.4f} | {a['tpr']:.4f} / {a['fpr']:.2e} |")

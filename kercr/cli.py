@@ -93,8 +93,8 @@ def parse_overrides(parser, items) -> dict:
     return overrides
 
 
-def train_main(argv=None) -> int:
-    """``kercr-train``: train a CR detector; re-running the same command resumes the run."""
+def train_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``kercr-train`` (every :class:`kercr.config.TrainConfig` option)."""
     parser = argparse.ArgumentParser(
         prog="kercr-train",
         description=(
@@ -160,6 +160,13 @@ def train_main(argv=None) -> int:
     add("--noise-estimator", choices=("mad", "diff2"),
         help="how the normalization measures a frame's noise: MAD of the pixels (default) or of "
              "differences two pixels apart (diff2: not inflated by star halos)")
+    add("--noise-model", choices=("global", "local"),
+        help="one sky and noise per frame (default), or background and noise maps from 32x32-pixel blocks "
+             "(local: galaxies, nebulae and gradients are measured in their own noise)")
+    add("--dominant-sources", type=float, metavar="F",
+        help="synthetic data: fraction of frames with one galaxy or nebula covering 30-70%% of the field (default 0)")
+    add("--integer-frames", type=float, metavar="F",
+        help="synthetic data: fraction of frames from a high-gain, low-sky imager in integer ADU (default 0)")
     add("--strategy", choices=("auto", "none", "mirrored", "multiworker"),
         help="tf.distribute strategy; multiworker reads TF_CONFIG")
     add("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
@@ -169,6 +176,12 @@ def train_main(argv=None) -> int:
     add("--out", help="run directory (default runs/kercr)")
     add("--seed", type=int)
     add("-v", "--verbose", action="count", default=1)
+    return parser
+
+
+def train_main(argv=None) -> int:
+    """``kercr-train``: train a CR detector; re-running the same command resumes the run."""
+    parser = train_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 

@@ -108,6 +108,18 @@ class TrainConfig:
         ``"mad"`` (MAD of the pixel values, the default) or ``"diff2"`` (MAD of differences of
         pixels two apart; not inflated by star halos or other smooth structure). Saved in
         ``normalization.json`` and used again at inference.
+    noise_model : {"global", "local"}
+        ``"global"`` (the default, and what earlier runs used): one sky and one noise per frame.
+        ``"local"``: a background and a noise map from 32 x 32 pixel blocks
+        (:func:`kercr.data.normalization.local_background_noise`), so pixels on a galaxy, a
+        nebula or a gradient are measured in their own neighbourhood's noise. Saved in
+        ``normalization.json`` and used again at inference.
+    dominant_sources : float
+        Synthetic data: fraction of frames that hold one galaxy or nebula covering 30-70 % of
+        the field (:func:`kercr.data.synthetic.dominant_source`); 0 (default): none.
+    integer_frames : float
+        Synthetic data: fraction of frames from a high-gain (10-30 e-/ADU), low-sky (at most
+        100 ADU) imager, rounded to integer ADU like raw data; 0 (default): none.
     patches_per_frame : int or None
         Patches cut from each frame (None: 128 per 2k x 4k CCD, scaled by area).
     val_fraction : float
@@ -153,6 +165,9 @@ class TrainConfig:
     init_weights: str | None = None
     asinh_softening: float | None = None
     noise_estimator: str = "mad"
+    noise_model: str = "global"
+    dominant_sources: float = 0.0
+    integer_frames: float = 0.0
     patches_per_frame: int | None = None
     val_fraction: float = 0.1
     strategy: str = "auto"
@@ -168,7 +183,8 @@ class TrainConfig:
         """The :class:`kercr.data.normalization.NormalizationConfig` this run trains with."""
         from kercr.data.normalization import NormalizationConfig
 
-        return NormalizationConfig(asinh_softening=self.asinh_softening, noise_estimator=self.noise_estimator)
+        return NormalizationConfig(asinh_softening=self.asinh_softening, noise_estimator=self.noise_estimator,
+                                   noise_model=self.noise_model)
 
     def _check_types(self) -> None:
         """Every option has its field's type (YAML reads ``1e-3`` as a string: such numbers are converted)."""
@@ -275,12 +291,15 @@ class TrainConfig:
             SyntheticFrames(seed=self.seed, extended_sources=self.extended_sources,
                             on_source_fraction=self.on_source_fraction, variety=self.variety,
                             sky_e_range=self.sky_e_range, cr_threshold_e=self.cr_threshold_e,
-                            faint_crs=self.faint_crs)
+                            faint_crs=self.faint_crs, dominant_sources=self.dominant_sources,
+                            integer_frames=self.integer_frames)
         except KercrDataError as err:
             raise ConfigError(str(err)) from None
         if self.data != "synthetic" and (self.extended_sources or self.on_source_fraction or self.sky_e_range
-                                         or self.cr_threshold_e or self.faint_crs != "ignore"):
-            raise ConfigError(f"extended_sources, on_source_fraction, sky_e_range, cr_threshold_e and faint_crs "
+                                         or self.cr_threshold_e or self.faint_crs != "ignore"
+                                         or self.dominant_sources or self.integer_frames):
+            raise ConfigError(f"extended_sources, on_source_fraction, sky_e_range, cr_threshold_e, faint_crs, "
+                              f"dominant_sources and integer_frames "
                               f"shape the synthetic frames; "
                               f"data={self.data!r} is not synthetic, so leave them at their defaults.")
         if self.init_weights is not None and self.init_weights != "default" and not Path(self.init_weights).exists():

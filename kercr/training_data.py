@@ -117,6 +117,21 @@ def _shards(config: TrainConfig, initial_epoch: int) -> TrainingData:
     return TrainingData(train, val_batches, alpha_variable=alpha)
 
 
+def synthetic_source(config: TrainConfig, *, cache: int = 2, footprints=None) -> SyntheticFrames:
+    """The :class:`SyntheticFrames` of a ``data = "synthetic"`` run (``footprints``: the loaded
+    stamps of ``config.footprints``, or None to load them here)."""
+    if footprints is None and config.footprints:
+        footprints = load_footprints(config.footprints)
+    return SyntheticFrames(seed=config.seed, shape=config.frame_shape, median_weights=config.loss == "median_bce",
+                           cr_rate_scale=config.cr_rate_scale, cache=cache, footprints=footprints,
+                           normalization=config.normalization_config(),
+                           footprint_fraction=config.footprint_fraction, variety=config.variety,
+                           extended_sources=config.extended_sources,
+                           on_source_fraction=config.on_source_fraction, sky_e_range=config.sky_e_range,
+                           cr_threshold_e=config.cr_threshold_e, faint_crs=config.faint_crs,
+                           dominant_sources=config.dominant_sources, integer_frames=config.integer_frames)
+
+
 def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=None) -> TrainingData:
     """Training and validation batches for ``config``.
 
@@ -132,23 +147,16 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
         if config.asinh_softening is not None:
             raise ConfigError(f"{config.data}: kercr-prepare shards hold linearly normalized patches; asinh_softening "
                               "needs frames (--data synthetic or a FITS directory), or leave it unset.")
-        if config.noise_estimator != "mad":
-            raise ConfigError(f"{config.data}: kercr-prepare shards were normalized with the 'mad' noise estimate; "
-                              f"noise_estimator={config.noise_estimator!r} needs frames (--data synthetic or a FITS "
-                              "directory), or leave it at 'mad'.")
+        if config.noise_estimator != "mad" or config.noise_model != "global":
+            raise ConfigError(f"{config.data}: kercr-prepare shards were normalized with one 'mad' noise per frame; "
+                              f"noise_estimator={config.noise_estimator!r}, noise_model={config.noise_model!r} needs "
+                              "frames (--data synthetic or a FITS directory), or leave them at 'mad' and 'global'.")
         return _shards(config, initial_epoch)
     median = config.loss == "median_bce"
     norm = config.normalization_config()
     stamps = load_footprints(config.footprints) if config.footprints else None
     if config.data == "synthetic":
-        make = lambda cache: SyntheticFrames(seed=config.seed, shape=config.frame_shape, median_weights=median,  # noqa: E731
-                                             cr_rate_scale=config.cr_rate_scale, cache=cache, footprints=stamps,
-                                             normalization=norm,
-                                             footprint_fraction=config.footprint_fraction, variety=config.variety,
-                                             extended_sources=config.extended_sources,
-                                             on_source_fraction=config.on_source_fraction,
-                                             sky_e_range=config.sky_e_range,
-                                             cr_threshold_e=config.cr_threshold_e, faint_crs=config.faint_crs)
+        make = lambda cache: synthetic_source(config, cache=cache, footprints=stamps)  # noqa: E731
         source = make(2)
         ids = source.exposure_ids(config.frames)
         per_frame = config.patches_per_frame or default_patch_count(tuple(config.frame_shape))

@@ -151,3 +151,91 @@ def test_noise_estimator_is_saved_and_checked():
         NormalizationConfig(noise_estimator="std")
     with pytest.raises(KercrDataError, match="5 x 5 pixels at least"):
         robust_sky_noise(np.ones((40, 2)) + np.arange(80).reshape(40, 2), config=DIFF2)
+
+
+# --- noise_model="local": background and noise maps ---------------------------------------------
+
+LOCAL = NormalizationConfig(noise_model="local", noise_estimator="diff2")
+
+
+def _galaxy_frame(seed=0, shape=(512, 384), gain=2.0, rn_e=5.0, sky_e=100.0):
+    """ADU frame with a galaxy over much of the field; returns (image, true per-pixel noise in ADU)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: shape[0], : shape[1]]
+    electrons = sky_e + 4000.0 * np.exp(-np.hypot(y - 200, x - 150) / 120.0)
+    image = (electrons + rng.standard_normal(shape) * np.sqrt(electrons + rn_e**2)) / gain
+    return image.astype(np.float32), np.sqrt(electrons + rn_e**2) / gain
+
+
+def test_local_noise_map_follows_the_poisson_noise_of_a_galaxy():
+    from kercr.data.normalization import local_background_noise
+
+    image, true_noise = _galaxy_frame()
+    background, noise, sky, sigma = local_background_noise(image, config=LOCAL)
+    ratio = noise / true_noise
+    # The noise changes 4x across the frame; the map follows it to a few per cent everywhere.
+    assert true_noise.max() / true_noise.min() > 3.5
+    inner = ratio[32:-32, 32:-32]
+    assert 0.92 < np.percentile(inner, 1) and np.percentile(inner, 99) < 1.08  # low at the cusp
+    # In the outer ring of blocks the 3 x 3 block median (reflected at the edge) takes the next
+    # block inward: on a steep gradient that reads up to ~25 % high.
+    assert 0.9 < np.percentile(ratio, 1) and np.percentile(ratio, 99) < 1.25
+    assert background.shape == noise.shape == image.shape and noise.dtype == np.float32
+    normalized, params = normalize(image, config=LOCAL)
+    # The faint corner sits at its own background with about unit noise; with one sky and noise
+    # per frame (the galaxy's), it is pushed to the clip. (In the outer ring of blocks the
+    # background, like the noise, can read one block inward: see above.)
+    corner = normalized[-96:-32, -96:-32]
+    assert abs(np.median(corner)) < 0.3 and 0.8 < corner.std() < 1.6
+    globally, _ = normalize(image, config=NormalizationConfig(noise_estimator="diff2"))
+    assert np.median(globally[-64:, -64:]) < -5
+    assert params.config.noise_model == "local" and params.noise == pytest.approx(sigma)
+
+
+def test_local_noise_is_not_quantized_on_integer_frames():
+    rng = np.random.default_rng(3)
+    gain, electrons = 15.0, 450.0
+    image = np.round((electrons + rng.standard_normal((256, 256)) * np.sqrt(electrons + 25.0)) / gain)
+    truth = np.sqrt(np.sqrt(electrons + 25.0) ** 2 / gain**2 + 1 / 12)  # rounding adds 1/12 ADU^2
+    _, params = normalize(image.astype(np.float32), config=LOCAL)
+    assert params.noise == pytest.approx(truth, rel=0.04)
+    # the MAD of pixel differences is quantized on the same frame
+    assert robust_sky_noise(image, config=NormalizationConfig(noise_estimator="diff2"))[1] < 0.8 * truth
+
+
+def test_local_noise_honours_masks_nan_and_odd_sizes_and_keeps_the_input():
+    image, _ = _galaxy_frame(shape=(100, 77))
+    image[10:50, 5:40] = np.nan  # more than a whole block
+    mask = np.zeros(image.shape, bool)
+    mask[60:70, 60:70] = True
+    image[60:70, 60:70] = 1e6  # masked: must not move the maps
+    before = image.copy()
+    out, _ = normalize(image, mask=mask, config=LOCAL)
+    assert np.array_equal(image, before, equal_nan=True)
+    assert np.all(np.isfinite(out)) and np.all(out[10:50, 5:40] == 0.0)
+    from kercr.data.normalization import local_background_noise
+
+    _, noise, _, _ = local_background_noise(image, mask=mask, config=LOCAL)
+    _, noise_unmasked, _, _ = local_background_noise(np.where(mask, image[0, 0], image), config=LOCAL)
+    assert np.all(np.isfinite(noise)) and noise.min() > 0
+    assert np.abs(noise / noise_unmasked - 1).max() < 0.3  # a 1e6 block does not leak into the map
+    small, _ = normalize(np.random.default_rng(0).standard_normal((20, 13)).astype(np.float32), config=LOCAL)
+    assert small.shape == (20, 13) and 0.7 < small.std() < 1.3
+
+
+def test_models_saved_before_the_noise_model_normalize_as_before(frame):
+    old = {k: v for k, v in NormalizationConfig(noise_estimator="diff2").to_dict().items()
+           if k not in ("noise_model", "block_size")}  # a normalization.json written before this option
+    config = NormalizationConfig.from_dict(old)
+    assert config.noise_model == "global"
+    a, _ = normalize(frame, config=config)
+    sky, noise, _ = robust_sky_noise(frame, config=config)
+    np.testing.assert_array_equal(a, np.clip((frame - np.float32(sky)) * np.float32(1 / noise), -10, 1000))
+
+
+def test_noise_model_and_block_size_are_checked():
+    with pytest.raises(KercrDataError, match="noise_model"):
+        NormalizationConfig(noise_model="pixel")
+    with pytest.raises(KercrDataError, match="block_size"):
+        NormalizationConfig(noise_model="local", block_size=4)
+    assert NormalizationConfig.from_dict(LOCAL.to_dict()) == LOCAL

@@ -314,3 +314,39 @@ def test_sky_e_range_moves_the_sky_of_the_random_imagers():
             SyntheticFrames(seed=0, variety="wide", sky_e_range=bad)
     with pytest.raises(KercrDataError, match="variety='wide'"):
         SyntheticFrames(seed=0, sky_e_range=(100, 1e6))
+
+
+def test_dominant_source_covers_the_asked_fraction_of_the_field():
+    from kercr.data.synthetic import dominant_source
+
+    for seed in range(4):  # galaxies and nebulae
+        source = dominant_source((256, 192), seed, sky_var_e=200.0)
+        cover = float(np.mean(source > 200.0))
+        assert 0.27 < cover < 0.73, (seed, cover)
+        assert source.dtype == np.float32 and source.min() >= 0
+    capped = dominant_source((256, 192), 0, sky_var_e=200.0, cover=0.9, max_peak_e=300.0)
+    assert capped.max() <= 300.0 + 1e-3
+
+
+def test_frame_classes_dominant_and_integer_frames():
+    from kercr.data.frames import SyntheticFrames
+
+    kw = dict(seed=2, shape=(128, 128), variety="wide", cr_rate_scale=10)
+    plain = SyntheticFrames(**kw)
+    mixed = SyntheticFrames(**kw, dominant_sources=0.4, integer_frames=0.4)
+    classes = [mixed.frame_class(i) for i in range(40)]
+    assert {"plain", "dominant", "integer"} <= set(classes)
+    assert 0.2 < classes.count("dominant") / 40 < 0.6 and 0.2 < classes.count("integer") / 40 < 0.6
+    for i, kind in enumerate(classes[:12]):
+        image, cr_mask, ignore, clean = mixed._make(i)
+        if kind == "plain":  # the classes draw from their own random streams: plain frames are unchanged
+            np.testing.assert_array_equal(image, plain._make(i)[0])
+        elif kind == "integer":
+            config = mixed.frame_config(i)
+            assert config.gain >= 10 and np.array_equal(image, np.round(image))
+            assert np.median(clean) - config.bias_adu <= 100 + 5 * np.sqrt(100)
+        else:  # a source over 30-70 % of the field: the clean frame's spread is far above the plain one's
+            assert np.percentile(clean, 90) - np.percentile(clean, 10) > 1.5 * (
+                np.percentile(plain._make(i)[3], 90) - np.percentile(plain._make(i)[3], 10))
+    with pytest.raises(KercrDataError, match="integer_frames"):
+        SyntheticFrames(**kw, integer_frames=1.5)

@@ -29,7 +29,7 @@ from kercr.data.errors import KercrDataError
 from kercr.data.fits_io import list_ccd_extensions, read_ccd
 from kercr.data.normalization import NormalizationConfig, normalize
 from kercr.data.patches import make_patches
-from kercr.data.synthetic import VARIETIES, SyntheticConfig, make_frame, random_instrument, source_map
+from kercr.data.synthetic import VARIETIES, SyntheticConfig, dominant_source, make_frame, random_instrument, source_map
 from kercr.data.synthetic import extended_sources as render_extended_sources
 from kercr.data.weights import median_weight_map
 
@@ -122,6 +122,14 @@ class SyntheticFrames(_CachedFrames):
         ``"negative"`` labels them not-CR (a model flags only pixels with visible charge);
         ``"positive"`` labels them CR like any other CR pixel (the truth of an injection
         benchmark), so a model learns how likely a noise-like pixel next to a CR is to be one.
+    dominant_sources : float
+        Fraction of frames that hold one galaxy or nebula covering 30-70 % of the field
+        (:func:`kercr.data.synthetic.dominant_source`, with its photon noise), where one noise
+        level per frame is wrong. 0: none.
+    integer_frames : float
+        Fraction of frames from a high-gain (10-30 e-/ADU), low-sky (at most 100 ADU above the
+        bias) imager, rounded to integer ADU as raw data are: the noise is a few ADU and
+        quantized. 0: none.
 
     Saturated and bleed-trail pixels are negatives in the weights (their truth is known); hot
     pixels, bad columns, CR hits on saturated pixels and (by default) CR pixels whose charge is
@@ -131,7 +139,7 @@ class SyntheticFrames(_CachedFrames):
     def __init__(self, *, seed, shape=(4096, 2048), cr_rate_scale=1.0, median_weights=False,
                  normalization=None, cache=2, footprints=None, footprint_fraction=0.5, variety="decam",
                  extended_sources=0.0, on_source_fraction=0.0, sky_e_range=None, cr_threshold_e=None,
-                 faint_crs="ignore"):
+                 faint_crs="ignore", dominant_sources=0.0, integer_frames=0.0):
         super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache)
         if variety not in VARIETIES:
             raise KercrDataError(f"variety={variety!r} is not one of {VARIETIES}.")
@@ -163,6 +171,10 @@ class SyntheticFrames(_CachedFrames):
             raise KercrDataError(f"faint_crs={faint_crs!r} is not one of {FAINT_CRS}: 'ignore' leaves CR pixels fainter "
                                  "than the noise out of the loss, 'negative' labels them not-CR, 'positive' CR.")
         self.faint_crs = faint_crs
+        for name, value in (("dominant_sources", dominant_sources), ("integer_frames", integer_frames)):
+            if not 0 <= value <= 1:
+                raise KercrDataError(f"{name}={value!r} must be a fraction of the frames in [0, 1], e.g. 0.2.")
+        self.dominant_sources, self.integer_frames = float(dominant_sources), float(integer_frames)
         self.shape = tuple(int(s) for s in shape)
         self.footprints, self.footprint_fraction = footprints, float(footprint_fraction)
         self.variety, self.cr_rate_scale = variety, float(cr_rate_scale)
@@ -173,6 +185,16 @@ class SyntheticFrames(_CachedFrames):
     def exposure_ids(self, n: int) -> list[int]:
         return list(range(int(n)))
 
+    def frame_class(self, i) -> str:
+        """``"dominant"``, ``"integer"`` or ``"plain"``: the class of frame ``i`` (own random stream,
+        so frames of runs without these classes are unchanged)."""
+        u = np.random.default_rng([self.seed, 99991, int(i)]).uniform()
+        if u < self.dominant_sources:
+            return "dominant"
+        if u < self.dominant_sources + self.integer_frames:
+            return "integer"
+        return "plain"
+
     def frame_config(self, i) -> SyntheticConfig:
         """The :class:`SyntheticConfig` frame ``i`` is made with."""
         if self.variety == "decam":
@@ -180,6 +202,13 @@ class SyntheticFrames(_CachedFrames):
         else:
             config = random_instrument(np.random.default_rng([self.seed, 15485863, int(i)]),
                                        cr_rate_scale=self.cr_rate_scale, sky_e_range=self.sky_e_range)
+        if self.frame_class(i) == "integer":
+            # a high-gain imager at a low sky: a few ADU of noise, quantized
+            rng = np.random.default_rng([self.seed, 7727, int(i)])
+            gain = float(np.exp(rng.uniform(np.log(10.0), np.log(30.0))))
+            saturation = float(min(config.saturation_adu * config.gain / gain, 65535.0 - config.bias_adu))
+            config = dataclasses.replace(config, gain=gain, saturation_adu=saturation,
+                                         sky_e_range=(3.0 * gain, 100.0 * gain))
         if self.cr_threshold_e is not None:
             config = dataclasses.replace(config, cr_threshold_e=self.cr_threshold_e)
         return config
@@ -195,6 +224,15 @@ class SyntheticFrames(_CachedFrames):
             n = rng.poisson(self.extended_sources * np.prod(self.shape) / 1024**2)
             source_e = render_extended_sources(self.shape, rng, n=int(n), noise_e=sky_noise_e,
                                                max_peak_e=0.5 * config.saturation_adu * config.gain)
+            source_e += rng.standard_normal(self.shape, dtype=np.float32) * np.sqrt(source_e)
+            source_adu = source_e * np.float32(1 / config.gain)
+            image, clean = image + source_adu, clean + source_adu
+        kind = self.frame_class(i)
+        if kind == "dominant":
+            rng = np.random.default_rng([self.seed, 611953, int(i)])
+            sky_var_e = (f.meta["sky_adu"] - config.bias_adu) * config.gain + config.readnoise_e**2
+            source_e = dominant_source(self.shape, rng, sky_var_e=sky_var_e,
+                                       max_peak_e=0.5 * config.saturation_adu * config.gain)
             source_e += rng.standard_normal(self.shape, dtype=np.float32) * np.sqrt(source_e)
             source_adu = source_e * np.float32(1 / config.gain)
             image, clean = image + source_adu, clean + source_adu
@@ -223,6 +261,8 @@ class SyntheticFrames(_CachedFrames):
         elif self.faint_crs == "positive":  # labelled CR, like every other CR pixel
             faint = np.zeros_like(faint)
         ignore = (f.ignore_mask & ~(f.saturated_mask & ~cr_mask)) | faint
+        if kind == "integer":  # raw data: whole ADU
+            image, clean = np.round(image), np.round(clean)
         return image, cr_mask, ignore, clean
 
 

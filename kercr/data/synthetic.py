@@ -471,6 +471,66 @@ def extended_sources(shape, rng, *, n, noise_e, peak_snr=(2.0, 300.0), re_px=(8.
     return out
 
 
+#: Fraction of the field a :func:`dominant_source` covers (where it is brighter than the sky's variance).
+DOMINANT_COVER = (0.3, 0.7)
+
+
+def dominant_source(shape, rng, *, sky_var_e, cover=None, max_peak_e=None):
+    """One galaxy or nebula that fills much of the frame: an image in electrons, noiseless.
+
+    Half the time an elliptical Sersic galaxy (index 0.5-4, effective radius 15-50 % of the
+    frame's short side, axis ratio 0.4-1, centred anywhere on the frame), half the time a
+    nebula (the exponential of a Gaussian random field smoothed over 5-15 % of the frame).
+    Its brightness is set so that it exceeds ``sky_var_e`` (the sky's variance in e-: the sky
+    level plus the read noise squared) over a fraction ``cover`` of the frame: there its photon
+    noise dominates, so one noise level per frame is wrong over 30-70 % of the field.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (ny, nx) in pixels.
+    rng : numpy.random.Generator or int
+    sky_var_e : float
+        Variance of the sky in e-^2 (sky e- plus read noise e- squared).
+    cover : float, optional
+        Fraction of pixels where the source exceeds ``sky_var_e`` (default: uniform in
+        :data:`DOMINANT_COVER`).
+    max_peak_e : float, optional
+        Upper limit of the peak in e- (e.g. half the full well).
+
+    Returns
+    -------
+    numpy.ndarray, shape (ny, nx), float32
+        Source charge in e- per pixel.
+    """
+    rng = np.random.default_rng(rng)
+    ny, nx = shape
+    cover = float(rng.uniform(*DOMINANT_COVER)) if cover is None else float(cover)
+    if rng.uniform() < 0.5:
+        re = min(ny, nx) * float(rng.uniform(0.15, 0.5))
+        n = _log_uniform(rng, 0.5, 4.0)
+        b_n = 2 * n - 1 / 3 + 0.009876 / n
+        q, pa = rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
+        yc, xc = rng.uniform(0, ny), rng.uniform(0, nx)
+        dy = np.arange(ny, dtype=np.float32)[:, None] - np.float32(yc)
+        dx = np.arange(nx, dtype=np.float32)[None, :] - np.float32(xc)
+        c, s = np.float32(np.cos(pa)), np.float32(np.sin(pa))
+        r = np.sqrt((dx * c + dy * s) ** 2 + ((-dx * s + dy * c) / np.float32(q)) ** 2 + np.float32(1.0))
+        profile = np.exp(-np.float32(b_n) * (r / np.float32(re)) ** np.float32(1 / n))
+    else:
+        k = 8  # the field is made on a grid k times coarser, then interpolated
+        small = rng.standard_normal((-(-ny // k) + 2, -(-nx // k) + 2))
+        small = ndimage.gaussian_filter(small, min(ny, nx) / k * float(rng.uniform(0.05, 0.15)), mode="wrap")
+        small = np.exp(2.5 * small / small.std())
+        profile = ndimage.zoom(small, k, order=1)[:ny, :nx].astype(np.float32)
+    profile /= profile.max()
+    level = float(np.quantile(profile[::4, ::4], 1 - cover))  # the source is brighter than that on `cover`
+    peak = sky_var_e / max(level, 1e-6)
+    if max_peak_e is not None:
+        peak = min(peak, max_peak_e)
+    return (profile * np.float32(peak)).astype(np.float32)
+
+
 def source_map(image, *, mask=None, nsigma=1.0, block=256, smooth=5):
     """Pixels on astronomical sources: where the locally smoothed signal exceeds the noise.
 

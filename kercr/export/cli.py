@@ -102,7 +102,8 @@ def main(argv=None) -> int:
             sys.stdout.write(f"  savedmodel: max |dp| = {r['max_abs_delta_p']:.2e}\n")
     for variant, r in result.parity.get("tflite", {}).items():
         tpr = r["tpr_at_fpr"]["delta"]
-        sys.stdout.write(f"  tflite {variant}: {r['bytes']} bytes, max |dp| = {r['max_abs_delta_p']:.2e}, "
+        exact = f" (vs exact {r['exact']['max_abs_delta_p']:.2e})" if "exact" in r else ""
+        sys.stdout.write(f"  tflite {variant}: {r['bytes']} bytes, max |dp| = {r['max_abs_delta_p']:.2e}{exact}, "
                          f"dTPR = {'n/a' if tpr is None else f'{tpr:+.4f}'}, dDice = {r['dice']['delta']:+.4f}\n")
     return 0
 

@@ -23,7 +23,7 @@ from kercr.data.cosmic_rays import CosmicRayModel
 from kercr.data.normalization import NormalizationConfig, normalize
 from kercr.data.synthetic import SyntheticConfig, generate_dataset
 
-__all__ = ["PatchSet", "synthetic_patches", "normalized_patches", "keras_predict", "compare"]
+__all__ = ["PatchSet", "synthetic_patches", "normalized_patches", "keras_predict", "float64_twin", "compare"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +70,40 @@ def normalized_patches(images, config: NormalizationConfig) -> np.ndarray:
     return np.stack([normalize(image, config=config)[0] for image in images])
 
 
-def keras_predict(model, normalized, *, batch_size: int = 8) -> np.ndarray:
-    """Keras CR probability of (n, H, W) normalized images -> (n, H, W) float32."""
+def keras_predict(model, normalized, *, batch_size: int = 8, dtype=np.float32) -> np.ndarray:
+    """Keras CR probability of (n, H, W) normalized images -> (n, H, W) ``dtype``."""
     out = []
     for i in range(0, len(normalized), batch_size):
         batch = np.asarray(normalized[i:i + batch_size], np.float32)[..., None]
         out.append(np.asarray(model(batch, training=False))[..., 0])
-    return np.concatenate(out).astype(np.float32)
+    return np.concatenate(out).astype(dtype)
+
+
+def float64_twin(model):
+    """A copy of ``model`` that computes in float64, with the same weights: its exact output.
+
+    The parity of a float32 export is measured against this, not against Keras in float32, whose
+    own rounding depends on the runtime's summation order (for a GroupNorm model, TensorFlow's
+    float32 output at batch 1 differs from its output at batch 4 by ~2e-3 in probability; see
+    :mod:`kercr.export.lowering`).
+
+    Parameters
+    ----------
+    model : keras.Model
+        Functional (nested functional models included). Input float32 (cast inside), output float64.
+    """
+    import keras
+
+    def clone(layer):
+        if not isinstance(layer, keras.layers.Layer):  # an op of the graph (keras.ops.flip): no dtype
+            return layer
+        config = layer.get_config()
+        config["dtype"] = "float64"
+        return layer.__class__.from_config(config)
+
+    twin = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def _tpr(y_true, score, fpr, ignore):

@@ -5,7 +5,7 @@ Usage::
     pip install torch==2.13.0 cosmic-conn==0.6.1 deepCR==0.3.1   # not kercr dependencies: this benchmark's only
     python benchmarks/peers.py [--model default|PATH] [--repeats 10] [--first-repeat K]
                                [--peers cosmic-conn deepcr-decam]
-                               [--variants as-is binned bright-sky] [--no-reference] [--reference-frames 4]
+                               [--variants as-is binned bright-sky galaxy integer] [--no-reference] [--reference-frames 4]
                                [--first-reference-frame K]
                                [--threads 2] [--out DIR]
 
@@ -260,8 +260,9 @@ def main(argv=None) -> int:
                         help="seed of the first injection (real_frames.py --first-repeat)")
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the peers")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
-                        help="real-frame variants to score (real_frames.py --variant)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["as-is", "binned", "bright-sky"],
+                        help="real-frame variants to score (real_frames.py --variant; default as-is binned "
+                             "bright-sky, the sets of earlier runs)")
     parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                         help="also score the reference table's cpu-scale test sets (synthetic frames)")
     parser.add_argument("--reference-frames", type=int, default=4, help="test frames per reference set")

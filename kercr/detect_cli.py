@@ -9,6 +9,12 @@ mask header names its image (``KCRSRCEX``) and carries the provenance (``KCRVER`
 ``KCRMODEL``, ``KCRTHR`` threshold, ``KCRDATE`` UTC date, ``KCRRUNT`` runtime, ``KCRTTA`` whether
 the four flips were averaged, ``KCRDIL`` dilation, tiling, counts) and the image's WCS keywords; the primary header carries the same provenance.
 
+With ``--clean [METHOD]`` every processed CCD also gets a ``float32`` cleaned image, ``CLEAN`` (or
+``<EXTNAME>_CLEAN``), after its mask: the image with the pixels of the written mask (after
+``--dilate``) replaced by :func:`kercr.data.clean_image` (``median``, ``mean`` or ``idw``), every
+other pixel as the input. Its header holds the same provenance plus ``KCRCLEAN`` (method) and
+``KCRNCLN`` (pixels replaced), and the image's ``BUNIT``.
+
 ``kercr-evaluate`` scores a model on labelled frames, see :mod:`kercr.evaluate_report`.
 """
 
@@ -32,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 FITS_SUFFIXES = (".fits.fz", ".fits.gz", ".fit.gz", ".fts.gz", ".fits", ".fit", ".fts", ".fz")
 #: HDUs kercr-detect never treats as CCD images (its own outputs and truth/ignore masks).
-_SKIP_EXT = re.compile(r"^(.*_)?(CRMASK|CRPROB|IGNORE)$", re.IGNORECASE)
+_SKIP_EXT = re.compile(r"^(.*_)?(CRMASK|CRPROB|CLEAN|IGNORE)$", re.IGNORECASE)
 #: Planes beside the science image in SCI/ERR/DQ-style files (HST, JWST, Gemini, ...): not part of
 #: ``--ext all``, though ``--ext NAME`` still picks them.
 _AUX_EXT = re.compile(r"^(ERR|DQ|VAR|VARIANCE|IVAR|WHT|WEIGHT|MASK|BPM|CON|SAMP|TIME|OBJMASK)$", re.IGNORECASE)
@@ -97,6 +103,7 @@ def _select_extensions(path, ext_arg):
 
 
 def _provenance(args, result, version: str) -> dict:
+    clean = {"KCRCLEAN": (args.clean, "CR cleaning method (CLEAN extensions)")} if args.clean else {}
     return {
         "KCRVER": (version, "kercr version"),
         "KCRMODEL": (str(result.model_name)[-60:], "kercr model"),
@@ -107,6 +114,7 @@ def _provenance(args, result, version: str) -> dict:
         "KCRDIL": (int(args.dilate), "mask dilation, pixels (3x3 element)"),
         "KCRTILE": (f"{result.tile[0]}x{result.tile[1]}", "tile shape, pixels"),
         "KCROVLP": (int(result.overlap), "tile overlap margin, pixels"),
+        **clean,
     }
 
 
@@ -160,7 +168,8 @@ def _process_file(path: Path, args, loaded, index: int, total: int) -> Path:
             frame = read_ccd(path, hdu_index)
             result = detect(frame, model=loaded, threshold=args.threshold, tile=args.tile, overlap=args.overlap,
                             batch_size=args.batch_size, runtime=args.runtime, num_threads=args.threads,
-                            tta=args.tta, exclude_saturated=not args.keep_saturated)
+                            tta=args.tta, exclude_saturated=not args.keep_saturated,
+                            clean=args.clean, clean_dilate=args.dilate)
             mask = result.dilated_mask(args.dilate) if args.dilate else result.mask
             prov = _provenance(args, result, __version__)
             if first:
@@ -182,7 +191,8 @@ def _process_file(path: Path, args, loaded, index: int, total: int) -> Path:
             header["KCRNOISE"] = (float(result.normalization.noise), "noise, image units")
             mname = mask_extname(extname, single)
             pname = mask_extname(extname, single, "CRPROB")
-            for name in (mname, pname) if args.save_probability else (mname,):
+            cname = mask_extname(extname, single, "CLEAN")
+            for name in (mname, *((pname,) if args.save_probability else ()), *((cname,) if args.clean else ())):
                 if name.upper() in names:
                     raise ValueError(f"{path} already holds an extension {name} (an earlier kercr-detect "
                                      "output?); run kercr-detect on the original file.")
@@ -193,6 +203,11 @@ def _process_file(path: Path, args, loaded, index: int, total: int) -> Path:
                 header["EXTNAME"] = pname
                 header["BUNIT"] = ("", "CR probability")
                 fits.append(tmp, result.probability, header=header)
+            if args.clean:
+                header["EXTNAME"] = cname
+                header["BUNIT"] = (str(frame.header.get("BUNIT", "")), "as the image; CR pixels replaced")
+                header["KCRNCLN"] = (int(mask.sum()), "pixels replaced by cleaning (the mask's)")
+                fits.append(tmp, result.clean, header=header)
             logger.info("[%d/%d] %s [%s] %d/%d: %d CR pixels (%.3f %%), %d ignored, %.1f s", index, total, path.name,
                         extname, k, len(extensions), int(mask.sum()), 100.0 * mask.mean(),
                         int(result.ignored.sum()), time.perf_counter() - t1)
@@ -242,12 +257,15 @@ def _load(args):
 
 def detect_main(argv=None) -> int:
     """``kercr-detect``: write a CR mask FITS file for every input; returns the exit status."""
+    from kercr.data.cleaning import CLEAN_METHODS
+
     parser = argparse.ArgumentParser(
         prog="kercr-detect",
         description="Find cosmic rays in FITS images. For each input, a NEW file <stem>_crmask.fits is written "
                     "(beside the input, or in --out) holding a copy of the input plus a uint8 mask extension "
                     "per CCD (1 = cosmic ray): CRMASK for a single-image file, <EXTNAME>_CRMASK (e.g. "
-                    "N4_CRMASK) for a multi-extension file such as a DECam exposure. Inputs are never "
+                    "N4_CRMASK) for a multi-extension file such as a DECam exposure; with --clean, a float32 "
+                    "cleaned image (CLEAN / <EXTNAME>_CLEAN) beside each mask. Inputs are never "
                     "modified and no file is ever overwritten.",
         epilog="Exit status: 0 when every input was processed, 1 when any failed (the others are still "
                "processed), 2 for bad options. Example: kercr-detect c4d_*_ooi_*.fits.fz --out masks/",
@@ -263,6 +281,12 @@ def detect_main(argv=None) -> int:
     parser.add_argument("--suffix", default="_crmask", help="output name suffix (default _crmask).")
     parser.add_argument("--save-probability", action="store_true",
                         help="also write the float32 CR probability (CRPROB / <EXTNAME>_CRPROB).")
+    parser.add_argument("--clean", nargs="?", const=CLEAN_METHODS[0], default=None, choices=CLEAN_METHODS,
+                        metavar="METHOD",
+                        help="also write a float32 cleaned image (CLEAN / <EXTNAME>_CLEAN): the mask's pixels "
+                             "(after --dilate) replaced by the median (default), mean or inverse-distance-weighted "
+                             f"mean ('idw') of their non-CR neighbours. METHOD: {', '.join(CLEAN_METHODS)}; put a bare "
+                             "--clean after the file names.")
     _common_model_args(parser)
     args = parser.parse_args(argv)
     _setup_logging(-1 if args.quiet else args.verbose)

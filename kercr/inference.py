@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kercr.data.cleaning import check_clean_method, clean_image
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import NormalizationConfig, NormalizationParams, normalize
 from kercr.model_files import (
@@ -625,6 +626,14 @@ class DetectionResult:
         float32 logits of :attr:`probability` (ignored pixels: the lowest float32), with ``keep_logits=True`` and
         a runtime that gives logits (Keras, or any with ``tta``); else None. They rank confident
         pixels that the float32 probability rounds to 1.0 alike.
+    clean : numpy.ndarray or None
+        With ``detect(..., clean=METHOD)``: the image as float32 in its own units, the pixels of
+        ``dilated_mask(clean_dilate)`` replaced by :func:`kercr.data.clean_image` (every other
+        pixel, NaN and ignored ones included, as the input bit for bit); else None.
+    clean_method : str or None
+        The cleaning method (``"median"``, ``"mean"``, ``"idw"``), or None.
+    clean_dilate : int
+        Pixels the mask was grown by (3 x 3 square) before cleaning.
     """
 
     probability: np.ndarray
@@ -643,6 +652,10 @@ class DetectionResult:
     tta: bool = False
     logit_threshold: float | None = None
     logit: np.ndarray | None = None
+    clean: np.ndarray | None = None
+    clean_method: str | None = None
+    clean_dilate: int = 0
+    _ccd: object = dataclasses.field(default=None, repr=False)  # the CCDData detected, for to_ccddata
 
     @property
     def n_cr_pixels(self) -> int:
@@ -652,6 +665,53 @@ class DetectionResult:
     def dilated_mask(self, iterations: int = 1) -> np.ndarray:
         """:attr:`mask` grown by ``iterations`` pixels (3 x 3 structuring element), never into ignored pixels."""
         return dilate_mask(self.mask, iterations) & ~self.ignored
+
+    def to_ccddata(self):
+        """The cleaned frame as a new ``CCDData``, as ccdproc's ``cosmicray_lacosmic`` returns it.
+
+        Needs ``kercr.detect(ccd, clean=METHOD)`` on an ``astropy.nddata.CCDData``.
+
+        Returns
+        -------
+        astropy.nddata.CCDData
+            A copy of the input: ``data`` is :attr:`clean` (float32, the input's unit); ``mask``
+            is the input's mask OR the replaced pixels (``dilated_mask(clean_dilate)``); the
+            uncertainty, WCS and flags are the input's (the uncertainty of replaced pixels is not
+            recomputed: the mask flags them); the header gains ``KCRVER`` (kercr version),
+            ``KCRMODEL``, ``KCRTHR`` (threshold), ``KCRCLEAN`` (method), ``KCRCDIL`` (dilation,
+            pixels) and ``KCRNCLN`` (pixels replaced). The input is not modified.
+
+        Raises
+        ------
+        ValueError
+            No cleaned image (``clean=None``), or the input was not a ``CCDData``.
+        """
+        if self.clean is None:
+            raise ValueError("this detection has no cleaned image; run kercr.detect(ccd, clean='median') "
+                             "(or 'mean', 'idw') first.")
+        if self._ccd is None:
+            raise ValueError("to_ccddata needs the detection of an astropy CCDData; use result.clean for other "
+                             "inputs, or detect CCDData(image, unit=...) instead.")
+        from astropy.io import fits
+
+        from kercr._version import __version__
+
+        out = self._ccd.copy()
+        out.data = self.clean.copy()
+        replaced = self.dilated_mask(self.clean_dilate)
+        out.mask = replaced if out.mask is None else np.asarray(out.mask, dtype=bool) | replaced
+        cards = {
+            "KCRVER": (__version__, "kercr version"),
+            "KCRMODEL": (str(self.model_name)[-60:], "kercr model"),
+            "KCRTHR": (float(self.threshold), "CR probability threshold"),
+            "KCRCLEAN": (self.clean_method, "kercr CR cleaning method"),
+            "KCRCDIL": (int(self.clean_dilate), "CR mask dilation before cleaning, pixels"),
+            "KCRNCLN": (int(replaced.sum()), "pixels replaced by cleaning"),
+        }
+        is_header = isinstance(out.meta, fits.Header)
+        for key, (value, comment) in cards.items():
+            out.meta[key] = (value, comment) if is_header else value
+        return out
 
 
 def dilate_mask(mask, iterations: int = 1) -> np.ndarray:
@@ -724,7 +784,7 @@ def _check_tiling(loaded: LoadedModel, tile, overlap):
 # ---------------------------------------------------------------------------------------------
 def detect(image, *, model="default", threshold=None, gain=None, readnoise=None, saturation=None,
            exclude_saturated=True, mask=None, tile=None, overlap=None, batch_size=None, runtime="auto",
-           tta=None, num_threads=None, keep_logits=False) -> DetectionResult:
+           tta=None, num_threads=None, keep_logits=False, clean=None, clean_dilate=0) -> DetectionResult:
     """Find cosmic rays in a CCD frame of any size.
 
     Parameters
@@ -777,6 +837,15 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     keep_logits : bool
         Also return the logits (:attr:`DetectionResult.logit`, one more float32 map), for
         ranking pixels as :mod:`kercr.evaluation` does.
+    clean : {None, "median", "mean", "idw"} or bool
+        Also return a cleaned image (:attr:`DetectionResult.clean`, float32, image units): the CR
+        pixels replaced by the masked median, mean or inverse-distance-weighted mean of their
+        non-CR, non-ignored neighbours in a 5 x 5 window grown up to 31 x 31 until it holds 8 such
+        pixels (:func:`kercr.data.clean_image`). True means ``"median"``. For a ``CCDData``,
+        :meth:`DetectionResult.to_ccddata` gives the ccdproc-style cleaned ``CCDData``.
+    clean_dilate : int
+        Grow the CR mask by this many pixels (3 x 3 square) before cleaning, to replace the faint
+        rims of CR hits too; default 0. :attr:`DetectionResult.mask` itself is not grown.
 
     Returns
     -------
@@ -785,7 +854,8 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     Raises
     ------
     kercr.data.KercrDataError
-        Image not 2-D, too small, all pixels ignored, or a mask of another shape.
+        Image not 2-D, too small, all pixels ignored, or a mask of another shape; an unknown
+        cleaning method or a negative ``clean_dilate``.
     ModelLoadError, kercr.weights.MissingWeightsError
         Unusable model argument.
     ValueError
@@ -801,6 +871,12 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         raise KercrDataError(f"{description} has dtype {data.dtype}; pass real-valued pixels.")
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1 (or None: 4 with TFLite, 1 with Keras).")
+    if clean is not None and clean is not False:  # checked before the network runs
+        clean = check_clean_method("median" if clean is True else clean)
+        if isinstance(clean_dilate, bool) or not isinstance(clean_dilate, (int, np.integer)) or clean_dilate < 0:
+            raise KercrDataError(f"clean_dilate={clean_dilate!r}: pass a number of pixels >= 0.")
+    else:
+        clean = None
     if frame is not None:  # a kercr CCDFrame already parsed its headers
         gain = gain if gain is not None else frame.gain
         readnoise = readnoise if readnoise is not None else frame.readnoise
@@ -874,9 +950,16 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     cr_mask &= ~ignored
     logger.debug("%s: %d tiles of %s, %d CR pixels at p >= %.4g", description, n_tiles, tile_shape,
                  int(cr_mask.sum()), threshold)
+    cleaned, ccd = None, None
+    if clean is not None:
+        cleaned = clean_image(data, cr_mask, ignore=ignored, method=clean, dilate=int(clean_dilate))
+        from astropy.nddata import CCDData
+
+        ccd = image if isinstance(image, CCDData) else None
     return DetectionResult(
         probability=probability, mask=cr_mask, threshold=threshold, ignored=ignored, model_name=loaded.name,
         runtime=runtime, tile=tuple(tile_shape), overlap=margin, n_tiles=n_tiles, normalization=params,
         gain=gain, readnoise=readnoise, saturation=saturation, tta=tta, logit=logit,
         logit_threshold=None if cut is None else float(cut),
+        clean=cleaned, clean_method=clean, clean_dilate=int(clean_dilate) if clean is not None else 0, _ccd=ccd,
     )

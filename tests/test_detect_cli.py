@@ -127,6 +127,44 @@ def test_mef_every_ccd_gets_a_mask(tiny, tmp_path):
         assert [h.name for h in hdul][4:] == ["N4_CRMASK"]
 
 
+def test_clean_writes_a_float32_clean_extension_beside_each_mask(tiny, tmp_path):
+    src = _mef(tmp_path / "c4d_clean_ooi_r.fits", names=("N4", "S22"))
+    before = _sha(src)
+    assert _run([str(src), "--out", str(tmp_path / "a"), "--threshold", "0.54", "--dilate", "1", "--clean"], tiny) == 0
+    assert _sha(src) == before
+    with fits.open(tmp_path / "a" / "c4d_clean_ooi_r_crmask.fits") as hdul, fits.open(src) as orig:
+        assert [h.name for h in hdul] == ["PRIMARY", "N4", "S22", "N4_CRMASK", "N4_CLEAN", "S22_CRMASK", "S22_CLEAN"]
+        assert hdul[0].header["KCRCLEAN"] == "median"
+        for name in ("N4", "S22"):
+            image, mask, clean = orig[name].data, hdul[f"{name}_CRMASK"].data.astype(bool), hdul[f"{name}_CLEAN"]
+            assert clean.header["BITPIX"] == -32 and clean.data.shape == image.shape  # float32
+            assert 10 < mask.sum() < 0.3 * mask.size  # the untrained model at 0.54, dilated: ~20 %
+            np.testing.assert_array_equal(clean.data[~mask], image[~mask].astype(np.float32))
+            assert (clean.data[mask] != image[mask]).mean() > 0.99 and np.isfinite(clean.data).all()
+            expected = detect(image, model=tiny, runtime="keras", threshold=0.54, saturation=45000.0,
+                              clean="median", clean_dilate=1)
+            np.testing.assert_array_equal(clean.data, expected.clean)
+            h = clean.header
+            assert h["KCRCLEAN"] == "median" and h["KCRSRCEX"] == name and h["KCRDIL"] == 1
+            assert h["KCRNCLN"] == int(mask.sum()) and h["CRVAL1"] == orig[name].header["CRVAL1"]
+    # A method by name, with the probability: CRMASK, CRPROB, CLEAN for a single-image file.
+    single = tmp_path / "single.fits"
+    fits.PrimaryHDU(make_frame(seed=1, shape=(150, 130)).image_adu).writeto(single)
+    assert _run([str(single), "--clean", "idw", "--save-probability", "--threshold", "0.54"], tiny) == 0
+    with fits.open(tmp_path / "single_crmask.fits") as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "CRMASK", "CRPROB", "CLEAN"]
+        assert hdul["CLEAN"].header["KCRCLEAN"] == "idw" and hdul["CLEAN"].header["BITPIX"] == -32
+
+
+def test_clean_with_an_unknown_method_lists_the_valid_ones(tiny, tmp_path, capsys):
+    src = tmp_path / "x.fits"
+    fits.PrimaryHDU(make_frame(seed=2, shape=(40, 40)).image_adu).writeto(src)
+    with pytest.raises(SystemExit) as exit_:
+        _run([str(src), "--clean", "medmask"], tiny)
+    assert exit_.value.code == 2
+    assert "invalid choice: 'medmask'" in capsys.readouterr().err and not output_path(src).exists()
+
+
 def test_ext_all_skips_error_variance_and_quality_planes(tiny, tmp_path):
     image = make_frame(seed=3, shape=(120, 90)).image_adu
     src = tmp_path / "hst_like_flt.fits"

@@ -361,6 +361,78 @@ def test_dilated_mask_never_enters_ignored_pixels(tiny, frame):
 
 
 # --------------------------------------------------------------------------------------------
+# Cleaned images
+# --------------------------------------------------------------------------------------------
+def test_clean_replaces_the_mask_pixels_and_nothing_else(tiny, frame):
+    from kercr.data import clean_image
+
+    image = frame.image_adu.copy()
+    image[10:12, 10:12] = np.nan
+    image[200, 300:303] = 60000.0  # saturated: ignored, kept as it is
+    plain = detect(image, model=tiny, runtime="keras", saturation=45000.0)
+    assert plain.clean is None and plain.clean_method is None
+    r = detect(image, model=tiny, runtime="keras", saturation=45000.0, clean="median", clean_dilate=1)
+    np.testing.assert_array_equal(r.mask, plain.mask)  # the mask itself is not grown
+    replaced = r.dilated_mask(1)
+    assert 300 < replaced.sum() < 0.2 * image.size and r.mask.sum() < replaced.sum()  # the untrained model flags ~1 %
+    assert r.clean.dtype == np.float32 and r.clean_method == "median" and r.clean_dilate == 1
+    np.testing.assert_array_equal(r.clean[~replaced].view(np.uint32), image[~replaced].view(np.uint32))
+    assert np.isnan(r.clean[10:12, 10:12]).all() and (r.clean[200, 300:303] == 60000.0).all()
+    assert np.isfinite(r.clean[replaced]).all() and (r.clean[replaced] != image[replaced]).mean() > 0.99
+    expected = clean_image(image, r.mask, ignore=r.ignored, method="median", dilate=1)
+    np.testing.assert_array_equal(r.clean, expected)
+    # True means the default method; idw gives other values on the same pixels.
+    assert detect(image, model=tiny, runtime="keras", clean=True).clean_method == "median"
+    idw = detect(image, model=tiny, runtime="keras", saturation=45000.0, clean="idw", clean_dilate=1).clean
+    assert np.abs(idw[replaced] - r.clean[replaced]).max() > 0
+
+
+def test_clean_bad_arguments_fail_before_the_network_runs(frame, tmp_path):
+    # A model that does not exist would fail to load: the cleaning arguments are checked first.
+    missing = tmp_path / "none.keras"
+    with pytest.raises(KercrDataError, match=r"'medmask' does not exist; choose one of: median, mean, idw"):
+        detect(frame.image_adu, model=missing, clean="medmask")
+    with pytest.raises(KercrDataError, match=r"clean_dilate=-1: pass a number of pixels >= 0"):
+        detect(frame.image_adu, model=missing, clean="median", clean_dilate=-1)
+
+
+def test_ccddata_in_gives_a_cleaned_ccddata_out(tiny, frame):
+    from astropy.nddata import CCDData, StdDevUncertainty
+
+    image = frame.image_adu.copy()
+    user_mask = np.zeros(SHAPE, bool)
+    user_mask[50:53, 60:64] = True
+    sigma = np.sqrt(np.abs(image)).astype(np.float32)
+    ccd = CCDData(image.copy(), unit="adu", mask=user_mask.copy(), uncertainty=StdDevUncertainty(sigma.copy()),
+                  meta=fits.Header({"OBJECT": "field 7"}))
+    r = detect(ccd, model=tiny, runtime="keras", clean="idw")
+    out = r.to_ccddata()
+    assert isinstance(out, CCDData) and out is not ccd and out.unit == ccd.unit
+    assert out.data.dtype == np.float32 and np.array_equal(out.data, r.clean) and out.data is not r.clean
+    assert r.mask.sum() > 300
+    np.testing.assert_array_equal(out.mask, user_mask | r.mask)  # the CR mask OR'd into the input's
+    np.testing.assert_array_equal(out.uncertainty.array, sigma)
+    np.testing.assert_array_equal(out.data[user_mask], image[user_mask])  # masked pixels: never replaced
+    h = out.header
+    assert h["OBJECT"] == "field 7" and h["KCRCLEAN"] == "idw" and h["KCRVER"] == kercr.__version__
+    assert h["KCRCDIL"] == 0 and h["KCRNCLN"] == int(r.mask.sum()) and h["KCRTHR"] == 0.55
+    # The input is unchanged.
+    np.testing.assert_array_equal(ccd.data, image)
+    np.testing.assert_array_equal(ccd.mask, user_mask)
+    assert "KCRCLEAN" not in ccd.header
+    # No mask and a plain dict header; dilation grows the mask that is OR'd in.
+    r2 = detect(CCDData(image.copy(), unit="electron"), model=tiny, runtime="keras", clean="median", clean_dilate=2)
+    out2 = r2.to_ccddata()
+    np.testing.assert_array_equal(out2.mask, r2.dilated_mask(2))
+    assert out2.meta["KCRCLEAN"] == "median" and out2.meta["KCRCDIL"] == 2 and str(out2.unit) == "electron"
+    # Without a cleaned image, or from a numpy array: say what to do.
+    with pytest.raises(ValueError, match=r"clean='median'"):
+        detect(ccd, model=tiny, runtime="keras").to_ccddata()
+    with pytest.raises(ValueError, match=r"CCDData.*result.clean"):
+        detect(image, model=tiny, runtime="keras", clean="median").to_ccddata()
+
+
+# --------------------------------------------------------------------------------------------
 # TFLite runtimes
 # --------------------------------------------------------------------------------------------
 def test_a_card_runtime_without_litert_falls_back_to_keras_and_says_so(tmp_path, monkeypatch, caplog):

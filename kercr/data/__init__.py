@@ -1,11 +1,12 @@
 """kercr's numpy data core: FITS I/O, normalization, CR simulation and injection, synthetic frames,
-weights and patches.
+weights, patches and cleaning (CR pixels replaced).
 
 Nothing here imports TensorFlow or Keras; the tf.data adapter is :mod:`kercr.data.pipeline` and the
 Keras ``PyDataset`` loader :mod:`kercr.data.loader`, both imported explicitly by those who need them.
 """
 
 from kercr.data.augment import TrainingExample, decam_dq_ignore, make_training_example, random_flip_rot90, sky_augment
+from kercr.data.cleaning import CLEAN_METHODS, clean_image, cleaning_mask
 from kercr.data.cosmic_rays import (
     DECAM,
     CosmicRayImage,
@@ -26,6 +27,7 @@ from kercr.data.synthetic import BANDS, SyntheticConfig, SyntheticFrame, generat
 from kercr.data.weights import apply_ignore_mask, median_weight_map
 
 __all__ = [
+    "CLEAN_METHODS", "clean_image", "cleaning_mask",
     "FITSFrames", "LCOFrames", "SyntheticFrames", "find_lco_files", "frame_keys", "is_lco_dataset",
     "lco_median_weights", "patch_batches", "read_lco_file",
     "BANDS", "CCDFrame", "CosmicRayImage", "CosmicRayModel", "DECAM", "DetectorGeometry", "FITSFileNotFoundError",

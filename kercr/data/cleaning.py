@@ -1,0 +1,270 @@
+"""Cleaned images: cosmic-ray pixels replaced by a masked local estimate (numpy/scipy only).
+
+:func:`clean_image` replaces the pixels of a CR mask (optionally dilated) by an estimate from
+their *good* neighbours: finite pixels that are neither CR (after dilation) nor ignored. Every
+other pixel is left as it was, NaN and ignored pixels included.
+
+Methods (after astroscrappy's ``cleantype``; kercr's are all masked):
+
+``"median"``
+    Median of the good pixels in the window (astroscrappy's ``"medmask"``). Robust to a CR pixel
+    the mask missed; the default.
+``"mean"``
+    Mean of the good pixels (astroscrappy's ``"meanmask"``).
+``"idw"``
+    Inverse-distance-weighted mean of the good pixels, weight ``1 / r`` with ``r`` the distance
+    in pixels (astroscrappy's ``"idw"``): closer pixels count more, which follows gradients
+    (a star's profile) better than a flat mean.
+
+Window rule: each replaced pixel starts with a ``window`` x ``window`` square (5 x 5, as
+astroscrappy) centred on it; while that square holds fewer than ``min_good`` good pixels it grows
+by one pixel on each side (7 x 7, 9 x 9, ...) up to ``max_window`` x ``max_window``. If even
+the largest square holds fewer than ``min_good`` good pixels, the good pixels it does hold are
+used; if it holds none, the pixel gets the *fallback*: the median of every good pixel of the
+frame (the sky, for a frame that is mostly sky), and a warning says how many pixels got it.
+A cleaned image never has a NaN hole where the input had a finite value.
+
+Speed: one pass of integral images counts the good pixels of every window size for every CR
+pixel, then the pixels that share a window size are estimated together. A 4096 x 2048 frame with
+1 % CR pixels takes about 0.2 s on one core, 0.5-0.6 s with ``dilate=1`` (three times the pixels;
+``benchmarks/bench_cleaning.py``, BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+
+import numpy as np
+
+from kercr.data.errors import KercrDataError
+
+__all__ = ["CLEAN_METHODS", "DEFAULT_WINDOW", "DEFAULT_MAX_WINDOW", "DEFAULT_MIN_GOOD", "check_clean_method",
+           "clean_image", "cleaning_mask"]
+
+logger = logging.getLogger(__name__)
+
+#: Cleaning methods of :func:`clean_image` (the first is the default).
+CLEAN_METHODS = ("median", "mean", "idw")
+#: First window side in pixels (astroscrappy's 5 x 5).
+DEFAULT_WINDOW = 5
+#: Largest window side in pixels before the fallback.
+DEFAULT_MAX_WINDOW = 31
+#: Good pixels a window needs (a third of the 24 neighbours of a 5 x 5 window).
+DEFAULT_MIN_GOOD = 8
+#: Gathered values per chunk (float32: 16 MB), which bounds the memory of large windows.
+_CHUNK_VALUES = 1 << 22
+
+
+def check_clean_method(method) -> str:
+    """``method`` if it names a cleaning method, else a :class:`KercrDataError` listing them."""
+    if not isinstance(method, str) or method not in CLEAN_METHODS:
+        raise KercrDataError(f"cleaning method {method!r} does not exist; choose one of: "
+                             f"{', '.join(CLEAN_METHODS)} (see kercr.data.cleaning).")
+    return method
+
+
+def _as_bool_mask(mask, shape, what: str) -> np.ndarray:
+    """A boolean (ny, nx) mask from a bool or 0/1 integer array; clear errors for anything else."""
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise KercrDataError(f"{what} has shape {mask.shape} but the image {tuple(shape)}; pass a mask of "
+                             "this image (True = flagged).")
+    if mask.dtype == bool:
+        return mask
+    if np.issubdtype(mask.dtype, np.integer):
+        if mask.size and (mask.min() < 0 or mask.max() > 1):
+            raise KercrDataError(f"{what} is an integer array with values outside 0 and 1 ({mask.min()} to "
+                                 f"{mask.max()}); pass a boolean mask, e.g. {what} != 0 or a bit test.")
+        return mask.astype(bool)
+    raise KercrDataError(f"{what} has dtype {mask.dtype}; pass a boolean mask (True = flagged), e.g. "
+                         "result.mask, not the probability map (probability >= threshold gives a mask).")
+
+
+def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary dilation with a 3 x 3 square, ``iterations`` times (as kercr.inference.dilate_mask)."""
+    if iterations == 0:
+        return mask.copy()
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=iterations)
+
+
+def _check_int(value, name: str, low: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < low:
+        raise KercrDataError(f"{name}={value!r}: pass an integer >= {low}.")
+    return int(value)
+
+
+def cleaning_mask(cr_mask, *, ignore=None, dilate: int = 0, image=None) -> np.ndarray:
+    """The pixels :func:`clean_image` replaces: ``cr_mask`` dilated, minus ignored and non-finite pixels.
+
+    Parameters
+    ----------
+    cr_mask : array_like of bool (or 0/1 integers), shape (ny, nx)
+        True for cosmic-ray pixels.
+    ignore : array_like of bool, shape (ny, nx), optional
+        Pixels never replaced and never used (saturated, bad).
+    dilate : int
+        Grow ``cr_mask`` by this many pixels (3 x 3 square, that many times) first.
+    image : array_like, shape (ny, nx), optional
+        When given, its non-finite pixels are excluded too.
+
+    Returns
+    -------
+    numpy.ndarray, shape (ny, nx), bool
+    """
+    cr = np.asarray(cr_mask)
+    shape = cr.shape if image is None else np.shape(image)
+    cr = _as_bool_mask(cr, shape, "cr_mask")
+    out = _dilate(cr, _check_int(dilate, "dilate", 0))
+    if ignore is not None:
+        out &= ~_as_bool_mask(ignore, shape, "ignore")
+    if image is not None:
+        out &= np.isfinite(image)
+    return out
+
+
+def _window_offsets(half: int):
+    """Row and column offsets of a (2 half + 1)^2 window, centre included, and their 1/r weights."""
+    d = np.arange(-half, half + 1)
+    dy, dx = np.meshgrid(d, d, indexing="ij")
+    r = np.hypot(dy, dx).ravel()
+    weights = np.zeros_like(r)
+    np.divide(1.0, r, out=weights, where=r > 0)  # the centre is always replaced, never a source
+    return dy.ravel(), dx.ravel(), weights
+
+
+def _estimate(values: np.ndarray, weights: np.ndarray, method: str) -> np.ndarray:
+    """Masked estimate of every row of ``values`` (n, k) float32, NaN = not good; NaN where none is."""
+    good = ~np.isnan(values)
+    count = good.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if method == "median":
+            ordered = np.sort(values, axis=1)  # NaN sorts last: the first ``count`` are the good values
+            lo = np.take_along_axis(ordered, np.maximum(count - 1, 0)[:, None] // 2, axis=1)[:, 0]
+            hi = np.take_along_axis(ordered, (count // 2)[:, None], axis=1)[:, 0]
+            out = 0.5 * (lo.astype(np.float64) + hi.astype(np.float64))
+        else:
+            w = np.where(good, weights[None, :] if method == "idw" else 1.0, 0.0)
+            out = (w * np.where(good, values, 0.0)).sum(axis=1) / w.sum(axis=1)
+    out[count == 0] = np.nan
+    return out
+
+
+def clean_image(image, cr_mask, *, ignore=None, method: str = "median", dilate: int = 0,
+                window: int = DEFAULT_WINDOW, max_window: int = DEFAULT_MAX_WINDOW,
+                min_good: int = DEFAULT_MIN_GOOD, fallback: float | None = None) -> np.ndarray:
+    """Replace cosmic-ray pixels by a masked local estimate from their good neighbours.
+
+    Parameters
+    ----------
+    image : array_like, shape (ny, nx), real dtype
+        The frame, in any units (ADU or electrons, with or without sky). Not modified. NaN/inf
+        pixels are left as they are and never used.
+    cr_mask : array_like of bool (or 0/1 integers), shape (ny, nx)
+        True for cosmic-ray pixels (e.g. ``kercr.detect(image).mask``).
+    ignore : array_like of bool (or 0/1 integers), shape (ny, nx), optional
+        Pixels neither replaced nor used as neighbours (saturated stars, bleed trails, bad
+        columns; ``DetectionResult.ignored``). They keep their values, even under ``cr_mask``.
+    method : {"median", "mean", "idw"}
+        Estimator over the good pixels of the window (module docstring): masked median, masked
+        mean, or inverse-distance (1 / r) weighted mean.
+    dilate : int
+        Grow ``cr_mask`` by this many pixels (3 x 3 square, that many times) before cleaning, to
+        catch the faint rims of CR hits. The grown pixels are replaced and not used as neighbours.
+    window : int
+        First window side in pixels (odd, >= 3; default 5, as astroscrappy).
+    max_window : int
+        Largest window side in pixels (odd, >= ``window``; default 31).
+    min_good : int
+        Good pixels a window needs before it stops growing (default 8).
+    fallback : float, optional
+        Value of a pixel with no good pixel within ``max_window``, in the image's units; default
+        the median of every good pixel of the frame.
+
+    Returns
+    -------
+    numpy.ndarray, shape (ny, nx), float32
+        A new array: ``image`` as float32, with the replaced pixels (:func:`cleaning_mask`)
+        set to their estimates; every other pixel is ``image.astype(float32)`` bit for bit.
+
+    Raises
+    ------
+    KercrDataError
+        Image not 2-D or not real; a mask of another shape, or not boolean / 0-1 integers; an
+        unknown method; bad window sizes; a frame with pixels to replace and no good pixel at all
+        (and no ``fallback``).
+    """
+    method = check_clean_method(method)
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise KercrDataError(f"image has shape {img.shape}; clean_image needs a 2-D (ny, nx) image.")
+    if not (np.issubdtype(img.dtype, np.floating) or np.issubdtype(img.dtype, np.integer)) or img.dtype == bool:
+        raise KercrDataError(f"image has dtype {img.dtype}; pass real-valued pixels.")
+    window = _check_int(window, "window", 3)
+    max_window = _check_int(max_window, "max_window", window)
+    min_good = _check_int(min_good, "min_good", 1)
+    if window % 2 == 0 or max_window % 2 == 0:
+        raise KercrDataError(f"window={window} and max_window={max_window} must be odd (a square centred on the "
+                             "pixel), e.g. 5 and 31.")
+    if fallback is not None and not np.isfinite(fallback):
+        raise KercrDataError(f"fallback={fallback!r} must be a finite number (image units) or None.")
+    if ignore is not None:
+        ignore = _as_bool_mask(ignore, img.shape, "ignore")
+    replace = cleaning_mask(cr_mask, ignore=ignore, dilate=dilate, image=img)
+    out = img.astype(np.float32)  # always a copy: the input is never modified
+    ys, xs = np.nonzero(replace)
+    if ys.size == 0:
+        return out
+
+    good = np.isfinite(out) & ~replace
+    if ignore is not None:
+        good &= ~ignore
+    half_max = max_window // 2
+    padded = np.full((img.shape[0] + 2 * half_max, img.shape[1] + 2 * half_max), np.nan, np.float32)
+    inner = padded[half_max:-half_max, half_max:-half_max]  # max_window >= 3: half_max >= 1
+    np.copyto(inner, out)
+    inner[~good] = np.nan
+    # Integral image of the good pixels: the count in any square around any pixel in four look-ups.
+    integral = np.zeros((padded.shape[0] + 1, padded.shape[1] + 1), np.int32)
+    np.cumsum(np.cumsum(~np.isnan(padded), axis=0, dtype=np.int32), axis=1, out=integral[1:, 1:])
+    py, px = ys + half_max, xs + half_max
+    half = np.full(ys.size, -1, np.int64)  # chosen half-width; -1 = none reaches min_good yet
+    for h in range(window // 2, half_max + 1):
+        todo = np.nonzero(half < 0)[0]
+        if todo.size == 0:
+            break
+        y0, y1, x0, x1 = py[todo] - h, py[todo] + h + 1, px[todo] - h, px[todo] + h + 1
+        count = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+        half[todo[count >= min_good]] = h
+    short = half < 0
+    if short.any():
+        logger.debug("%d CR pixels have fewer than %d good pixels within %d x %d; using those there are",
+                     int(short.sum()), min_good, max_window, max_window)
+        half[short] = half_max
+    del integral
+
+    estimate = np.empty(ys.size, np.float64)
+    for h in np.unique(half):
+        dy, dx, weights = _window_offsets(int(h))
+        members = np.nonzero(half == h)[0]
+        step = max(1, _CHUNK_VALUES // dy.size)
+        for start in range(0, members.size, step):
+            rows = members[start:start + step]
+            values = padded[py[rows, None] + dy[None, :], px[rows, None] + dx[None, :]]
+            estimate[rows] = _estimate(values, weights, method)
+    empty = np.isnan(estimate)
+    if empty.any():
+        if fallback is None:
+            if not good.any():
+                raise KercrDataError(f"every pixel of the image is a CR, ignored or non-finite: {int(empty.sum())} "
+                                     "CR pixels have nothing to be estimated from. Check the masks, or pass "
+                                     "fallback=VALUE (image units).")
+            fallback = float(np.median(out[good]))
+        logger.warning("%d CR pixels have no good pixel within %d x %d; set to the fallback %.6g (the frame's median "
+                       "unless given). Pass a larger max_window to estimate them locally.",
+                       int(empty.sum()), max_window, max_window, fallback)
+        estimate[empty] = fallback
+    out[ys, xs] = estimate.astype(np.float32)
+    return out

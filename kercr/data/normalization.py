@@ -318,7 +318,8 @@ def _clipped_block_std(d: np.ndarray) -> np.ndarray:
     unbiased on Gaussian noise; unlike the MAD it is not quantized on integer-valued data.
     """
     center = _median_last(d)[..., None].astype(np.float32)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks (no degrees of freedom)
         dev = np.abs(d - center)
         sigma = np.float32(MAD_TO_SIGMA) * _median_last(dev)[..., None].astype(np.float32)
         if not (sigma > 0).all():  # integer data with a MAD of 0: start from the std

@@ -414,7 +414,9 @@ def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, 
     assert train_main([*args[:-1], str(tmp_path / "run3"), "--loss", "median_bce"]) == 2
     assert "prepared without median weights" in capsys.readouterr().err
     assert train_main([*args[:-1], str(tmp_path / "run3"), "--noise-estimator", "diff2"]) == 2
-    assert "normalized with the 'mad' noise estimate" in capsys.readouterr().err  # shards cannot be re-normalized
+    assert "normalized with one 'mad' noise per frame" in capsys.readouterr().err  # shards cannot be re-normalized
+    assert train_main([*args[:-1], str(tmp_path / "run3"), "--noise-model", "local"]) == 2
+    assert "noise_model='local' needs frames" in capsys.readouterr().err
 
 
 def test_training_from_a_directory_of_clean_fits_frames(tmp_path):

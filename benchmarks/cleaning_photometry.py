@@ -1,0 +1,274 @@
+"""Cleaned images scored by photometry (issue 24, point 4).
+
+Synthetic frames with exact truth (the same frame without its CRs) are cleaned by:
+
+* ``kercr``: the shipped default model's mask (``kercr.detect``), cleaned with
+  :func:`kercr.data.clean_image` by ``median`` and ``idw``, ``dilate`` 0 and 1 (one detection per
+  frame; the cleanings are what ``kercr.detect(..., clean=METHOD, clean_dilate=N)`` returns);
+* ``true mask``: kercr's cleaning with the TRUE CR mask, an upper bound on what cleaning can do;
+* ``astroscrappy``: ``detect_cosmics`` with ``cleantype="meanmask"`` and ``"medmask"``
+  (bias-subtracted input with its sky, the frame's gain and read noise, the ignore and saturated
+  pixels in ``inmask``; its cleaned image, bias added back);
+* ``uncleaned``: the CR-hit image itself, as a reference.
+
+deepCR is not run (it needs torch, which kercr's environment does not have).
+
+Metrics against the CR-free truth:
+
+1. Error of the true CR pixels (not ignored) in units of the local noise
+   ``sqrt(max(truth - bias, 0) gain + readnoise^2) / gain`` (ADU), on sky and on sources
+   (:func:`kercr.data.synthetic.source_map` of the truth): median |error| and 90th percentile.
+2. Aperture photometry of sources hit by CRs: local maxima of the (Gaussian-smoothed) truth more
+   than 20 sky sigma above the sky, a circular aperture of radius 2 FWHM (3-10 px) wholly inside
+   the frame with no ignored, saturated or non-finite pixel, kept when it holds at least one true CR
+   pixel. Flux error = (flux(cleaned) - flux(truth)) / Poisson flux error of the aperture
+   (sqrt of the summed pixel variances of the truth); median |error| and 90th percentile. The
+   same for the sources no CR hit ("not hit"), where any change is a false positive's damage.
+
+Seeded and deterministic. Usage::
+
+    .venv/bin/python benchmarks/cleaning_photometry.py [--frames 8] [--out runs/cleaning_photometry]
+    .venv/bin/python benchmarks/cleaning_photometry.py --tiny --no-model   # a test: 256 px, 1 frame
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FOOTPRINTS = ROOT.parent / "shared" / "data" / "cr_footprints" / "cosmic_rays_itl_2017_even.fits"
+SEED = 9101
+KERCR_CLEANINGS = (("median", 0), ("median", 1), ("idw", 0), ("idw", 1))
+TRUE_CLEANINGS = ("median", "mean", "idw")
+SCRAPPY_CLEANINGS = ("meanmask", "medmask")
+DETECTION_SIGMA = 20.0
+TINY_FRAME = 10  # a 256-pixel frame with a bright CR on a star (aperture error ~20 sigma uncleaned)
+ADC_MAX = 65535.0 - 1.0  # a 16-bit ADC's ceiling (less rounding)
+
+
+def make_source(size: int):
+    """The benchmark's :class:`SyntheticFrames` (real ITL footprints when the shared table is there)."""
+    from kercr.data.frames import SyntheticFrames, load_footprints
+
+    footprints = load_footprints(FOOTPRINTS) if FOOTPRINTS.exists() else None
+    source = SyntheticFrames(seed=SEED, shape=(size, size), variety="wide", cr_rate_scale=10,
+                             footprints=footprints, extended_sources=3, on_source_fraction=0.3)
+    return source, footprints is not None
+
+
+def noise_adu(truth, config):
+    """Per-pixel noise of the CR-free frame in ADU."""
+    electrons = np.maximum(truth.astype(np.float64) - config.bias_adu, 0) * config.gain
+    return np.sqrt(electrons + config.readnoise_e ** 2) / config.gain
+
+
+def saturated_pixels(image, truth, config):
+    """Pixels at the saturation level or the 16-bit ADC's ceiling, in the image or the truth."""
+    level = min(config.bias_adu + config.saturation_adu, ADC_MAX)
+    return (image >= level) | (truth >= level)
+
+
+def astroscrappy_clean(image, ignore, saturated, config, cleantype):
+    """astroscrappy's cleaned image (ADU, bias included) and its CR mask."""
+    import astroscrappy
+
+    data = np.asarray(image, np.float32) - np.float32(config.bias_adu)
+    bad = ignore | saturated | ~np.isfinite(data)
+    crmask, clean = astroscrappy.detect_cosmics(np.where(bad, 0, data).astype(np.float32), inmask=bad,
+                                                gain=float(config.gain), readnoise=float(config.readnoise_e),
+                                                satlevel=np.inf, sepmed=True, cleantype=cleantype, verbose=False)
+    clean = np.where(bad, image, clean + np.float32(config.bias_adu)).astype(np.float32)
+    return clean, crmask & ~bad
+
+
+def find_apertures(truth, bad, noise, config, radius):
+    """``[(y, x)]`` centres of compact sources on the truth, their apertures clean and inside the frame.
+
+    Local maxima of the Gaussian-smoothed truth more than 20 sky sigma above the frame's sky and
+    more than 20 times the peak pixel's own noise above the median of an annulus around it (so the
+    noise bumps of a bright galaxy are not taken for stars).
+    """
+    from scipy import ndimage
+
+    good = ~bad
+    sky = float(np.median(truth[good]))
+    sky_noise = float(np.median(noise[good]))
+    smooth = ndimage.gaussian_filter(np.where(good, truth, sky).astype(np.float64), 1.0)
+    size = 2 * int(radius) + 1
+    peaks = (smooth == ndimage.maximum_filter(smooth, size=size)) & (smooth - sky > DETECTION_SIGMA * sky_noise)
+    ny, nx = truth.shape
+    r = int(np.ceil(radius))
+    outer = r + 6
+    d = np.arange(-outer, outer + 1)
+    dist = np.hypot(*np.meshgrid(d, d, indexing="ij"))
+    annulus = (dist > r + 2) & (dist <= outer)
+    disk = _disk(radius)
+    centres = []
+    for y, x in zip(*np.nonzero(peaks)):
+        if not (outer <= y < ny - outer and outer <= x < nx - outer):
+            continue
+        if bad[y - r:y + r + 1, x - r:x + r + 1][disk].any():
+            continue
+        win = (slice(y - outer, y + outer + 1), slice(x - outer, x + outer + 1))
+        ring = truth[win][annulus & good[win]]
+        if ring.size and smooth[y, x] - np.median(ring) > DETECTION_SIGMA * noise[y, x]:
+            centres.append((int(y), int(x)))
+    return centres
+
+
+def _disk(radius):
+    r = int(np.ceil(radius))
+    d = np.arange(-r, r + 1)
+    return np.hypot(*np.meshgrid(d, d, indexing="ij")) <= radius
+
+
+def aperture_errors(cleaned, truth, cr_mask, noise, centres, radius, hit=True):
+    """Flux errors (cleaned - truth) / Poisson error for the apertures holding a true CR pixel
+    (``hit=False``: for those holding none, where any change is a false positive's)."""
+    disk, r = _disk(radius), int(np.ceil(radius))
+    out = []
+    for y, x in centres:
+        win = (slice(y - r, y + r + 1), slice(x - r, x + r + 1))
+        if cr_mask[win][disk].any() != hit:
+            continue
+        diff = float((cleaned[win][disk].astype(np.float64) - truth[win][disk].astype(np.float64)).sum())
+        out.append(diff / float(np.sqrt((noise[win][disk] ** 2).sum())))
+    return out
+
+
+def _stats(values):
+    values = np.abs(np.asarray(values, np.float64))
+    if values.size == 0:
+        return {"median": None, "p90": None, "n": 0}
+    return {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)), "n": int(values.size)}
+
+
+def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", log=print):
+    """Score every cleaner on ``frames`` synthetic frames; the JSON-ready result."""
+    from kercr.data.cleaning import clean_image
+    from kercr.data.synthetic import source_map
+
+    source, real_footprints = make_source(size)
+    cleaners = ["uncleaned"] + [f"true mask, {m}" for m in TRUE_CLEANINGS]
+    if model:
+        cleaners += [f"kercr default, {m}, dilate {d}" for m, d in KERCR_CLEANINGS]
+    cleaners += [f"astroscrappy, {c}" for c in SCRAPPY_CLEANINGS]
+    acc = {c: {"sky": [], "source": [], "aperture": [], "unhit": []} for c in cleaners}
+    flagged = {c: 0 for c in cleaners}
+    timing = {c: 0.0 for c in cleaners}
+    n_cr = n_ap = 0
+    for i in range(first, first + frames):
+        image, cr_mask, ignore, truth = source._make(i)
+        config = source.frame_config(i)
+        saturated = saturated_pixels(image, truth, config)
+        bad = ignore | saturated | ~np.isfinite(image) | ~np.isfinite(truth)
+        noise = noise_adu(truth, config)
+        on_source = source_map(truth, mask=ignore)
+        crs = cr_mask & ~bad
+        fwhm = float(np.mean(config.seeing_range)) / float(config.pixel_scale)
+        radius = float(np.clip(2 * fwhm, 3, 10))
+        centres = find_apertures(truth, bad, noise, config, radius)
+        outputs = {"uncleaned": (image, np.zeros_like(cr_mask), 0.0)}
+        for m in TRUE_CLEANINGS:
+            t0 = time.perf_counter()
+            outputs[f"true mask, {m}"] = (clean_image(image, cr_mask, ignore=bad, method=m), cr_mask & ~bad,
+                                          time.perf_counter() - t0)
+        if model:
+            import kercr
+
+            t0 = time.perf_counter()
+            result = kercr.detect(image, model="default", mask=ignore, runtime=runtime,
+                                  saturation=config.bias_adu + config.saturation_adu)
+            t_detect = time.perf_counter() - t0
+            skip = result.ignored if getattr(result, "ignored", None) is not None else ignore
+            for m, d in KERCR_CLEANINGS:
+                t0 = time.perf_counter()
+                cleaned = clean_image(image, result.mask, ignore=skip, method=m, dilate=d)
+                outputs[f"kercr default, {m}, dilate {d}"] = (cleaned, cleaned != image.astype(np.float32),
+                                                              t_detect + time.perf_counter() - t0)
+        for c in SCRAPPY_CLEANINGS:
+            t0 = time.perf_counter()
+            cleaned, crmask = astroscrappy_clean(image, ignore, saturated, config, c)
+            outputs[f"astroscrappy, {c}"] = (cleaned, crmask, time.perf_counter() - t0)
+        for name, (cleaned, replaced, seconds) in outputs.items():
+            err = (cleaned.astype(np.float64) - truth) / noise
+            acc[name]["sky"].append(err[crs & ~on_source])
+            acc[name]["source"].append(err[crs & on_source])
+            acc[name]["aperture"] += aperture_errors(cleaned, truth, crs, noise, centres, radius)
+            acc[name]["unhit"] += aperture_errors(cleaned, truth, crs, noise, centres, radius, hit=False)
+            flagged[name] += int(np.count_nonzero(replaced))
+            timing[name] += seconds
+        n_cr += int(crs.sum())
+        n_ap_frame = len(aperture_errors(image, truth, crs, noise, centres, radius))
+        n_ap += n_ap_frame
+        log(f"frame {i}: gain {config.gain:.2f}, read noise {config.readnoise_e:.1f} e-, bias {config.bias_adu:.0f}, "
+            f"aperture radius {radius:.1f} px, {int(crs.sum())} CR px ({int((crs & on_source).sum())} on sources), "
+            f"{len(centres)} sources, {n_ap_frame} hit")
+    rows = {}
+    for name in cleaners:
+        rows[name] = {
+            "cr_pixels_sky": _stats(np.concatenate(acc[name]["sky"])),
+            "cr_pixels_source": _stats(np.concatenate(acc[name]["source"])),
+            "aperture": _stats(acc[name]["aperture"]),
+            "aperture_not_hit": _stats(acc[name]["unhit"]),
+            "replaced_pixels": flagged[name],
+            "seconds": timing[name],
+        }
+    return {
+        "benchmark": "cleaning_photometry",
+        "frames": {"n": frames, "first": first, "shape": [size, size], "seed": SEED, "variety": "wide", "cr_rate_scale": 10,
+                   "extended_sources": 3, "on_source_fraction": 0.3, "real_footprints": real_footprints,
+                   "true_cr_pixels": n_cr, "hit_apertures": n_ap},
+        "units": "errors in units of the CR-free noise (pixels) or of the Poisson flux error (apertures); "
+                 "median and 90th percentile of |error|",
+        "not_run": {"deepCR": "needs torch, not installed"},
+        "cleaners": rows,
+    }
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.2f}"
+
+
+def markdown(result) -> str:
+    lines = ["| cleaner | CR px sky median | sky p90 | CR px source median | source p90 | aperture median | "
+             "aperture p90 | apertures | not-hit median | not-hit p90 | not-hit apertures |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in result["cleaners"].items():
+        s, o, a, u = row["cr_pixels_sky"], row["cr_pixels_source"], row["aperture"], row["aperture_not_hit"]
+        lines.append(f"| {name} | {_fmt(s['median'])} | {_fmt(s['p90'])} | {_fmt(o['median'])} | {_fmt(o['p90'])} "
+                     f"| {_fmt(a['median'])} | {_fmt(a['p90'])} | {a['n']} "
+                     f"| {_fmt(u['median'])} | {_fmt(u['p90'])} | {u['n']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=8, help="synthetic frames (default 8)")
+    parser.add_argument("--size", type=int, default=1024, help="frame side in pixels (default 1024)")
+    parser.add_argument("--first", type=int, default=0, help="index of the first frame (default 0)")
+    parser.add_argument("--tiny", action="store_true",
+                        help=f"a test: one 256-pixel frame (index {TINY_FRAME}, a frame with a CR on a star)")
+    parser.add_argument("--no-model", action="store_true", help="skip kercr's model (true mask and astroscrappy)")
+    parser.add_argument("--runtime", default="auto", help="kercr.detect runtime (default auto)")
+    parser.add_argument("--out", default="runs/cleaning_photometry", help="output folder")
+    args = parser.parse_args(argv)
+    frames, size, first = (1, 256, TINY_FRAME) if args.tiny else (args.frames, args.size, args.first)
+    result = run(frames=frames, size=size, first=first, model=not args.no_model, runtime=args.runtime)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cleaning_photometry.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (out / "cleaning_photometry.md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {out / 'cleaning_photometry.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -269,6 +269,25 @@ def test_normalization_sidecar_is_used(tmp_path, frame, caplog):
     np.testing.assert_allclose(p_missing, p_plain, atol=1e-6)  # the default config == the saved default
 
 
+def test_a_local_noise_model_is_detected_with_its_noise_maps(tmp_path):
+    """A model trained with noise_model="local" gets the per-pixel maps in detect, tile by tile
+    stitched as one frame (the reference normalizes the whole frame with the maps)."""
+    local = NormalizationConfig(noise_model="local", noise_estimator="diff2", asinh_softening=10.0)
+    path = _save_model(tmp_path / "local", "m", normalization=False)
+    (tmp_path / "local" / "normalization.json").write_text(json.dumps(local.to_dict()))
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    electrons = 100.0 + 5000.0 * np.exp(-np.hypot(y - 150, x - 200) / 80.0)  # a galaxy over much of it
+    image = ((electrons + rng.standard_normal(SHAPE) * np.sqrt(electrons + 25.0)) / 2.0).astype(np.float32)
+    result = detect(image, model=path, runtime="keras", tile=128)
+    loaded = load_model(path)
+    assert loaded.normalization == local
+    reference = _reference(path, image, margin=receptive_field_radius(loaded.model), multiple=loaded.multiple)
+    np.testing.assert_allclose(result.probability, reference, atol=1e-5)
+    global_p = detect(image, model=_save_model(tmp_path / "global", "m"), runtime="keras", tile=128).probability
+    assert np.abs(result.probability - global_p).max() > 1e-2  # the maps change what the network sees
+
+
 def test_detection_and_export_read_the_same_normalization(tmp_path):
     """Sidecar first, then the card's "normalization", then the default: in detect and export alike."""
     from kercr.export import ExportError, load_model_source

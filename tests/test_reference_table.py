@@ -1,8 +1,9 @@
 """benchmarks/reference_table.py at its smoke-test scale: the table, its caching and its errors.
 
 The numbers at ``--scale tiny`` mean nothing (one epoch of two steps); these tests check that the
-script trains a row with the recipe, evaluates it on both test sets, writes every output, reuses a
-finished row on a second call, and refuses an unknown row by name.
+script trains a row with the recipe, evaluates it on every test set (the frame-class sets included),
+writes every output, reuses a finished row on a second call (and one cached before the frame-class
+sets existed, scoring only those), and refuses an unknown row by name.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ def test_tiny_table_trains_evaluates_caches_and_writes_every_output(reference_ta
     with (tmp_path / "table.csv").open() as f:
         rows = list(csv.DictReader(f))
     sets = ({"synthetic", "real footprints", "footprints only"} if reference_table.FOOTPRINTS.resolve().is_file()
-            else {"synthetic"})
+            else {"synthetic"}) | {"dominant", "integer"}
     assert {(r["model"], r["test set"]) for r in rows} == {(m, s) for m in (ROW, "astroscrappy (L.A.Cosmic, defaults)")
                                                            for s in sets}
     net = next(r for r in rows if r["model"] == ROW and r["test set"] == "synthetic")
     assert net["scale"] == "tiny" and net["ref test Dice"] == "0.9689"  # the reference value beside it
-    for column in ("test Dice", "test TPR@0.01%", "test TPR@0.1%", "precision@95% recall"):
-        assert 0 <= float(net[column]) <= 1, (column, net[column])
+    for set_name in ("synthetic", "dominant", "integer"):  # every frame class is scored
+        net_set = next(r for r in rows if r["model"] == ROW and r["test set"] == set_name)
+        for column in ("test Dice", "test TPR@0.01%", "test TPR@0.1%", "precision@95% recall"):
+            assert 0 <= float(net_set[column]) <= 1, (set_name, column, net_set[column])
     assert float(net["CPU Mpix/s (2 thr)"]) > 0  # the timing subprocess ran
 
     run = tmp_path / "runs" / "transunet_6_6_64"
@@ -56,6 +59,8 @@ def test_tiny_table_trains_evaluates_caches_and_writes_every_output(reference_ta
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (tmp_path / "summary.md").read_text().splitlines()
     assert len(summary) == 2 + 2 and summary[2].startswith(f"| {ROW} |")  # header, rule, row, astroscrappy
+    assert "| dominant TPR@0.01% | integer TPR@0.01% |" in summary[0]
+    assert summary[2].count("|") == summary[0].count("|") == summary[3].count("|")
 
     # A second call reuses the finished run and its test metrics, and adds the shipped model's row.
     cached = (run / "reference_test.json").read_text()
@@ -69,6 +74,15 @@ def test_tiny_table_trains_evaluates_caches_and_writes_every_output(reference_ta
         with (tmp_path / "table.csv").open() as f:
             models = {r["model"] for r in csv.DictReader(f)}
         assert any(m.startswith(reference_table.SHIPPED_LABEL) for m in models)
+
+    # A run cached before the frame-class sets existed keeps its metrics and scores only the new sets.
+    old = json.loads(cached)
+    old.pop("set_stamps")
+    old["test"] = {k: v for k, v in old["test"].items() if k not in reference_table.FRAME_CLASSES}
+    (run / "reference_test.json").write_text(json.dumps(old))
+    assert reference_table.main([*args, "--extra-model", "none"]) == 0
+    assert "cached test metrics, scoring the set(s) ['dominant', 'integer']" in capsys.readouterr().out
+    assert json.loads((run / "reference_test.json").read_text()) == json.loads(cached)
 
 
 def test_unknown_row_is_refused_with_the_valid_labels(reference_table, tmp_path, capsys):
@@ -112,6 +126,31 @@ def test_first_test_frame_shifts_the_test_frames_and_the_cache_key(reference_tab
             assert (frames[0][key] == both.sets[name][1][key]).all(), (name, key)
         assert not (frames[0]["raw"] == both.sets[name][0]["raw"]).all()
     assert second.key() != reference_table.TestData(scale, 1).key()
+
+
+def test_frame_class_sets_hold_their_class_and_leave_the_base_key_alone(reference_table):
+    """The ``dominant`` and ``integer`` sets: the first set's frames, each of its set's class; the
+    base sets' cache key is the one of the benchmark before these sets (earlier runs stay cached)."""
+    import numpy as np
+
+    scale = reference_table.RECIPES["tiny"]
+    data = reference_table.TestData(scale, 2)
+    assert list(data.sets)[-2:] == ["dominant", "integer"] and data.class_sets() == ["dominant", "integer"]
+    for name in ("synthetic", "dominant", "integer"):
+        frames = data.sets[name]
+        assert len(frames) == 2 and all(f["raw"].shape == scale.frame_shape for f in frames)
+        assert [f["frame_class"] for f in frames] == [name if name != "synthetic" else "plain"] * 2
+        assert all((f["truth"] & ~f["ignore"]).any() for f in frames), name  # CRs to score
+    for d, s in zip(data.sets["dominant"], data.sets["synthetic"]):
+        assert np.median(d["raw"]) > np.median(s["raw"])  # a source over a large part of the field
+    for f in data.sets["integer"]:
+        assert np.array_equal(f["raw"], np.round(f["raw"])) and 10 <= f["gain"] <= 30
+    assert [f["gain"] for f in data.sets["synthetic"]] == [reference_table.GAIN] * 2
+    # the digests of TestData(tiny, 2).key() before the frame-class sets were added
+    before = "78558724a105" if reference_table.FOOTPRINTS.resolve().is_file() else "72093c013289"
+    assert data.key() == before
+    assert len({data.key(), data.set_key("dominant"), data.set_key("integer")}) == 3
+    assert data.set_key("dominant") != reference_table.TestData(scale, 1).set_key("dominant")
 
 
 def test_rows_none_scores_only_the_extra_models_and_bad_starts_are_refused(reference_table, tmp_path, capsys):

@@ -9,9 +9,19 @@ Synthetic frames with exact truth (the same frame without its CRs) are cleaned b
 * ``astroscrappy``: ``detect_cosmics`` with ``cleantype="meanmask"`` and ``"medmask"``
   (bias-subtracted input with its sky, the frame's gain and read noise, the ignore and saturated
   pixels in ``inmask``; its cleaned image, bias added back);
-* ``uncleaned``: the CR-hit image itself, as a reference.
-
-deepCR is not run (it needs torch, which kercr's environment does not have).
+* ``uncleaned``: the CR-hit image itself, as a reference;
+* ``deepCR``: deepCR 0.3.1's released DECam mask model (``deepCR(mask="decam")``, the one
+  ``benchmarks/peers.py`` runs) at its default threshold, p > 0.5, cleaned by
+  ``clean(image, threshold=0.5, inpaint=True, segment=True, patch=256)``, its mask inpainted two ways:
+  its only released inpainting model, ``ACS-WFC-F606W-2-32`` (trained on HST ACS/WFC F606W;
+  deepCR ships none for ground data), and its default without one (``inpaint=None``: a 5 x 5
+  median of the unmasked pixels, ``inpaint(image, mask)`` on the same mask). Its input: the frame
+  in ADU as it is (``DEEPCR_UNIT``; ``--deepcr-unit``: of peers.py's four inputs, the best mask at
+  p 0.5 on frames 0-1, Dice 0.79; electrons 0.73; either one sky-subtracted 0.02-0.06),
+  non-finite pixels set to the median, reflect-padded to a multiple of 4 (as peers.py); the
+  inpainted image is turned back into ADU and the ignored, saturated and non-finite pixels keep
+  their values. deepCR needs torch, not a kercr dependency (``pip install torch==2.13.0
+  deepCR==0.3.1``); when it is not importable the rows are skipped with a note.
 
 Metrics against the CR-free truth:
 
@@ -29,6 +39,7 @@ Seeded and deterministic. Usage::
 
     .venv/bin/python benchmarks/cleaning_photometry.py [--frames 8] [--out runs/cleaning_photometry]
     .venv/bin/python benchmarks/cleaning_photometry.py --tiny --no-model   # a test: 256 px, 1 frame
+    (``--no-model`` skips kercr's and deepCR's models; ``--no-deepcr`` deepCR's only)
 """
 
 from __future__ import annotations
@@ -49,6 +60,11 @@ SCRAPPY_CLEANINGS = ("meanmask", "medmask")
 DETECTION_SIGMA = 20.0
 TINY_FRAME = 10  # a 256-pixel frame with a bright CR on a star (aperture error ~20 sigma uncleaned)
 ADC_MAX = 65535.0 - 1.0  # a 16-bit ADC's ceiling (less rounding)
+DEEPCR_MASK = "decam"  # deepCR's released ground-imaging mask model (as benchmarks/peers.py)
+DEEPCR_THRESHOLD = 0.5  # deepCR's default threshold (peers.py: p >= 0.5)
+DEEPCR_INPAINTERS = (("ACS-WFC-F606W-2-32", "inpaint model ACS-WFC-F606W-2-32"), (None, "5x5 median mask"))
+DEEPCR_UNITS = ("ADU", "electrons", "ADU, sky subtracted", "electrons, sky subtracted")
+DEEPCR_UNIT = "ADU"  # deepCR's best of the four at p 0.5 (Dice 0.79 against 0.73, 0.06, 0.02; frames 0-1)
 
 
 def make_source(size: int):
@@ -84,6 +100,47 @@ def astroscrappy_clean(image, ignore, saturated, config, cleantype):
                                                 satlevel=np.inf, sepmed=True, cleantype=cleantype, verbose=False)
     clean = np.where(bad, image, clean + np.float32(config.bias_adu)).astype(np.float32)
     return clean, crmask & ~bad
+
+
+def load_deepcr(threads=2):
+    """``{row name: deepCR model}`` (mask ``decam``, each inpainter), or None with a note when not importable."""
+    try:
+        import torch
+        from deepCR import deepCR
+    except ImportError as exc:
+        print(f"[cleaning_photometry] deepCR skipped: {exc} (pip install torch==2.13.0 deepCR==0.3.1)")
+        return None
+    torch.set_num_threads(threads)
+    return {f"deepCR {DEEPCR_MASK}, {label}": deepCR(mask=DEEPCR_MASK, inpaint=inpaint, device="CPU")
+            for inpaint, label in DEEPCR_INPAINTERS}
+
+
+def deepcr_clean(models, image, ignore, saturated, config, unit=DEEPCR_UNIT):
+    """``{row name: (cleaned image (ADU, bias included), CR mask (p > 0.5), seconds)}`` for each deepCR model.
+
+    The first model's ``clean(..., inpaint=True)`` gives the mask and its inpainting; the others
+    inpaint that same mask with ``inpaint(image, mask)`` (the mask network is the same ``decam``).
+    ``image`` is given to deepCR in ``unit``.
+    """
+    bad = ignore | saturated | ~np.isfinite(image)
+    finite = np.where(np.isfinite(image), image, np.nanmedian(image)).astype(np.float32)
+    sky = np.float32(np.median(finite[~bad])) if "sky" in unit else np.float32(0)
+    factor = np.float32(config.gain if "electrons" in unit else 1.0)
+    h, w = image.shape
+    x = np.ascontiguousarray(np.pad((finite - sky) * factor, ((0, -h % 4), (0, -w % 4)), mode="reflect"), np.float32)
+    out, mask = {}, None
+    for name, model in models.items():
+        t0 = time.perf_counter()
+        if mask is None:
+            mask, cleaned = model.clean(x, threshold=DEEPCR_THRESHOLD, inpaint=True, binary=True, segment=True,
+                                        patch=256)
+            mask = np.asarray(mask, np.float32)
+        else:
+            cleaned = model.inpaint(x, mask)
+        cleaned = np.asarray(cleaned, np.float64)[:h, :w] / factor + sky
+        out[name] = (np.where(bad, image, cleaned).astype(np.float32), (mask[:h, :w] > 0.5) & ~bad,
+                     time.perf_counter() - t0)
+    return out
 
 
 def find_apertures(truth, bad, noise, config, radius):
@@ -148,7 +205,8 @@ def _stats(values):
     return {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)), "n": int(values.size)}
 
 
-def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", log=print):
+def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", deepcr=True, deepcr_unit=DEEPCR_UNIT,
+        threads=2, log=print):
     """Score every cleaner on ``frames`` synthetic frames; the JSON-ready result."""
     from kercr.data.cleaning import clean_image
     from kercr.data.synthetic import source_map
@@ -158,6 +216,9 @@ def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", log=print):
     if model:
         cleaners += [f"kercr default, {m}, dilate {d}" for m, d in KERCR_CLEANINGS]
     cleaners += [f"astroscrappy, {c}" for c in SCRAPPY_CLEANINGS]
+    deepcr_models = load_deepcr(threads) if model and deepcr else None
+    if deepcr_models:
+        cleaners += list(deepcr_models)
     acc = {c: {"sky": [], "source": [], "aperture": [], "unhit": []} for c in cleaners}
     flagged = {c: 0 for c in cleaners}
     timing = {c: 0.0 for c in cleaners}
@@ -195,6 +256,8 @@ def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", log=print):
             t0 = time.perf_counter()
             cleaned, crmask = astroscrappy_clean(image, ignore, saturated, config, c)
             outputs[f"astroscrappy, {c}"] = (cleaned, crmask, time.perf_counter() - t0)
+        if deepcr_models:
+            outputs |= deepcr_clean(deepcr_models, image, ignore, saturated, config, deepcr_unit)
         for name, (cleaned, replaced, seconds) in outputs.items():
             err = (cleaned.astype(np.float64) - truth) / noise
             acc[name]["sky"].append(err[crs & ~on_source])
@@ -226,7 +289,11 @@ def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", log=print):
                    "true_cr_pixels": n_cr, "hit_apertures": n_ap},
         "units": "errors in units of the CR-free noise (pixels) or of the Poisson flux error (apertures); "
                  "median and 90th percentile of |error|",
-        "not_run": {"deepCR": "needs torch, not installed"},
+        "deepcr": ({"mask": DEEPCR_MASK, "threshold": DEEPCR_THRESHOLD, "unit": deepcr_unit, "patch": 256,
+                    "inpainters": [i or "none (5x5 median mask)" for i, _ in DEEPCR_INPAINTERS]}
+                   if deepcr_models else None),
+        "not_run": ({} if deepcr_models or not (model and deepcr)
+                    else {"deepCR": "torch / deepCR not importable"}),
         "cleaners": rows,
     }
 
@@ -254,12 +321,19 @@ def main(argv=None) -> int:
     parser.add_argument("--first", type=int, default=0, help="index of the first frame (default 0)")
     parser.add_argument("--tiny", action="store_true",
                         help=f"a test: one 256-pixel frame (index {TINY_FRAME}, a frame with a CR on a star)")
-    parser.add_argument("--no-model", action="store_true", help="skip kercr's model (true mask and astroscrappy)")
+    parser.add_argument("--no-model", action="store_true",
+                        help="skip kercr's and deepCR's models (true mask and astroscrappy)")
+    parser.add_argument("--deepcr", action=argparse.BooleanOptionalAction, default=True,
+                        help="score deepCR's inpainting when torch and deepCR are importable (default yes)")
+    parser.add_argument("--deepcr-unit", choices=DEEPCR_UNITS, default=DEEPCR_UNIT,
+                        help=f"the frame as deepCR is given it (default {DEEPCR_UNIT})")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for deepCR (default 2)")
     parser.add_argument("--runtime", default="auto", help="kercr.detect runtime (default auto)")
     parser.add_argument("--out", default="runs/cleaning_photometry", help="output folder")
     args = parser.parse_args(argv)
     frames, size, first = (1, 256, TINY_FRAME) if args.tiny else (args.frames, args.size, args.first)
-    result = run(frames=frames, size=size, first=first, model=not args.no_model, runtime=args.runtime)
+    result = run(frames=frames, size=size, first=first, model=not args.no_model, runtime=args.runtime,
+                 deepcr=args.deepcr, deepcr_unit=args.deepcr_unit, threads=args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cleaning_photometry.json").write_text(json.dumps(result, indent=2) + "\n")

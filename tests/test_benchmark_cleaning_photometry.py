@@ -78,3 +78,10 @@ def test_cleaning_photometry_apertures_see_a_cr_on_a_star(bench):
     assert err > 5
     assert bench.aperture_errors(hit, truth, np.zeros_like(cr), noise, centres, 5.0) == []
     assert bench.aperture_errors(hit, truth, np.zeros_like(cr), noise, centres, 5.0, hit=False) == [pytest.approx(err)]
+
+
+def test_cleaning_photometry_skips_deepcr_without_torch(bench, monkeypatch, capsys):
+    """deepCR is optional: not importable, its rows are skipped with a note (no torch needed)."""
+    monkeypatch.setitem(sys.modules, "deepCR", None)
+    assert bench.load_deepcr() is None
+    assert "deepCR skipped" in capsys.readouterr().out

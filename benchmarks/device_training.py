@@ -28,7 +28,6 @@ run (2 epochs of 3 steps on 12 frames of 256 px) to test the script on a CPU.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -91,12 +90,11 @@ def resolve(argv, *, before_start=False):
     """The :class:`kercr.config.TrainConfig` of ``kercr-train ARGV`` (as ``kercr.cli.train_main``
     builds it). ``before_start``: the run it starts from (``init_weights``) may not exist yet."""
     from kercr import cli
-    from kercr.config import TrainConfig, read_config_file, resolve_config
+    from kercr.config import read_config_file, resolve_config
 
     parser = cli.train_parser()
     args = parser.parse_args(argv)
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "model_options"}
-    flags["model_options"] = cli.parse_overrides(parser, args.set) or None
+    flags = cli.train_flags(parser, args)
     file_options = read_config_file(args.config) if args.config else {}
     if not before_start:
         return resolve_config(file_options, flags)
@@ -112,20 +110,17 @@ def data_key(config) -> str:
 
 def frames_read(config) -> list:
     """Frame ids a run reads: its training frames in reading order, then its validation frames."""
-    from kercr.data.patches import default_patch_count, split_exposures
+    from kercr.data.loader import PatchBatches
+    from kercr.data.patches import split_exposures
+    from kercr.training_data import synthetic_patches_per_frame, synthetic_source
 
-    ids = list(range(config.frames))
-    train_ids, val_ids = split_exposures(ids, val_fraction=config.val_fraction, seed=config.seed)
-    per_frame = config.patches_per_frame or default_patch_count(tuple(config.frame_shape))
-    per_frame = min(per_frame, math.prod(config.frame_shape) // config.patch_size**2 * 4)
-    per_frame = max(config.batch_size, int(per_frame))
-    order = np.random.default_rng([config.seed, 1]).permutation(len(train_ids))
-    batches_per_frame = per_frame // config.batch_size
-    used = []
-    for g in range(0, config.epochs * config.steps_per_epoch, batches_per_frame):
-        key = train_ids[order[(g // batches_per_frame) % len(train_ids)]]
-        if key not in used:
-            used.append(key)
+    source = synthetic_source(config, cache=1, footprints=[])  # no frame is made; the footprints are not needed
+    train_ids, val_ids = split_exposures(source.exposure_ids(config.frames), val_fraction=config.val_fraction,
+                                         seed=config.seed)
+    batches = PatchBatches(source, train_ids, batch_size=config.batch_size, patch_size=config.patch_size,
+                           patches_per_frame=synthetic_patches_per_frame(config), steps=config.steps_per_epoch,
+                           seed=config.seed)
+    used = batches.keys_read(config.epochs)
     return used + [i for i in val_ids if i not in used]
 
 

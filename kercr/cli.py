@@ -179,19 +179,27 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def train_flags(parser, args) -> dict:
+    """The :class:`kercr.config.TrainConfig` options of parsed ``kercr-train`` arguments (None: not given)."""
+    import dataclasses
+
+    from kercr.config import TrainConfig
+
+    # Every option has its flag (model_options: --set), so a flag name is its option's name.
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "model_options"}
+    flags["model_options"] = parse_overrides(parser, args.set) or None
+    return flags
+
+
 def train_main(argv=None) -> int:
     """``kercr-train``: train a CR detector; re-running the same command resumes the run."""
     parser = train_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
-    import dataclasses
+    from kercr.config import ConfigError, read_config_file, resolve_config
 
-    from kercr.config import ConfigError, TrainConfig, read_config_file, resolve_config
-
-    # Every option has its flag (model_options: --set), so a flag name is its option's name.
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "model_options"}
-    flags["model_options"] = parse_overrides(parser, args.set) or None
+    flags = train_flags(parser, args)
     try:
         file_options = read_config_file(args.config) if args.config else {}
         config = resolve_config(file_options, flags)

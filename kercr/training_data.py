@@ -132,6 +132,13 @@ def synthetic_source(config: TrainConfig, *, cache: int = 2, footprints=None) ->
                            dominant_sources=config.dominant_sources, integer_frames=config.integer_frames)
 
 
+def synthetic_patches_per_frame(config: TrainConfig) -> int:
+    """Patches cut from each synthetic frame: ``patches_per_frame``, or 128 per 2k x 4k CCD scaled
+    by area; at most 4 frames' worth of non-overlapping patches."""
+    per_frame = config.patches_per_frame or default_patch_count(tuple(config.frame_shape))
+    return min(per_frame, math.prod(config.frame_shape) // config.patch_size**2 * 4)
+
+
 def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=None) -> TrainingData:
     """Training and validation batches for ``config``.
 
@@ -159,8 +166,7 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
         make = lambda cache: synthetic_source(config, cache=cache, footprints=stamps)  # noqa: E731
         source = make(2)
         ids = source.exposure_ids(config.frames)
-        per_frame = config.patches_per_frame or default_patch_count(tuple(config.frame_shape))
-        per_frame = min(per_frame, math.prod(config.frame_shape) // config.patch_size**2 * 4)
+        per_frame = synthetic_patches_per_frame(config)
     elif is_lco_dataset(config.data):
         make = lambda cache: LCOFrames(config.data, seed=config.seed, median_weights=median, cache=cache,
                                        normalization=norm)  # noqa: E731

@@ -224,18 +224,14 @@ class SyntheticFrames(_CachedFrames):
             n = rng.poisson(self.extended_sources * np.prod(self.shape) / 1024**2)
             source_e = render_extended_sources(self.shape, rng, n=int(n), noise_e=sky_noise_e,
                                                max_peak_e=0.5 * config.saturation_adu * config.gain)
-            source_e += rng.standard_normal(self.shape, dtype=np.float32) * np.sqrt(source_e)
-            source_adu = source_e * np.float32(1 / config.gain)
-            image, clean = image + source_adu, clean + source_adu
+            image, clean = _add_source(image, clean, source_e, rng=rng, gain=config.gain)
         kind = self.frame_class(i)
         if kind == "dominant":
             rng = np.random.default_rng([self.seed, 611953, int(i)])
             sky_var_e = (f.meta["sky_adu"] - config.bias_adu) * config.gain + config.readnoise_e**2
             source_e = dominant_source(self.shape, rng, sky_var_e=sky_var_e,
                                        max_peak_e=0.5 * config.saturation_adu * config.gain)
-            source_e += rng.standard_normal(self.shape, dtype=np.float32) * np.sqrt(source_e)
-            source_adu = source_e * np.float32(1 / config.gain)
-            image, clean = image + source_adu, clean + source_adu
+            image, clean = _add_source(image, clean, source_e, rng=rng, gain=config.gain)
         if self.footprints:
             from kercr.data.footprints import inject_footprints
 
@@ -264,6 +260,13 @@ class SyntheticFrames(_CachedFrames):
         if kind == "integer":  # raw data: whole ADU
             image, clean = np.round(image), np.round(clean)
         return image, cr_mask, ignore, clean
+
+
+def _add_source(image, clean, source_e, *, rng, gain):
+    """``image`` and ``clean`` (ADU) plus a noiseless source (e-) with its photon noise, alike in both."""
+    source_e = source_e + rng.standard_normal(source_e.shape, dtype=np.float32) * np.sqrt(source_e)
+    source_adu = source_e * np.float32(1 / gain)
+    return image + source_adu, clean + source_adu
 
 
 class FITSFrames(_CachedFrames):

@@ -58,10 +58,7 @@ class PatchBatches(keras.utils.PyDataset):
         if not 0 <= idx < self.steps:
             raise IndexError(f"batch {idx} out of range [0, {self.steps})")
         rng = np.random.default_rng([self.seed, self.epoch, idx])
-        global_batch = self.epoch * self.steps + idx
-        frame = global_batch // (self.patches_per_frame // self.batch_size)
-        key = self.keys[self._order[frame % len(self.keys)]]
-        image, mask, weight = self.source.frame(key)
+        image, mask, weight = self.source.frame(self._key(self.epoch * self.steps + idx))
         (xs, ys, ws), _ = make_patches(image, mask, weight, patch_size=self.patch_size,
                                        n_patches=self.batch_size, mode="random", seed=rng)
         if self.augment:
@@ -70,6 +67,16 @@ class PatchBatches(keras.utils.PyDataset):
         if self.alpha > 0:
             w = alpha_floor(w, self.alpha)
         return x, y, w
+
+
+    def _key(self, global_batch: int):
+        """Frame key of the ``global_batch``-th training batch (counted over all epochs)."""
+        frame = global_batch // (self.patches_per_frame // self.batch_size)
+        return self.keys[self._order[frame % len(self.keys)]]
+
+    def keys_read(self, epochs: int) -> list:
+        """Frame keys the batches of epochs 0 to ``epochs - 1`` read, each once, in reading order."""
+        return list(dict.fromkeys(self._key(g) for g in range(int(epochs) * self.steps)))
 
 
 class FixedBatches(keras.utils.PyDataset):

@@ -417,8 +417,7 @@ def local_background_noise(image, *, mask=None, config: NormalizationConfig | No
         if mask.shape != image.shape:
             raise KercrDataError(f"mask shape {mask.shape} differs from image shape {image.shape}.")
         good &= ~mask
-    sky0, sigma0, _ = robust_sky_noise(image, mask=None if mask is None else mask,
-                                       config=dataclasses.replace(config, noise_estimator="diff2"))
+    sky0, sigma0, _ = robust_sky_noise(image, mask=mask, config=dataclasses.replace(config, noise_estimator="diff2"))
     b = int(config.block_size)
     ny, nx = image.shape
     by, bx = -(-ny // b), -(-nx // b)

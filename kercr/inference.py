@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kercr.data.cleaning import check_clean_method, clean_image
+from kercr.data.cleaning import check_clean_method, clean_image, dilate_mask
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import NormalizationConfig, NormalizationParams, normalize
 from kercr.model_files import (
@@ -712,18 +712,6 @@ class DetectionResult:
         for key, (value, comment) in cards.items():
             out.meta[key] = (value, comment) if is_header else value
         return out
-
-
-def dilate_mask(mask, iterations: int = 1) -> np.ndarray:
-    """Binary dilation with a 3 x 3 square structuring element, ``iterations`` times (0: a copy)."""
-    mask = np.asarray(mask, dtype=bool)
-    if iterations < 0:
-        raise ValueError(f"dilation {iterations} must be >= 0 pixels.")
-    if iterations == 0:
-        return mask.copy()
-    from scipy import ndimage
-
-    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=int(iterations))
 
 
 # ---------------------------------------------------------------------------------------------

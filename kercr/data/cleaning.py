@@ -40,7 +40,7 @@ import numpy as np
 from kercr.data.errors import KercrDataError
 
 __all__ = ["CLEAN_METHODS", "DEFAULT_WINDOW", "DEFAULT_MAX_WINDOW", "DEFAULT_MIN_GOOD", "check_clean_method",
-           "clean_image", "cleaning_mask"]
+           "clean_image", "cleaning_mask", "dilate_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +81,16 @@ def _as_bool_mask(mask, shape, what: str) -> np.ndarray:
                          "result.mask, not the probability map (probability >= threshold gives a mask).")
 
 
-def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
-    """Binary dilation with a 3 x 3 square, ``iterations`` times (as kercr.inference.dilate_mask)."""
+def dilate_mask(mask, iterations: int = 1) -> np.ndarray:
+    """Binary dilation with a 3 x 3 square structuring element, ``iterations`` times (0: a copy)."""
+    mask = np.asarray(mask, dtype=bool)
+    if iterations < 0:
+        raise ValueError(f"dilation {iterations} must be >= 0 pixels.")
     if iterations == 0:
         return mask.copy()
     from scipy import ndimage
 
-    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=iterations)
+    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=int(iterations))
 
 
 def _check_int(value, name: str, low: int) -> int:
@@ -117,7 +120,7 @@ def cleaning_mask(cr_mask, *, ignore=None, dilate: int = 0, image=None) -> np.nd
     cr = np.asarray(cr_mask)
     shape = cr.shape if image is None else np.shape(image)
     cr = _as_bool_mask(cr, shape, "cr_mask")
-    out = _dilate(cr, _check_int(dilate, "dilate", 0))
+    out = dilate_mask(cr, _check_int(dilate, "dilate", 0))
     if ignore is not None:
         out &= ~_as_bool_mask(ignore, shape, "ignore")
     if image is not None:

@@ -269,8 +269,10 @@ def injected(frames, stamps, repeats, first=0):
 
 def near_crs(truth):
     """Pixels within 1 px of a CR pixel (8-connected) that are not CR pixels: the rim of a frame's CRs (bool)."""
+    from kercr.data.cleaning import dilate_mask
+
     truth = np.asarray(truth, bool)
-    return ndimage.binary_dilation(truth, structure=np.ones((3, 3), bool)) & ~truth
+    return dilate_mask(truth, 1) & ~truth
 
 
 def false_positive_split(truth, flagged, near) -> dict:

@@ -62,7 +62,6 @@ def _cpu_name():
 def main(argv=None) -> int:
     args = _args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -73,7 +72,8 @@ def main(argv=None) -> int:
     from kercr.data.normalization import normalize
     from kercr.export import export_model
     from kercr.export.parity import synthetic_patches
-    from kercr.export.tflite import VARIANT_NAMES, TFLiteRunner
+    from kercr.export.litert import TFLiteRunner
+    from kercr.export.tflite import VARIANT_NAMES
 
     try:
         from tensorflow.python.util import _pywrap_util_port

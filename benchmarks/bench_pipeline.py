@@ -4,7 +4,9 @@ Measures, on this machine's CPUs:
 
 1. the PyDataset loader that ``kercr-train`` uses (:class:`kercr.data.loader.PatchBatches` over
    synthetic DECam-like 4096 x 2048 frames), single-threaded as ``fit`` calls it;
-2. the tf.data pipeline (:func:`kercr.data.pipeline.synthetic_dataset`, parallel interleave);
+2. the tf.data reader of ``kercr-train --data DIR`` (:func:`kercr.data.pipeline.read_tfrecords`)
+   over shards that ``kercr-prepare`` (:func:`kercr.data.pipeline.prepare_shards`) cut from the
+   same frames; the frames are made while preparing, so this times the reading alone;
 3. the training step rate of the default recipe (``deepcr``, 256 x 256 patches, batches of 16,
    DiceBCE loss) on the same CPUs;
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 
 
@@ -46,7 +49,7 @@ def main(argv=None) -> int:
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     from kercr.data.loader import PatchBatches, SyntheticFrames
-    from kercr.data.pipeline import synthetic_dataset
+    from kercr.data.pipeline import prepare_shards, read_tfrecords
     from kercr.models import build_model
     from kercr.training import make_loss, make_metrics
 
@@ -65,12 +68,14 @@ def main(argv=None) -> int:
             loader[i]
         pydataset_rate = n_batches * b / (time.perf_counter() - t0)
 
-        # 2. tf.data: parallel interleave of frame generators.
-        ds = synthetic_dataset(seed=0, batch_size=b, patch_size=p, frames_per_worker=1, num_workers=args.frames,
-                               patches_per_frame=per_frame, shuffle=256)
-        t0 = time.perf_counter()
-        n = sum(int(x.shape[0]) for x, _, _ in ds)
-        tfdata_rate = n / (time.perf_counter() - t0)
+        # 2. tf.data over kercr-prepare shards of the same frames (train and validation shards alike).
+        with tempfile.TemporaryDirectory() as tmp:
+            prepare_shards(source, list(range(max(frames, 2))), tmp, patch_size=p, patches_per_frame=per_frame,
+                           seed=0)
+            ds = read_tfrecords(f"{tmp}/*/*.tfrecord", patch_size=p, batch_size=b, shuffle=256, seed=0)
+            t0 = time.perf_counter()
+            n = sum(int(x.shape[0]) for x, _, _ in ds)
+            tfdata_rate = n / (time.perf_counter() - t0)
 
     # 3. Training steps of the default recipe on fixed batches.
     if args.mixed_precision:
@@ -96,7 +101,7 @@ def main(argv=None) -> int:
     print("|---|---:|---:|")
     if not args.training_only:
         print(f"| PyDataset loader (kercr-train) | {pydataset_rate:.1f} | {pydataset_rate / train_rate:.1f} |")
-        print(f"| tf.data pipeline ({args.frames} parallel frame generators) | {tfdata_rate:.1f} | "
+        print(f"| tf.data reading kercr-prepare shards (kercr-train --data DIR) | {tfdata_rate:.1f} | "
               f"{tfdata_rate / train_rate:.1f} |")
     print(f"| training step ({args.model}, {precision}; {b / train_rate:.3f} s per step) | {train_rate:.1f} | 1.0 |")
     return 0

@@ -87,9 +87,9 @@ TINY = ["--epochs", "2", "--steps-per-epoch", "3", "--validation-steps", "2", "-
 
 
 def resolve(argv, *, before_start=False):
-    """The :class:`kercr.config.TrainConfig` of ``kercr-train ARGV`` (as ``kercr.cli.train_main``
+    """The :class:`kercr.config.TrainConfig` of ``kercr-train ARGV`` (as ``kercr.cli.train.train_main``
     builds it). ``before_start``: the run it starts from (``init_weights``) may not exist yet."""
-    from kercr import cli
+    from kercr.cli import train as cli
     from kercr.config import read_config_file, resolve_config
 
     parser = cli.train_parser()

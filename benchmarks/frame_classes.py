@@ -132,7 +132,7 @@ def class_metrics(truth, score, flagged, near) -> dict:
 
 def score_model(model, frames, *, runtime="keras", tta=None, progress=None) -> dict:
     """Detect every frame with ``model`` and pool per class: ``{"threshold", "tta", "classes": {class: metrics}}``."""
-    from kercr.inference import detect, load_model
+    from kercr.detection import detect, load_model
 
     loaded = load_model(model)
     pooled = {c: {"truth": [], "score": [], "flagged": [], "near": []} for c in (*CLASSES, "all")}

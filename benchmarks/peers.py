@@ -151,7 +151,7 @@ def score_frames(items, runners, loaded, *, with_kercr=True, progress=None):
     (e-/ADU) and optionally ``snr`` and ``on_source`` (for the visible and by-background rows).
     Pixels that kercr's ``detect`` ignores (non-finite, saturated) are left out for every detector.
     """
-    from kercr.inference import detect
+    from kercr.detection import detect
 
     kercr_cut = float(np.log(loaded.threshold) - np.log1p(-loaded.threshold))
     columns = {"kercr": []} | {f"{p} ({u})": [] for p in runners for u in UNITS}
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
             runners[peer] = load_peer(peer, args.threads)
         except ImportError as exc:
             print(f"[peers] {peer} skipped: {exc} (pip install torch cosmic-conn deepCR)", file=sys.stderr)
-    from kercr.inference import load_model
+    from kercr.detection import load_model
 
     loaded = load_model(args.model)
     report = {"kercr": {"model": str(args.model), "runtime": "keras", "tta": bool(loaded.card.get("tta", False))},

@@ -323,7 +323,7 @@ def main(argv=None) -> int:
 
     from kercr.data.frames import load_footprints
     from kercr.evaluation import pooled_metrics
-    from kercr.inference import detect, load_model
+    from kercr.detection import detect, load_model
 
     loaded = load_model(args.model)
     threshold = args.threshold if args.threshold is not None else loaded.threshold

@@ -487,7 +487,7 @@ def extra_results(spec: str, scale: Scale, data_for, timing_x: Path, tta=None) -
     """
     from types import SimpleNamespace
 
-    from kercr.inference import load_model
+    from kercr.detection import load_model
     from kercr.models import count_trainable
 
     loaded = load_model(spec)

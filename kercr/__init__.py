@@ -1,67 +1,79 @@
 """kercr: cosmic-ray detection in astronomical CCD images with Keras 3.
 
-Importing kercr registers its custom Keras objects (layers, losses, metrics), so a saved
-``.keras`` model loads with ``keras.saving.load_model(path)`` after ``import kercr`` alone.
+``import kercr`` is light: it imports neither Keras nor TensorFlow. The names below load their
+modules on first use: ``kercr.detect`` (:mod:`kercr.detection`; with the shipped model's LiteRT
+runtime it never imports TensorFlow), ``kercr.build_model`` and ``kercr.list_models``
+(:mod:`kercr.models`, Keras), ``kercr.losses``, ``kercr.metrics``, ``kercr.data`` (the numpy
+data core).
 
-The numpy data core, :mod:`kercr.data`, imports neither Keras nor TensorFlow; where Keras (or
-its backend) cannot be imported, ``import kercr`` still succeeds and the data core is usable.
+kercr's custom Keras objects (layers, losses, metrics) are registered as soon as Keras is
+imported, before or after ``import kercr`` (a one-shot import hook for the ``keras`` module), so
+a saved ``.keras`` model loads with ``keras.saving.load_model(path)`` after ``import kercr``
+alone, with no ``custom_objects``.
 """
 
-import os as _os
+import importlib as _importlib
+import importlib.abc as _abc
+import importlib.util as _util
 import sys as _sys
 
 from kercr._version import __version__
 
-
-def _import_keras_for_a_console_script():
-    """``import keras`` without TensorFlow's start-up INFO lines on the terminal.
-
-    TensorFlow >= 2.19 writes them from C++ at import whatever TF_CPP_MIN_LOG_LEVEL says
-    (tensorflow/tensorflow#100442), twice, above every kercr command's own output. The native
-    stderr is caught during the import and written back without those lines; warnings, errors and
-    anything else still show. Later C++ log lines are off too (TF_CPP_MIN_LOG_LEVEL=3: on a machine
-    without a GPU, TensorFlow logs a "failed call to cuInit" error on its first operation); set
-    TF_CPP_MIN_LOG_LEVEL (to 0 to see all of them) and none of this is done.
-    """
-    import re
-    import tempfile
-
-    noise = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called"
-                       r"|I\d{4} [\d:.]+ +\d+ \S+:\d+\]")  # glog INFO lines: I0000 00:00:17.. 123 port.cc:153]
-    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    _sys.stderr.flush()
-    try:
-        saved = _os.dup(2)
-    except OSError:
-        import keras
-
-        return keras
-    with tempfile.TemporaryFile() as caught:
-        _os.dup2(caught.fileno(), 2)
-        try:
-            import keras
-        finally:
-            _sys.stderr.flush()
-            _os.dup2(saved, 2)
-            _os.close(saved)
-            caught.seek(0)
-            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
-            _sys.stderr.write("".join(line for line in lines if not noise.match(line)))
-    return keras
-
-
-try:
-    if (_os.path.basename(_sys.argv[0] if _sys.argv else "").startswith("kercr-")
-            and "TF_CPP_MIN_LOG_LEVEL" not in _os.environ):  # a console script; a user's own setting wins
-        _keras = _import_keras_for_a_console_script()
-    else:
-        import keras as _keras  # noqa: F401  (needs a working backend: TensorFlow, or JAX with KERAS_BACKEND=jax)
-except ImportError:  # only the numpy data core is usable here
-    _keras = None
-
-if _keras is not None:
-    from kercr import losses, metrics, models
-    from kercr.inference import detect
-    from kercr.models import build_model, list_models
-
 __all__ = ["__version__", "build_model", "detect", "list_models", "losses", "metrics", "models"]
+
+_NAMES = {"detect": "kercr.detection", "build_model": "kercr.models", "list_models": "kercr.models"}
+_MODULES = ("config", "data", "detection", "evaluation", "export", "losses", "metrics", "model_files", "models",
+            "training", "tuning", "weights")
+
+
+def __getattr__(name):
+    if name in _NAMES:
+        return getattr(_importlib.import_module(_NAMES[name]), name)
+    if name in _MODULES:
+        return _importlib.import_module(f"kercr.{name}")
+    raise AttributeError(f"module 'kercr' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_NAMES) | set(_MODULES))
+
+
+def _register_custom_objects() -> None:
+    """Import the modules whose classes carry ``@keras.saving.register_keras_serializable``."""
+    try:
+        import kercr.losses  # noqa: F401
+        import kercr.metrics  # noqa: F401
+        import kercr.models  # noqa: F401
+    except ImportError:  # a broken backend: the numpy data core stays usable
+        pass
+
+
+class _RegisterWhenKerasLoads(_abc.MetaPathFinder):
+    """One-shot import hook: once the ``keras`` package has executed, register kercr's objects."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        if self in _sys.meta_path:
+            _sys.meta_path.remove(self)
+        spec = _util.find_spec("keras")
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        real = spec.loader
+
+        class _Loader(_abc.Loader):
+            def create_module(self, spec):
+                return real.create_module(spec)
+
+            def exec_module(self, module):
+                real.exec_module(module)
+                _register_custom_objects()
+
+        spec.loader = _Loader()
+        return spec
+
+
+if "keras" in _sys.modules:  # Keras is loaded already: register now
+    _register_custom_objects()
+elif not any(isinstance(f, _RegisterWhenKerasLoads) for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _RegisterWhenKerasLoads())

@@ -10,8 +10,29 @@ import dataclasses
 import json
 from pathlib import Path
 
+# The choices of kercr's options. The console scripts take their argparse ``choices`` from here,
+# so ``--help`` needs no other kercr module (this one imports nothing heavy). Where a module that
+# checks a value still defines its own copy (kercr.data.synthetic, .frames, .normalization,
+# kercr.tuning.space), tests/cli/test_common.py checks that the copy equals this list.
+
 LOSSES = ("dice_bce", "median_bce", "bce")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+#: Detection runtimes (kercr.detect, kercr-detect, kercr-evaluate): "auto" is the model card's choice.
+RUNTIMES = ("auto", "keras", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8")
+#: Synthetic frames: DECam-like, or a random CCD imager per frame (:mod:`kercr.data.synthetic`).
+VARIETIES = ("decam", "wide")
+#: Synthetic CR pixels fainter than the noise: left out of the loss, labelled not-CR, or labelled CR.
+FAINT_CRS = ("ignore", "negative", "positive")
+#: How the normalization measures a frame's noise (:mod:`kercr.data.normalization`).
+NOISE_ESTIMATORS = ("mad", "diff2")
+#: One sky and noise per frame, or background and noise maps from blocks.
+NOISE_MODELS = ("global", "local")
+#: Cleaning methods of :func:`kercr.data.clean_image` (the first is the default).
+CLEAN_METHODS = ("median", "mean", "idw")
+#: ``kercr-tune`` search algorithms (the first is the default).
+TUNERS = ("hyperband", "bayesian", "random")
+#: ``kercr-tune --objective`` choices and the Keras log names they select (both maximized).
+OBJECTIVES = {"dice": "val_dice", "tpr": "val_tpr_at_fpr_1e-4"}
 
 
 class ConfigError(ValueError):
@@ -271,8 +292,6 @@ class TrainConfig:
             raise ConfigError(f"loss={self.loss!r} is not valid; choose one of: {', '.join(LOSSES)}.")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"strategy={self.strategy!r} is not valid; choose one of: {', '.join(STRATEGIES)}.")
-        from kercr.data.synthetic import VARIETIES
-
         if self.variety not in VARIETIES:
             raise ConfigError(f"variety={self.variety!r} is not one of {VARIETIES}: 'decam' (DECam-like frames) or "
                               "'wide' (a random CCD imager per frame).")

@@ -268,7 +268,7 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
 
     from kercr import __version__
     from kercr.data import CCDFrame, normalize
-    from kercr.inference import detect, load_model
+    from kercr.detection import detect, load_model
 
     out = Path(out)
     if (out / "metrics.json").exists():

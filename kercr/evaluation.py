@@ -26,7 +26,7 @@ def pooled_predictions(model, batches, *, tta=False):
         ``x`` (B, H, W, 1) float32 normalized images, ``y`` (B, H, W, 1) CR truth, ``w`` the
         pixel weights (0 = ignored pixel).
     tta : bool
-        Score each patch as the mean over its four flips (:func:`kercr.inference.flip_average`),
+        Score each patch as the mean over its four flips (:func:`kercr.data.augment.flip_average`),
         as ``kercr.detect(..., tta=True)`` does.
 
     Returns
@@ -38,7 +38,7 @@ def pooled_predictions(model, batches, *, tta=False):
     """
     from kercr.models import logit_model
 
-    from kercr.inference import flip_average
+    from kercr.data.augment import flip_average
 
     scorer = logit_model(model) or model
     truth, score, ignore = [], [], []

@@ -1,4 +1,7 @@
-"""Files that make up a trained kercr model, shared by detection, export and tuning.
+"""Files that make up a trained kercr model: the one module that reads and writes them.
+
+Detection, export, ``kercr-train`` (its run directory and ``--init-weights``), the tuner's
+outputs and ``kercr.weights`` (the shipped model) all go through these functions.
 
 A trained model is a ``.keras`` file with a ``normalization.json`` sidecar beside it (the dict
 of :meth:`kercr.data.normalization.NormalizationConfig.to_dict`); a ``kercr-train`` run
@@ -12,11 +15,14 @@ without a sidecar, its ``"normalization"``. Detection and export read these file
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 from pathlib import Path
 
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import NormalizationConfig
+from kercr.weights import default_model_path
 
 NORMALIZATION_FILE = "normalization.json"
 MODEL_FILES = ("best.keras", "model.keras")
@@ -98,15 +104,55 @@ def model_normalization(keras_file, card: dict, *, error=ModelFileError) -> tupl
     return None
 
 
+def resolve_model_path(model, *, error=ModelFileError) -> Path:
+    """The ``.keras`` file ``model`` names: ``"default"`` (the shipped model), a file or a run directory.
+
+    Raises ``error`` for a path that does not exist; ``kercr.weights.MissingWeightsError`` when
+    ``"default"`` is not installed.
+    """
+    if str(model) == "default":
+        return default_model_path()
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise error(f"model {str(model)!r} does not exist; pass 'default', a .keras file or a kercr-train "
+                    "run directory.")
+    return find_model_file(path, error=error)
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json(path, data: dict) -> Path:
+    """Write ``data`` as indented JSON to ``path`` through a temporary name and an atomic rename."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, path)
+    return path
+
+
+def write_normalization(folder, config: NormalizationConfig) -> Path:
+    """Write ``folder/normalization.json``: the constants a model was trained with (read by :func:`read_normalization`)."""
+    return write_json(Path(folder) / NORMALIZATION_FILE, config.to_dict())
+
+
 def load_keras_model(path, *, error=ModelFileError):
     """Load a kercr ``.keras`` file in safe mode (kercr's custom objects registered)."""
     import keras
 
-    import kercr  # noqa: F401  (registers kercr's custom objects)
+    import kercr.losses  # noqa: F401  (these register kercr's custom objects; heavy: Keras)
+    import kercr.metrics  # noqa: F401
+    import kercr.models  # noqa: F401
 
     try:
         return keras.saving.load_model(path, safe_mode=True)
     except Exception as err:  # keras raises many types for a corrupt archive
         raise error(f"cannot load the Keras model {path}: {type(err).__name__}: {err}. Check that it is a "
                     "complete .keras file saved by kercr (load it with keras.saving.load_model after "
-                    "`import kercr`).") from None
+                    "`import kercr.models`).") from None

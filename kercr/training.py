@@ -28,6 +28,8 @@ import keras
 import numpy as np
 
 from kercr.config import ConfigError, TrainConfig
+from kercr.data.normalization import NormalizationConfig
+from kercr.model_files import load_keras_model, model_normalization, read_card, resolve_model_path, write_normalization
 
 logger = logging.getLogger(__name__)
 
@@ -117,22 +119,23 @@ def build_and_check_model(config: TrainConfig) -> keras.Model:
 
 def load_initial_weights(model: keras.Model, config: TrainConfig) -> None:
     """Copy the weights of ``config.init_weights`` into ``model`` (fine-tuning); ConfigError if they do not fit."""
-    from kercr.inference import load_model
-
     try:
-        source = load_model(config.init_weights)
+        path = resolve_model_path(config.init_weights)
+        source = load_keras_model(path)
+        found = model_normalization(path, read_card(path))
     except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
         raise ConfigError(f"init_weights={config.init_weights!r} cannot be loaded ({err}); pass a .keras model, "
                           "a run directory or 'default'.") from None
-    weights = source.model.get_weights()
+    weights = source.get_weights()
     mine = model.get_weights()
     if len(weights) != len(mine) or any(a.shape != b.shape for a, b in zip(weights, mine)):
-        raise ConfigError(f"init_weights={config.init_weights!r} holds a {source.model.count_params():,}-parameter "
+        raise ConfigError(f"init_weights={config.init_weights!r} holds a {source.count_params():,}-parameter "
                           f"model that does not match model={config.model!r} ({model.count_params():,} parameters) "
                           f"with these model_options; pass the same architecture it was trained with.")
-    if source.normalization != config.normalization_config():
+    normalization = found[0] if found is not None else NormalizationConfig()
+    if normalization != config.normalization_config():
         logger.warning("init_weights %s was trained with another input normalization (%s); this run uses %s",
-                       config.init_weights, source.normalization, config.normalization_config())
+                       config.init_weights, normalization, config.normalization_config())
     model.set_weights(weights)
     logger.info("starting from the weights of %s", config.init_weights)
 
@@ -324,7 +327,7 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     work.mkdir(parents=True, exist_ok=True)
     if chief:
         config.save(out / "config.json")
-        (out / "normalization.json").write_text(json.dumps(config.normalization_config().to_dict(), indent=2) + "\n")
+        write_normalization(out, config.normalization_config())
 
     keras.utils.set_random_seed(config.seed)
     _set_precision(config)

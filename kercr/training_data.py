@@ -29,7 +29,7 @@ from kercr.data.frames import load_footprints
 from kercr.data.lco import LCOFrames, is_lco_dataset
 from kercr.data.loader import FITSFrames, FixedBatches, PatchBatches, SyntheticFrames, patch_batches
 from kercr.data.patches import default_patch_count, split_exposures
-from kercr.data.weights import alpha_floor
+from kercr.data.pixel_weights import alpha_floor
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from kercr.cli import train_main
+from kercr.cli.train import train_main
 from kercr.config import ConfigError, TrainConfig, read_config_file, resolve_config
 
 TINY = [
@@ -42,7 +42,7 @@ def _env(**extra):
 
 def _cli(*args):
     """The ``kercr-train`` command line, run by this interpreter (the venv's bin may not be on PATH)."""
-    return [sys.executable, "-c", "import sys; from kercr.cli import train_main; sys.exit(train_main())", *args]
+    return [sys.executable, "-c", "import sys; from kercr.cli.train import train_main; sys.exit(train_main())", *args]
 
 
 def test_a_run_directory_holds_everything_the_user_needs(tmp_path, capsys):
@@ -63,7 +63,30 @@ def test_a_run_directory_holds_everything_the_user_needs(tmp_path, capsys):
     saved = json.loads((run / "normalization.json").read_text())
     assert saved["asinh_softening"] == 10.0 and saved["noise_estimator"] == "diff2"  # inference does the same
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["cr_pixels"] > 0 and 0 <= metrics["tpr_at_fpr_1e-4"] <= 1 and 0 <= metrics["dice"] <= 1
+    # metrics.json scores best.keras on the run's validation patches (rebuilt from config.json), by
+    # the definitions redone here in numpy: Dice at probability 0.5 and the TPR at 0.01 % FPR, read
+    # off the ROC between its vertices with k - 1 and k false positives, k = ceil(1e-4 x non-CR pixels).
+    import keras
+
+    from kercr.training_data import make_training_data
+
+    config = TrainConfig.load(run / "config.json")
+    batches = make_training_data(config).validation_batches(config.validation_steps)
+    best = keras.saving.load_model(run / "best.keras")
+    p = np.concatenate([np.asarray(best.predict_on_batch(x)).ravel() for x, _, _ in batches])
+    cr = np.concatenate([y.ravel() for _, y, _ in batches]) > 0.5
+    keep = np.concatenate([w.ravel() for _, _, w in batches]) > 0  # weight 0: ignored pixel
+    pos, neg = p[cr & keep], np.sort(p[~cr & keep])[::-1]
+    counts = (metrics["cr_pixels"], metrics["non_cr_pixels"], metrics["ignored_pixels"])
+    assert counts == (pos.size, neg.size, np.count_nonzero(~keep))
+    called = (p >= 0.5) & keep
+    dice = 2 * np.count_nonzero(called & cr) / (np.count_nonzero(called) + pos.size)
+    assert metrics["dice"] == pytest.approx(dice, abs=1e-12)
+    allowed = 1e-4 * neg.size  # false positives allowed at 0.01 % FPR
+    k = int(np.ceil(allowed))
+    above, at = np.count_nonzero(pos > neg[k - 1]), np.count_nonzero(pos >= neg[k - 1])
+    tpr = (above + (allowed - (k - 1)) * (at - above)) / pos.size
+    assert metrics["tpr_at_fpr_1e-4"] == pytest.approx(tpr, abs=1e-12)
     assert "Dice" in capsys.readouterr().out
     # TensorBoard: scalars and validation images were written as real event files.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -120,7 +143,7 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path):
 def test_bad_options_fail_before_training_with_a_clear_error(tmp_path, capsys, args, message):
     run = tmp_path / "run"
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    assert train_main([*TINY, *args, "--out", str(run)]) == 2
+    assert train_main([*TINY, *args, "--out", str(run)]) == 1
     err = capsys.readouterr().err
     assert message in err, err
     assert not (run / "history.csv").exists()
@@ -145,7 +168,7 @@ def test_every_training_option_has_a_flag(tmp_path, monkeypatch):
     path.write_text("mixed_precision = true\n")
     assert train_main([*TINY, "--config", str(path), "--no-mixed-precision", "--out", str(tmp_path / "b")]) == 0
     assert configs[-1].mixed_precision is False  # a flag switches off what the file switched on
-    helptext = subprocess.run([sys.executable, "-c", "from kercr.cli import train_main; train_main(['--help'])"],
+    helptext = subprocess.run([sys.executable, "-c", "from kercr.cli.train import train_main; train_main(['--help'])"],
                               capture_output=True, text=True).stdout
     for field in dataclasses.fields(TrainConfig):
         if field.name != "model_options":  # set with --set KEY=VALUE
@@ -170,7 +193,7 @@ def test_every_training_option_has_a_flag(tmp_path, monkeypatch):
 def test_malformed_config_files_are_rejected(tmp_path, capsys, content, suffix, message):
     path = tmp_path / f"config{suffix}"
     path.write_text(content)
-    assert train_main(["--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert train_main(["--config", str(path), "--out", str(tmp_path / "run")]) == 1
     assert message in capsys.readouterr().err
 
 
@@ -352,16 +375,47 @@ def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
     assert "validation (" in outputs[0] and "validation (" not in outputs[1]
 
 
+# A short run under JAX, then the same model untrained (train()'s seeded initial weights) scored
+# on the same validation patches by the same pooled metrics; one process, so JAX starts once.
+_JAX_TRAINING = """
+import json, sys
+
+import keras
+
+from kercr.config import resolve_config
+from kercr.evaluation import validation_metrics
+from kercr.training import build_and_check_model, train
+from kercr.training_data import make_training_data
+
+assert keras.backend.backend() == "jax", keras.backend.backend()
+config = resolve_config({}, dict(
+    model="deepcr_2_4", patch_size=64, batch_size=4, frames=4, frame_shape=[256, 256], cr_rate_scale=50.0,
+    steps_per_epoch=200, validation_steps=4, epochs=1, out=sys.argv[1],
+))
+trained = train(config, verbose=0)
+keras.utils.set_random_seed(config.seed)
+untrained = validation_metrics(build_and_check_model(config),
+                               make_training_data(config).validation_batches(config.validation_steps))
+print("RESULT " + json.dumps(dict(trained=trained, untrained=untrained)))
+"""
+
+
 @pytest.mark.slow
-def test_training_runs_under_the_jax_backend(tmp_path):
+def test_training_under_the_jax_backend_learns(tmp_path):
     pytest.importorskip("jax")
     run = tmp_path / "run"
-    out = subprocess.run(_cli(*TINY, "--epochs", "1", "--out", str(run)), capture_output=True, text=True,
-                         env=_env(KERAS_BACKEND="jax"), timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert (run / "best.keras").is_file() and len(_history(run)) == 1
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["cr_pixels"] > 0
+    proc = subprocess.run([sys.executable, "-c", _JAX_TRAINING, str(run)], capture_output=True, text=True,
+                          env=_env(KERAS_BACKEND="jax"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ")[-1])
+    trained, untrained = result["trained"], result["untrained"]
+    assert len(_history(run)) == 1 and trained["cr_pixels"] == untrained["cr_pixels"]  # same patches
+    # Threshold-free scores: after 200 steps no pixel reaches probability 0.5 yet (Dice at 0.5 is 0).
+    # Measured: best Dice 0.73, TPR at 0.1 % FPR 0.51; untrained 0.008 (its score is flat: the Dice
+    # of calling every pixel a CR) and 0; learning rate 0: the same as untrained; labels turned by
+    # 180 degrees: 0.15 and 0.08.
+    assert trained["best_dice"] > untrained["best_dice"] + 0.4, (trained, untrained)
+    assert trained["tpr_at_fpr_1e-3"] > untrained["tpr_at_fpr_1e-3"] + 0.25, (trained, untrained)
 
 
 def test_mixed_precision_keeps_float32_probabilities(tmp_path):
@@ -380,7 +434,7 @@ def test_mixed_precision_keeps_float32_probabilities(tmp_path):
 
 
 def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, capsys):
-    from kercr.cli import prepare_main
+    from kercr.cli.train import prepare_main
 
     shards = tmp_path / "shards"
     common = ["--frame-shape", "256", "256", "--patch-size", "64", "--cr-rate-scale", "50"]
@@ -390,15 +444,15 @@ def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, 
     assert len(meta["train_exposures"]) + len(meta["val_exposures"]) == 5
     assert list((shards / "train").glob("*.tfrecord")) and list((shards / "val").glob("*.tfrecord"))
     # Never overwritten:
-    assert prepare_main(["--frames", "5", "--out", str(shards), *common]) == 2
+    assert prepare_main(["--frames", "5", "--out", str(shards), *common]) == 1
     assert "already holds" in capsys.readouterr().err
     # A run that stopped before prepare.json, an --out that cannot be written, a zero shard size:
     (tmp_path / "half" / "train").mkdir(parents=True)
     (tmp_path / "half" / "train" / "patches-00000.tfrecord").write_bytes(b"")
-    assert prepare_main(["--frames", "5", "--out", str(tmp_path / "half"), *common]) == 2
+    assert prepare_main(["--frames", "5", "--out", str(tmp_path / "half"), *common]) == 1
     assert "stopped before it finished" in capsys.readouterr().err
     (tmp_path / "afile").write_text("")
-    assert prepare_main(["--frames", "5", "--out", str(tmp_path / "afile" / "sub"), *common]) == 2
+    assert prepare_main(["--frames", "5", "--out", str(tmp_path / "afile" / "sub"), *common]) == 1
     assert "cannot write to --out" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         prepare_main(["--frames", "5", "--shard-size", "0", "--out", str(tmp_path / "z"), *common])
@@ -408,14 +462,14 @@ def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, 
             "--steps-per-epoch", "2", "--validation-steps", "2", "--epochs", "1", "--out", str(run)]
     assert train_main(args) == 0
     assert json.loads((run / "metrics.json").read_text())["cr_pixels"] > 0
-    assert train_main([*args[:5], "32", *args[6:-1], str(tmp_path / "run2")]) == 2
+    assert train_main([*args[:5], "32", *args[6:-1], str(tmp_path / "run2")]) == 1
     assert "64 px patches" in capsys.readouterr().err
     # median_bce needs shards with median weights (else it would train as plain BCE).
-    assert train_main([*args[:-1], str(tmp_path / "run3"), "--loss", "median_bce"]) == 2
+    assert train_main([*args[:-1], str(tmp_path / "run3"), "--loss", "median_bce"]) == 1
     assert "prepared without median weights" in capsys.readouterr().err
-    assert train_main([*args[:-1], str(tmp_path / "run3"), "--noise-estimator", "diff2"]) == 2
+    assert train_main([*args[:-1], str(tmp_path / "run3"), "--noise-estimator", "diff2"]) == 1
     assert "normalized with one 'mad' noise per frame" in capsys.readouterr().err  # shards cannot be re-normalized
-    assert train_main([*args[:-1], str(tmp_path / "run3"), "--noise-model", "local"]) == 2
+    assert train_main([*args[:-1], str(tmp_path / "run3"), "--noise-model", "local"]) == 1
     assert "noise_model='local' needs frames" in capsys.readouterr().err
 
 
@@ -469,11 +523,70 @@ def test_real_footprints_from_dark_frames_are_injected(tmp_path):
         _tiny_config(tmp_path, noise_estimator="std")
 
 
-def test_mirrored_strategy_trains(tmp_path):
-    from kercr.training import train
+# One training step through kercr.training.train, on one device and under --strategy mirrored
+# over two logical CPUs (a device layout TensorFlow takes only before it starts: a subprocess).
+# SGD stands in for train()'s Adam there: Adam's step does not see the gradient's scale (a loss
+# summed instead of averaged over the replicas would go unnoticed) and its first step is
+# lr * sign(gradient), which rounding noise flips for near-zero gradients. norm=None because batch
+# norm normalizes each replica's half batch by its own statistics, which differ from the full batch's.
+_MIRRORED_STEP = """
+import json, sys
 
-    metrics = train(_tiny_config(tmp_path, strategy="mirrored", epochs=1), verbose=0)
-    assert metrics["cr_pixels"] > 0 and (tmp_path / "run" / "best.keras").is_file()
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras
+import numpy as np
+
+from kercr.config import resolve_config
+from kercr.training import build_and_check_model, read_history, train
+
+keras.optimizers.Adam = lambda learning_rate: keras.optimizers.SGD(learning_rate=learning_rate)
+replicas, fit = [], keras.Model.fit
+
+
+def recording_fit(self, *args, **kwargs):
+    replicas.append(self.distribute_strategy.num_replicas_in_sync)
+    return fit(self, *args, **kwargs)
+
+
+keras.Model.fit = recording_fit
+steps, losses = {}, {}
+for strategy in ("none", "mirrored"):
+    run = f"{sys.argv[1]}/{strategy}"
+    config = resolve_config({}, dict(
+        model="deepcr_2_4", model_options={"norm": None}, patch_size=64, batch_size=4, frames=4,
+        frame_shape=[256, 256], cr_rate_scale=50.0, steps_per_epoch=1, validation_steps=1, epochs=1,
+        learning_rate=0.1, strategy=strategy, out=run,
+    ))
+    train(config, verbose=0)
+    steps[strategy] = keras.saving.load_model(f"{run}/last.keras").get_weights()
+    losses[strategy] = read_history(f"{run}/history.csv")[0]["loss"]
+keras.utils.set_random_seed(config.seed)  # train()'s initial weights
+initial = build_and_check_model(config).get_weights()
+steps = {k: np.concatenate([(a - b).ravel() for a, b in zip(w, initial)]) for k, w in steps.items()}
+print("RESULT " + json.dumps(dict(
+    replicas=replicas, losses=losses, step=float(np.abs(steps["none"]).max()),
+    mismatch=float(np.abs(steps["mirrored"] - steps["none"]).max()),
+)))
+"""
+
+
+@pytest.mark.slow
+def test_a_mirrored_step_over_two_devices_equals_the_single_device_step(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED_STEP, str(tmp_path)], capture_output=True, text=True,
+                          env=_env(KERAS_BACKEND="tensorflow"), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ")[-1])
+    assert result["replicas"] == [1, 2]  # the mirrored run really trained on two replicas
+    assert result["step"] > 1e-3  # the step moved the weights (up to ~2.5e-2)
+    # Each replica took its own half of the global batch of 4 and the loss was averaged over all 4:
+    # the same step as one device, up to float32 sums in another order (measured: ~1e-6 of the step).
+    # Both replicas on the same half batch miss by ~2 % of the step; a loss summed over them, by 100 %.
+    assert result["mismatch"] <= 1e-4 * result["step"], result
+    assert result["losses"]["mirrored"] == pytest.approx(result["losses"]["none"], rel=1e-5)
 
 
 def test_validation_without_cosmic_rays_is_refused_before_training(tmp_path):

@@ -1,5 +1,5 @@
 """kercr's numpy data core: FITS I/O, normalization, CR simulation and injection, synthetic frames,
-weights, patches and cleaning (CR pixels replaced).
+per-pixel loss weights, training frames, patches and cleaning (CR pixels replaced).
 
 Nothing here imports TensorFlow or Keras; the tf.data adapter is :mod:`kercr.data.pipeline` and the
 Keras ``PyDataset`` loader :mod:`kercr.data.loader`, both imported explicitly by those who need them.
@@ -24,7 +24,7 @@ from kercr.data.footprints import extract_footprints, inject_footprints, read_fo
 from kercr.data.normalization import NormalizationConfig, NormalizationParams, denormalize, normalize, robust_sky_noise
 from kercr.data.patches import default_patch_count, extract_patches, make_patches, patch_positions, split_exposures
 from kercr.data.synthetic import BANDS, SyntheticConfig, SyntheticFrame, generate_dataset, make_frame
-from kercr.data.weights import apply_ignore_mask, median_weight_map
+from kercr.data.pixel_weights import apply_ignore_mask, median_weight_map
 
 __all__ = [
     "CLEAN_METHODS", "clean_image", "cleaning_mask",

@@ -123,3 +123,38 @@ def make_training_example(clean_adu, *, gain, exptime, rng, readnoise_e=7.0, sky
         crs = simulate_cosmic_rays(clean.shape, exptime=exptime, rng=rng, model=model, readnoise_e=readnoise_e)
         image, mask = inject_cosmic_rays(base, crs.electrons, gain=gain, saturation=sat), crs.mask
     return TrainingExample(image_adu=image, cr_mask=mask, ignore_mask=ignore, sky_scale=a)
+
+
+# ---------------------------------------------------------------------------------------------
+# Test-time augmentation: the four flips kercr.detect, the evaluation and the exported flip
+# models average (kercr.models.flip_average_model builds the same average into a Keras model).
+# ---------------------------------------------------------------------------------------------
+FLIP_AXES = ((), (1,), (2,), (1, 2))  # the four flips of a (B, H, W[, C]) batch: none, rows, columns, both
+
+
+def flip_average(predict, x) -> np.ndarray:
+    """Test-time augmentation: the mean of ``predict`` over the four flips of each image.
+
+    Parameters
+    ----------
+    predict : callable
+        Maps a (B, H, W[, C]) float32 batch to an array whose first three axes are (B, H, W).
+    x : numpy.ndarray, shape (B, H, W[, C])
+
+    Returns
+    -------
+    numpy.ndarray, float32
+        The average of ``predict`` on ``x`` flipped along H, along W, along both and not at all,
+        each prediction flipped back first, so it is aligned with ``x``. It averages whatever
+        ``predict`` returns (logits or probabilities).
+    """
+    total = None
+    for axes in FLIP_AXES:
+        p = np.asarray(predict(np.ascontiguousarray(np.flip(x, axes)) if axes else x), dtype=np.float32)
+        p = np.flip(p, axes) if axes else p
+        if total is None:
+            total = p.copy()
+        else:
+            total += p
+    total /= np.float32(len(FLIP_AXES))
+    return total

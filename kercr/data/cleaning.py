@@ -37,6 +37,7 @@ import numbers
 
 import numpy as np
 
+from kercr.config import CLEAN_METHODS
 from kercr.data.errors import KercrDataError
 
 __all__ = ["CLEAN_METHODS", "DEFAULT_WINDOW", "DEFAULT_MAX_WINDOW", "DEFAULT_MIN_GOOD", "check_clean_method",
@@ -44,8 +45,6 @@ __all__ = ["CLEAN_METHODS", "DEFAULT_WINDOW", "DEFAULT_MAX_WINDOW", "DEFAULT_MIN
 
 logger = logging.getLogger(__name__)
 
-#: Cleaning methods of :func:`clean_image` (the first is the default).
-CLEAN_METHODS = ("median", "mean", "idw")
 #: First window side in pixels (astroscrappy's 5 x 5).
 DEFAULT_WINDOW = 5
 #: Largest window side in pixels before the fallback.

@@ -6,17 +6,23 @@ big-endian data. Pixels always come back as native-endian ``float32``; NaN, inf 
 pixels come back as NaN so callers can mask them. Files are opened memory-mapped, so reading one
 CCD of a 60-CCD exposure touches only that extension on disk.
 
-Writing never overwrites: :func:`write_fits_with_mask` creates a new file holding the image, a
-``uint8`` mask extension and provenance keywords.
+Writing: :func:`new_fits_file` is the one FITS writer. It writes a NEW file (optionally starting
+from a copy of an input file's HDUs) under a temporary name, appends extensions one at a time and
+renames the file into place at the end; an existing file is never overwritten and a failure leaves
+nothing behind. ``kercr-detect`` (:func:`kercr.detection.files.detect_file`) and
+:func:`write_fits_with_mask` (an image and its mask) write through it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
 import math
 import os
+import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -26,7 +32,8 @@ from astropy.io import fits
 
 from kercr.data.errors import FITSFileNotFoundError, FITSFormatError, KercrDataError
 
-__all__ = ["CCDFrame", "read_ccd", "iter_ccds", "list_ccd_extensions", "write_fits_with_mask"]
+__all__ = ["CCDFrame", "FITSWriter", "read_ccd", "iter_ccds", "list_ccd_extensions", "new_fits_file", "wcs_header",
+           "write_fits_with_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -313,11 +320,147 @@ def iter_ccds(path, ext="all", *, gain=None, readnoise=None, saturation=None) ->
 
 _STRUCTURAL = {"SIMPLE", "EXTEND", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
                "BZERO", "BSCALE", "BLANK", "EXTNAME", "CHECKSUM", "DATASUM", "ZIMAGE", "ZBITPIX", "ZCMPTYPE"}
+_WCS_KEYS = re.compile(r"^(WCSAXES|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\d|CD\d_\d|PC\d_\d|PV\d_\d+|CROTA\d|"
+                       r"RADESYS|EQUINOX|LTV\d|LTM\d_\d|DATASEC|DETSEC|CCDSEC)$")
+
+
+def wcs_header(header) -> fits.Header:
+    """The WCS and detector-section cards of ``header`` (``CTYPEi``, ``CRVALi``, ``CDi_j``, ``DATASEC``, ...).
+
+    A mask or cleaned image written beside an image carries them, so it overlays the image in
+    any FITS viewer and maps to the sky like it.
+    """
+    out = fits.Header()
+    for card in (header or fits.Header()).cards:
+        if _WCS_KEYS.match(card.keyword):
+            out.append(card)
+    return out
+
+
+def utc_now() -> str:
+    """The UTC time as a FITS date string (``KCRDATE``), to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class FITSWriter:
+    """A new FITS file being written by :func:`new_fits_file` (under a temporary name until it ends).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The file that appears when the ``with`` block ends without an error.
+    extnames : set of str
+        ``EXTNAME`` of every HDU written so far (upper case), those of the copied input included.
+    """
+
+    def __init__(self, tmp: Path, path: Path):
+        self._tmp = tmp
+        self.path = path
+        with fits.open(tmp) as hdul:
+            self._keys = {(h.name.upper(), h.ver) for h in hdul}
+        self.extnames = {name for name, _ in self._keys}
+
+    def update_primary(self, cards) -> None:
+        """Set ``{keyword: value or (value, comment)}`` cards in the primary header (keywords over 8
+        characters become ``HIERARCH`` cards)."""
+        with fits.open(self._tmp, mode="update") as hdul:
+            for key, value in cards.items():
+                hdul[0].header[key if len(key) <= 8 else f"HIERARCH {key}"] = value
+
+    def append(self, data, *, name: str, header=None) -> None:
+        """Append an image extension ``name`` holding ``data`` (written in its dtype) and ``header``.
+
+        Raises :class:`ValueError` when the file already holds an extension of that ``EXTNAME``
+        and ``EXTVER`` (the header's, default 1: HST's ``SCI,1`` and ``SCI,2`` are two).
+        """
+        header = fits.Header() if header is None else header.copy()
+        key = (name.upper(), int(header.get("EXTVER", 1)))
+        if key in self._keys:
+            raise ValueError(f"{self.path}: an extension {name} (EXTVER {key[1]}) is there already; every "
+                             "extension needs its own EXTNAME or EXTVER. Pass another name.")
+        header["EXTNAME"] = name
+        fits.append(self._tmp, np.asarray(data), header=header)
+        self._keys.add(key)
+        self.extnames.add(key[0])
+
+
+def _copy_fits(src: Path, tmp: Path) -> None:
+    """A copy of ``src`` at ``tmp``: byte for byte, or as plain FITS for gzip (astropy cannot append to it)."""
+    if src.name.lower().endswith(".gz"):
+        with _open(src) as hdul:
+            hdul.writeto(tmp, output_verify="silentfix")
+    else:
+        shutil.copyfile(src, tmp)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out`` without ever replacing an ``out`` that exists, even one made meanwhile."""
+    try:
+        os.link(tmp, out)  # fails if out exists: atomic, so no race with another writer
+    except FileExistsError:
+        raise FileExistsError(f"{out}: already exists; kercr never overwrites files. Choose a new output path.") from None
+    except OSError:  # no hard links on this file system (some network and FAT file systems)
+        if out.exists():
+            raise FileExistsError(f"{out}: already exists; kercr never overwrites files. Choose a new output "
+                                  "path.") from None
+        os.replace(tmp, out)
+    else:
+        tmp.unlink()
+
+
+@contextlib.contextmanager
+def new_fits_file(path, *, copy_of=None) -> Iterator[FITSWriter]:
+    """Write a NEW FITS file: the one way kercr writes FITS (kercr-detect, :func:`write_fits_with_mask`).
+
+    The file is written under a hidden temporary name beside ``path`` and renamed to ``path`` when
+    the ``with`` block ends; an error inside the block removes it, so ``path`` holds either the
+    whole file or nothing. An existing ``path`` is never overwritten, even one that appears while
+    the block runs.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file; must not exist. Its directory is created if needed.
+    copy_of : str or os.PathLike, optional
+        Start from a copy of this FITS file (every HDU, in order, so HDU indices and the input's
+        bytes are kept; a gzipped input is copied as plain FITS). Default: an empty primary HDU.
+
+    Yields
+    ------
+    FITSWriter
+        ``update_primary(cards)`` and ``append(data, name=..., header=...)``; extensions are
+        written one at a time, so a file of many large extensions never sits in memory whole.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists.
+    """
+    out = Path(os.fspath(path)).expanduser()
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists; kercr never overwrites files. Choose a new output path.")
+    src = None if copy_of is None else _check_path(copy_of)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        if src is None:
+            fits.PrimaryHDU().writeto(tmp)
+        else:
+            _copy_fits(src, tmp)
+        yield FITSWriter(tmp, out)
+        _publish(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_extname="CRMASK",
                          provenance=None) -> Path:
     """Write an image and its mask to a NEW FITS file; never overwrite.
+
+    The layout and keywords are kercr-detect's: a primary HDU with the provenance (``KCRVER``,
+    ``KCRDATE``, ``KCRSRC`` and ``provenance``), the image, then the mask whose header names its
+    image (``KCRSRCEX``) and carries the image's WCS cards. Written by :func:`new_fits_file`.
 
     Parameters
     ----------
@@ -343,8 +486,6 @@ def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_e
         The written file: primary HDU (provenance), image HDU, uint8 mask HDU.
     """
     out = Path(os.fspath(path)).expanduser()
-    if out.exists():
-        raise FileExistsError(f"{out}: already exists; kercr never overwrites files. Choose a new output path.")
     source = None
     if isinstance(image, CCDFrame):
         header = image.header if header is None else header
@@ -359,23 +500,21 @@ def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_e
         raise KercrDataError(f"{out}: mask shape {mask.shape} differs from image shape {image.shape}; pass the mask of this image.")
     from kercr._version import __version__
 
-    primary = fits.PrimaryHDU()
-    ph = primary.header
-    ph["KCRVER"] = (__version__, "kercr version that wrote this file")
-    ph["KCRDATE"] = (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC write time")
+    primary = {"KCRVER": (__version__, "kercr version"), "KCRDATE": (utc_now(), "UTC")}
     if source:
-        ph["KCRSRC"] = str(source)[-68:]  # no comment: long paths fill the card
-    ph["KCRMASK"] = (mask_extname, "extension holding the mask (1 = flagged)")
-    for key, value in (provenance or {}).items():
-        ph[key if len(key) <= 8 else f"HIERARCH {key}"] = value
+        primary["KCRSRC"] = str(source)[-68:]  # no comment: long paths fill the card
     img_header = fits.Header()
     if header is not None:
         for card in header.cards:
             if card.keyword not in _STRUCTURAL and card.keyword not in ("", "COMMENT", "HISTORY"):
                 img_header.append(card, end=True)
-    sci = fits.ImageHDU(np.asarray(image, dtype=np.float32), header=img_header, name=extname or "SCI")
-    msk = fits.ImageHDU(mask.astype(np.uint8), name=mask_extname)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fits.HDUList([primary, sci, msk]).writeto(out, overwrite=False, output_verify="silentfix")
-    logger.info("wrote %s (%s + %s)", out, sci.name, mask_extname)
+    extname = extname or "SCI"
+    mask_header = wcs_header(img_header)
+    mask_header["KCRSRCEX"] = (extname, "image extension this mask belongs to")
+    mask_header["BUNIT"] = ("", "1 = flagged, 0 = not")
+    with new_fits_file(out) as f:
+        f.update_primary({**primary, **(provenance or {})})
+        f.append(np.asarray(image, dtype=np.float32), name=extname, header=img_header)
+        f.append(mask.astype(np.uint8), name=mask_extname, header=mask_header)
+    logger.info("wrote %s (%s + %s)", out, extname, mask_extname)
     return out

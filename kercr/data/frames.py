@@ -31,7 +31,7 @@ from kercr.data.normalization import NormalizationConfig, normalize
 from kercr.data.patches import make_patches
 from kercr.data.synthetic import VARIETIES, SyntheticConfig, dominant_source, make_frame, random_instrument, source_map
 from kercr.data.synthetic import extended_sources as render_extended_sources
-from kercr.data.weights import median_weight_map
+from kercr.data.pixel_weights import median_weight_map
 
 __all__ = ["SyntheticFrames", "FITSFrames", "frame_keys", "load_footprints", "patch_batches"]
 

@@ -57,7 +57,7 @@ from HDU 1 (``find_all_fits``, ``min_exposure``).
 Median weighting: Cosmic-CoNN subtracts each frame's median, takes the per-pixel median of the
 sky-subtracted frames (``prep_data``), then clips it to [1, 5] robust sigma, smooths it with a
 5 x 5 Gaussian (sigma 2), scales it to a peak of 1 and floors it at ``alpha``
-(``median_weighted_bce``); :func:`kercr.data.weights.median_weight_map` implements the same recipe.
+(``median_weighted_bce``); :func:`kercr.data.pixel_weights.median_weight_map` implements the same recipe.
 For training Cosmic-CoNN ignores the ignore mask except that it zeroes the 100 px boundary; for
 evaluation it zeroes prediction and truth on every pixel with a non-zero ignore code
 (``LCO_evaluate_and_save_masks``). kercr gives weight 0 to the pixels whose code has any of
@@ -97,7 +97,7 @@ from astropy.io import fits
 
 from kercr.data.errors import FITSFileNotFoundError, FITSFormatError, KercrDataError
 from kercr.data.frames import _CachedFrames
-from kercr.data.weights import median_weight_map
+from kercr.data.pixel_weights import median_weight_map
 
 __all__ = [
     "LCO_IGNORE_BOUNDARY", "LCO_IGNORE_NO_DATA", "LCO_IGNORE_SOURCE", "LCO_IGNORE_HOT_PIXEL", "LCO_IGNORE_ALL",
@@ -383,7 +383,7 @@ def lco_median_weights(exposure_set: LCOExposureSet, *, alpha=0.1, ignore_bits=L
                        smooth_sigma=2.0) -> np.ndarray:
     """Cosmic-CoNN median weights of each frame of an exposure set, 0 on ignored pixels.
 
-    :func:`kercr.data.weights.median_weight_map` of the set's median frame
+    :func:`kercr.data.pixel_weights.median_weight_map` of the set's median frame
     (:func:`lco_median_frame`, the median of the sky-subtracted frames), with frame ``k``'s ignored
     and non-finite pixels left out of the sky/noise statistics and set to 0. Frame ``k`` of the
     result equals the weight that :class:`LCOFrames` (``median_weights=True``) gives that frame
@@ -397,7 +397,7 @@ def lco_median_weights(exposure_set: LCOExposureSet, *, alpha=0.1, ignore_bits=L
     ignore_bits : int
         Ignore codes that get weight 0 (default: all of boundary, no data, sources, hot pixels).
     clip, smooth_sigma
-        As in :func:`kercr.data.weights.median_weight_map`.
+        As in :func:`kercr.data.pixel_weights.median_weight_map`.
 
     Returns
     -------

@@ -14,7 +14,7 @@ import numpy as np
 from kercr.data.augment import random_flip_rot90
 from kercr.data.frames import FITSFrames, SyntheticFrames, _stack, frame_keys, patch_batches
 from kercr.data.patches import make_patches
-from kercr.data.weights import alpha_floor
+from kercr.data.pixel_weights import alpha_floor
 
 __all__ = ["SyntheticFrames", "FITSFrames", "PatchBatches", "FixedBatches", "patch_batches"]
 

@@ -1,13 +1,14 @@
-"""tf.data adapter: stream ``(image, mask, weight)`` patches for ``model.fit``.
+"""tf.data adapter: kercr-prepare's sharded TFRecords of ``(image, mask, weight)`` patches.
 
-The only module of :mod:`kercr.data` that imports TensorFlow. Patches come from the numpy
-sources of :mod:`kercr.data.sources` (synthetic frames or FITS files), are interleaved across
-parallel workers, shuffled, augmented (random flips and 90-degree rotations applied identically to
-image, mask and weight), batched and prefetched. ``weight`` is passed to Keras as
-``sample_weight``: 0 on ignored pixels.
+The only module of :mod:`kercr.data` that imports TensorFlow. :func:`prepare_shards` cuts the
+frames of a frame source of :mod:`kercr.data.frames` (the frames ``kercr-train`` trains on) into
+patches and writes them as TFRecord shards; :func:`read_tfrecords` streams them back for
+``kercr-train --data DIR``: shuffled, augmented (random flips and 90-degree rotations applied
+identically to image, mask and weight), batched and prefetched. ``weight`` is passed to Keras as
+``sample_weight``: 0 on ignored pixels. Frames that are not prepared are served by the
+``PyDataset`` loader of :mod:`kercr.data.loader` instead.
 
-Sharded TFRecords (``write_tfrecords`` / ``read_tfrecords``) use ``tf.io.gfile`` paths, so local
-folders and ``gs://`` buckets work alike.
+Shards use ``tf.io.gfile`` paths, so local folders and ``gs://`` buckets work alike.
 """
 
 from __future__ import annotations
@@ -17,16 +18,9 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from kercr.data.sources import fits_patches, synthetic_patches
-
-__all__ = ["synthetic_dataset", "fits_dataset", "augment", "write_tfrecords", "read_tfrecords", "prepare_shards"]
+__all__ = ["augment", "write_tfrecords", "read_tfrecords", "prepare_shards"]
 
 logger = logging.getLogger(__name__)
-
-
-def _signature(patch_size):
-    spec = tf.TensorSpec((patch_size, patch_size, 1), tf.float32)
-    return (spec, spec, spec)
 
 
 def augment(image, mask, weight, seed):
@@ -49,44 +43,6 @@ def _finish(ds, *, batch_size, shuffle, augment_data, seed, repeat):
     if repeat:
         ds = ds.repeat()
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-
-
-def synthetic_dataset(*, seed, batch_size=8, patch_size=256, frames_per_worker=None, num_workers=4, shape=(4096, 2048),
-                      patches_per_frame=None, shuffle=1024, augment_data=True, config=None, normalization=None):
-    """Batches of ``(image, mask, weight)`` from synthetic frames, ``num_workers`` generators interleaved.
-
-    Worker ``k`` generates the frames of seed ``(seed, k)``, so a run is reproducible for a seed and
-    workers never repeat each other. ``frames_per_worker=None`` streams forever.
-    """
-
-    def worker(k):
-        return tf.data.Dataset.from_generator(
-            lambda k: synthetic_patches(seed=(seed, int(k)), n_frames=frames_per_worker, shape=shape,
-                                        patch_size=patch_size, patches_per_frame=patches_per_frame, config=config,
-                                        normalization=normalization),
-            output_signature=_signature(patch_size), args=(k,))
-
-    ds = tf.data.Dataset.range(num_workers).interleave(worker, cycle_length=num_workers, block_length=1,
-                                                        num_parallel_calls=num_workers, deterministic=True)
-    return _finish(ds, batch_size=batch_size, shuffle=shuffle, augment_data=augment_data, seed=seed, repeat=False)
-
-
-def fits_dataset(paths, *, seed, batch_size=8, patch_size=256, patches_per_frame=None, num_workers=4, shuffle=1024,
-                 augment_data=True, repeat=False, normalization=None):
-    """Batches from FITS files (labelled files with a CRMASK extension, or clean frames + simulated CRs)."""
-    paths = [str(p) for p in paths]
-    if not paths:
-        raise ValueError("no FITS files given; pass a non-empty list of paths.")
-
-    def worker(i):
-        return tf.data.Dataset.from_generator(
-            lambda i: fits_patches([paths[int(i)]], seed=(seed, int(i)), patch_size=patch_size,
-                                   patches_per_frame=patches_per_frame, normalization=normalization),
-            output_signature=_signature(patch_size), args=(i,))
-
-    order = tf.data.Dataset.range(len(paths)).shuffle(len(paths), seed=seed) if shuffle else tf.data.Dataset.range(len(paths))
-    ds = order.interleave(worker, cycle_length=num_workers, num_parallel_calls=num_workers, deterministic=True)
-    return _finish(ds, batch_size=batch_size, shuffle=shuffle, augment_data=augment_data, seed=seed, repeat=repeat)
 
 
 def _feature(array):
@@ -149,7 +105,7 @@ def prepare_shards(source, exposure_ids, out_dir, *, patch_size=256, patches_per
 
     Parameters
     ----------
-    source : kercr.data.loader.SyntheticFrames or FITSFrames
+    source : kercr.data.frames.SyntheticFrames, FITSFrames or kercr.data.lco.LCOFrames
         Frame source: normalized frames with CR truth and pixel weights.
     exposure_ids : list
         Exposures to use.

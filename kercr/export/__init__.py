@@ -1,6 +1,6 @@
 """Export kercr models for serving: TF Serving SavedModels and TFLite (LiteRT) files.
 
-The library behind ``kercr-export`` (:func:`kercr.export.cli.main`). TensorFlow is imported only
+The library behind ``kercr-export`` (:func:`kercr.cli.export.main`). TensorFlow is imported only
 by the submodules that need it, so ``import kercr.export`` stays light.
 
 >>> from kercr.export import export_model

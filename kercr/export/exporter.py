@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from kercr.export.source import ExportError, load_model_source
+from kercr.model_files import file_sha256, write_normalization
 
 __all__ = ["FORMATS", "ExportResult", "export_model", "next_version", "SAVEDMODEL_TOLERANCE",
            "TFLITE_FLOAT32_TOLERANCE"]
@@ -115,15 +115,6 @@ def _resolve_tile(model, tile, description):
     return tile, multiple, False
 
 
-def file_sha256(path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _int8_input_step(runner) -> dict | None:
     """Scale of the int8 input quantization (noise units per step) of a full-integer model."""
     details = {t["index"]: t for t in runner.interpreter.get_tensor_details()}
@@ -178,7 +169,8 @@ def _float32_failure(source, report, patches, tile) -> ExportError:
 def _export_tflite(source, staging: Path, name, tile, quantize, patches, normalized, reference,
                    calibration, fpr, threshold, num_threads, exact=None) -> dict:
     from kercr.export.parity import compare
-    from kercr.export.tflite import VARIANT_NAMES, TFLiteRunner, convert
+    from kercr.export.litert import TFLiteRunner
+    from kercr.export.tflite import VARIANT_NAMES, convert
 
     folder = staging / "tflite"
     folder.mkdir()
@@ -333,7 +325,7 @@ def export_model(source, out, *, formats=FORMATS, quantize=("none",), name="kerc
             parity["tflite"] = _export_tflite(src, staging, name, tile, quantize, patches, normalized, reference,
                                               calibration, fpr, threshold, num_threads, exact=exact)
         (staging / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
-        (staging / "normalization.json").write_text(json.dumps(src.normalization.to_dict(), indent=2) + "\n")
+        write_normalization(staging, src.normalization)
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         manifest = {
             "kercr_version": __version__,

@@ -33,7 +33,7 @@ order, then ``(image - background) / noise`` in float32. The background map is b
 numpy's; the noise map is not quite: numpy's float32 sums (pairwise) and TensorFlow's round
 differently in the clipped standard deviation, which moves the noise by up to ~8e-7 relative.
 Measured in a tf.function with unknown H and W on the frames of
-tests/test_export_tf_normalization.py (white noise with a gradient and a galaxy, integer-valued
+tests/export/test_tf_normalization.py (white noise with a gradient and a galaxy, integer-valued
 with block MADs of 0, NaN regions with an all-NaN block, 100 x 77, 20 x 13, 33 x 95; block sizes
 8, 16, 32; asinh on and off; four seeds): max |TF - numpy| = 8.0e-7 x max(1, |normalized|)
 (4.3e-4 noise units at ~1000).

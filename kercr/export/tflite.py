@@ -1,7 +1,7 @@
-"""TFLite (LiteRT) conversion in four precisions, and a small runner around the LiteRT interpreter.
+"""TFLite (LiteRT) conversion in four precisions (the files run in :mod:`kercr.export.litert`).
 
 The TFLite models take a **normalized** image (``kercr.data.normalize`` in numpy before the
-interpreter; :meth:`TFLiteRunner.predict_raw` does it): the normalization's sort-based median and
+interpreter; :meth:`kercr.export.litert.TFLiteRunner.predict_raw` does it): the normalization's sort-based median and
 data-dependent clipping are not TFLite builtins and would not quantize. Input ``image`` and output
 ``cr_probability`` are float32 ``[1, H, W, 1]`` in every variant (the int8 model quantizes and
 dequantizes inside).
@@ -25,15 +25,11 @@ Variants (``quantize``):
 from __future__ import annotations
 
 import logging
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["QUANTIZE_MODES", "VARIANT_NAMES", "convert", "TFLiteRunner", "ParallelTFLiteRunner", "available_cpus"]
+__all__ = ["QUANTIZE_MODES", "VARIANT_NAMES", "convert"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,169 +116,3 @@ def convert(model, *, tile: int, quantize: str = "none", representative=None) ->
     if not fixed:
         flatbuffer = _set_default_input_shape(flatbuffer, [1, tile, tile, 1])
     return flatbuffer
-
-
-class TFLiteRunner:
-    """Run a kercr TFLite file with the LiteRT interpreter (batch 1, resizing as needed).
-
-    Parameters
-    ----------
-    model : str, path-like or bytes
-        ``.tflite`` file or flatbuffer.
-    num_threads : int, optional
-        CPU threads of the interpreter (and of its XNNPACK delegate).
-    """
-
-    def __init__(self, model, *, num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        if isinstance(model, (bytes, bytearray)):
-            self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
-        else:
-            self.interpreter = Interpreter(model_path=str(Path(model)), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
-        self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
-        self.shape = tuple(int(s) for s in self._input["shape"])
-        self.resizable = bool(np.any(self._input["shape_signature"] < 0))
-
-    def ops(self) -> dict:
-        """Which ops the XNNPACK delegate runs and which stay on TFLite's own kernels.
-
-        Returns
-        -------
-        dict
-            ``{"xnnpack_partitions": int, "xnnpack": {op: count}, "tflite_kernels": {op: count}}``.
-            A delegate node replaces a partition of the graph; its ops are found by walking back
-            from the partition's outputs to its inputs.
-        """
-        nodes = self.interpreter._get_ops_details()
-        delegates = [n for n in nodes if n["op_name"] == "DELEGATE"]
-        producer = {int(t): n["index"] for n in nodes if n["op_name"] != "DELEGATE" for t in n["outputs"]}
-        by_index = {n["index"]: n for n in nodes}
-        covered = set()
-        for d in delegates:
-            boundary = {int(t) for t in d["inputs"]}
-            stack = [int(t) for t in d["outputs"]]
-            while stack:
-                i = producer.get(stack.pop())
-                if i is None or i in covered:
-                    continue
-                covered.add(i)
-                stack.extend(int(t) for t in by_index[i]["inputs"] if int(t) >= 0 and int(t) not in boundary)
-
-        def count(selected):
-            out: dict = {}
-            for n in selected:
-                out[n["op_name"]] = out.get(n["op_name"], 0) + 1
-            return dict(sorted(out.items()))
-
-        others = [n for n in nodes if n["op_name"] != "DELEGATE"]
-        return {"xnnpack_partitions": len(delegates),
-                "xnnpack": count(n for n in others if n["index"] in covered),
-                "tflite_kernels": count(n for n in others if n["index"] not in covered)}
-
-    def _resize(self, height, width):
-        if (1, height, width, 1) == self.shape:
-            return
-        if not self.resizable:
-            raise ValueError(f"this TFLite model has a fixed input shape {list(self.shape)}; got a "
-                             f"{height} x {width} image. Cut tiles of {self.shape[1]} x {self.shape[2]}.")
-        self.interpreter.resize_tensor_input(self._input["index"], [1, height, width, 1])
-        self.interpreter.allocate_tensors()
-        self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
-        self.shape = (1, height, width, 1)
-
-    def predict(self, normalized) -> np.ndarray:
-        """CR probability of normalized images.
-
-        Parameters
-        ----------
-        normalized : array_like, shape (H, W), (B, H, W) or (B, H, W, 1)
-            Output of ``kercr.data.normalize``.
-
-        Returns
-        -------
-        numpy.ndarray, float32, same shape as ``normalized``
-        """
-        x = np.asarray(normalized, dtype=np.float32)
-        shape = x.shape
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim == 4:
-            x = x[..., 0]
-        if x.ndim != 3:
-            raise ValueError(f"normalized images have shape {shape}; pass (H, W), (B, H, W) or (B, H, W, 1).")
-        out = np.empty(x.shape, np.float32)
-        self._resize(x.shape[1], x.shape[2])
-        for i, image in enumerate(x):
-            self.interpreter.set_tensor(self._input["index"], image[None, :, :, None])
-            self.interpreter.invoke()
-            out[i] = self.interpreter.get_tensor(self._output["index"])[0, :, :, 0]
-        return out.reshape(shape)
-
-    def predict_raw(self, image, *, config=None) -> np.ndarray:
-        """Normalize one raw (H, W) image with ``kercr.data.normalize`` and predict."""
-        from kercr.data.normalization import normalize
-
-        normalized, _ = normalize(image, config=config)
-        return self.predict(normalized)
-
-
-def available_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
-class ParallelTFLiteRunner:
-    """Several LiteRT interpreters of one model, the images of each batch split between them.
-
-    LiteRT's own threads split every layer of one image and meet after each layer; on this
-    project's 2-core machine, two one-thread interpreters working on different tiles run the
-    shipped int8 model 12-14 % faster than one two-thread interpreter (BENCHMARKS.md, "Speed
-    of the shipped model"). Outputs are those of :class:`TFLiteRunner` (each image still goes
-    through one interpreter). Calls are serialized by a lock, so one instance may be shared
-    between threads.
-
-    Parameters
-    ----------
-    model : str, path-like or bytes
-        ``.tflite`` file or flatbuffer.
-    num_threads : int, optional
-        CPU threads in all. Default: the cores this process may use (:func:`available_cpus`).
-    max_workers : int
-        At most this many interpreters (default 2); ``num_threads`` is shared out between them.
-        Each holds its own activation buffers, about 180 MB for the shipped int8 model on a
-        512-pixel tile, so more would cost memory for little: the gain is on few cores.
-    """
-
-    def __init__(self, model, *, num_threads: int | None = None, max_workers: int = 2):
-        threads = available_cpus() if num_threads is None else int(num_threads)
-        if threads < 1:
-            raise ValueError(f"num_threads={num_threads}: pass a number of CPU threads >= 1, or None for every core.")
-        if int(max_workers) < 1:
-            raise ValueError(f"max_workers={max_workers}: pass 1 or more interpreters.")
-        workers = min(threads, int(max_workers))
-        self.runners = [TFLiteRunner(model, num_threads=max(1, threads // workers)) for _ in range(workers)]
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="kercr-tflite") if workers > 1 else None
-        self._lock = threading.Lock()
-
-    @property
-    def workers(self) -> int:
-        """Number of interpreters."""
-        return len(self.runners)
-
-    def predict(self, normalized) -> np.ndarray:
-        """CR probability of normalized images; same shapes and values as :meth:`TFLiteRunner.predict`."""
-        x = np.asarray(normalized, dtype=np.float32)
-        if self._executor is None or x.ndim < 3 or x.shape[0] < 2:
-            with self._lock:
-                return self.runners[0].predict(x)
-        parts = [part for part in np.array_split(np.arange(x.shape[0]), self.workers) if part.size]
-        with self._lock:
-            futures = [self._executor.submit(runner.predict, x[part]) for runner, part in zip(self.runners, parts)]
-            return np.concatenate([f.result() for f in futures], axis=0)

@@ -4,6 +4,7 @@
 >>> model = build_model("transunet", num_heads=6, num_layers=6, mlp_dim=64)
 """
 
+from kercr.models.geometry import input_multiple, receptive_field_radius
 from kercr.models.layers import PositionEmbedding
 from kercr.models.registry import (
     DEEPCR_ORIGINAL_PARAMS,
@@ -14,7 +15,6 @@ from kercr.models.registry import (
     count_trainable,
     flip_average_model,
     get_spec,
-    input_multiple,
     list_models,
     logit_model,
     model_kwargs,
@@ -39,5 +39,6 @@ __all__ = [
     "list_models",
     "logit_model",
     "model_kwargs",
+    "receptive_field_radius",
     "register_model",
 ]

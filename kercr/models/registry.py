@@ -14,6 +14,7 @@ from typing import Callable
 
 import keras
 
+from kercr.data.augment import FLIP_AXES  # the views kercr.detect averages
 from kercr.models.transunet import build_transunet
 from kercr.models.unet import build_unet
 
@@ -125,8 +126,6 @@ def flip_average_model(model: keras.Model) -> keras.Model:
     is what ``kercr.detect(..., tta=True)`` computes tile by tile, in a graph that SavedModel and
     TFLite exports carry. Weights are shared with ``model``; input and output shapes are its own.
     """
-    from kercr.inference import FLIP_AXES  # the views detect() averages
-
     scorer = logit_model(model)
     inner = scorer or model
     x = keras.Input(shape=tuple(model.input_shape[1:]), name="image")
@@ -142,27 +141,6 @@ def flip_average_model(model: keras.Model) -> keras.Model:
     mean = keras.layers.Average(name="flip_average")(views)
     out = keras.layers.Activation("sigmoid", name="probability")(mean) if scorer is not None else mean
     return keras.Model(x, out, name=f"{model.name}_flips")
-
-
-def input_multiple(model: keras.Model) -> int:
-    """The number the input height and width must be divisible by.
-
-    For a model with a fixed tile size (TransUNet) this is the tile size itself. A model nested
-    inside another (a wrapper, an ensemble of kercr networks) contributes its own multiple as a
-    factor: an upper bound, so any size it allows is valid for every part.
-    """
-    fixed = model.input_shape[1]
-    if fixed is not None:
-        return int(fixed)
-    multiple = 1
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.MaxPooling2D):
-            multiple *= int(layer.strides[0])
-        elif type(layer) is keras.layers.Conv2D:
-            multiple *= int(layer.strides[0])
-        elif isinstance(layer, keras.Model):
-            multiple *= input_multiple(layer)
-    return multiple
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,6 @@
 
 import sys
 
-from kercr.tuning.cli import main
+from kercr.cli.tune import main
 
 sys.exit(main())

@@ -17,6 +17,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from kercr.model_files import write_normalization
 from kercr.tuning.tuners import MODEL_FILE, PARAMS, POOLED_DICE, POOLED_TPR
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def write_results(tuner, space, out) -> list[dict]:
             )
             return rows
     normalization = space.train_config().normalization_config()  # what every trial trained with
-    (out / "normalization.json").write_text(json.dumps(normalization.to_dict(), indent=2) + "\n")
+    write_normalization(out, normalization)
     (out / "best_trial.json").write_text(json.dumps(
         {**best, "hyperparameters": tuner.oracle.get_trial(best["trial"]).hyperparameters.values},
         indent=2, sort_keys=True, default=str) + "\n")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 __all__ = ["average_runs"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kercr.weights.average")  # not "__main__" under python -m: kercr's handler shows it
 
 
 def average_runs(run_dirs, out, *, weights=None) -> Path:
@@ -110,21 +110,22 @@ def average_runs(run_dirs, out, *, weights=None) -> Path:
     return out / "best.keras"
 
 
+def _average(parser, args) -> int:
+    path = average_runs(args.run_dirs, args.out, weights=args.weights)
+    print(f"averaged {len(args.run_dirs)} runs -> {path}")
+    return 0
+
+
 def main(argv=None) -> int:
+    """``python -m kercr.weights.average``; returns the exit status (1: a bad run directory or --out)."""
+    from kercr.cli.common import add_verbosity, run
+
     parser = argparse.ArgumentParser(prog="python -m kercr.weights.average", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", help="finished kercr-train run directories (the first one's "
                                                     "config and validation patches are kept)")
     parser.add_argument("--out", required=True, help="new run directory for the averaged model")
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per run (default: equal)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        path = average_runs(args.run_dirs, args.out, weights=args.weights)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"average: error: {err}", file=sys.stderr)
-        return 2
-    print(f"averaged {len(args.run_dirs)} runs -> {path}")
-    return 0
+    return run(add_verbosity(parser), _average, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kercr.weights import DEFAULT_NAME, WEIGHTS_DIR
 
-__all__ = ["make_card", "ship"]
+__all__ = ["PREBUILT_RUNTIMES", "make_card", "prebuild", "ship"]
 
 _VALIDATION_KEYS = ("tpr_at_fpr_1e-4", "tpr_at_fpr_1e-3", "precision_at_recall_0.95", "dice", "best_dice",
                     "best_dice_threshold", "cr_pixels", "non_cr_pixels", "ignored_pixels")
@@ -125,7 +125,76 @@ def ship(run_dir, *, command: str, dest=WEIGHTS_DIR, name: str = DEFAULT_NAME, r
     return targets[0]
 
 
+#: The runtimes whose TFLite files ship prebuilt beside the shipped model (its card's runtime).
+PREBUILT_RUNTIMES = ("tflite-int8",)
+
+
+def prebuild(keras_file, *, runtimes=PREBUILT_RUNTIMES, parity_patches: int = 8) -> dict:
+    """Write the TFLite files of a model beside it and record them, its geometry and their parity in its card.
+
+    The files are what ``kercr.detect`` would otherwise convert on first use
+    (:func:`kercr.detection.runtimes.convert_for_runtime`, bit for bit), named
+    ``{stem}-{variant}.tflite``. The card (``{stem}.json``) gains ``"geometry"`` (input multiple,
+    fixed size, receptive-field radius, locality: what detection tiles with, so it needs no
+    Keras) and ``"tflite"``: per runtime the file, its size and SHA-256, the SHA-256 of the
+    ``.keras`` file it was made from (detection ignores a file made from another model) and its
+    parity with Keras on ``parity_patches`` synthetic 256 x 256 patches (seed 1; see
+    :func:`kercr.export.parity.compare`). Needs TensorFlow.
+
+    Returns
+    -------
+    dict
+        The updated card.
+    """
+    from kercr.detection.loading import describe, model_geometry  # heavy: TensorFlow
+    from kercr.detection.runtimes import convert_for_runtime
+    from kercr.export.litert import TFLiteRunner
+    from kercr.export.parity import compare, keras_predict, normalized_patches, synthetic_patches
+    from kercr.model_files import file_sha256, load_keras_model, read_card, write_json
+
+    keras_file = Path(keras_file)
+    model = load_keras_model(keras_file)
+    card = read_card(keras_file)
+    card.pop("geometry", None)
+    card.pop("tflite", None)
+    loaded = describe(model, name=str(keras_file), path=keras_file, card=card)
+    patches = synthetic_patches(parity_patches, tile=loaded.fixed_size or 256, seed=1)
+    normalized = normalized_patches(patches.image_adu, loaded.normalization)
+    reference = keras_predict(model, normalized)
+    entries = {}
+    for runtime in runtimes:
+        variant = runtime.removeprefix("tflite-")
+        quantize = "none" if variant == "float32" else variant
+        target = keras_file.with_name(f"{keras_file.stem}-{variant}.tflite")
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_bytes(convert_for_runtime(loaded, quantize))
+        partial.replace(target)
+        parity = compare(reference, TFLiteRunner(target, num_threads=1).predict(normalized), patches,
+                         threshold=loaded.threshold)
+        entries[runtime] = {"file": target.name, "bytes": target.stat().st_size, "sha256": file_sha256(target),
+                            "source_sha256": file_sha256(keras_file),
+                            "parity_vs_keras": {k: parity[k] for k in ("max_abs_delta_p", "mean_abs_delta_p",
+                                                                       "flipped_pixels", "tpr_at_fpr", "dice")
+                                                if k in parity},
+                            "parity_note": f"{parity_patches} synthetic 256 x 256 patches (seed 1), one view each"}
+    card["geometry"] = model_geometry(model)
+    card["tflite"] = entries
+    write_json(keras_file.with_suffix(".json"), card)
+    return card
+
+
+def _ship(parser, args) -> int:
+    notes = json.loads(Path(args.notes).read_text()) if args.notes else None
+    path = ship(args.run_dir, command=args.command, dest=args.dest, runtime=args.runtime, tta=args.tta, notes=notes,
+                force=args.force)
+    print(f"shipped {args.run_dir} -> {path}")
+    return 0
+
+
 def main(argv=None) -> int:
+    """``python -m kercr.weights.ship``; returns the exit status (1: a bad run directory or files in the way)."""
+    from kercr.cli.common import add_verbosity, run
+
     parser = argparse.ArgumentParser(prog="python -m kercr.weights.ship", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="finished kercr-train run directory")
     parser.add_argument("--command", required=True, help="the exact command that reproduces the run")
@@ -135,16 +204,7 @@ def main(argv=None) -> int:
     parser.add_argument("--notes", metavar="JSON", help="JSON file of extra card entries (real-frame checks)")
     parser.add_argument("--dest", default=str(WEIGHTS_DIR), help="destination directory (default kercr/weights)")
     parser.add_argument("--force", action="store_true", help="replace an existing shipped model")
-    args = parser.parse_args(argv)
-    notes = json.loads(Path(args.notes).read_text()) if args.notes else None
-    try:
-        path = ship(args.run_dir, command=args.command, dest=args.dest, runtime=args.runtime, tta=args.tta, notes=notes,
-                    force=args.force)
-    except (FileNotFoundError, FileExistsError) as err:
-        print(f"ship: error: {err}", file=sys.stderr)
-        return 2
-    print(f"shipped {args.run_dir} -> {path}")
-    return 0
+    return run(add_verbosity(parser), _ship, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,178 @@
+"""``kercr-detect`` (cosmic-ray masks of FITS files) and ``kercr-evaluate`` (a model's scores on
+labelled frames).
+
+``kercr-detect`` runs :func:`kercr.detection.files.detect_file` on every input (its docstring
+describes the output files: a copy of the input plus ``CRMASK``/``<EXTNAME>_CRMASK``, optional
+``CRPROB`` and ``CLEAN`` extensions, provenance in the headers) and logs a summary; one bad input
+does not stop the others. ``kercr-evaluate`` scores a model on labelled frames, see
+:mod:`kercr.evaluate_report`.
+
+Verbosity is every kercr command's (:mod:`kercr.cli.common`): INFO progress lines by default,
+``-q`` warnings and errors only, ``-v`` debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from kercr.cli.common import add_verbosity, run
+from kercr.config import CLEAN_METHODS, RUNTIMES
+
+__all__ = ["detect_main", "detect_parser", "evaluate_main", "evaluate_parser"]
+
+logger = logging.getLogger("kercr.cli.detect")
+
+
+def _model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options kercr-detect and kercr-evaluate share: which model, and how to run it."""
+    parser.add_argument("--model", default="default",
+                        help="'default' (the model shipped in kercr/weights), a trained .keras file, or a "
+                             "kercr-train run directory (best.keras). Registry names are untrained and refused.")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="CR probability threshold (default: the model card's, chosen on validation "
+                             "for 0.01 %% false positives; for a run directory without a card, its "
+                             "metrics.json threshold_at_fpr_1e-4; else 0.5).")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                        help="inference engine (default auto: the model card's runtime, else keras). "
+                             "tflite-int8 is ~2x faster; check its quality first with kercr-evaluate.")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each tile's prediction over its four flips (4x the time; default: the "
+                             "model card's choice, on for the shipped model).")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="tile side in pixels (default 512: peak memory < 1.5 GB for a 2k x 4k CCD).")
+    parser.add_argument("--overlap", type=int, default=None,
+                        help="tile margin in pixels (default: the network's receptive field).")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="tiles per call (default 4 with TFLite, shared out between its interpreters; 1 with Keras).")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of the TFLite runtimes (default: every core this process may use).")
+    parser.add_argument("--keep-saturated", action="store_true",
+                        help="do not exclude pixels at or above the header's SATURATE level.")
+    return add_verbosity(parser)
+
+
+def detect_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``kercr-detect``."""
+    parser = argparse.ArgumentParser(
+        prog="kercr-detect",
+        description="Find cosmic rays in FITS images. For each input, a NEW file <stem>_crmask.fits is written "
+                    "(beside the input, or in --out) holding a copy of the input plus a uint8 mask extension "
+                    "per CCD (1 = cosmic ray): CRMASK for a single-image file, <EXTNAME>_CRMASK (e.g. "
+                    "N4_CRMASK) for a multi-extension file such as a DECam exposure; with --clean, a float32 "
+                    "cleaned image (CLEAN / <EXTNAME>_CLEAN) beside each mask. Inputs are never "
+                    "modified and no file is ever overwritten.",
+        epilog="Exit status: 0 when every input was processed, 1 when any failed (the others are still "
+               "processed), 2 for bad options. Example: kercr-detect c4d_*_ooi_*.fits.fz --out masks/",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE", help="FITS files (.fits, .fits.fz, .fits.gz).")
+    parser.add_argument("--ext", default="all",
+                        help="image extensions to process: 'all' (default: every image HDU but error, variance, "
+                             "weight and data-quality planes such as ERR, VAR, DQ), or names/indices separated by "
+                             "commas, e.g. N4,S22.")
+    parser.add_argument("--dilate", type=int, default=0, metavar="N",
+                        help="grow the mask by N pixels (3x3 element, N times; default 0).")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output directory (default: beside each input).")
+    parser.add_argument("--suffix", default="_crmask", help="output name suffix (default _crmask).")
+    parser.add_argument("--save-probability", action="store_true",
+                        help="also write the float32 CR probability (CRPROB / <EXTNAME>_CRPROB).")
+    parser.add_argument("--clean", nargs="?", const=CLEAN_METHODS[0], default=None, choices=CLEAN_METHODS,
+                        metavar="METHOD",
+                        help="also write a float32 cleaned image (CLEAN / <EXTNAME>_CLEAN): the mask's pixels "
+                             "(after --dilate) replaced by the median (default), mean or inverse-distance-weighted "
+                             f"mean ('idw') of their non-CR neighbours. METHOD: {', '.join(CLEAN_METHODS)}; put a bare "
+                             "--clean after the file names.")
+    return _model_args(parser)
+
+
+def _check_model_args(parser, args) -> None:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold {args.threshold}: pass a probability in [0, 1].")
+
+
+def _detect(parser, args) -> int:
+    if args.dilate < 0:
+        parser.error(f"--dilate {args.dilate}: pass a number of pixels >= 0.")
+    _check_model_args(parser, args)
+    # heavy: keeps TensorFlow off --help
+    from kercr.detection import load_model
+    from kercr.detection.files import detect_file
+
+    loaded = load_model(args.model)  # a bad model stops the command: kercr.cli.common.run reports it
+    failed = []
+    total = len(args.files)
+    for i, name in enumerate(args.files, 1):
+        try:
+            detect_file(name, out_dir=args.out, suffix=args.suffix, model=loaded, ext=args.ext,
+                        threshold=args.threshold, dilate=args.dilate, save_probability=args.save_probability,
+                        clean=args.clean, runtime=args.runtime, tta=args.tta, tile=args.tile, overlap=args.overlap,
+                        batch_size=args.batch_size, num_threads=args.threads,
+                        exclude_saturated=not args.keep_saturated, log_prefix=f"[{i}/{total}] ")
+        except Exception as err:  # one bad input must not stop the others (KeyboardInterrupt does)
+            logger.error("[%d/%d] %s failed: %s", i, total, name, err, exc_info=logger.isEnabledFor(logging.DEBUG))
+            failed.append(str(name))
+    if failed:
+        logger.error("%d of %d input(s) failed: %s", len(failed), total, ", ".join(failed))
+        return 1
+    return 0
+
+
+def detect_main(argv=None) -> int:
+    """``kercr-detect``: write a CR mask FITS file for every input; returns the exit status."""
+    return run(detect_parser(), _detect, argv)
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``kercr-evaluate``."""
+    parser = argparse.ArgumentParser(
+        prog="kercr-evaluate",
+        description="Score a CR model on labelled frames: pooled TPR at 0.01 % and 0.1 % FPR, precision at "
+                    "95 % recall, Dice at the default and the best threshold, each without and with 3x3 "
+                    "dilation of the prediction, ignored pixels excluded. Writes metrics.json and PNG plots "
+                    "(ROC, PR, prediction maps, activation and attention maps) to --out.",
+        epilog="Labelled FITS files hold the image (first image extension), the truth in an extension "
+               "CRMASK (non-zero = CR) and optionally IGNORE (non-zero = excluded). Without files, "
+               "--synthetic N scores N synthetic DECam-like frames.",
+    )
+    parser.add_argument("files", nargs="*", metavar="FILE", help="labelled FITS files (image + CRMASK [+ IGNORE]).")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="N", help="score N synthetic frames.")
+    parser.add_argument("--frame-shape", type=int, nargs=2, default=[1024, 1024], metavar=("NY", "NX"),
+                        help="synthetic frame shape in pixels (default 1024 1024).")
+    parser.add_argument("--seed", type=int, default=1000, help="synthetic test-set seed (default 1000).")
+    parser.add_argument("--cr-rate-scale", type=float, default=5.0,
+                        help="synthetic CR rate as a multiple of DECam's (default 5, as kercr-train).")
+    parser.add_argument("--maps", type=int, default=3, help="frames drawn as prediction maps (default 3).")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (metrics.json, *.png).")
+    return _model_args(parser)
+
+
+def _evaluate(parser, args) -> int:
+    if not args.files and args.synthetic < 1:
+        parser.error("give labelled FITS files or --synthetic N.")
+    _check_model_args(parser, args)
+    # heavy: keeps TensorFlow off --help
+    from kercr.detection import load_model
+    from kercr.evaluate_report import evaluate
+
+    report = evaluate(
+        files=args.files, synthetic=args.synthetic, frame_shape=tuple(args.frame_shape), seed=args.seed,
+        cr_rate_scale=args.cr_rate_scale, model=load_model(args.model), out=args.out, threshold=args.threshold,
+        runtime=args.runtime, tta=args.tta, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+        num_threads=args.threads, exclude_saturated=not args.keep_saturated, maps=args.maps)
+    m, d = report["prediction"], report["prediction_dilated_3x3"]
+    # The result is the command's output: on stdout, -q or not.
+    print(f"TPR at 0.01 % FPR {m['tpr_at_fpr_1e-4']:.4f} (dilated {d['tpr_at_fpr_1e-4']:.4f}), at 0.1 % "
+          f"{m['tpr_at_fpr_1e-3']:.4f}; precision at 95 % recall {m['precision_at_recall_0.95']:.4f}; Dice "
+          f"{m['dice']:.4f} (dilated {d['dice']:.4f}); wrote {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def evaluate_main(argv=None) -> int:
+    """``kercr-evaluate``: pooled-pixel metrics and plots of a model on labelled frames."""
+    return run(evaluate_parser(), _evaluate, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(detect_main())

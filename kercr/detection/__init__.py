@@ -1,0 +1,25 @@
+"""Cosmic-ray detection on full frames (``kercr.detect``) and on FITS files.
+
+Modules, from the bottom up:
+
+- :mod:`~kercr.detection.loading`: :func:`load_model` and :class:`LoadedModel` (the model, its
+  card, normalization, threshold and tiling geometry), through :mod:`kercr.model_files`;
+- :mod:`~kercr.detection.runtimes`: Keras or LiteRT (prebuilt or converted TFLite files), the
+  four-flip average;
+- :mod:`~kercr.detection.tiling`: overlapping tiles, stitched without seams;
+- :mod:`~kercr.detection.inputs`: the image types accepted and the header numbers read;
+- :mod:`~kercr.detection.result`: :class:`DetectionResult`;
+- :mod:`~kercr.detection.detector`: :func:`detect`, which puts them together;
+- :mod:`~kercr.detection.files`: FITS files in, new FITS files out (``kercr-detect``).
+
+With the shipped model (LiteRT, prebuilt int8 file) none of these import TensorFlow or Keras.
+"""
+
+from kercr.config import RUNTIMES
+from kercr.detection.detector import detect
+from kercr.detection.loading import LoadedModel, ModelLoadError, load_model
+from kercr.detection.result import DetectionResult
+from kercr.detection.runtimes import resolve_runtime, resolve_tta
+
+__all__ = ["RUNTIMES", "DetectionResult", "LoadedModel", "ModelLoadError", "detect", "load_model",
+           "resolve_runtime", "resolve_tta"]

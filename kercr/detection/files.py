@@ -1,0 +1,234 @@
+"""FITS files in, new FITS files out: the per-file work of ``kercr-detect`` (:func:`detect_file`).
+
+For every input FITS file, :func:`detect_file` writes a NEW file holding a byte-for-byte copy of
+the input (every HDU, in the same order, so HDU indices are unchanged) followed by one ``uint8``
+CR mask extension (1 = cosmic ray) per processed CCD and, with ``save_probability``, one
+``float32`` probability extension. Naming (:func:`mask_extname`): a file with a single image HDU
+gets ``CRMASK`` (and ``CRPROB``); a multi-extension file gets ``<EXTNAME>_CRMASK`` (e.g.
+``N4_CRMASK``) and ``<EXTNAME>_CRPROB``, with the image's ``EXTVER`` (HST's ``SCI,1`` and ``SCI,2``
+get ``SCI_CRMASK,1`` and ``SCI_CRMASK,2``). Each mask header names its image (``KCRSRCEX``) and
+carries the provenance (``KCRVER`` kercr version, ``KCRMODEL``, ``KCRTHR`` threshold, ``KCRDATE``
+UTC date, ``KCRRUNT`` runtime, ``KCRTTA`` whether the four flips were averaged, ``KCRDIL``
+dilation, tiling, counts) and the image's WCS keywords; the primary header carries the same
+provenance and ``KCRSRC`` (the input's name).
+
+With ``clean=METHOD`` every processed CCD also gets a ``float32`` cleaned image, ``CLEAN`` (or
+``<EXTNAME>_CLEAN``), after its mask: the image with the pixels of the written mask (after
+``dilate``) replaced by :func:`kercr.data.clean_image` (``median``, ``mean`` or ``idw``), every
+other pixel as the input. Its header holds the same provenance plus ``KCRCLEAN`` (method) and
+``KCRNCLN`` (pixels replaced), and the image's ``BUNIT``.
+
+The file is written by :func:`kercr.data.fits_io.new_fits_file`: under a temporary name, renamed
+at the end; inputs are never modified, no file is ever overwritten, and a failure leaves nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["FITS_SUFFIXES", "detect_file", "mask_extname", "output_path", "select_extensions"]
+
+logger = logging.getLogger(__name__)
+
+#: Names a FITS file may end with; :func:`output_path` drops them (compressed inputs give plain FITS).
+FITS_SUFFIXES = (".fits.fz", ".fits.gz", ".fit.gz", ".fts.gz", ".fits", ".fit", ".fts", ".fz")
+#: HDUs never treated as CCD images (kercr-detect's own outputs and truth/ignore masks).
+_SKIP_EXT = re.compile(r"^(.*_)?(CRMASK|CRPROB|CLEAN|IGNORE)$", re.IGNORECASE)
+#: Planes beside the science image in SCI/ERR/DQ-style files (HST, JWST, Gemini, ...): not part of
+#: ``ext="all"``, though naming them still picks them.
+_AUX_EXT = re.compile(r"^(ERR|DQ|VAR|VARIANCE|IVAR|WHT|WEIGHT|MASK|BPM|CON|SAMP|TIME|OBJMASK)$", re.IGNORECASE)
+
+
+def output_path(path, out_dir=None, suffix="_crmask") -> Path:
+    """``<stem><suffix>.fits`` in ``out_dir`` (default: beside ``path``); compression suffixes dropped."""
+    path = Path(path)
+    name = path.name
+    for s in FITS_SUFFIXES:
+        if name.lower().endswith(s):
+            name = name[: -len(s)]
+            break
+    return Path(out_dir if out_dir is not None else path.parent) / f"{name}{suffix}.fits"
+
+
+def mask_extname(extname: str, single: bool, kind: str = "CRMASK") -> str:
+    """``CRMASK`` for a single-image file, ``<EXTNAME>_CRMASK`` for a multi-extension file."""
+    return kind if single else f"{extname}_{kind}"
+
+
+def select_extensions(path, ext="all") -> tuple[list[tuple[int, str]], bool]:
+    """The image HDUs of ``path`` to process, and whether the file holds a single image.
+
+    Parameters
+    ----------
+    path : path-like
+        FITS file.
+    ext : "all", str or sequence of (str or int)
+        ``"all"``: every image HDU except masks (``*CRMASK``, ``*CRPROB``, ``*CLEAN``, ``IGNORE``)
+        and error, variance, weight and data-quality planes (``ERR``, ``VAR``, ``DQ``, ...). Else
+        names or HDU indices, as a sequence or one comma-separated string (``"N4,S22"``); case is
+        ignored, and an HDU named twice is processed once.
+
+    Returns
+    -------
+    list of (int, str), bool
+        ``(hdu_index, extname)`` in file order (``"all"``) or the order asked for.
+    """
+    from kercr.data import list_ccd_extensions
+    from kercr.data.errors import FITSFormatError
+
+    images = [(i, n) for i, n in list_ccd_extensions(path) if not _SKIP_EXT.match(n)]
+    if not images:
+        raise FITSFormatError(f"{path}: no CCD image extension (only masks or no image data). Pass a FITS image.")
+    single = len(images) == 1
+    if ext is None or (isinstance(ext, str) and ext.strip().lower() == "all"):
+        science = [(i, n) for i, n in images if not _AUX_EXT.match(n)]
+        if not science:
+            raise FITSFormatError(f"{path}: only error, variance, weight or data-quality planes "
+                                  f"{[n for _, n in images]}; name one (kercr-detect --ext NAME) to process it anyway.")
+        if len(science) < len(images):
+            logger.info("%s: skipping %s (error/variance/quality planes; --ext NAME picks one)", path,
+                        ", ".join(n for i, n in images if _AUX_EXT.match(n)))
+        return science, single
+    wanted = ext.split(",") if isinstance(ext, str) else list(ext)
+    chosen = []
+    for e in (str(e).strip() for e in wanted):
+        if not e:
+            continue
+        match = [(i, n) for i, n in images if n.upper() == e.upper() or (e.isdigit() and i == int(e))]
+        if not match:
+            raise FITSFormatError(f"{path}: extension {e!r} not found among the image extensions "
+                                  f"{[n for _, n in images]}. Pass one of them (kercr-detect --ext), or 'all'.")
+        chosen.extend(m for m in match if m not in chosen)  # "1,N4" naming one HDU twice does it once
+    return chosen, single
+
+
+def _provenance(result, *, dilate: int, clean) -> dict:
+    from kercr._version import __version__
+    from kercr.data.fits_io import utc_now
+
+    cleaning = {"KCRCLEAN": (clean, "CR cleaning method (CLEAN extensions)")} if clean else {}
+    return {
+        "KCRVER": (__version__, "kercr version"),
+        "KCRMODEL": (str(result.model_name)[-60:], "kercr model"),
+        "KCRTHR": (float(result.threshold), "CR probability threshold"),
+        "KCRDATE": (utc_now(), "UTC"),
+        "KCRRUNT": (result.runtime, "kercr inference runtime"),
+        "KCRTTA": (bool(result.tta), "prediction averaged over 4 flips"),
+        "KCRDIL": (int(dilate), "mask dilation, pixels (3x3 element)"),
+        "KCRTILE": (f"{result.tile[0]}x{result.tile[1]}", "tile shape, pixels"),
+        "KCROVLP": (int(result.overlap), "tile overlap margin, pixels"),
+        **cleaning,
+    }
+
+
+def detect_file(path, *, out_dir=None, suffix="_crmask", model="default", ext="all", threshold=None, dilate=0,
+                save_probability=False, clean=None, runtime="auto", tta=None, tile=None, overlap=None,
+                batch_size=None, num_threads=None, exclude_saturated=True, log_prefix="") -> Path:
+    """Detect the cosmic rays of every CCD of a FITS file and write a NEW FITS file with the masks.
+
+    Parameters
+    ----------
+    path : path-like
+        FITS file (``.fits``, ``.fits.fz``, ``.fits.gz``); never modified.
+    out_dir : path-like, optional
+        Output directory (created if needed); default: beside ``path``.
+    suffix : str
+        The output is ``<stem><suffix>.fits`` (:func:`output_path`).
+    model : str, path-like, keras.Model or kercr.detection.LoadedModel
+        As :func:`kercr.detection.detect`; load it once (:func:`kercr.detection.load_model`) to run
+        many files.
+    ext : "all", str or sequence
+        Image extensions to process (:func:`select_extensions`).
+    threshold : float, optional
+        CR probability threshold; default: the model's (see :func:`kercr.detection.detect`).
+    dilate : int
+        Grow each written mask by this many pixels (3 x 3 element; never into ignored pixels).
+    save_probability : bool
+        Also write the ``float32`` CR probability of each CCD.
+    clean : {None, "median", "mean", "idw"}
+        Also write a ``float32`` cleaned image of each CCD: the pixels of the written mask replaced.
+    runtime, tta, tile, overlap, batch_size, num_threads, exclude_saturated
+        As :func:`kercr.detection.detect`.
+    log_prefix : str
+        Put in front of the progress log lines (kercr-detect passes ``"[i/n] "``).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file (see the module docstring for its layout and header keywords).
+
+    Raises
+    ------
+    kercr.data.FITSFileNotFoundError, kercr.data.FITSFormatError
+        ``path`` is missing, not FITS or holds no image; ``ext`` names no image extension.
+    FileExistsError
+        The output exists (nothing is ever overwritten).
+    ValueError
+        ``path`` already holds kercr-detect's extensions, or a bad option (see :func:`kercr.detection.detect`).
+    """
+    # heavy: astropy and the detection modules load when a file is processed, not with this module
+    from kercr.data import read_ccd
+    from kercr.data.errors import FITSFileNotFoundError, KercrDataError
+    from kercr.data.fits_io import new_fits_file, wcs_header
+    from kercr.detection import detect, load_model
+
+    path = Path(path)
+    if not path.exists():
+        raise FITSFileNotFoundError(f"{path}: file not found. Check the path.")
+    if isinstance(dilate, bool) or not isinstance(dilate, (int, np.integer)) or dilate < 0:
+        raise KercrDataError(f"dilate={dilate!r}: pass a number of pixels >= 0.")
+    out = output_path(path, out_dir, suffix)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists and kercr never overwrites files: write elsewhere "
+                              "(kercr-detect --out DIR or --suffix; out_dir= or suffix=) or remove the file.")
+    extensions, single = select_extensions(path, ext)
+    loaded = load_model(model)
+    t0 = time.perf_counter()
+    with new_fits_file(out, copy_of=path) as f:
+        kinds = ("CRMASK", *(("CRPROB",) if save_probability else ()), *(("CLEAN",) if clean else ()))
+        for _, extname in extensions:
+            for kind in kinds:
+                name = mask_extname(extname, single, kind)
+                if name.upper() in f.extnames:
+                    raise ValueError(f"{path} already holds an extension {name} (an earlier kercr-detect "
+                                     "output?); run kercr-detect on the original file.")
+        for k, (hdu_index, extname) in enumerate(extensions, 1):
+            t1 = time.perf_counter()
+            frame = read_ccd(path, hdu_index)
+            result = detect(frame, model=loaded, threshold=threshold, tile=tile, overlap=overlap,
+                            batch_size=batch_size, runtime=runtime, num_threads=num_threads, tta=tta,
+                            exclude_saturated=exclude_saturated, clean=clean, clean_dilate=dilate)
+            mask = result.dilated_mask(dilate) if dilate else result.mask
+            prov = _provenance(result, dilate=dilate, clean=clean)
+            if k == 1:
+                f.update_primary({**prov, "KCRSRC": str(path.name)[-68:]})
+            header = wcs_header(frame.header)
+            for key, value in prov.items():
+                header[key] = value
+            header["KCRSRCEX"] = (extname, "image extension this mask belongs to")
+            if "EXTVER" in frame.header:  # SCI,1 and SCI,2 (HST) get SCI_CRMASK,1 and SCI_CRMASK,2
+                header["EXTVER"] = (frame.header["EXTVER"], "EXTVER of the image extension")
+            header["KCRNCR"] = (int(mask.sum()), "flagged (CR) pixels")
+            header["KCRNIGN"] = (int(result.ignored.sum()), "ignored pixels (NaN/inf, saturated)")
+            header["KCRSKY"] = (float(result.normalization.sky), "sky, image units")
+            header["KCRNOISE"] = (float(result.normalization.noise), "noise, image units")
+            header["BUNIT"] = ("", "1 = cosmic ray, 0 = not")
+            f.append(mask.astype(np.uint8), name=mask_extname(extname, single), header=header)
+            if save_probability:
+                header["BUNIT"] = ("", "CR probability")
+                f.append(result.probability, name=mask_extname(extname, single, "CRPROB"), header=header)
+            if clean:
+                header["BUNIT"] = (str(frame.header.get("BUNIT", "")), "as the image; CR pixels replaced")
+                header["KCRNCLN"] = (int(mask.sum()), "pixels replaced by cleaning (the mask's)")
+                f.append(result.clean, name=mask_extname(extname, single, "CLEAN"), header=header)
+            logger.info("%s%s [%s] %d/%d: %d CR pixels (%.3f %%), %d ignored, %.1f s", log_prefix, path.name,
+                        extname, k, len(extensions), int(mask.sum()), 100.0 * mask.mean(),
+                        int(result.ignored.sum()), time.perf_counter() - t1)
+    logger.info("%swrote %s (%d CCD%s, %.1f s)", log_prefix, out, len(extensions),
+                "" if len(extensions) == 1 else "s", time.perf_counter() - t0)
+    return out

@@ -1,0 +1,51 @@
+"""What :func:`kercr.detect` accepts as an image, and the header numbers it reads."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from astropy.io import fits
+from astropy.nddata import CCDData
+
+from kercr.data.errors import KercrDataError
+from kercr.data.fits_io import CCDFrame
+
+__all__ = ["header_number", "unpack"]
+
+
+def header_number(header, key, pair=(), combine=np.mean):
+    """A positive finite header number ``key``, else ``combine`` of the positive ``pair`` keys (amplifiers), else None."""
+    if header is None:
+        return None
+    for k in (key,):
+        v = header.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+            return float(v)
+    vals = [float(header[k]) for k in pair if isinstance(header.get(k), (int, float))
+            and not isinstance(header.get(k), bool) and header[k] > 0]
+    return float(combine(vals)) if vals else None
+
+
+def unpack(image):
+    """(data, header, extra ignore mask or None, description, CCDFrame or None) of a supported input."""
+    if isinstance(image, CCDFrame):
+        return image.data, image.header, None, f"{image.path}[{image.extname}]", image
+    if isinstance(image, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+        if image.data is None:
+            raise KercrDataError(f"HDU {image.name!r} holds no image data; pass an image extension.")
+        return image.data, image.header, None, f"HDU {image.name}", None
+    if isinstance(image, CCDData):
+        header = fits.Header(image.meta) if image.meta else None
+        mask = None if image.mask is None else np.asarray(image.mask, dtype=bool)
+        return image.data, header, mask, "CCDData", None
+    if isinstance(image, (str, os.PathLike)):
+        raise KercrDataError(f"kercr.detect got the file name {str(image)!r}, not an image: read it first, e.g. "
+                             f"kercr.detect(kercr.data.read_ccd({str(image)!r})) for its first image (ext=NAME "
+                             "for another), or "
+                             "run kercr-detect on the file (every CCD extension).")
+    if isinstance(image, fits.HDUList):
+        raise KercrDataError("kercr.detect got a whole FITS file (HDUList): pass one image extension, e.g. "
+                             "hdul[1] or hdul['N4'] (kercr-detect does every CCD extension).")
+    return image, None, None, "image", None

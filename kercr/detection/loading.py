@@ -1,0 +1,300 @@
+"""Loading a detection model: :func:`load_model` and :class:`LoadedModel`.
+
+A model is ``"default"`` (``kercr/weights/default.keras``), a ``.keras`` file, a training run
+directory (``best.keras``), a ``keras.Model`` instance, or a :class:`LoadedModel`. Its files are
+read through :mod:`kercr.model_files`. The tiling geometry (input multiple, receptive field) is
+read off the Keras layers (:mod:`kercr.models.geometry`), or taken from the model card's
+``"geometry"`` when it has one (the shipped model's does): then the Keras model is loaded only
+when a runtime needs it, and a LiteRT runtime with a prebuilt TFLite file (the card's
+``"tflite"``) needs neither Keras nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import sys
+import weakref
+from pathlib import Path
+
+from kercr.data.normalization import NormalizationConfig
+from kercr.model_files import (
+    NORMALIZATION_FILE,
+    ModelFileError,
+    file_sha256,
+    load_keras_model,
+    model_normalization,
+    read_card,
+    read_json_object,
+    resolve_model_path,
+)
+
+__all__ = ["FIXED_MODEL_OVERLAP", "LoadedModel", "ModelLoadError", "load_model", "round_up"]
+
+logger = logging.getLogger(__name__)
+
+#: Overlap margin of fixed-input models (TransUNet, whose receptive field is the whole tile); at most 1/8 tile.
+FIXED_MODEL_OVERLAP = 32
+_SATURATED_PROBABILITY = 1.0 - 2.0**-24  # the largest float32 below 1 is 1 - 2**-24
+_GEOMETRY_KEYS = ("input_multiple", "fixed_size", "rf_radius", "local")
+
+
+class ModelLoadError(ModelFileError):
+    """A model argument cannot be used for detection; the message names the problem and the fix."""
+
+
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple``."""
+    return int(math.ceil(n / multiple) * multiple)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A detection model and everything needed to run it.
+
+    Attributes
+    ----------
+    model : keras.Model
+        Input (B, H, W, 1) float32 normalized image, output (B, H, W, 1) CR probability. Loaded
+        on first use when the card gave the geometry (a LiteRT runtime with a prebuilt file never
+        loads it).
+    name : str
+        ``"default"``, the ``.keras`` path, or ``"<instance NAME>"``.
+    path : pathlib.Path or None
+        The ``.keras`` file (None for an instance).
+    normalization : NormalizationConfig
+        Constants of :func:`kercr.data.normalize`.
+    normalization_source : str
+        The sidecar path, ``"card"`` or ``"default"``.
+    threshold : float
+        Default probability threshold (model card, run metrics, or 0.5).
+    threshold_source : str
+        Where :attr:`threshold` came from.
+    card : dict
+        The model card (empty when there is none).
+    multiple : int
+        Input height and width must be multiples of this (pooling); the tile size for fixed models.
+    fixed_size : int or None
+        Input side of a fixed-input model (TransUNet), else None.
+    rf_radius : int
+        Receptive-field radius in pixels (an upper bound from the layers); 0 for fixed models.
+    local : bool
+        True when every output pixel depends only on inputs within ``rf_radius`` (no
+        image-wide normalization or attention), so tiling is exact.
+    logit_threshold : float or None
+        The default threshold as a logit, when the card or the run's metrics give it: Keras
+        models are cut there, since a threshold near 1 rounds to 1.0 as a float32 probability.
+    prebuilt : dict
+        Runtime name (``"tflite-int8"``) -> prebuilt ``.tflite`` file beside the model, listed in
+        its card and made from this very ``.keras`` file (its SHA-256 recorded in the card).
+    """
+
+    keras_model: dataclasses.InitVar[object]
+    name: str
+    path: Path | None
+    normalization: NormalizationConfig
+    normalization_source: str
+    threshold: float
+    threshold_source: str
+    card: dict
+    multiple: int
+    fixed_size: int | None
+    rf_radius: int
+    local: bool
+    logit_threshold: float | None = None
+    prebuilt: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self, keras_model):
+        object.__setattr__(self, "_keras", keras_model)
+
+    @property
+    def model(self):
+        """The Keras model (loaded from :attr:`path` on first use)."""
+        if self._keras is None:
+            logger.info("loading the Keras model %s", self.name)
+            object.__setattr__(self, "_keras", load_keras_model(self.path, error=ModelLoadError))
+        return self._keras
+
+    @property
+    def default_overlap(self) -> int:
+        """Overlap margin in pixels: the receptive-field radius rounded up to :attr:`multiple`."""
+        if self.fixed_size is not None:
+            return min(FIXED_MODEL_OVERLAP, self.fixed_size // 8)
+        return round_up(max(self.rf_radius, 1), self.multiple)
+
+
+def _thresholds(card: dict, path: Path | None, name: str) -> tuple[float, str, float | None]:
+    """``(threshold, where it came from, logit threshold or None)``: the card, else a run's metrics.json, else 0.5."""
+    threshold, threshold_source, logit_threshold = 0.5, "none (0.5)", None
+    if "threshold" in card:
+        threshold, threshold_source = float(card["threshold"]), "card"
+        logit_threshold = card.get("logit_threshold")
+    elif path is not None and (path.parent / "metrics.json").is_file():
+        metrics = read_json_object(path.parent / "metrics.json", "run metrics file", error=ModelLoadError)
+        if "threshold_at_fpr_1e-4" in metrics:
+            threshold = float(metrics["threshold_at_fpr_1e-4"])
+            threshold_source = f"{path.parent / 'metrics.json'} threshold_at_fpr_1e-4"
+            logit_threshold = metrics.get("logit_threshold_at_fpr_1e-4")
+    if not 0.0 <= threshold <= 1.0 or not math.isfinite(threshold):
+        raise ModelLoadError(f"{name}: default threshold {threshold} ({threshold_source}) is not in [0, 1].")
+    if logit_threshold is not None:
+        try:
+            logit_threshold = float(logit_threshold)
+        except (TypeError, ValueError):
+            logit_threshold = math.nan
+        if not math.isfinite(logit_threshold):
+            raise ModelLoadError(f"{name}: the logit threshold beside the default threshold ({threshold_source}) is "
+                                 "not a finite number; fix or remove it (the probability threshold is then used).")
+    if threshold >= _SATURATED_PROBABILITY:
+        if logit_threshold is not None:
+            advice = (f"Keras detection cuts at its logit threshold {logit_threshold:.4g} instead; TFLite runtimes "
+                      "flag almost nothing unless given a threshold below 1.")
+        else:
+            advice = "It would flag almost nothing: pass a threshold below 1 (e.g. 0.5)."
+        logger.warning("%s: its default threshold (%s) is %.9g, which float32 probabilities round to 1 (the model "
+                       "scores its validation non-CR pixels that high). %s", name, threshold_source, threshold, advice)
+    return threshold, threshold_source, logit_threshold
+
+
+def _normalization(path: Path | None, card: dict, name: str) -> tuple[NormalizationConfig, str]:
+    found = model_normalization(path, card, error=ModelLoadError)
+    if found is not None:
+        return found
+    logger.warning("%s: no %s beside the model and none in its card; normalizing with the default "
+                   "NormalizationConfig(). If the model was trained with other constants, put its "
+                   "normalization.json beside the .keras file.", name, NORMALIZATION_FILE)
+    return NormalizationConfig(), "default"
+
+
+def model_geometry(model) -> dict:
+    """The card's ``"geometry"`` of a Keras model: ``input_multiple``, ``fixed_size``, ``rf_radius``, ``local``."""
+    from kercr.models.geometry import input_multiple, is_local, receptive_field_radius  # heavy: Keras
+
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4 or shape[-1] != 1:
+        raise ModelLoadError(f"input shape {shape} is not (batch, H, W, 1); kercr.detect runs single-input, "
+                             "one-channel kercr models.")
+    fixed = shape[1]
+    return {"input_multiple": int(input_multiple(model)), "fixed_size": None if fixed is None else int(fixed),
+            "rf_radius": 0 if fixed is not None else receptive_field_radius(model), "local": bool(is_local(model))}
+
+
+def _card_geometry(card: dict, name: str) -> dict | None:
+    geometry = card.get("geometry")
+    if geometry is None:
+        return None
+    if not isinstance(geometry, dict) or set(_GEOMETRY_KEYS) - set(geometry):
+        raise ModelLoadError(f"{name}: the card's \"geometry\" must hold {', '.join(_GEOMETRY_KEYS)}; fix it or "
+                             "remove it (the geometry is then read off the Keras model).")
+    return geometry
+
+
+def _prebuilt(card: dict, path: Path | None, name: str) -> dict:
+    """Runtime -> prebuilt ``.tflite`` path, for the card's entries whose file is there and made from ``path``."""
+    entries = card.get("tflite") or {}
+    if path is None or not entries:
+        return {}
+    source_sha = file_sha256(path)
+    found = {}
+    for runtime, entry in entries.items():
+        file = path.parent / str(entry.get("file", ""))
+        if not file.is_file():
+            logger.warning("%s: the card lists %s, which is missing; the model is converted instead.", name, file)
+        elif entry.get("source_sha256") != source_sha:
+            logger.warning("%s: %s was made from another version of %s (SHA-256 differs); the model is converted "
+                           "instead. Rebuild it: python -m kercr.weights.ship --prebuild.", name, file.name, path.name)
+        else:
+            found[runtime] = file
+    return found
+
+
+def describe(model, *, name: str, path: Path | None, card: dict) -> LoadedModel:
+    """A :class:`LoadedModel` of a Keras model (None: load ``path`` when needed; the card must give the geometry)."""
+    geometry = _card_geometry(card, name)
+    if geometry is None:
+        if model is None:
+            model = load_keras_model(path, error=ModelLoadError)
+        try:
+            geometry = model_geometry(model)
+        except ModelLoadError as err:
+            raise ModelLoadError(f"{name}: {err}") from None
+    norm, norm_source = _normalization(path, card, name)
+    threshold, threshold_source, logit_threshold = _thresholds(card, path, name)
+    return LoadedModel(
+        model, name=name, path=path, normalization=norm, normalization_source=norm_source,
+        threshold=threshold, threshold_source=threshold_source, card=card,
+        multiple=int(geometry["input_multiple"]),
+        fixed_size=None if geometry["fixed_size"] is None else int(geometry["fixed_size"]),
+        rf_radius=int(geometry["rf_radius"]), local=bool(geometry["local"]), logit_threshold=logit_threshold,
+        prebuilt=_prebuilt(card, path, name),
+    )
+
+
+def _file_stamp(path: Path):
+    """``(mtime_ns, size)`` of a file, or None when there is none: part of the model cache's key."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=8)
+def _load_file(path: str, stamps: tuple, is_default: bool) -> LoadedModel:
+    """Load and describe a model file; ``stamps`` (of it and the files beside it) keys the cache."""
+    p = Path(path)
+    card = read_card(p, error=ModelLoadError)  # default.json beside default.keras
+    name = "default" if is_default else str(p)
+    loaded = describe(None, name=name, path=p, card=card)
+    logger.info("loaded model %s", name)
+    return loaded
+
+
+_INSTANCES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def load_model(model="default") -> LoadedModel:
+    """Resolve and load a detection model (cached).
+
+    Parameters
+    ----------
+    model : str, path-like, keras.Model or LoadedModel
+        ``"default"`` (``kercr/weights/default.keras``), a ``.keras`` file, a directory holding
+        ``best.keras`` (a kercr-train run) or ``model.keras``, or a ``keras.Model`` instance.
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    ModelLoadError
+        A registry name (untrained), a missing or unreadable file, a bad sidecar.
+    kercr.weights.MissingWeightsError
+        ``"default"`` when no default model is installed.
+    """
+    if isinstance(model, LoadedModel):
+        return model
+    keras = sys.modules.get("keras")  # a keras.Model exists only if Keras was imported
+    if keras is not None and isinstance(model, keras.Model):
+        if model not in _INSTANCES:
+            _INSTANCES[model] = describe(model, name=f"<instance {model.name}>", path=None, card={})
+        return _INSTANCES[model]
+    if not isinstance(model, (str, Path)) and not hasattr(model, "__fspath__"):
+        raise ModelLoadError(f"model={model!r}: pass 'default', a .keras file, a run directory or a keras.Model.")
+    is_default = str(model) == "default"
+    if not is_default and not Path(model).expanduser().exists():
+        from kercr.models import list_models  # heavy: Keras; only to explain the error
+
+        if str(model) in list_models():
+            raise ModelLoadError(
+                f"model={str(model)!r} is a registry architecture with random weights, not a trained "
+                "model; it would find nothing. Pass 'default', a trained .keras file or a kercr-train "
+                "run directory (or train one: kercr-train).")
+    path = resolve_model_path(model, error=ModelLoadError).resolve()
+    # The card, the normalization sidecar and a run's metrics.json are read with the model: a change
+    # to any of them loads it again.
+    beside = (path, path.with_suffix(".json"), path.parent / NORMALIZATION_FILE, path.parent / "metrics.json")
+    return _load_file(str(path), tuple(_file_stamp(f) for f in beside), is_default)

@@ -1,0 +1,275 @@
+"""FITS I/O of the data core: synthetic files under tmp_path and the real DECam CP cutouts."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from kercr.data import errors
+from kercr.data.fits_io import iter_ccds, list_ccd_extensions, new_fits_file, read_ccd, wcs_header, write_fits_with_mask
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_CANDIDATES = [REPO.parent / "shared" / "data", REPO / "shared" / "data"]
+SHARED = next((p for p in SHARED_CANDIDATES if p.is_dir()), None)
+
+
+def _decam(pattern):
+    if SHARED is None or not (SHARED / "decam_cp").is_dir():
+        pytest.skip("../shared/data/decam_cp is absent")
+    files = sorted((SHARED / "decam_cp").rglob(pattern))
+    if not files:
+        pytest.skip(f"no {pattern} in shared data")
+    return files
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(0)
+    return (1000 + 10 * rng.standard_normal((40, 30))).astype(np.float32)
+
+
+def _mef(path, image, names=("N4", "S22", "N10")):
+    hdus = [fits.PrimaryHDU(header=fits.Header([("EXPTIME", 90.0), ("GAINA", 4.0), ("GAINB", 4.2)]))]
+    for k, name in enumerate(names):
+        h = fits.Header([("RDNOISEA", 6.0), ("RDNOISEB", 7.0), ("SATURATA", 40000.0), ("SATURATB", 38000.0)])
+        hdus.append(fits.ImageHDU(image + k, header=h, name=name))
+    fits.HDUList(hdus).writeto(path)
+
+
+def test_multi_extension_by_name_and_iteration(tmp_path, image):
+    path = tmp_path / "mef.fits"
+    _mef(path, image)
+    assert list_ccd_extensions(path) == [(1, "N4"), (2, "S22"), (3, "N10")]
+    frame = read_ccd(path, "S22")
+    np.testing.assert_array_equal(frame.data, image + 1)
+    assert frame.data.dtype == np.float32 and frame.data.dtype.isnative
+    assert frame.extname == "S22" and frame.index == 2
+    # Per-amplifier values: gain and read noise averaged (primary header inherited), saturation the lower.
+    assert frame.gain == pytest.approx(4.1)
+    assert frame.readnoise == pytest.approx(6.5)
+    assert frame.saturation == pytest.approx(38000.0)
+    assert frame.exptime == 90.0
+    frames = list(iter_ccds(path))
+    assert [f.extname for f in frames] == ["N4", "S22", "N10"]
+    assert [float(f.data[0, 0] - image[0, 0]) for f in frames] == [0.0, 1.0, 2.0]
+    assert [f.extname for f in iter_ccds(path, ext=["N10", 1])] == ["N10", "N4"]
+    assert [f.extname for f in iter_ccds(path, ext="S22")] == ["S22"]  # one name, not its letters
+    assert [f.extname for f in iter_ccds(path, ext=3)] == ["N10"]
+    assert read_ccd(path).extname == "N4"  # first image HDU by default
+    for bad in (4, -1):  # astropy passes integers through unchecked
+        with pytest.raises(errors.FITSFormatError, match=r"not found: the file has HDUs 0 to 3"):
+            read_ccd(path, bad)
+
+
+def test_truncated_file_says_so(tmp_path, image):
+    path = tmp_path / "mef.fits"
+    _mef(path, image)
+    raw = path.read_bytes()
+    for keep in (2880 * 2 + 100, len(raw) - 2000):  # cut inside a header, and inside the last CCD's pixels
+        cut = tmp_path / f"cut{keep}.fits"
+        cut.write_bytes(raw[:keep])
+        with pytest.raises(errors.FITSFormatError, match="the file is truncated"):
+            read_ccd(cut)
+    assert path.read_bytes() == raw
+
+
+def test_overrides_beat_header(tmp_path, image):
+    path = tmp_path / "mef.fits"
+    _mef(path, image)
+    f = read_ccd(path, "N4", gain=2.5, readnoise=3.0, saturation=60000)
+    assert (f.gain, f.readnoise, f.saturation) == (2.5, 3.0, 60000.0)
+    with pytest.raises(errors.KercrDataError, match="gain=-1"):
+        read_ccd(path, "N4", gain=-1)
+
+
+def test_tile_compressed_fz(tmp_path, image):
+    path = tmp_path / "c.fits.fz"
+    comp = fits.CompImageHDU(image, name="N4", compression_type="RICE_1", quantize_level=-0.01)
+    fits.HDUList([fits.PrimaryHDU(), comp]).writeto(path)
+    frame = read_ccd(path, "N4")
+    assert frame.data.shape == image.shape and frame.data.dtype == np.float32
+    np.testing.assert_allclose(frame.data, image, atol=0.011)  # lossy quantization to 0.01 ADU
+
+
+def test_scaled_int16_with_blank(tmp_path):
+    raw = np.array([[0, 100, -32768], [5, 6, 7]], dtype=np.int16)
+    hdu = fits.PrimaryHDU(raw)
+    hdu.header["BZERO"] = 32768.0
+    hdu.header["BSCALE"] = 2.0
+    hdu.header["BLANK"] = -32768
+    path = tmp_path / "scaled.fits"
+    hdu.writeto(path)
+    f = read_ccd(path)
+    expected = raw.astype(np.float64) * 2.0 + 32768.0
+    np.testing.assert_array_equal(f.data[~np.isnan(f.data)], expected[raw != -32768].astype(np.float32))
+    assert np.isnan(f.data[0, 2]) and np.isnan(f.data).sum() == 1
+
+
+def test_unsigned_int_and_big_endian_float(tmp_path, image):
+    u = (np.arange(12, dtype=np.uint16) + 60000).reshape(3, 4)
+    fits.PrimaryHDU(u).writeto(tmp_path / "u16.fits")
+    np.testing.assert_array_equal(read_ccd(tmp_path / "u16.fits").data, u.astype(np.float32))
+    be = image.astype(">f8")
+    fits.PrimaryHDU(be).writeto(tmp_path / "be.fits")
+    f = read_ccd(tmp_path / "be.fits")
+    assert f.data.dtype == np.dtype("float32") and f.data.dtype.isnative
+    np.testing.assert_array_equal(f.data, image)
+
+
+def test_compressed_unsigned_int(tmp_path):
+    u = (np.arange(200, dtype=np.uint16) * 300).reshape(10, 20)
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(u, name="S22")]).writeto(tmp_path / "u.fits.fz")
+    np.testing.assert_array_equal(read_ccd(tmp_path / "u.fits.fz", "S22").data, u.astype(np.float32))
+
+
+def test_nan_and_inf_become_nan(tmp_path, image):
+    img = image.copy()
+    img[3, 4], img[5, 6], img[7, 8] = np.nan, np.inf, -np.inf
+    fits.PrimaryHDU(img).writeto(tmp_path / "nan.fits")
+    f = read_ccd(tmp_path / "nan.fits")
+    assert np.isnan(f.data).sum() == 3 and np.isnan(f.data[5, 6])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="file not found") as info:
+        read_ccd(tmp_path / "nope.fits")
+    assert "nope.fits" in str(info.value) and isinstance(info.value, errors.FITSFileNotFoundError)
+
+
+def test_not_fits(tmp_path):
+    path = tmp_path / "notes.fits"
+    path.write_text("this is not a FITS file\n" * 10)
+    with pytest.raises(errors.FITSFormatError, match="not a readable FITS file") as info:
+        read_ccd(path)
+    assert "notes.fits" in str(info.value) and isinstance(info.value, ValueError)
+
+
+def test_extension_without_image(tmp_path, image):
+    table = fits.BinTableHDU.from_columns([fits.Column(name="a", format="E", array=np.arange(3.0))], name="TAB")
+    path = tmp_path / "tab.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, name="SCI"), table]).writeto(path)
+    with pytest.raises(errors.FITSFormatError, match="holds no image data") as info:
+        read_ccd(path, "TAB")
+    assert "1:SCI" in str(info.value)  # the fix: which extensions do hold images
+    with pytest.raises(errors.FITSFormatError, match="holds no image data"):
+        read_ccd(path, 0)  # empty primary
+    with pytest.raises(errors.FITSFormatError, match="not found"):
+        read_ccd(path, "N99")
+    only_table = tmp_path / "only_table.fits"
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(only_table)
+    with pytest.raises(errors.FITSFormatError, match="no HDU holds image data"):
+        read_ccd(only_table)
+
+
+def test_not_2d(tmp_path):
+    fits.PrimaryHDU(np.zeros((2, 5, 5), dtype=np.float32)).writeto(tmp_path / "cube.fits")
+    with pytest.raises(errors.FITSFormatError, match=r"shape \(2, 5, 5\).*2-D"):
+        read_ccd(tmp_path / "cube.fits")
+
+
+def test_write_with_mask_roundtrip_and_no_overwrite(tmp_path, image):
+    src = tmp_path / "src.fits"
+    _mef(src, image)
+    frame = read_ccd(src, "S22")
+    mask = np.zeros(image.shape, dtype=bool)
+    mask[10:12, 3] = True
+    out = write_fits_with_mask(tmp_path / "out.fits", frame, mask, provenance={"KCRMODEL": "unet_small"})
+    with fits.open(out) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "S22", "CRMASK"]
+        assert hdul[0].header["KCRMODEL"] == "unet_small" and "KCRVER" in hdul[0].header
+        assert "src.fits[S22]" in hdul[0].header["KCRSRC"]
+        np.testing.assert_array_equal(hdul["S22"].data, image + 1)
+        assert hdul["S22"].header["RDNOISEA"] == 6.0
+        assert hdul["CRMASK"].data.dtype == np.uint8 and hdul["CRMASK"].data.sum() == 2
+        assert hdul["CRMASK"].header["KCRSRCEX"] == "S22"  # kercr-detect's keywords: the mask names its image
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fits", "src.fits"]  # no temporary file left
+    before = out.read_bytes()
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        write_fits_with_mask(out, image, mask)
+    assert out.read_bytes() == before
+    with pytest.raises(errors.KercrDataError, match="mask shape"):
+        write_fits_with_mask(tmp_path / "x.fits", image, mask[:5])
+
+
+def test_new_fits_file_copies_the_input_and_appends(tmp_path, image):
+    src = tmp_path / "src.fits"
+    _mef(src, image)
+    src_bytes = src.read_bytes()
+    with new_fits_file(tmp_path / "out" / "copy.fits", copy_of=src) as f:
+        assert f.extnames == {"PRIMARY", "N4", "S22", "N10"}
+        assert not f.path.exists()  # written under a temporary name until the block ends
+        f.update_primary({"KCRMODEL": ("m", "model"), "KCRLONGKEY": 3})
+        f.append(np.ones(image.shape, np.uint8), name="N4_CRMASK", header=fits.Header([("CRVAL1", 5.0)]))
+        with pytest.raises(ValueError, match="(?i)N4_CRMASK .*there already"):
+            f.append(np.ones(image.shape, np.uint8), name="n4_crmask")
+        f.append(np.ones(image.shape, np.uint8), name="N4_CRMASK", header=fits.Header([("EXTVER", 2)]))
+    assert src.read_bytes() == src_bytes  # the input is never modified
+    out = tmp_path / "out" / "copy.fits"
+    # The input's extensions byte for byte (both primary headers fill one 2880-byte block here).
+    assert out.read_bytes()[2880: len(src_bytes)] == src_bytes[2880:]
+    with fits.open(out) as hdul:
+        assert [(h.name, h.ver) for h in hdul][3:] == [("N10", 1), ("N4_CRMASK", 1), ("N4_CRMASK", 2)]
+        assert hdul[0].header["KCRMODEL"] == "m" and hdul[0].header["KCRLONGKEY"] == 3
+        assert hdul["N4_CRMASK", 1].header["CRVAL1"] == 5.0 and hdul["N4_CRMASK", 1].data.dtype == np.uint8
+        np.testing.assert_array_equal(hdul["S22"].data, image + 1)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["copy.fits"]
+
+
+def test_new_fits_file_leaves_nothing_on_failure_and_never_overwrites(tmp_path, image):
+    out = tmp_path / "out.fits"
+    with pytest.raises(RuntimeError, match="stop"):
+        with new_fits_file(out) as f:
+            f.append(image, name="SCI")
+            raise RuntimeError("stop")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+    # A file that appears while the block runs (another process) is not replaced either.
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        with new_fits_file(out) as f:
+            f.append(image, name="SCI")
+            out.write_bytes(b"theirs")
+    assert out.read_bytes() == b"theirs" and list(tmp_path.iterdir()) == [out]
+
+
+def test_new_fits_file_copies_gzip_as_plain_fits(tmp_path, image):
+    src = tmp_path / "src.fits.gz"
+    _mef(src, image, names=("N4",))
+    with new_fits_file(tmp_path / "out.fits", copy_of=src) as f:
+        f.append(np.zeros(image.shape, np.uint8), name="N4_CRMASK")
+    with fits.open(tmp_path / "out.fits") as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "N4", "N4_CRMASK"]
+        np.testing.assert_array_equal(hdul["N4"].data, image)
+    with pytest.raises(errors.FITSFileNotFoundError):
+        with new_fits_file(tmp_path / "x.fits", copy_of=tmp_path / "missing.fits"):
+            pass
+    assert not (tmp_path / "x.fits").exists()
+
+
+def test_wcs_header_keeps_the_wcs_and_sections_only():
+    h = fits.Header([("CTYPE1", "RA---TAN"), ("CRVAL1", 10.0), ("CD1_1", 1e-4), ("PV1_10", 0.1), ("DATASEC", "[1:9,1:9]"),
+                     ("GAIN", 4.0), ("OBJECT", "x")])
+    assert list(wcs_header(h)) == ["CTYPE1", "CRVAL1", "CD1_1", "PV1_10", "DATASEC"]
+    assert len(wcs_header(None)) == 0
+
+
+def test_real_decam_cutouts_header_values():
+    files = _decam("*_ooi_*.fits")
+    for path in files:
+        f = read_ccd(path)
+        assert f.data.ndim == 2 and f.data.dtype == np.float32
+        assert 3.0 < f.gain < 5.0, path  # DECam: about 4 e-/ADU
+        assert 4.0 < f.readnoise < 15.0, path  # a few DECam amplifiers reach 11-12 e-
+        assert 20000 < f.saturation < 70000, path
+        assert f.extname[0] in "NS" and f.exptime > 0
+
+
+def test_real_decam_cr_cutout_reads_cr_pixels():
+    files = _decam("c4d_170316_062107_ooi_z_ls9.N2.fits")
+    img = read_ccd(files[0])
+    dq = read_ccd(str(files[0]).replace("_ooi_", "_ood_"))
+    cr = dq.data == 5
+    assert cr.sum() == 177
+    sky = np.nanmedian(img.data)
+    sigma = 1.4826 * np.nanmedian(np.abs(img.data - sky))
+    assert np.nanmax(img.data[cr]) > sky + 10 * sigma
+    assert np.sort(img.data[cr])[-10] > sky + 5 * sigma  # a real track, not one hot pixel

@@ -1,0 +1,82 @@
+"""tf.data adapter (kercr.data.pipeline): kercr-prepare's TFRecord shards, written and read back."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kercr.data.frames import SyntheticFrames
+from kercr.data.patches import make_patches
+
+tf = pytest.importorskip("tensorflow")
+from kercr.data.pipeline import prepare_shards, read_tfrecords, write_tfrecords  # noqa: E402
+
+SHAPE = (128, 128)
+
+
+def _patches_of_training_frame(n):
+    source = SyntheticFrames(seed=3, shape=SHAPE, cr_rate_scale=20)
+    (xs, ys, ws), _ = make_patches(*source.frame(0), patch_size=64, n_patches=n, mode="random", seed=0)
+    return [(x[..., None], y[..., None], w[..., None]) for x, y, w in zip(xs, ys, ws)]
+
+
+def _dihedral(a):
+    """The 8 flips and 90-degree rotations of a (p, p, ...) array."""
+    return [np.rot90(b, k) for b in (a, a[:, ::-1]) for k in range(4)]
+
+
+def test_tfrecords_round_trip_and_augment_image_mask_and_weight_alike(tmp_path):
+    patches = _patches_of_training_frame(5)
+    patches[0][2][:8] = 0.0  # an ignored strip, so the weight's orientation shows
+    shards = write_tfrecords(patches, tmp_path / "tfr", shard_size=2)
+    assert len(shards) == 3
+    with pytest.raises(FileExistsError):
+        write_tfrecords(patches, tmp_path / "tfr")
+    pattern = str(tmp_path / "tfr" / "*.tfrecord")
+    (x, y, w), = read_tfrecords(pattern, patch_size=64, batch_size=5, shuffle=0, augment_data=False).as_numpy_iterator()
+    # Shards are interleaved, so match patches regardless of order.
+    assert x.shape == (5, 64, 64, 1)
+    for xi, yi, wi in zip(x, y, w):
+        k = next(i for i, p in enumerate(patches) if np.array_equal(p[0], xi))
+        np.testing.assert_array_equal(patches[k][1], yi)
+        np.testing.assert_array_equal(patches[k][2], wi)
+    (xa, ya, wa), = read_tfrecords(pattern, patch_size=64, batch_size=5, shuffle=4, seed=1).as_numpy_iterator()
+    moved = 0
+    for xi, yi, wi in zip(xa, ya, wa):
+        stacked = np.concatenate([xi, yi, wi], axis=-1)
+        k, t = next((k, t) for k, p in enumerate(patches) for t, d in enumerate(_dihedral(p[0]))
+                    if np.array_equal(d, xi))
+        np.testing.assert_array_equal(stacked, _dihedral(np.concatenate(patches[k], axis=-1))[t])
+        moved += t != 0
+    assert moved > 0
+    with pytest.raises(FileNotFoundError, match="no TFRecord shards"):
+        read_tfrecords(str(tmp_path / "none" / "*.tfrecord"))
+
+
+def test_prepare_shards_cut_the_training_frames_and_split_by_exposure(tmp_path):
+    source = SyntheticFrames(seed=0, shape=SHAPE, cr_rate_scale=20)
+    meta = prepare_shards(source, [0, 1, 2, 3], tmp_path / "s", patch_size=64, patches_per_frame=3,
+                          val_fraction=0.25, seed=0, shard_size=4, metadata={"data": "synthetic"})
+    assert json.loads((tmp_path / "s" / "prepare.json").read_text()) == meta
+    train, val = ([int(i) for i in meta[k]] for k in ("train_exposures", "val_exposures"))
+    assert sorted(train + val) == [0, 1, 2, 3] and val and not set(train) & set(val)
+    assert meta["patch_size"] == 64 and meta["data"] == "synthetic"
+    assert meta["train"]["shards"] == -(-3 * len(train) // 4)  # 3 patches per frame, 4 per shard
+    for name, ids in (("train", train), ("val", val)):
+        batches = read_tfrecords(str(tmp_path / "s" / name / "*.tfrecord"), patch_size=64, batch_size=1, shuffle=0,
+                                 augment_data=False)
+        frames = [source.frame(i) for i in ids]
+        n = 0
+        for x, y, w in batches.as_numpy_iterator():
+            # Each patch is a cut of one of this split's frames, with that frame's mask and weight there.
+            found = []
+            for image, mask, weight in frames:
+                windows = np.lib.stride_tricks.sliding_window_view(image, (64, 64))
+                for y0, x0 in np.argwhere((windows == x[0, ..., 0]).all(axis=(2, 3))):
+                    found.append(np.array_equal(mask[y0:y0 + 64, x0:x0 + 64], y[0, ..., 0])
+                                 and np.array_equal(weight[y0:y0 + 64, x0:x0 + 64], w[0, ..., 0]))
+            assert found and all(found)
+            n += 1
+        assert n == 3 * len(ids)
+    with pytest.raises(FileExistsError, match="prepare.json"):
+        prepare_shards(source, [0, 1, 2, 3], tmp_path / "s", patch_size=64, patches_per_frame=3)

@@ -1,0 +1,187 @@
+"""kercr.export.tf_normalization with noise_model="local": the TF graph against the numpy definition.
+
+Every comparison runs the graph through ``tf.function`` with an unknown (batch, H, W, 1) input,
+as the served SavedModel does, so the block padding is computed at run time. The served-model
+test exports a small run directory (normalization.json with noise_model="local") with kercr-export
+and compares the SavedModel with ``model(normalize(image))``, and checks that the TFLite parity
+report was measured on the local normalization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+import keras  # noqa: E402
+
+import kercr  # noqa: E402
+from kercr.data.normalization import NormalizationConfig, local_background_noise, normalize  # noqa: E402
+from kercr.export import tf_normalization  # noqa: E402
+
+LOCAL = NormalizationConfig(noise_model="local")
+#: max |TF - numpy| / max(1, |numpy|) allowed; measured up to 8e-7 (float32 sums in the clipped std).
+RTOL = 2e-6
+
+
+def _galaxy_frame(rng, shape=(192, 160)):
+    """White noise (sigma = sqrt(level), in e-) on a sky gradient and a big bright galaxy."""
+    y, x = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    cy, cx, r = 0.55 * shape[0], 0.45 * shape[1], 0.15 * (shape[0] + shape[1])
+    level = 400 + 0.8 * x + 0.5 * y + 30_000 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r ** 2))
+    image = level + rng.normal(0, 1, shape) * np.sqrt(level)
+    image[shape[0] // 4, 10:13] += 5_000  # a CR
+    return image.astype(np.float32)
+
+
+def _integer_frame(rng, shape=(96, 128)):
+    """Integer ADU with 0.4 ADU of noise: most differences are 0, so block MADs are 0 (std fallback)."""
+    image = np.round(rng.normal(20.0, 0.4, shape))
+    image[rng.integers(0, shape[0], 20), rng.integers(0, shape[1], 20)] += 300
+    return image.astype(np.float32)
+
+
+def _nan_frame(rng, shape=(160, 130)):
+    """NaN regions (a whole 32 x 32 block, a band of rows, a corner) and an inf pixel."""
+    image = rng.normal(1000, 20, shape).astype(np.float32)
+    image[:32, 32:64] = np.nan  # exactly one block: its statistics come from its neighbours
+    image[70:75, :] = np.nan
+    image[120:, 100:] = np.nan
+    image[5, 5] = np.inf
+    return image
+
+
+@pytest.fixture(scope="module")
+def graph():
+    """``normalize_batch`` as the SavedModel traces it: one graph for every height and width
+    (one per config, kept for the module: tracing costs a second or two)."""
+    graphs = {}
+
+    def build(config):
+        if config not in graphs:
+            graphs[config] = tf.function(lambda x: tf_normalization.normalize_batch(x, config),
+                                         input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
+        return graphs[config]
+    return build
+
+
+def _compare(fn, images, config):
+    got = fn(tf.constant(np.stack(images)[..., None])).numpy()[..., 0]
+    want = np.stack([normalize(image, config=config)[0] for image in images])
+    assert got.shape == want.shape and got.dtype == np.float32
+    relative = np.abs(got.astype(np.float64) - want) / np.maximum(1.0, np.abs(want))
+    assert relative.max() <= RTOL, f"max relative difference {relative.max():.3g}"
+    return got, want
+
+
+@pytest.mark.parametrize("frame", [_galaxy_frame, _integer_frame, _nan_frame])
+@pytest.mark.parametrize("config", [LOCAL, dataclasses.replace(LOCAL, block_size=16, asinh_softening=10.0)],
+                         ids=["linear", "asinh"])
+def test_local_graph_matches_numpy(graph, frame, config):
+    rng = np.random.default_rng(0)
+    images = [frame(rng), frame(rng)]  # a batch: each image on its own maps
+    images[1] = images[1] * np.float32(3.0) + np.float32(200.0)
+    fn = graph(config)
+    got, want = _compare(fn, images, config)
+    # It can fail: the global normalization (what the graph did before) gives another answer.
+    glob = np.stack([normalize(image, config=dataclasses.replace(config, noise_model="global"))[0]
+                     for image in images])
+    assert np.abs(glob - want).max() > 0.05
+    if frame is _nan_frame:
+        assert np.all(got[:, 70:75] == config.nan_fill)
+
+
+def test_odd_and_small_sizes_share_one_graph(graph):
+    """100 x 77 (not whole blocks) and 20 x 13 (under one block) run in the graph traced once."""
+    rng = np.random.default_rng(1)
+    fn = graph(LOCAL)
+    for shape in [(100, 77), (20, 13), (64, 64), (33, 95)]:
+        images = [(rng.normal(50, 5, shape) + 0.3 * np.arange(shape[1])).astype(np.float32) for _ in range(2)]
+        _compare(fn, images, LOCAL)
+    assert fn.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("shape, block", [((192, 160), 32), ((100, 77), 33), ((40, 70), 8)])
+def test_maps_match_numpy(shape, block):
+    """The background map is exact; the noise map is off by float32 rounding only."""
+    config = dataclasses.replace(LOCAL, block_size=block)
+    image = _galaxy_frame(np.random.default_rng(2), shape)
+    image[: block, : block] = np.nan
+    fn = tf.function(lambda x: tf_normalization.local_background_noise(x, config),
+                     input_signature=[tf.TensorSpec([None, None], tf.float32)])
+    background, noise = (t.numpy() for t in fn(tf.constant(image)))
+    want_background, want_noise, _, _ = local_background_noise(image, config=config)
+    np.testing.assert_array_equal(background, want_background)
+    np.testing.assert_allclose(noise, want_noise, rtol=1e-6, atol=0)
+    assert noise.max() > 1.5 * noise.min()  # a map, not a constant: the galaxy raises the noise
+
+
+def test_bilinear_weights_are_numpys_in_a_graph():
+    """Grappler turns ``x / 33.0`` into ``x * (1 / 33.0)`` (one ulp off for some x); the weights
+    must still be numpy's to the bit, else the maps move by an ulp here and there."""
+    fn = tf.function(lambda n: tf_normalization._interpolation(n, 4, 33)[2],
+                     input_signature=[tf.TensorSpec([], tf.int32)])
+    pos = np.clip((np.arange(1000, dtype=np.float64) + 0.5) / 33 - 0.5, 0.0, 3.0)
+    np.testing.assert_array_equal(fn(tf.constant(1000)).numpy(), pos - np.minimum(np.floor(pos), 2))
+
+
+def test_all_nan_image_raises_in_the_graph(graph):
+    fn = graph(LOCAL)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="all NaN"):
+        fn(tf.constant(np.full((1, 64, 64, 1), np.nan, np.float32)))
+
+
+def test_global_path_is_unchanged(graph):
+    """noise_model="global" still ignores the block statistics (bit-for-bit test: test_exporter.py)."""
+    image = _galaxy_frame(np.random.default_rng(3))
+    config = NormalizationConfig(noise_estimator="diff2")
+    got = graph(config)(tf.constant(image[None, ..., None])).numpy()[0, ..., 0]
+    np.testing.assert_array_equal(got, normalize(image, config=config)[0])
+
+
+def test_kercr_export_of_a_local_noise_run_serves_raw_pixels(tmp_path, monkeypatch):
+    """kercr-export of a run directory whose normalization.json says noise_model="local": the
+    SavedModel serves ``model(normalize(image))``; parity.json is measured on that normalization."""
+    pytest.importorskip("ai_edge_litert")
+    import kercr.export.parity as parity
+    from kercr.cli.export import main
+
+    config = dataclasses.replace(LOCAL, block_size=16, clip_max=500.0)
+    run = tmp_path / "run"
+    run.mkdir()
+    model = kercr.build_model("deepcr_2_4")
+    model.save(run / "best.keras")
+    (run / "normalization.json").write_text(json.dumps(config.to_dict()))
+    seen = []
+
+    def spy(image, *, mask=None, config=None):
+        seen.append(config.noise_model)
+        return normalize(image, mask=mask, config=config)
+
+    monkeypatch.setattr(parity, "normalize", spy)
+    out = tmp_path / "models"
+    assert main([str(run), "--out", str(out), "--formats", "savedmodel,tflite", "--quantize", "none",
+                 "--tile", "32", "--validation-patches", "4", "--version", "1"]) == 0
+    version = out / "kercr" / "1"
+    report = json.loads((version / "parity.json").read_text())
+    assert seen and set(seen) == {"local"}  # the parity patches went through the local normalization
+    assert report["savedmodel"]["passed"] and report["tflite"]["float32"]["passed"]
+    assert json.loads((version / "normalization.json").read_text())["noise_model"] == "local"
+
+    serve = tf.saved_model.load(str(version)).signatures["serving_default"]
+    rng = np.random.default_rng(4)
+    a = _galaxy_frame(rng, (96, 80))  # not the export tile, not whole blocks of 16 across
+    b = _nan_frame(rng, (96, 80))
+    served = serve(image=tf.constant(np.stack([a, b])[..., None]))["cr_probability"].numpy()[..., 0]
+    model = keras.saving.load_model(run / "best.keras")
+    for got, image in zip(served, (a, b)):
+        normalized = normalize(image, config=config)[0]
+        want = np.asarray(model(normalized[None, ..., None], training=False))[0, ..., 0]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+        glob = normalize(image, config=dataclasses.replace(config, noise_model="global"))[0]
+        other = np.asarray(model(glob[None, ..., None], training=False))[0, ..., 0]
+        assert np.abs(other - got).max() > 1e-3  # the global normalization is told apart

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     # 3. Training steps of the default recipe on fixed batches.
     if args.mixed_precision:
         from kercr.config import TrainConfig
-        from kercr.training import _set_precision  # what kercr-train --mixed-precision does
+        from kercr.training.run import _set_precision  # what kercr-train --mixed-precision does
 
         _set_precision(TrainConfig(mixed_precision=True))
     overrides = {"filters": tuple(int(f) for f in args.filters.split(","))} if args.filters else {}

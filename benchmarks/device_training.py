@@ -112,7 +112,7 @@ def frames_read(config) -> list:
     """Frame ids a run reads: its training frames in reading order, then its validation frames."""
     from kercr.data.loader import PatchBatches
     from kercr.data.patches import split_exposures
-    from kercr.training_data import synthetic_patches_per_frame, synthetic_source
+    from kercr.training import synthetic_patches_per_frame, synthetic_source
 
     source = synthetic_source(config, cache=1, footprints=[])  # no frame is made; the footprints are not needed
     train_ids, val_ids = split_exposures(source.exposure_ids(config.frames), val_fraction=config.val_fraction,
@@ -130,7 +130,7 @@ _WORKER = {}
 
 
 def _init_worker(argv, store, ids):
-    from kercr.training_data import synthetic_source
+    from kercr.training import synthetic_source
 
     config = resolve(argv, before_start=True)
     _WORKER.update(source=synthetic_source(config, cache=1), store=store, row={i: r for r, i in enumerate(ids)})

@@ -1,10 +1,10 @@
 """kercr: cosmic-ray detection in astronomical CCD images with Keras 3.
 
 ``import kercr`` is light: it imports neither Keras nor TensorFlow. The names below load their
-modules on first use: ``kercr.detect`` (:mod:`kercr.detection`; with the shipped model's LiteRT
-runtime it never imports TensorFlow), ``kercr.build_model`` and ``kercr.list_models``
-(:mod:`kercr.models`, Keras), ``kercr.losses``, ``kercr.metrics``, ``kercr.data`` (the numpy
-data core).
+modules on first use: ``kercr.detect`` and ``kercr.detect_files`` (:mod:`kercr.detection`; with
+the shipped model's LiteRT runtime they never import TensorFlow), ``kercr.build_model`` and
+``kercr.list_models`` (:mod:`kercr.models`, Keras), ``kercr.losses``, ``kercr.metrics``,
+``kercr.data`` (the numpy data core).
 
 kercr's custom Keras objects (layers, losses, metrics) are registered as soon as Keras is
 imported, before or after ``import kercr`` (a one-shot import hook for the ``keras`` module), so
@@ -19,9 +19,10 @@ import sys as _sys
 
 from kercr._version import __version__
 
-__all__ = ["__version__", "build_model", "detect", "list_models", "losses", "metrics", "models"]
+__all__ = ["__version__", "build_model", "detect", "detect_files", "list_models", "losses", "metrics", "models"]
 
-_NAMES = {"detect": "kercr.detection", "build_model": "kercr.models", "list_models": "kercr.models"}
+_NAMES = {"detect": "kercr.detection", "detect_files": "kercr.detection", "build_model": "kercr.models",
+          "list_models": "kercr.models"}
 _MODULES = ("config", "data", "detection", "evaluation", "export", "losses", "metrics", "model_files", "models",
             "training", "tuning", "weights")
 
@@ -41,9 +42,9 @@ def __dir__():
 def _register_custom_objects() -> None:
     """Import the modules whose classes carry ``@keras.saving.register_keras_serializable``."""
     try:
-        import kercr.losses  # noqa: F401
-        import kercr.metrics  # noqa: F401
-        import kercr.models  # noqa: F401
+        import kercr.losses  # noqa: F401  # heavy: imports Keras; only once keras itself is imported
+        import kercr.metrics  # noqa: F401  # heavy: imports Keras; only once keras itself is imported
+        import kercr.models  # noqa: F401  # heavy: imports Keras; only once keras itself is imported
     except ImportError:  # a broken backend: the numpy data core stays usable
         pass
 

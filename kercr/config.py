@@ -2,6 +2,9 @@
 
 The resolved configuration is a :class:`TrainConfig`; it is validated before any training
 starts and saved with the run as ``config.json``.
+
+Slightly over 400 lines on purpose: every option of ``kercr-train`` and every choice list the
+console scripts share live here, in the lowest layer, so ``--help`` needs no other kercr module.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 # The choices of kercr's options. The console scripts take their argparse ``choices`` from here,
 # so ``--help`` needs no other kercr module (this one imports nothing heavy). Where a module that
 # checks a value still defines its own copy (kercr.data.synthetic, .frames, .normalization,
-# kercr.tuning.space), tests/cli/test_common.py checks that the copy equals this list.
+# kercr.tuning.space), tests/test_config.py checks that the copy equals this list.
 
 LOSSES = ("dice_bce", "median_bce", "bce")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
@@ -33,6 +36,9 @@ CLEAN_METHODS = ("median", "mean", "idw")
 TUNERS = ("hyperband", "bayesian", "random")
 #: ``kercr-tune --objective`` choices and the Keras log names they select (both maximized).
 OBJECTIVES = {"dice": "val_dice", "tpr": "val_tpr_at_fpr_1e-4"}
+#: ``kercr-detect --scheduler`` / ``detect_files(scheduler=)``: this word starts a Dask LocalCluster
+#: on this machine; anything else is the address of a running Dask scheduler (``tcp://HOST:8786``).
+LOCAL_SCHEDULER = "local"
 
 
 class ConfigError(ValueError):
@@ -202,7 +208,7 @@ class TrainConfig:
 
     def normalization_config(self):
         """The :class:`kercr.data.normalization.NormalizationConfig` this run trains with."""
-        from kercr.data.normalization import NormalizationConfig
+        from kercr.data.normalization import NormalizationConfig  # lazy: config is layer 0; only validation reaches up
 
         return NormalizationConfig(asinh_softening=self.asinh_softening, noise_estimator=self.noise_estimator,
                                    noise_model=self.noise_model)
@@ -260,9 +266,13 @@ class TrainConfig:
         return cls(**saved)
 
     def validate(self) -> "TrainConfig":
-        """Check every option; raise :class:`ConfigError` naming the option and the fix."""
+        """Check every option; raise :class:`ConfigError` naming the option and the fix.
+
+        One check per option, in the order of the fields (hence its length): split, it would
+        only scatter the list.
+        """
         self._check_types()
-        from kercr.models import get_spec, model_kwargs
+        from kercr.models import get_spec, model_kwargs  # lazy: config is layer 0; only validation reaches up
 
         try:
             get_spec(self.model)
@@ -298,13 +308,13 @@ class TrainConfig:
         if self.asinh_softening is not None and not self.asinh_softening > 0:
             raise ConfigError(f"asinh_softening={self.asinh_softening!r} must be positive (noise units, e.g. 10) "
                               "or unset for a linear input.")
-        from kercr.data.errors import KercrDataError
+        from kercr.data.errors import KercrDataError  # lazy: config is layer 0; only validation reaches up
 
         try:  # the normalization checks its own constants (noise_estimator, ...)
             self.normalization_config()
         except KercrDataError as err:
             raise ConfigError(str(err)) from None
-        from kercr.data.frames import SyntheticFrames
+        from kercr.data.frames import SyntheticFrames  # lazy: config is layer 0; only validation reaches up
 
         try:  # the synthetic frames check their own options (sources, sky range, CR threshold, faint CRs)
             SyntheticFrames(seed=self.seed, extended_sources=self.extended_sources,

@@ -132,8 +132,11 @@ def write_json(path, data: dict) -> Path:
     """Write ``data`` as indented JSON to ``path`` through a temporary name and an atomic rename."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(partial, path)
+    try:
+        partial.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # gone after a successful rename; removed after a failed one
     return path
 
 
@@ -146,9 +149,9 @@ def load_keras_model(path, *, error=ModelFileError):
     """Load a kercr ``.keras`` file in safe mode (kercr's custom objects registered)."""
     import keras
 
-    import kercr.losses  # noqa: F401  (these register kercr's custom objects; heavy: Keras)
-    import kercr.metrics  # noqa: F401
-    import kercr.models  # noqa: F401
+    import kercr.losses  # noqa: F401  # heavy: imports Keras; registers kercr's custom objects
+    import kercr.metrics  # noqa: F401  # heavy: imports Keras; registers kercr's custom objects
+    import kercr.models  # noqa: F401  # heavy: imports Keras; registers kercr's custom objects
 
     try:
         return keras.saving.load_model(path, safe_mode=True)

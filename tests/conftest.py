@@ -110,3 +110,83 @@ def detection_only_python(tmp_path_factory) -> Path:
                           capture_output=True, text=True, check=True).stdout.strip()
     Path(site, "kercr-detection-only.pth").write_text(f"{packages}\n")
     return python
+
+
+# --------------------------------------------------------------------------------------------
+# Saved models (detection, export, shipping): tiny untrained networks saved as a run saves them
+# --------------------------------------------------------------------------------------------
+#: Shape of :func:`detection_frame`: not a multiple of any tile, so the borders are exercised.
+DETECTION_FRAME_SHAPE = (300, 500)
+
+
+def _save_model(directory, name="tiny", *, arch="deepcr_2_4", card=None, normalization=True, **overrides):
+    import json
+
+    import keras
+
+    import kercr
+    from kercr.data import NormalizationConfig
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(0)
+    model = kercr.build_model(arch, **overrides)
+    path = directory / f"{name}.keras"
+    model.save(path)
+    if normalization:
+        (directory / "normalization.json").write_text(json.dumps(NormalizationConfig().to_dict()))
+    if card is not None:
+        (directory / f"{name}.json").write_text(json.dumps(card))
+    return path
+
+
+@pytest.fixture(scope="session")
+def save_model():
+    """``save_model(directory, name="tiny", *, arch="deepcr_2_4", card=None, normalization=True, **options)``.
+
+    Saves an untrained registry model (seed 0) as ``directory/NAME.keras``, with the default
+    ``normalization.json`` beside it (``normalization=False``: none) and the model card
+    ``NAME.json`` when ``card`` is a dict; returns the ``.keras`` path.
+    """
+    return _save_model
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory) -> Path:
+    """An untrained ``deepcr_2_4`` (1,709 parameters) saved with its sidecar and a card (threshold 0.55)."""
+    return _save_model(tmp_path_factory.mktemp("tiny-detector"), card={"threshold": 0.55})
+
+
+@pytest.fixture(scope="session")
+def detection_frame():
+    """A synthetic DECam-like frame of :data:`DETECTION_FRAME_SHAPE` (seed 3); copy it before changing it."""
+    from kercr.data import make_frame
+
+    return make_frame(seed=3, shape=DETECTION_FRAME_SHAPE)
+
+
+@pytest.fixture(scope="session")
+def whole_frame_reference():
+    """``reference(model_path, image, *, margin, multiple)``: a prediction of the whole frame in one piece.
+
+    Independent of kercr's tiling: normalize (non-finite pixels ignored), reflect-pad by
+    ``margin`` on every side (and up to ``multiple``), one Keras call, crop back.
+    """
+    import math
+
+    import numpy as np
+
+    from kercr.data import normalize
+    from kercr.detection import load_model
+
+    def reference(model_path, image, *, margin, multiple):
+        loaded = load_model(model_path)
+        normalized, _ = normalize(image, mask=~np.isfinite(image), config=loaded.normalization)
+        ny, nx = image.shape
+        py = math.ceil(ny / multiple) * multiple - ny
+        px = math.ceil(nx / multiple) * multiple - nx
+        padded = np.pad(normalized, ((margin, margin + py), (margin, margin + px)), mode="reflect")
+        p = loaded.model.predict_on_batch(padded[None, ..., None])[0, ..., 0]
+        return p[margin:margin + ny, margin:margin + nx]
+
+    return reference

@@ -27,6 +27,8 @@ import re
 import sys
 import traceback
 
+from kercr._stderr import filtered_native_stderr
+
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "add_verbosity", "error_line", "parse_overrides",
            "quiet_tensorflow_import", "run", "setup_logging", "verbosity"]
 
@@ -121,29 +123,9 @@ _TF_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\
                        r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags")
 
 
-@contextlib.contextmanager
 def _stderr_without_tensorflow_noise():
     """Catch the native stderr (file descriptor 2) and write it back without :data:`_TF_NOISE`."""
-    import tempfile
-
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no file descriptor 2 (a GUI or service process): nothing reaches a terminal anyway
-        yield
-        return
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            lines = caught.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not _TF_NOISE.match(line)))
-            sys.stderr.flush()
+    return filtered_native_stderr(lambda line: not _TF_NOISE.match(line))
 
 
 class _QuietLoader:

@@ -79,9 +79,8 @@ def export_parser() -> argparse.ArgumentParser:
 
 def _export(parser, args) -> int:
     overrides = parse_overrides(parser, args.set)
-    # heavy: keeps TensorFlow off --help
-    from kercr.export.exporter import export_model
-    from kercr.export.profiles import load_profile
+    from kercr.export.exporter import export_model  # heavy: imports TensorFlow, kept off --help
+    from kercr.export.profiles import load_profile  # heavy: kercr.export imports TensorFlow, kept off --help
 
     options = load_profile(args.profile) if args.profile else {}
     for key in ("formats", "quantize", "name", "tile", "calibration_patches", "validation_patches", "seed", "tta"):

@@ -41,9 +41,15 @@ def _models(parser, args) -> int:
     if overrides and not args.name:
         parser.error("--set changes one architecture: name it, e.g. kercr-models deepcr_2_32 --set filters=[48,96]")
 
-    # heavy: keeps TensorFlow off --help
-    from kercr.models import DEEPCR_ORIGINAL_PARAMS, REFERENCE_TABLE, build_model, count_trainable, get_spec
-    from kercr.models import input_multiple, list_models
+    from kercr.models import (  # heavy: imports Keras and TensorFlow, kept off --help
+        DEEPCR_ORIGINAL_PARAMS,
+        REFERENCE_TABLE,
+        build_model,
+        count_trainable,
+        get_spec,
+        input_multiple,
+        list_models,
+    )
 
     if args.name:
         model = build_model(args.name, **overrides)

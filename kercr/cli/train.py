@@ -16,7 +16,18 @@ import os
 import sys
 
 from kercr.cli.common import add_verbosity, parse_overrides, run, verbosity
-from kercr.config import FAINT_CRS, LOSSES, NOISE_ESTIMATORS, NOISE_MODELS, STRATEGIES, VARIETIES, TrainConfig
+from kercr.config import (
+    ConfigError,
+    FAINT_CRS,
+    LOSSES,
+    NOISE_ESTIMATORS,
+    NOISE_MODELS,
+    STRATEGIES,
+    VARIETIES,
+    TrainConfig,
+    read_config_file,
+    resolve_config,
+)
 
 __all__ = ["prepare_main", "prepare_parser", "train_flags", "train_main", "train_parser"]
 
@@ -54,6 +65,22 @@ def train_parser() -> argparse.ArgumentParser:
         help="(1 - Dice + BCE) / 2 (default), Cosmic-CoNN's median-weighted BCE, or plain BCE")
     add("--alpha-epochs", type=int, help="median_bce: epochs over which alpha rises to 1")
     add("--alpha-start", type=float, help="median_bce: the floor alpha of the median weights at epoch 0 (default 0)")
+    _add_data_flags(add)
+    add("--strategy", choices=STRATEGIES,
+        help="tf.distribute strategy; multiworker reads TF_CONFIG")
+    add("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+        help="mixed float16 (GPU) / bfloat16 (CPU) training; output probabilities stay float32 (default off)")
+    add("--tensorboard-images", type=int, metavar="N",
+        help="validation patches drawn as image | truth | prediction in TensorBoard each epoch (default 4)")
+    add("--out", help="run directory (default runs/kercr)")
+    add("--seed", type=int)
+    return add_verbosity(parser)
+
+
+
+def _add_data_flags(add) -> None:
+    """``kercr-train``'s data flags (``add``: the parser's ``add_argument``): the frames, the synthetic
+    data's options, real footprints, the input normalization and ``--init-weights``, in ``--help``'s order."""
     add("--frames", type=int, help="synthetic exposures to generate (split 90/10 by exposure)")
     add("--frame-shape", type=int, nargs=2, metavar=("NY", "NX"),
         help="synthetic frame shape in pixels (default 4096 2048, a DECam CCD)")
@@ -95,15 +122,6 @@ def train_parser() -> argparse.ArgumentParser:
         help="synthetic data: fraction of frames with one galaxy or nebula covering 30-70%% of the field (default 0)")
     add("--integer-frames", type=float, metavar="F",
         help="synthetic data: fraction of frames from a high-gain, low-sky imager in integer ADU (default 0)")
-    add("--strategy", choices=STRATEGIES,
-        help="tf.distribute strategy; multiworker reads TF_CONFIG")
-    add("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
-        help="mixed float16 (GPU) / bfloat16 (CPU) training; output probabilities stay float32 (default off)")
-    add("--tensorboard-images", type=int, metavar="N",
-        help="validation patches drawn as image | truth | prediction in TensorBoard each epoch (default 4)")
-    add("--out", help="run directory (default runs/kercr)")
-    add("--seed", type=int)
-    return add_verbosity(parser)
 
 
 def train_flags(parser, args) -> dict:
@@ -115,13 +133,15 @@ def train_flags(parser, args) -> dict:
 
 
 def _train(parser, args) -> int:
-    from kercr.config import read_config_file, resolve_config
-
     flags = train_flags(parser, args)
     file_options = read_config_file(args.config) if args.config else {}
+    # A config file may say what its run should give (configs/quickstart.toml does): printed after
+    # the run's own figures, it is not a training option.
+    expect = file_options.pop("expect", None)
+    if expect is not None and not isinstance(expect, str):
+        raise ConfigError(f"expect={expect!r} in {args.config} must be a string (a note printed after the run).")
     config = resolve_config(file_options, flags)
-    # heavy: keeps TensorFlow off --help
-    from kercr.training import train
+    from kercr.training import train  # heavy: imports Keras and TensorFlow, kept off --help
 
     quiet = {"verbose": 0} if verbosity(args) < 0 else {}  # -q: no Keras progress bar either
     metrics = train(config, **quiet)  # checks the model and patch size before any data is made
@@ -132,6 +152,8 @@ def _train(parser, args) -> int:
             f"best Dice {metrics['best_dice']:.4f}, TPR {metrics['tpr_at_fpr_1e-4']:.4f} at 0.01 % FPR, "
             f"TPR {metrics['tpr_at_fpr_1e-3']:.4f} at 0.1 % FPR -> {config.out}"
         )
+        if expect:
+            print(f"expected: {expect}")
     return 0
 
 
@@ -172,14 +194,13 @@ def prepare_parser() -> argparse.ArgumentParser:
 def _prepare(parser, args) -> int:
     if args.shard_size < 1:
         parser.error(f"--shard-size {args.shard_size}: pass a number of patches per shard file >= 1 (default 1024).")
-    # heavy: keeps TensorFlow off --help
-    import tensorflow as tf
+    import tensorflow as tf  # kept off --help
 
-    from kercr.data.errors import KercrDataError
-    from kercr.data.frames import FITSFrames, SyntheticFrames
-    from kercr.data.lco import LCOFrames, is_lco_dataset
-    from kercr.data.patches import default_patch_count
-    from kercr.data.pipeline import prepare_shards
+    from kercr.data.errors import KercrDataError  # heavy: the data core (astropy, scipy), kept off --help
+    from kercr.data.frames import FITSFrames, SyntheticFrames  # heavy: the data core, kept off --help
+    from kercr.data.lco import LCOFrames, is_lco_dataset  # heavy: the data core, kept off --help
+    from kercr.data.patches import default_patch_count  # heavy: the data core, kept off --help
+    from kercr.data.pipeline import prepare_shards  # heavy: imports TensorFlow, kept off --help
 
     if args.data == "synthetic":
         source = SyntheticFrames(seed=args.seed, shape=args.frame_shape, cr_rate_scale=args.cr_rate_scale,

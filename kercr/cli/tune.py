@@ -14,6 +14,7 @@ import sys
 
 from kercr.cli.common import add_verbosity, run, verbosity
 from kercr.config import OBJECTIVES, TUNERS
+from kercr.tuning.space import SearchSpace, load_search_space
 
 __all__ = ["build_parser", "main"]
 
@@ -78,10 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tune(parser, args) -> int:
-    # heavy: keeps TensorFlow off --help
-    from kercr.tuning.results import markdown_table
-    from kercr.tuning.search import run_search
-    from kercr.tuning.space import SearchSpace, load_search_space
+    from kercr.tuning.results import markdown_table  # heavy: imports keras_tuner and TensorFlow, kept off --help
+    from kercr.tuning.search import run_search  # heavy: imports keras_tuner and TensorFlow, kept off --help
 
     space = load_search_space(args.space) if args.space else SearchSpace()
     space = space.replace(tuner=args.tuner, objective=args.objective, max_epochs=args.max_epochs,

@@ -19,6 +19,7 @@ import numpy as np
 
 from kercr.data.cosmic_rays import CosmicRayModel, inject_cosmic_rays, simulate_cosmic_rays
 from kercr.data.errors import KercrDataError
+from kercr.data.footprints import inject_footprints
 from kercr.data.normalization import robust_sky_noise
 
 __all__ = ["TrainingExample", "sky_augment", "random_flip_rot90", "decam_dq_ignore", "make_training_example"]
@@ -99,8 +100,6 @@ def make_training_example(clean_adu, *, gain, exptime, rng, readnoise_e=7.0, sky
     -------
     TrainingExample
     """
-    from kercr.data.footprints import inject_footprints
-
     rng = np.random.default_rng(rng)
     clean = np.asarray(clean_adu, dtype=np.float32)
     if clean.ndim != 2:

@@ -200,18 +200,8 @@ def clean_image(image, cr_mask, *, ignore=None, method: str = "median", dilate: 
     """
     method = check_clean_method(method)
     img = np.asarray(image)
-    if img.ndim != 2:
-        raise KercrDataError(f"image has shape {img.shape}; clean_image needs a 2-D (ny, nx) image.")
-    if not (np.issubdtype(img.dtype, np.floating) or np.issubdtype(img.dtype, np.integer)) or img.dtype == bool:
-        raise KercrDataError(f"image has dtype {img.dtype}; pass real-valued pixels.")
-    window = _check_int(window, "window", 3)
-    max_window = _check_int(max_window, "max_window", window)
-    min_good = _check_int(min_good, "min_good", 1)
-    if window % 2 == 0 or max_window % 2 == 0:
-        raise KercrDataError(f"window={window} and max_window={max_window} must be odd (a square centred on the "
-                             "pixel), e.g. 5 and 31.")
-    if fallback is not None and not np.isfinite(fallback):
-        raise KercrDataError(f"fallback={fallback!r} must be a finite number (image units) or None.")
+    window, max_window, min_good = _check_arguments(img, window=window, max_window=max_window, min_good=min_good,
+                                                    fallback=fallback)
     if ignore is not None:
         ignore = _as_bool_mask(ignore, img.shape, "ignore")
     replace = cleaning_mask(cr_mask, ignore=ignore, dilate=dilate, image=img)
@@ -228,34 +218,35 @@ def clean_image(image, cr_mask, *, ignore=None, method: str = "median", dilate: 
     inner = padded[half_max:-half_max, half_max:-half_max]  # max_window >= 3: half_max >= 1
     np.copyto(inner, out)
     inner[~good] = np.nan
-    # Integral image of the good pixels: the count in any square around any pixel in four look-ups.
-    integral = np.zeros((padded.shape[0] + 1, padded.shape[1] + 1), np.int32)
-    np.cumsum(np.cumsum(~np.isnan(padded), axis=0, dtype=np.int32), axis=1, out=integral[1:, 1:])
     py, px = ys + half_max, xs + half_max
-    half = np.full(ys.size, -1, np.int64)  # chosen half-width; -1 = none reaches min_good yet
-    for h in range(window // 2, half_max + 1):
-        todo = np.nonzero(half < 0)[0]
-        if todo.size == 0:
-            break
-        y0, y1, x0, x1 = py[todo] - h, py[todo] + h + 1, px[todo] - h, px[todo] + h + 1
-        count = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-        half[todo[count >= min_good]] = h
-    short = half < 0
-    if short.any():
-        logger.debug("%d CR pixels have fewer than %d good pixels within %d x %d; using those there are",
-                     int(short.sum()), min_good, max_window, max_window)
-        half[short] = half_max
-    del integral
+    half = _half_widths(padded, py, px, window=window, max_window=max_window, min_good=min_good)
+    estimate = _window_estimates(padded, py, px, half, method)
+    _fill_empty(estimate, out, good, fallback=fallback, max_window=max_window)
+    out[ys, xs] = estimate.astype(np.float32)
+    return out
 
-    estimate = np.empty(ys.size, np.float64)
-    for h in np.unique(half):
-        dy, dx, weights = _window_offsets(int(h))
-        members = np.nonzero(half == h)[0]
-        step = max(1, _CHUNK_VALUES // dy.size)
-        for start in range(0, members.size, step):
-            rows = members[start:start + step]
-            values = padded[py[rows, None] + dy[None, :], px[rows, None] + dx[None, :]]
-            estimate[rows] = _estimate(values, weights, method)
+
+def _check_arguments(img, *, window, max_window, min_good, fallback) -> tuple[int, int, int]:
+    """KercrDataError for an image that is not 2-D and real, or bad window sizes or fallback; the
+    window sizes and ``min_good`` as ints."""
+    if img.ndim != 2:
+        raise KercrDataError(f"image has shape {img.shape}; clean_image needs a 2-D (ny, nx) image.")
+    if not (np.issubdtype(img.dtype, np.floating) or np.issubdtype(img.dtype, np.integer)) or img.dtype == bool:
+        raise KercrDataError(f"image has dtype {img.dtype}; pass real-valued pixels.")
+    window = _check_int(window, "window", 3)
+    max_window = _check_int(max_window, "max_window", window)
+    min_good = _check_int(min_good, "min_good", 1)
+    if window % 2 == 0 or max_window % 2 == 0:
+        raise KercrDataError(f"window={window} and max_window={max_window} must be odd (a square centred on the "
+                             "pixel), e.g. 5 and 31.")
+    if fallback is not None and not np.isfinite(fallback):
+        raise KercrDataError(f"fallback={fallback!r} must be a finite number (image units) or None.")
+    return window, max_window, min_good
+
+
+def _fill_empty(estimate, out, good, *, fallback, max_window) -> None:
+    """Set the estimates with no good pixel in their window (NaN) to ``fallback``, by default the
+    median of the frame's good pixels (``out[good]``), in place."""
     empty = np.isnan(estimate)
     if empty.any():
         if fallback is None:
@@ -268,5 +259,42 @@ def clean_image(image, cr_mask, *, ignore=None, method: str = "median", dilate: 
                        "unless given). Pass a larger max_window to estimate them locally.",
                        int(empty.sum()), max_window, max_window, fallback)
         estimate[empty] = fallback
-    out[ys, xs] = estimate.astype(np.float32)
-    return out
+
+
+def _half_widths(padded, py, px, *, window, max_window, min_good) -> np.ndarray:
+    """Half-width of the smallest window (``window`` up to ``max_window``) around each pixel
+    ``(py, px)`` of ``padded`` (NaN = not good) that holds ``min_good`` good pixels; the largest
+    where none does. int64, one per pixel."""
+    half_max = max_window // 2
+    # Integral image of the good pixels: the count in any square around any pixel in four look-ups.
+    integral = np.zeros((padded.shape[0] + 1, padded.shape[1] + 1), np.int32)
+    np.cumsum(np.cumsum(~np.isnan(padded), axis=0, dtype=np.int32), axis=1, out=integral[1:, 1:])
+    half = np.full(py.size, -1, np.int64)  # chosen half-width; -1 = none reaches min_good yet
+    for h in range(window // 2, half_max + 1):
+        todo = np.nonzero(half < 0)[0]
+        if todo.size == 0:
+            break
+        y0, y1, x0, x1 = py[todo] - h, py[todo] + h + 1, px[todo] - h, px[todo] + h + 1
+        count = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+        half[todo[count >= min_good]] = h
+    short = half < 0
+    if short.any():
+        logger.debug("%d CR pixels have fewer than %d good pixels within %d x %d; using those there are",
+                     int(short.sum()), min_good, max_window, max_window)
+        half[short] = half_max
+    return half
+
+
+def _window_estimates(padded, py, px, half, method) -> np.ndarray:
+    """The ``method`` estimate of each pixel ``(py, px)`` over the good pixels of its window of
+    half-width ``half`` in ``padded`` (float64; NaN where the window holds no good pixel)."""
+    estimate = np.empty(py.size, np.float64)
+    for h in np.unique(half):
+        dy, dx, weights = _window_offsets(int(h))
+        members = np.nonzero(half == h)[0]
+        step = max(1, _CHUNK_VALUES // dy.size)
+        for start in range(0, members.size, step):
+            rows = members[start:start + step]
+            values = padded[py[rows, None] + dy[None, :], px[rows, None] + dx[None, :]]
+            estimate[rows] = _estimate(values, weights, method)
+    return estimate

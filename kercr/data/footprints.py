@@ -19,6 +19,7 @@ import numpy as np
 from astropy.io import fits
 from scipy import ndimage
 
+from kercr.data.cosmic_rays import inject_cosmic_rays
 from kercr.data.errors import FITSFileNotFoundError, FITSFormatError, KercrDataError
 
 __all__ = ["read_footprint_table", "extract_footprints", "inject_footprints", "random_orientation"]
@@ -163,8 +164,6 @@ def inject_footprints(image_adu, stamps, *, n, gain, rng, saturation=None, where
     mask : numpy.ndarray, shape (ny, nx), bool
         Truth mask (injected charge > 0). Footprints may overlap the frame edge and be cropped.
     """
-    from kercr.data.cosmic_rays import inject_cosmic_rays
-
     rng = np.random.default_rng(rng)
     image = np.asarray(image_adu)
     if image.ndim != 2:

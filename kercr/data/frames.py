@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from kercr.data.augment import make_training_example
+from kercr.data.cosmic_rays import CosmicRayModel
 from kercr.data.errors import KercrDataError
-from kercr.data.fits_io import list_ccd_extensions, read_ccd
+from kercr.data.fits_io import iter_ccds, list_ccd_extensions, read_ccd
+from kercr.data.footprints import extract_footprints, inject_footprints, read_footprint_table
 from kercr.data.normalization import NormalizationConfig, normalize
 from kercr.data.patches import make_patches
 from kercr.data.synthetic import VARIETIES, SyntheticConfig, dominant_source, make_frame, random_instrument, source_map
@@ -233,8 +235,6 @@ class SyntheticFrames(_CachedFrames):
                                        max_peak_e=0.5 * config.saturation_adu * config.gain)
             image, clean = _add_source(image, clean, source_e, rng=rng, gain=config.gain)
         if self.footprints:
-            from kercr.data.footprints import inject_footprints
-
             # Real footprints on top of the simulated CRs: footprint_fraction of the frame's CRs.
             rng = np.random.default_rng([self.seed, 104729, int(i)])
             n = rng.poisson(self.footprint_fraction * config.cr_model.expected_count(self.shape, f.meta["cr_exptime"]))
@@ -317,8 +317,6 @@ class FITSFrames(_CachedFrames):
         # Seeded by the file and extension names through a stable hash (Python's hash() of a str
         # changes from one process to the next): the same CRs in every run, resume and worker.
         rng = np.random.default_rng([self.seed, zlib.crc32(f"{Path(path).name}[{ext}]".encode())])
-        from kercr.data.cosmic_rays import CosmicRayModel
-
         base = CosmicRayModel()
         ex = make_training_example(
             ccd.data, gain=ccd.gain or 4.0, readnoise_e=ccd.readnoise or 7.0, exptime=ccd.exptime,
@@ -347,9 +345,6 @@ def load_footprints(path) -> list[np.ndarray]:
         frames from which footprints are harvested (:func:`kercr.data.footprints.extract_footprints`,
         gain from each header).
     """
-    from kercr.data.fits_io import iter_ccds
-    from kercr.data.footprints import extract_footprints, read_footprint_table
-
     path = Path(path)
     if path.is_dir():
         stamps = []

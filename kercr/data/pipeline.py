@@ -18,6 +18,9 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from kercr.data.frames import frame_keys
+from kercr.data.patches import make_patches, split_exposures
+
 __all__ = ["augment", "write_tfrecords", "read_tfrecords", "prepare_shards"]
 
 logger = logging.getLogger(__name__)
@@ -124,9 +127,6 @@ def prepare_shards(source, exposure_ids, out_dir, *, patch_size=256, patches_per
         The content of ``prepare.json``.
     """
     import json
-
-    from kercr.data.frames import frame_keys
-    from kercr.data.patches import make_patches, split_exposures
 
     out_dir = str(out_dir).rstrip("/")
     if tf.io.gfile.exists(f"{out_dir}/prepare.json"):

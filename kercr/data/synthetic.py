@@ -15,185 +15,39 @@ A frame is built in electrons, then converted to ADU:
 The ignore mask covers saturated, bleed, hot and bad-column pixels. One ``seed`` drives every
 random choice through ``numpy.random.default_rng``.
 
-Photometric constants (e-/s zero points, dark-sky mag/arcsec^2) follow the Legacy Surveys DECam
-calibration (legacypipe ``legacyzpts``): g 26.61/22.04, r 26.82/20.91, i 26.76/20.15, z 26.48/18.46.
+The imager (:class:`SyntheticConfig`, :func:`random_instrument`, the DECam bands) is described in
+:mod:`kercr.data.instruments`; larger sources added to frames and the map of pixels on sources
+(:func:`extended_sources`, :func:`dominant_source`, :func:`source_map`) are in
+:mod:`kercr.data.sources`. All of them are importable from here too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import warnings
 from typing import Iterator
 
 import numpy as np
 from scipy import ndimage
 
-from kercr.data.cosmic_rays import CosmicRayModel, DetectorGeometry, inject_cosmic_rays, simulate_cosmic_rays
+from kercr.data.cosmic_rays import inject_cosmic_rays, simulate_cosmic_rays
 from kercr.data.errors import KercrDataError
+from kercr.data.instruments import (
+    BANDS,
+    PIXEL_SCALE,
+    SENSOR_WEIGHTS,
+    SENSORS,
+    VARIETIES,
+    SyntheticConfig,
+    random_instrument,
+)
+from kercr.data.sources import DOMINANT_COVER, dominant_source, extended_sources, source_map
 
 __all__ = ["BANDS", "PIXEL_SCALE", "SENSORS", "VARIETIES", "SyntheticConfig", "random_instrument", "SyntheticFrame",
-           "make_frame", "generate_dataset", "extended_sources", "source_map"]
+           "make_frame", "generate_dataset", "extended_sources", "source_map", "DOMINANT_COVER", "SENSOR_WEIGHTS",
+           "dominant_source"]
 
 logger = logging.getLogger(__name__)
-
-PIXEL_SCALE = 0.263  # arcsec / pixel
-#: band -> (zero point for 1 e-/s, dark-sky surface brightness in mag/arcsec^2)
-BANDS = {"g": (26.61, 22.04), "r": (26.82, 20.91), "i": (26.76, 20.15), "z": (26.48, 18.46)}
-
-
-@dataclasses.dataclass(frozen=True)
-class SyntheticConfig:
-    """Ranges and constants of the synthetic frames (defaults: DECam CP InstCal-like, in ADU).
-
-    Attributes
-    ----------
-    gain : float
-        e-/ADU.
-    readnoise_e : float
-        Read noise in electrons.
-    saturation_adu : float
-        Saturation level in ADU (above ``bias_adu``).
-    bias_adu : float
-        Constant level added in ADU (0: bias-subtracted like DECam CP frames).
-    exptime_range : tuple of float
-        Uniform range of exposure times in seconds.
-    seeing_range : tuple of float
-        Uniform range of PSF FWHM in arcsec.
-    beta_range : tuple of float
-        Uniform range of the Moffat beta.
-    sky_scale_range : tuple of float
-        Log-uniform range of the sky relative to dark sky (moon, twilight).
-    star_density, galaxy_density : float
-        Objects per deg^2 over the magnitude ranges (a frame scales them by a log-uniform 0.5-2).
-    star_mags, galaxy_mags : tuple of float
-        Magnitude ranges.
-    star_slope, galaxy_slope : float
-        Count slopes ``d log10 N / dm``.
-    sky_gradient : float
-        Largest fractional sky change from frame centre to edge (uniform in +-, per axis).
-    hot_pixels, bad_columns : float
-        Mean numbers per 2048 x 4096 CCD.
-    cr_model : CosmicRayModel
-        CR rates and physics.
-    pixel_scale : float
-        Arcsec per pixel (DECam: 0.263).
-    zeropoint_offset : float
-        Magnitudes added to the DECam zero points (a smaller telescope or a lower throughput is
-        negative: -2.5 is 10x fewer e- per source and per sky area).
-    density_scale_range : tuple of float
-        Log-uniform range of the per-frame factor on the star counts (sparse to crowded fields).
-    sky_e_range : tuple of float or None
-        If set, the sky level in e- per pixel is drawn log-uniform in this range and the exposure
-        time follows from the band's sky brightness (``exptime_range`` is not used).
-    cr_exptime : float or None
-        Exposure time in seconds the CR count is drawn for (None: the frame's own), so that CR
-        density can be set independently of the sky.
-    cr_threshold_e : float or None
-        Simulated CR charge kept per pixel, in e-: deposits below it are dropped from the image
-        and from the truth alike (None: half the read noise). CR footprints harvested from dark
-        frames end at their harvesting threshold (about 50 e- for imSim's ITL table); simulated
-        CRs cut the same way have the same sharp edges.
-    """
-
-    gain: float = 4.0
-    readnoise_e: float = 7.0
-    saturation_adu: float = 45000.0
-    bias_adu: float = 0.0
-    exptime_range: tuple = (30.0, 200.0)
-    seeing_range: tuple = (0.8, 1.6)
-    beta_range: tuple = (2.5, 4.5)
-    sky_scale_range: tuple = (1.0, 3.0)
-    star_density: float = 4000.0
-    galaxy_density: float = 80000.0
-    star_mags: tuple = (12.0, 24.5)
-    galaxy_mags: tuple = (17.0, 25.5)
-    star_slope: float = 0.15
-    galaxy_slope: float = 0.35
-    sky_gradient: float = 0.005
-    hot_pixels: float = 40.0
-    bad_columns: float = 2.0
-    cr_model: CosmicRayModel = CosmicRayModel()
-    pixel_scale: float = PIXEL_SCALE
-    zeropoint_offset: float = 0.0
-    density_scale_range: tuple = (0.5, 2.0)
-    sky_e_range: tuple | None = None
-    cr_exptime: float | None = None
-    cr_threshold_e: float | None = None
-
-
-def _log_uniform(rng, lo, hi):
-    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-
-
-#: (thickness um, pixel pitch um, diffusion sigma px at the entrance window): thick red-sensitive
-#: (DECam, HSC), LSST ITL, thinned back-illuminated and 2x2-binned thick sensors.
-SENSORS = ((250.0, 15.0, 0.45), (200.0, 15.0, 0.4), (100.0, 10.0, 0.3), (40.0, 15.0, 0.25),
-           (15.0, 15.0, 0.2), (20.0, 13.5, 0.2), (250.0, 30.0, 0.25), (40.0, 30.0, 0.15))
-#: How often each of :data:`SENSORS` is drawn: thick sensors (long, faint muon tracks) 45 %.
-SENSOR_WEIGHTS = (0.25, 0.1, 0.15, 0.1, 0.1, 0.1, 0.1, 0.1)
-#: Synthetic data sets: DECam's camera for every frame, or :func:`random_instrument` per frame.
-VARIETIES = ("decam", "wide")
-
-
-def random_instrument(rng, *, cr_rate_scale: float = 1.0, sky_e_range=None) -> SyntheticConfig:
-    """A random CCD imager and observing setup, for training that generalizes beyond DECam.
-
-    Everything a real frame can differ in is drawn independently and widely (units in brackets):
-
-    - sampling: PSF FWHM 1.1 to 8 pixels (log-uniform; undersampled space images to
-      well-sampled ground frames) at 0.1 to 1.2 arcsec/pixel, Moffat beta 2 to 6;
-    - signal: sky level 3 e- to 30 % of saturation per pixel (log-uniform: as many sky-noise
-      dominated frames, where thick-sensor muon tracks are only 5-20 sigma, as read-noise
-      dominated ones), the exposure time following from the band's sky brightness (0.5 to 20
-      times dark sky) and a zero point -3.5 to +0.5 mag from DECam's; star counts 0.3 to 8
-      times the field average with more bright (saturated, bleeding) stars than DECam's defaults;
-    - detector: gain 0.5 to 5 e-/ADU, read noise 2 to 12 e-, full well 3e4 to 2e5 e- (and a
-      16-bit ADC), a bias pedestal of 0 (calibrated) or 100 to 3000 ADU (raw frames);
-    - sensor: one of :data:`SENSORS` (thickness, pitch, diffusion), which sets CR track lengths
-      and widths; the CR rate scales with the pixel area.
-
-    Parameters
-    ----------
-    rng : numpy.random.Generator
-    cr_rate_scale : float
-        CR rate as a multiple of the sensor's dark rate.
-    sky_e_range : (float, float) or None
-        Sky level range in e- per pixel (log-uniform), instead of 3 e- to 30 % of saturation.
-        Both ends are capped at 30 % of the imager's saturation. A higher floor spends fewer
-        frames on the read-noise-dominated regime (where the noise hardly changes with the sky)
-        and more on bright skies, where CR tracks are faint against the sky noise.
-
-    Returns
-    -------
-    SyntheticConfig
-    """
-    fwhm_px = _log_uniform(rng, 1.1, 8.0)
-    pixel_scale = _log_uniform(rng, 0.1, 1.2)
-    gain = _log_uniform(rng, 0.5, 5.0)
-    bias = 0.0 if rng.uniform() < 0.5 else float(rng.uniform(100.0, 3000.0))
-    full_well = _log_uniform(rng, 3e4, 2e5)
-    thickness, pitch, diffusion = SENSORS[int(rng.choice(len(SENSORS), p=SENSOR_WEIGHTS))]
-    geometry = DetectorGeometry(thickness_um=thickness, pixel_um=pitch, diffusion_sigma_px=diffusion)
-    zeropoint_offset = float(rng.uniform(-3.5, 0.5))
-    saturation_adu = float(min(full_well / gain, 65535.0 - bias))  # full well or the 16-bit ADC
-    base = CosmicRayModel()
-    cr_model = dataclasses.replace(base, geometry=geometry, max_length_px=base.max_length_px * 15.0 / pitch,
-                                   rate_per_s=base.rate_per_s * cr_rate_scale * (pitch / 15.0) ** 2)
-    return SyntheticConfig(
-        gain=gain, readnoise_e=float(rng.uniform(2.0, 12.0)),
-        saturation_adu=saturation_adu, bias_adu=bias,
-        sky_e_range=_capped_sky_range(sky_e_range, 0.3 * saturation_adu * gain), cr_exptime=115.0,
-        seeing_range=(fwhm_px * pixel_scale,) * 2, beta_range=(2.0, 6.0),
-        sky_scale_range=(0.5, 20.0), density_scale_range=(0.3, 8.0), star_mags=(9.0, 24.5), star_slope=0.12,
-        hot_pixels=_log_uniform(rng, 5.0, 400.0), bad_columns=float(rng.uniform(0.0, 4.0)),
-        cr_model=cr_model, pixel_scale=pixel_scale, zeropoint_offset=zeropoint_offset)
-
-
-def _capped_sky_range(sky_e_range, cap_e):
-    """``random_instrument``'s sky range in e-: ``sky_e_range`` (default 3 e- upward) capped at ``cap_e``."""
-    lo, hi = (3.0, cap_e) if sky_e_range is None else (float(sky_e_range[0]), float(sky_e_range[1]))
-    return (min(lo, cap_e), min(hi, cap_e))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -373,10 +227,7 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
     gx, gy = rng.uniform(-cfg.sky_gradient, cfg.sky_gradient, 2)
     model += np.float32(sky_e) * (1 + gy * np.linspace(-1, 1, ny, dtype=np.float32)[:, None]
                                   + gx * np.linspace(-1, 1, nx, dtype=np.float32)[None, :])
-    scale = ny * nx / (4096 * 2048)
-    n_hot = int(rng.poisson(cfg.hot_pixels * scale))
-    hot_y, hot_x = rng.integers(0, ny, n_hot), rng.integers(0, nx, n_hot)
-    model[hot_y, hot_x] += (np.exp(rng.uniform(np.log(5), np.log(500), n_hot)) * exptime).astype(np.float32)
+    hot_y, hot_x = _add_hot_pixels(model, rng, cfg=cfg, exptime=exptime)
 
     noise = rng.standard_normal(shape, dtype=np.float32)
     noise *= np.sqrt(np.maximum(model, 0) + np.float32(cfg.readnoise_e**2))
@@ -387,14 +238,7 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
     clean = image_e
     clean *= np.float32(1 / cfg.gain)
     clean += np.float32(cfg.bias_adu)
-    for _ in range(int(rng.poisson(cfg.bad_columns * nx / 2048))):
-        col, y0 = int(rng.integers(nx)), int(rng.integers(ny))
-        rows = slice(y0, ny) if rng.integers(2) else slice(0, y0 + 1)
-        if rng.integers(2):  # charge-trap column: low values
-            clean[rows, col] = cfg.bias_adu + (clean[rows, col] - cfg.bias_adu) * np.float32(rng.uniform(0, 0.5))
-        else:  # hot column
-            clean[rows, col] += np.float32(rng.uniform(20, 500))
-        ignore[rows, col] = True
+    _add_bad_columns(clean, ignore, rng, cfg=cfg)
 
     cr_exptime = exptime if cfg.cr_exptime is None else float(cfg.cr_exptime)
     crs = simulate_cosmic_rays(shape, exptime=cr_exptime, rng=rng, model=cfg.cr_model, readnoise_e=cfg.readnoise_e,
@@ -405,7 +249,7 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
         "fwhm_px": fwhm_px, "sensor_um": [cfg.cr_model.geometry.thickness_um, cfg.cr_model.geometry.pixel_um],
         "zeropoint_e": zp, "sky_e_per_s": sky_rate, "sky_adu": sky_e / cfg.gain + cfg.bias_adu,
         "gain": cfg.gain, "readnoise_e": cfg.readnoise_e, "saturation_adu": cfg.saturation_adu + cfg.bias_adu,
-        "bias_adu": cfg.bias_adu, "n_stars": n_stars, "n_galaxies": n_gals, "n_hot_pixels": n_hot,
+        "bias_adu": cfg.bias_adu, "n_stars": n_stars, "n_galaxies": n_gals, "n_hot_pixels": len(hot_y),
         "n_cosmic_rays": len(crs.events), "cr_pixels": int(crs.mask.sum()), "shape": [ny, nx],
     }
     logger.debug("synthetic frame %s", meta)
@@ -413,166 +257,29 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
                           cr_electrons=crs.electrons, meta=meta, saturated_mask=saturated)
 
 
-def extended_sources(shape, rng, *, n, noise_e, peak_snr=(2.0, 300.0), re_px=(8.0, 120.0), max_peak_e=None):
-    """Large smooth sources (nearby galaxies, nebulae, halos): an image in electrons, noiseless.
-
-    The embedded frames' galaxies are at most a few arcsec across; real fields also hold
-    galaxies and diffuse light tens to hundreds of pixels across, on which CR hits must still
-    be found. Each source is an elliptical Sersic profile (index 0.5-4, axis ratio 0.3-1, centred
-    anywhere on the frame) whose peak is ``peak_snr`` times the frame's noise.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        (ny, nx) in pixels.
-    rng : numpy.random.Generator or int
-    n : int
-        Number of sources.
-    noise_e : float
-        The frame's sky noise in electrons (sets the peak surface brightness).
-    peak_snr : tuple of float
-        Log-uniform range of the peak, in units of ``noise_e``.
-    re_px : tuple of float
-        Log-uniform range of the effective radius in pixels.
-    max_peak_e : float, optional
-        Upper limit of a peak in electrons (e.g. half the full well, so nothing saturates).
-
-    Returns
-    -------
-    numpy.ndarray, shape (ny, nx), float32
-        Source charge in electrons per pixel.
-    """
-    rng = np.random.default_rng(rng)
-    ny, nx = shape
-    out = np.zeros(shape, np.float32)
-    for _ in range(int(n)):
-        re = _log_uniform(rng, *re_px)
-        sersic_n = _log_uniform(rng, 0.5, 4.0)
-        b_n = 2 * sersic_n - 1 / 3 + 0.009876 / sersic_n
-        q, pa = rng.uniform(0.3, 1.0), rng.uniform(0, np.pi)
-        peak = _log_uniform(rng, *peak_snr) * noise_e
-        if max_peak_e is not None:
-            peak = min(peak, max_peak_e)
-        yc, xc = rng.uniform(0, ny), rng.uniform(0, nx)
-        half = 6 * re  # the profile is below 1e-3 of its peak (n <= 4 at this radius is ~1e-3)
-        y0, y1 = max(int(yc - half), 0), min(int(yc + half) + 1, ny)
-        x0, x1 = max(int(xc - half), 0), min(int(xc + half) + 1, nx)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        dy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(yc)
-        dx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(xc)
-        c, s = np.float32(np.cos(pa)), np.float32(np.sin(pa))
-        u, w = dx * c + dy * s, (-dx * s + dy * c) / np.float32(q)
-        r = np.sqrt(u * u + w * w + np.float32(1.0))  # softened by a pixel: no cusp
-        # Sersic profile normalized to 1 at the (softened) centre
-        k, inv_n = np.float32(b_n), np.float32(1 / sersic_n)
-        profile = np.exp(-k * ((r / np.float32(re)) ** inv_n - np.float32(1 / re) ** inv_n))
-        out[y0:y1, x0:x1] += np.float32(peak) * profile
-    return out
+def _add_hot_pixels(model, rng, *, cfg: SyntheticConfig, exptime: float):
+    """Add hot pixels (dark current of 5-500 e-/s, log-uniform; ``cfg.hot_pixels`` per 2048 x 4096
+    CCD) to ``model`` (e-) in place; return their ``(y, x)`` indices."""
+    ny, nx = model.shape
+    scale = ny * nx / (4096 * 2048)
+    n_hot = int(rng.poisson(cfg.hot_pixels * scale))
+    hot_y, hot_x = rng.integers(0, ny, n_hot), rng.integers(0, nx, n_hot)
+    model[hot_y, hot_x] += (np.exp(rng.uniform(np.log(5), np.log(500), n_hot)) * exptime).astype(np.float32)
+    return hot_y, hot_x
 
 
-#: Fraction of the field a :func:`dominant_source` covers (where it is brighter than the sky's variance).
-DOMINANT_COVER = (0.3, 0.7)
-
-
-def dominant_source(shape, rng, *, sky_var_e, cover=None, max_peak_e=None):
-    """One galaxy or nebula that fills much of the frame: an image in electrons, noiseless.
-
-    Half the time an elliptical Sersic galaxy (index 0.5-4, effective radius 15-50 % of the
-    frame's short side, axis ratio 0.4-1, centred anywhere on the frame), half the time a
-    nebula (the exponential of a Gaussian random field smoothed over 5-15 % of the frame).
-    Its brightness is set so that it exceeds ``sky_var_e`` (the sky's variance in e-: the sky
-    level plus the read noise squared) over a fraction ``cover`` of the frame: there its photon
-    noise dominates, so one noise level per frame is wrong over 30-70 % of the field.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        (ny, nx) in pixels.
-    rng : numpy.random.Generator or int
-    sky_var_e : float
-        Variance of the sky in e-^2 (sky e- plus read noise e- squared).
-    cover : float, optional
-        Fraction of pixels where the source exceeds ``sky_var_e`` (default: uniform in
-        :data:`DOMINANT_COVER`).
-    max_peak_e : float, optional
-        Upper limit of the peak in e- (e.g. half the full well).
-
-    Returns
-    -------
-    numpy.ndarray, shape (ny, nx), float32
-        Source charge in e- per pixel.
-    """
-    rng = np.random.default_rng(rng)
-    ny, nx = shape
-    cover = float(rng.uniform(*DOMINANT_COVER)) if cover is None else float(cover)
-    if rng.uniform() < 0.5:
-        re = min(ny, nx) * float(rng.uniform(0.15, 0.5))
-        n = _log_uniform(rng, 0.5, 4.0)
-        b_n = 2 * n - 1 / 3 + 0.009876 / n
-        q, pa = rng.uniform(0.4, 1.0), rng.uniform(0, np.pi)
-        yc, xc = rng.uniform(0, ny), rng.uniform(0, nx)
-        dy = np.arange(ny, dtype=np.float32)[:, None] - np.float32(yc)
-        dx = np.arange(nx, dtype=np.float32)[None, :] - np.float32(xc)
-        c, s = np.float32(np.cos(pa)), np.float32(np.sin(pa))
-        r = np.sqrt((dx * c + dy * s) ** 2 + ((-dx * s + dy * c) / np.float32(q)) ** 2 + np.float32(1.0))
-        profile = np.exp(-np.float32(b_n) * (r / np.float32(re)) ** np.float32(1 / n))
-    else:
-        k = 8  # the field is made on a grid k times coarser, then interpolated
-        small = rng.standard_normal((-(-ny // k) + 2, -(-nx // k) + 2))
-        small = ndimage.gaussian_filter(small, min(ny, nx) / k * float(rng.uniform(0.05, 0.15)), mode="wrap")
-        small = np.exp(2.5 * small / small.std())
-        profile = ndimage.zoom(small, k, order=1)[:ny, :nx].astype(np.float32)
-    profile /= profile.max()
-    level = float(np.quantile(profile[::4, ::4], 1 - cover))  # the source is brighter than that on `cover`
-    peak = sky_var_e / max(level, 1e-6)
-    if max_peak_e is not None:
-        peak = min(peak, max_peak_e)
-    return (profile * np.float32(peak)).astype(np.float32)
-
-
-def source_map(image, *, mask=None, nsigma=1.0, block=256, smooth=5):
-    """Pixels on astronomical sources: where the locally smoothed signal exceeds the noise.
-
-    The local background is the median of ``block`` x ``block`` pixel blocks (bilinear between
-    block centres); the signal is the ``smooth`` x ``smooth`` mean of image - background, and a
-    pixel is on a source when that mean exceeds ``nsigma`` times the pixel noise (measured from
-    differences of pixels two apart, so the sources do not inflate it; ``nsigma * smooth``
-    sigma of the mean). Used to place CR hits on stars, galaxies and halos
-    in training, and to report how a detector does there.
-
-    Parameters
-    ----------
-    image : array_like, shape (ny, nx)
-        Image (ADU or electrons); not modified.
-    mask : array_like of bool, optional
-        Pixels to leave out of the background and of the map (saturated, bad).
-    nsigma : float
-        Threshold in units of the per-pixel noise.
-    block, smooth : int
-        Background block size and smoothing box in pixels.
-
-    Returns
-    -------
-    numpy.ndarray of bool, shape (ny, nx)
-    """
-    from kercr.data.normalization import NormalizationConfig, robust_sky_noise
-
-    image = np.asarray(image, dtype=np.float32)
-    bad = ~np.isfinite(image) if mask is None else (np.asarray(mask, bool) | ~np.isfinite(image))
-    # the noise from pixel differences: not inflated by the sources being mapped
-    _, noise, _ = robust_sky_noise(image, mask=bad, config=NormalizationConfig(noise_estimator="diff2"))
-    ny, nx = image.shape
-    hy, hx = min(block, ny), min(block, nx)  # block size (the frame's, if smaller); the remainder is left out
-    by, bx = ny // hy, nx // hx
-    grid = np.where(bad, np.nan, image)[: by * hy, : bx * hx]
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-masked blocks
-        med = np.nanmedian(grid.reshape(by, hy, bx, hx), axis=(1, 3))
-    med = np.where(np.isfinite(med), med, np.nanmedian(med) if np.isfinite(med).any() else 0.0)
-    background = ndimage.zoom(med, (ny / by, nx / bx), order=1, mode="nearest", grid_mode=True)[:ny, :nx]
-    signal = ndimage.uniform_filter(np.where(bad, background, image) - background, smooth)
-    return (signal > nsigma * noise) & ~bad
+def _add_bad_columns(clean, ignore, rng, *, cfg: SyntheticConfig) -> None:
+    """Charge-trap (low) and hot columns from a random row to one end of the CCD, in ``clean`` (ADU)
+    in place, marked in ``ignore``; ``cfg.bad_columns`` per 2048 columns on average."""
+    ny, nx = clean.shape
+    for _ in range(int(rng.poisson(cfg.bad_columns * nx / 2048))):
+        col, y0 = int(rng.integers(nx)), int(rng.integers(ny))
+        rows = slice(y0, ny) if rng.integers(2) else slice(0, y0 + 1)
+        if rng.integers(2):  # charge-trap column: low values
+            clean[rows, col] = cfg.bias_adu + (clean[rows, col] - cfg.bias_adu) * np.float32(rng.uniform(0, 0.5))
+        else:  # hot column
+            clean[rows, col] += np.float32(rng.uniform(20, 500))
+        ignore[rows, col] = True
 
 
 def generate_dataset(n_frames, *, seed, shape=(4096, 2048), band=None, exptime=None,

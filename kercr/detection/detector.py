@@ -88,8 +88,9 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         True for pixels to ignore (bad pixels, bleed trails): left out of the statistics,
         probability 0, mask False.
     tile : int, optional
-        Tile side in pixels (rounded up to the model's multiple); default 512 (peak memory
-        < 1.5 GB on a 2k x 4k CCD), or the fixed input of a TransUNet. Tiles shrink to fit
+        Tile side in pixels (rounded up to the model's multiple); default 512 with Keras, 384
+        with LiteRT (peak memory 0.48 GB on a 2k x 4k CCD with the shipped model), or the fixed
+        input of a TransUNet. Tiles shrink to fit
         small frames.
     overlap : int, optional
         Margin in pixels discarded on each side of every tile; default: the receptive-field
@@ -135,23 +136,15 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         Unusable model argument.
     ValueError
         Bad tile, overlap, threshold or runtime.
+
+    Notes
+    -----
+    Longer than kercr's ~80-line guide for a function only by this docstring, which documents
+    every keyword of the public entry point; the body (~50 lines) hands its steps to helpers.
     """
     data, header, extra_mask, description, frame = unpack(image)
     data = np.asarray(data)
-    if data.ndim != 2:
-        raise KercrDataError(f"{description} has shape {data.shape}; kercr.detect needs a 2-D (ny, nx) image.")
-    if min(data.shape) < 2:
-        raise KercrDataError(f"{description} has shape {data.shape}; pass an image of at least 2 x 2 pixels.")
-    if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
-        raise KercrDataError(f"{description} has dtype {data.dtype}; pass real-valued pixels.")
-    if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1 (or None: 4 with TFLite, 1 with Keras).")
-    if clean is not None and clean is not False:  # checked before the network runs
-        clean = check_clean_method("median" if clean is True else clean)
-        if isinstance(clean_dilate, bool) or not isinstance(clean_dilate, (int, np.integer)) or clean_dilate < 0:
-            raise KercrDataError(f"clean_dilate={clean_dilate!r}: pass a number of pixels >= 0.")
-    else:
-        clean = None
+    clean = _check_arguments(data, description, batch_size=batch_size, clean=clean, clean_dilate=clean_dilate)
     if frame is not None:  # a kercr CCDFrame already parsed its headers
         gain = gain if gain is not None else frame.gain
         readnoise = readnoise if readnoise is not None else frame.readnoise
@@ -171,13 +164,65 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     threshold, logit_cut = (loaded.threshold, loaded.logit_threshold) if threshold is None else (float(threshold), None)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold={threshold} must be a probability in [0, 1].")
-    tile, margin = check_tiling(loaded, tile, overlap)
+    tile, margin = check_tiling(loaded, tile, overlap, runtime)
 
+    ignored = _ignored_pixels(data, description, saturation=saturation if exclude_saturated else None,
+                              masks=((extra_mask, "CCDData mask"), (mask, "mask")))
+
+    normalized, params = normalize(data, mask=ignored, config=loaded.normalization)
+    predict, logits = predictor(loaded, runtime, tta=tta, num_threads=num_threads)
+    score, tile_shape, n_tiles = predict_tiled(
+        normalized, predict, tile=tile, margin=margin, multiple=loaded.multiple,
+        fixed=loaded.fixed_size is not None, batch_size=int(batch_size))
+    del normalized
+    probability, cr_mask, logit, cut = _threshold(score, logits=logits, threshold=threshold, logit_cut=logit_cut,
+                                                  ignored=ignored, keep_logits=keep_logits)
+    del score
+    probability[ignored] = 0.0
+    cr_mask &= ~ignored
+    logger.debug("%s: %d tiles of %s, %d CR pixels at p >= %.4g", description, n_tiles, tile_shape,
+                 int(cr_mask.sum()), threshold)
+    cleaned, ccd = None, None
+    if clean is not None:
+        cleaned = clean_image(data, cr_mask, ignore=ignored, method=clean, dilate=int(clean_dilate))
+        ccd = image if isinstance(image, CCDData) else None
+    return DetectionResult(
+        probability=probability, mask=cr_mask, threshold=threshold, ignored=ignored, model_name=loaded.name,
+        runtime=runtime, tile=tuple(tile_shape), overlap=margin, n_tiles=n_tiles, normalization=params,
+        gain=gain, readnoise=readnoise, saturation=saturation, tta=tta, logit=logit,
+        logit_threshold=None if cut is None else float(cut),
+        clean=cleaned, clean_method=clean, clean_dilate=int(clean_dilate) if clean is not None else 0, _ccd=ccd,
+    )
+
+
+def _check_arguments(data, description, *, batch_size, clean, clean_dilate):
+    """KercrDataError or ValueError for an image that is not a real 2-D array of at least 2 x 2
+    pixels, or a bad ``batch_size`` or cleaning option; the cleaning method (None: no cleaning)."""
+    if data.ndim != 2:
+        raise KercrDataError(f"{description} has shape {data.shape}; kercr.detect needs a 2-D (ny, nx) image.")
+    if min(data.shape) < 2:
+        raise KercrDataError(f"{description} has shape {data.shape}; pass an image of at least 2 x 2 pixels.")
+    if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
+        raise KercrDataError(f"{description} has dtype {data.dtype}; pass real-valued pixels.")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1 (or None: 4 with TFLite, 1 with Keras).")
+    if clean is not None and clean is not False:  # checked before the network runs
+        clean = check_clean_method("median" if clean is True else clean)
+        if isinstance(clean_dilate, bool) or not isinstance(clean_dilate, (int, np.integer)) or clean_dilate < 0:
+            raise KercrDataError(f"clean_dilate={clean_dilate!r}: pass a number of pixels >= 0.")
+    else:
+        clean = None
+    return clean
+
+
+def _ignored_pixels(data, description, *, saturation, masks) -> np.ndarray:
+    """The ignored pixels: non-finite, at or above ``saturation`` (None: none saturate) or in one of
+    ``masks`` (``(mask or None, what)`` pairs); KercrDataError when that is every pixel."""
     ignored = ~np.isfinite(data)
-    if exclude_saturated and saturation is not None:
+    if saturation is not None:
         with np.errstate(invalid="ignore"):
             ignored |= data >= saturation
-    for m, what in ((extra_mask, "CCDData mask"), (mask, "mask")):
+    for m, what in masks:
         if m is not None:
             m = np.asarray(m, dtype=bool)
             if m.shape != data.shape:
@@ -186,13 +231,14 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     if ignored.all():
         raise KercrDataError(f"every pixel of {description} is ignored (non-finite, saturated or masked); "
                              "nothing to detect. Check the data, the saturation level and the mask.")
+    return ignored
 
-    normalized, params = normalize(data, mask=ignored, config=loaded.normalization)
-    predict, logits = predictor(loaded, runtime, tta=tta, num_threads=num_threads)
-    score, tile_shape, n_tiles = predict_tiled(
-        normalized, predict, tile=tile, margin=margin, multiple=loaded.multiple,
-        fixed=loaded.fixed_size is not None, batch_size=int(batch_size))
-    del normalized
+
+def _threshold(score, *, logits, threshold, logit_cut, ignored, keep_logits):
+    """``(probability, mask, logit, cut)`` of the network's ``score`` map (logits when ``logits``,
+    else probabilities, which are clipped to [0, 1] in place and returned as ``probability``).
+    ``logit`` is ``score`` itself when ``keep_logits`` (set to float32's minimum on ``ignored``
+    pixels), else None; ``cut`` is the logit threshold (None for probabilities)."""
     logit, cut = None, None
     if logits:
         # Threshold the logits: float32 probabilities round to 1.0 above a logit of ~16.6, where
@@ -212,23 +258,8 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         if keep_logits:
             score[ignored] = np.finfo(np.float32).min  # probability 0; finite for the metrics
             logit = score
-        del score
     else:
         probability = score
         np.clip(probability, 0.0, 1.0, out=probability)
         cr_mask = probability >= np.float32(threshold)
-    probability[ignored] = 0.0
-    cr_mask &= ~ignored
-    logger.debug("%s: %d tiles of %s, %d CR pixels at p >= %.4g", description, n_tiles, tile_shape,
-                 int(cr_mask.sum()), threshold)
-    cleaned, ccd = None, None
-    if clean is not None:
-        cleaned = clean_image(data, cr_mask, ignore=ignored, method=clean, dilate=int(clean_dilate))
-        ccd = image if isinstance(image, CCDData) else None
-    return DetectionResult(
-        probability=probability, mask=cr_mask, threshold=threshold, ignored=ignored, model_name=loaded.name,
-        runtime=runtime, tile=tuple(tile_shape), overlap=margin, n_tiles=n_tiles, normalization=params,
-        gain=gain, readnoise=readnoise, saturation=saturation, tta=tta, logit=logit,
-        logit_threshold=None if cut is None else float(cut),
-        clean=cleaned, clean_method=clean, clean_dilate=int(clean_dilate) if clean is not None else 0, _ccd=ccd,
-    )
+    return probability, cr_mask, logit, cut

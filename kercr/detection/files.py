@@ -20,10 +20,16 @@ other pixel as the input. Its header holds the same provenance plus ``KCRCLEAN``
 
 The file is written by :func:`kercr.data.fits_io.new_fits_file`: under a temporary name, renamed
 at the end; inputs are never modified, no file is ever overwritten, and a failure leaves nothing.
+
+The work is in three steps, so that CCDs can be detected in other processes
+(:mod:`kercr.detection.batch`) and the file still written once, in order, by one process:
+:func:`plan_file` (checks, output name, CCD list), :func:`detect_ccd` (one CCD: read, detect, the
+extensions it adds) and :func:`write_output` (the copy of the input, then each CCD's extensions).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -31,7 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FITS_SUFFIXES", "detect_file", "mask_extname", "output_path", "select_extensions"]
+from kercr._version import __version__
+
+__all__ = ["FITS_SUFFIXES", "CCDOutput", "FilePlan", "detect_ccd", "detect_file", "mask_extname", "output_path",
+           "plan_file", "select_extensions", "write_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +87,8 @@ def select_extensions(path, ext="all") -> tuple[list[tuple[int, str]], bool]:
     list of (int, str), bool
         ``(hdu_index, extname)`` in file order (``"all"``) or the order asked for.
     """
-    from kercr.data import list_ccd_extensions
-    from kercr.data.errors import FITSFormatError
+    from kercr.data import list_ccd_extensions  # heavy: astropy (kercr.data)
+    from kercr.data.errors import FITSFormatError  # heavy: astropy (kercr.data)
 
     images = [(i, n) for i, n in list_ccd_extensions(path) if not _SKIP_EXT.match(n)]
     if not images:
@@ -108,8 +117,7 @@ def select_extensions(path, ext="all") -> tuple[list[tuple[int, str]], bool]:
 
 
 def _provenance(result, *, dilate: int, clean) -> dict:
-    from kercr._version import __version__
-    from kercr.data.fits_io import utc_now
+    from kercr.data.fits_io import utc_now  # heavy: astropy (kercr.data)
 
     cleaning = {"KCRCLEAN": (clean, "CR cleaning method (CLEAN extensions)")} if clean else {}
     return {
@@ -126,9 +134,186 @@ def _provenance(result, *, dilate: int, clean) -> dict:
     }
 
 
+@dataclasses.dataclass
+class FilePlan:
+    """One input checked and ready: where its output goes and which CCDs it holds.
+
+    Attributes
+    ----------
+    path, out : pathlib.Path
+        The input and the output file to write (:func:`output_path`; it did not exist when planned).
+    extensions : list of (int, str)
+        ``(hdu_index, extname)`` of the CCDs to process, in output order.
+    single : bool
+        The file holds a single image (masks are named ``CRMASK``, not ``<EXTNAME>_CRMASK``).
+    """
+
+    path: Path
+    out: Path
+    extensions: list
+    single: bool
+
+
+@dataclasses.dataclass
+class CCDOutput:
+    """What one CCD adds to the output: made by :func:`detect_ccd` (in a worker process or not).
+
+    Attributes
+    ----------
+    extname : str
+        The image extension.
+    provenance : dict
+        The provenance cards (the first CCD's go to the primary header).
+    hdus : list of (str, numpy.ndarray, astropy.io.fits.Header)
+        ``(EXTNAME, data, header)`` to append: the uint8 mask, then the float32 probability
+        and cleaned image when asked for.
+    n_cr, n_ignored, n_pixels : int
+        Flagged, ignored and all pixels of the CCD.
+    seconds : float
+        Time to read and detect it, s.
+    """
+
+    extname: str
+    provenance: dict
+    hdus: list
+    n_cr: int
+    n_ignored: int
+    n_pixels: int
+    seconds: float
+
+
+def plan_file(path, *, out_dir=None, suffix="_crmask", ext="all", dilate=0) -> FilePlan:
+    """Check one input before any detection: it exists, the output does not, its CCDs.
+
+    Raises
+    ------
+    kercr.data.FITSFileNotFoundError, kercr.data.FITSFormatError, kercr.data.KercrDataError
+        ``path`` is missing, not FITS or holds no image; ``ext`` names no image; a bad ``dilate``.
+    FileExistsError
+        The output exists.
+    """
+    from kercr.data.errors import FITSFileNotFoundError, KercrDataError  # heavy: astropy (kercr.data)
+
+    path = Path(path)
+    if not path.exists():
+        raise FITSFileNotFoundError(f"{path}: file not found. Check the path.")
+    if isinstance(dilate, bool) or not isinstance(dilate, (int, np.integer)) or dilate < 0:
+        raise KercrDataError(f"dilate={dilate!r}: pass a number of pixels >= 0.")
+    out = output_path(path, out_dir, suffix)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists and kercr never overwrites files: skip it "
+                              "(kercr-detect --skip-existing, skip_existing=True), write elsewhere (--out DIR or "
+                              "--suffix; out_dir= or suffix=) or remove the file.")
+    extensions, single = select_extensions(path, ext)
+    return FilePlan(path=path, out=out, extensions=extensions, single=single)
+
+
+def detect_ccd(path, hdu_index: int, extname: str, *, single: bool, model="default", dilate=0,
+               save_probability=False, clean=None, **detect_options) -> CCDOutput:
+    """Read one CCD of a FITS file, detect its cosmic rays and make the extensions it adds.
+
+    Parameters
+    ----------
+    path : path-like
+        FITS file.
+    hdu_index, extname : int, str
+        The CCD (:func:`select_extensions`).
+    single : bool
+        Name the extensions ``CRMASK``... rather than ``<EXTNAME>_CRMASK``...
+    model, dilate, save_probability, clean
+        As :func:`detect_file`.
+    **detect_options
+        ``threshold``, ``runtime``, ``tta``, ``tile``, ``overlap``, ``batch_size``,
+        ``num_threads``, ``exclude_saturated`` of :func:`kercr.detection.detect`.
+
+    Returns
+    -------
+    CCDOutput
+    """
+    from kercr.data import read_ccd  # heavy: astropy (kercr.data)
+    from kercr.data.fits_io import wcs_header  # heavy: astropy (kercr.data)
+    from kercr.detection import detect  # lazy: kercr.detection imports this module
+
+    t0 = time.perf_counter()
+    frame = read_ccd(path, hdu_index)
+    result = detect(frame, model=model, clean=clean, clean_dilate=dilate, **detect_options)
+    mask = result.dilated_mask(dilate) if dilate else result.mask
+    prov = _provenance(result, dilate=dilate, clean=clean)
+    header = wcs_header(frame.header)
+    for key, value in prov.items():
+        header[key] = value
+    header["KCRSRCEX"] = (extname, "image extension this mask belongs to")
+    if "EXTVER" in frame.header:  # SCI,1 and SCI,2 (HST) get SCI_CRMASK,1 and SCI_CRMASK,2
+        header["EXTVER"] = (frame.header["EXTVER"], "EXTVER of the image extension")
+    header["KCRNCR"] = (int(mask.sum()), "flagged (CR) pixels")
+    header["KCRNIGN"] = (int(result.ignored.sum()), "ignored pixels (NaN/inf, saturated)")
+    header["KCRSKY"] = (float(result.normalization.sky), "sky, image units")
+    header["KCRNOISE"] = (float(result.normalization.noise), "noise, image units")
+    header["BUNIT"] = ("", "1 = cosmic ray, 0 = not")
+    hdus = [(mask_extname(extname, single), mask.astype(np.uint8), header.copy())]
+    if save_probability:
+        header["BUNIT"] = ("", "CR probability")
+        hdus.append((mask_extname(extname, single, "CRPROB"), result.probability, header.copy()))
+    if clean:
+        header["BUNIT"] = (str(frame.header.get("BUNIT", "")), "as the image; CR pixels replaced")
+        header["KCRNCLN"] = (int(mask.sum()), "pixels replaced by cleaning (the mask's)")
+        hdus.append((mask_extname(extname, single, "CLEAN"), result.clean, header.copy()))
+    return CCDOutput(extname=extname, provenance=prov, hdus=hdus, n_cr=int(mask.sum()),
+                     n_ignored=int(result.ignored.sum()), n_pixels=int(mask.size), seconds=time.perf_counter() - t0)
+
+
+def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, log_prefix="") -> int:
+    """Write ``plan.out``: a copy of the input, then each CCD's extensions in ``plan.extensions`` order.
+
+    Parameters
+    ----------
+    plan : FilePlan
+    ccds : iterable of CCDOutput
+        One per ``plan.extensions``, in that order; pulled one at a time, so only one CCD's
+        arrays need be in memory. An error raised by it leaves no output.
+    save_probability, clean
+        What :func:`detect_ccd` was asked for (checked against the input's extension names first).
+    log_prefix : str
+        Put in front of the log lines.
+
+    Returns
+    -------
+    int
+        Pixels processed.
+    """
+    from kercr.data.fits_io import new_fits_file  # heavy: astropy (kercr.data)
+
+    path, n = plan.path, len(plan.extensions)
+    t0, pixels = time.perf_counter(), 0
+    with new_fits_file(plan.out, copy_of=path) as f:
+        kinds = ("CRMASK", *(("CRPROB",) if save_probability else ()), *(("CLEAN",) if clean else ()))
+        for _, extname in plan.extensions:
+            for kind in kinds:
+                name = mask_extname(extname, plan.single, kind)
+                if name.upper() in f.extnames:
+                    raise ValueError(f"{path} already holds an extension {name} (an earlier kercr-detect "
+                                     "output?); run kercr-detect on the original file.")
+        k = 0
+        for k, ccd in enumerate(ccds, 1):
+            if k == 1:
+                f.update_primary({**ccd.provenance, "KCRSRC": str(path.name)[-68:]})
+            for name, data, header in ccd.hdus:
+                f.append(data, name=name, header=header)
+            pixels += ccd.n_pixels
+            logger.info("%s%s [%s] %d/%d: %d CR pixels (%.3f %%), %d ignored, %.1f s", log_prefix, path.name,
+                        ccd.extname, k, n, ccd.n_cr, 100.0 * ccd.n_cr / max(ccd.n_pixels, 1), ccd.n_ignored,
+                        ccd.seconds)
+        if k != n:  # a caller's bug; the partial file is removed
+            raise RuntimeError(f"{path}: {k} CCD results for {n} extensions.")
+    logger.info("%swrote %s (%d CCD%s, %.1f s)", log_prefix, plan.out, n, "" if n == 1 else "s",
+                time.perf_counter() - t0)
+    return pixels
+
+
 def detect_file(path, *, out_dir=None, suffix="_crmask", model="default", ext="all", threshold=None, dilate=0,
                 save_probability=False, clean=None, runtime="auto", tta=None, tile=None, overlap=None,
-                batch_size=None, num_threads=None, exclude_saturated=True, log_prefix="") -> Path:
+                batch_size=None, num_threads=None, exclude_saturated=True, jobs=1, progress=False,
+                log_prefix="") -> Path:
     """Detect the cosmic rays of every CCD of a FITS file and write a NEW FITS file with the masks.
 
     Parameters
@@ -153,7 +338,13 @@ def detect_file(path, *, out_dir=None, suffix="_crmask", model="default", ext="a
     clean : {None, "median", "mean", "idw"}
         Also write a ``float32`` cleaned image of each CCD: the pixels of the written mask replaced.
     runtime, tta, tile, overlap, batch_size, num_threads, exclude_saturated
-        As :func:`kercr.detection.detect`.
+        As :func:`kercr.detection.detect`; with ``jobs > 1``, ``num_threads`` is the CPU threads
+        of all workers together.
+    jobs : int
+        Worker processes that detect the CCDs in parallel (1: in this process). The output is the
+        same bit for bit; see :func:`kercr.detection.detect_files` for memory.
+    progress : bool or None
+        Show a tqdm progress bar on stderr (None: when stderr is a terminal).
     log_prefix : str
         Put in front of the progress log lines (kercr-detect passes ``"[i/n] "``).
 
@@ -171,64 +362,14 @@ def detect_file(path, *, out_dir=None, suffix="_crmask", model="default", ext="a
     ValueError
         ``path`` already holds kercr-detect's extensions, or a bad option (see :func:`kercr.detection.detect`).
     """
-    # heavy: astropy and the detection modules load when a file is processed, not with this module
-    from kercr.data import read_ccd
-    from kercr.data.errors import FITSFileNotFoundError, KercrDataError
-    from kercr.data.fits_io import new_fits_file, wcs_header
-    from kercr.detection import detect, load_model
+    from kercr.detection.batch import detect_files  # lazy: batch imports this module
 
-    path = Path(path)
-    if not path.exists():
-        raise FITSFileNotFoundError(f"{path}: file not found. Check the path.")
-    if isinstance(dilate, bool) or not isinstance(dilate, (int, np.integer)) or dilate < 0:
-        raise KercrDataError(f"dilate={dilate!r}: pass a number of pixels >= 0.")
-    out = output_path(path, out_dir, suffix)
-    if out.exists():
-        raise FileExistsError(f"{out} already exists and kercr never overwrites files: write elsewhere "
-                              "(kercr-detect --out DIR or --suffix; out_dir= or suffix=) or remove the file.")
-    extensions, single = select_extensions(path, ext)
-    loaded = load_model(model)
-    t0 = time.perf_counter()
-    with new_fits_file(out, copy_of=path) as f:
-        kinds = ("CRMASK", *(("CRPROB",) if save_probability else ()), *(("CLEAN",) if clean else ()))
-        for _, extname in extensions:
-            for kind in kinds:
-                name = mask_extname(extname, single, kind)
-                if name.upper() in f.extnames:
-                    raise ValueError(f"{path} already holds an extension {name} (an earlier kercr-detect "
-                                     "output?); run kercr-detect on the original file.")
-        for k, (hdu_index, extname) in enumerate(extensions, 1):
-            t1 = time.perf_counter()
-            frame = read_ccd(path, hdu_index)
-            result = detect(frame, model=loaded, threshold=threshold, tile=tile, overlap=overlap,
-                            batch_size=batch_size, runtime=runtime, num_threads=num_threads, tta=tta,
-                            exclude_saturated=exclude_saturated, clean=clean, clean_dilate=dilate)
-            mask = result.dilated_mask(dilate) if dilate else result.mask
-            prov = _provenance(result, dilate=dilate, clean=clean)
-            if k == 1:
-                f.update_primary({**prov, "KCRSRC": str(path.name)[-68:]})
-            header = wcs_header(frame.header)
-            for key, value in prov.items():
-                header[key] = value
-            header["KCRSRCEX"] = (extname, "image extension this mask belongs to")
-            if "EXTVER" in frame.header:  # SCI,1 and SCI,2 (HST) get SCI_CRMASK,1 and SCI_CRMASK,2
-                header["EXTVER"] = (frame.header["EXTVER"], "EXTVER of the image extension")
-            header["KCRNCR"] = (int(mask.sum()), "flagged (CR) pixels")
-            header["KCRNIGN"] = (int(result.ignored.sum()), "ignored pixels (NaN/inf, saturated)")
-            header["KCRSKY"] = (float(result.normalization.sky), "sky, image units")
-            header["KCRNOISE"] = (float(result.normalization.noise), "noise, image units")
-            header["BUNIT"] = ("", "1 = cosmic ray, 0 = not")
-            f.append(mask.astype(np.uint8), name=mask_extname(extname, single), header=header)
-            if save_probability:
-                header["BUNIT"] = ("", "CR probability")
-                f.append(result.probability, name=mask_extname(extname, single, "CRPROB"), header=header)
-            if clean:
-                header["BUNIT"] = (str(frame.header.get("BUNIT", "")), "as the image; CR pixels replaced")
-                header["KCRNCLN"] = (int(mask.sum()), "pixels replaced by cleaning (the mask's)")
-                f.append(result.clean, name=mask_extname(extname, single, "CLEAN"), header=header)
-            logger.info("%s%s [%s] %d/%d: %d CR pixels (%.3f %%), %d ignored, %.1f s", log_prefix, path.name,
-                        extname, k, len(extensions), int(mask.sum()), 100.0 * mask.mean(),
-                        int(result.ignored.sum()), time.perf_counter() - t1)
-    logger.info("%swrote %s (%d CCD%s, %.1f s)", log_prefix, out, len(extensions),
-                "" if len(extensions) == 1 else "s", time.perf_counter() - t0)
-    return out
+    result = detect_files([path], out_dir=out_dir, suffix=suffix, model=model, ext=ext, threshold=threshold,
+                          dilate=dilate, save_probability=save_probability, clean=clean, runtime=runtime, tta=tta,
+                          tile=tile, overlap=overlap, batch_size=batch_size, num_threads=num_threads,
+                          exclude_saturated=exclude_saturated, jobs=jobs, progress=progress, log_prefix=log_prefix,
+                          report=False)
+    outcome = result.outcomes[0]
+    if outcome.error is not None:
+        raise outcome.error
+    return Path(outcome.output)

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from kercr._version import __version__
 from kercr.config import RUNTIMES
 from kercr.data.augment import flip_average
 from kercr.detection.loading import LoadedModel
+from kercr.export.litert import ParallelTFLiteRunner
 from kercr.model_files import file_sha256
 
 __all__ = ["DEFAULT_BATCH_SIZE", "RUNTIMES", "predictor", "resolve_runtime", "resolve_tta"]
@@ -95,7 +97,7 @@ def convert_for_runtime(loaded: LoadedModel, quantize: str) -> bytes:
     Needs TensorFlow. ``kercr.weights.ship`` prebuilds the shipped model's file with this function.
     """
     from kercr.export.parity import normalized_patches, synthetic_patches  # heavy: TensorFlow
-    from kercr.export.tflite import convert
+    from kercr.export.tflite import convert  # heavy: TensorFlow
 
     tile = loaded.fixed_size or 256
     representative = None
@@ -120,8 +122,6 @@ def _tflite_model(loaded: LoadedModel, runtime: str):
         return per_model[quantize]
     import keras  # heavy; converting needs TensorFlow anyway
 
-    from kercr._version import __version__
-
     key = hashlib.sha256(json.dumps([file_sha256(loaded.path), quantize, loaded.normalization.to_dict(), __version__,
                                      keras.__version__]).encode()).hexdigest()[:20]
     cached = _cache_dir() / f"{loaded.path.stem}-{key}-{runtime[7:]}.tflite"
@@ -143,8 +143,6 @@ def _tflite_model(loaded: LoadedModel, runtime: str):
 
 @functools.lru_cache(maxsize=8)
 def _runner_from_path(path: str, num_threads):
-    from kercr.export.litert import ParallelTFLiteRunner
-
     return ParallelTFLiteRunner(path, num_threads=num_threads)
 
 
@@ -169,8 +167,6 @@ def _raw_predictor(loaded: LoadedModel, runtime: str, num_threads):
     if isinstance(source, Path):
         runner = _runner_from_path(str(source), num_threads)
     else:
-        from kercr.export.litert import ParallelTFLiteRunner
-
         runner = ParallelTFLiteRunner(source, num_threads=num_threads)
     return runner.predict, False
 

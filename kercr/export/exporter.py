@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kercr._version import __version__
+from kercr.export.litert import TFLiteRunner
 from kercr.export.source import ExportError, load_model_source
 from kercr.model_files import file_sha256, write_normalization
 
@@ -85,7 +87,7 @@ def _check_options(formats, quantize, name, version):
     bad = sorted(set(formats) - set(FORMATS))
     if bad or not formats:
         raise ExportError(f"unknown format(s) {bad or formats}; choose from {', '.join(FORMATS)}.")
-    from kercr.export.tflite import QUANTIZE_MODES
+    from kercr.export.tflite import QUANTIZE_MODES  # heavy: imports TensorFlow, kept off LiteRT detection's path
 
     quantize = tuple(dict.fromkeys(quantize or ("none",)))
     bad = sorted(set(quantize) - set(QUANTIZE_MODES))
@@ -99,7 +101,7 @@ def _check_options(formats, quantize, name, version):
 
 
 def _resolve_tile(model, tile, description):
-    from kercr.models import input_multiple
+    from kercr.models import input_multiple  # heavy: imports Keras, kept off LiteRT detection's path
 
     fixed = model.input_shape[1]
     multiple = input_multiple(model)
@@ -129,8 +131,8 @@ def _int8_input_step(runner) -> dict | None:
 def _export_savedmodel(source, staging: Path, multiple, patches, reference, fpr, threshold) -> dict:
     import tensorflow as tf
 
-    from kercr.export.parity import compare
-    from kercr.export.savedmodel import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, write_savedmodel
+    from kercr.export.parity import compare  # heavy: imports Keras (kercr.metrics), kept off LiteRT detection's path
+    from kercr.export.savedmodel import INPUT_NAME, OUTPUT_NAME, SIGNATURE_KEY, write_savedmodel  # heavy: TensorFlow
 
     logger.info("writing the SavedModel")
     write_savedmodel(source.model, staging, config=source.normalization, multiple=multiple)
@@ -168,9 +170,8 @@ def _float32_failure(source, report, patches, tile) -> ExportError:
 
 def _export_tflite(source, staging: Path, name, tile, quantize, patches, normalized, reference,
                    calibration, fpr, threshold, num_threads, exact=None) -> dict:
-    from kercr.export.parity import compare
-    from kercr.export.litert import TFLiteRunner
-    from kercr.export.tflite import VARIANT_NAMES, convert
+    from kercr.export.parity import compare  # heavy: imports Keras (kercr.metrics), kept off LiteRT detection's path
+    from kercr.export.tflite import VARIANT_NAMES, convert  # heavy: imports TensorFlow, kept off LiteRT detection's path
 
     folder = staging / "tflite"
     folder.mkdir()
@@ -263,98 +264,145 @@ def export_model(source, out, *, formats=FORMATS, quantize=("none",), name="kerc
     ExportError
         Bad option, unloadable model, tile the model cannot take, conversion failure, parity failure,
         or an existing version directory; nothing is left behind in ``out``.
+
+    Notes
+    -----
+    Longer than kercr's ~80-line guide for a function only by this docstring, which documents
+    every keyword of the public entry point; the body (~40 lines) hands its steps to helpers.
     """
     formats, quantize = _check_options(formats, quantize, name, version)
     if calibration_patches < 1 or validation_patches < 1:
         raise ExportError("calibration_patches and validation_patches must be >= 1.")
     out = Path(out)
     model_dir = out / name
-    if version is not None and (model_dir / str(version)).exists():
-        raise ExportError(f"{model_dir / str(version)} already exists; exports never overwrite a version. "
-                          "Pick another --version (or leave it out for the next free one).")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"output {out} exists and is not a directory.")
+    _check_destination(out, model_dir, version)
     src = load_model_source(source, overrides=overrides, normalization=normalization)
     tile, multiple, fixed = _resolve_tile(src.model, tile, src.description)
     tta = src.tta if tta is None else bool(tta)
     if tta:
-        from kercr.models import flip_average_model
+        from kercr.models import flip_average_model  # heavy: imports Keras, kept off LiteRT detection's path
 
         src = dataclasses.replace(src, model=flip_average_model(src.model),
                                   description=f"{src.description} (four-flip average)")
     version = next_version(model_dir) if version is None else version
     final = model_dir / str(version)
 
-    from kercr import __version__
-    from kercr.export.parity import float64_twin, keras_predict, normalized_patches, synthetic_patches
+    created, staging = _staging_dir(model_dir, version)
+    try:
+        parity = _write_formats(src, staging, formats=formats, quantize=quantize, name=name, tile=tile,
+                                multiple=multiple, tta=tta, validation_patches=validation_patches,
+                                calibration_patches=calibration_patches, seed=seed, cr_rate_per_s=cr_rate_per_s,
+                                fpr=fpr, threshold=threshold, num_threads=num_threads)
+        (staging / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+        write_normalization(staging, src.normalization)
+        manifest = _manifest(src, staging, name=name, version=version, formats=formats, quantize=quantize, tta=tta,
+                             tile=tile, multiple=multiple, fixed=fixed)
+        (staging / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if final.exists():
+            raise ExportError(f"{final} appeared while exporting; not overwriting it.")
+        os.rename(staging, final)  # atomic on one file system: TF Serving never sees a partial version
+    except BaseException:
+        _remove_partial(staging, created)
+        raise
+    files = sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file())
+    logger.info("exported %s to %s", src.description, final)
+    return ExportResult(path=final, files=files, parity=parity)
 
-    # Every folder this export makes (missing parents of --out too), outermost first, for the clean-up.
+
+def _check_destination(out: Path, model_dir: Path, version) -> None:
+    """ExportError when the version directory exists already or ``out`` is not a directory."""
+    if version is not None and (model_dir / str(version)).exists():
+        raise ExportError(f"{model_dir / str(version)} already exists; exports never overwrite a version. "
+                          "Pick another --version (or leave it out for the next free one).")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output {out} exists and is not a directory.")
+
+
+def _staging_dir(model_dir: Path, version) -> tuple[list, Path]:
+    """Make ``model_dir`` and a hidden staging folder in it for ``version``; return the folders made
+    (missing parents of ``--out`` too, outermost first, for the clean-up) and the staging folder."""
     created = [d for d in (*reversed(model_dir.parents), model_dir) if not d.exists()]
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the version dir should read like any other
-    try:
-        patches = synthetic_patches(validation_patches, tile=tile, seed=seed + 1, cr_rate_per_s=cr_rate_per_s)
-        normalized = normalized_patches(patches.image_adu, src.normalization)
-        reference = keras_predict(src.model, normalized)
-        exact = None
-        if "tflite" in formats:  # the float32 TFLite gate's reference: the model's exact output
-            exact = keras_predict(float64_twin(src.model), normalized, dtype=np.float64)
-        parity = {"source": src.description, "trained": src.trained, "tile": tile, "tta": tta,
-                  "validation_set": {"patches": validation_patches, "seed": seed + 1, "cr_rate_per_s": cr_rate_per_s,
-                                     "origin": "kercr.data.synthetic frames, 4 patches per 2 tile x 2 tile frame",
-                                     "ignore": "synthetic ignore mask (saturated, bleed, hot, bad-column pixels)"},
-                  "metrics": "kercr.metrics.tpr_at_fpr / dice_score, pooled pixels",
-                  "reference": "Keras in float32 for max/mean |delta p|, flips, TPR and Dice; each TFLite "
-                               "variant's 'exact' block compares with the Keras model in float64"}
-        if exact is not None:
-            parity["keras_float32_vs_exact_max_abs_delta_p"] = float(np.abs(reference - exact).max())
-        if not src.trained:
-            parity["warning"] = "untrained model (random weights): TPR and Dice are meaningless; deltas still show drift."
-        if "savedmodel" in formats:
-            parity["savedmodel"] = _export_savedmodel(src, staging, multiple, patches, reference, fpr, threshold)
-        if "tflite" in formats:
-            calibration = None
-            if "int8" in quantize:
-                calibration = normalized_patches(
-                    synthetic_patches(calibration_patches, tile=tile, seed=seed, cr_rate_per_s=cr_rate_per_s).image_adu,
-                    src.normalization)
-                parity["calibration_set"] = {"patches": calibration_patches, "seed": seed}
-            parity["tflite"] = _export_tflite(src, staging, name, tile, quantize, patches, normalized, reference,
-                                              calibration, fpr, threshold, num_threads, exact=exact)
-        (staging / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
-        write_normalization(staging, src.normalization)
-        files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-        manifest = {
-            "kercr_version": __version__,
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "source": src.description, "trained": src.trained, "normalization_source": src.normalization_source,
-            "normalization": src.normalization.to_dict(), "name": name, "version": version,
-            "formats": list(formats), "quantize": list(quantize) if "tflite" in formats else [],
-            "tta": tta,  # the graph averages each tile over its four flips
-            "tile": tile, "input_multiple": multiple, "fixed_tile": fixed,
-            "savedmodel": {"signature": "serving_default", "input": "image", "output": "cr_probability",
-                           "input_values": "raw pixels (ADU or e-), NaN for bad pixels",
-                           "shape": [None, tile if fixed else None, tile if fixed else None, 1],
-                           "extra_signatures": {"normalized": "input normalized_image -> cr_probability"}}
-            if "savedmodel" in formats else None,
-            "tflite_input_values": "normalized (kercr.data.normalize)" if "tflite" in formats else None,
-            "files": {f: {"bytes": (staging / f).stat().st_size, "sha256": file_sha256(staging / f)} for f in files},
-        }
-        (staging / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if final.exists():
-            raise ExportError(f"{final} appeared while exporting; not overwriting it.")
-        os.rename(staging, final)  # atomic on one file system: TF Serving never sees a partial version
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for d in reversed(created):
-            try:
-                d.rmdir()  # only if still empty
-            except OSError:
-                pass
-        raise
-    files = sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file())
-    logger.info("exported %s to %s", src.description, final)
-    return ExportResult(path=final, files=files, parity=parity)
+    return created, staging
+
+
+def _write_formats(src, staging: Path, *, formats, quantize, name, tile, multiple, tta, validation_patches,
+                   calibration_patches, seed, cr_rate_per_s, fpr, threshold, num_threads) -> dict:
+    """Write each format into ``staging``, each checked against Keras on a synthetic parity set; the parity report."""
+    from kercr.export.parity import (  # heavy: imports Keras (kercr.metrics), kept off LiteRT detection's path
+        float64_twin,
+        keras_predict,
+        normalized_patches,
+        synthetic_patches,
+    )
+
+    patches = synthetic_patches(validation_patches, tile=tile, seed=seed + 1, cr_rate_per_s=cr_rate_per_s)
+    normalized = normalized_patches(patches.image_adu, src.normalization)
+    reference = keras_predict(src.model, normalized)
+    exact = None
+    if "tflite" in formats:  # the float32 TFLite gate's reference: the model's exact output
+        exact = keras_predict(float64_twin(src.model), normalized, dtype=np.float64)
+    parity = _parity_header(src, tile=tile, tta=tta, validation_patches=validation_patches, seed=seed,
+                            cr_rate_per_s=cr_rate_per_s)
+    if exact is not None:
+        parity["keras_float32_vs_exact_max_abs_delta_p"] = float(np.abs(reference - exact).max())
+    if not src.trained:
+        parity["warning"] = "untrained model (random weights): TPR and Dice are meaningless; deltas still show drift."
+    if "savedmodel" in formats:
+        parity["savedmodel"] = _export_savedmodel(src, staging, multiple, patches, reference, fpr, threshold)
+    if "tflite" in formats:
+        calibration = None
+        if "int8" in quantize:
+            calibration = normalized_patches(
+                synthetic_patches(calibration_patches, tile=tile, seed=seed, cr_rate_per_s=cr_rate_per_s).image_adu,
+                src.normalization)
+            parity["calibration_set"] = {"patches": calibration_patches, "seed": seed}
+        parity["tflite"] = _export_tflite(src, staging, name, tile, quantize, patches, normalized, reference,
+                                          calibration, fpr, threshold, num_threads, exact=exact)
+    return parity
+
+
+def _remove_partial(staging: Path, created) -> None:
+    """Remove a failed export: the staging folder, and the folders it made that are still empty."""
+    shutil.rmtree(staging, ignore_errors=True)
+    for d in reversed(created):
+        try:
+            d.rmdir()  # only if still empty
+        except OSError:
+            pass
+
+
+def _parity_header(src, *, tile, tta, validation_patches, seed, cr_rate_per_s) -> dict:
+    """The description of the parity set and method that opens ``parity.json``."""
+    return {"source": src.description, "trained": src.trained, "tile": tile, "tta": tta,
+            "validation_set": {"patches": validation_patches, "seed": seed + 1, "cr_rate_per_s": cr_rate_per_s,
+                               "origin": "kercr.data.synthetic frames, 4 patches per 2 tile x 2 tile frame",
+                               "ignore": "synthetic ignore mask (saturated, bleed, hot, bad-column pixels)"},
+            "metrics": "kercr.metrics.tpr_at_fpr / dice_score, pooled pixels",
+            "reference": "Keras in float32 for max/mean |delta p|, flips, TPR and Dice; each TFLite "
+                         "variant's 'exact' block compares with the Keras model in float64"}
+
+
+def _manifest(src, staging: Path, *, name, version, formats, quantize, tta, tile, multiple, fixed) -> dict:
+    """``export.json``: what was exported, how to feed it, and the size and SHA-256 of every file in ``staging``."""
+    files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+    return {
+        "kercr_version": __version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": src.description, "trained": src.trained, "normalization_source": src.normalization_source,
+        "normalization": src.normalization.to_dict(), "name": name, "version": version,
+        "formats": list(formats), "quantize": list(quantize) if "tflite" in formats else [],
+        "tta": tta,  # the graph averages each tile over its four flips
+        "tile": tile, "input_multiple": multiple, "fixed_tile": fixed,
+        "savedmodel": {"signature": "serving_default", "input": "image", "output": "cr_probability",
+                       "input_values": "raw pixels (ADU or e-), NaN for bad pixels",
+                       "shape": [None, tile if fixed else None, tile if fixed else None, 1],
+                       "extra_signatures": {"normalized": "input normalized_image -> cr_probability"}}
+        if "savedmodel" in formats else None,
+        "tflite_input_values": "normalized (kercr.data.normalize)" if "tflite" in formats else None,
+        "files": {f: {"bytes": (staging / f).stat().st_size, "sha256": file_sha256(staging / f)} for f in files},
+    }

@@ -5,10 +5,18 @@ runtime of ``kercr.detect`` on machines with the detection-only install, and the
 its files with it. The files come from :func:`kercr.export.tflite.convert` (or ship prebuilt in
 ``kercr/weights/``): input ``image`` and output ``cr_probability`` are float32 ``[1, H, W, 1]``,
 the image normalized by :func:`kercr.data.normalize`.
+
+LiteRT writes ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` from C++ on stderr for
+every interpreter it makes (once per worker process of ``kercr-detect --jobs``). No interpreter
+option or environment variable turns it off (its logger does not read ``TF_CPP_MIN_LOG_LEVEL``),
+so :class:`TFLiteRunner` filters that one line out of the native stderr while it makes an
+interpreter, unless kercr logs at DEBUG level (``-v``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +24,22 @@ from pathlib import Path
 
 import numpy as np
 
+from kercr._stderr import filtered_native_stderr
+from kercr.data.normalization import normalize
+
 __all__ = ["TFLiteRunner", "ParallelTFLiteRunner", "available_cpus"]
+
+_XNNPACK_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+
+
+@contextlib.contextmanager
+def _without_xnnpack_notice():
+    """Interpreter creation without LiteRT's XNNPACK notice on stderr (shown with -v)."""
+    if logging.getLogger("kercr").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    with filtered_native_stderr(lambda line: line != _XNNPACK_NOTICE):
+        yield
 
 
 class TFLiteRunner:
@@ -33,11 +56,12 @@ class TFLiteRunner:
     def __init__(self, model, *, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        if isinstance(model, (bytes, bytearray)):
-            self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
-        else:
-            self.interpreter = Interpreter(model_path=str(Path(model)), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        with _without_xnnpack_notice():  # printed when the delegate is applied, at the first allocation
+            if isinstance(model, (bytes, bytearray)):
+                self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+            else:
+                self.interpreter = Interpreter(model_path=str(Path(model)), num_threads=num_threads)
+            self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self.shape = tuple(int(s) for s in self._input["shape"])
@@ -121,8 +145,6 @@ class TFLiteRunner:
 
     def predict_raw(self, image, *, config=None) -> np.ndarray:
         """Normalize one raw (H, W) image with ``kercr.data.normalize`` and predict."""
-        from kercr.data.normalization import normalize
-
         normalized, _ = normalize(image, config=config)
         return self.predict(normalized)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from kercr import model_files
 from kercr.data.normalization import NormalizationConfig
 from kercr.model_files import MODEL_FILES, NORMALIZATION_FILE
+from kercr.weights import MissingWeightsError, default_model_path
 
 __all__ = ["ExportError", "ModelSource", "load_model_source", "read_normalization", "NORMALIZATION_FILE",
            "MODEL_FILES"]
@@ -89,13 +90,11 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
     ExportError
         Unknown name, missing or unreadable model file, bad normalization file.
     """
-    from kercr.models import build_model, list_models
+    from kercr.models import build_model, list_models  # heavy: imports Keras, kept off LiteRT detection's path
 
     overrides = dict(overrides or {})
     path = Path(source)
     if str(source) == "default":  # the shipped model, as kercr.detect and kercr-train --init-weights take it
-        from kercr.weights import MissingWeightsError, default_model_path
-
         try:
             path = default_model_path()
         except MissingWeightsError as err:

@@ -29,6 +29,8 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from kercr.export.lowering import for_tflite
+
 __all__ = ["QUANTIZE_MODES", "VARIANT_NAMES", "convert"]
 
 logger = logging.getLogger(__name__)
@@ -87,8 +89,6 @@ def convert(model, *, tile: int, quantize: str = "none", representative=None) ->
     """
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize={quantize!r}; choose from {', '.join(QUANTIZE_MODES)}.")
-    from kercr.export.lowering import for_tflite
-
     fixed = model.input_shape[1] is not None
     shape = [1, tile, tile, 1] if fixed else [1, None, None, 1]
     module = _Converted(for_tflite(model, group_norm=quantize != "int8"), shape)

@@ -147,6 +147,12 @@ def build_transunet(
     keras.Model
         Input ``(B, input_size, input_size, 1)`` float32 normalized image; output of the same
         shape, float32 CR probability in [0, 1].
+
+    Notes
+    -----
+    Longer than kercr's ~80-line guide for a function by this docstring, which documents every
+    keyword; the body (~60 lines) builds the layers in one sequence, whose order and names the
+    saved models' weights are keyed on.
     """
     check_choice("encoder", encoder, ENCODERS)
     check_choice("norm", norm, NORMS)

@@ -77,6 +77,12 @@ def build_unet(
     keras.Model
         Input ``(B, H, W, 1)`` float32 normalized image; output ``(B, H, W, 1)`` float32 CR
         probability in [0, 1].
+
+    Notes
+    -----
+    Longer than kercr's ~80-line guide for a function by this docstring, which documents every
+    keyword; the body (~50 lines) builds the layers in one sequence, whose order and names the
+    saved models' weights are keyed on.
     """
     filters = tuple(int(f) for f in filters)
     if len(filters) < 2 or any(f < 1 for f in filters):

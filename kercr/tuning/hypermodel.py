@@ -9,6 +9,8 @@ import keras
 import keras_tuner as kt
 
 from kercr.config import ConfigError
+from kercr.models import get_spec
+from kercr.training import AlphaSchedule, build_and_check_model, make_loss, make_metrics
 from kercr.tuning.space import CONV_KEYS, SearchSpace, SearchSpaceError, models_using
 
 logger = logging.getLogger(__name__)
@@ -82,8 +84,6 @@ class CRHyperModel(kt.HyperModel):
             Compiled; input ``(B, P, P, 1)`` float32 normalized image, output ``(B, P, P, 1)``
             float32 CR probability, ``P`` the patch size of the space's ``[data]``.
         """
-        from kercr.training import build_and_check_model, make_loss, make_metrics
-
         name, options, learning_rate = self.hyperparameter_values(hp)
         config = dataclasses.replace(self.config, model=name, model_options=options,
                                      learning_rate=learning_rate)
@@ -112,8 +112,7 @@ class CRHyperModel(kt.HyperModel):
             x.epoch = int(kwargs.get("initial_epoch", 0))
         callbacks = list(callbacks or [])
         if self.config.loss == "median_bce" and self.data is not None:
-            from kercr.training import AlphaSchedule  # as kercr-train: the floor alpha rises over the epochs
-
+            # as kercr-train: the floor alpha rises over the epochs
             callbacks.append(AlphaSchedule(self.data, start=self.config.alpha_start, epochs=self.config.alpha_epochs))
         if kwargs.get("validation_data") is not None:
             callbacks.append(keras.callbacks.ReduceLROnPlateau(
@@ -125,8 +124,6 @@ class CRHyperModel(kt.HyperModel):
 
 def _builder_options(name: str, options: dict) -> dict:
     """Turn hyperparameter values into builder overrides (``base_filters`` -> ``filters``)."""
-    from kercr.models import get_spec
-
     options = dict(options)
     for key in CONV_KEYS:
         if key in options:

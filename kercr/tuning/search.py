@@ -29,7 +29,11 @@ from pathlib import Path
 
 import keras
 
+from kercr.training.data import make_training_data
+from kercr.tuning.hypermodel import CRHyperModel
+from kercr.tuning.results import write_results
 from kercr.tuning.space import SearchSpace, SearchSpaceError
+from kercr.tuning.tuners import make_tuner
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +100,6 @@ def run_search(space: SearchSpace, out, *, overwrite: bool = False, verbose="aut
         The results table rows, best first; None on a distributed worker (the chief writes
         the results).
     """
-    from kercr.training_data import make_training_data
-    from kercr.tuning.hypermodel import CRHyperModel
-    from kercr.tuning.results import write_results
-    from kercr.tuning.tuners import make_tuner
-
     role = distributed_role()
     out = Path(out)
     if overwrite and role != "worker":

@@ -21,6 +21,10 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
+from kercr.config import ConfigError
+from kercr.evaluation import validation_metrics
+from kercr.models import count_trainable
+
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
@@ -85,9 +89,6 @@ class _PooledEvaluationMixin:
             # The checkpoint holds the optimizer's variables too; only the weights are needed.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model = self.load_model(trial)  # the best epoch's weights (Keras Tuner's checkpoint)
-        from kercr.evaluation import validation_metrics
-        from kercr.models import count_trainable
-
         results[PARAMS] = float(count_trainable(model))
         if batches:
             pooled = validation_metrics(model, batches)
@@ -141,8 +142,6 @@ def make_tuner(space, hypermodel, *, directory, project_name="search", overwrite
         try:
             oracle = BayesianOptimizationOracle(max_trials=space.max_trials, **common)
         except ImportError as err:  # Keras Tuner's Gaussian process needs scikit-learn
-            from kercr.config import ConfigError
-
             raise ConfigError(
                 f"tuner 'bayesian' needs scikit-learn ({err}); install it with "
                 "pip install 'keras-tuner[bayesian]', or use --tuner hyperband or --tuner random."

@@ -24,6 +24,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from kercr.cli import common as cli
+from kercr.config import TrainConfig
+
 __all__ = ["average_runs"]
 
 logger = logging.getLogger("kercr.weights.average")  # not "__main__" under python -m: kercr's handler shows it
@@ -59,7 +62,7 @@ def average_runs(run_dirs, out, *, weights=None) -> Path:
     import keras
     import numpy as np
 
-    from kercr.training import run_validation
+    from kercr.training import run_validation  # heavy: imports Keras and TensorFlow, kept off --help
 
     run_dirs, out = [Path(r) for r in run_dirs], Path(out)
     if len(run_dirs) < 2:
@@ -97,8 +100,6 @@ def average_runs(run_dirs, out, *, weights=None) -> Path:
             {"runs": [str(r) for r in run_dirs], "weights": weights.tolist(),
              "note": "element-wise mean of every weight (BatchNorm statistics included); config.json, "
                      "normalization.json and the validation patches are the first run's"}, indent=2) + "\n")
-        from kercr.config import TrainConfig
-
         config = TrainConfig.load(out / "config.json")
         metrics = run_validation(out)  # as kercr-train writes metrics.json at the end of a run
         metrics.update(model=config.model, epochs=config.epochs, data=config.data)
@@ -118,14 +119,12 @@ def _average(parser, args) -> int:
 
 def main(argv=None) -> int:
     """``python -m kercr.weights.average``; returns the exit status (1: a bad run directory or --out)."""
-    from kercr.cli.common import add_verbosity, run
-
     parser = argparse.ArgumentParser(prog="python -m kercr.weights.average", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", help="finished kercr-train run directories (the first one's "
                                                     "config and validation patches are kept)")
     parser.add_argument("--out", required=True, help="new run directory for the averaged model")
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per run (default: equal)")
-    return run(add_verbosity(parser), _average, argv)
+    return cli.run(cli.add_verbosity(parser), _average, argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@ writes ``default.keras`` (the run's ``best.keras``), ``normalization.json`` and 
 ``default.json``: architecture, parameter count, the training configuration and the command that
 reproduces it, the validation metrics, and the threshold chosen on validation data for 0.01 % FPR
 (see ``README.md`` here). Existing files are replaced only with ``--force``.
+
+    python -m kercr.weights.ship --prebuild
+
+rebuilds the shipped model's prebuilt TFLite file (``default-int8.tflite``) and its entry in the
+card (:func:`prebuild`); after shipping a new model, add ``--prebuild`` to the command above, or
+detection ignores the old file (made from another ``default.keras``) and converts the model itself.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from kercr.cli.common import add_verbosity, run
 from kercr.weights import DEFAULT_NAME, WEIGHTS_DIR
 
 __all__ = ["PREBUILT_RUNTIMES", "make_card", "prebuild", "ship"]
@@ -46,9 +53,9 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", tta: bool = Fals
     notes : dict, optional
         Extra entries (e.g. checks on real frames).
     """
-    import kercr
-    from kercr.config import TrainConfig
-    from kercr.models import count_trainable
+    import kercr  # lazy: the version only
+    from kercr.config import TrainConfig  # lazy: read when a card is made
+    from kercr.models import count_trainable  # heavy: Keras
 
     run_dir = Path(run_dir)
     missing = [n for n in ("best.keras", "config.json", "metrics.json", "normalization.json") if not (run_dir / n).is_file()]
@@ -62,7 +69,7 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", tta: bool = Fals
     average = json.loads((run_dir / "average.json").read_text()) if (run_dir / "average.json").is_file() else None
     plain = metrics
     if tta:
-        from kercr.training import run_validation
+        from kercr.training import run_validation  # heavy: TensorFlow (the validation patches)
 
         metrics = run_validation(run_dir, tta=True)
     card = {
@@ -147,10 +154,10 @@ def prebuild(keras_file, *, runtimes=PREBUILT_RUNTIMES, parity_patches: int = 8)
         The updated card.
     """
     from kercr.detection.loading import describe, model_geometry  # heavy: TensorFlow
-    from kercr.detection.runtimes import convert_for_runtime
-    from kercr.export.litert import TFLiteRunner
-    from kercr.export.parity import compare, keras_predict, normalized_patches, synthetic_patches
-    from kercr.model_files import file_sha256, load_keras_model, read_card, write_json
+    from kercr.detection.runtimes import convert_for_runtime  # heavy: TensorFlow
+    from kercr.export.litert import TFLiteRunner  # heavy: LiteRT
+    from kercr.export.parity import compare, keras_predict, normalized_patches, synthetic_patches  # heavy: Keras
+    from kercr.model_files import file_sha256, load_keras_model, read_card, write_json  # heavy: Keras
 
     keras_file = Path(keras_file)
     model = load_keras_model(keras_file)
@@ -184,26 +191,43 @@ def prebuild(keras_file, *, runtimes=PREBUILT_RUNTIMES, parity_patches: int = 8)
 
 
 def _ship(parser, args) -> int:
-    notes = json.loads(Path(args.notes).read_text()) if args.notes else None
-    path = ship(args.run_dir, command=args.command, dest=args.dest, runtime=args.runtime, tta=args.tta, notes=notes,
-                force=args.force)
-    print(f"shipped {args.run_dir} -> {path}")
+    if args.run_dir is None and not args.prebuild:
+        parser.error("pass a finished kercr-train run directory to ship, or --prebuild to rebuild the shipped "
+                     "model's TFLite files.")
+    if args.run_dir is not None:
+        if args.command is None:
+            parser.error("--command is required with a run directory: the exact command that reproduces the run.")
+        notes = json.loads(Path(args.notes).read_text()) if args.notes else None
+        path = ship(args.run_dir, command=args.command, dest=args.dest, runtime=args.runtime, tta=args.tta,
+                    notes=notes, force=args.force)
+        print(f"shipped {args.run_dir} -> {path}")
+    if args.prebuild:
+        keras_file = Path(args.dest) / f"{DEFAULT_NAME}.keras"
+        if not keras_file.is_file():
+            raise FileNotFoundError(f"{keras_file} does not exist: nothing to prebuild. Ship a model first "
+                                    "(python -m kercr.weights.ship RUN_DIR --command ...), or pass the --dest "
+                                    "folder that holds it.")
+        card = prebuild(keras_file)
+        for runtime, entry in card["tflite"].items():
+            print(f"prebuilt {runtime}: {keras_file.with_name(entry['file'])} ({entry['bytes']:,} bytes; max |dp| "
+                  f"against Keras {entry['parity_vs_keras']['max_abs_delta_p']:.3g})")
     return 0
 
 
 def main(argv=None) -> int:
     """``python -m kercr.weights.ship``; returns the exit status (1: a bad run directory or files in the way)."""
-    from kercr.cli.common import add_verbosity, run
-
     parser = argparse.ArgumentParser(prog="python -m kercr.weights.ship", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", help="finished kercr-train run directory")
-    parser.add_argument("--command", required=True, help="the exact command that reproduces the run")
+    parser.add_argument("run_dir", nargs="?", help="finished kercr-train run directory")
+    parser.add_argument("--command", help="the exact command that reproduces the run (required with a run directory)")
     parser.add_argument("--runtime", default="keras", help="the card's runtime (default keras)")
     parser.add_argument("--tta", action="store_true",
                         help="detect() averages the model over four flips by default; threshold chosen that way")
     parser.add_argument("--notes", metavar="JSON", help="JSON file of extra card entries (real-frame checks)")
     parser.add_argument("--dest", default=str(WEIGHTS_DIR), help="destination directory (default kercr/weights)")
     parser.add_argument("--force", action="store_true", help="replace an existing shipped model")
+    parser.add_argument("--prebuild", action="store_true",
+                        help="(re)build the prebuilt TFLite file(s) of the model in --dest and their card entry "
+                             "(after shipping, when a run directory is given); needs TensorFlow")
     return run(add_verbosity(parser), _ship, argv)
 
 

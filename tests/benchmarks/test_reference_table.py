@@ -45,10 +45,16 @@ def test_tiny_table_trains_evaluates_caches_and_writes_every_output(reference_ta
                                                            for s in sets}
     net = next(r for r in rows if r["model"] == ROW and r["test set"] == "synthetic")
     assert net["scale"] == "tiny" and net["ref test Dice"] == "0.9689"  # the reference value beside it
-    for set_name in ("synthetic", "dominant", "integer"):  # every frame class is scored
+    # Every frame class is scored, each row shows its own set's measured numbers (those cached beside
+    # the run), and TPR rises with the false-positive rate allowed.
+    measured = json.loads((tmp_path / "runs" / "transunet_6_6_64" / "reference_test.json").read_text())["test"]
+    keys = {"test Dice": "dice", "test TPR@0.01%": "tpr_at_fpr_1e-4", "test TPR@0.1%": "tpr_at_fpr_1e-3",
+            "precision@95% recall": "precision_at_recall_0.95"}
+    for set_name in ("synthetic", "dominant", "integer"):
         net_set = next(r for r in rows if r["model"] == ROW and r["test set"] == set_name)
-        for column in ("test Dice", "test TPR@0.01%", "test TPR@0.1%", "precision@95% recall"):
-            assert 0 <= float(net_set[column]) <= 1, (set_name, column, net_set[column])
+        assert {c: net_set[c] for c in keys} == {c: f"{measured[set_name][k]:.4f}" for c, k in keys.items()}, set_name
+        assert float(net_set["test TPR@0.1%"]) >= float(net_set["test TPR@0.01%"]), set_name
+    assert len({json.dumps(measured[n], sort_keys=True) for n in ("synthetic", "dominant", "integer")}) == 3
     assert float(net["CPU Mpix/s (2 thr)"]) > 0  # the timing subprocess ran
 
     run = tmp_path / "runs" / "transunet_6_6_64"

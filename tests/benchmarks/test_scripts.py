@@ -203,7 +203,7 @@ def test_real_frame_variants_on_the_real_frames(real_frames):
 
 
 def test_frame_classes_scores_each_class_on_frames_of_that_class(frame_classes, tmp_path):
-    """frame_classes.py --tiny: three classes (and all) with metrics in range, each frame of its class."""
+    """frame_classes.py --tiny: three classes (and all) with consistent metrics, each frame of its class."""
     import json
 
     import kercr
@@ -227,12 +227,21 @@ def test_frame_classes_scores_each_class_on_frames_of_that_class(frame_classes, 
         assert m["cr_pixels"] > 0
         if c != "all":
             assert m["cr_pixels"] == frames[c][0]["cr_pixels"]  # the frame's unignored CR pixels, all scored
-        for key in ("tpr_at_fpr_1e-4", "tpr_at_fpr_1e-3", "precision_at_recall_0.95", "fpr_at_threshold",
-                    "dice_at_threshold"):
-            assert 0.0 <= m[key] <= 1.0, (c, key, m[key])
-        assert m["tpr_at_fpr_1e-4"] <= m["tpr_at_fpr_1e-3"]
+        # The numbers at the threshold follow from the pixel counts; TPR rises with the FPR allowed.
         fp = m["false_positives_at_threshold"]
-        assert fp["near_cr"] + fp["elsewhere"] == fp["false_positives"] and 0.0 <= fp["share_near_cr"] <= 1.0
+        tp = round(m["tpr_at_threshold"] * m["cr_pixels"])
+        assert m["fpr_at_threshold"] == pytest.approx(fp["false_positives"] / m["non_cr_pixels"], rel=1e-12), c
+        assert m["dice_at_threshold"] == pytest.approx(2 * tp / (tp + fp["false_positives"] + m["cr_pixels"]),
+                                                       rel=1e-12), c
+        assert m["tpr_at_fpr_1e-4"] <= m["tpr_at_fpr_1e-3"] and m["precision_at_recall_0.95"] is not None, c
+        assert fp["near_cr"] + fp["elsewhere"] == fp["false_positives"]
+        if fp["false_positives"]:
+            assert fp["share_near_cr"] == pytest.approx(fp["near_cr"] / fp["false_positives"], rel=1e-12), c
+    # "all" pools the classes' pixels.
+    for key in ("non_cr_pixels",):
+        assert row["classes"]["all"][key] == sum(row["classes"][c][key] for c in frame_classes.CLASSES)
+    assert row["classes"]["all"]["false_positives_at_threshold"]["false_positives"] == sum(
+        row["classes"][c]["false_positives_at_threshold"]["false_positives"] for c in frame_classes.CLASSES)
     # seeded: the same frames again
     again = frame_classes.class_frames(frame_classes.frame_source(shape=(256, 256)), 1)
     assert [i for i, *_ in again["integer"]] == [integer["index"]]

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 
-from kercr import config
 from kercr.cli import common
 from kercr.cli.common import add_verbosity, run, setup_logging, verbosity
 
@@ -224,41 +223,10 @@ def test_run_leaves_the_logger_as_it_found_it(kercr_logger, capsys):
 @pytest.mark.parametrize("target", sorted(set(SCRIPTS.values()) | set(MODULE_MAINS.values())))
 def test_help_imports_neither_tensorflow_nor_keras(target):
     module, name = target.split(":")
-    code = (f"import sys\nfrom {module} import {name}\ntry:\n    {name}(['--help'])\nexcept SystemExit:\n    pass\n"
+    code = (f"import sys\nfrom {module} import {name}\ntry:\n    {name}(['--help'])\nexcept SystemExit as exit_:\n"
+            "    print('EXIT', exit_.code)\n"
             "print('HEAVY', [m for m in ('tensorflow', 'keras', 'keras_tuner') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "usage:" in out.stdout and "HEAVY []" in out.stdout, out.stdout[-500:]
-
-
-# --------------------------------------------------------------------------------------------
-# Choices: one list each, in kercr.config
-# --------------------------------------------------------------------------------------------
-def test_choice_lists_match_the_modules_that_check_them():
-    from kercr.data import cleaning, frames, normalization, synthetic
-
-    assert cleaning.CLEAN_METHODS is config.CLEAN_METHODS
-    assert synthetic.VARIETIES == config.VARIETIES and frames.FAINT_CRS == config.FAINT_CRS
-    assert normalization.NOISE_ESTIMATORS == config.NOISE_ESTIMATORS
-    assert normalization.NOISE_MODELS == config.NOISE_MODELS
-    from kercr.cli.detect import detect_parser
-
-    actions = {a.dest: a for a in detect_parser()._actions}
-    assert tuple(actions["runtime"].choices) == config.RUNTIMES and tuple(actions["clean"].choices) == config.CLEAN_METHODS
-
-
-def test_tuning_choices_match_the_search_space():
-    pytest.importorskip("keras_tuner")
-    from kercr.tuning import space
-
-    assert tuple(space.TUNERS) == config.TUNERS and dict(space.OBJECTIVES) == config.OBJECTIVES
-
-
-def test_a_wrong_choice_names_the_valid_ones(capsys):
-    from kercr.cli.train import train_main
-
-    with pytest.raises(SystemExit) as exit_:
-        train_main(["--noise-model", "blocks"])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert "invalid choice: 'blocks'" in err and all(m in err for m in config.NOISE_MODELS)
+    assert out.stdout.startswith("usage:") and "\nEXIT 0\n" in out.stdout, out.stdout[-500:]
+    assert "HEAVY []" in out.stdout, out.stdout[-500:]

@@ -376,3 +376,53 @@ def test_help_reads_as_written(main, capsys):
     assert "%%" not in text  # argparse does not %-format descriptions; only help strings
     if main is evaluate_main:
         assert "0.01 % and 0.1 % FPR" in " ".join(text.split())
+
+
+# --------------------------------------------------------------------------------------------
+# kercr-detect over a batch: --jobs, --scheduler, --skip-existing (the shipped LiteRT model)
+# --------------------------------------------------------------------------------------------
+def test_batch_with_jobs_skip_existing_and_a_local_dask_cluster(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    from kercr.weights import has_default
+
+    if not has_default():
+        pytest.skip("no shipped model in this checkout")
+    good = [_mef(tmp_path / "c4d_a_ooi_r.fits.fz", shape=(96, 80)), tmp_path / "one.fits"]
+    fits.PrimaryHDU(make_frame(seed=4, shape=(64, 64), config=MANY_CRS).image_adu).writeto(good[1])
+    corrupt = tmp_path / "c4d_b_ooi_r.fits"
+    corrupt.write_bytes(good[0].read_bytes()[:2880 * 2 + 10])
+    files = [str(good[0]), str(corrupt), str(good[1])]
+    assert detect_main([*files, "--out", str(tmp_path / "j"), "--jobs", "2"]) == 1
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if " failed: " in line and "[2/3]" in line]
+    assert len(failed) == 1 and str(corrupt) in failed[0] and "download or write it again" in failed[0].lower()
+    assert "3 files: 2 written, 0 skipped (output exists), 1 failed; 4 CCDs" in err
+    assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["c4d_a_ooi_r_crmask.fits", "one_crmask.fits"]
+    # The rerun: the two outputs are skipped, the corrupt file fails again; without it, exit status 0.
+    assert detect_main([*files, "--out", str(tmp_path / "j"), "--skip-existing", "--jobs", "2"]) == 1
+    assert "3 files: 0 written, 2 skipped (output exists), 1 failed; 0 CCDs" in capsys.readouterr().err
+    assert detect_main([files[0], files[2], "--out", str(tmp_path / "j"), "--skip-existing", "-q"]) == 0
+    assert capsys.readouterr().err == ""  # -q: nothing to say
+    # One Dask task per file on a LocalCluster: the same masks.
+    assert detect_main([files[0], files[2], "--out", str(tmp_path / "d"), "--scheduler", "local", "--jobs", "2"]) == 0
+    for name in ("c4d_a_ooi_r_crmask.fits", "one_crmask.fits"):
+        with fits.open(tmp_path / "j" / name) as a, fits.open(tmp_path / "d" / name) as b:
+            masks = [h.name for h in a if h.name.endswith("CRMASK")]
+            assert masks and masks == [h.name for h in b if h.name.endswith("CRMASK")]
+            for m in masks:
+                np.testing.assert_array_equal(a[m].data, b[m].data)
+
+
+def test_batch_options_are_checked(tmp_path, capsys):
+    src = tmp_path / "x.fits"
+    fits.PrimaryHDU(make_frame(seed=2, shape=(40, 40)).image_adu).writeto(src)
+    for bad in (["--jobs", "0"], ["--threads", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            detect_main([str(src), *bad])
+        assert exit_.value.code == 2 and f"{bad[0]} 0: pass a number" in capsys.readouterr().err
+    assert not output_path(src).exists()
+    with pytest.raises(SystemExit):
+        detect_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--jobs N", "--scheduler ADDRESS", "--skip-existing", "GB per worker", "tcp://HOST:8786"):
+        assert flag in text

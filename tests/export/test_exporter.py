@@ -1,8 +1,11 @@
-"""kercr.export: TF Serving SavedModel, TFLite variants, parity reports, CLI and error handling.
+"""kercr.export.exporter (export_model): the version directory, its manifest and parity report, errors.
 
-One small export (deepcr_2_4, 64 x 64 tiles, every format and quantization) is shared by most
-tests; every registry architecture, at small widths, is exported in every format once (the
-TransUNets at their fixed tile, the convolutional models at a tile and run at another size).
+One small export (deepcr_2_4, 64 x 64 tiles, every format and quantization) is shared by the
+layout and parity tests; every registry architecture, at small widths, is exported in every format
+once (the TransUNets at their fixed tile, the convolutional models at a tile and run at another
+size). The formats themselves have their own files: test_savedmodel.py, test_tflite.py (conversion),
+test_litert.py (the interpreter), test_lowering.py, test_tf_normalization.py; the command line is in
+tests/cli/test_export.py.
 """
 
 from __future__ import annotations
@@ -10,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,10 @@ import keras  # noqa: E402
 
 import kercr  # noqa: E402
 from kercr.data.normalization import NormalizationConfig, normalize  # noqa: E402
-from kercr.export import ExportError, export_model, load_profile  # noqa: E402
+from kercr.export import ExportError, export_model  # noqa: E402
 from kercr.export.parity import synthetic_patches  # noqa: E402
-from kercr.export.savedmodel import rest_body_to_kwargs, rest_response  # noqa: E402
 from kercr.export.litert import TFLiteRunner  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 TILE = 64
 # Non-default constants, so the tests see that the sidecar (not the default) reaches the graph;
 # sample_size=500 makes the subsample step > 1 on 64 x 128 images.
@@ -55,12 +54,6 @@ def exported(tmp_path_factory):
                           tile=TILE, calibration_patches=8, validation_patches=4, seed=0)
     model = keras.saving.load_model(run / "best.keras")
     return result, model, out
-
-
-@pytest.fixture(scope="module")
-def serving(exported):
-    result, _, _ = exported
-    return tf.saved_model.load(str(result.path)).signatures["serving_default"]
 
 
 def _raw_tile(seed=3, shape=(TILE, TILE)):
@@ -91,172 +84,7 @@ def test_layout_manifest_and_no_partial_dirs(exported):
     assert manifest["files"]["tflite/kercr_int8.tflite"]["sha256"] == hashlib.sha256(int8.read_bytes()).hexdigest()
 
 
-# --- SavedModel ---------------------------------------------------------------------------------
-
-def test_signature_names_shapes_dtypes(serving):
-    args, kwargs = serving.structured_input_signature
-    assert args == ()
-    assert list(kwargs) == ["image"]
-    assert kwargs["image"].dtype == tf.float32
-    assert kwargs["image"].shape.as_list() == [None, None, None, 1]
-    assert list(serving.structured_outputs) == ["cr_probability"]
-    assert serving.structured_outputs["cr_probability"].dtype == tf.float32
-
-
-def test_served_raw_pixels_equal_normalize_plus_keras(exported, serving):
-    _, model, _ = exported
-    a = _raw_tile(seed=3, shape=(TILE, 2 * TILE))  # dynamic H, W: not the export tile
-    b = _raw_tile(seed=4, shape=(TILE, 2 * TILE)) + np.float32(750.0)  # another sky level in the same batch
-    a[10, 17] = np.nan
-    batch = np.stack([a, b])[..., None]
-    served = serving(image=tf.constant(batch))["cr_probability"].numpy()
-    assert served.shape == (2, TILE, 2 * TILE, 1) and served.dtype == np.float32
-    for i, image in enumerate((a, b)):
-        expected = _keras_reference(model, image)
-        np.testing.assert_allclose(served[i, :, :, 0], expected, rtol=0, atol=1e-5)
-    assert np.all(np.isfinite(served))
-    # The comparison can fail: the default constants or no normalization give other answers.
-    unnormalized = np.asarray(model(np.nan_to_num(batch[:1]), training=False))[0, :, :, 0]
-    assert np.abs(unnormalized - served[0, :, :, 0]).max() > 1e-3
-    default = _keras_reference(model, a, NormalizationConfig())
-    assert np.abs(default - served[0, :, :, 0]).max() > 1e-5
-
-
-def test_served_graph_errors(serving):
-    with pytest.raises(tf.errors.InvalidArgumentError, match="constant"):
-        serving(image=tf.constant(np.full((1, TILE, TILE, 1), 7.0, np.float32)))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="all NaN"):
-        serving(image=tf.constant(np.full((1, TILE, TILE, 1), np.nan, np.float32)))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="multiples of 2"):
-        serving(image=tf.constant(_raw_tile(shape=(TILE - 1, TILE))[None, :, :, None]))
-
-
-def test_rest_bodies_row_and_columnar(exported, serving):
-    _, model, _ = exported
-    a, b = _raw_tile(seed=5), _raw_tile(seed=6) + np.float32(100.0)
-    a[0, 0] = np.nan
-    direct = serving(image=tf.constant(np.stack([a, b])[..., None]))["cr_probability"].numpy()
-    bodies = {
-        "row": json.dumps({"signature_name": "serving_default", "instances": [a[..., None].tolist(), b[..., None].tolist()]}),
-        "row_named": json.dumps({"instances": [{"image": a[..., None].tolist()}, {"image": b[..., None].tolist()}]}),
-        "columnar": json.dumps({"inputs": {"image": np.stack([a, b])[..., None].tolist()}}),
-        "columnar_bare": json.dumps({"inputs": np.stack([a, b])[..., None].tolist()}),
-    }
-    assert "NaN" in bodies["row"]  # JSON NaN travels as a NaN pixel
-    for kind, body in bodies.items():
-        kwargs = rest_body_to_kwargs(body, serving)
-        assert list(kwargs) == ["image"] and kwargs["image"].shape == (2, TILE, TILE, 1), kind
-        outputs = serving(**kwargs)
-        np.testing.assert_array_equal(outputs["cr_probability"].numpy(), direct, err_msg=kind)
-    response = rest_response(outputs, row_format=True)
-    assert np.asarray(response["predictions"]).shape == (2, TILE, TILE, 1)
-    assert np.asarray(rest_response(outputs, row_format=False)["outputs"]).shape == (2, TILE, TILE, 1)
-    np.testing.assert_allclose(np.asarray(response["predictions"][0])[..., 0], _keras_reference(model, a), atol=1e-5)
-
-
-def test_the_serving_request_in_the_export_readme_is_accepted(serving):
-    # export/README.md's request-building snippet, run as written: its body must parse as one tile.
-    import contextlib
-    import io
-    import re
-
-    text = (REPO / "export" / "README.md").read_text()
-    snippet = re.search(r"python - <<'PY' > request.json\n(.*?)\nPY\n", text, re.S).group(1)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(snippet, {})
-    kwargs = rest_body_to_kwargs(out.getvalue(), serving)
-    assert kwargs["image"].shape == (1, 256, 256, 1)
-
-
-@pytest.mark.parametrize("body, message", [
-    ({"instances": [[1.0]], "inputs": [[1.0]]}, "exactly one"),
-    ({"instances": [{"img": [[[1.0]]]}]}, "do not match"),
-    ({"instances": [[[[1.0]], [[1.0], [2.0]]]]}, "convert"),
-    ({"inputs": {"image": [[1.0, 2.0]]}}, "shape"),
-    ([1, 2], "JSON object"),
-])
-def test_rest_body_errors(serving, body, message):
-    with pytest.raises(ValueError, match=message):
-        rest_body_to_kwargs(body, serving)
-
-
-def test_saved_model_cli_show(exported):
-    result, _, _ = exported
-    cli = Path(sys.executable).with_name("saved_model_cli")
-    if not cli.exists():
-        pytest.skip("saved_model_cli is not installed beside this Python")
-    shown = subprocess.run([str(cli), "show", "--dir", str(result.path), "--all"], capture_output=True, text=True,
-                           check=True, timeout=120).stdout
-    block = shown.split("signature_def['serving_default']:")[1].split("signature_def[")[0]
-    assert "inputs['image'] tensor_info:" in block
-    assert "outputs['cr_probability'] tensor_info:" in block
-    assert block.count("dtype: DT_FLOAT") == 2
-    assert block.count("shape: (-1, -1, -1, 1)") == 2
-    assert "Method name is: tensorflow/serving/predict" in block
-
-
-# --- TFLite -------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("variant, atol", [("float32", 1e-4), ("float16", 2e-2), ("dynamic", 5e-2), ("int8", 0.5)])
-def test_tflite_variants_run_in_litert(exported, variant, atol):
-    from ai_edge_litert.interpreter import Interpreter
-
-    result, model, _ = exported
-    path = result.path / "tflite" / f"kercr_{variant}.tflite"
-    interpreter = Interpreter(model_path=str(path), num_threads=2)
-    interpreter.allocate_tensors()
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    assert inp["dtype"] == np.float32 and list(inp["shape"]) == [1, TILE, TILE, 1]
-    assert list(inp["shape_signature"]) == [1, -1, -1, 1]
-    assert interpreter.get_signature_list() == {"serving_default": {"inputs": ["image"], "outputs": ["cr_probability"]}}
-    normalized, _ = normalize(_raw_tile(seed=7), config=SIDECAR)
-    interpreter.set_tensor(inp["index"], normalized[None, :, :, None])
-    interpreter.invoke()
-    got = interpreter.get_tensor(out["index"])[0, :, :, 0]
-    expected = np.asarray(model(normalized[None, :, :, None], training=False))[0, :, :, 0]
-    assert np.all((got >= 0) & (got <= 1))
-    assert np.abs(got - expected).max() <= atol
-    if variant == "int8":
-        dtypes = {d["dtype"] for d in interpreter.get_tensor_details()}
-        assert np.int8 in dtypes  # activations really are int8 inside
-        assert np.abs(got - expected).max() > 1e-4  # and quantization really happened
-
-
-def test_tflite_resizes_at_run_time(exported):
-    result, model, _ = exported
-    runner = TFLiteRunner(result.path / "tflite" / "kercr_float32.tflite", num_threads=2)
-    assert runner.resizable
-    image = _raw_tile(seed=8, shape=(TILE, 2 * TILE))
-    got = runner.predict_raw(image, config=SIDECAR)
-    assert got.shape == (TILE, 2 * TILE) and runner.shape == (1, TILE, 2 * TILE, 1)
-    np.testing.assert_allclose(got, _keras_reference(model, image), atol=1e-4)
-
-
-@pytest.mark.parametrize("variant", ["float32", "int8"])
-def test_parallel_runner_splits_batches_and_gives_the_single_interpreters_output(exported, variant):
-    from kercr.export.litert import ParallelTFLiteRunner
-
-    result, _, _ = exported
-    path = result.path / "tflite" / f"kercr_{variant}.tflite"
-    single = TFLiteRunner(path, num_threads=1)
-    pool = ParallelTFLiteRunner(path, num_threads=2)
-    assert pool.workers == 2 and ParallelTFLiteRunner(path, num_threads=1).workers == 1
-    assert ParallelTFLiteRunner(path, num_threads=8).workers == 2  # two interpreters of 4 threads
-    batch = np.stack([normalize(_raw_tile(seed=20 + k), config=SIDECAR)[0] for k in range(3)])
-    calls = []
-    for runner in pool.runners:  # record which images each interpreter gets
-        runner.predict = (lambda f: lambda x: calls.append(len(x)) or f(x))(runner.predict)
-    expected = single.predict(batch)
-    got = pool.predict(batch)  # 3 images: 2 to one interpreter, 1 to the other, in order
-    assert sorted(calls) == [1, 2]
-    assert got.dtype == np.float32 and got.shape == batch.shape
-    np.testing.assert_array_equal(got, expected)
-    np.testing.assert_array_equal(pool.predict(batch[..., None]), expected[..., None])
-    np.testing.assert_array_equal(pool.predict(batch[0]), expected[0])  # one image: one interpreter
-    with pytest.raises(ValueError, match="num_threads=0"):
-        ParallelTFLiteRunner(path, num_threads=0)
-
+# --- parity ---------------------------------------------------------------------------------------
 
 def test_parity_report(exported):
     result, _, _ = exported
@@ -348,86 +176,6 @@ def test_failure_mid_export_removes_partial_output(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="simulated"):
         export_model("deepcr_2_4", deep, tile=TILE, validation_patches=1, formats=("tflite",))
     assert not (tmp_path / "new").exists()
-
-
-# --- CLI and profiles ---------------------------------------------------------------------------
-
-def test_cli_with_profile(tmp_path, capsys):
-    from kercr.cli.export import main
-
-    out = tmp_path / "models"
-    rc = main(["deepcr_2_4", "--out", str(out), "--profile", str(REPO / "export" / "serving.toml"),
-               "--tile", str(TILE), "--validation-patches", "2", "--name", "cr", "--version", "7"])
-    assert rc == 0
-    version = out / "cr" / "7"
-    assert (version / "saved_model.pb").is_file() and not (version / "tflite").exists()
-    assert json.loads((version / "export.json").read_text())["formats"] == ["savedmodel"]
-    assert "exported to" in capsys.readouterr().out
-    capsys.readouterr()
-    assert main(["deepcr_2_4", "--out", str(out), "--name", "cr", "--version", "7", "--tile", str(TILE)]) == 1
-    err = capsys.readouterr().err  # the existing version: one line, no traceback
-    assert err.startswith("kercr-export: error: ") and err.count("\n") == 1 and "7" in err
-
-
-def test_shipped_profiles_are_valid():
-    names = sorted(p.name for p in (REPO / "export").glob("*.toml"))
-    assert {"serving.toml", "edge.toml", "cpu-fast.toml"} <= set(names)
-    assert load_profile(REPO / "export" / "edge.toml")["quantize"][0] == "int8"
-    assert load_profile(REPO / "export" / "serving.toml")["formats"] == ["savedmodel"]
-
-
-def test_profile_errors(tmp_path):
-    bad = tmp_path / "bad.toml"
-    bad.write_text('formats = ["tflite"]\nquantise = ["int8"]\n')
-    with pytest.raises(ExportError, match="unknown key"):
-        load_profile(bad)
-    bad.write_text("tile = 'big'\n")
-    with pytest.raises(ExportError, match="tile"):
-        load_profile(bad)
-    with pytest.raises(ExportError, match="cannot read profile"):
-        load_profile(tmp_path / "missing.toml")
-
-
-# --- the TF re-implementation of normalize ------------------------------------------------------
-
-@pytest.mark.parametrize("config", [NormalizationConfig(), SIDECAR, NormalizationConfig(sample_size=100, n_iter=0),
-                                    NormalizationConfig(noise_estimator="diff2"),
-                                    NormalizationConfig(noise_estimator="diff2", sample_size=100, asinh_softening=10.0)])
-def test_tf_normalization_matches_numpy_bit_for_bit(config):
-    from kercr.export.tf_normalization import normalize_batch
-
-    rng = np.random.default_rng(0)
-    fn = tf.function(lambda x: normalize_batch(x, config))
-    for shape in [(64, 64), (63, 65), (17, 33), (300, 200)]:  # odd and even pixel counts, subsample steps
-        images = (rng.normal(1000, 20, (3, *shape)) + 50 * rng.standard_cauchy((3, *shape))).astype(np.float32)
-        images[0, 3, 5], images[1, 0, 0] = np.nan, np.inf
-        images[2] = np.round(images[2] / 40) * 40  # quantized: MAD 0, numpy falls back to the std
-        got = fn(tf.constant(images[..., None])).numpy()[..., 0]
-        want = np.stack([normalize(image, config=config)[0] for image in images])
-        if config.asinh_softening is None:
-            np.testing.assert_array_equal(got, want, err_msg=str(shape))
-        else:  # TF's asinh may differ from numpy's in the last float32 bit
-            np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6, err_msg=str(shape))
-
-
-def test_tf_normalization_applies_the_asinh_stretch_like_numpy():
-    from kercr.export.tf_normalization import normalize_batch
-
-    config = NormalizationConfig(asinh_softening=10.0)
-    rng = np.random.default_rng(1)
-    images = (rng.normal(1000, 20, (2, 64, 64)) + 50 * rng.standard_cauchy((2, 64, 64))).astype(np.float32)
-    got = tf.function(lambda x: normalize_batch(x, config))(tf.constant(images[..., None])).numpy()[..., 0]
-    want = np.stack([normalize(image, config=config)[0] for image in images])
-    assert np.abs(want).max() < 70  # stretched: 1000 sigma -> ~53
-    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
-
-
-def test_tf_median_even_count_averages_middle_values():
-    from kercr.export.tf_normalization import median
-
-    assert median(tf.constant([4.0, 1.0, 3.0, 2.0], tf.float64)).numpy() == 2.5
-    assert median(tf.constant([5.0, 1.0, 3.0], tf.float64)).numpy() == 3.0
-    assert median(tf.constant([7.0], tf.float64)).numpy() == 7.0
 
 
 # --- four-flip average ----------------------------------------------------------------------------
@@ -538,67 +286,6 @@ def test_every_registry_architecture_exports_to_savedmodel_and_every_tflite_vari
                 assert np.abs(got - expected).mean() <= QUANTIZED_MEAN_DELTA[variant], (variant, shape)
     int8_dtypes = {d["dtype"] for d in runners["int8"].interpreter.get_tensor_details()}
     assert np.int8 in int8_dtypes  # full-integer: the activations are int8 inside
-
-
-def test_nearest_upsampling_lowering_keeps_the_channel_count_and_the_values():
-    """The plain UNet's cause: Keras' nearest UpSampling2D (two tf.repeat) loses the channel count in
-    the converter, whose next Conv2D then needs Flex ops; the lowering converts and gives the same pixels."""
-    from kercr.export.lowering import NearestUpSampling2D, for_tflite
-    from kercr.export.tflite import _Converted, convert
-
-    inputs = keras.Input((None, None, 1))
-    x = keras.layers.Conv2D(3, 1, name="widen")(inputs)
-    x = keras.layers.UpSampling2D((2, 3), interpolation="nearest", name="up")(x)
-    model = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same", name="mix")(x))
-    lowered = for_tflite(model)
-    assert isinstance(lowered.get_layer("up"), NearestUpSampling2D)
-    assert lowered.get_layer("mix") is model.get_layer("mix")  # same layer, same variables
-    x = np.random.default_rng(0).normal(size=(2, 6, 5, 1)).astype(np.float32)
-    np.testing.assert_array_equal(np.asarray(lowered(x)), np.asarray(model(x)))
-    module = _Converted(model, [1, None, None, 1])  # the Keras graph as it is: the issue's failure
-    with pytest.raises(Exception, match="ERROR_NEEDS_FLEX_OPS"):
-        tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module).convert()
-    flatbuffer = convert(model, tile=8)
-    ops = TFLiteRunner(flatbuffer).ops()
-    assert "RESIZE_NEAREST_NEIGHBOR" in {**ops["xnnpack"], **ops["tflite_kernels"]}
-    for image in x:  # (6, 5) -> (12, 15), not the tile it was converted at
-        np.testing.assert_allclose(_invoke(flatbuffer, image[None]), np.asarray(model(image[None])), atol=1e-6)
-
-
-def _invoke(flatbuffer, batch, *, delegates=True):
-    """Output of a TFLite model on one (1, H, W, C) input, resized to it (any output shape)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interpreter = Interpreter(model_content=flatbuffer, experimental_op_resolver_type=resolver)
-    interpreter.resize_tensor_input(0, list(batch.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-
-
-def test_group_norm_lowering_makes_the_tflite_statistics_accurate():
-    """cosmic_conn's cause: a GroupNorm mean over 256 x 256 x C/G values, summed in float32 one by one
-    (TFLite's builtin MEAN, TensorFlow at batch 1), is off by ~1e-4 relative; in stages it is not."""
-    from kercr.export.parity import float64_twin
-    from kercr.export.tflite import _Converted, convert
-
-    inputs = keras.Input((None, None, 1))
-    x = keras.layers.Conv2D(8, 1, name="widen")(inputs)
-    model = keras.Model(inputs, keras.layers.GroupNormalization(2, name="gn")(x))
-    image = np.random.default_rng(0).normal(0.5, 1.0, size=(1, 256, 256, 1)).astype(np.float32)
-    image[:, ::37, ::41] += 300.0  # CR-like outliers, as normalized frames have
-    exact = np.asarray(float64_twin(model)(image))
-
-    def tflite_error(flatbuffer):  # TFLite's own kernels, which sum a MEAN one value after another
-        return np.abs(_invoke(flatbuffer, image, delegates=False) - exact).max() / np.abs(exact).max()
-
-    module = _Converted(model, [1, None, None, 1])  # the Keras graph as it is
-    as_is = tflite_error(tf.lite.TFLiteConverter.from_concrete_functions(
-        [module.serve.get_concrete_function()], module).convert())
-    lowered = tflite_error(convert(model, tile=256))
-    assert lowered < 2e-6 and as_is > 10 * lowered, (as_is, lowered)
 
 
 def test_a_failed_float32_parity_says_what_was_measured_and_what_to_do(tmp_path, monkeypatch):

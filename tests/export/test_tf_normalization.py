@@ -1,4 +1,7 @@
-"""kercr.export.tf_normalization with noise_model="local": the TF graph against the numpy definition.
+"""kercr.export.tf_normalization: the TF graph of the normalization against the numpy definition.
+
+The global noise model is compared bit for bit at the end of this file; most tests are of
+``noise_model="local"``.
 
 Every comparison runs the graph through ``tf.function`` with an unknown (batch, H, W, 1) input,
 as the served SavedModel does, so the block padding is computed at run time. The served-model
@@ -24,6 +27,8 @@ from kercr.data.normalization import NormalizationConfig, local_background_noise
 from kercr.export import tf_normalization  # noqa: E402
 
 LOCAL = NormalizationConfig(noise_model="local")
+#: Non-default global constants; sample_size=500 makes the subsample step > 1 on 64 x 128 images.
+SIDECAR = NormalizationConfig(clip_min=-5.0, clip_max=300.0, n_iter=3, sample_size=500, nan_fill=-1.0)
 #: max |TF - numpy| / max(1, |numpy|) allowed; measured up to 8e-7 (float32 sums in the clipped std).
 RTOL = 2e-6
 
@@ -185,3 +190,47 @@ def test_kercr_export_of_a_local_noise_run_serves_raw_pixels(tmp_path, monkeypat
         glob = normalize(image, config=dataclasses.replace(config, noise_model="global"))[0]
         other = np.asarray(model(glob[None, ..., None], training=False))[0, ..., 0]
         assert np.abs(other - got).max() > 1e-3  # the global normalization is told apart
+
+
+# --------------------------------------------------------------------------------------------
+# The global noise model (one sky and noise per image)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config", [NormalizationConfig(), SIDECAR, NormalizationConfig(sample_size=100, n_iter=0),
+                                    NormalizationConfig(noise_estimator="diff2"),
+                                    NormalizationConfig(noise_estimator="diff2", sample_size=100, asinh_softening=10.0)])
+def test_tf_normalization_matches_numpy_bit_for_bit(config):
+    from kercr.export.tf_normalization import normalize_batch
+
+    rng = np.random.default_rng(0)
+    fn = tf.function(lambda x: normalize_batch(x, config))
+    for shape in [(64, 64), (63, 65), (17, 33), (300, 200)]:  # odd and even pixel counts, subsample steps
+        images = (rng.normal(1000, 20, (3, *shape)) + 50 * rng.standard_cauchy((3, *shape))).astype(np.float32)
+        images[0, 3, 5], images[1, 0, 0] = np.nan, np.inf
+        images[2] = np.round(images[2] / 40) * 40  # quantized: MAD 0, numpy falls back to the std
+        got = fn(tf.constant(images[..., None])).numpy()[..., 0]
+        want = np.stack([normalize(image, config=config)[0] for image in images])
+        if config.asinh_softening is None:
+            np.testing.assert_array_equal(got, want, err_msg=str(shape))
+        else:  # TF's asinh may differ from numpy's in the last float32 bit
+            np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6, err_msg=str(shape))
+
+
+def test_tf_normalization_applies_the_asinh_stretch_like_numpy():
+    from kercr.export.tf_normalization import normalize_batch
+
+    config = NormalizationConfig(asinh_softening=10.0)
+    rng = np.random.default_rng(1)
+    images = (rng.normal(1000, 20, (2, 64, 64)) + 50 * rng.standard_cauchy((2, 64, 64))).astype(np.float32)
+    got = tf.function(lambda x: normalize_batch(x, config))(tf.constant(images[..., None])).numpy()[..., 0]
+    want = np.stack([normalize(image, config=config)[0] for image in images])
+    assert np.abs(want).max() < 70  # stretched: 1000 sigma -> ~53
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+
+
+def test_tf_median_even_count_averages_middle_values():
+    from kercr.export.tf_normalization import median
+
+    assert median(tf.constant([4.0, 1.0, 3.0, 2.0], tf.float64)).numpy() == 2.5
+    assert median(tf.constant([5.0, 1.0, 3.0], tf.float64)).numpy() == 3.0
+    assert median(tf.constant([7.0], tf.float64)).numpy() == 7.0
+

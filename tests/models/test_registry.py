@@ -273,20 +273,3 @@ def test_logit_model_shares_weights_and_its_sigmoid_is_the_output(models, name):
     logits = np.asarray(logit_model(model)(x), dtype=np.float64)
     np.testing.assert_allclose(1 / (1 + np.exp(-logits)), np.asarray(model(x)), atol=1e-6)
     assert model.get_layer(f"{name}_head_logits").dtype_policy.compute_dtype == "float32"
-
-
-def test_kercr_models_lists_every_architecture_and_summarizes_one(capsys):
-    from kercr.cli.models import models_main
-    from kercr.models import list_models
-
-    assert models_main(["--skip-large"]) == 0
-    table = capsys.readouterr().out
-    for name in list_models():
-        if name != "transunet_r50_vit_b16":
-            assert f"\n{name} " in table, name
-    assert "101,473     101,473  +0.00%" in table  # deepcr_2_32 against deepCR's own count
-    assert models_main(["deepcr_2_4", "--set", "filters=[2,4]"]) == 0
-    assert "Total params" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        models_main(["--set", "filters=[2,4]"])  # an option without an architecture to apply it to
-    assert "--set changes one architecture: name it" in capsys.readouterr().err

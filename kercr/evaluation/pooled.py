@@ -10,6 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from kercr import metrics as M
+from kercr.data.augment import flip_average
+from kercr.models import logit_model
+
+__all__ = ["pooled_metrics", "pooled_predictions", "validation_metrics"]
 
 
 def pooled_predictions(model, batches, *, tta=False):
@@ -36,10 +40,6 @@ def pooled_predictions(model, batches, *, tta=False):
         Logits (or probabilities for models without a logit layer).
     ignore : numpy.ndarray of bool, shape (N,)
     """
-    from kercr.models import logit_model
-
-    from kercr.data.augment import flip_average
-
     scorer = logit_model(model) or model
     truth, score, ignore = [], [], []
     for x, y, w in batches:
@@ -108,7 +108,5 @@ def pooled_metrics(truth, score, ignore=None, *, threshold=0.5, logits=True, log
 
 def validation_metrics(model, batches, *, threshold=0.5, tta=False) -> dict:
     """:func:`pooled_metrics` of ``model`` on ``(x, y, w)`` batches (``tta``: see :func:`pooled_predictions`)."""
-    from kercr.models import logit_model
-
     return pooled_metrics(*pooled_predictions(model, batches, tta=tta), threshold=threshold,
                           logits=logit_model(model) is not None)

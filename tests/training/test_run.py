@@ -1,4 +1,5 @@
-"""kercr-train: run directory contents, config resolution, bad options, resume, multi-worker, JAX."""
+"""kercr-train (:mod:`kercr.training.run`): run directory contents, config resolution, bad options, resume,
+multi-worker, JAX."""
 
 from __future__ import annotations
 
@@ -22,13 +23,6 @@ TINY = [
     "--frame-shape", "256", "256", "--cr-rate-scale", "50", "--steps-per-epoch", "3",
     "--validation-steps", "2",
 ]
-
-
-def _tiny_config(tmp_path, **kw):
-    options = dict(model="deepcr_2_4", patch_size=64, batch_size=4, frames=4, frame_shape=[256, 256],
-                   cr_rate_scale=50.0, steps_per_epoch=3, validation_steps=2, epochs=2, out=str(tmp_path / "run"))
-    options.update(kw)
-    return resolve_config({}, options)
 
 
 def _history(run):
@@ -68,7 +62,7 @@ def test_a_run_directory_holds_everything_the_user_needs(tmp_path, capsys):
     # off the ROC between its vertices with k - 1 and k false positives, k = ceil(1e-4 x non-CR pixels).
     import keras
 
-    from kercr.training_data import make_training_data
+    from kercr.training import make_training_data
 
     config = TrainConfig.load(run / "config.json")
     batches = make_training_data(config).validation_batches(config.validation_steps)
@@ -205,36 +199,37 @@ def test_yaml_numbers_written_without_a_dot_are_read_as_numbers(tmp_path):
     assert config.learning_rate == 1e-3 and config.asinh_softening == 10.0
 
 
-def test_a_run_directory_refuses_a_different_run(tmp_path):
-    from kercr.training import _check_run_dir, train
+def test_a_run_directory_refuses_a_different_run(tmp_path, tiny_config):
+    from kercr.training import train
+    from kercr.training.run import _check_run_dir
 
-    config = _tiny_config(tmp_path)
+    config = tiny_config()
     (tmp_path / "run").mkdir()
     config.save(tmp_path / "run" / "config.json")
     # A start that failed before its first epoch left only config.json: a corrected command goes on.
-    assert _check_run_dir(tmp_path / "run", _tiny_config(tmp_path, learning_rate=1e-2)) == {}
+    assert _check_run_dir(tmp_path / "run", tiny_config(learning_rate=1e-2)) == {}
     (tmp_path / "run" / "history.csv").write_text("epoch,loss,val_loss\n0,0.5,0.5\n")
     with pytest.raises(ConfigError, match="other options"):
-        train(_tiny_config(tmp_path, learning_rate=1e-2))
+        train(tiny_config(learning_rate=1e-2))
 
 
-def test_a_run_made_before_an_option_existed_resumes_with_its_default(tmp_path):
-    from kercr.training import _check_run_dir
+def test_a_run_made_before_an_option_existed_resumes_with_its_default(tmp_path, tiny_config):
+    from kercr.training.run import _check_run_dir
 
     run = tmp_path / "run"
     run.mkdir()
-    older = _tiny_config(tmp_path).to_dict()
+    older = tiny_config().to_dict()
     del older["noise_estimator"]  # config.json of a run made before kercr had the option
     (run / "config.json").write_text(json.dumps(older))
     (run / "history.csv").write_text("epoch,loss,val_loss\n0,0.5,0.5\n")  # it finished an epoch
-    assert _check_run_dir(run, _tiny_config(tmp_path, epochs=5)) == {}  # same run, extended
-    assert _check_run_dir(run, _tiny_config(tmp_path, out=str(run) + "/")) == {}  # the same directory, spelled otherwise
+    assert _check_run_dir(run, tiny_config(epochs=5)) == {}  # same run, extended
+    assert _check_run_dir(run, tiny_config(out=str(run) + "/")) == {}  # the same directory, spelled otherwise
     with pytest.raises(ConfigError, match=r"other options \(noise_estimator\)"):
-        _check_run_dir(run, _tiny_config(tmp_path, noise_estimator="diff2"))
+        _check_run_dir(run, tiny_config(noise_estimator="diff2"))
 
 
-def test_a_saved_run_configuration_loads_back_and_bad_ones_are_named(tmp_path):
-    config = _tiny_config(tmp_path, model_options={"filters": [8, 16]}, variety="wide", sky_e_range=[30.0, 1e6])
+def test_a_saved_run_configuration_loads_back_and_bad_ones_are_named(tmp_path, tiny_config):
+    config = tiny_config(model_options={"filters": [8, 16]}, variety="wide", sky_e_range=[30.0, 1e6])
     config.save(tmp_path / "config.json")
     assert TrainConfig.load(tmp_path / "config.json") == config
     older = config.to_dict()
@@ -251,12 +246,12 @@ def test_a_saved_run_configuration_loads_back_and_bad_ones_are_named(tmp_path):
         TrainConfig.load(tmp_path / "none.json")
 
 
-def test_fine_tuning_starts_from_the_given_weights(tmp_path):
+def test_fine_tuning_starts_from_the_given_weights(tmp_path, tiny_config):
     import keras
 
     from kercr.training import train
 
-    train(_tiny_config(tmp_path, epochs=1, out=str(tmp_path / "base")), verbose=0)
+    train(tiny_config(epochs=1, out=str(tmp_path / "base")), verbose=0)
     base = keras.saving.load_model(tmp_path / "base" / "best.keras")
     # A negligible learning rate: the fine-tuned weights stay those of the base model.
     assert train_main([*TINY, "--epochs", "1", "--learning-rate", "1e-9", "--seed", "5", "--extended-sources", "2",
@@ -275,35 +270,19 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path):
     assert not np.allclose(fresh.trainable_weights[0].numpy(), base.trainable_weights[0].numpy(), atol=1e-5)
     # Another architecture cannot start from these weights.
     with pytest.raises(ConfigError, match="does not match model='unet'"):
-        train(_tiny_config(tmp_path, model="unet", init_weights=str(tmp_path / "base"),
+        train(tiny_config(model="unet", init_weights=str(tmp_path / "base"),
                            out=str(tmp_path / "other")), verbose=0)
     # The synthetic-frame options mean nothing for FITS data.
     with pytest.raises(ConfigError, match="leave them at their defaults"):
-        _tiny_config(tmp_path, data=str(tmp_path), on_source_fraction=0.3).validate()
+        tiny_config(data=str(tmp_path), on_source_fraction=0.3).validate()
 
 
-def test_median_weighted_loss_raises_alpha_over_the_schedule(tmp_path):
+def test_median_weighted_loss_raises_alpha_over_the_schedule(tmp_path, tiny_config):
     from kercr.training import train
 
-    train(_tiny_config(tmp_path, loss="median_bce", epochs=3, alpha_epochs=2), verbose=0)
+    train(tiny_config(loss="median_bce", epochs=3, alpha_epochs=2), verbose=0)
     alphas = [float(r["alpha"]) for r in _history(tmp_path / "run")]
     assert alphas == pytest.approx([0.0, 0.5, 1.0])
-
-
-def test_the_alpha_floor_reaches_plain_sky_and_the_validation_set_fit_holds(tmp_path):
-    # At alpha 0 the median weight of plain sky is exactly 0, which everywhere means "ignored": such
-    # pixels never came back as alpha rose. And fit() holds data.val, which set_alpha must update.
-    from kercr.training_data import make_training_data
-
-    data = make_training_data(_tiny_config(tmp_path, loss="median_bce"))
-    held = data.val
-    x, y, w = (np.concatenate(a) for a in zip(*data.validation_batches()))
-    assert w.min() == 0 and (w > 0).mean() > 0.9  # the ignored pixels only
-    ignored = w == 0
-    data.set_alpha(1.0)
-    assert data.val is held
-    w1 = np.concatenate([b[2] for b in held])
-    assert np.all(w1[~ignored] == 1.0) and np.all(w1[ignored] == 0.0)
 
 
 def test_killed_training_resumes_from_the_last_finished_epoch(tmp_path):
@@ -335,13 +314,13 @@ def test_killed_training_resumes_from_the_last_finished_epoch(tmp_path):
     assert (run / "best.keras").stat().st_mtime_ns == before
 
 
-def test_a_finished_run_given_more_epochs_goes_on_from_its_last_weights(tmp_path):
+def test_a_finished_run_given_more_epochs_goes_on_from_its_last_weights(tmp_path, tiny_config):
     from kercr.training import train
 
-    train(_tiny_config(tmp_path, epochs=2, out=str(tmp_path / "straight")), verbose=0)
-    train(_tiny_config(tmp_path, epochs=1, out=str(tmp_path / "extended")), verbose=0)
+    train(tiny_config(epochs=2, out=str(tmp_path / "straight")), verbose=0)
+    train(tiny_config(epochs=1, out=str(tmp_path / "extended")), verbose=0)
     assert not (tmp_path / "extended" / "backup").exists()
-    metrics = train(_tiny_config(tmp_path, epochs=2, out=str(tmp_path / "extended")), verbose=0)
+    metrics = train(tiny_config(epochs=2, out=str(tmp_path / "extended")), verbose=0)
     straight, extended = _history(tmp_path / "straight"), _history(tmp_path / "extended")
     assert [int(r["epoch"]) for r in extended] == [0, 1] and metrics["epochs"] == 2
     # Same batches, weights and optimizer state: the second epoch matches an uninterrupted run.
@@ -384,8 +363,7 @@ import keras
 
 from kercr.config import resolve_config
 from kercr.evaluation import validation_metrics
-from kercr.training import build_and_check_model, train
-from kercr.training_data import make_training_data
+from kercr.training import build_and_check_model, make_training_data, train
 
 assert keras.backend.backend() == "jax", keras.backend.backend()
 config = resolve_config({}, dict(
@@ -418,13 +396,13 @@ def test_training_under_the_jax_backend_learns(tmp_path):
     assert trained["tpr_at_fpr_1e-3"] > untrained["tpr_at_fpr_1e-3"] + 0.25, (trained, untrained)
 
 
-def test_mixed_precision_keeps_float32_probabilities(tmp_path):
+def test_mixed_precision_keeps_float32_probabilities(tmp_path, tiny_config):
     import keras
 
     from kercr.training import train
 
     try:
-        train(_tiny_config(tmp_path, mixed_precision=True, epochs=1), verbose=0)
+        train(tiny_config(mixed_precision=True, epochs=1), verbose=0)
         model = keras.saving.load_model(tmp_path / "run" / "best.keras")
         assert model.layers[1].dtype_policy.name == "mixed_bfloat16"
         y = model(np.zeros((1, 64, 64, 1), "float32"))
@@ -473,7 +451,7 @@ def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, 
     assert "noise_model='local' needs frames" in capsys.readouterr().err
 
 
-def test_training_from_a_directory_of_clean_fits_frames(tmp_path):
+def test_training_from_a_directory_of_clean_fits_frames(tmp_path, tiny_config):
     from astropy.io import fits
 
     from kercr.data.synthetic import make_frame
@@ -486,13 +464,13 @@ def test_training_from_a_directory_of_clean_fits_frames(tmp_path):
         header = fits.Header({"EXPTIME": 3000.0, "GAIN": 4.0, "RDNOISE": 7.0, "SATURATE": 45000.0})
         fits.PrimaryHDU(f.clean_adu, header=header).writeto(frames / f"exp{i}.fits")
     before = {p.name: p.read_bytes() for p in frames.iterdir()}
-    config = _tiny_config(tmp_path, data=str(frames), cr_rate_scale=5.0, epochs=1)
+    config = tiny_config(data=str(frames), cr_rate_scale=5.0, epochs=1)
     metrics = train(config, verbose=0)
     assert metrics["cr_pixels"] > 0
     assert {p.name: p.read_bytes() for p in frames.iterdir()} == before  # inputs untouched
 
 
-def test_real_footprints_from_dark_frames_are_injected(tmp_path):
+def test_real_footprints_from_dark_frames_are_injected(tmp_path, tiny_config):
     from astropy.io import fits
 
     from kercr.data.frames import SyntheticFrames, load_footprints
@@ -514,13 +492,13 @@ def test_real_footprints_from_dark_frames_are_injected(tmp_path):
     # Every simulated CR pixel is still labelled; the extra labels are the footprints.
     assert np.all(mixed.frame(0)[1][plain.frame(0)[1] > 0] == 1)
     with pytest.raises(ConfigError, match="footprints"):
-        _tiny_config(tmp_path, footprints=str(tmp_path / "missing"))
+        tiny_config(footprints=str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match="variety='any'.*'wide'"):
-        _tiny_config(tmp_path, variety="any")
+        tiny_config(variety="any")
     with pytest.raises(ConfigError, match="asinh_softening=-1"):
-        _tiny_config(tmp_path, asinh_softening=-1)
+        tiny_config(asinh_softening=-1)
     with pytest.raises(ConfigError, match="noise_estimator='std'.*'diff2'"):
-        _tiny_config(tmp_path, noise_estimator="std")
+        tiny_config(noise_estimator="std")
 
 
 # One training step through kercr.training.train, on one device and under --strategy mirrored
@@ -589,11 +567,11 @@ def test_a_mirrored_step_over_two_devices_equals_the_single_device_step(tmp_path
     assert result["losses"]["mirrored"] == pytest.approx(result["losses"]["none"], rel=1e-5)
 
 
-def test_validation_without_cosmic_rays_is_refused_before_training(tmp_path):
+def test_validation_without_cosmic_rays_is_refused_before_training(tmp_path, tiny_config):
     from kercr.training import train
 
     with pytest.raises(ConfigError, match="no \\(unignored\\) CR pixels"):
-        train(_tiny_config(tmp_path, cr_rate_scale=1e-6, validation_steps=1), verbose=0)
+        train(tiny_config(cr_rate_scale=1e-6, validation_steps=1), verbose=0)
     assert not (tmp_path / "run" / "history.csv").exists()
 
 
@@ -620,29 +598,3 @@ def test_validation_is_rebuilt_from_the_run_and_a_card_with_flips_takes_its_thre
     assert "validation_without_tta" not in plain
     with pytest.raises(FileNotFoundError, match="finished kercr-train run"):
         run_validation(tmp_path / "nothing")
-
-
-def test_a_resumed_run_cuts_its_learning_rate_when_an_uninterrupted_one_would():
-    # Keras' ReduceLROnPlateau driven through a val_loss sequence with plateaus, cuts, sub-min_delta
-    # "gains" and the floor; after every epoch the replay of history.csv must give its state.
-    import keras
-
-    from kercr.training import plateau_state
-
-    losses = [1.0, 0.9, 0.95, 0.91, 0.92, 0.93, 0.89995, 0.94, 0.8, 0.81, 0.82, 0.83, 0.84, 0.85, 0.86, 0.87, 0.88]
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    callback = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=2e-4)
-    callback.set_model(model)
-    callback.on_train_begin()
-    history, cuts = [], 0
-    for epoch, loss in enumerate(losses):
-        logs = {"val_loss": loss}
-        callback.on_epoch_end(epoch, logs)
-        history.append(dict(logs))
-        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-        cuts += lr < history[-1]["learning_rate"]
-        best, wait, replayed_lr = plateau_state(history, learning_rate=1e-3, factor=0.5, patience=2, min_lr=2e-4)
-        assert (best, wait) == (callback.best, callback.wait), epoch
-        assert replayed_lr == pytest.approx(lr, rel=1e-6), epoch
-    assert cuts >= 3 and lr == pytest.approx(2e-4)  # several cuts, down to the floor

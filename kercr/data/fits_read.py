@@ -1,0 +1,307 @@
+"""Read CCD frames from FITS files (astropy only).
+
+Reads single-extension and multi-extension FITS (a DECam exposure holds ~60 CCD extensions named
+like ``N4`` or ``S22``), tile-compressed ``.fz`` files, integer, scaled (``BZERO``/``BSCALE``) and
+big-endian data. Pixels always come back as native-endian ``float32``; NaN, inf and ``BLANK``
+pixels come back as NaN so callers can mask them. Files are opened memory-mapped, so reading one
+CCD of a 60-CCD exposure touches only that extension on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from astropy.io import fits
+
+from kercr.data.errors import FITSFileNotFoundError, FITSFormatError, KercrDataError
+
+__all__ = ["CCDFrame", "read_ccd", "iter_ccds", "list_ccd_extensions"]
+
+logger = logging.getLogger(__name__)
+
+ExtSpec = "int | str | tuple[str, int] | None"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CCDFrame:
+    """One CCD image read from a FITS file.
+
+    Attributes
+    ----------
+    data : numpy.ndarray, shape (ny, nx), float32
+        Pixel values in the file's units (ADU for raw and DECam CP frames), native byte order.
+        Non-finite and ``BLANK`` pixels are NaN.
+    header : astropy.io.fits.Header
+        Header of the extension holding the data.
+    primary_header : astropy.io.fits.Header
+        Header of the primary HDU (for multi-extension files it holds EXPTIME, FILTER, ...).
+    gain : float or None
+        Gain in e-/ADU (``GAIN``, or the mean of DECam's ``GAINA``/``GAINB``), or the override.
+    readnoise : float or None
+        Read noise in electrons (``RDNOISE``, or the mean of ``RDNOISEA``/``RDNOISEB``).
+    saturation : float or None
+        Saturation level in ADU (``SATURATE``, or the lower of ``SATURATA``/``SATURATB``).
+    exptime : float or None
+        Exposure time in seconds (``EXPTIME`` of the extension or the primary header).
+    extname : str
+        ``EXTNAME`` of the extension, or ``"HDU<i>"`` when it has none.
+    index : int
+        Index of the HDU in the file.
+    path : pathlib.Path
+        The file the frame was read from.
+    """
+
+    data: np.ndarray
+    header: fits.Header
+    primary_header: fits.Header
+    gain: float | None
+    readnoise: float | None
+    saturation: float | None
+    exptime: float | None
+    extname: str
+    index: int
+    path: Path
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape ``(ny, nx)`` of :attr:`data`."""
+        return tuple(self.data.shape)
+
+
+def _check_path(path) -> Path:
+    p = Path(os.fspath(path)).expanduser()
+    if not p.exists():
+        raise FITSFileNotFoundError(
+            f"{p}: file not found. Check the path (relative paths are resolved from "
+            f"{Path.cwd()})."
+        )
+    if p.is_dir():
+        raise FITSFormatError(f"{p}: is a directory, not a FITS file. Pass the path of a .fits or .fits.fz file.")
+    return p
+
+
+def _open(p: Path) -> fits.HDUList:
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # Scaling is applied by kercr (see _frame_from_hdu): astropy refuses to memory-map scaled data.
+            hdul = fits.open(p, memmap=True, lazy_load_hdus=False, do_not_scale_image_data=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise FITSFormatError(
+            f"{p}: not a readable FITS file ({exc}). Pass a FITS image (.fits, .fit, .fits.fz); "
+            "if it should be one, it may be truncated or corrupt: download or write it again."
+        ) from exc
+    truncated = [w for w in caught if "truncated" in str(w.message).lower()]
+    for w in caught:  # the others go on as they came
+        if w not in truncated:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if truncated:
+        hdul.close()
+        raise FITSFormatError(f"{p}: the file is truncated ({truncated[0].message}); astropy dropped what it could "
+                              "not read. Download or write it again.")
+    return hdul
+
+
+def _is_image(hdu) -> bool:
+    return isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and hdu.header.get("NAXIS", 0) > 0
+
+
+def _extname(hdu, index: int) -> str:
+    name = hdu.name if isinstance(hdu, (fits.ImageHDU, fits.CompImageHDU)) else ""
+    return name.strip() or ("PRIMARY" if index == 0 else f"HDU{index}")
+
+
+def list_ccd_extensions(path) -> list[tuple[int, str]]:
+    """List the HDUs of a FITS file that hold image data.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        FITS file.
+
+    Returns
+    -------
+    list of (int, str)
+        ``(hdu_index, extname)`` for every HDU with image data, in file order.
+    """
+    p = _check_path(path)
+    with _open(p) as hdul:
+        return [(i, _extname(h, i)) for i, h in enumerate(hdul) if _is_image(h)]
+
+
+def _positive(value, what: str, source: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise KercrDataError(f"{source}: {what}={value!r} is not a positive number. Pass a positive value.")
+    return v
+
+
+def _header_value(headers: Sequence[fits.Header], key: str, pair: tuple[str, str], combine) -> float | None:
+    """Look up ``key``, else combine the per-amplifier pair, in the headers in order."""
+    for h in headers:
+        if key in h and isinstance(h[key], (int, float)) and not isinstance(h[key], bool):
+            return float(h[key])
+        vals = [float(h[k]) for k in pair if isinstance(h.get(k), (int, float)) and not isinstance(h.get(k), bool)]
+        if vals:
+            return float(combine(vals))
+    return None
+
+
+def _from_header(headers, key, pair, combine, what: str, source: str) -> float | None:
+    value = _header_value(headers, key, pair, combine)
+    if value is not None and not (math.isfinite(value) and value > 0):
+        logger.warning("%s: header %s=%r is not positive; ignoring it", source, what, value)
+        return None
+    return value
+
+
+def _frame_from_hdu(hdul: fits.HDUList, index: int, p: Path, gain, readnoise, saturation) -> CCDFrame:
+    hdu = hdul[index]
+    name = _extname(hdu, index)
+    source = f"{p}[{name}]"
+    if not _is_image(hdu):
+        kind = type(hdu).__name__
+        images = [f"{i}:{_extname(h, i)}" for i, h in enumerate(hdul) if _is_image(h)]
+        raise FITSFormatError(
+            f"{source}: HDU {index} ({kind}) holds no image data. Pass ext= one of the image "
+            f"extensions {images or '(none: this file holds no image)'}."
+        )
+    try:
+        raw = hdu.data
+    except Exception as exc:  # astropy raises several types for corrupt data sections
+        raise FITSFormatError(f"{source}: the image data cannot be read ({exc}). The file may be truncated.") from exc
+    if raw is None or raw.ndim != 2:
+        shape = None if raw is None else raw.shape
+        raise FITSFormatError(
+            f"{source}: image data has shape {shape} (numpy order), but kercr needs a 2-D CCD image. "
+            "Select a 2-D extension, or split the cube into 2-D images first."
+        )
+    hdr = hdu.header
+    bscale, bzero = float(hdr.get("BSCALE", 1.0)), float(hdr.get("BZERO", 0.0))
+    if bscale != 1.0 or bzero != 0.0:
+        # float64 arithmetic: uint16 stored as int16 + 32768 and int32 data stay exact.
+        data = (np.asarray(raw, dtype=np.float64) * bscale + bzero).astype(np.float32)
+    else:
+        data = np.asarray(raw, dtype=np.float32)  # native byte order; copies out of the memmap
+    blank = hdr.get("BLANK")
+    if blank is not None and np.issubdtype(raw.dtype, np.integer):
+        data[np.asarray(raw) == blank] = np.nan
+    data[~np.isfinite(data)] = np.nan
+    headers = [hdu.header, hdul[0].header]
+    gain = _positive(gain, "gain", source) or _from_header(headers, "GAIN", ("GAINA", "GAINB"), np.mean, "GAIN", source)
+    readnoise = _positive(readnoise, "readnoise", source) or _from_header(
+        headers, "RDNOISE", ("RDNOISEA", "RDNOISEB"), np.mean, "RDNOISE", source
+    )
+    # The lower amplifier saturation is the level above which some pixels of the CCD saturate.
+    saturation = _positive(saturation, "saturation", source) or _from_header(
+        headers, "SATURATE", ("SATURATA", "SATURATB"), min, "SATURATE", source
+    )
+    exptime = _header_value(headers, "EXPTIME", (), min)
+    return CCDFrame(
+        data=data,
+        header=hdu.header.copy(),
+        primary_header=hdul[0].header.copy(),
+        gain=gain,
+        readnoise=readnoise,
+        saturation=saturation,
+        exptime=exptime,
+        extname=name,
+        index=index,
+        path=p,
+    )
+
+
+def _resolve_ext(hdul: fits.HDUList, ext, p: Path) -> int:
+    if ext is None:
+        for i, h in enumerate(hdul):
+            if _is_image(h):
+                return i
+        raise FITSFormatError(f"{p}: no HDU holds image data. Pass a FITS image file, not a table-only file.")
+    names = [f"{i}:{_extname(h, i)}" for i, h in enumerate(hdul)]
+    try:
+        index = hdul.index_of(ext)
+    except (KeyError, IndexError) as exc:
+        raise FITSFormatError(f"{p}: extension {ext!r} not found. Available HDUs: {names}.") from exc
+    if not 0 <= index < len(hdul):  # astropy passes an integer through unchecked (-1, 5 of 3, ...)
+        raise FITSFormatError(f"{p}: extension {ext!r} not found: the file has HDUs 0 to {len(hdul) - 1}: {names}.")
+    return index
+
+
+def read_ccd(path, ext=None, *, gain=None, readnoise=None, saturation=None) -> CCDFrame:
+    """Read one CCD image from a FITS file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        FITS file (``.fits``, ``.fits.gz``, tile-compressed ``.fits.fz``).
+    ext : int, str, tuple (str, int) or None
+        HDU index, ``EXTNAME`` (e.g. ``"N4"``) or ``(EXTNAME, EXTVER)``. ``None`` takes the first
+        HDU with image data (the primary for simple files, the first CCD of a DECam exposure).
+    gain : float, optional
+        Gain in e-/ADU; overrides the header (``GAIN`` or mean of ``GAINA``/``GAINB``).
+    readnoise : float, optional
+        Read noise in electrons; overrides the header (``RDNOISE`` or mean of ``RDNOISEA/B``).
+    saturation : float, optional
+        Saturation in ADU; overrides the header (``SATURATE`` or min of ``SATURATA/B``).
+
+    Returns
+    -------
+    CCDFrame
+        ``data`` is a new native-endian float32 array of shape (ny, nx); NaN marks bad pixels.
+
+    Raises
+    ------
+    FITSFileNotFoundError
+        The file does not exist.
+    FITSFormatError
+        Not FITS, unknown extension, no image data, or data that is not 2-D.
+    KercrDataError
+        An override is not a positive number.
+    """
+    p = _check_path(path)
+    with _open(p) as hdul:
+        index = _resolve_ext(hdul, ext, p)
+        return _frame_from_hdu(hdul, index, p, gain, readnoise, saturation)
+
+
+def iter_ccds(path, ext="all", *, gain=None, readnoise=None, saturation=None) -> Iterator[CCDFrame]:
+    """Iterate over the CCD images of a (multi-extension) FITS file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        FITS file.
+    ext : "all", int, str or sequence of (int or str)
+        ``"all"`` yields every HDU with 2-D image data (an empty primary HDU is skipped); one
+        index or ``EXTNAME``, or a sequence of them, selects HDUs in the given order.
+    gain, readnoise, saturation : float, optional
+        Overrides, as in :func:`read_ccd`.
+
+    Yields
+    ------
+    CCDFrame
+        One frame per image extension; only that extension's pixels are read.
+    """
+    p = _check_path(path)
+    with _open(p) as hdul:
+        if isinstance(ext, str) and ext == "all":
+            indices = [i for i, h in enumerate(hdul) if _is_image(h)]
+            if not indices:
+                raise FITSFormatError(f"{p}: no HDU holds image data. Pass a FITS image file.")
+        else:
+            one = isinstance(ext, (str, int, np.integer, tuple))  # a name, an index, or astropy's (name, ver)
+            indices = [_resolve_ext(hdul, e, p) for e in ([ext] if one else ext)]
+        for i in indices:
+            yield _frame_from_hdu(hdul, i, p, gain, readnoise, saturation)

@@ -1,0 +1,230 @@
+"""Write NEW FITS files, never overwriting one (astropy only).
+
+:func:`new_fits_file` is the one FITS writer. It writes a NEW file (optionally starting from a
+copy of an input file's HDUs) under a temporary name, appends extensions one at a time and renames
+the file into place at the end; an existing file is never overwritten and a failure leaves nothing
+behind. ``kercr-detect`` (:func:`kercr.detection.files.detect_file`) and
+:func:`write_fits_with_mask` (an image and its mask) write through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from astropy.io import fits
+
+from kercr._version import __version__
+from kercr.data.errors import KercrDataError
+from kercr.data.fits_read import CCDFrame, _check_path, _open
+
+__all__ = ["FITSWriter", "new_fits_file", "utc_now", "wcs_header", "write_fits_with_mask"]
+
+logger = logging.getLogger(__name__)
+
+
+_STRUCTURAL = {"SIMPLE", "EXTEND", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
+               "BZERO", "BSCALE", "BLANK", "EXTNAME", "CHECKSUM", "DATASUM", "ZIMAGE", "ZBITPIX", "ZCMPTYPE"}
+_WCS_KEYS = re.compile(r"^(WCSAXES|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\d|CD\d_\d|PC\d_\d|PV\d_\d+|CROTA\d|"
+                       r"RADESYS|EQUINOX|LTV\d|LTM\d_\d|DATASEC|DETSEC|CCDSEC)$")
+
+
+def wcs_header(header) -> fits.Header:
+    """The WCS and detector-section cards of ``header`` (``CTYPEi``, ``CRVALi``, ``CDi_j``, ``DATASEC``, ...).
+
+    A mask or cleaned image written beside an image carries them, so it overlays the image in
+    any FITS viewer and maps to the sky like it.
+    """
+    out = fits.Header()
+    for card in (header or fits.Header()).cards:
+        if _WCS_KEYS.match(card.keyword):
+            out.append(card)
+    return out
+
+
+def utc_now() -> str:
+    """The UTC time as a FITS date string (``KCRDATE``), to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class FITSWriter:
+    """A new FITS file being written by :func:`new_fits_file` (under a temporary name until it ends).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The file that appears when the ``with`` block ends without an error.
+    extnames : set of str
+        ``EXTNAME`` of every HDU written so far (upper case), those of the copied input included.
+    """
+
+    def __init__(self, tmp: Path, path: Path):
+        self._tmp = tmp
+        self.path = path
+        with fits.open(tmp) as hdul:
+            self._keys = {(h.name.upper(), h.ver) for h in hdul}
+        self.extnames = {name for name, _ in self._keys}
+
+    def update_primary(self, cards) -> None:
+        """Set ``{keyword: value or (value, comment)}`` cards in the primary header (keywords over 8
+        characters become ``HIERARCH`` cards)."""
+        with fits.open(self._tmp, mode="update") as hdul:
+            for key, value in cards.items():
+                hdul[0].header[key if len(key) <= 8 else f"HIERARCH {key}"] = value
+
+    def append(self, data, *, name: str, header=None) -> None:
+        """Append an image extension ``name`` holding ``data`` (written in its dtype) and ``header``.
+
+        Raises :class:`ValueError` when the file already holds an extension of that ``EXTNAME``
+        and ``EXTVER`` (the header's, default 1: HST's ``SCI,1`` and ``SCI,2`` are two).
+        """
+        header = fits.Header() if header is None else header.copy()
+        key = (name.upper(), int(header.get("EXTVER", 1)))
+        if key in self._keys:
+            raise ValueError(f"{self.path}: an extension {name} (EXTVER {key[1]}) is there already; every "
+                             "extension needs its own EXTNAME or EXTVER. Pass another name.")
+        header["EXTNAME"] = name
+        fits.append(self._tmp, np.asarray(data), header=header)
+        self._keys.add(key)
+        self.extnames.add(key[0])
+
+
+def _copy_fits(src: Path, tmp: Path) -> None:
+    """A copy of ``src`` at ``tmp``: byte for byte, or as plain FITS for gzip (astropy cannot append to it)."""
+    if src.name.lower().endswith(".gz"):
+        with _open(src) as hdul:
+            hdul.writeto(tmp, output_verify="silentfix")
+    else:
+        shutil.copyfile(src, tmp)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out`` without ever replacing an ``out`` that exists, even one made meanwhile."""
+    try:
+        os.link(tmp, out)  # fails if out exists: atomic, so no race with another writer
+    except FileExistsError:
+        raise FileExistsError(f"{out}: already exists; kercr never overwrites files. Choose a new output path.") from None
+    except OSError:  # no hard links on this file system (some network and FAT file systems)
+        if out.exists():
+            raise FileExistsError(f"{out}: already exists; kercr never overwrites files. Choose a new output "
+                                  "path.") from None
+        os.replace(tmp, out)
+    else:
+        tmp.unlink()
+
+
+@contextlib.contextmanager
+def new_fits_file(path, *, copy_of=None) -> Iterator[FITSWriter]:
+    """Write a NEW FITS file: the one way kercr writes FITS (kercr-detect, :func:`write_fits_with_mask`).
+
+    The file is written under a hidden temporary name beside ``path`` and renamed to ``path`` when
+    the ``with`` block ends; an error inside the block removes it, so ``path`` holds either the
+    whole file or nothing. An existing ``path`` is never overwritten, even one that appears while
+    the block runs.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file; must not exist. Its directory is created if needed.
+    copy_of : str or os.PathLike, optional
+        Start from a copy of this FITS file (every HDU, in order, so HDU indices and the input's
+        bytes are kept; a gzipped input is copied as plain FITS). Default: an empty primary HDU.
+
+    Yields
+    ------
+    FITSWriter
+        ``update_primary(cards)`` and ``append(data, name=..., header=...)``; extensions are
+        written one at a time, so a file of many large extensions never sits in memory whole.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists.
+    """
+    out = Path(os.fspath(path)).expanduser()
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists; kercr never overwrites files. Choose a new output path.")
+    src = None if copy_of is None else _check_path(copy_of)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        if src is None:
+            fits.PrimaryHDU().writeto(tmp)
+        else:
+            _copy_fits(src, tmp)
+        yield FITSWriter(tmp, out)
+        _publish(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_extname="CRMASK",
+                         provenance=None) -> Path:
+    """Write an image and its mask to a NEW FITS file; never overwrite.
+
+    The layout and keywords are kercr-detect's: a primary HDU with the provenance (``KCRVER``,
+    ``KCRDATE``, ``KCRSRC`` and ``provenance``), the image, then the mask whose header names its
+    image (``KCRSRCEX``) and carries the image's WCS cards. Written by :func:`new_fits_file`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file; must not exist.
+    image : numpy.ndarray, shape (ny, nx), or CCDFrame
+        Image (any real dtype, written as float32, same units as given). A :class:`CCDFrame`
+        also supplies the header, extension name and source file for provenance.
+    mask : numpy.ndarray, shape (ny, nx)
+        Mask (bool or integer; written as uint8, 1 = flagged).
+    header : astropy.io.fits.Header, optional
+        Header to copy into the image extension (structural keywords are dropped).
+    extname : str, optional
+        ``EXTNAME`` of the image extension (default: the frame's, else ``"SCI"``).
+    mask_extname : str
+        ``EXTNAME`` of the mask extension.
+    provenance : dict, optional
+        Extra ``{keyword: value}`` cards for the primary header (e.g. model name, threshold).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file: primary HDU (provenance), image HDU, uint8 mask HDU.
+    """
+    out = Path(os.fspath(path)).expanduser()
+    source = None
+    if isinstance(image, CCDFrame):
+        header = image.header if header is None else header
+        extname = extname or image.extname
+        source = f"{image.path}[{image.extname}]"
+        image = image.data
+    image = np.asarray(image)
+    mask = np.asarray(mask)
+    if image.ndim != 2:
+        raise KercrDataError(f"{out}: image has shape {image.shape}; pass a 2-D (ny, nx) image.")
+    if mask.shape != image.shape:
+        raise KercrDataError(f"{out}: mask shape {mask.shape} differs from image shape {image.shape}; pass the mask of this image.")
+    primary = {"KCRVER": (__version__, "kercr version"), "KCRDATE": (utc_now(), "UTC")}
+    if source:
+        primary["KCRSRC"] = str(source)[-68:]  # no comment: long paths fill the card
+    img_header = fits.Header()
+    if header is not None:
+        for card in header.cards:
+            if card.keyword not in _STRUCTURAL and card.keyword not in ("", "COMMENT", "HISTORY"):
+                img_header.append(card, end=True)
+    extname = extname or "SCI"
+    mask_header = wcs_header(img_header)
+    mask_header["KCRSRCEX"] = (extname, "image extension this mask belongs to")
+    mask_header["BUNIT"] = ("", "1 = flagged, 0 = not")
+    with new_fits_file(out) as f:
+        f.update_primary({**primary, **(provenance or {})})
+        f.append(np.asarray(image, dtype=np.float32), name=extname, header=img_header)
+        f.append(mask.astype(np.uint8), name=mask_extname, header=mask_header)
+    logger.info("wrote %s (%s + %s)", out, extname, mask_extname)
+    return out

@@ -1,0 +1,398 @@
+"""Many FITS files on every core or many machines: :func:`detect_files`, the engine of ``kercr-detect``.
+
+Three ways to run, one output (each file as :func:`kercr.detection.files.detect_file` writes it,
+mask data bit for bit the same):
+
+- ``jobs=1``: in this process, one CCD after another.
+- ``jobs=N``: ``N`` worker processes (``spawn``ed: no fork after LiteRT's threads exist), each
+  loading the model once and detecting whole CCDs with ``num_threads // N`` threads, so workers
+  x threads never exceed the cores. This process plans each file, hands out its CCDs (those of
+  the next files too, at most ``2 N`` ahead) and writes each output once, CCDs in file order,
+  through :func:`kercr.data.fits_io.new_fits_file`. Memory: about ``base + N x per-worker``, see
+  :func:`detect_files`.
+- ``scheduler="local"`` or ``"tcp://HOST:8786"``: one Dask task per file; each task runs the
+  ``jobs=1`` path on a Dask worker, which writes its own output (every machine must see the
+  inputs and the output directory under the same paths).
+
+A bad file never stops the others: it is reported (:class:`FileOutcome`, one line each) and the
+batch goes on. Outputs appear only complete (written under a hidden temporary name
+``.<name>.partial-<pid>``, then renamed), so after a failure or a kill ``skip_existing=True``
+(``kercr-detect --skip-existing``) does exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import concurrent.futures.process
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from kercr.config import LOCAL_SCHEDULER, ConfigError
+from kercr.detection.files import output_path, plan_file, select_extensions, write_output
+from kercr.detection.loading import load_model
+from kercr.detection.runtimes import resolve_runtime
+from kercr.detection.workers import InProcess, Processes, model_reference, ordered
+
+__all__ = ["BatchResult", "FileOutcome", "detect_files"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FileOutcome:
+    """What became of one input file.
+
+    Attributes
+    ----------
+    path : str
+        The input.
+    status : {"done", "skipped", "failed"}
+        Written; skipped (``skip_existing`` and the output exists); or failed.
+    output : str or None
+        The output file (written, or the existing one skipped).
+    reason : str or None
+        Why it failed (one line naming the problem and the fix), or was skipped.
+    ccds, megapixels, seconds : int, float, float
+        CCDs written, their pixels in millions, and the wall-clock time of the file (s).
+    error : BaseException or None
+        The exception (not sent back by Dask tasks: the reason is).
+    """
+
+    path: str
+    status: str
+    output: str | None = None
+    reason: str | None = None
+    ccds: int = 0
+    megapixels: float = 0.0
+    seconds: float = 0.0
+    error: BaseException | None = dataclasses.field(default=None, repr=False, compare=False)
+
+
+@dataclasses.dataclass
+class BatchResult:
+    """The outcome of :func:`detect_files`: one :class:`FileOutcome` per input, in input order."""
+
+    outcomes: list
+    seconds: float
+
+    def _with(self, status):
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def done(self) -> list:
+        return self._with("done")
+
+    @property
+    def skipped(self) -> list:
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list:
+        return self._with("failed")
+
+    @property
+    def ok(self) -> bool:
+        """True when no file failed."""
+        return not self.failed
+
+    @property
+    def ccds(self) -> int:
+        return sum(o.ccds for o in self.outcomes)
+
+    @property
+    def megapixels(self) -> float:
+        return sum(o.megapixels for o in self.outcomes)
+
+    def summary(self) -> str:
+        """``N files: a written, b skipped (output exists), c failed; K CCDs, X Mpix in T s (Y Mpix/s)``."""
+        n = len(self.outcomes)
+        return (f"{n} file{'' if n == 1 else 's'}: {len(self.done)} written, {len(self.skipped)} skipped (output "
+                f"exists), {len(self.failed)} failed; {self.ccds} CCDs, {self.megapixels:.1f} Mpix in "
+                f"{self.seconds:.1f} s ({self.megapixels / max(self.seconds, 1e-9):.2f} Mpix/s)")
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, concurrent.futures.process.BrokenProcessPool):
+        return ("a worker process died (out of memory, a crash in a native library, or detect_files called from "
+                "a script without `if __name__ == '__main__':`, which spawned workers need; its error is on "
+                "stderr above); rerun with --skip-existing, or this file alone with --jobs 1")
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    # kercr's own errors (ValueError, OSError) name the file, problem and fix; others get their type.
+    return text if isinstance(err, (ValueError, OSError)) and text else f"{type(err).__name__}: {text}"
+
+
+# --------------------------------------------------------------------------------------------
+# The files, in order
+# --------------------------------------------------------------------------------------------
+def _items(paths, *, out_dir, suffix, ext, dilate, skip_existing):
+    """For each file: a FileOutcome (skipped or failed before any detection), or its FilePlan
+    followed by one task per CCD."""
+    for path in paths:
+        out = output_path(path, out_dir, suffix)
+        if skip_existing and out.exists():
+            yield FileOutcome(str(path), "skipped", output=str(out), reason=f"{out} exists")
+            continue
+        try:
+            plan = plan_file(path, out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate)
+        except Exception as err:  # one bad input must not stop the others (KeyboardInterrupt does)
+            yield FileOutcome(str(path), "failed", reason=_reason(err), error=err)
+            continue
+        yield plan
+        for hdu_index, extname in plan.extensions:
+            yield (str(plan.path), hdu_index, extname, plan.single)
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        pass
+
+
+def _bar(progress: bool, **kwargs):
+    """A tqdm bar on stderr, or a stand-in without tqdm or progress."""
+    if not progress:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+def _show_progress(progress) -> bool:
+    """``progress``, or when None: stderr is a terminal and tqdm is installed."""
+    if progress is not None:
+        return bool(progress)
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        return False
+    return sys.stderr.isatty()
+
+
+def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_probability, clean, progress,
+         log_prefix=None):
+    """Yield one FileOutcome per path, in order; failures are caught and reported, not raised."""
+    stream = ordered(runner.submit, _items(paths, out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate,
+                                            skip_existing=skip_existing), runner.window)
+    for i, (item, _) in enumerate(stream, 1):
+        prefix = f"[{i}/{len(paths)}] " if log_prefix is None else log_prefix
+        if isinstance(item, FileOutcome):
+            yield item
+            continue
+        plan, t0, taken = item, time.perf_counter(), 0
+
+        def ccds(bar):
+            nonlocal taken
+            for _ in plan.extensions:
+                future = next(stream)[1]
+                taken += 1
+                yield future.result()
+                bar.update()  # written
+
+        try:
+            with _bar(progress, total=len(plan.extensions), desc=plan.path.name, unit="CCD", leave=False,
+                      position=1) as bar:
+                pixels = write_output(plan, ccds(bar), save_probability=save_probability, clean=clean,
+                                      log_prefix=prefix)
+        except Exception as err:
+            for _ in range(len(plan.extensions) - taken):  # the file's other CCDs: not needed any more
+                next(stream)[1].cancel()
+            yield FileOutcome(str(plan.path), "failed", reason=_reason(err), error=err,
+                              seconds=time.perf_counter() - t0)
+            continue
+        yield FileOutcome(str(plan.path), "done", output=str(plan.out), ccds=len(plan.extensions),
+                          megapixels=pixels / 1e6, seconds=time.perf_counter() - t0)
+
+
+def _report(i: int, n: int, outcome: FileOutcome) -> None:
+    if outcome.status == "failed":
+        logger.error("[%d/%d] %s failed: %s", i, n, outcome.path, outcome.reason,
+                     exc_info=outcome.error if logger.isEnabledFor(logging.DEBUG) else None)
+    elif outcome.status == "skipped":
+        logger.info("[%d/%d] %s skipped: %s", i, n, outcome.path, outcome.reason)
+
+
+def _logging_beside_bars(progress: bool):
+    """Log lines printed above the progress bars instead of through them."""
+    if not progress:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[logging.getLogger("kercr")])
+
+
+def _run_local(paths, loaded, options, *, jobs, num_threads, progress, report, log_prefix, file_options) -> list:
+    if jobs > 1:
+        from kercr.export.litert import available_cpus  # lazy: kercr.export loads its exporter
+
+        threads = max(1, int(num_threads or available_cpus()) // jobs)
+        runner = Processes(model_reference(loaded), options, jobs, threads)
+    else:
+        runner = InProcess(loaded, options, num_threads)
+    outcomes = []
+    try:
+        with _logging_beside_bars(progress), _bar(progress, total=len(paths), desc="files", unit="file") as bar:
+            for i, outcome in enumerate(_run(paths, runner, progress=progress, log_prefix=log_prefix,
+                                             **file_options), 1):
+                if report:
+                    _report(i, len(paths), outcome)
+                outcomes.append(outcome)
+                bar.update()
+    except BaseException:  # Ctrl-C: the output being written is removed; stop the workers at once
+        runner.close(now=True)
+        raise
+    runner.close()
+    return outcomes
+
+
+def _dask_file_task(path: str, model_ref: str, options: dict, threads, file_options: dict) -> FileOutcome:
+    """One file on a Dask worker: the ``jobs=1`` path (model and interpreters are cached per worker process)."""
+    runner = InProcess(load_model(model_ref), options, threads)
+    outcome = next(_run([path], runner, progress=False, log_prefix="", **file_options))
+    outcome.error = None  # the reason travels back; exceptions of other libraries may not unpickle
+    return outcome
+
+
+def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, progress, report, file_options) -> list:
+    try:  # heavy: only for --scheduler
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as err:
+        raise ConfigError(f"scheduler={scheduler!r} needs Dask: pip install 'kercr[dask]' (dask[distributed]), "
+                          "or run without a scheduler (--jobs N uses this machine's cores).") from err
+    from kercr.export.litert import available_cpus  # lazy: kercr.export loads its exporter
+
+    local = scheduler == LOCAL_SCHEDULER
+    # Workers may run elsewhere: absolute paths (the machines must share the file system).
+    paths = [Path(p).absolute() for p in paths]
+    if file_options["out_dir"] is not None:
+        file_options = {**file_options, "out_dir": Path(file_options["out_dir"]).absolute()}
+    threads = num_threads or (max(1, available_cpus() // jobs) if local else 1)
+    outcomes = [None] * len(paths)
+    with contextlib.ExitStack() as stack:
+        if local:
+            cluster = stack.enter_context(LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                                       dashboard_address=None))
+            client = stack.enter_context(Client(cluster))
+        else:
+            client = stack.enter_context(Client(scheduler))
+        logger.info("Dask scheduler %s: %d worker(s); %d file(s), one task each", client.scheduler.address,
+                    len(client.scheduler_info().get("workers", {})), len(paths))
+        futures = {client.submit(_dask_file_task, str(p), model_reference(loaded), options, threads, file_options,
+                                 pure=False): i for i, p in enumerate(paths)}
+        with _logging_beside_bars(progress), _bar(progress, total=len(paths), desc="files", unit="file") as bar:
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as err:  # the task itself died (its worker killed, ...)
+                    outcome = FileOutcome(str(paths[i]), "failed", reason=f"the Dask task failed: {_reason(err)}")
+                outcomes[i] = outcome
+                if report:
+                    _report(i + 1, len(paths), outcome)
+                bar.update()
+    return outcomes
+
+
+def _check_jobs(jobs, runtime: str) -> int:
+    if jobs is None:
+        from kercr.export.litert import available_cpus  # lazy: kercr.export loads its exporter
+
+        # Keras (TensorFlow) already spreads one CCD over every core, and each worker would import it.
+        return 1 if runtime == "keras" else available_cpus()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}: pass a number of worker processes >= 1 (None: every core).")
+    return jobs
+
+
+def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext="all", threshold=None, dilate=0,
+                 save_probability=False, clean=None, runtime="auto", tta=None, tile=None, overlap=None,
+                 batch_size=None, num_threads=None, exclude_saturated=True, jobs=None, scheduler=None,
+                 skip_existing=False, progress=None, log_prefix=None, report=True) -> BatchResult:
+    """Write a CR mask file for every FITS file, on every core or on a Dask cluster; a bad file stops nothing.
+
+    Each output is what :func:`kercr.detection.files.detect_file` writes (mask data bit for bit
+    the same whichever way it runs).
+
+    Parameters
+    ----------
+    paths : path-like or sequence of path-like
+        FITS files (``.fits``, ``.fits.fz``, ``.fits.gz``); never modified.
+    out_dir, suffix, model, ext, threshold, dilate, save_probability, clean
+        As :func:`kercr.detection.files.detect_file`.
+    runtime, tta, tile, overlap, batch_size, exclude_saturated
+        As :func:`kercr.detection.detect`.
+    num_threads : int, optional
+        CPU threads of the LiteRT interpreters. Without a scheduler: all workers together (default:
+        every core this process may use), each worker getting ``num_threads // jobs`` (at least 1).
+        With a scheduler: per task (default: ``cores // jobs`` for ``"local"``, 1 on a cluster,
+        whose workers are meant to run one process per core with one thread each).
+    jobs : int, optional
+        Worker processes on this machine (with ``scheduler="local"``: Dask workers); each detects
+        whole CCDs, so one DECam exposure (62 CCDs) keeps them all busy. Default: every core this
+        process may use (``os.sched_getaffinity``), or 1 for the ``keras`` runtime (TensorFlow spreads
+        one CCD over every core already). Peak memory, measured on 2k x 4k DECam CCDs (int8 LiteRT,
+        four flips, 512-pixel tiles; BENCHMARKS.md, "Whole exposures: --jobs"): about
+        ``0.15 GB + jobs x 0.42 GB`` (this process, holding at most ``2 x jobs`` CCD results of
+        8 MB, and 32 MB more each with ``save_probability`` or ``clean``; then each worker). With
+        ``jobs=1`` everything runs here: about 0.6 GB (two LiteRT interpreters).
+    scheduler : str, optional
+        None: this machine (``jobs``). ``"local"``: a Dask ``LocalCluster`` of ``jobs`` worker
+        processes. Else the address of a running Dask scheduler (``"tcp://HOST:8786"``): one task
+        per file, each written by the worker that ran it; every worker must see the inputs and
+        ``out_dir`` under the same paths. Needs ``pip install 'kercr[dask]'``.
+    skip_existing : bool
+        Skip (and count) inputs whose output exists, to finish a batch that failed or was killed
+        (outputs appear only complete). Otherwise an existing output fails that file alone.
+    progress : bool, optional
+        tqdm progress bars on stderr, overall and per file (None: when stderr is a terminal).
+    log_prefix : str, optional
+        Put in front of each file's log lines (default ``"[i/n] "``).
+    report : bool
+        Log one line per failed or skipped file and the summary.
+
+    Returns
+    -------
+    BatchResult
+        One :class:`FileOutcome` per input, in input order; ``.summary()``, ``.ok``.
+
+    Raises
+    ------
+    kercr.detection.ModelLoadError, kercr.weights.MissingWeightsError
+        The model cannot be loaded (before any file is read).
+    ValueError
+        A bad option (``jobs``, ``runtime``; a ``keras.Model`` instance with ``jobs > 1`` or a scheduler).
+    kercr.config.ConfigError
+        A scheduler without Dask installed.
+    OSError
+        The scheduler cannot be reached.
+    """
+    paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    t0 = time.perf_counter()
+    loaded = load_model(model)  # a bad model stops the batch before any file
+    jobs = _check_jobs(jobs, resolve_runtime(runtime, loaded))
+    if jobs > 1 and scheduler is None and len(paths) == 1:
+        with contextlib.suppress(Exception):  # no more workers than CCDs; a bad file is reported below
+            jobs = min(jobs, len(select_extensions(paths[0], ext)[0]))
+    options = dict(threshold=threshold, dilate=dilate, save_probability=save_probability, clean=clean,
+                   runtime=runtime, tta=tta, tile=tile, overlap=overlap, batch_size=batch_size,
+                   exclude_saturated=exclude_saturated)
+    file_options = dict(out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate, skip_existing=skip_existing,
+                        save_probability=save_probability, clean=clean)
+    common = dict(jobs=jobs, num_threads=num_threads, progress=_show_progress(progress), report=report)
+    if scheduler is None:
+        outcomes = _run_local(paths, loaded, options, log_prefix=log_prefix, file_options=file_options, **common)
+    else:
+        outcomes = _run_dask(paths, str(scheduler), loaded, options, file_options=file_options, **common)
+    result = BatchResult(outcomes, time.perf_counter() - t0)
+    if report:
+        logger.log(logging.INFO if result.ok else logging.WARNING, "%s", result.summary())
+    return result

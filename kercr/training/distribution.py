@@ -1,0 +1,103 @@
+"""Distributed training: who is the chief of a multi-worker cluster, the tf.distribute strategy of
+``--strategy``, and what Keras 3 needs to ``fit`` under ``MultiWorkerMirroredStrategy``.
+
+The cluster comes from ``TF_CONFIG`` (tf.distribute's multi-worker convention); only the chief
+writes a run's files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+
+from kercr.config import ConfigError
+
+__all__ = ["build_from_local_batch", "is_chief", "make_strategy", "tf_config"]
+
+
+def tf_config() -> dict:
+    """The cluster and task of a multi-worker run, from the ``TF_CONFIG`` environment variable ({} if unset)."""
+    try:
+        return json.loads(os.environ.get("TF_CONFIG", "") or "{}")
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({err}); see tf.distribute's multi-worker guide.") from None
+
+
+def is_chief() -> bool:
+    """True unless this process is a non-chief worker of a multi-worker cluster (TF_CONFIG)."""
+    task = tf_config().get("task", {})
+    kind, index = task.get("type"), task.get("index", 0)
+    if kind in (None, "chief"):
+        return True
+    has_chief = "chief" in tf_config().get("cluster", {})
+    return kind == "worker" and index == 0 and not has_chief
+
+
+def make_strategy(name: str):
+    """The tf.distribute strategy for ``name`` (None: the backend's default, no distribution)."""
+    if name in ("auto", "none"):
+        return None
+    if keras.backend.backend() != "tensorflow":
+        raise ConfigError(
+            f"strategy={name!r} needs the TensorFlow backend (KERAS_BACKEND={keras.backend.backend()}); "
+            "use --strategy none, or unset KERAS_BACKEND."
+        )
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if not tf_config().get("cluster"):
+        raise ConfigError(
+            "strategy='multiworker' reads the cluster from TF_CONFIG, which is not set. Set it on every "
+            'worker, e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}\'.'
+        )
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def build_from_local_batch(model, batch) -> None:
+    """Build model, loss, metrics and optimizer from a local batch, before ``fit``.
+
+    Under ``MultiWorkerMirroredStrategy``, Keras 3's ``fit`` builds the model from a batch that
+    it first reduces across the workers, only to learn its shapes, and that reduction fails
+    (keras-team/keras#20585). Building from a local batch first, then skipping that step, is
+    equivalent: only the batch's shapes and dtypes are used.
+    """
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    _patch_multi_worker_scalar_reduction()
+
+
+def _patch_multi_worker_scalar_reduction() -> None:
+    """Let Keras 3 reduce scalar logs across workers (its ``axis=0`` fails on a scalar).
+
+    Keras' TensorFlow trainer averages every per-replica output with
+    ``strategy.reduce("MEAN", v, axis=0)`` under a multi-worker strategy; the losses and metric
+    results in the logs are scalars, for which that raises "Invalid reduction dimension 0". Scalars
+    are averaged over replicas with ``axis=None`` instead; everything else goes to Keras as before.
+    Applied only when ``--strategy multiworker`` is used.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+    from keras.src import tree
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_kercr_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean") or not tf_trainer._collective_all_reduce_multi_worker(strategy):
+            return original(values, strategy, reduction)
+
+        def _reduce(v):
+            local = strategy.experimental_local_results(v)[0] if tf_trainer._is_per_replica_instance(v) else v
+            if getattr(local, "shape", None) is not None and local.shape.rank == 0:
+                return strategy.reduce("MEAN", v, axis=None)
+            return original(v, strategy, reduction)
+
+        return tree.map_structure(_reduce, values)
+
+    reduce_per_replica._kercr_patched = True
+    tf_trainer.reduce_per_replica = reduce_per_replica

@@ -1,0 +1,73 @@
+"""The model a ``kercr-train`` run fits: built from the registry for the patch size, its loss and
+metrics, and the initial weights of a fine-tuning run (``init_weights``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+
+from kercr.config import ConfigError, TrainConfig
+from kercr.data.normalization import NormalizationConfig
+from kercr.losses import DiceBCELoss, MedianWeightedBCE, WeightedBCE
+from kercr.metrics import DiceCoefficient, TPRAtFPR
+from kercr.model_files import load_keras_model, model_normalization, read_card, resolve_model_path
+from kercr.models import build_model, input_multiple, model_kwargs
+
+__all__ = ["build_and_check_model", "load_initial_weights", "make_loss", "make_metrics"]
+
+logger = logging.getLogger(__name__)
+
+
+def make_loss(name: str):
+    """The training loss of ``--loss name`` (``dice_bce``, ``median_bce`` or ``bce``), built with its defaults."""
+    return {"dice_bce": DiceBCELoss, "median_bce": MedianWeightedBCE, "bce": WeightedBCE}[name]()
+
+
+def make_metrics():
+    """The streaming validation metrics of a run: pooled Dice and TPR at 0.01 % FPR."""
+    return [DiceCoefficient(name="dice"), TPRAtFPR(fpr=1e-4, name="tpr_at_fpr_1e-4")]
+
+
+def build_and_check_model(config: TrainConfig) -> keras.Model:
+    """Build the configured model and check that the patch size suits it (ConfigError if not)."""
+    options = dict(config.model_options)
+    if "input_size" in model_kwargs(config.model) and "input_size" not in options:
+        options["input_size"] = config.patch_size  # fixed-tile models are built at the patch size
+    try:
+        model = build_model(config.model, **options)
+    except ValueError as err:
+        raise ConfigError(f"model {config.model!r}: {err}") from None
+    multiple = input_multiple(model)
+    fixed = model.input_shape[1]
+    if (fixed is not None and fixed != config.patch_size) or config.patch_size % multiple:
+        raise ConfigError(
+            f"patch_size={config.patch_size} does not suit model {config.model!r}, whose input "
+            + (f"is fixed at {fixed} x {fixed}" if fixed else f"must be a multiple of {multiple}")
+            + f"; use --patch-size {fixed or multiple * max(1, config.patch_size // multiple)}."
+        )
+    return model
+
+
+def load_initial_weights(model: keras.Model, config: TrainConfig) -> None:
+    """Copy the weights of ``config.init_weights`` into ``model`` (fine-tuning); ConfigError if they do not fit."""
+    try:
+        path = resolve_model_path(config.init_weights)
+        source = load_keras_model(path)
+        found = model_normalization(path, read_card(path))
+    except Exception as err:  # noqa: BLE001 - any load failure is a config problem here
+        raise ConfigError(f"init_weights={config.init_weights!r} cannot be loaded ({err}); pass a .keras model, "
+                          "a run directory or 'default'.") from None
+    weights = source.get_weights()
+    mine = model.get_weights()
+    if len(weights) != len(mine) or any(a.shape != b.shape for a, b in zip(weights, mine)):
+        raise ConfigError(f"init_weights={config.init_weights!r} holds a {source.count_params():,}-parameter "
+                          f"model that does not match model={config.model!r} ({model.count_params():,} parameters) "
+                          f"with these model_options; pass the same architecture it was trained with.")
+    normalization = found[0] if found is not None else NormalizationConfig()
+    if normalization != config.normalization_config():
+        logger.warning("init_weights %s was trained with another input normalization (%s); this run uses %s",
+                       config.init_weights, normalization, config.normalization_config())
+    model.set_weights(weights)
+    logger.info("starting from the weights of %s", config.init_weights)

@@ -1,0 +1,287 @@
+"""Train a kercr model end to end: one resumable run directory per run.
+
+A run directory holds::
+
+    config.json          the resolved configuration (defaults < config file < flags)
+    normalization.json   the normalization constants, used again at inference and export
+    best.keras           the model with the lowest validation loss so far
+    last.keras           the model after the last finished epoch
+    history.csv          one row per epoch (loss, Dice, TPR at 0.01 % FPR, learning rate, ...)
+    tensorboard/         TensorBoard logs (scalars and a few validation images with predictions)
+    loss.png, dice.png   training vs validation loss and Dice per epoch
+    metrics.json         final validation metrics of best.keras on pooled validation pixels
+    backup/              the resume state while a run is unfinished (removed at the end)
+
+Running the same command again after an interruption resumes from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kercr.config import ConfigError, TrainConfig
+from kercr.evaluation import validation_metrics
+from kercr.model_files import write_normalization
+from kercr.plots import plot_history
+from kercr.training.callbacks import (
+    AlphaSchedule,
+    LearningRateLogger,
+    ResumableReduceLROnPlateau,
+    ValidationImages,
+    plateau_state,
+)
+from kercr.training.data import make_training_data
+from kercr.training.distribution import build_from_local_batch, is_chief, make_strategy, tf_config
+from kercr.training.model import build_and_check_model, load_initial_weights, make_loss, make_metrics
+
+__all__ = ["STATE_FILE", "read_history", "run_validation", "train"]
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+
+
+def read_history(path) -> list[dict]:
+    """Rows of ``history.csv`` (one per finished epoch; the last row of an epoch wins)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = {}
+        for row in csv.DictReader(f):
+            try:
+                rows[int(row["epoch"])] = {k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v != ""}
+            except (KeyError, ValueError):
+                continue
+    return [rows[k] for k in sorted(rows)]
+
+
+def _check_run_dir(out: Path, config: TrainConfig) -> dict:
+    """Refuse to mix runs: an existing run directory must hold the same configuration."""
+    saved = out / "config.json"
+    if saved.is_file():
+        # Options added to kercr after the run was made read as their defaults: what that run did.
+        previous = json.loads(json.dumps(TrainConfig.load(saved).to_dict()))
+        mine = json.loads(json.dumps(config.to_dict()))
+        # Extending a run is allowed; "out" names this very directory, however spelled (runs/x/, ./runs/x, ...).
+        ignore = {"epochs", "out"}
+        diff = sorted(k for k in set(previous) | set(mine) if k not in ignore and previous.get(k) != mine.get(k))
+        started = any((out / name).exists() for name in ("history.csv", "backup", "last.keras", "best.keras"))
+        if diff and not started:  # a start that failed before its first epoch: nothing to keep
+            logger.info("%s: no epoch finished under its earlier options (%s); starting with these", out,
+                        ", ".join(diff))
+        elif diff:
+            raise ConfigError(
+                f"the run directory {str(out)!r} holds a run with other options ({', '.join(diff)}); "
+                "pass --out NEW_DIR for a new run, or the same options to resume that one."
+            )
+    state = out / STATE_FILE
+    return json.loads(state.read_text()) if state.is_file() else {}
+
+
+def _tensorflow_available() -> bool:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _set_precision(config: TrainConfig) -> None:
+    if not config.mixed_precision:
+        keras.mixed_precision.set_global_policy("float32")
+        return
+    gpu = False
+    if keras.backend.backend() == "jax":
+        import jax
+
+        gpu = jax.default_backend() == "gpu"
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+    policy = "mixed_float16" if gpu else "mixed_bfloat16"
+    logger.info("mixed precision: %s (outputs stay float32)", policy)
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def train(config: TrainConfig, *, verbose="auto") -> dict:
+    """Train (or resume) the run described by ``config``; return the final validation metrics.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        A validated configuration (see :func:`kercr.config.resolve_config`).
+    verbose : "auto", 0, 1 or 2
+        Keras progress display (``"auto"``: a progress bar on a terminal, one line per epoch
+        otherwise).
+
+    Returns
+    -------
+    dict
+        The content of ``metrics.json``.
+    """
+    config.validate()
+    out = Path(config.out)
+    chief = is_chief()
+    state = _check_run_dir(out, config) if out.is_dir() else {}
+    if state.get("finished_epochs", -1) >= config.epochs and (out / "metrics.json").is_file():
+        logger.info("run %s already finished %d epochs; nothing to do", out, config.epochs)
+        return json.loads((out / "metrics.json").read_text())
+
+    strategy = make_strategy(config.strategy)  # before any other TensorFlow op (multi-worker)
+    # Non-chief workers write their checkpoints to a scratch directory that is removed at the end.
+    work = out if chief else out / f".worker-{tf_config().get('task', {}).get('index', 0)}"
+    work.mkdir(parents=True, exist_ok=True)
+    if chief:
+        config.save(out / "config.json")
+        write_normalization(out, config.normalization_config())
+
+    keras.utils.set_random_seed(config.seed)
+    _set_precision(config)
+    history = read_history(out / "history.csv")
+    initial_epoch = len(history)
+
+    # A finished run given more --epochs has no backup/ any more: it goes on from last.keras
+    # (weights and optimizer state), not from fresh weights.
+    extending = bool(history) and not (work / "backup").exists() and (work / "last.keras").is_file()
+    model = _model_of_run(config, work, strategy, history=history, extending=extending)
+    data = make_training_data(config, initial_epoch=initial_epoch, strategy=strategy)
+    if not any(np.any((y > 0.5) & (w > 0)) for _, y, w in data.validation_batches()):
+        raise ConfigError(
+            "the validation patches hold no (unignored) CR pixels, so TPR and Dice cannot be measured; "
+            "raise --validation-steps, --cr-rate-scale or the exposure time / frame size of the data."
+        )
+    callbacks = _callbacks(config, model, data, work, history=history, chief=chief)
+
+    if config.strategy == "multiworker":
+        build_from_local_batch(model, data.train[0])
+    logger.info(
+        "training %s on %s: epochs %d-%d, %d steps of %d patches of %d px", config.model, config.data,
+        initial_epoch + 1, config.epochs, config.steps_per_epoch, config.batch_size, config.patch_size,
+    )
+    model.fit(
+        data.train, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+        validation_data=data.val, validation_steps=config.validation_steps,
+        callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch if extending else 0,
+    )
+    if not chief:
+        shutil.rmtree(work, ignore_errors=True)
+        return {}
+    return _finish(config, out, data)
+
+
+def _model_of_run(config: TrainConfig, work: Path, strategy, *, history: list, extending: bool) -> keras.Model:
+    """The compiled model to fit: ``last.keras`` of a finished run being extended, else a new one
+    (with ``init_weights`` on a fresh start), under the strategy's scope."""
+    scope = strategy.scope() if strategy is not None else _NullScope()
+    with scope:
+        if extending:
+            model = keras.saving.load_model(work / "last.keras")
+            logger.info("extending the finished run %s from epoch %d with last.keras", Path(config.out),
+                        len(history) + 1)
+        else:
+            model = build_and_check_model(config)
+            if config.init_weights is not None and not history:
+                load_initial_weights(model, config)
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+                loss=make_loss(config.loss),
+                weighted_metrics=make_metrics(),
+            )
+    return model
+
+
+def _callbacks(config: TrainConfig, model: keras.Model, data, work: Path, *, history: list, chief: bool) -> list:
+    """The run's callbacks, with the plateau state and the learning rate of a resumed run restored."""
+    # The plateau callback's state and the learning rate after the finished epochs, replayed from
+    # history.csv (its learning_rate column is logged before each epoch's cut).
+    best_val = min((row["val_loss"] for row in history if "val_loss" in row), default=None)
+    plateau_best, wait, lr = plateau_state(history, learning_rate=config.learning_rate, factor=config.lr_factor,
+                                           patience=config.lr_patience, min_lr=config.min_learning_rate)
+    if history:
+        model.optimizer.learning_rate = lr
+
+    callbacks = [
+        LearningRateLogger(),
+        ResumableReduceLROnPlateau(
+            monitor="val_loss", factor=config.lr_factor, patience=config.lr_patience,
+            min_lr=config.min_learning_rate, initial_best=plateau_best, initial_wait=wait,
+        ),
+        keras.callbacks.BackupAndRestore(str(work / "backup"), double_checkpoint=True),
+        keras.callbacks.ModelCheckpoint(
+            str(work / "best.keras"), monitor="val_loss", save_best_only=True,
+            initial_value_threshold=best_val,
+        ),
+        keras.callbacks.ModelCheckpoint(str(work / "last.keras")),
+        keras.callbacks.CSVLogger(str(work / "history.csv"), append=True),
+    ]
+    if config.loss == "median_bce":
+        callbacks.insert(0, AlphaSchedule(data, start=config.alpha_start, epochs=config.alpha_epochs))
+    if _tensorflow_available() and keras.backend.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(str(work / "tensorboard"), write_graph=False))
+        if config.tensorboard_images and chief:
+            x, y, _ = data.validation_sample(config.tensorboard_images)
+            callbacks.append(ValidationImages(work / "tensorboard", x, y))
+    else:
+        logger.warning("TensorBoard logs need TensorFlow with the TensorFlow backend; skipping them")
+    return callbacks
+
+
+def _finish(config: TrainConfig, out: Path, data) -> dict:
+    """Score ``best.keras`` on the pooled validation pixels; write metrics.json, the plots and the state."""
+    best = keras.saving.load_model(out / "best.keras")
+    metrics = validation_metrics(best, data.validation_batches(config.validation_steps))
+    metrics.update(model=config.model, epochs=config.epochs, data=config.data)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    plot_history(read_history(out / "history.csv"), out)
+    (out / STATE_FILE).write_text(json.dumps({"finished_epochs": config.epochs}) + "\n")
+    logger.info(
+        "validation: Dice %.4f, TPR %.4f at 0.01 %% FPR (best.keras, pooled pixels)",
+        metrics["dice"], metrics["tpr_at_fpr_1e-4"],
+    )
+    return metrics
+
+
+def run_validation(run_dir, *, tta: bool = False) -> dict:
+    """Validation metrics of a finished run's ``best.keras``, recomputed on its validation patches.
+
+    The patches are rebuilt from the run's ``config.json`` (they depend on nothing else; options
+    added to kercr after the run read as their defaults), so ``tta=False`` gives ``metrics.json``
+    again. ``tta=True`` scores every patch as the mean over its four flips, as
+    ``kercr.detect(..., tta=True)`` does: the threshold for 0.01 % FPR of a model that runs with flips.
+
+    Parameters
+    ----------
+    run_dir : path
+        A finished ``kercr-train`` run directory (``best.keras``, ``config.json``).
+    tta : bool
+
+    Returns
+    -------
+    dict
+        :func:`kercr.evaluation.pooled_metrics` of the validation pixels.
+    """
+    run_dir = Path(run_dir)
+    missing = [n for n in ("best.keras", "config.json") if not (run_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: missing {', '.join(missing)}; pass a finished kercr-train run directory.")
+    config = TrainConfig.load(run_dir / "config.json")
+    data = make_training_data(config)
+    best = keras.saving.load_model(run_dir / "best.keras")
+    return validation_metrics(best, data.validation_batches(config.validation_steps), tta=tta)
+
+
+class _NullScope:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,221 @@
+"""Many files, many cores, many machines (:mod:`kercr.detection.batch`): the outputs of ``jobs=1``,
+``jobs=2`` and a real Dask ``LocalCluster`` are the same bit for bit; a bad file, an existing output
+or a CCD that cannot be detected fails that file alone; ``skip_existing`` finishes a batch.
+
+Uses the shipped model (LiteRT int8, no TensorFlow in the workers) on small synthetic frames.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from kercr.data import CosmicRayModel, SyntheticConfig, make_frame
+from kercr.detection import detect_files
+from kercr.detection.files import detect_file, output_path
+from kercr.weights import has_default
+
+pytestmark = pytest.mark.skipif(not has_default(), reason="no shipped model in this checkout")
+
+#: ~100 CR events per second per 2k x 4k CCD, so that small frames hold CRs.
+MANY_CRS = SyntheticConfig(cr_model=CosmicRayModel(rate_per_s=100.0))
+
+
+def _exposure(path, seed, names=("S1", "S2", "N1", "N2"), shape=(96, 128)):
+    """A DECam-like tile-compressed multi-extension file, one CCD per name."""
+    hdus = [fits.PrimaryHDU(header=fits.Header({"INSTRUME": "DECam"}))]
+    for k, name in enumerate(names):
+        image = make_frame(seed=seed * 100 + k, shape=shape, config=MANY_CRS).image_adu
+        hdus.append(fits.CompImageHDU(image, header=fits.Header({"SATURATE": 45000.0}), name=name))
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+def _single(path, seed, shape=(64, 80)):
+    fits.PrimaryHDU(make_frame(seed=seed, shape=shape, config=MANY_CRS).image_adu).writeto(path)
+    return path
+
+
+def _masks(path):
+    """``{EXTNAME: data}`` of every mask and probability extension of an output."""
+    with fits.open(path) as hdul:
+        return {(h.name, h.ver): np.array(h.data) for h in hdul if h.name.endswith(("CRMASK", "CRPROB"))}
+
+
+def _assert_same_outputs(a_dir, b_dir, names):
+    for name in names:
+        a, b = _masks(a_dir / name), _masks(b_dir / name)
+        assert list(a) == list(b) and a
+        for key in a:
+            assert a[key].dtype == b[key].dtype
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name} {key}")
+
+
+def _night(tmp_path):
+    """Six inputs: four good (two exposures, two single images), a truncated .fits.fz and a non-FITS file."""
+    src = tmp_path / "night"
+    src.mkdir()
+    good = [_exposure(src / "c4d_1_ooi.fits.fz", 1), _single(src / "single_2.fits", 2)]
+    truncated = src / "c4d_3_ooi.fits.fz"
+    data = _exposure(tmp_path / "whole.fits.fz", 3).read_bytes()
+    truncated.write_bytes(data[: len(data) - 4000])
+    text = src / "notes_4.fits"
+    text.write_text("this is not FITS\n" * 300)
+    good += [_exposure(src / "c4d_5_ooi.fits.fz", 5, names=("S3", "N3")), _single(src / "single_6.fits", 6)]
+    return [good[0], good[1], truncated, text, good[2], good[3]], good, [truncated, text]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real Dask cluster on localhost: two worker processes, one thread each."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as c:
+        yield c
+
+
+def _run_mode(mode, paths, out, cluster=None, **kw):
+    if mode == "dask":
+        return detect_files(paths, out_dir=out, scheduler=cluster.scheduler_address, **kw)
+    return detect_files(paths, out_dir=out, jobs=1 if mode == "serial" else 2, **kw)
+
+
+def test_jobs_2_writes_what_jobs_1_writes(tmp_path):
+    paths = [_exposure(tmp_path / "c4d_a_ooi.fits.fz", 7, names=("S1", "S2", "S3", "N1", "N2")),
+             _single(tmp_path / "one.fits", 8)]
+    serial = detect_files(paths, out_dir=tmp_path / "j1", jobs=1, save_probability=True, dilate=1)
+    parallel = detect_files(paths, out_dir=tmp_path / "j2", jobs=2, save_probability=True, dilate=1)
+    assert serial.ok and parallel.ok and serial.ccds == parallel.ccds == 6
+    names = [output_path(p).name for p in paths]
+    _assert_same_outputs(tmp_path / "j1", tmp_path / "j2", names)
+    masks = _masks(tmp_path / "j2" / names[0])
+    assert sum(int(m.sum()) for (n, _), m in masks.items() if n.endswith("CRMASK")) > 0  # CRs found
+    with fits.open(tmp_path / "j2" / names[0]) as hdul:  # CCD order kept, as a serial run writes it
+        assert [h.name for h in hdul][6:] == [f"{c}_{k}" for c in ("S1", "S2", "S3", "N1", "N2")
+                                             for k in ("CRMASK", "CRPROB")]
+        assert hdul["N1_CRMASK"].header["KCRSRCEX"] == "N1" and hdul[0].header["KCRSRC"] == "c4d_a_ooi.fits.fz"
+    # detect_file(jobs=2) is the same too.
+    out = detect_file(paths[0], out_dir=tmp_path / "f2", jobs=2, save_probability=True, dilate=1)
+    _assert_same_outputs(tmp_path / "j1", out.parent, names[:1])
+
+
+def test_dask_cluster_writes_what_a_serial_run_writes(tmp_path, cluster):
+    paths = [_exposure(tmp_path / f"c4d_{k}_ooi.fits.fz", 20 + k, names=("S1", "N1")) if k % 3 == 0
+             else _single(tmp_path / f"img_{k}.fits", 20 + k, shape=(64 + 16 * (k % 4), 96))
+             for k in range(10)]
+    serial = detect_files(paths, out_dir=tmp_path / "serial", jobs=1)
+    dask = detect_files(paths, out_dir=tmp_path / "dask", scheduler=cluster.scheduler_address, progress=False)
+    assert serial.ok and dask.ok and len(dask.done) == 10 and dask.ccds == serial.ccds == 14
+    assert [o.path for o in dask.outcomes] == [str(p.absolute()) for p in paths]  # input order
+    _assert_same_outputs(tmp_path / "serial", tmp_path / "dask", [output_path(p).name for p in paths])
+    # The workers ran LiteRT without ever importing TensorFlow or Keras.
+    with __import__("distributed").Client(cluster) as client:
+        loaded = client.run(lambda: sorted(m for m in ("tensorflow", "keras", "kercr.detection") if m in sys.modules))
+    assert list(loaded.values()) == [["kercr.detection"]] * 2
+
+
+@pytest.mark.parametrize("mode", ["serial", "jobs2", "dask"])
+def test_a_bad_file_in_the_night_stops_nothing_and_skip_existing_finishes(mode, tmp_path, cluster, caplog):
+    paths, good, bad = _night(tmp_path)
+    out = tmp_path / "out"
+    with caplog.at_level("INFO", logger="kercr"):
+        result = _run_mode(mode, paths, out, cluster)
+    assert not result.ok and [o.status for o in result.outcomes] == ["done", "done", "failed", "failed", "done", "done"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(output_path(p).name for p in good)  # no partial files
+    reasons = {o.path: o.reason for o in result.failed}
+    assert "truncated" in reasons[str(bad[0].absolute() if mode == "dask" else bad[0])]
+    assert "not a readable FITS" in reasons[str(bad[1].absolute() if mode == "dask" else bad[1])]
+    for path in bad:  # one line per failure, naming the file and the reason, then the summary
+        assert sum(str(path.name) in r.message and "failed" in r.message for r in caplog.records) >= 1
+    assert "6 files: 4 written, 0 skipped (output exists), 2 failed; 8 CCDs" in caplog.text
+    # The rerun skips the good files; with the bad ones fixed it does only them.
+    written = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = _run_mode(mode, paths, out, cluster, skip_existing=True)
+    assert len(again.skipped) == 4 and len(again.failed) == 2 and again.ccds == 0
+    _exposure(tmp_path / "fixed.fits.fz", 3).replace(bad[0])
+    bad[1].unlink()
+    _single(bad[1], 4)
+    last = _run_mode(mode, paths, out, cluster, skip_existing=True)
+    assert last.ok and len(last.skipped) == 4 and len(last.done) == 2 and last.ccds == 5
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in written} == written  # untouched
+
+
+def test_an_existing_output_fails_only_that_file_unless_skipped(tmp_path, caplog):
+    paths = [_single(tmp_path / f"f{k}.fits", 40 + k) for k in range(3)]
+    out = tmp_path / "out"
+    out.mkdir()
+    existing = output_path(paths[1], out)
+    existing.write_bytes(b"an older output")
+    # A killed run's leftover temporary file is not an output: that file is done again.
+    leftover = out / f".{output_path(paths[2]).name}.partial-12345"
+    leftover.write_bytes(b"half")
+    result = detect_files(paths, out_dir=out, jobs=2)
+    assert [o.status for o in result.outcomes] == ["done", "failed", "done"]
+    reason = result.failed[0].reason
+    assert str(existing) in reason and "--skip-existing" in reason and "--out" in reason
+    assert existing.read_bytes() == b"an older output"  # never overwritten
+    again = detect_files(paths, out_dir=out, jobs=1, skip_existing=True)
+    assert again.ok and [o.status for o in again.outcomes] == ["skipped"] * 3
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_ccd_that_fails_fails_its_file_and_nothing_else(jobs, tmp_path):
+    bad = _exposure(tmp_path / "bad.fits.fz", 50, names=("S1", "S2", "S3"))
+    with fits.open(bad, mode="update") as hdul:  # S2: every pixel NaN, nothing to detect
+        hdul["S2"].data = np.full((96, 128), np.nan, np.float32)
+    good = _exposure(tmp_path / "good.fits.fz", 51, names=("S1", "S2", "S3"))
+    result = detect_files([bad, good], out_dir=tmp_path / "out", jobs=jobs)
+    assert [o.status for o in result.outcomes] == ["failed", "done"]
+    assert "every pixel" in result.failed[0].reason and "S2" in result.failed[0].reason
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good_crmask.fits"]
+    reference = detect_files([good], out_dir=tmp_path / "ref", jobs=1)
+    assert reference.ok
+    _assert_same_outputs(tmp_path / "out", tmp_path / "ref", ["good_crmask.fits"])
+
+
+def test_bad_options(tmp_path):
+    import keras
+
+    path = _single(tmp_path / "x.fits", 1)
+    with pytest.raises(ValueError, match="jobs=0"):
+        detect_files([path], jobs=0)
+    model = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(1, 1, activation="sigmoid")])
+    with pytest.raises(ValueError, match="save it"):
+        detect_files([path, path], model=model, runtime="keras", jobs=2)
+    assert not output_path(path).exists()
+
+
+def test_a_scheduler_without_dask_says_how_to_install_it(tmp_path, monkeypatch):
+    from kercr.config import ConfigError
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"kercr\[dask\]"):
+        detect_files([_single(tmp_path / "x.fits", 1)], scheduler="local", jobs=1)
+
+
+def test_workers_import_neither_tensorflow_nor_keras_and_litert_stays_quiet(tmp_path):
+    """kercr-detect --jobs 2 with TensorFlow and Keras unimportable in every process (a sitecustomize
+    blocks them in the spawned workers too); and LiteRT's XNNPACK notice is not printed."""
+    paths = [_exposure(tmp_path / "c4d_q_ooi.fits.fz", 60, names=("S1", "S2", "S3"))]
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent("""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras", "jax", "torch"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "kercr.cli.detect", *map(str, paths), "--out", str(tmp_path / "o"),
+                          "--jobs", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "3 CCDs" in out.stderr and "XNNPACK" not in out.stderr and "Traceback" not in out.stderr
+    assert (tmp_path / "o" / "c4d_q_ooi_crmask.fits").is_file()

@@ -1,0 +1,116 @@
+"""kercr.detection.inputs: the image types kercr.detect accepts and the header numbers it reads."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.nddata import CCDData
+
+from kercr.data import KercrDataError, read_ccd
+from kercr.detection import detect
+from kercr.detection.inputs import header_number, unpack
+
+SHAPE = (300, 500)  # the detection_frame fixture's
+
+
+@pytest.fixture
+def tiny(tiny_detector):
+    return tiny_detector
+
+
+@pytest.fixture
+def frame(detection_frame):
+    return detection_frame
+
+
+def test_header_number_takes_the_key_else_combines_the_amplifiers():
+    pair = ("GAINA", "GAINB")
+    assert header_number(fits.Header({"GAIN": 3.5, "GAINA": 4.0}), "GAIN", pair) == 3.5
+    assert header_number(fits.Header({"GAIN": 0.0, "GAINA": 4.0, "GAINB": 4.2}), "GAIN", pair) == pytest.approx(4.1)
+    assert header_number(fits.Header({"SATURATA": 60000.0, "SATURATB": 65000.0}), "SATURATE",
+                         ("SATURATA", "SATURATB"), min) == 60000.0
+    # Not a positive finite number: not a value (a dict header, as a CCDData's meta may be).
+    assert header_number({"GAIN": math.nan, "GAINA": -1.0, "GAINB": 2.0}, "GAIN", pair) == 2.0
+    assert header_number({"GAIN": True, "GAINA": "4"}, "GAIN", pair) is None
+    assert header_number(fits.Header(), "GAIN", pair) is None and header_number(None, "GAIN", pair) is None
+
+
+def test_unpack_reads_each_image_type(tmp_path):
+    image = np.arange(12, dtype=np.float32).reshape(3, 4)
+    data, header, mask, what, frame = unpack(image)
+    assert data is image and (header, mask, what, frame) == (None, None, "image", None)
+    hdu = fits.ImageHDU(image, header=fits.Header({"GAIN": 2.0}), name="N4")
+    data, header, mask, what, _ = unpack(hdu)
+    assert data is hdu.data and header["GAIN"] == 2.0 and mask is None and what == "HDU N4"
+    ccd = CCDData(image, unit="adu", mask=np.eye(3, 4, dtype=int), meta={"GAIN": 3.0})
+    data, header, mask, what, _ = unpack(ccd)
+    assert isinstance(header, fits.Header) and header["GAIN"] == 3.0 and what == "CCDData"
+    assert mask.dtype == bool and mask.sum() == 3
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, name="N7")]).writeto(tmp_path / "f.fits")
+    ccd_frame = read_ccd(tmp_path / "f.fits", "N7")
+    data, _, _, what, frame = unpack(ccd_frame)
+    assert frame is ccd_frame and what == f"{tmp_path / 'f.fits'}[N7]"
+    np.testing.assert_array_equal(data, image)
+
+
+def test_what_is_not_an_image_is_named_with_the_fix(tiny, frame):
+    with pytest.raises(KercrDataError, match="HDU 'EMPTY' holds no image data; pass an image extension"):
+        unpack(fits.ImageHDU(name="EMPTY"))
+    with pytest.raises(KercrDataError, match=r"file name 'frame.fits', not an image.*read_ccd\('frame.fits'\)"):
+        detect("frame.fits", model=tiny)
+    with pytest.raises(KercrDataError, match=r"whole FITS file \(HDUList\).*hdul\[1\]"):
+        detect(fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(frame.image_adu)]), model=tiny)
+
+
+def test_a_fits_frame_brings_its_header_numbers_and_arguments_win(tiny, frame, tmp_path):
+    image = frame.image_adu.copy()
+    image[7, 9] = 52000.0
+    header = fits.Header({"GAIN": 2.5, "RDNOISE": 7.0, "SATURATE": 50000.0})
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, header=header, name="N1")]).writeto(tmp_path / "f.fits")
+    r = detect(read_ccd(tmp_path / "f.fits", "N1"), model=tiny, runtime="keras")
+    assert (r.gain, r.readnoise, r.saturation) == (2.5, 7.0, 50000.0)
+    assert r.ignored[7, 9] and r.ignored.sum() == 1
+    r = detect(read_ccd(tmp_path / "f.fits", "N1"), model=tiny, runtime="keras", gain=1.5, saturation=60000.0)
+    assert (r.gain, r.readnoise, r.saturation) == (1.5, 7.0, 60000.0) and not r.ignored.any()
+
+
+def test_inputs_are_never_modified(tiny, frame):
+    image = frame.image_adu.copy()
+    image[10:12, 10:12] = np.nan
+    image[20, 20] = 60000.0
+    keep = image.copy()
+    image.setflags(write=False)  # any in-place write raises
+    mask = np.zeros(SHAPE, bool)
+    mask[50, 50] = True
+    mask.setflags(write=False)
+    detect(image, model=tiny, runtime="keras", saturation=45000.0, mask=mask)
+    np.testing.assert_array_equal(image, keep)
+    hdu = fits.ImageHDU(image.copy(), header=fits.Header({"SATURATE": 45000.0}))
+    detect(hdu, model=tiny, runtime="keras")
+    np.testing.assert_array_equal(hdu.data, keep)
+    ccd = CCDData(image.copy(), unit="adu", mask=mask.copy())
+    detect(ccd, model=tiny, runtime="keras")
+    np.testing.assert_array_equal(ccd.data, keep)
+
+
+def test_saturated_pixels_and_header_values(tiny, frame):
+    image = frame.image_adu.copy()
+    image[40:44, 60:62] = 70000.0
+    header = fits.Header({"GAINA": 4.0, "GAINB": 4.2, "RDNOISE": 6.5, "SATURATA": 60000.0, "SATURATB": 65000.0})
+    hdu = fits.ImageHDU(image, header=header)
+    r = detect(hdu, model=tiny, runtime="keras")
+    assert r.gain == pytest.approx(4.1) and r.readnoise == 6.5 and r.saturation == 60000.0
+    assert r.ignored[40:44, 60:62].all() and r.ignored.sum() == 8
+    assert np.all(r.probability[40:44, 60:62] == 0)
+    r = detect(hdu, model=tiny, runtime="keras", saturation=80000.0, gain=2.0)
+    assert r.saturation == 80000.0 and r.gain == 2.0 and not r.ignored.any()
+    r = detect(hdu, model=tiny, runtime="keras", exclude_saturated=False)
+    assert not r.ignored.any()
+    # A CCDData's mask is honoured.
+    mask = np.zeros(SHAPE, bool)
+    mask[3, 4] = True
+    assert detect(CCDData(image, unit="adu", mask=mask), model=tiny, runtime="keras").ignored.sum() == 1
+

@@ -28,16 +28,6 @@ from kercr.weights import has_default
 SHAPE = (300, 500)  # the detection_frame fixture's
 
 
-@pytest.fixture
-def tiny(tiny_detector):
-    return tiny_detector
-
-
-@pytest.fixture
-def frame(detection_frame):
-    return detection_frame
-
-
 # --------------------------------------------------------------------------------------------
 # Ignored pixels and bad inputs
 # --------------------------------------------------------------------------------------------

@@ -16,16 +16,6 @@ from kercr.detection.inputs import header_number, unpack
 SHAPE = (300, 500)  # the detection_frame fixture's
 
 
-@pytest.fixture
-def tiny(tiny_detector):
-    return tiny_detector
-
-
-@pytest.fixture
-def frame(detection_frame):
-    return detection_frame
-
-
 def test_header_number_takes_the_key_else_combines_the_amplifiers():
     pair = ("GAINA", "GAINB")
     assert header_number(fits.Header({"GAIN": 3.5, "GAINA": 4.0}), "GAIN", pair) == 3.5

@@ -21,16 +21,6 @@ from kercr.model_files import file_sha256
 from kercr.weights import MissingWeightsError, has_default
 
 
-@pytest.fixture
-def tiny(tiny_detector):
-    return tiny_detector
-
-
-@pytest.fixture
-def frame(detection_frame):
-    return detection_frame
-
-
 #: The geometry the card of a deepcr_2_4 gives (what model_geometry reads off its layers).
 GEOMETRY = {"input_multiple": 2, "fixed_size": None, "rf_radius": 10, "local": True}
 

@@ -15,16 +15,6 @@ from kercr.detection.runtimes import _as_logits
 SHAPE = (300, 500)  # the detection_frame fixture's
 
 
-@pytest.fixture
-def tiny(tiny_detector):
-    return tiny_detector
-
-
-@pytest.fixture
-def frame(detection_frame):
-    return detection_frame
-
-
 def _carded(card):
     """A :class:`LoadedModel` with this card and no network (choosing a runtime needs none)."""
     return LoadedModel(None, name="test-model", path=None, normalization=NormalizationConfig(),

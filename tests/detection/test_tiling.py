@@ -23,16 +23,6 @@ from kercr.models import receptive_field_radius
 SHAPE = (300, 500)  # the detection_frame fixture's
 
 
-@pytest.fixture
-def tiny(tiny_detector):
-    return tiny_detector
-
-
-@pytest.fixture
-def frame(detection_frame):
-    return detection_frame
-
-
 def _described(*, multiple=4, fixed_size=None, rf_radius=10):
     """A :class:`LoadedModel` with this geometry and no network (the tiling needs none)."""
     return LoadedModel(None, name="test-model", path=None, normalization=NormalizationConfig(),

@@ -26,13 +26,9 @@ import keras  # noqa: E402
 import kercr  # noqa: E402
 from kercr.data.normalization import NormalizationConfig, normalize  # noqa: E402
 from kercr.export import ExportError, export_model  # noqa: E402
-from kercr.export.parity import synthetic_patches  # noqa: E402
 from kercr.export.litert import TFLiteRunner  # noqa: E402
+from tests.export._shared import SIDECAR, TILE, keras_reference, raw_tile  # noqa: E402
 
-TILE = 64
-# Non-default constants, so the tests see that the sidecar (not the default) reaches the graph;
-# sample_size=500 makes the subsample step > 1 on 64 x 128 images.
-SIDECAR = NormalizationConfig(clip_min=-5.0, clip_max=300.0, n_iter=3, sample_size=500, nan_fill=-1.0)
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 
 
@@ -54,16 +50,6 @@ def exported(tmp_path_factory):
                           tile=TILE, calibration_patches=8, validation_patches=4, seed=0)
     model = keras.saving.load_model(run / "best.keras")
     return result, model, out
-
-
-def _raw_tile(seed=3, shape=(TILE, TILE)):
-    patches = synthetic_patches(1, tile=max(shape), seed=seed)
-    return patches.image_adu[0][: shape[0], : shape[1]].copy()
-
-
-def _keras_reference(model, image, config=SIDECAR):
-    normalized, _ = normalize(image, config=config)
-    return np.asarray(model(normalized[None, :, :, None], training=False))[0, :, :, 0]
 
 
 # --- layout -------------------------------------------------------------------------------------
@@ -196,11 +182,11 @@ def test_a_card_with_flips_exports_the_flip_average_in_every_format(tmp_path):
                           calibration_patches=4, validation_patches=2)
     manifest = json.loads((result.path / "export.json").read_text())
     assert manifest["tta"] is True and result.parity["tta"] is True
-    image = _raw_tile(seed=5)
+    image = raw_tile(seed=5)
     normalized, _ = normalize(image, config=SIDECAR)
     x = normalized[None, :, :, None]
     expected = 1 / (1 + np.exp(-flip_average(logit_model(model).predict_on_batch, x)[0, :, :, 0]))
-    plain = _keras_reference(model, image)
+    plain = keras_reference(model, image)
     assert np.abs(expected - plain).max() > 1e-3  # the flips change the output of a random-weight net
     serve = tf.saved_model.load(str(result.path)).signatures["serving_default"]
     served = serve(image=tf.constant(image[None, :, :, None]))["cr_probability"].numpy()[0, :, :, 0]
@@ -271,9 +257,9 @@ def test_every_registry_architecture_exports_to_savedmodel_and_every_tflite_vari
     # At the export tile, and where the architecture allows it, at a size it was not exported at.
     shapes = [(tile, tile)] if fixed else [(tile, tile), (tile, 2 * tile)]
     for k, shape in enumerate(shapes):
-        image = _raw_tile(seed=30 + k, shape=shape) + np.float32(300.0 * k)
+        image = raw_tile(seed=30 + k, shape=shape) + np.float32(300.0 * k)
         image[5, 7] = np.nan  # a bad pixel: normalization fills it, in the graph and in numpy alike
-        expected = _keras_reference(model, image, NormalizationConfig())
+        expected = keras_reference(model, image, NormalizationConfig())
         served = serve(image=tf.constant(image[None, :, :, None]))["cr_probability"].numpy()[0, :, :, 0]
         np.testing.assert_allclose(served, expected, atol=1e-5, rtol=0, err_msg=f"SavedModel {shape}")
         normalized, _ = normalize(image, config=NormalizationConfig())

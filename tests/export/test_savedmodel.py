@@ -20,18 +20,15 @@ import keras  # noqa: E402
 
 import kercr  # noqa: E402
 from kercr.data.normalization import NormalizationConfig, normalize  # noqa: E402
-from kercr.export.parity import synthetic_patches  # noqa: E402
 from kercr.export.savedmodel import (  # noqa: E402
     NORMALIZED_SIGNATURE_KEY,
     rest_body_to_kwargs,
     rest_response,
     write_savedmodel,
 )
+from tests.export._shared import SIDECAR, TILE, keras_reference, raw_tile  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-TILE = 64
-# sample_size=500 makes the subsample step > 1 on 64 x 128 images.
-SIDECAR = NormalizationConfig(clip_min=-5.0, clip_max=300.0, n_iter=3, sample_size=500, nan_fill=-1.0)
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +46,11 @@ def serving(written):
     return tf.saved_model.load(str(written[1])).signatures["serving_default"]
 
 
-def _raw_tile(seed=3, shape=(TILE, TILE)):
-    patches = synthetic_patches(1, tile=max(shape), seed=seed)
-    return patches.image_adu[0][: shape[0], : shape[1]].copy()
-
-
-def _keras_reference(model, image, config=SIDECAR):
-    normalized, _ = normalize(image, config=config)
-    return np.asarray(model(normalized[None, :, :, None], training=False))[0, :, :, 0]
-
-
 def test_the_normalized_signature_is_the_bare_network(written):
     model, path = written
     bare = tf.saved_model.load(str(path)).signatures[NORMALIZED_SIGNATURE_KEY]
     assert list(bare.structured_input_signature[1]) == ["normalized_image"]
-    normalized, _ = normalize(_raw_tile(seed=9, shape=(TILE, 2 * TILE)), config=SIDECAR)
+    normalized, _ = normalize(raw_tile(seed=9, shape=(TILE, 2 * TILE)), config=SIDECAR)
     got = bare(normalized_image=tf.constant(normalized[None, :, :, None]))["cr_probability"].numpy()
     np.testing.assert_allclose(got, np.asarray(model(normalized[None, :, :, None], training=False)), atol=1e-6)
     with pytest.raises(tf.errors.InvalidArgumentError, match="multiples of 2"):
@@ -82,20 +69,20 @@ def test_signature_names_shapes_dtypes(serving):
 
 def test_served_raw_pixels_equal_normalize_plus_keras(written, serving):
     model, _ = written
-    a = _raw_tile(seed=3, shape=(TILE, 2 * TILE))  # dynamic H, W: not the export tile
-    b = _raw_tile(seed=4, shape=(TILE, 2 * TILE)) + np.float32(750.0)  # another sky level in the same batch
+    a = raw_tile(seed=3, shape=(TILE, 2 * TILE))  # dynamic H, W: not the export tile
+    b = raw_tile(seed=4, shape=(TILE, 2 * TILE)) + np.float32(750.0)  # another sky level in the same batch
     a[10, 17] = np.nan
     batch = np.stack([a, b])[..., None]
     served = serving(image=tf.constant(batch))["cr_probability"].numpy()
     assert served.shape == (2, TILE, 2 * TILE, 1) and served.dtype == np.float32
     for i, image in enumerate((a, b)):
-        expected = _keras_reference(model, image)
+        expected = keras_reference(model, image)
         np.testing.assert_allclose(served[i, :, :, 0], expected, rtol=0, atol=1e-5)
     assert np.all(np.isfinite(served))
     # The comparison can fail: the default constants or no normalization give other answers.
     unnormalized = np.asarray(model(np.nan_to_num(batch[:1]), training=False))[0, :, :, 0]
     assert np.abs(unnormalized - served[0, :, :, 0]).max() > 1e-3
-    default = _keras_reference(model, a, NormalizationConfig())
+    default = keras_reference(model, a, NormalizationConfig())
     assert np.abs(default - served[0, :, :, 0]).max() > 1e-5
 
 
@@ -105,12 +92,12 @@ def test_served_graph_errors(serving):
     with pytest.raises(tf.errors.InvalidArgumentError, match="all NaN"):
         serving(image=tf.constant(np.full((1, TILE, TILE, 1), np.nan, np.float32)))
     with pytest.raises(tf.errors.InvalidArgumentError, match="multiples of 2"):
-        serving(image=tf.constant(_raw_tile(shape=(TILE - 1, TILE))[None, :, :, None]))
+        serving(image=tf.constant(raw_tile(shape=(TILE - 1, TILE))[None, :, :, None]))
 
 
 def test_rest_bodies_row_and_columnar(written, serving):
     model, _ = written
-    a, b = _raw_tile(seed=5), _raw_tile(seed=6) + np.float32(100.0)
+    a, b = raw_tile(seed=5), raw_tile(seed=6) + np.float32(100.0)
     a[0, 0] = np.nan
     direct = serving(image=tf.constant(np.stack([a, b])[..., None]))["cr_probability"].numpy()
     bodies = {
@@ -128,7 +115,7 @@ def test_rest_bodies_row_and_columnar(written, serving):
     response = rest_response(outputs, row_format=True)
     assert np.asarray(response["predictions"]).shape == (2, TILE, TILE, 1)
     assert np.asarray(rest_response(outputs, row_format=False)["outputs"]).shape == (2, TILE, TILE, 1)
-    np.testing.assert_allclose(np.asarray(response["predictions"][0])[..., 0], _keras_reference(model, a), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(response["predictions"][0])[..., 0], keras_reference(model, a), atol=1e-5)
 
 
 def test_the_serving_request_in_the_export_readme_is_accepted(serving):

@@ -15,13 +15,12 @@ pytest.importorskip("ai_edge_litert")
 import keras  # noqa: E402
 
 import kercr  # noqa: E402
-from kercr.data.normalization import NormalizationConfig, normalize  # noqa: E402
+from kercr.data.normalization import normalize  # noqa: E402
 from kercr.export.litert import TFLiteRunner  # noqa: E402
 from kercr.export.parity import normalized_patches, synthetic_patches  # noqa: E402
 from kercr.export.tflite import QUANTIZE_MODES, VARIANT_NAMES, convert  # noqa: E402
+from tests.export._shared import SIDECAR, TILE, keras_reference, raw_tile  # noqa: E402
 
-TILE = 64
-SIDECAR = NormalizationConfig(clip_min=-5.0, clip_max=300.0, n_iter=3, sample_size=500, nan_fill=-1.0)
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +31,6 @@ def converted():
     representative = normalized_patches(synthetic_patches(8, tile=TILE, seed=0).image_adu, SIDECAR)
     return model, {VARIANT_NAMES[q]: convert(model, tile=TILE, quantize=q, representative=representative)
                    for q in QUANTIZE_MODES}
-
-
-def _raw_tile(seed=3, shape=(TILE, TILE)):
-    patches = synthetic_patches(1, tile=max(shape), seed=seed)
-    return patches.image_adu[0][: shape[0], : shape[1]].copy()
-
-
-def _keras_reference(model, image, config=SIDECAR):
-    normalized, _ = normalize(image, config=config)
-    return np.asarray(model(normalized[None, :, :, None], training=False))[0, :, :, 0]
 
 
 def test_the_variants_are_what_their_names_say(converted):
@@ -75,7 +64,7 @@ def test_tflite_variants_run_in_litert(converted, variant, atol):
     assert inp["dtype"] == np.float32 and list(inp["shape"]) == [1, TILE, TILE, 1]
     assert list(inp["shape_signature"]) == [1, -1, -1, 1]
     assert interpreter.get_signature_list() == {"serving_default": {"inputs": ["image"], "outputs": ["cr_probability"]}}
-    normalized, _ = normalize(_raw_tile(seed=7), config=SIDECAR)
+    normalized, _ = normalize(raw_tile(seed=7), config=SIDECAR)
     interpreter.set_tensor(inp["index"], normalized[None, :, :, None])
     interpreter.invoke()
     got = interpreter.get_tensor(out["index"])[0, :, :, 0]
@@ -91,8 +80,8 @@ def test_tflite_resizes_at_run_time(converted):
     model, flatbuffers = converted
     runner = TFLiteRunner(flatbuffers["float32"], num_threads=2)
     assert runner.resizable
-    image = _raw_tile(seed=8, shape=(TILE, 2 * TILE))
+    image = raw_tile(seed=8, shape=(TILE, 2 * TILE))
     got = runner.predict_raw(image, config=SIDECAR)
     assert got.shape == (TILE, 2 * TILE) and runner.shape == (1, TILE, 2 * TILE, 1)
-    np.testing.assert_allclose(got, _keras_reference(model, image), atol=1e-4)
+    np.testing.assert_allclose(got, keras_reference(model, image), atol=1e-4)
 

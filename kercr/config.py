@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 # The choices of kercr's options. The console scripts take their argparse ``choices`` from here,
-# so ``--help`` needs no other kercr module (this one imports nothing heavy). Where a module that
-# checks a value still defines its own copy (kercr.data.synthetic, .frames, .normalization,
-# kercr.tuning.space), tests/test_config.py checks that the copy equals this list.
+# so ``--help`` needs no other kercr module (this one imports nothing heavy). The modules that
+# check a value (kercr.data.synthetic, .frames, .normalization, .cleaning, kercr.tuning.space)
+# import these lists from here; tests/test_config.py checks that they reach them.
 
 LOSSES = ("dice_bce", "median_bce", "bce")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")

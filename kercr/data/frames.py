@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kercr.config import FAINT_CRS  # one definition of the choices, shared with the CLI
 from kercr.data.augment import make_training_example
 from kercr.data.cosmic_rays import CosmicRayModel
 from kercr.data.errors import KercrDataError
@@ -41,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: CR pixels with less charge than this many times their pixel's noise get weight 0 in training.
 FAINT_CR_SNR = 1.0
-#: What training does with CR pixels fainter than ``FAINT_CR_SNR`` x noise (:class:`SyntheticFrames`).
-FAINT_CRS = ("ignore", "negative", "positive")
+#: What training does with CR pixels fainter than ``FAINT_CR_SNR`` x noise (:class:`SyntheticFrames`):
+#: :data:`kercr.config.FAINT_CRS`.
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fz", ".fits.gz")
 

@@ -15,6 +15,7 @@ import dataclasses
 
 import numpy as np
 
+from kercr.config import VARIETIES  # one definition of the choices, shared with the CLI
 from kercr.data.cosmic_rays import CosmicRayModel, DetectorGeometry
 
 __all__ = ["BANDS", "PIXEL_SCALE", "SENSORS", "SENSOR_WEIGHTS", "VARIETIES", "SyntheticConfig", "log_uniform",
@@ -116,8 +117,8 @@ SENSORS = ((250.0, 15.0, 0.45), (200.0, 15.0, 0.4), (100.0, 10.0, 0.3), (40.0, 1
            (15.0, 15.0, 0.2), (20.0, 13.5, 0.2), (250.0, 30.0, 0.25), (40.0, 30.0, 0.15))
 #: How often each of :data:`SENSORS` is drawn: thick sensors (long, faint muon tracks) 45 %.
 SENSOR_WEIGHTS = (0.25, 0.1, 0.15, 0.1, 0.1, 0.1, 0.1, 0.1)
-#: Synthetic data sets: DECam's camera for every frame, or :func:`random_instrument` per frame.
-VARIETIES = ("decam", "wide")
+#: Synthetic data sets (:data:`kercr.config.VARIETIES`): DECam's camera for every frame, or
+#: :func:`random_instrument` per frame.
 
 
 def random_instrument(rng, *, cr_rate_scale: float = 1.0, sky_e_range=None) -> SyntheticConfig:

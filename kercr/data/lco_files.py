@@ -71,6 +71,7 @@ import numpy as np
 from astropy.io import fits
 
 from kercr.data.errors import FITSFileNotFoundError, FITSFormatError, KercrDataError
+from kercr.data.frames import FITS_SUFFIXES
 
 __all__ = [
     "LCO_IGNORE_BOUNDARY", "LCO_IGNORE_NO_DATA", "LCO_IGNORE_SOURCE", "LCO_IGNORE_HOT_PIXEL", "LCO_IGNORE_ALL",
@@ -85,7 +86,6 @@ LCO_IGNORE_ALL = 15
 
 _MASKS_NAME = re.compile(r"_\d+frms_masks\.fits(\.fz|\.gz)?$", re.IGNORECASE)
 _ALIGNED_NAME = re.compile(r"_\d+frms_aligned\.fits(\.fz|\.gz)?$", re.IGNORECASE)
-_FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fz", ".fits.gz")
 LAYOUT_HINT = (
     "the published LCO CR dataset layout is LCO_CR_dataset/{train_set/<telescope>,test_set}/masked_fits/"
     "*_3frms_masks.fits (Zenodo record 5034763); pass the dataset root, a split or any folder below it"
@@ -144,7 +144,7 @@ class LCOExposureSet:
 
 
 def _is_fits_name(name: str) -> bool:
-    return name.lower().endswith(_FITS_SUFFIXES)
+    return name.lower().endswith(FITS_SUFFIXES)
 
 
 def _walk(root: Path):

@@ -43,6 +43,7 @@ import logging
 
 import numpy as np
 
+from kercr.config import NOISE_ESTIMATORS, NOISE_MODELS  # one definition of the choices, shared with the CLI
 from kercr.data import robust_stats
 from kercr.data.errors import KercrDataError
 from kercr.data.robust_stats import (
@@ -62,9 +63,6 @@ __all__ = ["NormalizationConfig", "NormalizationParams", "robust_sky_noise", "lo
 logger = logging.getLogger(__name__)
 
 METHOD = "sky_mad_linear_v1"
-NOISE_ESTIMATORS = ("mad", "diff2")
-#: "global": one sky and one noise per frame; "local": a background and a noise map (blocks).
-NOISE_MODELS = ("global", "local")
 #: The least fraction of good pixels (and pixel pairs) a block needs for its own statistics.
 MIN_BLOCK_FRACTION = 0.25
 #: The statistics' constants (:mod:`kercr.data.robust_stats`), which the TensorFlow twin of this

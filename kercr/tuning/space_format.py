@@ -10,15 +10,12 @@ import dataclasses
 import difflib
 import math
 
-from kercr.config import LOSSES, ConfigError
+from kercr.config import LOSSES, OBJECTIVES, TUNERS, ConfigError
 
 __all__ = ["CONV_KEYS", "DATA_KEYS", "INT_KEYS", "OBJECTIVES", "SEARCH_KEYS", "SECTIONS", "SPACE_KEYS",
            "TRANSFORMER_KEYS", "TUNERS", "Param", "SearchSpaceError", "check_consistency", "check_data",
            "check_search", "did_you_mean", "models_using", "parse_int_choice", "parse_learning_rate", "parse_models"]
 
-TUNERS = ("hyperband", "bayesian", "random")
-OBJECTIVES = {"dice": "val_dice", "tpr": "val_tpr_at_fpr_1e-4"}
-"""``--objective`` choices and the Keras log names they select (both maximized)."""
 
 TRANSFORMER_KEYS = ("num_heads", "num_layers", "mlp_dim", "hidden_dim")
 CONV_KEYS = ("base_filters",)

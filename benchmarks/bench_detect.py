@@ -9,9 +9,9 @@ first, so the measured process is the steady state of ``runtime="tflite-*"``: lo
 weights). The first ``detect`` call (tracing, interpreter allocation) is a warm-up and not timed.
 Tiles go ``--batch-size`` per call, by default as in ``detect``: 4 with TFLite, whose two
 one-thread interpreters (``ParallelTFLiteRunner``, 2 threads) take two each, and 1 with Keras.
-``--tta on off`` measures with and without the four-flip average (``auto``, the default: what the
-model card says, on for the shipped model, off for the untrained ones; ``two``: two views, as is
-and flipped along rows). ``--models`` also takes a saved ``.keras`` file (e.g. a run's
+``--tta on all off`` measures with the four flips on candidate windows (``on``), on every pixel
+(``all``) and without (``auto``, the default: what the model card says, on for the shipped model,
+off for the untrained ones; ``two``: two views, as is and flipped along rows, on every pixel). ``--models`` also takes a saved ``.keras`` file (e.g. a run's
 ``last.keras``, for the speed of a wider network).
 
 Usage::
@@ -58,7 +58,9 @@ def _prepare(work: Path, models, shape):
     return frame
 
 
-_TTA = {"auto": None, "on": True, "two": True, "off": False}  # "two": two views (as is, rows flipped)
+# "on": the four flips on candidate windows (detect's default with flips); "all": on every pixel
+# (tta_gate=0); "two": two views (as is, rows flipped) on every pixel
+_TTA = {"auto": None, "on": True, "all": True, "two": True, "off": False}
 
 
 def _worker(args) -> dict:
@@ -72,15 +74,16 @@ def _worker(args) -> dict:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import kercr  # noqa: F401
-    from kercr import inference
-    from kercr.inference import detect
+    from kercr.data import augment
+    from kercr.detection import detect
 
     if args.tta_mode == "two":
-        inference.FLIP_AXES = ((), (1,))
+        augment.FLIP_AXES = ((), (1,))  # read by kercr.data.augment.flipped_views at each call
 
     image = np.load(args.frame)
     kw = dict(model=args.model_path, runtime=args.runtime, tile=args.tile, num_threads=threads,
-              batch_size=args.batch_size, tta=_TTA[args.tta_mode])
+              batch_size=args.batch_size, tta=_TTA[args.tta_mode],
+              **({"tta_gate": 0.0} if args.tta_mode in ("all", "two") else {}))
     t0 = time.perf_counter()
     result = detect(image, **kw)
     first = time.perf_counter() - t0
@@ -111,8 +114,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runtimes", nargs="+", default=["keras", "tflite-float32", "tflite-int8"])
     parser.add_argument("--tiles", nargs="+", type=int, default=[512, 1024])
     parser.add_argument("--tta", nargs="+", choices=sorted(_TTA), default=["auto"],
-                        help="flip averaging: on (four flips), two (two views), off, or auto (the model card's choice; "
-                             "default)")
+                        help="flip averaging: on (four flips on candidate windows), all (four flips on every "
+                             "pixel), two (two views on every pixel), off, or auto (the model card's choice; default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="tiles per call (default: detect()'s, 4 with TFLite, 1 with Keras)")

@@ -1,11 +1,16 @@
 """Cleaned images scored by photometry (issue 24, point 4).
 
-Synthetic frames with exact truth (the same frame without its CRs) are cleaned by:
+Synthetic frames with exact truth (the same frame without its CRs), or with ``--real R`` the real
+frames of ``benchmarks/real_frames.py`` (DECam Community Pipeline cutouts and astroscrappy's GMOS
+frame) with ``R`` injections each of real dark-frame CR footprints (its seeds), the frame before
+the injection as the truth (:func:`real_cases`), are cleaned by:
 
 * ``kercr``: the shipped default model's mask (``kercr.detect``), cleaned with
-  :func:`kercr.data.clean_image` by ``median`` and ``idw``, ``dilate`` 0 and 1 (one detection per
+  :func:`kercr.data.clean_image` by ``median`` and ``idw`` and by the inpainting network
+  (``network``, :func:`kercr.detection.inpainting.inpaint`), ``dilate`` 0 and 1 (one detection per
   frame; the cleanings are what ``kercr.detect(..., clean=METHOD, clean_dilate=N)`` returns);
-* ``true mask``: kercr's cleaning with the TRUE CR mask, an upper bound on what cleaning can do;
+* ``true mask``: kercr's cleanings (the network's too, unless ``--no-model``) with the TRUE CR
+  mask, an upper bound on what cleaning can do;
 * ``astroscrappy``: ``detect_cosmics`` with ``cleantype="meanmask"`` and ``"medmask"``
   (bias-subtracted input with its sky, the frame's gain and read noise, the ignore and saturated
   pixels in ``inmask``; its cleaned image, bias added back);
@@ -38,6 +43,7 @@ Metrics against the CR-free truth:
 Seeded and deterministic. Usage::
 
     .venv/bin/python benchmarks/cleaning_photometry.py [--frames 8] [--out runs/cleaning_photometry]
+    .venv/bin/python benchmarks/cleaning_photometry.py --real 10 [--out runs/cleaning_photometry_real]
     .venv/bin/python benchmarks/cleaning_photometry.py --tiny --no-model   # a test: 256 px, 1 frame
     (``--no-model`` skips kercr's and deepCR's models; ``--no-deepcr`` deepCR's only)
 """
@@ -48,13 +54,14 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FOOTPRINTS = ROOT.parent / "shared" / "data" / "cr_footprints" / "cosmic_rays_itl_2017_even.fits"
 SEED = 9101
-KERCR_CLEANINGS = (("median", 0), ("median", 1), ("idw", 0), ("idw", 1))
+KERCR_CLEANINGS = (("median", 0), ("median", 1), ("idw", 0), ("idw", 1), ("network", 0), ("network", 1))
 TRUE_CLEANINGS = ("median", "mean", "idw")
 SCRAPPY_CLEANINGS = ("meanmask", "medmask")
 DETECTION_SIGMA = 20.0
@@ -64,6 +71,7 @@ DEEPCR_MASK = "decam"  # deepCR's released ground-imaging mask model (as benchma
 DEEPCR_THRESHOLD = 0.5  # deepCR's default threshold (peers.py: p >= 0.5)
 DEEPCR_INPAINTERS = (("ACS-WFC-F606W-2-32", "inpaint model ACS-WFC-F606W-2-32"), (None, "5x5 median mask"))
 DEEPCR_UNITS = ("ADU", "electrons", "ADU, sky subtracted", "electrons, sky subtracted")
+REAL_RADIUS = 8.0  # aperture radius on the real frames, px: 2 FWHM of 1" seeing at 0.263 "/px
 DEEPCR_UNIT = "ADU"  # deepCR's best of the four at p 0.5 (Dice 0.79 against 0.73, 0.06, 0.02; frames 0-1)
 
 
@@ -205,16 +213,89 @@ def _stats(values):
     return {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)), "n": int(values.size)}
 
 
+def _clean(image, mask, ignore, method, dilate):
+    """``kercr.data.clean_image``, or the inpainting network for ``method="network"`` (what
+    ``kercr.detect(..., clean=method, clean_dilate=dilate)`` returns for that mask)."""
+    from kercr.data.cleaning import clean_image, cleaning_mask
+
+    if method == "network":
+        from kercr.detection.inpainting import inpaint
+
+        return inpaint(image, cleaning_mask(mask, ignore=ignore, dilate=dilate, image=image), ignore=ignore)
+    return clean_image(image, mask, ignore=ignore, method=method, dilate=dilate)
+
+
+class Case(NamedTuple):
+    """One frame to clean: ``image`` (ADU, with CRs), the true ``cr_mask``, ``ignore`` (bool), the
+    CR-free ``truth`` (ADU), its per-pixel ``noise`` (ADU), ``config`` (``bias_adu``, ``gain``,
+    ``readnoise_e``, ``saturation_adu``), the aperture ``radius`` (px) and a log ``line``."""
+
+    name: str
+    image: np.ndarray
+    cr_mask: np.ndarray
+    ignore: np.ndarray
+    truth: np.ndarray
+    noise: np.ndarray
+    config: object
+    radius: float
+    line: str
+
+
+def synthetic_cases(frames, size, first):
+    """:class:`Case` of the benchmark's synthetic frames ``first, ..., first + frames - 1``."""
+    source, _ = make_source(size)
+    for i in range(first, first + frames):
+        image, cr_mask, ignore, truth = source._make(i)
+        config = source.frame_config(i)
+        fwhm = float(np.mean(config.seeing_range)) / float(config.pixel_scale)
+        radius = float(np.clip(2 * fwhm, 3, 10))
+        yield Case(f"synthetic {i}", image, cr_mask, ignore, truth, noise_adu(truth, config), config, radius,
+                   f"frame {i}: gain {config.gain:.2f}, read noise {config.readnoise_e:.1f} e-, bias "
+                   f"{config.bias_adu:.0f}, aperture radius {radius:.1f} px")
+
+
+def real_cases(repeats, first=0):
+    """:class:`Case` of ``benchmarks/real_frames.py``'s real frames (DECam CP cutouts, astroscrappy's GMOS
+    frame) with its injected dark-frame footprints (the same seeds), the frame before injection as
+    the truth.
+
+    Their noise: the frame's sky noise (pixel differences two apart) and the photon noise of the
+    signal above its median sky in quadrature, ADU. Bias 0 (the frames are bias-subtracted), no
+    saturation level (their data-quality masks, in ``ignore``, flag saturated pixels). The aperture
+    radius is :data:`REAL_RADIUS` (2 FWHM of 1" seeing at DECam's 0.263 "/px).
+    """
+    import sys
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from real_frames import _sky_noise, injected, real_frames
+
+    from kercr.data.frames import load_footprints
+
+    frames = real_frames()
+    stamps = load_footprints(FOOTPRINTS)
+    by_name = {f.name: f for f in frames}
+    for name, r, img, cr_mask, _, ignore, gain, readnoise, _ in injected(frames, stamps, repeats, first):
+        frame = by_name[name]
+        sky, sky_noise = _sky_noise(frame)
+        truth = frame.image
+        noise = np.sqrt(sky_noise ** 2 + np.maximum(np.nan_to_num(truth) - sky, 0) / gain)
+        config = SimpleNamespace(bias_adu=0.0, gain=gain, readnoise_e=readnoise, saturation_adu=np.inf)
+        yield Case(f"{name} #{r}", img.astype(np.float32), cr_mask, ignore | ~np.isfinite(truth), truth, noise,
+                   config, REAL_RADIUS, f"{name} #{r}: gain {gain:.2f}, read noise {readnoise:.1f} e-")
+
+
 def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", deepcr=True, deepcr_unit=DEEPCR_UNIT,
-        threads=2, log=print):
-    """Score every cleaner on ``frames`` synthetic frames; the JSON-ready result."""
+        threads=2, real=0, log=print):
+    """Score every cleaner on ``frames`` synthetic frames (or, with ``real=R``, on the real frames
+    with ``R`` injections each); the JSON-ready result."""
     from kercr.data.cleaning import clean_image
     from kercr.data.synthetic import source_map
 
-    source, real_footprints = make_source(size)
+    cases = real_cases(real) if real else synthetic_cases(frames, size, first)
     cleaners = ["uncleaned"] + [f"true mask, {m}" for m in TRUE_CLEANINGS]
     if model:
-        cleaners += [f"kercr default, {m}, dilate {d}" for m, d in KERCR_CLEANINGS]
+        cleaners += ["true mask, network"] + [f"kercr default, {m}, dilate {d}" for m, d in KERCR_CLEANINGS]
     cleaners += [f"astroscrappy, {c}" for c in SCRAPPY_CLEANINGS]
     deepcr_models = load_deepcr(threads) if model and deepcr else None
     if deepcr_models:
@@ -222,17 +303,14 @@ def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", deepcr=True
     acc = {c: {"sky": [], "source": [], "aperture": [], "unhit": []} for c in cleaners}
     flagged = {c: 0 for c in cleaners}
     timing = {c: 0.0 for c in cleaners}
-    n_cr = n_ap = 0
-    for i in range(first, first + frames):
-        image, cr_mask, ignore, truth = source._make(i)
-        config = source.frame_config(i)
+    n_cr = n_ap = n_frames = 0
+    for case in cases:
+        image, cr_mask, ignore, truth, noise, config, radius = (case.image, case.cr_mask, case.ignore, case.truth,
+                                                                case.noise, case.config, case.radius)
         saturated = saturated_pixels(image, truth, config)
         bad = ignore | saturated | ~np.isfinite(image) | ~np.isfinite(truth)
-        noise = noise_adu(truth, config)
-        on_source = source_map(truth, mask=ignore)
+        on_source = source_map(truth, mask=bad)
         crs = cr_mask & ~bad
-        fwhm = float(np.mean(config.seeing_range)) / float(config.pixel_scale)
-        radius = float(np.clip(2 * fwhm, 3, 10))
         centres = find_apertures(truth, bad, noise, config, radius)
         outputs = {"uncleaned": (image, np.zeros_like(cr_mask), 0.0)}
         for m in TRUE_CLEANINGS:
@@ -243,13 +321,16 @@ def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", deepcr=True
             import kercr
 
             t0 = time.perf_counter()
+            outputs["true mask, network"] = (_clean(image, cr_mask, bad, "network", 0), cr_mask & ~bad,
+                                             time.perf_counter() - t0)
+            t0 = time.perf_counter()
             result = kercr.detect(image, model="default", mask=ignore, runtime=runtime,
                                   saturation=config.bias_adu + config.saturation_adu)
             t_detect = time.perf_counter() - t0
             skip = result.ignored if getattr(result, "ignored", None) is not None else ignore
             for m, d in KERCR_CLEANINGS:
                 t0 = time.perf_counter()
-                cleaned = clean_image(image, result.mask, ignore=skip, method=m, dilate=d)
+                cleaned = _clean(image, result.mask, skip, m, d)
                 outputs[f"kercr default, {m}, dilate {d}"] = (cleaned, cleaned != image.astype(np.float32),
                                                               t_detect + time.perf_counter() - t0)
         for c in SCRAPPY_CLEANINGS:
@@ -269,8 +350,8 @@ def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", deepcr=True
         n_cr += int(crs.sum())
         n_ap_frame = len(aperture_errors(image, truth, crs, noise, centres, radius))
         n_ap += n_ap_frame
-        log(f"frame {i}: gain {config.gain:.2f}, read noise {config.readnoise_e:.1f} e-, bias {config.bias_adu:.0f}, "
-            f"aperture radius {radius:.1f} px, {int(crs.sum())} CR px ({int((crs & on_source).sum())} on sources), "
+        n_frames += 1
+        log(f"{case.line}, {int(crs.sum())} CR px ({int((crs & on_source).sum())} on sources), "
             f"{len(centres)} sources, {n_ap_frame} hit")
     rows = {}
     for name in cleaners:
@@ -282,11 +363,18 @@ def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", deepcr=True
             "replaced_pixels": flagged[name],
             "seconds": timing[name],
         }
+    if real:
+        described = {"n": n_frames, "real": True, "injections_per_frame": real,
+                     "frames": "benchmarks/real_frames.py's real frames (as-is) with its injected ITL dark-frame "
+                               "footprints", "aperture_radius_px": REAL_RADIUS,
+                     "true_cr_pixels": n_cr, "hit_apertures": n_ap}
+    else:
+        described = {"n": frames, "first": first, "shape": [size, size], "seed": SEED, "variety": "wide",
+                     "cr_rate_scale": 10, "extended_sources": 3, "on_source_fraction": 0.3,
+                     "real_footprints": FOOTPRINTS.exists(), "true_cr_pixels": n_cr, "hit_apertures": n_ap}
     return {
         "benchmark": "cleaning_photometry",
-        "frames": {"n": frames, "first": first, "shape": [size, size], "seed": SEED, "variety": "wide", "cr_rate_scale": 10,
-                   "extended_sources": 3, "on_source_fraction": 0.3, "real_footprints": real_footprints,
-                   "true_cr_pixels": n_cr, "hit_apertures": n_ap},
+        "frames": described,
         "units": "errors in units of the CR-free noise (pixels) or of the Poisson flux error (apertures); "
                  "median and 90th percentile of |error|",
         "deepcr": ({"mask": DEEPCR_MASK, "threshold": DEEPCR_THRESHOLD, "unit": deepcr_unit, "patch": 256,
@@ -329,11 +417,17 @@ def main(argv=None) -> int:
                         help=f"the frame as deepCR is given it (default {DEEPCR_UNIT})")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for deepCR (default 2)")
     parser.add_argument("--runtime", default="auto", help="kercr.detect runtime (default auto)")
+    parser.add_argument("--real", type=int, default=0, metavar="R",
+                        help="score the real frames of benchmarks/real_frames.py instead, with R injections each "
+                             "(needs ../shared/data)")
     parser.add_argument("--out", default="runs/cleaning_photometry", help="output folder")
     args = parser.parse_args(argv)
+    if args.real and not FOOTPRINTS.exists():
+        print(f"[cleaning_photometry] {FOOTPRINTS} not found: no real frames to score")
+        return 0
     frames, size, first = (1, 256, TINY_FRAME) if args.tiny else (args.frames, args.size, args.first)
     result = run(frames=frames, size=size, first=first, model=not args.no_model, runtime=args.runtime,
-                 deepcr=args.deepcr, deepcr_unit=args.deepcr_unit, threads=args.threads)
+                 deepcr=args.deepcr, deepcr_unit=args.deepcr_unit, threads=args.threads, real=args.real)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cleaning_photometry.json").write_text(json.dumps(result, indent=2) + "\n")

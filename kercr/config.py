@@ -32,6 +32,9 @@ NOISE_ESTIMATORS = ("mad", "diff2")
 NOISE_MODELS = ("global", "local")
 #: Cleaning methods of :func:`kercr.data.clean_image` (the first is the default).
 CLEAN_METHODS = ("median", "mean", "idw")
+#: Cleaning methods of ``kercr.detect(clean=...)`` and ``kercr-detect --clean``: the masked
+#: estimates and the learned inpainting network (:mod:`kercr.detection.inpainting`).
+DETECT_CLEAN_METHODS = CLEAN_METHODS + ("network",)
 #: ``kercr-tune`` search algorithms (the first is the default).
 TUNERS = ("hyperband", "bayesian", "random")
 #: ``kercr-tune --objective`` choices and the Keras log names they select (both maximized).

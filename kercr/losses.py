@@ -36,7 +36,7 @@ returns the ``(B,)`` per-patch values.
 import keras
 from keras import ops
 
-__all__ = ["DiceBCELoss", "MedianWeightedBCE", "WeightedBCE"]
+__all__ = ["DiceBCELoss", "MedianWeightedBCE", "WeightedBCE", "WeightedMSE"]
 
 #: Probabilities are clipped to ``[EPSILON, 1 - EPSILON]`` before the logarithms of the
 #: cross-entropy (same value as ``keras.backend.epsilon()`` and Cosmic-CoNN's ``eps``).
@@ -324,3 +324,33 @@ class MedianWeightedBCE(_PixelWeightedLoss):
         return ops.divide_no_nan(
             ops.sum(keep * pos + w * neg, axis=axes), ops.sum(keep, axis=axes)
         )
+
+
+@keras.saving.register_keras_serializable(package="kercr")
+class WeightedMSE(_PixelWeightedLoss):
+    """Squared error, the weighted mean over each patch: the inpainting network's loss.
+
+    ``loss_b = sum(w * (t - p)^2) / sum(w)`` over the pixels of patch ``b``; ``y_true`` and
+    ``y_pred`` are image values (not probabilities). The inpainting network
+    (:func:`kercr.models.build_inpainter`) is trained with ``w`` = the mask of the pixels it
+    replaces, so only those count. Weight 0 = ignored pixel.
+
+    Parameters
+    ----------
+    reduction : str or None, optional
+        Keras reduction of the per-patch values. Default ``"sum_over_batch_size"``.
+    name : str, optional
+        Name of the loss. Default ``"weighted_mse"``.
+    dtype : str, optional
+        Computation dtype. Default ``keras.backend.floatx()``.
+    """
+
+    def __init__(self, reduction="sum_over_batch_size", name="weighted_mse", dtype=None, **kwargs):
+        kwargs.pop("epsilon", None)  # not used by a squared error
+        super().__init__(reduction=reduction, name=name, dtype=dtype, **kwargs)
+
+    def per_sample_loss(self, y_true, y_pred, pixel_weight=None):
+        """Per-patch weighted mean squared error, shape ``(B,)``."""
+        axes = tuple(range(1, len(y_pred.shape)))
+        w = ops.ones_like(y_pred) if pixel_weight is None else pixel_weight
+        return ops.divide_no_nan(ops.sum(w * ops.square(y_true - y_pred), axis=axes), ops.sum(w, axis=axes))

@@ -30,7 +30,8 @@ def test_choice_lists_match_the_modules_that_check_them():
     from kercr.cli.detect import detect_parser
 
     actions = {a.dest: a for a in detect_parser()._actions}
-    assert tuple(actions["runtime"].choices) == config.RUNTIMES and tuple(actions["clean"].choices) == config.CLEAN_METHODS
+    assert tuple(actions["runtime"].choices) == config.RUNTIMES
+    assert tuple(actions["clean"].choices) == config.DETECT_CLEAN_METHODS == config.CLEAN_METHODS + ("network",)
 
 
 def test_tuning_choices_match_the_search_space():

@@ -251,3 +251,21 @@ def test_tf_data_triplets_carry_pixel_weights():
     expected = model.evaluate(x, y, sample_weight=w, batch_size=2, verbose=0)
     ds = tf.data.Dataset.from_tensor_slices((x, y, w[..., 0])).batch(2)
     assert model.evaluate(ds, verbose=0) == pytest.approx(expected, rel=1e-5)
+
+
+def test_weighted_mse_is_the_mean_squared_error_of_the_weighted_pixels_only():
+    from kercr.losses import WeightedMSE
+
+    y_true = np.zeros((2, 3, 3, 1), np.float32)
+    y_pred = np.zeros((2, 3, 3, 1), np.float32)
+    y_pred[0, 0, 0, 0], y_pred[0, 2, 2, 0] = 2.0, 100.0  # the second is outside the weights: ignored
+    y_pred[1, 1, 1, 0] = 1.0
+    w = np.zeros((2, 3, 3, 1), np.float32)
+    w[0, 0, :, 0] = 1.0  # patch 0: three pixels, errors 2, 0, 0 -> 4 / 3
+    w[1, 1, 1, 0] = 1.0  # patch 1: one pixel, error 1 -> 1
+    loss = WeightedMSE()
+    assert float(loss(y_true, y_pred, sample_weight=w)) == pytest.approx((4 / 3 + 1) / 2, rel=1e-6)
+    per_patch = WeightedMSE(reduction=None)(y_true, y_pred, sample_weight=w)
+    np.testing.assert_allclose(np.asarray(per_patch), [4 / 3, 1.0], rtol=1e-6)
+    clone = WeightedMSE.from_config(loss.get_config())
+    assert float(clone(y_true, y_pred, sample_weight=w)) == pytest.approx(float(loss(y_true, y_pred, sample_weight=w)))

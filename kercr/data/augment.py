@@ -22,7 +22,8 @@ from kercr.data.errors import KercrDataError
 from kercr.data.footprints import inject_footprints
 from kercr.data.normalization import robust_sky_noise
 
-__all__ = ["TrainingExample", "sky_augment", "random_flip_rot90", "decam_dq_ignore", "make_training_example"]
+__all__ = ["TrainingExample", "sky_augment", "random_flip_rot90", "decam_dq_ignore", "make_training_example",
+           "FLIP_AXES", "flip_average", "flipped_views"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,28 @@ def make_training_example(clean_adu, *, gain, exptime, rng, readnoise_e=7.0, sky
 FLIP_AXES = ((), (1,), (2,), (1, 2))  # the four flips of a (B, H, W[, C]) batch: none, rows, columns, both
 
 
+def flipped_views(predict, x):
+    """``predict`` on the three flips of ``x`` other than the identity, each flipped back.
+
+    Parameters
+    ----------
+    predict : callable
+        Maps a (B, H, W[, C]) float32 batch to an array whose first three axes are (B, H, W).
+    x : numpy.ndarray, shape (B, H, W[, C])
+
+    Yields
+    ------
+    numpy.ndarray, float32
+        ``predict`` on ``x`` flipped along H, along W and along both (:data:`FLIP_AXES` after the
+        first), each aligned with ``x``. :func:`flip_average` adds them to the identity view in
+        this order; detection adds them to an identity view it already has in the same order,
+        so both give the same average to the bit.
+    """
+    for axes in FLIP_AXES[1:]:
+        p = np.asarray(predict(np.ascontiguousarray(np.flip(x, axes))), dtype=np.float32)
+        yield np.flip(p, axes)
+
+
 def flip_average(predict, x) -> np.ndarray:
     """Test-time augmentation: the mean of ``predict`` over the four flips of each image.
 
@@ -147,13 +170,8 @@ def flip_average(predict, x) -> np.ndarray:
         each prediction flipped back first, so it is aligned with ``x``. It averages whatever
         ``predict`` returns (logits or probabilities).
     """
-    total = None
-    for axes in FLIP_AXES:
-        p = np.asarray(predict(np.ascontiguousarray(np.flip(x, axes)) if axes else x), dtype=np.float32)
-        p = np.flip(p, axes) if axes else p
-        if total is None:
-            total = p.copy()
-        else:
-            total += p
+    total = np.array(predict(x), dtype=np.float32)  # a copy: the sum below must not write into predict's array
+    for p in flipped_views(predict, x):
+        total += p
     total /= np.float32(len(FLIP_AXES))
     return total

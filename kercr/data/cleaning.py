@@ -40,8 +40,8 @@ import numpy as np
 from kercr.config import CLEAN_METHODS
 from kercr.data.errors import KercrDataError
 
-__all__ = ["CLEAN_METHODS", "DEFAULT_WINDOW", "DEFAULT_MAX_WINDOW", "DEFAULT_MIN_GOOD", "check_clean_method",
-           "clean_image", "cleaning_mask", "dilate_mask"]
+__all__ = ["CLEAN_METHODS", "DEFAULT_WINDOW", "DEFAULT_MAX_WINDOW", "DEFAULT_MIN_GOOD", "as_bool_mask",
+           "check_clean_method", "clean_image", "cleaning_mask", "dilate_mask", "masked_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def check_clean_method(method) -> str:
     return method
 
 
-def _as_bool_mask(mask, shape, what: str) -> np.ndarray:
+def as_bool_mask(mask, shape, what: str) -> np.ndarray:
     """A boolean (ny, nx) mask from a bool or 0/1 integer array; clear errors for anything else."""
     mask = np.asarray(mask)
     if mask.shape != tuple(shape):
@@ -118,10 +118,10 @@ def cleaning_mask(cr_mask, *, ignore=None, dilate: int = 0, image=None) -> np.nd
     """
     cr = np.asarray(cr_mask)
     shape = cr.shape if image is None else np.shape(image)
-    cr = _as_bool_mask(cr, shape, "cr_mask")
+    cr = as_bool_mask(cr, shape, "cr_mask")
     out = dilate_mask(cr, _check_int(dilate, "dilate", 0))
     if ignore is not None:
-        out &= ~_as_bool_mask(ignore, shape, "ignore")
+        out &= ~as_bool_mask(ignore, shape, "ignore")
     if image is not None:
         out &= np.isfinite(image)
     return out
@@ -203,7 +203,7 @@ def clean_image(image, cr_mask, *, ignore=None, method: str = "median", dilate: 
     window, max_window, min_good = _check_arguments(img, window=window, max_window=max_window, min_good=min_good,
                                                     fallback=fallback)
     if ignore is not None:
-        ignore = _as_bool_mask(ignore, img.shape, "ignore")
+        ignore = as_bool_mask(ignore, img.shape, "ignore")
     replace = cleaning_mask(cr_mask, ignore=ignore, dilate=dilate, image=img)
     out = img.astype(np.float32)  # always a copy: the input is never modified
     ys, xs = np.nonzero(replace)
@@ -298,3 +298,11 @@ def _window_estimates(padded, py, px, half, method) -> np.ndarray:
             values = padded[py[rows, None] + dy[None, :], px[rows, None] + dx[None, :]]
             estimate[rows] = _estimate(values, weights, method)
     return estimate
+
+
+def masked_input(normalized, mask) -> np.ndarray:
+    """The inpainting network's input ``(..., H, W, 2)`` float32: ``normalized`` with the ``mask``
+    pixels set to 0 (the sky), then the mask as 0/1 (:func:`kercr.models.build_inpainter`)."""
+    mask = np.asarray(mask, bool)
+    return np.stack([np.where(mask, np.float32(0), np.asarray(normalized, np.float32)), mask.astype(np.float32)],
+                    axis=-1)

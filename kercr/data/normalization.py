@@ -58,7 +58,7 @@ from kercr.data.robust_stats import (
 )
 
 __all__ = ["NormalizationConfig", "NormalizationParams", "robust_sky_noise", "local_background_noise", "normalize",
-           "denormalize"]
+           "normalize_like", "denormalize"]
 
 logger = logging.getLogger(__name__)
 
@@ -359,6 +359,19 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
     out -= np.float32(sky)
     out *= np.float32(1.0 / noise)
     return _stretch(out, config), NormalizationParams(config=config, sky=sky, noise=noise, n_pixels=n)
+
+
+def normalize_like(image, params: NormalizationParams) -> np.ndarray:
+    """Normalize ``image`` with the sky and noise another image measured (``params`` of
+    :func:`normalize`; global noise model only): the clean truth of a training frame in the units
+    of the frame with its CRs, as the inpainting network is trained (float32)."""
+    if params.config.noise_model != "global":
+        raise KercrDataError("normalize_like needs the global noise model (one sky and noise per frame); "
+                             f"this normalization uses noise_model={params.config.noise_model!r}.")
+    out = np.asarray(image).astype(np.float32, copy=True)
+    out -= np.float32(params.sky)
+    out *= np.float32(1.0 / params.noise)
+    return _stretch(out, params.config)
 
 
 def denormalize(normalized, params: NormalizationParams) -> np.ndarray:

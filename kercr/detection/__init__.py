@@ -7,6 +7,8 @@ Modules, from the bottom up:
 - :mod:`~kercr.detection.runtimes`: Keras or LiteRT (prebuilt or converted TFLite files), the
   four-flip average;
 - :mod:`~kercr.detection.tiling`: overlapping tiles, stitched without seams;
+- :mod:`~kercr.detection.flips`: the four flips on windows around candidate pixels (where they
+  can change the mask);
 - :mod:`~kercr.detection.inputs`: the image types accepted and the header numbers read;
 - :mod:`~kercr.detection.result`: :class:`DetectionResult`;
 - :mod:`~kercr.detection.detector`: :func:`detect`, which puts them together;
@@ -22,7 +24,7 @@ from kercr.detection.batch import BatchResult, FileOutcome, detect_files
 from kercr.detection.detector import detect
 from kercr.detection.loading import LoadedModel, ModelLoadError, load_model
 from kercr.detection.result import DetectionResult
-from kercr.detection.runtimes import resolve_runtime, resolve_tta
+from kercr.detection.runtimes import resolve_runtime, resolve_tta, resolve_tta_gate
 
 __all__ = ["RUNTIMES", "BatchResult", "DetectionResult", "FileOutcome", "LoadedModel", "ModelLoadError", "detect",
-           "detect_files", "load_model", "resolve_runtime", "resolve_tta"]
+           "detect_files", "load_model", "resolve_runtime", "resolve_tta", "resolve_tta_gate"]

@@ -314,7 +314,7 @@ def _check_jobs(jobs, runtime: str) -> int:
 
 
 def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext="all", threshold=None, dilate=0,
-                 save_probability=False, clean=None, runtime="auto", tta=None, tile=None, overlap=None,
+                 save_probability=False, clean=None, runtime="auto", tta=None, tta_gate=None, tile=None, overlap=None,
                  batch_size=None, num_threads=None, exclude_saturated=True, jobs=None, scheduler=None,
                  skip_existing=False, progress=None, log_prefix=None, report=True) -> BatchResult:
     """Write a CR mask file for every FITS file, on every core or on a Dask cluster; a bad file stops nothing.
@@ -328,7 +328,7 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
         FITS files (``.fits``, ``.fits.fz``, ``.fits.gz``); never modified.
     out_dir, suffix, model, ext, threshold, dilate, save_probability, clean
         As :func:`kercr.detection.files.detect_file`.
-    runtime, tta, tile, overlap, batch_size, exclude_saturated
+    runtime, tta, tta_gate, tile, overlap, batch_size, exclude_saturated
         As :func:`kercr.detection.detect`.
     num_threads : int, optional
         CPU threads of the LiteRT interpreters. Without a scheduler: all workers together (default:
@@ -383,7 +383,7 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
         with contextlib.suppress(Exception):  # no more workers than CCDs; a bad file is reported below
             jobs = min(jobs, len(select_extensions(paths[0], ext)[0]))
     options = dict(threshold=threshold, dilate=dilate, save_probability=save_probability, clean=clean,
-                   runtime=runtime, tta=tta, tile=tile, overlap=overlap, batch_size=batch_size,
+                   runtime=runtime, tta=tta, tta_gate=tta_gate, tile=tile, overlap=overlap, batch_size=batch_size,
                    exclude_saturated=exclude_saturated)
     file_options = dict(out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate, skip_existing=skip_existing,
                         save_probability=save_probability, clean=clean)

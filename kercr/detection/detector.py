@@ -22,12 +22,16 @@ The path from a raw CCD frame to a CR mask:
    with a fixed input (TransUNet) are tiled at that size. Models whose normalization layers
    pool over the image (GroupNormalization, LayerNormalization: ``cosmic_conn``) and the
    TransUNet's attention see the whole tile, so their output depends (weakly) on the tile size.
-4. **Flips (test-time augmentation).** With ``tta`` (the shipped model's card turns it on) every
-   tile is also predicted flipped along rows, columns and both, each prediction is flipped back,
+4. **Flips (test-time augmentation).** With ``tta`` (the shipped model's card turns it on) pixels
+   are also predicted flipped along rows, columns and both, each prediction is flipped back,
    and the four logits are averaged (TFLite probabilities are turned into logits first, as the
-   validation scores the card's threshold was chosen on were): 4 x the network time. On the
-   real-frame benchmark it finds more CR pixels at the same false-positive rate
-   (``BENCHMARKS.md``); adding the four transposed views gains nothing more.
+   validation scores the card's threshold was chosen on were). On the real-frame benchmark it
+   finds more CR pixels at the same false-positive rate (``BENCHMARKS.md``); adding the four
+   transposed views gains nothing more. The flipped views run only on windows around the
+   pixels whose single view reaches ``tta_gate`` (:mod:`kercr.detection.flips`): there the
+   score is the four-view mean to the bit, elsewhere it stays the single view's (below the
+   gate, far below any threshold), so the mask is the full average's at about 1.4 network
+   passes instead of 4. ``tta_gate=0`` flips every pixel.
 5. **Threshold.** ``mask = probability >= threshold`` outside ignored pixels (for Keras models the
    comparison is made on the logits, which stay distinct where float32 probabilities round to 1).
 
@@ -43,13 +47,16 @@ import logging
 import numpy as np
 from astropy.nddata import CCDData
 
-from kercr.data.cleaning import check_clean_method, clean_image
+from kercr.config import DETECT_CLEAN_METHODS
+from kercr.data.cleaning import clean_image, cleaning_mask
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import normalize
 from kercr.detection.inputs import header_number, unpack
 from kercr.detection.loading import load_model
 from kercr.detection.result import DetectionResult
-from kercr.detection.runtimes import DEFAULT_BATCH_SIZE, predictor, resolve_runtime, resolve_tta
+from kercr.detection.flips import add_flips, gate_score
+from kercr.detection.runtimes import (DEFAULT_BATCH_SIZE, predictor, resolve_runtime, resolve_tta, resolve_tta_gate,
+                                     view_predictor)
 from kercr.detection.tiling import check_tiling, predict_tiled
 
 __all__ = ["detect"]
@@ -59,7 +66,8 @@ logger = logging.getLogger(__name__)
 
 def detect(image, *, model="default", threshold=None, gain=None, readnoise=None, saturation=None,
            exclude_saturated=True, mask=None, tile=None, overlap=None, batch_size=None, runtime="auto",
-           tta=None, num_threads=None, keep_logits=False, clean=None, clean_dilate=0) -> DetectionResult:
+           tta=None, tta_gate=None, num_threads=None, keep_logits=False, clean=None,
+           clean_dilate=0) -> DetectionResult:
     """Find cosmic rays in a CCD frame of any size.
 
     Parameters
@@ -102,9 +110,15 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     runtime : {"auto", "keras", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8"}
         See :mod:`kercr.detection.runtimes`.
     tta : bool, optional
-        Average the prediction over the four flips of each tile (4 x the time; see the
+        Average the prediction over the four flips of each tile (see the
         :mod:`kercr.detection` docstring). Default: the model card's ``"tta"`` (on for the shipped model, whose threshold
         was chosen with it), else off.
+    tta_gate : float, optional
+        With ``tta``: the single-view CR probability from which a pixel's window gets the flips
+        (:mod:`kercr.detection.flips`); default: the card's ``"tta_gate"``, else 0.003. ``0``
+        averages every pixel over the four flips (4 x the network time; the probabilities below
+        the gate then are four-view means too). Models that are not local (GroupNormalization,
+        attention) or have a fixed input always flip every pixel.
     num_threads : int, optional
         CPU threads for the TFLite runtimes, default: every core this process may use. They are
         shared out between two LiteRT interpreters, each on its own tiles of a batch (on two
@@ -113,11 +127,13 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     keep_logits : bool
         Also return the logits (:attr:`DetectionResult.logit`, one more float32 map), for
         ranking pixels as :mod:`kercr.evaluation` does.
-    clean : {None, "median", "mean", "idw"} or bool
+    clean : {None, "median", "mean", "idw", "network"} or bool
         Also return a cleaned image (:attr:`DetectionResult.clean`, float32, image units): the CR
         pixels replaced by the masked median, mean or inverse-distance-weighted mean of their
         non-CR, non-ignored neighbours in a 5 x 5 window grown up to 31 x 31 until it holds 8 such
-        pixels (:func:`kercr.data.clean_image`). True means ``"median"``. For a ``CCDData``,
+        pixels (:func:`kercr.data.clean_image`); ``"network"``: the values the learned inpainting
+        network predicts (:func:`kercr.detection.inpainting.inpaint`; Keras, so the full install).
+        True means ``"median"``. For a ``CCDData``,
         :meth:`DetectionResult.to_ccddata` gives the ccdproc-style cleaned ``CCDData``.
     clean_dilate : int
         Grow the CR mask by this many pixels (3 x 3 square) before cleaning, to replace the faint
@@ -170,26 +186,40 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
                               masks=((extra_mask, "CCDData mask"), (mask, "mask")))
 
     normalized, params = normalize(data, mask=ignored, config=loaded.normalization)
-    predict, logits = predictor(loaded, runtime, tta=tta, num_threads=num_threads)
+    gate = resolve_tta_gate(tta_gate, loaded) if tta else None
+    if gate:  # one view everywhere, then the four flips on the candidates' windows
+        predict, logits = view_predictor(loaded, runtime, num_threads=num_threads)
+    else:
+        predict, logits = predictor(loaded, runtime, tta=tta, num_threads=num_threads)
     score, tile_shape, n_tiles = predict_tiled(
         normalized, predict, tile=tile, margin=margin, multiple=loaded.multiple,
         fixed=loaded.fixed_size is not None, batch_size=int(batch_size))
+    flipped = None if gate is None else 1.0
+    if gate:
+        flipped = add_flips(normalized, score, predict, gate=gate_score(gate, logits=logits), tile=tile, margin=margin,
+                            multiple=loaded.multiple, batch_size=int(batch_size))
     del normalized
     probability, cr_mask, logit, cut = _threshold(score, logits=logits, threshold=threshold, logit_cut=logit_cut,
                                                   ignored=ignored, keep_logits=keep_logits)
     del score
     probability[ignored] = 0.0
     cr_mask &= ~ignored
-    logger.debug("%s: %d tiles of %s, %d CR pixels at p >= %.4g", description, n_tiles, tile_shape,
-                 int(cr_mask.sum()), threshold)
+    logger.debug("%s: %d tiles of %s, %d CR pixels at p >= %.4g%s", description, n_tiles, tile_shape,
+                 int(cr_mask.sum()), threshold, "" if flipped is None else f"; {flipped:.2%} of the pixels flipped")
     cleaned, ccd = None, None
     if clean is not None:
-        cleaned = clean_image(data, cr_mask, ignore=ignored, method=clean, dilate=int(clean_dilate))
+        if clean == "network":
+            from kercr.detection.inpainting import inpaint  # heavy: Keras, only for this method
+
+            replace = cleaning_mask(cr_mask, ignore=ignored, dilate=int(clean_dilate))
+            cleaned = inpaint(data, replace, ignore=ignored)
+        else:
+            cleaned = clean_image(data, cr_mask, ignore=ignored, method=clean, dilate=int(clean_dilate))
         ccd = image if isinstance(image, CCDData) else None
     return DetectionResult(
         probability=probability, mask=cr_mask, threshold=threshold, ignored=ignored, model_name=loaded.name,
         runtime=runtime, tile=tuple(tile_shape), overlap=margin, n_tiles=n_tiles, normalization=params,
-        gain=gain, readnoise=readnoise, saturation=saturation, tta=tta, logit=logit,
+        gain=gain, readnoise=readnoise, saturation=saturation, tta=tta, tta_gate=gate, tta_fraction=flipped, logit=logit,
         logit_threshold=None if cut is None else float(cut),
         clean=cleaned, clean_method=clean, clean_dilate=int(clean_dilate) if clean is not None else 0, _ccd=ccd,
     )
@@ -207,7 +237,10 @@ def _check_arguments(data, description, *, batch_size, clean, clean_dilate):
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1 (or None: 4 with TFLite, 1 with Keras).")
     if clean is not None and clean is not False:  # checked before the network runs
-        clean = check_clean_method("median" if clean is True else clean)
+        clean = "median" if clean is True else clean
+        if not isinstance(clean, str) or clean not in DETECT_CLEAN_METHODS:
+            raise KercrDataError(f"clean={clean!r} is not a cleaning method; choose one of "
+                                 f"{', '.join(DETECT_CLEAN_METHODS)} (see kercr.data.cleaning, kercr.detection.inpainting).")
         if isinstance(clean_dilate, bool) or not isinstance(clean_dilate, (int, np.integer)) or clean_dilate < 0:
             raise KercrDataError(f"clean_dilate={clean_dilate!r}: pass a number of pixels >= 0.")
     else:

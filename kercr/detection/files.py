@@ -127,6 +127,7 @@ def _provenance(result, *, dilate: int, clean) -> dict:
         "KCRDATE": (utc_now(), "UTC"),
         "KCRRUNT": (result.runtime, "kercr inference runtime"),
         "KCRTTA": (bool(result.tta), "prediction averaged over 4 flips"),
+        **({"KCRTTAG": (float(result.tta_gate), "flips where single-view p >= this (0: all)")} if result.tta else {}),
         "KCRDIL": (int(dilate), "mask dilation, pixels (3x3 element)"),
         "KCRTILE": (f"{result.tile[0]}x{result.tile[1]}", "tile shape, pixels"),
         "KCROVLP": (int(result.overlap), "tile overlap margin, pixels"),
@@ -223,7 +224,7 @@ def detect_ccd(path, hdu_index: int, extname: str, *, single: bool, model="defau
     model, dilate, save_probability, clean
         As :func:`detect_file`.
     **detect_options
-        ``threshold``, ``runtime``, ``tta``, ``tile``, ``overlap``, ``batch_size``,
+        ``threshold``, ``runtime``, ``tta``, ``tta_gate``, ``tile``, ``overlap``, ``batch_size``,
         ``num_threads``, ``exclude_saturated`` of :func:`kercr.detection.detect`.
 
     Returns
@@ -311,7 +312,7 @@ def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, lo
 
 
 def detect_file(path, *, out_dir=None, suffix="_crmask", model="default", ext="all", threshold=None, dilate=0,
-                save_probability=False, clean=None, runtime="auto", tta=None, tile=None, overlap=None,
+                save_probability=False, clean=None, runtime="auto", tta=None, tta_gate=None, tile=None, overlap=None,
                 batch_size=None, num_threads=None, exclude_saturated=True, jobs=1, progress=False,
                 log_prefix="") -> Path:
     """Detect the cosmic rays of every CCD of a FITS file and write a NEW FITS file with the masks.
@@ -337,7 +338,7 @@ def detect_file(path, *, out_dir=None, suffix="_crmask", model="default", ext="a
         Also write the ``float32`` CR probability of each CCD.
     clean : {None, "median", "mean", "idw"}
         Also write a ``float32`` cleaned image of each CCD: the pixels of the written mask replaced.
-    runtime, tta, tile, overlap, batch_size, num_threads, exclude_saturated
+    runtime, tta, tta_gate, tile, overlap, batch_size, num_threads, exclude_saturated
         As :func:`kercr.detection.detect`; with ``jobs > 1``, ``num_threads`` is the CPU threads
         of all workers together.
     jobs : int
@@ -366,7 +367,7 @@ def detect_file(path, *, out_dir=None, suffix="_crmask", model="default", ext="a
 
     result = detect_files([path], out_dir=out_dir, suffix=suffix, model=model, ext=ext, threshold=threshold,
                           dilate=dilate, save_probability=save_probability, clean=clean, runtime=runtime, tta=tta,
-                          tile=tile, overlap=overlap, batch_size=batch_size, num_threads=num_threads,
+                          tta_gate=tta_gate, tile=tile, overlap=overlap, batch_size=batch_size, num_threads=num_threads,
                           exclude_saturated=exclude_saturated, jobs=jobs, progress=progress, log_prefix=log_prefix,
                           report=False)
     outcome = result.outcomes[0]

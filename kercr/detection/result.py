@@ -34,6 +34,12 @@ class DetectionResult:
         The runtime that ran (``"auto"`` resolved).
     tta : bool
         Whether the prediction is the average over the four flips of each tile.
+    tta_gate : float or None
+        With ``tta``: the single-view probability from which a pixel's window got the four flips
+        (0: every pixel did; :mod:`kercr.detection.flips`); None without ``tta``.
+    tta_fraction : float or None
+        With ``tta``: the fraction of the frame's pixels whose score is the four-flip mean (the
+        others keep their single view's, below the gate); None without ``tta``.
     tile : tuple of int
         Tile shape (height, width) in pixels actually predicted.
     overlap : int
@@ -74,6 +80,8 @@ class DetectionResult:
     readnoise: float | None = None
     saturation: float | None = None
     tta: bool = False
+    tta_gate: float | None = None
+    tta_fraction: float | None = None
     logit_threshold: float | None = None
     logit: np.ndarray | None = None
     clean: np.ndarray | None = None

@@ -25,11 +25,13 @@ import numpy as np
 from kercr._version import __version__
 from kercr.config import RUNTIMES
 from kercr.data.augment import flip_average
+from kercr.detection.flips import DEFAULT_TTA_GATE
 from kercr.detection.loading import LoadedModel
 from kercr.export.litert import ParallelTFLiteRunner
 from kercr.model_files import file_sha256
 
-__all__ = ["DEFAULT_BATCH_SIZE", "RUNTIMES", "predictor", "resolve_runtime", "resolve_tta"]
+__all__ = ["DEFAULT_BATCH_SIZE", "RUNTIMES", "predictor", "resolve_runtime", "resolve_tta", "resolve_tta_gate",
+           "view_predictor"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,15 +182,40 @@ def _as_logits(predict, floor: float):
     return logits
 
 
+def view_predictor(loaded: LoadedModel, runtime: str, *, num_threads=None):
+    """``(predict, returns_logits)``: one view, scored as the four flips are averaged (logits where the
+    model gives them; TFLite probabilities clipped and turned into logits, as :func:`predictor` does)."""
+    predict, logits = _raw_predictor(loaded, runtime, num_threads)
+    if not logits:
+        predict, logits = _as_logits(predict, _PROBABILITY_FLOOR.get(runtime, 1e-7)), True
+    return predict, logits
+
+
 def predictor(loaded: LoadedModel, runtime: str, *, tta: bool, num_threads=None):
     """``(predict, returns_logits)`` for tiles: the runtime's prediction, averaged over the four flips with ``tta``.
 
     With ``tta``, TFLite probabilities are averaged as logits (clipped first), as the validation
     scores the card's threshold was chosen on were.
     """
-    predict, logits = _raw_predictor(loaded, runtime, num_threads)
     if tta:
-        if not logits:
-            predict, logits = _as_logits(predict, _PROBABILITY_FLOOR.get(runtime, 1e-7)), True
-        predict = functools.partial(flip_average, predict)
-    return predict, logits
+        predict, logits = view_predictor(loaded, runtime, num_threads=num_threads)
+        return functools.partial(flip_average, predict), logits
+    return _raw_predictor(loaded, runtime, num_threads)
+
+
+def resolve_tta_gate(tta_gate, loaded: LoadedModel) -> float:
+    """The flips' gate for ``loaded`` (a probability; 0: every pixel gets the four-flip mean).
+
+    ``tta_gate`` itself, or when None the card's ``"tta_gate"``, else :data:`DEFAULT_TTA_GATE`.
+    Models whose output is not local (or has a fixed input) always get 0: a crop of their tile
+    would not see what the tile saw (:mod:`kercr.detection.flips`).
+    """
+    if tta_gate is None:
+        tta_gate = loaded.card.get("tta_gate", DEFAULT_TTA_GATE)
+    if isinstance(tta_gate, (bool, np.bool_)) or not isinstance(tta_gate, (int, float, np.floating, np.integer)) \
+            or not 0.0 <= float(tta_gate) < 1.0:
+        raise ValueError(f"tta_gate={tta_gate!r}; pass a probability in [0, 1) (0: the four-flip mean on every "
+                         f"pixel), or None for the model card's ({DEFAULT_TTA_GATE} without one).")
+    if not loaded.local or loaded.fixed_size is not None:
+        return 0.0
+    return float(tta_gate)

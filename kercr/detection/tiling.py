@@ -17,7 +17,7 @@ import numpy as np
 
 from kercr.detection.loading import LoadedModel, round_up
 
-__all__ = ["DEFAULT_TILE", "DEFAULT_TFLITE_TILE", "check_tiling", "predict_tiled"]
+__all__ = ["DEFAULT_TILE", "DEFAULT_TFLITE_TILE", "axis_plan", "check_tiling", "predict_tiled"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ DEFAULT_TILE = 512
 DEFAULT_TFLITE_TILE = 384
 
 
-def _axis_plan(n: int, tile: int, margin: int, multiple: int, fixed: bool):
+def axis_plan(n: int, tile: int, margin: int, multiple: int, fixed: bool):
     """Tiles along one axis: (number, core, tile size, pad before, pad after)."""
     core_max = tile - 2 * margin
     count = max(1, math.ceil(n / core_max))
@@ -45,8 +45,8 @@ def predict_tiled(normalized, predict, *, tile, margin, multiple, fixed, batch_s
     Returns ``(score, (tile height, tile width), number of tiles)``; ``score`` is float32 (ny, nx).
     """
     ny, nx = normalized.shape
-    cy, core_y, ty, pby, pay = _axis_plan(ny, tile, margin, multiple, fixed)
-    cx, core_x, tx, pbx, pax = _axis_plan(nx, tile, margin, multiple, fixed)
+    cy, core_y, ty, pby, pay = axis_plan(ny, tile, margin, multiple, fixed)
+    cx, core_x, tx, pbx, pax = axis_plan(nx, tile, margin, multiple, fixed)
     padded = np.pad(normalized, ((pby, pay), (pbx, pax)), mode="reflect")
     out = np.empty((cy * core_y, cx * core_x), np.float32)
     origins = [(i * core_y, j * core_x) for i in range(cy) for j in range(cx)]

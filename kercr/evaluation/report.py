@@ -242,7 +242,7 @@ METHOD = {
 
 
 def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_rate_scale=5.0, model="default",
-             out, threshold=None, runtime="auto", tta=None, tile=None, overlap=None, batch_size=None, num_threads=None,
+             out, threshold=None, runtime="auto", tta=None, tta_gate=None, tile=None, overlap=None, batch_size=None, num_threads=None,
              exclude_saturated=True, maps=3) -> dict:
     """Score a model on labelled FITS files and/or synthetic frames; write metrics.json and plots.
 
@@ -262,8 +262,10 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
         As for :func:`kercr.detect`.
     out : path
         Output directory; created; an existing ``metrics.json`` there is never overwritten.
-    threshold, runtime, tta, tile, overlap, batch_size, num_threads, exclude_saturated
-        Passed to :func:`kercr.detect` (``threshold=None``: the model's default).
+    threshold, runtime, tta, tta_gate, tile, overlap, batch_size, num_threads, exclude_saturated
+        Passed to :func:`kercr.detect` (``threshold=None``: the model's default). With flips, pixels
+        under the gate keep their single-view scores; ``tta_gate=0`` ranks every pixel by the
+        four-flip mean (for the curves at high false-positive rates).
     maps : int
         Number of frames drawn as prediction maps.
 
@@ -289,7 +291,7 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
     for source in sources:
         for name, image, truth, ignore in source:
             result = detect(image, model=loaded, threshold=threshold, mask=ignore, tile=tile, overlap=overlap,
-                            batch_size=batch_size, runtime=runtime, num_threads=num_threads, tta=tta,
+                            batch_size=batch_size, runtime=runtime, num_threads=num_threads, tta=tta, tta_gate=tta_gate,
                             exclude_saturated=exclude_saturated, keep_logits=True)
             scored.add(name, image, truth, result, out=out, maps=maps)
     if not scored.frames:
@@ -310,7 +312,7 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
         "model": loaded.name, "threshold": scored.threshold,
         "threshold_source": "argument" if threshold is not None else loaded.threshold_source,
         "runtime": scored.runtime, "scores": "logits" if scored.logit_threshold is not None else "probabilities",
-        "tta": scored.tta, "normalization_source": loaded.normalization_source,
+        "tta": scored.tta, "tta_gate": scored.tta_gate, "normalization_source": loaded.normalization_source,
         "frames": scored.frames,
         "synthetic": {"n": synthetic, "shape": list(frame_shape), "seed": seed, "cr_rate_scale": cr_rate_scale}
         if synthetic else None,
@@ -328,12 +330,13 @@ class _Scored:
 
     def __init__(self):
         self.truths, self.scores, self.dilated, self.ignores, self.frames = [], [], [], [], []
-        self.threshold = self.tta = self.runtime = self.logit_threshold = None
+        self.threshold = self.tta = self.tta_gate = self.runtime = self.logit_threshold = None
         self.drawn, self.first_input = [], None
 
     def add(self, name, image, truth, result, *, out, maps) -> None:
         """Keep one frame's scores (``result`` of :func:`kercr.detect`); draw it while fewer than ``maps`` are."""
         self.threshold, self.tta, self.runtime = result.threshold, result.tta, result.runtime
+        self.tta_gate = result.tta_gate
         self.logit_threshold = result.logit_threshold  # None when the runtime gives probabilities
         ignored = result.ignored  # includes the frame's ignore mask
         prob = result.probability

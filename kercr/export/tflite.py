@@ -70,12 +70,13 @@ def convert(model, *, tile: int, quantize: str = "none", representative=None) ->
     Parameters
     ----------
     model : keras.Model
-        Input (batch, H, W, 1) normalized float32.
+        Input (batch, H, W, C) normalized float32 (C = 1 for the detectors, 2 for the inpainting
+        network: :func:`kercr.models.build_inpainter`).
     tile : int
         Default input height and width (the only one for a fixed-tile model).
     quantize : {"none", "float16", "dynamic", "int8"}
     representative : iterable of numpy.ndarray, optional
-        Normalized (tile, tile) float32 patches; required for ``"int8"``.
+        Normalized (tile, tile) float32 patches ((tile, tile, C) for C > 1); required for ``"int8"``.
 
     Returns
     -------
@@ -90,7 +91,8 @@ def convert(model, *, tile: int, quantize: str = "none", representative=None) ->
     if quantize not in QUANTIZE_MODES:
         raise ValueError(f"quantize={quantize!r}; choose from {', '.join(QUANTIZE_MODES)}.")
     fixed = model.input_shape[1] is not None
-    shape = [1, tile, tile, 1] if fixed else [1, None, None, 1]
+    channels = int(model.input_shape[-1])
+    shape = [1, tile, tile, channels] if fixed else [1, None, None, channels]
     module = _Converted(for_tflite(model, group_norm=quantize != "int8"), shape)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
     if quantize == "float16":
@@ -107,12 +109,12 @@ def convert(model, *, tile: int, quantize: str = "none", representative=None) ->
 
         def dataset():
             for patch in patches:
-                yield [patch.reshape(1, tile, tile, 1)]
+                yield [patch.reshape(1, tile, tile, channels)]
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     flatbuffer = converter.convert()
     if not fixed:
-        flatbuffer = _set_default_input_shape(flatbuffer, [1, tile, tile, 1])
+        flatbuffer = _set_default_input_shape(flatbuffer, [1, tile, tile, channels])
     return flatbuffer

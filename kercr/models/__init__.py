@@ -5,6 +5,7 @@
 """
 
 from kercr.models.geometry import input_multiple, receptive_field_radius
+from kercr.models.inpainting import INPAINTER_INPUTS, build_inpainter
 from kercr.models.layers import PositionEmbedding
 from kercr.models.registry import (
     DEEPCR_ORIGINAL_PARAMS,
@@ -25,10 +26,12 @@ from kercr.models.unet import build_unet
 
 __all__ = [
     "DEEPCR_ORIGINAL_PARAMS",
+    "INPAINTER_INPUTS",
     "REFERENCE_TABLE",
     "ModelSpec",
     "PositionEmbedding",
     "ReferenceRow",
+    "build_inpainter",
     "build_model",
     "build_transunet",
     "build_unet",

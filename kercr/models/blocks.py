@@ -158,6 +158,6 @@ def probability_head(x, *, name: str = "head", kernel_size: int = 1):
     return layers.Activation("sigmoid", dtype="float32", name=f"{name}_probability")(logits)
 
 
-def image_input(height=None, width=None, *, name: str = "image"):
-    """The model input: one normalized image channel, float32, shape ``(H, W, 1)``."""
-    return keras.Input(shape=(height, width, 1), dtype="float32", name=name)
+def image_input(height=None, width=None, *, channels: int = 1, name: str = "image"):
+    """The model input: the normalized image (and more ``channels``), float32, shape ``(H, W, channels)``."""
+    return keras.Input(shape=(height, width, channels), dtype="float32", name=name)

@@ -27,6 +27,7 @@ from kercr.models.blocks import (
 )
 
 UPSAMPLING = ("transpose", "nearest")
+HEADS = ("probability", "values")
 
 
 def build_unet(
@@ -39,6 +40,8 @@ def build_unet(
     attention_gates: bool = False,
     attention_ratio: float = 0.5,
     dropout: float = 0.0,
+    channels: int = 1,
+    head: str = "probability",
     name: str = "unet",
 ) -> keras.Model:
     """Build a UNet that maps a normalized image to a per-pixel CR probability.
@@ -69,6 +72,12 @@ def build_unet(
         Intermediate channels of each gate as a fraction of the skip's channels.
     dropout : float
         Spatial dropout rate at the bottleneck (0 disables it).
+    channels : int
+        Input channels (1: the normalized image; the inpainting network takes 2, the image and
+        the mask of the pixels to replace).
+    head : {"probability", "values"}
+        ``"probability"``: a CR probability (:func:`~kercr.models.blocks.probability_head`).
+        ``"values"``: one linear float32 channel (the inpainting network's image values).
     name : str
         Model name; also the prefix of every layer name.
 
@@ -102,8 +111,13 @@ def build_unet(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout={dropout!r} must be in [0, 1).")
 
+    if head not in HEADS:
+        raise ValueError(f"head={head!r}; choose one of: {', '.join(HEADS)}.")
+    if int(channels) < 1:
+        raise ValueError(f"channels={channels!r} must be >= 1.")
+
     conv_kw = dict(norm=norm, groups=groups, use_bias=conv_bias)
-    inputs = image_input()
+    inputs = image_input(channels=int(channels))
     x = inputs
     skips = []
     for level, f in enumerate(filters):
@@ -130,5 +144,8 @@ def build_unet(
         x = layers.Concatenate(name=f"{prefix}_concat")([skip, x])
         x = double_conv(x, f, name=f"{prefix}_conv", **conv_kw)
 
-    outputs = probability_head(x, name=f"{name}_head")
+    if head == "values":
+        outputs = layers.Conv2D(1, 1, padding="same", dtype="float32", name=f"{name}_head_values")(x)
+    else:
+        outputs = probability_head(x, name=f"{name}_head")
     return keras.Model(inputs, outputs, name=name)

@@ -13,10 +13,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["WEIGHTS_DIR", "DEFAULT_NAME", "MissingWeightsError", "default_model_path", "default_card", "has_default"]
+__all__ = ["WEIGHTS_DIR", "DEFAULT_NAME", "INPAINTER_DIR", "MissingWeightsError", "default_model_path", "default_card",
+           "default_inpainter_path", "has_default"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 DEFAULT_NAME = "default"
+#: The shipped inpainting network: ``inpainter.keras``, its ``normalization.json`` and card ``inpainter.json``
+#: (a folder of its own: its normalization differs from the detector's).
+INPAINTER_DIR = WEIGHTS_DIR / "inpainter"
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -57,3 +61,19 @@ def default_card() -> dict:
     if not path.is_file():
         return {}
     return json.loads(path.read_text())
+
+
+def default_inpainter_path() -> Path:
+    """Path of the shipped inpainting network, ``kercr/weights/inpainter/inpainter.keras``.
+
+    Raises
+    ------
+    MissingWeightsError
+        When the file is absent.
+    """
+    path = INPAINTER_DIR / "inpainter.keras"
+    if not path.is_file():
+        raise MissingWeightsError(f"the kercr inpainting network is not installed: {path} does not exist. Train one "
+                                  "(python -m kercr.training.inpainting --out DIR) and pass its folder, or use a "
+                                  "masked estimate (clean='median').")
+    return path

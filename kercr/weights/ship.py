@@ -23,10 +23,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from kercr._version import __version__
 from kercr.cli.common import add_verbosity, run
-from kercr.weights import DEFAULT_NAME, WEIGHTS_DIR
+from kercr.model_files import file_sha256
+from kercr.weights import DEFAULT_NAME, INPAINTER_DIR, WEIGHTS_DIR
 
-__all__ = ["PREBUILT_RUNTIMES", "make_card", "prebuild", "ship"]
+__all__ = ["PREBUILT_RUNTIMES", "make_card", "prebuild", "ship", "ship_inpainter"]
 
 _VALIDATION_KEYS = ("tpr_at_fpr_1e-4", "tpr_at_fpr_1e-3", "precision_at_recall_0.95", "dice", "best_dice",
                     "best_dice_threshold", "cr_pixels", "non_cr_pixels", "ignored_pixels")
@@ -132,6 +134,31 @@ def ship(run_dir, *, command: str, dest=WEIGHTS_DIR, name: str = DEFAULT_NAME, r
     return targets[0]
 
 
+def ship_inpainter(run_dir, *, command: str, dest=None, notes: dict | None = None, force: bool = False) -> Path:
+    """Copy a :mod:`kercr.training.inpainting` run into ``dest`` (default ``kercr/weights/inpainter``):
+    ``inpainter.keras``, ``normalization.json`` and the card ``inpainter.json`` (its training
+    configuration and metrics, ``command``, the SHA-256 of the network, ``notes``).
+
+    Returns the path of the copied network; ``FileExistsError`` when the files exist and ``force`` is False.
+    """
+    run_dir, dest = Path(run_dir), Path(dest or INPAINTER_DIR)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    card = {"kind": "inpainting network (kercr.models.build_inpainter)", "command": command,
+            "trained_on": metrics["config"], "validation": {k: v for k, v in metrics.items() if k != "config"},
+            "sha256": file_sha256(run_dir / "inpainter.keras"), "kercr_version": __version__,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **(notes or {})}
+    targets = [dest / "inpainter.keras", dest / "normalization.json", dest / "inpainter.json"]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(existing)} exist; pass --force to replace the shipped inpainting network.")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "inpainter.keras", targets[0])
+    shutil.copyfile(run_dir / "normalization.json", targets[1])
+    targets[2].write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    return targets[0]
+
+
 #: The runtimes whose TFLite files ship prebuilt beside the shipped model (its card's runtime).
 PREBUILT_RUNTIMES = ("tflite-int8",)
 
@@ -198,6 +225,11 @@ def _ship(parser, args) -> int:
         if args.command is None:
             parser.error("--command is required with a run directory: the exact command that reproduces the run.")
         notes = json.loads(Path(args.notes).read_text()) if args.notes else None
+        if args.inpainter:
+            path = ship_inpainter(args.run_dir, command=args.command, notes=notes, force=args.force,
+                                  dest=None if args.dest == str(WEIGHTS_DIR) else args.dest)
+            print(f"shipped {args.run_dir} -> {path}")
+            return 0
         path = ship(args.run_dir, command=args.command, dest=args.dest, runtime=args.runtime, tta=args.tta,
                     notes=notes, force=args.force)
         print(f"shipped {args.run_dir} -> {path}")
@@ -225,6 +257,9 @@ def main(argv=None) -> int:
     parser.add_argument("--notes", metavar="JSON", help="JSON file of extra card entries (real-frame checks)")
     parser.add_argument("--dest", default=str(WEIGHTS_DIR), help="destination directory (default kercr/weights)")
     parser.add_argument("--force", action="store_true", help="replace an existing shipped model")
+    parser.add_argument("--inpainter", action="store_true",
+                        help="ship a python -m kercr.training.inpainting run as the inpainting network "
+                             "(kercr/weights/inpainter/, or --dest)")
     parser.add_argument("--prebuild", action="store_true",
                         help="(re)build the prebuilt TFLite file(s) of the model in --dest and their card entry "
                              "(after shipping, when a run directory is given); needs TensorFlow")

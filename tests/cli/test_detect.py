@@ -93,6 +93,7 @@ def test_single_image_file(tiny, tmp_path):
     assert _run([str(src), "--save-probability", "--tta", "--suffix", "_tta"], tiny) == 0
     with fits.open(tmp_path / "single_tta.fits") as hdul:
         assert hdul[0].header["KCRTTA"] is True and hdul["CRMASK"].header["KCRTTA"] is True
+        assert hdul[0].header["KCRTTAG"] == 0.003  # flips on candidate windows (kercr.detection.flips)
         flips = detect(image, model=tiny, runtime="keras", saturation=45000.0, tta=True)
         np.testing.assert_allclose(hdul["CRPROB"].data, flips.probability, atol=1e-6)
         assert np.abs(flips.probability - expected.probability).max() > 1e-3
@@ -292,7 +293,7 @@ def test_evaluate_synthetic(tiny, tmp_path, capsys):
     assert {"roc.png", "pr.png", "prediction_0.png", "activations.png"} <= set(p.name for p in out.iterdir())
     assert not (out / "prediction_1.png").exists()
     # The dilated Dice is the Dice of the binary 3x3 dilation of each frame's mask; truth unchanged.
-    from kercr.evaluate_report import synthetic_frames
+    from kercr.evaluation.report import synthetic_frames
     from kercr.data.cleaning import dilate_mask
 
     truths, preds, ignores = [], [], []
@@ -420,6 +421,9 @@ def test_batch_options_are_checked(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             detect_main([str(src), *bad])
         assert exit_.value.code == 2 and f"{bad[0]} 0: pass a number" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        detect_main([str(src), "--tta-gate", "1.5"])
+    assert exit_.value.code == 2 and "--tta-gate 1.5: pass a probability in [0, 1)" in capsys.readouterr().err
     assert not output_path(src).exists()
     with pytest.raises(SystemExit):
         detect_main(["--help"])

@@ -137,3 +137,24 @@ def test_ship_from_the_command_line_writes_the_card_with_the_notes(tmp_path, cap
     assert main([str(run), "--command", "again", "--dest", str(dest)]) == 1  # no --force: kept
     assert "pass --force to replace the shipped model" in capsys.readouterr().err
     assert json.loads((dest / "default.json").read_text())["command"] == "kercr-train ..."
+
+
+def test_ship_inpainter_copies_the_run_and_writes_its_card(tmp_path):
+    from kercr.model_files import write_normalization
+    from kercr.models import build_inpainter
+    from kercr.training.inpainting import INPAINT_NORMALIZATION
+
+    run = tmp_path / "run"
+    run.mkdir()
+    build_inpainter().save(run / "inpainter.keras")
+    write_normalization(run, INPAINT_NORMALIZATION)
+    (run / "metrics.json").write_text(json.dumps({"config": {"frames": 3}, "best_val_loss": 1.5}))
+    dest = tmp_path / "weights" / "inpainter"
+    argv = [str(run), "--inpainter", "--command", "python -m kercr.training.inpainting --out run", "--dest", str(dest)]
+    assert main(argv) == 0
+    card = json.loads((dest / "inpainter.json").read_text())
+    assert card["command"] == "python -m kercr.training.inpainting --out run" and card["trained_on"] == {"frames": 3}
+    assert card["validation"] == {"best_val_loss": 1.5} and card["sha256"] == file_sha256(dest / "inpainter.keras")
+    assert (dest / "normalization.json").read_text() == (run / "normalization.json").read_text()
+    assert main(argv) == 1  # the files exist: nothing replaced without --force
+    assert main(argv + ["--force"]) == 0

@@ -1,0 +1,115 @@
+"""kercr.detection.inpainting: only the masked pixels change; the shipped network cleans CRs to within the noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kercr.data import KercrDataError
+from kercr.detection import detect
+from kercr.detection.inpainting import inpaint
+from kercr.model_files import write_normalization
+from kercr.training.inpainting import INPAINT_NORMALIZATION
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    """An untrained inpainting network saved as a run folder (its values are arbitrary)."""
+    from kercr.models import build_inpainter
+
+    run = tmp_path_factory.mktemp("inpainter")
+    build_inpainter().save(run / "inpainter.keras")
+    write_normalization(run, INPAINT_NORMALIZATION)
+    return str(run / "inpainter.keras")
+
+
+def test_only_the_masked_pixels_change_and_ignored_ones_stay(untrained):
+    rng = np.random.default_rng(1)
+    image = rng.normal(300.0, 8.0, (300, 420)).astype(np.float32)
+    image[5, 5] = np.nan
+    mask = np.zeros(image.shape, bool)
+    mask[100:103, 50:90] = mask[290:300, 400:420] = mask[5, 5] = mask[200, 200] = True
+    ignore = np.zeros_like(mask)
+    ignore[200, 200] = True
+    before = image.copy()
+    out = inpaint(image, mask, ignore=ignore, model=untrained)
+    np.testing.assert_array_equal(image, before)  # the input is not modified
+    assert out.dtype == np.float32 and out.shape == image.shape
+    changed = ~((out == image) | (np.isnan(out) & np.isnan(image)))
+    assert changed.any() and not (changed & ~mask).any()  # nothing outside the mask
+    assert np.isnan(out[5, 5]) and out[200, 200] == image[200, 200]  # NaN and ignored pixels kept
+    assert np.isfinite(out[mask & ~ignore & np.isfinite(image)]).all()
+    np.testing.assert_array_equal(inpaint(image, np.zeros_like(mask), model=untrained), image)
+
+
+@pytest.mark.parametrize("mask, message", [
+    (np.zeros((10, 10), bool), r"mask has shape \(10, 10\) but the image \(20, 20\)"),
+    (np.full((20, 20), 0.5), "mask has dtype float64; pass a boolean mask"),
+    (np.ones((20, 20), bool), "every pixel of the image is ignored or to be replaced"),
+])
+def test_bad_masks_are_named(untrained, mask, message):
+    with pytest.raises(KercrDataError, match=message):
+        inpaint(np.ones((20, 20), np.float32), mask, model=untrained)
+
+
+def test_a_detector_input_is_not_an_inpainter(tiny):
+    with pytest.raises(KercrDataError, match="takes 1 input channel"):
+        inpaint(np.ones((20, 20), np.float32), np.eye(20, dtype=bool), model=str(tiny))
+
+
+def test_the_shipped_network_cleans_crs_on_sky_to_within_the_noise():
+    """Synthetic sky with CR tracks: replaced pixels within about the noise of the truth, and
+    at least as close as the masked median of kercr.data.clean_image."""
+    from kercr.data import clean_image
+
+    pytest.importorskip("kercr.weights").default_inpainter_path()
+    rng = np.random.default_rng(7)
+    truth = rng.normal(1000.0, 12.0, (256, 256)).astype(np.float32)
+    yy, xx = np.mgrid[:256, :256]
+    truth += (4000.0 * np.exp(-((yy - 128) ** 2 + (xx - 100) ** 2) / 18.0)).astype(np.float32)  # a star
+    mask = np.zeros(truth.shape, bool)
+    mask[40, 20:90] = mask[60:140, 200] = mask[126:131, 96:104] = True  # the last one crosses the star's core
+    image = np.where(mask, truth + 800.0, truth).astype(np.float32)
+    net = inpaint(image, mask)
+    med = clean_image(image, mask)
+    err_net, err_med = np.abs(net - truth)[mask], np.abs(med - truth)[mask]
+    sky = mask & (np.hypot(yy - 128, xx - 100) > 15)
+    assert np.median(np.abs(net - truth)[sky]) < 12.0  # within one sigma on the sky
+    assert np.median(err_net) <= 1.2 * np.median(err_med)
+
+
+def test_detect_cleans_with_the_network(tmp_path, untrained, monkeypatch):
+    import kercr.detection.inpainting as module
+
+    calls = []
+    monkeypatch.setattr(module, "inpaint", lambda image, mask, ignore=None: calls.append(mask.sum()) or
+                        np.where(mask, -1.0, image).astype(np.float32))
+    image = np.random.default_rng(2).normal(300.0, 8.0, (120, 140)).astype(np.float32)
+    image[60, 20:80] += 500.0
+    result = detect(image, clean="network", clean_dilate=1)
+    assert result.clean_method == "network" and calls and calls[0] == result.dilated_mask(1).sum() > 0
+    assert (result.clean[result.dilated_mask(1)] == -1.0).all()
+    with pytest.raises(KercrDataError, match="clean='nets' is not a cleaning method; choose one of median, mean, "
+                                             "idw, network"):
+        detect(image, clean="nets")
+
+
+def test_the_inpainter_converts_to_tflite_and_runs_in_litert(untrained):
+    """Exportable like the detectors: a float32 TFLite file whose output matches Keras."""
+    pytest.importorskip("ai_edge_litert")
+    from ai_edge_litert.interpreter import Interpreter
+
+    from kercr.detection.inpainting import load_inpainter
+    from kercr.export.tflite import convert
+
+    network = load_inpainter(untrained)[0]
+    interpreter = Interpreter(model_content=convert(network, tile=64))
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert list(inp["shape"]) == [1, 64, 64, 2]
+    x = np.random.default_rng(3).normal(size=(1, 64, 64, 2)).astype(np.float32)
+    x[..., 1] = x[..., 1] > 1
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    np.testing.assert_allclose(interpreter.get_tensor(out["index"]), np.asarray(network.predict_on_batch(x)),
+                               atol=1e-4)

@@ -55,11 +55,12 @@ DEFAULT_MIN_GOOD = 8
 _CHUNK_VALUES = 1 << 22
 
 
-def check_clean_method(method) -> str:
-    """``method`` if it names a cleaning method, else a :class:`KercrDataError` listing them."""
-    if not isinstance(method, str) or method not in CLEAN_METHODS:
+def check_clean_method(method, choices=CLEAN_METHODS) -> str:
+    """``method`` if it is one of ``choices`` (default: this module's methods; ``kercr.detect`` adds
+    ``"network"``), else a :class:`KercrDataError` listing them."""
+    if not isinstance(method, str) or method not in choices:
         raise KercrDataError(f"cleaning method {method!r} does not exist; choose one of: "
-                             f"{', '.join(CLEAN_METHODS)} (see kercr.data.cleaning).")
+                             f"{', '.join(choices)} (see kercr.data.cleaning).")
     return method
 
 

@@ -48,7 +48,7 @@ import numpy as np
 from astropy.nddata import CCDData
 
 from kercr.config import DETECT_CLEAN_METHODS
-from kercr.data.cleaning import clean_image, cleaning_mask
+from kercr.data.cleaning import check_clean_method, clean_image, cleaning_mask
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import normalize
 from kercr.detection.inputs import header_number, unpack
@@ -237,10 +237,7 @@ def _check_arguments(data, description, *, batch_size, clean, clean_dilate):
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1 (or None: 4 with TFLite, 1 with Keras).")
     if clean is not None and clean is not False:  # checked before the network runs
-        clean = "median" if clean is True else clean
-        if not isinstance(clean, str) or clean not in DETECT_CLEAN_METHODS:
-            raise KercrDataError(f"clean={clean!r} is not a cleaning method; choose one of "
-                                 f"{', '.join(DETECT_CLEAN_METHODS)} (see kercr.data.cleaning, kercr.detection.inpainting).")
+        clean = check_clean_method("median" if clean is True else clean, DETECT_CLEAN_METHODS)
         if isinstance(clean_dilate, bool) or not isinstance(clean_dilate, (int, np.integer)) or clean_dilate < 0:
             raise KercrDataError(f"clean_dilate={clean_dilate!r}: pass a number of pixels >= 0.")
     else:

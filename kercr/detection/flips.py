@@ -7,8 +7,8 @@ three flipped views cannot lift the average over the threshold: a pixel whose si
 p < 0.003 (a logit under -5.8) would need the other three to average a logit over 2.7 (p > 0.94)
 to reach the shipped model's threshold (logit 0.60). The gate is that low for the ranking at high
 recall: int8 probabilities come in steps of 1/256, and 0.003 takes every pixel above zero, so
-precision at 95 % recall, whose threshold lies near p = 0.01, is unchanged too. So :func:`add_flips` runs the flipped views
-only where they can matter:
+precision at 95 % recall, whose threshold lies near p = 0.01, is unchanged too. So
+:func:`add_flips` runs the flipped views only where they can matter:
 
 1. The identity view of the whole frame is predicted as usual (:func:`~kercr.detection.tiling.predict_tiled`).
 2. *Candidates* are pixels whose single-view score reaches the gate (``tta_gate``, a probability;
@@ -17,17 +17,18 @@ only where they can matter:
    the blocks holding a candidate are predicted flipped three ways, each crop carrying the tile
    margin (the receptive-field radius) on every side, so the crop's core sees exactly what the
    tile's core saw. The crops run side by side in mosaics of the tile's shape (one network call
-   for hundreds of them). Where a tile's candidate blocks would cost more network time than the tile
-   itself (a crowded field, a galaxy), the whole tile is flipped instead.
+   for hundreds of them). Where a tile's candidate blocks would fill a mosaic of their own (a
+   crowded field, a galaxy), the whole tile is flipped instead.
 4. On those blocks the score becomes the four-view mean, added in
    :func:`~kercr.data.augment.flip_average`'s order: equal to the average every pixel gets with
    ``tta_gate=0`` (to the bit with LiteRT, within float32 round-off with Keras). Elsewhere it
    stays the single view's, which is below the gate.
 
 The mask at the threshold is then the full average's (a pixel outside the windows would need the
-improbable case above); probabilities under the gate are single-view values. On a 2048 x 4096
-synthetic CCD, 2-3 % of the pixels lie in candidate windows at the default gate, and the flips add
-about a tenth of one network pass instead of three (BENCHMARKS.md, "Flips where they matter").
+improbable case above); probabilities under the gate are single-view values. On the seeded
+2048 x 4096 synthetic CCD of ``benchmarks/bench_paired.py``, 2.3 % of the pixels lie in candidate
+windows at the default gate, and a detection takes 4.4 s against 8.4 s with every pixel flipped
+and 2.2 s without flips (BENCHMARKS.md, "Flips where they matter").
 Models whose output is not local (GroupNormalization, attention, a fixed input) depend on the
 whole tile, so they always get the full average.
 """
@@ -39,6 +40,7 @@ import math
 import numpy as np
 
 from kercr.data.augment import flipped_views
+from kercr.detection.loading import round_up
 from kercr.detection.tiling import axis_plan
 
 __all__ = ["BLOCK", "DEFAULT_TTA_GATE", "add_flips", "gate_score"]
@@ -85,8 +87,8 @@ def add_flips(normalized, score, predict, *, gate, tile, margin, multiple, batch
     ny, nx = score.shape
     cy, core_y, ty, pad_y, after_y = axis_plan(ny, tile, margin, multiple, False)
     cx, core_x, tx, pad_x, after_x = axis_plan(nx, tile, margin, multiple, False)
-    by = min(_round_up(block, multiple), core_y)
-    bx = min(_round_up(block, multiple), core_x)
+    by = min(round_up(block, multiple), core_y)
+    bx = min(round_up(block, multiple), core_x)
     per_mosaic = (ty // (by + 2 * margin)) * (tx // (bx + 2 * margin))
     # Blocks tile each tile's core from its origin; a core's last block may be cut short (its crop
     # still has the full size, reaching into the next core, whose pixels it does not write).
@@ -118,10 +120,6 @@ def add_flips(normalized, score, predict, *, gate, tile, margin, multiple, batch
     _average(padded, score, _in_mosaics(predict, (ty, tx), batch_size), blocks, (by, bx), margin,
              per_mosaic * batch_size)
     return sum(h * w for _, _, h, w in tiles + blocks) / score.size
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
 
 
 def _in_mosaics(predict, shape, batch_size):

@@ -23,6 +23,7 @@ import numpy as np
 from kercr.data.cleaning import as_bool_mask, masked_input
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import denormalize, normalize
+from kercr.detection.loading import round_up
 from kercr.detection.tiling import axis_plan
 from kercr.model_files import model_normalization, read_card
 from kercr.weights import default_inpainter_path
@@ -66,7 +67,7 @@ def load_inpainter(model="default"):
         raise KercrDataError(f"{path}: no normalization.json beside it and none in its card; the inpainting "
                              "network needs the normalization it was trained with.")
     multiple = input_multiple(network)
-    margin = -(-receptive_field_radius(network) // multiple) * multiple
+    margin = round_up(receptive_field_radius(network), multiple)
     return network, found[0], card, margin, multiple
 
 

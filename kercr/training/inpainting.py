@@ -43,8 +43,10 @@ logger = logging.getLogger(__name__)
 #: is replaced by star-core values.
 INPAINT_NORMALIZATION = NormalizationConfig(clip_min=None, clip_max=None, asinh_softening=10.0,
                                             noise_estimator="diff2")
-_FOOTPRINTS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cr_footprints" / \
-    "cosmic_rays_itl_2017_even.fits"
+_ROOT = Path(__file__).resolve().parents[2]
+#: The real footprints, named as the training configs name them (relative to the repository root,
+#: so a card records no machine's path); used when ``../shared/data`` is there.
+_FOOTPRINTS = "../shared/data/cr_footprints/cosmic_rays_itl_2017_even.fits"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +63,11 @@ class InpaintingConfig:
     learning_rate: float = 1e-3
     dilations: tuple = (0, 1)
     seed: int = 24
-    footprints: str | None = str(_FOOTPRINTS) if _FOOTPRINTS.exists() else None
+    footprints: str | None = _FOOTPRINTS if (_ROOT / _FOOTPRINTS).exists() else None
 
 
 def _frames(config: InpaintingConfig) -> SyntheticFrames:
-    footprints = load_footprints(config.footprints) if config.footprints else None
+    footprints = load_footprints(_ROOT / config.footprints) if config.footprints else None  # absolute stays absolute
     return SyntheticFrames(seed=config.seed, shape=tuple(config.frame_shape), variety="wide", cr_rate_scale=10,
                            footprints=footprints, extended_sources=3, on_source_fraction=0.3)
 

@@ -121,15 +121,22 @@ def ship(run_dir, *, command: str, dest=WEIGHTS_DIR, name: str = DEFAULT_NAME, r
     Returns the path of the copied model. Raises ``FileExistsError`` when the files exist and
     ``force`` is False.
     """
-    run_dir, dest = Path(run_dir), Path(dest)
+    run_dir = Path(run_dir)
     card = make_card(run_dir, command=command, runtime=runtime, tta=tta, notes=notes)
+    return _install(run_dir / "best.keras", card, Path(dest), name, force=force, what="the shipped model")
+
+
+def _install(keras_file: Path, card: dict, dest: Path, name: str, *, force: bool, what: str) -> Path:
+    """Copy ``keras_file`` and the ``normalization.json`` beside it into ``dest`` as ``{name}.keras``
+    and ``normalization.json``, with ``card`` as ``{name}.json``; ``FileExistsError`` naming ``what``
+    when any of them exists and ``force`` is False. Returns the copied model's path."""
     targets = [dest / f"{name}.keras", dest / "normalization.json", dest / f"{name}.json"]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)} exist; pass --force to replace the shipped model.")
+        raise FileExistsError(f"{', '.join(existing)} exist; pass --force to replace {what}.")
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "best.keras", targets[0])
-    shutil.copyfile(run_dir / "normalization.json", targets[1])
+    shutil.copyfile(keras_file, targets[0])
+    shutil.copyfile(keras_file.with_name("normalization.json"), targets[1])
     targets[2].write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return targets[0]
 
@@ -148,15 +155,8 @@ def ship_inpainter(run_dir, *, command: str, dest=None, notes: dict | None = Non
             "sha256": file_sha256(run_dir / "inpainter.keras"), "kercr_version": __version__,
             "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             **(notes or {})}
-    targets = [dest / "inpainter.keras", dest / "normalization.json", dest / "inpainter.json"]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)} exist; pass --force to replace the shipped inpainting network.")
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "inpainter.keras", targets[0])
-    shutil.copyfile(run_dir / "normalization.json", targets[1])
-    targets[2].write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
-    return targets[0]
+    return _install(run_dir / "inpainter.keras", card, dest, "inpainter", force=force,
+                    what="the shipped inpainting network")
 
 
 #: The runtimes whose TFLite files ship prebuilt beside the shipped model (its card's runtime).

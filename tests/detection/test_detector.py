@@ -130,8 +130,7 @@ def test_clean_replaces_the_mask_pixels_and_nothing_else(tiny, frame):
 def test_clean_bad_arguments_fail_before_the_network_runs(frame, tmp_path):
     # A model that does not exist would fail to load: the cleaning arguments are checked first.
     missing = tmp_path / "none.keras"
-    with pytest.raises(KercrDataError,
-                       match=r"clean='medmask' is not a cleaning method; choose one of median, mean, idw, network"):
+    with pytest.raises(KercrDataError, match=r"'medmask' does not exist; choose one of: median, mean, idw, network"):
         detect(frame.image_adu, model=missing, clean="medmask")
     with pytest.raises(KercrDataError, match=r"clean_dilate=-1: pass a number of pixels >= 0"):
         detect(frame.image_adu, model=missing, clean="median", clean_dilate=-1)

@@ -89,8 +89,7 @@ def test_detect_cleans_with_the_network(tmp_path, untrained, monkeypatch):
     result = detect(image, clean="network", clean_dilate=1)
     assert result.clean_method == "network" and calls and calls[0] == result.dilated_mask(1).sum() > 0
     assert (result.clean[result.dilated_mask(1)] == -1.0).all()
-    with pytest.raises(KercrDataError, match="clean='nets' is not a cleaning method; choose one of median, mean, "
-                                             "idw, network"):
+    with pytest.raises(KercrDataError, match="'nets' does not exist; choose one of: median, mean, idw, network"):
         detect(image, clean="nets")
 
 

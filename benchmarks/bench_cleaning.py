@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_cleaning.py [--shape 4096 2048] [--cr-fraction 0.01] [--repeats 3] [--seed 0]
+                                        [--network RUNTIME [RUNTIME ...]] [--threads N]
 
 A synthetic 4096 x 2048 frame (``kercr.data.make_frame``) gets a CR mask of short random tracks
 (1-2 pixels wide, 1-25 long) covering ``--cr-fraction`` of its pixels; the tracks' pixels are
@@ -10,6 +11,10 @@ replaced in the image by the truth plus a bright deposit. Prints, for every meth
 ``dilate`` 0 and 1, the best of ``--repeats`` wall times, the pixels replaced per second, and the
 median absolute error of the replaced pixels against the frame without CRs, in units of the
 frame's noise (a sanity number: the photometric benchmark of issue 24 is a separate script).
+``--network tflite-float16 keras`` adds the shipped inpainting network
+(:func:`kercr.detection.inpainting.inpaint`, ``clean="network"``) in those runtimes, with
+``--threads`` LiteRT threads (default 2; Keras takes TensorFlow's own), loading and the first call
+untimed.
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cr-fraction", type=float, default=0.01, help="fraction of CR pixels (default 0.01)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting; the best is printed")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--network", nargs="+", default=(), metavar="RUNTIME",
+                        help="also time the inpainting network in these runtimes (tflite-float16, keras)")
+    parser.add_argument("--threads", type=int, default=2, help="LiteRT threads for --network (default 2)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     frame = make_frame(seed=args.seed, shape=tuple(args.shape))
@@ -76,6 +84,21 @@ def main(argv=None) -> int:
             replaced = cleaning_mask(cr, ignore=frame.ignore_mask, dilate=dilate, image=image)
             err = np.median(np.abs(out[replaced] - truth[replaced])) / noise
             print(f"{method:>8} {dilate:>6} {int(replaced.sum()):>9} {best:>8.3f} "
+                  f"{replaced.sum() / best / 1e6:>16.2f} {err:>16.3f}")
+    for runtime in args.network:
+        from kercr.detection.inpainting import inpaint
+
+        for dilate in (0, 1):
+            replaced = cleaning_mask(cr, ignore=frame.ignore_mask, dilate=dilate, image=image)
+            inpaint(image, replaced, ignore=frame.ignore_mask, runtime=runtime, num_threads=args.threads)  # warm-up
+            best = np.inf
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                out = inpaint(image, replaced, ignore=frame.ignore_mask, runtime=runtime, num_threads=args.threads)
+                best = min(best, time.perf_counter() - t0)
+            err = np.median(np.abs(out[replaced] - truth[replaced])) / noise
+            label = f"net:{runtime.removeprefix('tflite-')}"
+            print(f"{label:>8} {dilate:>6} {int(replaced.sum()):>9} {best:>8.3f} "
                   f"{replaced.sum() / best / 1e6:>16.2f} {err:>16.3f}")
     return 0
 

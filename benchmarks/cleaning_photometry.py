@@ -377,6 +377,7 @@ def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", deepcr=True
         "frames": described,
         "units": "errors in units of the CR-free noise (pixels) or of the Poisson flux error (apertures); "
                  "median and 90th percentile of |error|",
+        "inpainter_runtime": _inpainter_runtime() if model else None,
         "deepcr": ({"mask": DEEPCR_MASK, "threshold": DEEPCR_THRESHOLD, "unit": deepcr_unit, "patch": 256,
                     "inpainters": [i or "none (5x5 median mask)" for i, _ in DEEPCR_INPAINTERS]}
                    if deepcr_models else None),
@@ -384,6 +385,13 @@ def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", deepcr=True
                     else {"deepCR": "torch / deepCR not importable"}),
         "cleaners": rows,
     }
+
+
+def _inpainter_runtime() -> str:
+    """The runtime the network rows used (``inpaint``'s ``"auto"``: the card's LiteRT file, else Keras)."""
+    from kercr.detection.inpainting import load_inpainter
+
+    return load_inpainter("default").runtime
 
 
 def _fmt(value):

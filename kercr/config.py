@@ -30,6 +30,9 @@ FAINT_CRS = ("ignore", "negative", "positive")
 NOISE_ESTIMATORS = ("mad", "diff2")
 #: One sky and noise per frame, or background and noise maps from blocks.
 NOISE_MODELS = ("global", "local")
+#: How ``noise_model="local"`` combines a block's row and column noise, and pads its block grid.
+LOCAL_AXES = ("larger", "smaller")
+LOCAL_EDGES = ("reflect", "nearest")
 #: Cleaning methods of :func:`kercr.data.clean_image` (the first is the default).
 CLEAN_METHODS = ("median", "mean", "idw")
 #: Cleaning methods of ``kercr.detect(clean=...)`` and ``kercr-detect --clean``: the masked
@@ -144,6 +147,11 @@ class TrainConfig:
         (:func:`kercr.data.normalization.local_background_noise`), so pixels on a galaxy, a
         nebula or a gradient are measured in their own neighbourhood's noise. Saved in
         ``normalization.json`` and used again at inference.
+    local_axis, local_edges : str
+        ``noise_model="local"`` only: a block's noise from the ``"larger"`` (default, as the
+        first local runs) or ``"smaller"`` of its row and column estimates, and the 3 x 3 block
+        median padded by ``"reflect"`` (default) or ``"nearest"``
+        (:class:`kercr.data.normalization.NormalizationConfig`).
     dominant_sources : float
         Synthetic data: fraction of frames that hold one galaxy or nebula covering 30-70 % of
         the field (:func:`kercr.data.synthetic.dominant_source`); 0 (default): none.
@@ -196,6 +204,8 @@ class TrainConfig:
     asinh_softening: float | None = None
     noise_estimator: str = "mad"
     noise_model: str = "global"
+    local_axis: str = "larger"
+    local_edges: str = "reflect"
     dominant_sources: float = 0.0
     integer_frames: float = 0.0
     patches_per_frame: int | None = None
@@ -214,7 +224,8 @@ class TrainConfig:
         from kercr.data.normalization import NormalizationConfig  # lazy: config is layer 0; only validation reaches up
 
         return NormalizationConfig(asinh_softening=self.asinh_softening, noise_estimator=self.noise_estimator,
-                                   noise_model=self.noise_model)
+                                   noise_model=self.noise_model, local_axis=self.local_axis,
+                                   local_edges=self.local_edges)
 
     def _check_types(self) -> None:
         """Every option has its field's type (YAML reads ``1e-3`` as a string: such numbers are converted)."""

@@ -108,7 +108,7 @@ def detect_parser() -> argparse.ArgumentParser:
                         help="also write a float32 cleaned image (CLEAN / <EXTNAME>_CLEAN): the mask's pixels "
                              "(after --dilate) replaced by the median (default), mean or inverse-distance-weighted "
                              "mean ('idw') of their non-CR neighbours, or by the learned inpainting network "
-                             f"('network'; needs TensorFlow). METHOD: {', '.join(DETECT_CLEAN_METHODS)}; put a bare "
+                             f"('network'). METHOD: {', '.join(DETECT_CLEAN_METHODS)}; put a bare "
                              "--clean after the file names.")
     return _model_args(parser)
 

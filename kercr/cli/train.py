@@ -19,6 +19,8 @@ from kercr.cli.common import add_verbosity, parse_overrides, run, verbosity
 from kercr.config import (
     ConfigError,
     FAINT_CRS,
+    LOCAL_AXES,
+    LOCAL_EDGES,
     LOSSES,
     NOISE_ESTIMATORS,
     NOISE_MODELS,
@@ -118,6 +120,12 @@ def _add_data_flags(add) -> None:
     add("--noise-model", choices=NOISE_MODELS,
         help="one sky and noise per frame (default), or background and noise maps from 32x32-pixel blocks "
              "(local: galaxies, nebulae and gradients are measured in their own noise)")
+    add("--local-axis", choices=LOCAL_AXES,
+        help="--noise-model local: a block's noise from the larger (default) or the smaller of its row and column "
+             "estimates (smaller: not inflated by structure along one axis)")
+    add("--local-edges", choices=LOCAL_EDGES,
+        help="--noise-model local: pad the block grid for its 3x3 median by reflection (default) or by repeating "
+             "the edge block (nearest: the outer ring does not read one block inward)")
     add("--dominant-sources", type=float, metavar="F",
         help="synthetic data: fraction of frames with one galaxy or nebula covering 30-70%% of the field (default 0)")
     add("--integer-frames", type=float, metavar="F",

@@ -131,11 +131,12 @@ def clipped_block_std(d: np.ndarray) -> np.ndarray:
     return sigma[..., 0].astype(np.float64)
 
 
-def fill_and_smooth(grid: np.ndarray, fallback: float) -> np.ndarray:
+def fill_and_smooth(grid: np.ndarray, fallback: float, *, edges: str = "reflect") -> np.ndarray:
     """Blocks without a value (NaN) take the median of their finite 3 x 3 neighbours (else
     ``fallback``), then every block becomes the median of its 3 x 3 neighbourhood (edges
-    reflected), so one odd block (a saturated star, a dense CR shower) cannot stand out."""
-    padded = np.pad(grid, 1, mode="reflect" if min(grid.shape) > 1 else "edge")
+    ``"reflect"``ed, or ``"nearest"``: the edge block repeated; always the latter when the grid
+    is one block thick), so one odd block (a saturated star, a dense CR shower) cannot stand out."""
+    padded = np.pad(grid, 1, mode="reflect" if edges == "reflect" and min(grid.shape) > 1 else "edge")
     by, bx = grid.shape
     stack = np.stack([padded[i:i + by, j:j + bx] for i in range(3) for j in range(3)])
     with np.errstate(all="ignore"), warnings.catch_warnings():

@@ -132,7 +132,7 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         pixels replaced by the masked median, mean or inverse-distance-weighted mean of their
         non-CR, non-ignored neighbours in a 5 x 5 window grown up to 31 x 31 until it holds 8 such
         pixels (:func:`kercr.data.clean_image`); ``"network"``: the values the learned inpainting
-        network predicts (:func:`kercr.detection.inpainting.inpaint`; Keras, so the full install).
+        network predicts (:func:`kercr.detection.inpainting.inpaint`: its LiteRT file, or Keras).
         True means ``"median"``. For a ``CCDData``,
         :meth:`DetectionResult.to_ccddata` gives the ccdproc-style cleaned ``CCDData``.
     clean_dilate : int
@@ -209,10 +209,10 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     cleaned, ccd = None, None
     if clean is not None:
         if clean == "network":
-            from kercr.detection.inpainting import inpaint  # heavy: Keras, only for this method
+            from kercr.detection.inpainting import inpaint  # heavy: LiteRT or Keras, only for this method
 
             replace = cleaning_mask(cr_mask, ignore=ignored, dilate=int(clean_dilate))
-            cleaned = inpaint(data, replace, ignore=ignored)
+            cleaned = inpaint(data, replace, ignore=ignored, num_threads=num_threads)
         else:
             cleaned = clean_image(data, cr_mask, ignore=ignored, method=clean, dilate=int(clean_dilate))
         ccd = image if isinstance(image, CCDData) else None

@@ -9,69 +9,164 @@ units (:func:`kercr.data.normalization.denormalize`). Every other pixel is the i
 float32) bit for bit, NaN and ignored pixels included, as with :func:`kercr.data.clean_image`.
 
 The shipped network is ``kercr/weights/inpainter/`` (card ``inpainter.json``: how it was trained
-and what it scored). It runs in Keras, so this path needs the full install (TensorFlow).
+and what it scored). Runtimes, as for detection (:mod:`kercr.detection.runtimes`):
+
+* ``"tflite-float16"`` (what ``"auto"`` picks when ``ai-edge-litert`` is installed): the
+  prebuilt LiteRT file beside the network, listed in its card with the geometry tiling needs, so
+  cleaning needs neither TensorFlow nor Keras. float16 weights give the Keras values to 0.012 at
+  most (normalized units; median 7e-5); int8 is not offered: its output steps cost 60 % more
+  squared error (BENCHMARKS.md, "Cleaning CR pixels").
+* ``"keras"``: the ``.keras`` file (the full install); the only runtime of a network without a
+  prebuilt file (a :mod:`kercr.training.inpainting` run of your own).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from kercr.data.cleaning import as_bool_mask, masked_input
 from kercr.data.errors import KercrDataError
-from kercr.data.normalization import denormalize, normalize
+from kercr.data.normalization import NormalizationConfig, denormalize, normalize
 from kercr.detection.loading import round_up
+from kercr.detection.runtimes import litert_available
 from kercr.detection.tiling import axis_plan
-from kercr.model_files import model_normalization, read_card
+from kercr.model_files import file_sha256, model_normalization, read_card
 from kercr.weights import default_inpainter_path
 
-__all__ = ["INPAINT_TILE", "inpaint", "load_inpainter"]
+__all__ = ["INPAINT_RUNTIMES", "INPAINT_TILE", "Inpainter", "inpaint", "load_inpainter"]
 
 logger = logging.getLogger(__name__)
 
 #: Tile side in pixels; only tiles holding a pixel to replace are predicted.
 INPAINT_TILE = 256
+#: What ``inpaint(runtime=...)`` takes; the TFLite ones only where the card lists a prebuilt file.
+INPAINT_RUNTIMES = ("auto", "keras", "tflite-float32", "tflite-float16", "tflite-dynamic")
+
+
+@dataclasses.dataclass(frozen=True)
+class Inpainter:
+    """A loaded inpainting network (:func:`load_inpainter`).
+
+    Attributes
+    ----------
+    predict : callable
+        ``(B, H, W, 2)`` float32 network inputs -> ``(B, H, W)`` values in normalized units.
+    normalization : NormalizationConfig
+        How the frame is normalized for it (its ``normalization.json``).
+    card : dict
+        Its card (empty when there is none).
+    margin, multiple : int
+        Tile margin (receptive-field radius rounded up to ``multiple``) and the input's pooling
+        multiple, in pixels.
+    runtime : str
+        ``"keras"`` or the TFLite runtime that runs it.
+    path : pathlib.Path
+        Its ``.keras`` file.
+    """
+
+    predict: Callable
+    normalization: NormalizationConfig
+    card: dict
+    margin: int
+    multiple: int
+    runtime: str
+    path: Path
+
+
+def _prebuilt(card: dict, path: Path) -> dict:
+    """Runtime -> ``.tflite`` path for the card's entries whose file is there and made from ``path``."""
+    entries = {runtime: entry for runtime, entry in (card.get("tflite") or {}).items()
+               if (path.parent / entry["file"]).is_file()}
+    if entries and not all(e.get("source_sha256") == file_sha256(path) for e in entries.values()):
+        logger.warning("%s: its card's TFLite files were made from another network; running Keras.", path)
+        return {}
+    return {runtime: path.parent / entry["file"] for runtime, entry in entries.items()}
+
+
+def _choose_runtime(runtime: str, prebuilt: dict, card: dict, path: Path) -> str:
+    if runtime not in INPAINT_RUNTIMES:
+        raise KercrDataError(f"runtime={runtime!r} for the inpainting network; choose one of: "
+                             f"{', '.join(INPAINT_RUNTIMES)}.")
+    if runtime == "auto":
+        wanted = card.get("runtime")
+        return wanted if wanted in prebuilt and litert_available() else "keras"
+    if runtime != "keras":
+        if runtime not in prebuilt:
+            have = ", ".join(["keras", *prebuilt])
+            raise KercrDataError(f"{path} has no prebuilt {runtime} file; its runtimes: {have}. Build one with "
+                                 "python -m kercr.weights.ship --inpainter --prebuild --dest FOLDER.")
+        if not litert_available():
+            raise KercrDataError(f"runtime={runtime!r} needs the LiteRT interpreter: pip install ai-edge-litert "
+                                 "(or kercr[export]), or use runtime='keras'.")
+    return runtime
 
 
 @functools.lru_cache(maxsize=4)
-def load_inpainter(model="default"):
-    """``(keras.Model, NormalizationConfig, card, rf margin, pooling multiple)`` of an inpainting network.
+def load_inpainter(model="default", runtime="auto", num_threads=None) -> Inpainter:
+    """Load an inpainting network as an :class:`Inpainter`.
 
     ``model``: ``"default"`` (``kercr/weights/inpainter/inpainter.keras``) or a ``.keras`` file /
-    training run folder of :mod:`kercr.training.inpainting`.
+    training run folder of :mod:`kercr.training.inpainting`. ``runtime``: one of
+    :data:`INPAINT_RUNTIMES` (``"auto"``: the card's ``"runtime"`` when its prebuilt file is there
+    and LiteRT is installed, else ``"keras"``). ``num_threads``: LiteRT threads (default: every
+    core this process may use).
     """
-    try:
-        import keras  # noqa: F401  # heavy: the network runs in Keras
-    except ImportError as err:
-        raise KercrDataError(f"the inpainting network (clean='network') runs in Keras, which is not installed "
-                             f"({err}); install the full kercr (pip install kercr), or clean with 'median'.") from None
-    from kercr.model_files import load_keras_model  # heavy: Keras
-    from kercr.models.geometry import input_multiple, receptive_field_radius  # heavy: Keras
-
     path = default_inpainter_path() if str(model) == "default" else Path(model)
     if path.is_dir():
         path = path / "inpainter.keras"
     if not path.is_file():
         raise KercrDataError(f"inpainting network {str(model)!r} not found ({path}); pass 'default', an "
                              "inpainter.keras file or the folder of a kercr.training.inpainting run.")
-    network = load_keras_model(path)
-    if network.input_shape[-1] != 2:
-        raise KercrDataError(f"{path} takes {network.input_shape[-1]} input channel(s); an inpainting network takes 2 "
-                             "(the masked image and the mask). Pass one made by kercr.training.inpainting.")
     card = read_card(path)
     found = model_normalization(path, card)
     if found is None:
         raise KercrDataError(f"{path}: no normalization.json beside it and none in its card; the inpainting "
                              "network needs the normalization it was trained with.")
+    prebuilt = _prebuilt(card, path)
+    chosen = _choose_runtime(runtime, prebuilt, card, path)
+    if chosen != "keras":
+        from kercr.export.litert import ParallelTFLiteRunner  # heavy: LiteRT, only for this runtime
+
+        geometry = card["geometry"]
+        multiple = int(geometry["input_multiple"])
+        runner = ParallelTFLiteRunner(prebuilt[chosen], num_threads=num_threads)
+        if runner.runners[0].channels != 2:
+            raise KercrDataError(f"{prebuilt[chosen]} takes {runner.runners[0].channels} input channel(s); an "
+                                 "inpainting network takes 2 (the masked image and the mask).")
+        return Inpainter(runner.predict, found[0], card, round_up(int(geometry["rf_radius"]), multiple), multiple,
+                         chosen, path)
+    network, multiple, margin = _keras_network(path)
+    return Inpainter(lambda x: np.asarray(network.predict_on_batch(x), np.float32)[..., 0], found[0], card, margin,
+                     multiple, "keras", path)
+
+
+def _keras_network(path: Path):
+    """``(keras.Model, input multiple, margin)`` of an inpainting network's ``.keras`` file."""
+    try:
+        import keras  # noqa: F401  # heavy: the network runs in Keras
+    except ImportError as err:
+        raise KercrDataError(f"the inpainting network {path} runs in Keras here, which is not installed ({err}); "
+                             "install ai-edge-litert for the shipped network's LiteRT file, or the full kercr "
+                             "(pip install kercr), or clean with 'median'.") from None
+    from kercr.model_files import load_keras_model  # heavy: Keras
+    from kercr.models.geometry import input_multiple, receptive_field_radius  # heavy: Keras
+
+    network = load_keras_model(path)
+    if network.input_shape[-1] != 2:
+        raise KercrDataError(f"{path} takes {network.input_shape[-1]} input channel(s); an inpainting network takes 2 "
+                             "(the masked image and the mask). Pass one made by kercr.training.inpainting.")
     multiple = input_multiple(network)
-    margin = round_up(receptive_field_radius(network), multiple)
-    return network, found[0], card, margin, multiple
+    return network, multiple, round_up(receptive_field_radius(network), multiple)
 
 
-def inpaint(image, mask, *, ignore=None, model="default", batch_size=4) -> np.ndarray:
+def inpaint(image, mask, *, ignore=None, model="default", runtime="auto", num_threads=None,
+            batch_size=4) -> np.ndarray:
     """Replace the ``mask`` pixels of ``image`` by the inpainting network's values.
 
     Parameters
@@ -84,6 +179,11 @@ def inpaint(image, mask, *, ignore=None, model="default", batch_size=4) -> np.nd
         Pixels neither used nor replaced (saturated, bad); non-finite pixels are always ignored.
     model : str or path-like
         ``"default"`` or an inpainting network's ``.keras`` file (see :func:`load_inpainter`).
+    runtime : str
+        One of :data:`INPAINT_RUNTIMES`; ``"auto"``: the prebuilt LiteRT file when there is one
+        and LiteRT is installed, else Keras (see the module docstring).
+    num_threads : int, optional
+        LiteRT threads (default: every core this process may use).
     batch_size : int
         Tiles per network call.
 
@@ -96,7 +196,8 @@ def inpaint(image, mask, *, ignore=None, model="default", batch_size=4) -> np.nd
     Raises
     ------
     kercr.data.KercrDataError
-        ``image`` not 2-D, a mask of another shape, or every pixel ignored.
+        ``image`` not 2-D, a mask of another shape, every pixel ignored, an unknown runtime, or
+        neither LiteRT with a prebuilt file nor Keras to run the network.
     """
     img = np.asarray(image)
     if img.ndim != 2:
@@ -110,14 +211,15 @@ def inpaint(image, mask, *, ignore=None, model="default", batch_size=4) -> np.nd
         return out
     if (bad | replace).all():
         raise KercrDataError("every pixel of the image is ignored or to be replaced; nothing to inpaint from.")
-    network, config, _, margin, multiple = load_inpainter(model)
-    normalized, params = normalize(img, mask=bad | replace, config=config)
-    values = _predict_where(normalized, bad | replace, replace, network, margin, multiple, int(batch_size))
+    net = load_inpainter(model, runtime, num_threads)
+    normalized, params = normalize(img, mask=bad | replace, config=net.normalization)
+    values = _predict_where(normalized, bad | replace, replace, net.predict, net.margin, net.multiple,
+                            int(batch_size))
     out[replace] = denormalize(values, params)
     return out
 
 
-def _predict_where(normalized, hidden, replace, network, margin, multiple, batch_size) -> np.ndarray:
+def _predict_where(normalized, hidden, replace, predict, margin, multiple, batch_size) -> np.ndarray:
     """The network's values (normalized units) at the ``replace`` pixels, in ``np.nonzero`` order."""
     ny, nx = normalized.shape
     cy, core_y, ty, pad_y, after_y = axis_plan(ny, INPAINT_TILE, margin, multiple, False)
@@ -130,7 +232,7 @@ def _predict_where(normalized, hidden, replace, network, margin, multiple, batch
     for start in range(0, len(origins), batch_size):
         chunk = origins[start:start + batch_size]
         batch = np.stack([x[y:y + ty, x0:x0 + tx] for y, x0 in chunk])
-        pred = np.asarray(network.predict_on_batch(batch), np.float32)[..., 0]
+        pred = predict(batch)
         for (y, x0), p in zip(chunk, pred):
             h, w = min(core_y, ny - y), min(core_x, nx - x0)
             result[y:y + h, x0:x0 + w] = p[margin:margin + h, margin:margin + w]

@@ -65,6 +65,7 @@ class TFLiteRunner:
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self.shape = tuple(int(s) for s in self._input["shape"])
+        self.channels = self.shape[-1]
         self.resizable = bool(np.any(self._input["shape_signature"] < 0))
 
     def ops(self) -> dict:
@@ -104,41 +105,52 @@ class TFLiteRunner:
                 "tflite_kernels": count(n for n in others if n["index"] not in covered)}
 
     def _resize(self, height, width):
-        if (1, height, width, 1) == self.shape:
+        if (1, height, width, self.channels) == self.shape:
             return
         if not self.resizable:
             raise ValueError(f"this TFLite model has a fixed input shape {list(self.shape)}; got a "
                              f"{height} x {width} image. Cut tiles of {self.shape[1]} x {self.shape[2]}.")
-        self.interpreter.resize_tensor_input(self._input["index"], [1, height, width, 1])
+        self.interpreter.resize_tensor_input(self._input["index"], [1, height, width, self.channels])
         self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
-        self.shape = (1, height, width, 1)
+        self.shape = (1, height, width, self.channels)
 
     def predict(self, normalized) -> np.ndarray:
-        """CR probability of normalized images.
+        """The model's output (CR probability for a detector) of normalized images.
 
         Parameters
         ----------
         normalized : array_like, shape (H, W), (B, H, W) or (B, H, W, 1)
-            Output of ``kercr.data.normalize``.
+            Output of ``kercr.data.normalize``. A model of C > 1 input channels (the inpainting
+            network: C = 2) takes (H, W, C) or (B, H, W, C).
 
         Returns
         -------
-        numpy.ndarray, float32, same shape as ``normalized``
+        numpy.ndarray, float32
+            Shape of ``normalized`` for one channel; (H, W) or (B, H, W) for C > 1 channels.
         """
         x = np.asarray(normalized, dtype=np.float32)
         shape = x.shape
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim == 4:
-            x = x[..., 0]
-        if x.ndim != 3:
-            raise ValueError(f"normalized images have shape {shape}; pass (H, W), (B, H, W) or (B, H, W, 1).")
-        out = np.empty(x.shape, np.float32)
+        c = self.channels
+        if c > 1:
+            if x.ndim not in (3, 4) or shape[-1] != c:
+                raise ValueError(f"inputs have shape {shape}; this model takes {c} channels: pass (H, W, {c}) or "
+                                 f"(B, H, W, {c}).")
+            x = x[None] if x.ndim == 3 else x
+            shape = shape[:-1]
+        else:
+            if x.ndim == 2:
+                x = x[None]
+            if x.ndim == 4:
+                x = x[..., 0]
+            if x.ndim != 3:
+                raise ValueError(f"normalized images have shape {shape}; pass (H, W), (B, H, W) or (B, H, W, 1).")
+            x = x[..., None]
+        out = np.empty(x.shape[:3], np.float32)
         self._resize(x.shape[1], x.shape[2])
         for i, image in enumerate(x):
-            self.interpreter.set_tensor(self._input["index"], image[None, :, :, None])
+            self.interpreter.set_tensor(self._input["index"], image[None])
             self.interpreter.invoke()
             out[i] = self.interpreter.get_tensor(self._output["index"])[0, :, :, 0]
         return out.reshape(shape)
@@ -198,7 +210,8 @@ class ParallelTFLiteRunner:
     def predict(self, normalized) -> np.ndarray:
         """CR probability of normalized images; same shapes and values as :meth:`TFLiteRunner.predict`."""
         x = np.asarray(normalized, dtype=np.float32)
-        if self._executor is None or x.ndim < 3 or x.shape[0] < 2:
+        one_image = x.ndim < 3 or (x.ndim == 3 and self.runners[0].channels > 1)
+        if self._executor is None or one_image or x.shape[0] < 2:
             with self._lock:
                 return self.runners[0].predict(x)
         parts = [part for part in np.array_split(np.arange(x.shape[0]), self.workers) if part.size]

@@ -27,8 +27,9 @@ The numpy function raises on an (almost) all-NaN or constant image; here the gra
 run time: the frame-wide ``diff2`` statistics above (the fallback of empty blocks), the frame and
 the lag-2 differences of every second line padded with NaN to whole blocks, all blocks of a
 frame at once (medians by ``tf.sort`` along the block axis, NaN sorted last and not counted),
-the two-iteration clipped standard deviation in float32, the 3 x 3 block median (reflect padding,
-edge padding when the grid is one block thick), the bilinear upsampling in numpy's precision and
+the two-iteration clipped standard deviation in float32 (the larger or smaller axis, as
+``local_axis`` says), the 3 x 3 block median (reflect padding, edge padding for
+``local_edges="nearest"`` or when the grid is one block thick), the bilinear upsampling in numpy's precision and
 order, then ``(image - background) / noise`` in float32. The background map is bit-for-bit
 numpy's; the noise map is not quite: numpy's float32 sums (pairwise) and TensorFlow's round
 differently in the clipped standard deviation, which moves the noise by up to ~8e-7 relative.
@@ -270,11 +271,16 @@ def _fmax(a, b):
     return tf.where(tf.math.is_nan(a), b, tf.where(tf.math.is_nan(b), a, tf.maximum(a, b)))
 
 
-def _fill_and_smooth(grid, fallback):
-    """numpy's ``_fill_and_smooth`` on a (by, bx) float64 grid: 3 x 3 NaN-ignoring median (reflect
-    padding; edge padding when a side is one block), then NaN -> ``fallback``."""
+def _fmin(a, b):
+    """numpy's ``fmin``: the smaller, ignoring NaN (NaN only where both are)."""
+    return tf.where(tf.math.is_nan(a), b, tf.where(tf.math.is_nan(b), a, tf.minimum(a, b)))
+
+
+def _fill_and_smooth(grid, fallback, edges: str = "reflect"):
+    """numpy's ``fill_and_smooth`` on a (by, bx) float64 grid: 3 x 3 NaN-ignoring median (reflect
+    padding, or edge padding for ``edges="nearest"`` or when a side is one block), then NaN -> ``fallback``."""
     by, bx = tf.shape(grid)[0], tf.shape(grid)[1]
-    reflect = tf.minimum(by, bx) > 1
+    reflect = tf.logical_and(tf.minimum(by, bx) > 1, edges == "reflect")
 
     def padded_index(n):
         first = tf.where(reflect, 1, 0)
@@ -338,8 +344,8 @@ def local_background_noise(image, config: NormalizationConfig):
         dblocks = _blocks(d, bh, bw, by, bx)
         sigma = _divide(tf.cast(_clipped_block_std(dblocks), tf.float64), float(np.sqrt(2.0)))
         sigma = tf.where(_enough(dblocks, bh, bw), sigma, tf.constant(np.nan, tf.float64))
-        noise = sigma if noise is None else _fmax(noise, sigma)
+        noise = sigma if noise is None else (_fmax if config.local_axis == "larger" else _fmin)(noise, sigma)
     noise = tf.where(noise > 0, noise, tf.constant(np.nan, tf.float64))
-    background = _fill_and_smooth(tf.reshape(background, [by, bx]), sky0)
-    noise = _fill_and_smooth(tf.reshape(noise, [by, bx]), sigma0)
+    background = _fill_and_smooth(tf.reshape(background, [by, bx]), sky0, config.local_edges)
+    noise = _fill_and_smooth(tf.reshape(noise, [by, bx]), sigma0, config.local_edges)
     return _upsample_bilinear(background, ny, nx, b), _upsample_bilinear(noise, ny, nx, b)

@@ -12,6 +12,12 @@ reproduces it, the validation metrics, and the threshold chosen on validation da
 rebuilds the shipped model's prebuilt TFLite file (``default-int8.tflite``) and its entry in the
 card (:func:`prebuild`); after shipping a new model, add ``--prebuild`` to the command above, or
 detection ignores the old file (made from another ``default.keras``) and converts the model itself.
+
+    python -m kercr.weights.ship runs/inpainter --inpainter --prebuild --command "python -m kercr.training.inpainting --out runs/inpainter"
+    python -m kercr.weights.ship --inpainter --prebuild
+
+ship the inpainting network into ``kercr/weights/inpainter/`` and (re)build its LiteRT file
+(``inpainter-float16.tflite``, :func:`prebuild_inpainter`).
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from kercr._version import __version__
 from kercr.cli.common import add_verbosity, run
 from kercr.model_files import file_sha256
 from kercr.weights import DEFAULT_NAME, INPAINTER_DIR, WEIGHTS_DIR
 
-__all__ = ["PREBUILT_RUNTIMES", "make_card", "prebuild", "ship", "ship_inpainter"]
+__all__ = ["INPAINTER_RUNTIME", "PREBUILT_RUNTIMES", "make_card", "prebuild", "prebuild_inpainter", "ship",
+           "ship_inpainter"]
 
 _VALIDATION_KEYS = ("tpr_at_fpr_1e-4", "tpr_at_fpr_1e-3", "precision_at_recall_0.95", "dice", "best_dice",
                     "best_dice_threshold", "cr_pixels", "non_cr_pixels", "ignored_pixels")
@@ -217,6 +226,62 @@ def prebuild(keras_file, *, runtimes=PREBUILT_RUNTIMES, parity_patches: int = 8)
     return card
 
 
+#: The inpainting network's prebuilt runtime (float16 weights: Keras' values to 0.012 normalized units;
+#: int8 output steps cost 60 % more squared error, BENCHMARKS.md "Cleaning CR pixels").
+INPAINTER_RUNTIME = "tflite-float16"
+
+
+def prebuild_inpainter(keras_file, *, runtime: str = INPAINTER_RUNTIME, parity_frames: int = 2) -> dict:
+    """Write an inpainting network's LiteRT file beside it; record it, its geometry and its parity in its card.
+
+    The file is ``{stem}-{variant}.tflite`` (:func:`kercr.export.tflite.convert`; float32 or
+    float16 weights, or dynamic-range int8). The card (``{stem}.json``) gains ``"runtime"`` (what
+    ``inpaint(runtime="auto")`` runs when LiteRT is installed), ``"geometry"`` (input multiple and
+    receptive-field radius: what tiling needs without Keras) and ``"tflite"``: the file, its size
+    and SHA-256, the SHA-256 of the ``.keras`` file it was made from, and its parity with Keras on
+    the replaced pixels of ``parity_frames`` small synthetic training frames (seed 1; normalized
+    units). Needs TensorFlow.
+
+    Returns
+    -------
+    dict
+        The updated card.
+    """
+    from kercr.detection.inpainting import INPAINT_TILE  # lazy: the tile size only
+    from kercr.export.litert import TFLiteRunner  # heavy: LiteRT
+    from kercr.export.tflite import convert  # heavy: TensorFlow
+    from kercr.model_files import load_keras_model, read_card, write_json  # heavy: Keras
+    from kercr.models.geometry import input_multiple, receptive_field_radius  # heavy: Keras
+    from kercr.training.inpainting import InpaintingConfig, inpainting_examples  # lazy: parity patches only
+
+    variant = runtime.removeprefix("tflite-")
+    if variant not in ("float32", "float16", "dynamic"):
+        raise ValueError(f"runtime={runtime!r}; the inpainting network prebuilds tflite-float32, tflite-float16 or "
+                         "tflite-dynamic (int8 output steps are too coarse for image values).")
+    keras_file = Path(keras_file)
+    network = load_keras_model(keras_file)
+    card = read_card(keras_file)
+    target = keras_file.with_name(f"{keras_file.stem}-{variant}.tflite")
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_bytes(convert(network, tile=INPAINT_TILE, quantize="none" if variant == "float32" else variant))
+    partial.replace(target)
+    x, _, w = inpainting_examples(InpaintingConfig(frames=parity_frames, frame_shape=(256, 256), patches_per_frame=8,
+                                                   seed=1), range(parity_frames))
+    delta = np.abs(TFLiteRunner(target, num_threads=1).predict(x)
+                   - np.asarray(network.predict_on_batch(x), np.float32)[..., 0])[w[..., 0] > 0]
+    card["runtime"] = runtime
+    card["geometry"] = {"input_multiple": int(input_multiple(network)), "rf_radius": receptive_field_radius(network)}
+    card["tflite"] = {runtime: {
+        "file": target.name, "bytes": target.stat().st_size, "sha256": file_sha256(target),
+        "source_sha256": file_sha256(keras_file),
+        "parity_vs_keras": {"max_abs_delta": float(delta.max()), "median_abs_delta": float(np.median(delta)),
+                            "replaced_pixels": int(delta.size)},
+        "parity_note": f"replaced pixels of {len(x)} patches of {parity_frames} synthetic 256 x 256 training frames "
+                       "(seed 1), normalized units"}}
+    write_json(keras_file.with_suffix(".json"), card)
+    return card
+
+
 def _ship(parser, args) -> int:
     if args.run_dir is None and not args.prebuild:
         parser.error("pass a finished kercr-train run directory to ship, or --prebuild to rebuild the shipped "
@@ -227,22 +292,35 @@ def _ship(parser, args) -> int:
         notes = json.loads(Path(args.notes).read_text()) if args.notes else None
         if args.inpainter:
             path = ship_inpainter(args.run_dir, command=args.command, notes=notes, force=args.force,
-                                  dest=None if args.dest == str(WEIGHTS_DIR) else args.dest)
+                                  dest=_inpainter_dest(args))
             print(f"shipped {args.run_dir} -> {path}")
-            return 0
+            return _prebuild_cli(args) if args.prebuild else 0
         path = ship(args.run_dir, command=args.command, dest=args.dest, runtime=args.runtime, tta=args.tta,
                     notes=notes, force=args.force)
         print(f"shipped {args.run_dir} -> {path}")
-    if args.prebuild:
-        keras_file = Path(args.dest) / f"{DEFAULT_NAME}.keras"
-        if not keras_file.is_file():
-            raise FileNotFoundError(f"{keras_file} does not exist: nothing to prebuild. Ship a model first "
-                                    "(python -m kercr.weights.ship RUN_DIR --command ...), or pass the --dest "
-                                    "folder that holds it.")
-        card = prebuild(keras_file)
-        for runtime, entry in card["tflite"].items():
-            print(f"prebuilt {runtime}: {keras_file.with_name(entry['file'])} ({entry['bytes']:,} bytes; max |dp| "
-                  f"against Keras {entry['parity_vs_keras']['max_abs_delta_p']:.3g})")
+    return _prebuild_cli(args) if args.prebuild else 0
+
+
+def _inpainter_dest(args) -> Path:
+    return INPAINTER_DIR if args.dest == str(WEIGHTS_DIR) else Path(args.dest)
+
+
+def _prebuild_cli(args) -> int:
+    """``--prebuild``: the shipped detector's TFLite file, or with ``--inpainter`` the inpainting network's."""
+    if args.inpainter:
+        keras_file, what = _inpainter_dest(args) / "inpainter.keras", "an inpainting network"
+        ship_hint, build, key, unit = "RUN_DIR --inpainter --command ...", prebuild_inpainter, "max_abs_delta", \
+            " normalized units"
+    else:
+        keras_file, what = Path(args.dest) / f"{DEFAULT_NAME}.keras", "a model"
+        ship_hint, build, key, unit = "RUN_DIR --command ...", prebuild, "max_abs_delta_p", ""
+    if not keras_file.is_file():
+        raise FileNotFoundError(f"{keras_file} does not exist: nothing to prebuild. Ship {what} first "
+                                f"(python -m kercr.weights.ship {ship_hint}), or pass the --dest folder that holds it.")
+    card = build(keras_file)
+    for runtime, entry in card["tflite"].items():
+        print(f"prebuilt {runtime}: {keras_file.with_name(entry['file'])} ({entry['bytes']:,} bytes; max "
+              f"|{'dp' if key.endswith('_p') else 'd'}| against Keras {entry['parity_vs_keras'][key]:.3g}{unit})")
     return 0
 
 
@@ -262,7 +340,8 @@ def main(argv=None) -> int:
                              "(kercr/weights/inpainter/, or --dest)")
     parser.add_argument("--prebuild", action="store_true",
                         help="(re)build the prebuilt TFLite file(s) of the model in --dest and their card entry "
-                             "(after shipping, when a run directory is given); needs TensorFlow")
+                             "(after shipping, when a run directory is given); with --inpainter, the inpainting "
+                             "network's; needs TensorFlow")
     return run(add_verbosity(parser), _ship, argv)
 
 

@@ -1,5 +1,6 @@
 """The one normalization: robust statistics, invariance to units and sky, serialization."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -190,6 +191,26 @@ def test_local_noise_map_follows_the_poisson_noise_of_a_galaxy():
     globally, _ = normalize(image, config=NormalizationConfig(noise_estimator="diff2"))
     assert np.median(globally[-64:, -64:]) < -5
     assert params.config.noise_model == "local" and params.noise == pytest.approx(sigma)
+
+
+def test_the_smaller_axis_is_not_inflated_by_row_structure_and_nearest_edges_read_their_own_blocks():
+    from kercr.data.normalization import local_background_noise
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(100.0, 5.0, (256, 256)).astype(np.float32)
+    image += (6.0 * rng.standard_normal((1, 256)).cumsum(1)).astype(np.float32)  # structure along rows
+    larger = local_background_noise(image, config=LOCAL)[1]
+    smaller = local_background_noise(image, config=dataclasses.replace(LOCAL, local_axis="smaller"))[1]
+    assert np.median(smaller) == pytest.approx(5.0, rel=0.05) and np.median(larger) > 1.3 * 5.0
+    # A steep gradient: the outer ring of blocks reads its own noise with "nearest", not the next block inward's.
+    galaxy, true_noise = _galaxy_frame()
+    reflect = local_background_noise(galaxy, config=LOCAL)[1] / true_noise
+    nearest = local_background_noise(galaxy, config=dataclasses.replace(LOCAL, local_edges="nearest"))[1] / true_noise
+    assert np.percentile(np.abs(nearest - 1), 99) < np.percentile(np.abs(reflect - 1), 99)
+    with pytest.raises(KercrDataError, match="local_axis='mean' is not one of"):
+        NormalizationConfig(local_axis="mean")
+    with pytest.raises(KercrDataError, match="local_edges='wrap' is not one of"):
+        NormalizationConfig(local_edges="wrap")
 
 
 def test_local_noise_is_not_quantized_on_integer_frames():

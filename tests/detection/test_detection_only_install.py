@@ -28,6 +28,28 @@ def _run(python, code, *args):
     return subprocess.run([str(python), "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
+def test_cleaning_with_the_network_imports_neither_tensorflow_nor_keras(tmp_path):
+    """clean="network" runs the inpainting network's prebuilt LiteRT file."""
+    from kercr.detection import detect
+
+    image = (100 + 5 * np.random.default_rng(3).standard_normal((96, 80))).astype(np.float32)
+    image[40, 10:30] += 300.0
+    np.save(tmp_path / "image.npy", image)
+    code = _GUARD + """
+import sys, numpy as np
+import kercr
+r = kercr.detect(np.load(sys.argv[1]), clean="network")
+np.save(sys.argv[2], r.clean)
+print(r.n_cr_pixels, "keras" in sys.modules, "tensorflow" in sys.modules)
+"""
+    out = _run(sys.executable, code, tmp_path / "image.npy", tmp_path / "clean.npy")
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-3]) > 0 and out.stdout.split()[-2:] == ["False", "False"]
+    full = detect(image, clean="network")
+    np.testing.assert_array_equal(np.load(tmp_path / "clean.npy"), full.clean)  # the same LiteRT file here
+    assert np.median(np.abs(full.clean - 100)[full.mask]) < 5  # the track replaced by sky values
+
+
 def test_import_kercr_and_detect_import_neither_tensorflow_nor_keras(tmp_path):
     image = (100 + 5 * np.random.default_rng(0).standard_normal((96, 80))).astype(np.float32)
     image[40, 10:30] += 300.0
@@ -109,17 +131,22 @@ import sys, numpy as np
 from astropy.io import fits
 import kercr
 with fits.open(sys.argv[1]) as hdul:
-    r = kercr.detect(hdul[0])
+    r = kercr.detect(hdul[0], clean="network", clean_dilate=1)
 np.save(sys.argv[2], r.mask)
+np.save(sys.argv[3], r.clean)
 print(r.runtime, "keras" in sys.modules, "tensorflow" in sys.modules)
 """
-    out = _run(detection_only_python, code, tmp_path / "cutout.fits", tmp_path / "mask.npy")
+    out = _run(detection_only_python, code, tmp_path / "cutout.fits", tmp_path / "mask.npy", tmp_path / "clean.npy")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-3:] == ["tflite-int8", "False", "False"]
     from kercr.detection import detect
 
     with fits.open(tmp_path / "cutout.fits") as hdul:
-        full = detect(hdul[0])
+        full = detect(hdul[0], clean="network", clean_dilate=1)
     light = np.load(tmp_path / "mask.npy")
     assert full.n_cr_pixels > 0
     np.testing.assert_array_equal(light, full.mask)
+    # The inpainting network's LiteRT file cleans there too, as in the full install.
+    replaced = full.dilated_mask(1)
+    np.testing.assert_array_equal(np.load(tmp_path / "clean.npy")[~replaced], data[~replaced])
+    np.testing.assert_allclose(np.load(tmp_path / "clean.npy"), full.clean, rtol=1e-5, atol=1e-3 * sigma)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -82,7 +86,7 @@ def test_detect_cleans_with_the_network(tmp_path, untrained, monkeypatch):
     import kercr.detection.inpainting as module
 
     calls = []
-    monkeypatch.setattr(module, "inpaint", lambda image, mask, ignore=None: calls.append(mask.sum()) or
+    monkeypatch.setattr(module, "inpaint", lambda image, mask, ignore=None, **_: calls.append(mask.sum()) or
                         np.where(mask, -1.0, image).astype(np.float32))
     image = np.random.default_rng(2).normal(300.0, 8.0, (120, 140)).astype(np.float32)
     image[60, 20:80] += 500.0
@@ -98,10 +102,10 @@ def test_the_inpainter_converts_to_tflite_and_runs_in_litert(untrained):
     pytest.importorskip("ai_edge_litert")
     from ai_edge_litert.interpreter import Interpreter
 
-    from kercr.detection.inpainting import load_inpainter
+    from kercr.detection.inpainting import _keras_network
     from kercr.export.tflite import convert
 
-    network = load_inpainter(untrained)[0]
+    network = _keras_network(Path(untrained))[0]
     interpreter = Interpreter(model_content=convert(network, tile=64))
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
@@ -112,3 +116,59 @@ def test_the_inpainter_converts_to_tflite_and_runs_in_litert(untrained):
     interpreter.invoke()
     np.testing.assert_allclose(interpreter.get_tensor(out["index"]), np.asarray(network.predict_on_batch(x)),
                                atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def prebuilt(tmp_path_factory, untrained):
+    """The untrained network with its float16 LiteRT file and card (kercr.weights.ship.prebuild_inpainter)."""
+    pytest.importorskip("ai_edge_litert")
+    from kercr.weights.ship import prebuild_inpainter
+
+    folder = tmp_path_factory.mktemp("prebuilt")
+    for name in ("inpainter.keras", "normalization.json"):
+        shutil.copyfile(Path(untrained).with_name(name), folder / name)
+    card = prebuild_inpainter(folder / "inpainter.keras", parity_frames=1)
+    return folder / "inpainter.keras", card
+
+
+def test_the_prebuilt_litert_file_is_what_auto_runs_and_gives_keras_values(prebuilt):
+    path, card = prebuilt
+    from kercr.detection.inpainting import load_inpainter
+
+    assert card["runtime"] == "tflite-float16" and card["geometry"]["input_multiple"] == 2
+    entry = card["tflite"]["tflite-float16"]
+    assert (path.parent / entry["file"]).is_file() and entry["parity_vs_keras"]["max_abs_delta"] < 0.05
+    auto, keras = load_inpainter(str(path)), load_inpainter(str(path), "keras")
+    assert auto.runtime == "tflite-float16" and keras.runtime == "keras"
+    assert (auto.margin, auto.multiple) == (keras.margin, keras.multiple)
+    rng = np.random.default_rng(4)
+    image = rng.normal(500.0, 10.0, (200, 300)).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[50, 10:200] = mask[120:190, 250] = True
+    lite, ref = inpaint(image, mask, model=str(path)), inpaint(image, mask, model=str(path), runtime="keras")
+    assert not np.array_equal(lite, image)
+    np.testing.assert_array_equal(lite[~mask], image[~mask])
+    np.testing.assert_allclose(lite[mask], ref[mask], atol=0.05 * 10.0)  # 0.05 noise units at most
+    from kercr.export.litert import TFLiteRunner
+
+    runner = TFLiteRunner(path.with_name(entry["file"]), num_threads=1)
+    assert runner.channels == 2 and runner.predict(np.zeros((24, 32, 2), np.float32)).shape == (24, 32)
+    with pytest.raises(ValueError, match=r"inputs have shape \(24, 32\); this model takes 2 channels"):
+        runner.predict(np.zeros((24, 32), np.float32))
+
+
+def test_a_litert_file_of_another_network_is_not_used(tmp_path, prebuilt, caplog):
+    path, card = prebuilt
+    from kercr.detection.inpainting import load_inpainter
+
+    for name in ("inpainter.keras", "normalization.json", "inpainter.json", card["tflite"]["tflite-float16"]["file"]):
+        shutil.copyfile(path.with_name(name), tmp_path / name)
+    changed = json.loads((tmp_path / "inpainter.json").read_text())
+    changed["tflite"]["tflite-float16"]["source_sha256"] = "0" * 64
+    (tmp_path / "inpainter.json").write_text(json.dumps(changed))
+    assert load_inpainter(str(tmp_path)).runtime == "keras"
+    assert "made from another network; running Keras" in caplog.text
+    with pytest.raises(KercrDataError, match="has no prebuilt tflite-float16 file; its runtimes: keras"):
+        load_inpainter(str(tmp_path), "tflite-float16")
+    with pytest.raises(KercrDataError, match="runtime='gpu' for the inpainting network; choose one of: auto, keras"):
+        inpaint(np.ones((20, 20), np.float32), np.eye(20, dtype=bool), model=str(tmp_path), runtime="gpu")

@@ -84,8 +84,9 @@ def _compare(fn, images, config):
 
 
 @pytest.mark.parametrize("frame", [_galaxy_frame, _integer_frame, _nan_frame])
-@pytest.mark.parametrize("config", [LOCAL, dataclasses.replace(LOCAL, block_size=16, asinh_softening=10.0)],
-                         ids=["linear", "asinh"])
+@pytest.mark.parametrize("config", [LOCAL, dataclasses.replace(LOCAL, block_size=16, asinh_softening=10.0),
+                                    dataclasses.replace(LOCAL, local_axis="smaller", local_edges="nearest")],
+                         ids=["linear", "asinh", "smaller-nearest"])
 def test_local_graph_matches_numpy(graph, frame, config):
     rng = np.random.default_rng(0)
     images = [frame(rng), frame(rng)]  # a batch: each image on its own maps
@@ -111,9 +112,10 @@ def test_odd_and_small_sizes_share_one_graph(graph):
 
 
 @pytest.mark.parametrize("shape, block", [((192, 160), 32), ((100, 77), 33), ((40, 70), 8)])
-def test_maps_match_numpy(shape, block):
+@pytest.mark.parametrize("axis, edges", [("larger", "reflect"), ("smaller", "nearest")])
+def test_maps_match_numpy(shape, block, axis, edges):
     """The background map is exact; the noise map is off by float32 rounding only."""
-    config = dataclasses.replace(LOCAL, block_size=block)
+    config = dataclasses.replace(LOCAL, block_size=block, local_axis=axis, local_edges=edges)
     image = _galaxy_frame(np.random.default_rng(2), shape)
     image[: block, : block] = np.nan
     fn = tf.function(lambda x: tf_normalization.local_background_noise(x, config),

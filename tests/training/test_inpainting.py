@@ -46,8 +46,9 @@ def test_a_tiny_run_writes_a_loadable_network_and_its_normalization(tmp_path):
     assert metrics["train_patches"] == 16 and metrics["val_patches"] == 8 and np.isfinite(metrics["best_val_loss"])
     from kercr.detection.inpainting import load_inpainter
 
-    network, config, _, margin, multiple = load_inpainter(str(run))
-    assert network.input_shape[-1] == 2 and config == INPAINT_NORMALIZATION and multiple == 2 and margin >= 8
+    net = load_inpainter(str(run))
+    assert net.runtime == "keras" and net.normalization == INPAINT_NORMALIZATION and net.multiple == 2
+    assert net.margin >= 8 and net.predict(np.zeros((1, 16, 16, 2), np.float32)).shape == (1, 16, 16)
 
 
 def test_too_few_validation_frames_are_refused(capsys):

@@ -158,3 +158,10 @@ def test_ship_inpainter_copies_the_run_and_writes_its_card(tmp_path):
     assert (dest / "normalization.json").read_text() == (run / "normalization.json").read_text()
     assert main(argv) == 1  # the files exist: nothing replaced without --force
     assert main(argv + ["--force"]) == 0
+    pytest.importorskip("ai_edge_litert")
+    assert main(["--inpainter", "--prebuild", "--dest", str(dest)]) == 0  # the LiteRT file and its card entry
+    card = json.loads((dest / "inpainter.json").read_text())
+    entry = card["tflite"]["tflite-float16"]
+    assert card["runtime"] == "tflite-float16" and (dest / entry["file"]).is_file()
+    assert entry["source_sha256"] == file_sha256(dest / "inpainter.keras") and card["command"].endswith("--out run")
+    assert main(["--inpainter", "--prebuild", "--dest", str(tmp_path / "empty")]) == 1

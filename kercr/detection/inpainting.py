@@ -3,8 +3,8 @@
 The network (:func:`kercr.models.build_inpainter`, trained by :mod:`kercr.training.inpainting`
 on synthetic frames whose CR-free truth is exact) sees the frame normalized as it was trained
 (its ``normalization.json``: sky and noise of the frame, asinh stretch, no clipping) with the
-pixels to replace set to 0, and their mask. It runs on the tiles (256 pixels, margins of its
-receptive field) that hold a pixel to replace; its values there are turned back into the image's
+pixels to replace set to 0, and their mask. It runs on the tiles (64, 128 or 256 pixels, whichever
+predicts the fewest pixels in all; margins of its receptive field) that hold a pixel to replace; its values there are turned back into the image's
 units (:func:`kercr.data.normalization.denormalize`). Every other pixel is the input's (as
 float32) bit for bit, NaN and ignored pixels included, as with :func:`kercr.data.clean_image`.
 
@@ -39,12 +39,16 @@ from kercr.detection.tiling import axis_plan
 from kercr.model_files import file_sha256, model_normalization, read_card
 from kercr.weights import default_inpainter_path
 
-__all__ = ["INPAINT_RUNTIMES", "INPAINT_TILE", "Inpainter", "inpaint", "load_inpainter"]
+__all__ = ["INPAINT_RUNTIMES", "INPAINT_TILE", "INPAINT_TILES", "Inpainter", "inpaint", "load_inpainter"]
 
 logger = logging.getLogger(__name__)
 
-#: Tile side in pixels; only tiles holding a pixel to replace are predicted.
+#: Tile side in pixels (margins included) of the TFLite file's default input shape.
 INPAINT_TILE = 256
+#: Tile sides tried (pixels, margins included); only tiles holding a pixel to replace are
+#: predicted, and the side that predicts the fewest pixels in all is used: small tiles where CRs
+#: are sparse, large ones (less margin per tile) where nearly every tile holds one.
+INPAINT_TILES = (256, 128, 64)
 #: What ``inpaint(runtime=...)`` takes; the TFLite ones only where the card lists a prebuilt file.
 INPAINT_RUNTIMES = ("auto", "keras", "tflite-float32", "tflite-float16", "tflite-dynamic")
 
@@ -219,16 +223,29 @@ def inpaint(image, mask, *, ignore=None, model="default", runtime="auto", num_th
     return out
 
 
+def _tile_plan(replace, margin, multiple):
+    """``(origins, core_y, core_x, ty, tx, pads)`` of the tile side in :data:`INPAINT_TILES` that
+    predicts the fewest pixels: the cores holding a pixel to replace, their tile shape and the padding."""
+    ny, nx = replace.shape
+    best = None
+    for tile in INPAINT_TILES:
+        if best is not None and tile - 2 * margin < max(multiple, 8):
+            continue  # too small for this network's margins
+        cy, core_y, ty, pad_y, after_y = axis_plan(ny, tile, margin, multiple, False)
+        cx, core_x, tx, pad_x, after_x = axis_plan(nx, tile, margin, multiple, False)
+        origins = [(y, x0) for y in range(0, cy * core_y, core_y) for x0 in range(0, cx * core_x, core_x)
+                   if replace[y:y + core_y, x0:x0 + core_x].any()]
+        if best is None or len(origins) * ty * tx < len(best[0]) * best[3] * best[4]:
+            best = (origins, core_y, core_x, ty, tx, ((pad_y, after_y), (pad_x, after_x)))
+    return best
+
+
 def _predict_where(normalized, hidden, replace, predict, margin, multiple, batch_size) -> np.ndarray:
     """The network's values (normalized units) at the ``replace`` pixels, in ``np.nonzero`` order."""
     ny, nx = normalized.shape
-    cy, core_y, ty, pad_y, after_y = axis_plan(ny, INPAINT_TILE, margin, multiple, False)
-    cx, core_x, tx, pad_x, after_x = axis_plan(nx, INPAINT_TILE, margin, multiple, False)
-    pads = ((pad_y, after_y), (pad_x, after_x))
+    origins, core_y, core_x, ty, tx, pads = _tile_plan(replace, margin, multiple)
     x = masked_input(np.pad(normalized, pads, mode="reflect"), np.pad(hidden, pads, mode="reflect"))
     result = np.zeros((ny, nx), np.float32)
-    origins = [(y, x0) for y in range(0, cy * core_y, core_y) for x0 in range(0, cx * core_x, core_x)
-               if replace[y:y + core_y, x0:x0 + core_x].any()]
     for start in range(0, len(origins), batch_size):
         chunk = origins[start:start + batch_size]
         batch = np.stack([x[y:y + ty, x0:x0 + tx] for y, x0 in chunk])

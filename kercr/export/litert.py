@@ -4,7 +4,8 @@ This module imports numpy and ``ai_edge_litert`` only (not TensorFlow, not Keras
 runtime of ``kercr.detect`` on machines with the detection-only install, and the exporter checks
 its files with it. The files come from :func:`kercr.export.tflite.convert` (or ship prebuilt in
 ``kercr/weights/``): input ``image`` and output ``cr_probability`` are float32 ``[1, H, W, 1]``,
-the image normalized by :func:`kercr.data.normalize`.
+the image normalized by :func:`kercr.data.normalize` (the inpainting network's input has two
+channels, ``[1, H, W, 2]``: :mod:`kercr.detection.inpainting`).
 
 LiteRT writes ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` from C++ on stderr for
 every interpreter it makes (once per worker process of ``kercr-detect --jobs``). No interpreter

@@ -172,3 +172,23 @@ def test_a_litert_file_of_another_network_is_not_used(tmp_path, prebuilt, caplog
         load_inpainter(str(tmp_path), "tflite-float16")
     with pytest.raises(KercrDataError, match="runtime='gpu' for the inpainting network; choose one of: auto, keras"):
         inpaint(np.ones((20, 20), np.float32), np.eye(20, dtype=bool), model=str(tmp_path), runtime="gpu")
+
+
+def test_sparse_masks_use_small_tiles_and_give_the_same_values(untrained, monkeypatch):
+    import kercr.detection.inpainting as module
+
+    rng = np.random.default_rng(6)
+    image = rng.normal(200.0, 6.0, (400, 520)).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[30, 40:46] = mask[300:304, 480] = mask[399, 0:3] = True  # three short CRs, one on the edge
+    dense = mask.copy()
+    dense[::40, ::40] = True  # a CR pixel in every 64-pixel tile
+    margin, multiple = module.load_inpainter(untrained).margin, 2
+    sparse_plan, dense_plan = module._tile_plan(mask, margin, multiple), module._tile_plan(dense, margin, multiple)
+    assert len(sparse_plan[0]) <= 4 and sparse_plan[3] <= 64  # a few small tiles (a CR may cross a core edge)
+    assert dense_plan[3] > 128  # large tiles where every tile holds a CR
+    small = inpaint(image, mask, model=untrained)
+    monkeypatch.setattr(module, "INPAINT_TILES", (256,))
+    large = inpaint(image, mask, model=untrained)
+    np.testing.assert_array_equal(small[~mask], image[~mask])
+    np.testing.assert_allclose(small[mask], large[mask], rtol=1e-5, atol=1e-3)

@@ -33,10 +33,10 @@ import numpy as np
 from kercr.data.cleaning import as_bool_mask, masked_input
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import NormalizationConfig, denormalize, normalize
-from kercr.detection.loading import round_up
+from kercr.detection.loading import prebuilt_files, round_up
 from kercr.detection.runtimes import litert_available
 from kercr.detection.tiling import axis_plan
-from kercr.model_files import file_sha256, model_normalization, read_card
+from kercr.model_files import model_normalization, read_card
 from kercr.weights import default_inpainter_path
 
 __all__ = ["INPAINT_RUNTIMES", "INPAINT_TILE", "INPAINT_TILES", "Inpainter", "inpaint", "load_inpainter"]
@@ -83,16 +83,6 @@ class Inpainter:
     path: Path
 
 
-def _prebuilt(card: dict, path: Path) -> dict:
-    """Runtime -> ``.tflite`` path for the card's entries whose file is there and made from ``path``."""
-    entries = {runtime: entry for runtime, entry in (card.get("tflite") or {}).items()
-               if (path.parent / entry["file"]).is_file()}
-    if entries and not all(e.get("source_sha256") == file_sha256(path) for e in entries.values()):
-        logger.warning("%s: its card's TFLite files were made from another network; running Keras.", path)
-        return {}
-    return {runtime: path.parent / entry["file"] for runtime, entry in entries.items()}
-
-
 def _choose_runtime(runtime: str, prebuilt: dict, card: dict, path: Path) -> str:
     if runtime not in INPAINT_RUNTIMES:
         raise KercrDataError(f"runtime={runtime!r} for the inpainting network; choose one of: "
@@ -132,7 +122,8 @@ def load_inpainter(model="default", runtime="auto", num_threads=None) -> Inpaint
     if found is None:
         raise KercrDataError(f"{path}: no normalization.json beside it and none in its card; the inpainting "
                              "network needs the normalization it was trained with.")
-    prebuilt = _prebuilt(card, path)
+    prebuilt = prebuilt_files(card, path, str(path), instead="running Keras instead",
+                              rebuild="python -m kercr.weights.ship --inpainter --prebuild")
     chosen = _choose_runtime(runtime, prebuilt, card, path)
     if chosen != "keras":
         from kercr.export.litert import ParallelTFLiteRunner  # heavy: LiteRT, only for this runtime

@@ -31,7 +31,7 @@ from kercr.model_files import (
     resolve_model_path,
 )
 
-__all__ = ["FIXED_MODEL_OVERLAP", "LoadedModel", "ModelLoadError", "load_model", "round_up"]
+__all__ = ["FIXED_MODEL_OVERLAP", "LoadedModel", "ModelLoadError", "load_model", "prebuilt_files", "round_up"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +191,14 @@ def _card_geometry(card: dict, name: str) -> dict | None:
     return geometry
 
 
-def _prebuilt(card: dict, path: Path | None, name: str) -> dict:
-    """Runtime -> prebuilt ``.tflite`` path, for the card's entries whose file is there and made from ``path``."""
+def prebuilt_files(card: dict, path: Path | None, name: str, *, instead: str = "the model is converted instead",
+                   rebuild: str = "python -m kercr.weights.ship --prebuild") -> dict:
+    """Runtime -> prebuilt ``.tflite`` path, for the card's entries whose file is there and made from ``path``.
+
+    Each other entry is logged as a warning that ends with ``instead`` (what runs in its place) and,
+    for a file made from another ``path``, the ``rebuild`` command. Serves the detectors and the
+    inpainting network (:mod:`kercr.detection.inpainting`).
+    """
     entries = card.get("tflite") or {}
     if path is None or not entries:
         return {}
@@ -201,10 +207,10 @@ def _prebuilt(card: dict, path: Path | None, name: str) -> dict:
     for runtime, entry in entries.items():
         file = path.parent / str(entry.get("file", ""))
         if not file.is_file():
-            logger.warning("%s: the card lists %s, which is missing; the model is converted instead.", name, file)
+            logger.warning("%s: the card lists %s, which is missing; %s.", name, file, instead)
         elif entry.get("source_sha256") != source_sha:
-            logger.warning("%s: %s was made from another version of %s (SHA-256 differs); the model is converted "
-                           "instead. Rebuild it: python -m kercr.weights.ship --prebuild.", name, file.name, path.name)
+            logger.warning("%s: %s was made from another version of %s (SHA-256 differs); %s. Rebuild it: %s.",
+                           name, file.name, path.name, instead, rebuild)
         else:
             found[runtime] = file
     return found
@@ -228,7 +234,7 @@ def describe(model, *, name: str, path: Path | None, card: dict) -> LoadedModel:
         multiple=int(geometry["input_multiple"]),
         fixed_size=None if geometry["fixed_size"] is None else int(geometry["fixed_size"]),
         rf_radius=int(geometry["rf_radius"]), local=bool(geometry["local"]), logit_threshold=logit_threshold,
-        prebuilt=_prebuilt(card, path, name),
+        prebuilt=prebuilt_files(card, path, name),
     )
 
 

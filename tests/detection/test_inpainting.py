@@ -167,7 +167,8 @@ def test_a_litert_file_of_another_network_is_not_used(tmp_path, prebuilt, caplog
     changed["tflite"]["tflite-float16"]["source_sha256"] = "0" * 64
     (tmp_path / "inpainter.json").write_text(json.dumps(changed))
     assert load_inpainter(str(tmp_path)).runtime == "keras"
-    assert "made from another network; running Keras" in caplog.text
+    assert "(SHA-256 differs); running Keras instead. Rebuild it: python -m kercr.weights.ship --inpainter" \
+        in caplog.text
     with pytest.raises(KercrDataError, match="has no prebuilt tflite-float16 file; its runtimes: keras"):
         load_inpainter(str(tmp_path), "tflite-float16")
     with pytest.raises(KercrDataError, match="runtime='gpu' for the inpainting network; choose one of: auto, keras"):

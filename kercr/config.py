@@ -28,9 +28,10 @@ VARIETIES = ("decam", "wide")
 FAINT_CRS = ("ignore", "negative", "positive")
 #: How the normalization measures a frame's noise (:mod:`kercr.data.normalization`).
 NOISE_ESTIMATORS = ("mad", "diff2")
-#: One sky and noise per frame, or background and noise maps from blocks.
-NOISE_MODELS = ("global", "local")
-#: How ``noise_model="local"`` combines a block's row and column noise, and pads its block grid.
+#: One sky and noise per frame, background and noise maps from blocks, or one sky and the frame's
+#: noise scaled by the block noise map.
+NOISE_MODELS = ("global", "local", "relative")
+#: How ``noise_model="local"`` (and ``"relative"``) combines a block's row and column noise, and pads its block grid.
 LOCAL_AXES = ("larger", "smaller")
 LOCAL_EDGES = ("reflect", "nearest")
 #: Cleaning methods of :func:`kercr.data.clean_image` (the first is the default).
@@ -145,10 +146,12 @@ class TrainConfig:
         ``"global"`` (the default, and what earlier runs used): one sky and one noise per frame.
         ``"local"``: a background and a noise map from 32 x 32 pixel blocks
         (:func:`kercr.data.normalization.local_background_noise`), so pixels on a galaxy, a
-        nebula or a gradient are measured in their own neighbourhood's noise. Saved in
+        nebula or a gradient are measured in their own neighbourhood's noise. ``"relative"``: one
+        sky and one noise per frame as ``"global"``, the noise scaled per pixel by the block noise
+        map over its median (the input of a plain frame stays the global one). Saved in
         ``normalization.json`` and used again at inference.
     local_axis, local_edges : str
-        ``noise_model="local"`` only: a block's noise from the ``"larger"`` (default, as the
+        ``noise_model="local"`` or ``"relative"``: a block's noise from the ``"larger"`` (default, as the
         first local runs) or ``"smaller"`` of its row and column estimates, and the 3 x 3 block
         median padded by ``"reflect"`` (default) or ``"nearest"``
         (:class:`kercr.data.normalization.NormalizationConfig`).

@@ -118,13 +118,14 @@ def _add_data_flags(add) -> None:
         help="how the normalization measures a frame's noise: MAD of the pixels (default) or of "
              "differences two pixels apart (diff2: not inflated by star halos)")
     add("--noise-model", choices=NOISE_MODELS,
-        help="one sky and noise per frame (default), or background and noise maps from 32x32-pixel blocks "
-             "(local: galaxies, nebulae and gradients are measured in their own noise)")
+        help="one sky and noise per frame (default), background and noise maps from 32x32-pixel blocks "
+             "(local: galaxies, nebulae and gradients are measured in their own noise), or one sky and the "
+             "frame's noise scaled by the block noise map (relative)")
     add("--local-axis", choices=LOCAL_AXES,
-        help="--noise-model local: a block's noise from the larger (default) or the smaller of its row and column "
+        help="--noise-model local or relative: a block's noise from the larger (default) or the smaller of its row and column "
              "estimates (smaller: not inflated by structure along one axis)")
     add("--local-edges", choices=LOCAL_EDGES,
-        help="--noise-model local: pad the block grid for its 3x3 median by reflection (default) or by repeating "
+        help="--noise-model local or relative: pad the block grid for its 3x3 median by reflection (default) or by repeating "
              "the edge block (nearest: the outer ring does not read one block inward)")
     add("--dominant-sources", type=float, metavar="F",
         help="synthetic data: fraction of frames with one galaxy or nebula covering 30-70%% of the field (default 0)")

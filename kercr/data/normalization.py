@@ -99,22 +99,28 @@ class NormalizationConfig:
         models saved without this key used) or ``"diff2"`` (halo-robust; the shipped model's).
         With ``noise_model="local"`` it sets only the frame-wide statistics in
         :class:`NormalizationParams`; the maps have their own estimator.
-    noise_model : {"global", "local"}
+    noise_model : {"global", "local", "relative"}
         ``"global"`` (the default, and what models saved without this key used): one sky and one
         noise for the whole frame. ``"local"``: a background map and a noise map from
         ``block_size`` x ``block_size`` pixel blocks (:func:`local_background_noise`), so a
         pixel on a galaxy, nebula or gradient is measured against its own neighbourhood's noise.
+        ``"relative"``: the frame's one sky and one noise (as ``"global"``, by
+        ``noise_estimator``), the noise scaled per pixel by the block noise map over its median
+        (``noise * map / median(map)``). Where the noise is the same over the frame (a plain
+        field, a cutout of a few blocks) the input is the global one, which the shipped model was
+        trained on; where a galaxy, nebula or gradient raises it, the pixel is measured in its
+        own noise. The smooth light itself stays in the input, as with ``"global"``.
     block_size : int
-        Block side in pixels of ``noise_model="local"`` (>= 8).
+        Block side in pixels of ``noise_model="local"`` and ``"relative"`` (>= 8).
     local_axis : {"larger", "smaller"}
-        ``noise_model="local"``: a block's noise is the larger (the default, and what models
+        ``noise_model="local"`` or ``"relative"``: a block's noise is the larger (the default, and what models
         saved without this key used) or the smaller of its row and column estimates. The larger
         keeps noise correlated along one axis (smoothed or resampled data); the smaller is not
         inflated by structure along one axis (on astroscrappy's GMOS frame, whose rows carry
         structure, the median block reads 12.2 ADU along rows and 6.1 along columns, where the
         sky and read noise give 5.6).
     local_edges : {"reflect", "nearest"}
-        ``noise_model="local"``: padding of the block grid for its 3 x 3 median: ``"reflect"``
+        ``noise_model="local"`` or ``"relative"``: padding of the block grid for its 3 x 3 median: ``"reflect"``
         (the default, and what models saved without this key used) takes the next block inward
         at the edge, so on a steep gradient the outer ring reads one block inward;
         ``"nearest"`` repeats the edge block.
@@ -148,7 +154,8 @@ class NormalizationConfig:
                                  "(MAD of the pixel values) or 'diff2' (MAD of differences two pixels apart).")
         if self.noise_model not in NOISE_MODELS:
             raise KercrDataError(f"noise_model={self.noise_model!r} is not one of {NOISE_MODELS}: 'global' (one sky "
-                                 "and noise per frame) or 'local' (background and noise maps from pixel blocks).")
+                                 "and noise per frame), 'local' (background and noise maps from pixel blocks) or "
+                                 "'relative' (one sky; the frame's noise scaled by the block noise map).")
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 8:
             raise KercrDataError(f"block_size={self.block_size!r} must be an integer >= 8 (pixels), e.g. 32.")
         if self.local_axis not in LOCAL_AXES:
@@ -377,7 +384,12 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
     sky, noise, n = robust_sky_noise(image, mask=mask, config=config)
     out = image.astype(np.float32, copy=True)
     out -= np.float32(sky)
-    out *= np.float32(1.0 / noise)
+    if config.noise_model == "relative":
+        _, noise_map, _, map_median = local_background_noise(image, mask=mask, config=config)
+        noise_map *= np.float32(noise / map_median)
+        out /= noise_map
+    else:
+        out *= np.float32(1.0 / noise)
     return _stretch(out, config), NormalizationParams(config=config, sky=sky, noise=noise, n_pixels=n)
 
 

@@ -1,5 +1,5 @@
 """Time of the one normalization on a full 2048 x 4096 frame: one noise per frame against the
-per-pixel maps (``noise_model="local"``).
+per-pixel maps (``noise_model="local"`` and ``"relative"``).
 
 Usage::
 
@@ -36,6 +36,9 @@ def main(argv=None) -> int:
         "global, diff2 (the shipped model)": NormalizationConfig(noise_estimator="diff2", asinh_softening=10.0),
         "local maps, 32-px blocks": NormalizationConfig(noise_estimator="diff2", asinh_softening=10.0,
                                                         noise_model="local"),
+        "relative maps, 32-px blocks (smaller axis, nearest edges)": NormalizationConfig(
+            noise_estimator="diff2", asinh_softening=10.0, noise_model="relative", local_axis="smaller",
+            local_edges="nearest"),
     }
     mpix = image.size / 1e6
     print(f"| normalization of a {args.shape[0]} x {args.shape[1]} frame | median s | Mpix/s |")

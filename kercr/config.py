@@ -28,8 +28,8 @@ VARIETIES = ("decam", "wide")
 FAINT_CRS = ("ignore", "negative", "positive")
 #: How the normalization measures a frame's noise (:mod:`kercr.data.normalization`).
 NOISE_ESTIMATORS = ("mad", "diff2")
-#: One sky and noise per frame, background and noise maps from blocks, or one sky and the frame's
-#: noise scaled by the block noise map.
+#: One sky and noise per frame, background and noise maps from blocks, or the background map and
+#: the frame's noise scaled by the block noise map.
 NOISE_MODELS = ("global", "local", "relative")
 #: How ``noise_model="local"`` (and ``"relative"``) combines a block's row and column noise, and pads its block grid.
 LOCAL_AXES = ("larger", "smaller")
@@ -142,13 +142,13 @@ class TrainConfig:
         ``"mad"`` (MAD of the pixel values, the default) or ``"diff2"`` (MAD of differences of
         pixels two apart; not inflated by star halos or other smooth structure). Saved in
         ``normalization.json`` and used again at inference.
-    noise_model : {"global", "local"}
+    noise_model : {"global", "local", "relative"}
         ``"global"`` (the default, and what earlier runs used): one sky and one noise per frame.
         ``"local"``: a background and a noise map from 32 x 32 pixel blocks
         (:func:`kercr.data.normalization.local_background_noise`), so pixels on a galaxy, a
-        nebula or a gradient are measured in their own neighbourhood's noise. ``"relative"``: one
-        sky and one noise per frame as ``"global"``, the noise scaled per pixel by the block noise
-        map over its median (the input of a plain frame stays the global one). Saved in
+        nebula or a gradient are measured in their own neighbourhood's noise. ``"relative"``: the
+        background map of ``"local"`` and the frame's one noise (as ``"global"``) scaled per pixel
+        by the block noise map over its median (the input of a plain frame stays the global one). Saved in
         ``normalization.json`` and used again at inference.
     local_axis, local_edges : str
         ``noise_model="local"`` or ``"relative"``: a block's noise from the ``"larger"`` (default, as the

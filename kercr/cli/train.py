@@ -119,8 +119,8 @@ def _add_data_flags(add) -> None:
              "differences two pixels apart (diff2: not inflated by star halos)")
     add("--noise-model", choices=NOISE_MODELS,
         help="one sky and noise per frame (default), background and noise maps from 32x32-pixel blocks "
-             "(local: galaxies, nebulae and gradients are measured in their own noise), or one sky and the "
-             "frame's noise scaled by the block noise map (relative)")
+             "(local: galaxies, nebulae and gradients are measured in their own noise), or the background map "
+             "and the frame's noise scaled by the block noise map (relative)")
     add("--local-axis", choices=LOCAL_AXES,
         help="--noise-model local or relative: a block's noise from the larger (default) or the smaller of its row and column "
              "estimates (smaller: not inflated by structure along one axis)")

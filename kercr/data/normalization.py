@@ -104,12 +104,14 @@ class NormalizationConfig:
         noise for the whole frame. ``"local"``: a background map and a noise map from
         ``block_size`` x ``block_size`` pixel blocks (:func:`local_background_noise`), so a
         pixel on a galaxy, nebula or gradient is measured against its own neighbourhood's noise.
-        ``"relative"``: the frame's one sky and one noise (as ``"global"``, by
-        ``noise_estimator``), the noise scaled per pixel by the block noise map over its median
-        (``noise * map / median(map)``). Where the noise is the same over the frame (a plain
-        field, a cutout of a few blocks) the input is the global one, which the shipped model was
-        trained on; where a galaxy, nebula or gradient raises it, the pixel is measured in its
-        own noise. The smooth light itself stays in the input, as with ``"global"``.
+        ``"relative"``: the background map of ``"local"``, and the frame's one noise (as
+        ``"global"``, by ``noise_estimator``) scaled per pixel by the block noise map over its
+        median (``noise * map / median(map)``). Where sky and noise are the same over the frame
+        (a plain field, a cutout of a few blocks) the input is the global one, which the shipped
+        model was trained on, whatever the estimators' differences (rows with structure, integer
+        data); where a galaxy, nebula or gradient raises them, each pixel is measured against its
+        own background and noise (with one sky per frame, a galaxy over half the field puts the
+        sky on the galaxy and the faint half at the clip).
     block_size : int
         Block side in pixels of ``noise_model="local"`` and ``"relative"`` (>= 8).
     local_axis : {"larger", "smaller"}
@@ -155,7 +157,7 @@ class NormalizationConfig:
         if self.noise_model not in NOISE_MODELS:
             raise KercrDataError(f"noise_model={self.noise_model!r} is not one of {NOISE_MODELS}: 'global' (one sky "
                                  "and noise per frame), 'local' (background and noise maps from pixel blocks) or "
-                                 "'relative' (one sky; the frame's noise scaled by the block noise map).")
+                                 "'relative' (the background map; the frame's noise scaled by the block noise map).")
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 8:
             raise KercrDataError(f"block_size={self.block_size!r} must be an integer >= 8 (pixels), e.g. 32.")
         if self.local_axis not in LOCAL_AXES:
@@ -383,12 +385,13 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
         return _stretch(out, config), NormalizationParams(config=config, sky=sky, noise=noise, n_pixels=n)
     sky, noise, n = robust_sky_noise(image, mask=mask, config=config)
     out = image.astype(np.float32, copy=True)
-    out -= np.float32(sky)
     if config.noise_model == "relative":
-        _, noise_map, _, map_median = local_background_noise(image, mask=mask, config=config)
+        background, noise_map, _, map_median = local_background_noise(image, mask=mask, config=config)
+        out -= background
         noise_map *= np.float32(noise / map_median)
         out /= noise_map
     else:
+        out -= np.float32(sky)
         out *= np.float32(1.0 / noise)
     return _stretch(out, config), NormalizationParams(config=config, sky=sky, noise=noise, n_pixels=n)
 

@@ -30,7 +30,10 @@ frame at once (medians by ``tf.sort`` along the block axis, NaN sorted last and 
 the two-iteration clipped standard deviation in float32 (the larger or smaller axis, as
 ``local_axis`` says), the 3 x 3 block median (reflect padding, edge padding for
 ``local_edges="nearest"`` or when the grid is one block thick), the bilinear upsampling in numpy's precision and
-order, then ``(image - background) / noise`` in float32. The background map is bit-for-bit
+order, then ``(image - background) / noise`` in float32. ``noise_model="relative"`` takes the
+background map above and the noise map times ``noise / median`` (the frame-wide noise of the
+global path over the median of the block grid, in float64, cast to float32 as numpy does), then
+``(image - background) / map`` in float32. The background map is bit-for-bit
 numpy's; the noise map is not quite: numpy's float32 sums (pairwise) and TensorFlow's round
 differently in the clipped standard deviation, which moves the noise by up to ~8e-7 relative.
 Measured in a tf.function with unknown H and W on the frames of
@@ -165,7 +168,8 @@ def normalize_image(image, config: NormalizationConfig | None = None):
     tf.Tensor, shape (ny, nx), float32
         ``clip((image - sky) / noise, clip_min, clip_max)`` in noise units; non-finite -> ``nan_fill``.
         With ``config.noise_model == "local"``, ``sky`` and ``noise`` are the maps of
-        :func:`local_background_noise`.
+        :func:`local_background_noise`; with ``"relative"``, ``sky`` is that background map and
+        ``noise`` the frame's noise times the noise map over its median block.
     """
     config = config or NormalizationConfig()
     image = tf.convert_to_tensor(image, tf.float32)
@@ -173,6 +177,10 @@ def normalize_image(image, config: NormalizationConfig | None = None):
         background, noise_map = local_background_noise(image, config)
         return _stretch((image - background) / noise_map, config)
     sky, noise = robust_sky_noise(image, config)
+    if config.noise_model == "relative":
+        background, noise_map, map_median = local_background_noise(image, config, with_median=True)
+        scale = tf.cast(noise / map_median, tf.float32)
+        return _stretch((image - background) / (noise_map * scale), config)
     return _stretch((image - tf.cast(sky, tf.float32)) * tf.cast(1.0 / noise, tf.float32), config)
 
 
@@ -312,7 +320,7 @@ def _upsample_bilinear(grid, ny, nx, block: int):
     return a + (b - a) * tf.cast(frac, tf.float32)[None, :]
 
 
-def local_background_noise(image, config: NormalizationConfig):
+def local_background_noise(image, config: NormalizationConfig, *, with_median: bool = False):
     """Background and noise maps of one (ny, nx) float32 image, as numpy's
     :func:`kercr.data.normalization.local_background_noise` (NaN/inf pixels ignored; no mask).
 
@@ -323,10 +331,16 @@ def local_background_noise(image, config: NormalizationConfig):
     config : NormalizationConfig
         ``block_size`` and the frame-wide fallback statistics' constants.
 
+    with_median : bool
+        Also return the median of the block noise grid (numpy's ``sigma``), which
+        ``noise_model="relative"`` divides the map by.
+
     Returns
     -------
     background, noise : tf.Tensor, shape (ny, nx), float32
         In the image's units.
+    sigma : tf.Tensor, scalar float64
+        Only with ``with_median``.
     """
     sky0, sigma0 = robust_sky_noise(image, dataclasses.replace(config, noise_estimator="diff2"))
     b = int(config.block_size)
@@ -348,4 +362,5 @@ def local_background_noise(image, config: NormalizationConfig):
     noise = tf.where(noise > 0, noise, tf.constant(np.nan, tf.float64))
     background = _fill_and_smooth(tf.reshape(background, [by, bx]), sky0, config.local_edges)
     noise = _fill_and_smooth(tf.reshape(noise, [by, bx]), sigma0, config.local_edges)
-    return _upsample_bilinear(background, ny, nx, b), _upsample_bilinear(noise, ny, nx, b)
+    maps = _upsample_bilinear(background, ny, nx, b), _upsample_bilinear(noise, ny, nx, b)
+    return maps + (median(tf.reshape(noise, [-1])),) if with_median else maps

@@ -260,3 +260,64 @@ def test_noise_model_and_block_size_are_checked():
     with pytest.raises(KercrDataError, match="block_size"):
         NormalizationConfig(noise_model="local", block_size=4)
     assert NormalizationConfig.from_dict(LOCAL.to_dict()) == LOCAL
+
+
+# --- noise_model="relative": one sky, the frame's noise scaled by the block noise map -----------
+
+RELATIVE = NormalizationConfig(noise_model="relative", noise_estimator="diff2", local_axis="smaller",
+                               local_edges="nearest")
+
+
+def test_relative_noise_keeps_the_global_input_where_sky_and_noise_are_flat():
+    """A plain field or a cutout of a few blocks: the input the shipped model was trained on."""
+    image = np.random.default_rng(7).normal(300.0, 6.0, (200, 150)).astype(np.float32)
+    image[50, 40:60] += 400.0  # a CR
+    glob, gparams = normalize(image, config=dataclasses.replace(RELATIVE, noise_model="global"))
+    rel, params = normalize(image, config=RELATIVE)
+    assert (params.sky, params.noise) == (gparams.sky, gparams.noise)
+    # the block estimates scatter by a few per cent around their median; no more
+    assert np.abs(rel - glob).max() < 0.1 * np.abs(glob).max()
+    assert np.percentile(np.abs(rel / np.where(glob == 0, 1, glob) - 1)[np.abs(glob) > 1], 99) < 0.1
+
+
+def test_relative_noise_measures_each_pixel_against_its_own_background_and_noise_on_a_galaxy():
+    image, true_noise = _galaxy_frame()
+    rel, params = normalize(image, config=RELATIVE)
+    glob, gparams = normalize(image, config=dataclasses.replace(RELATIVE, noise_model="global"))
+    # The faint corner sits at its own background with about unit noise; with one sky and noise
+    # per frame (the galaxy's) it is pushed to the clip.
+    corner = (slice(-96, -32), slice(-96, -32))
+    assert abs(np.median(rel[corner])) < 0.3 and 0.8 < rel[corner].std() < 1.3
+    assert np.median(glob[corner]) < -5
+    # Unit noise on the galaxy too (pixel differences two apart, which its smooth light does not
+    # change), where the frame's one noise (read over the whole frame) makes it 1.3 and more.
+    def noise_of(a, sl):
+        return np.std(a[sl][:, 2:] - a[sl][:, :-2]) / np.sqrt(2)
+
+    for sl in [(slice(150, 200), slice(100, 150)), (slice(250, 300), slice(200, 250))]:
+        assert 0.85 < noise_of(rel, sl) < 1.15 and noise_of(glob, sl) > 1.25
+    # It is the local input with the noise map rescaled to the frame's one noise at its median.
+    from kercr.data.normalization import local_background_noise
+
+    local, _ = normalize(image, config=dataclasses.replace(RELATIVE, noise_model="local"))
+    sigma = local_background_noise(image, config=RELATIVE)[3]
+    inside = (local > -5) & (local < 500)
+    np.testing.assert_allclose(rel[inside] * (gparams.noise / sigma), local[inside], rtol=1e-5, atol=1e-5)
+    assert (params.sky, params.noise) == (gparams.sky, gparams.noise)
+    assert NormalizationConfig.from_dict(RELATIVE.to_dict()) == RELATIVE
+
+
+def test_relative_noise_honours_masks_nan_and_keeps_the_input():
+    image, _ = _galaxy_frame(shape=(100, 77))
+    image[10:50, 5:40] = np.nan
+    mask = np.zeros(image.shape, bool)
+    mask[60:70, 60:70] = True
+    image[60:70, 60:70] = 1e6
+    before = image.copy()
+    out, _ = normalize(image, mask=mask, config=RELATIVE)
+    assert np.array_equal(image, before, equal_nan=True)
+    assert np.all(np.isfinite(out)) and np.all(out[10:50, 5:40] == 0.0)
+    # masked pixels count as NaN ones do: the 1e6 block moves neither the frame's noise nor the maps
+    as_nan, _ = normalize(np.where(mask, np.nan, image), config=RELATIVE)
+    np.testing.assert_allclose(out[~mask], as_nan[~mask], rtol=1e-6)
+    assert np.abs(out[~mask]).max() < 100

@@ -1,7 +1,8 @@
 """kercr.export.tf_normalization: the TF graph of the normalization against the numpy definition.
 
 The global noise model is compared bit for bit at the end of this file; most tests are of
-``noise_model="local"``.
+``noise_model="local"``, and ``"relative"`` (the global statistics and the local noise map) is
+compared on the same frames.
 
 Every comparison runs the graph through ``tf.function`` with an unknown (batch, H, W, 1) input,
 as the served SavedModel does, so the block padding is computed at run time. The served-model
@@ -85,8 +86,11 @@ def _compare(fn, images, config):
 
 @pytest.mark.parametrize("frame", [_galaxy_frame, _integer_frame, _nan_frame])
 @pytest.mark.parametrize("config", [LOCAL, dataclasses.replace(LOCAL, block_size=16, asinh_softening=10.0),
-                                    dataclasses.replace(LOCAL, local_axis="smaller", local_edges="nearest")],
-                         ids=["linear", "asinh", "smaller-nearest"])
+                                    dataclasses.replace(LOCAL, local_axis="smaller", local_edges="nearest"),
+                                    dataclasses.replace(LOCAL, noise_model="relative", noise_estimator="diff2",
+                                                        local_axis="smaller", local_edges="nearest",
+                                                        asinh_softening=10.0)],
+                         ids=["linear", "asinh", "smaller-nearest", "relative"])
 def test_local_graph_matches_numpy(graph, frame, config):
     rng = np.random.default_rng(0)
     images = [frame(rng), frame(rng)]  # a batch: each image on its own maps

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -130,6 +131,22 @@ def test_normalization_config_carries_the_three_normalization_options():
     assert trained.normalization_config() == NormalizationConfig(asinh_softening=10.0, noise_estimator="diff2",
                                                                  noise_model="local")
     assert TrainConfig().normalization_config() == NormalizationConfig()
+    relative = TrainConfig(noise_estimator="diff2", noise_model="relative", local_axis="smaller", local_edges="nearest")
+    assert relative.normalization_config() == NormalizationConfig(noise_estimator="diff2", noise_model="relative",
+                                                                  local_axis="smaller", local_edges="nearest")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_training_config_is_valid(path):
+    """The configs/ recipes (the cards' reproduce commands) parse and validate as kercr-train reads them."""
+    options = read_config_file(path)
+    options.pop("expect", None)  # a note kercr-train prints after the run (quickstart.toml)
+    if str(options.get("init_weights", "")).startswith("runs/"):
+        options["init_weights"] = "default"  # a run of an earlier stage, absent on a fresh clone
+    config = resolve_config(options, {})
+    config.normalization_config()
+    assert config.epochs > 0 and config.out
 
 
 def test_save_writes_sorted_json_and_load_reads_it_back(tmp_path):

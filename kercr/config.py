@@ -155,6 +155,10 @@ class TrainConfig:
         first local runs) or ``"smaller"`` of its row and column estimates, and the 3 x 3 block
         median padded by ``"reflect"`` (default) or ``"nearest"``
         (:class:`kercr.data.normalization.NormalizationConfig`).
+    block_size : int
+        ``noise_model="local"`` or ``"relative"``: the side of the blocks of the background and
+        noise maps, in pixels (default 32, >= 8). Larger blocks follow only larger structure (a
+        galaxy or nebula filling the frame), not a compact galaxy or a group of stars.
     dominant_sources : float
         Synthetic data: fraction of frames that hold one galaxy or nebula covering 30-70 % of
         the field (:func:`kercr.data.synthetic.dominant_source`); 0 (default): none.
@@ -209,6 +213,7 @@ class TrainConfig:
     noise_model: str = "global"
     local_axis: str = "larger"
     local_edges: str = "reflect"
+    block_size: int = 32
     dominant_sources: float = 0.0
     integer_frames: float = 0.0
     patches_per_frame: int | None = None
@@ -228,7 +233,7 @@ class TrainConfig:
 
         return NormalizationConfig(asinh_softening=self.asinh_softening, noise_estimator=self.noise_estimator,
                                    noise_model=self.noise_model, local_axis=self.local_axis,
-                                   local_edges=self.local_edges)
+                                   local_edges=self.local_edges, block_size=self.block_size)
 
     def _check_types(self) -> None:
         """Every option has its field's type (YAML reads ``1e-3`` as a string: such numbers are converted)."""

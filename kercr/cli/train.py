@@ -127,6 +127,8 @@ def _add_data_flags(add) -> None:
     add("--local-edges", choices=LOCAL_EDGES,
         help="--noise-model local or relative: pad the block grid for its 3x3 median by reflection (default) or by repeating "
              "the edge block (nearest: the outer ring does not read one block inward)")
+    add("--block-size", type=int, metavar="PX",
+        help="--noise-model local or relative: block side of the background and noise maps in pixels (default 32)")
     add("--dominant-sources", type=float, metavar="F",
         help="synthetic data: fraction of frames with one galaxy or nebula covering 30-70%% of the field (default 0)")
     add("--integer-frames", type=float, metavar="F",

@@ -134,6 +134,9 @@ def test_normalization_config_carries_the_three_normalization_options():
     relative = TrainConfig(noise_estimator="diff2", noise_model="relative", local_axis="smaller", local_edges="nearest")
     assert relative.normalization_config() == NormalizationConfig(noise_estimator="diff2", noise_model="relative",
                                                                   local_axis="smaller", local_edges="nearest")
+    assert TrainConfig(noise_model="relative", block_size=64).normalization_config().block_size == 64
+    with pytest.raises(ConfigError, match="block_size=4 must be an integer >= 8"):
+        TrainConfig(noise_model="relative", block_size=4).validate()
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")),

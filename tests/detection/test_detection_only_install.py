@@ -73,9 +73,16 @@ print(r.runtime, r.n_cr_pixels, "keras" in sys.modules, "tensorflow" in sys.modu
 
 
 def test_the_shipped_int8_file_is_what_detection_would_convert(tmp_path):
-    """The prebuilt file is the on-the-fly conversion, bit for bit (so masks are unchanged)."""
+    """The prebuilt file is the on-the-fly conversion (so masks are unchanged without it).
+
+    Bit for bit with the TensorFlow and numpy that built it; another release of either may move
+    the int8 calibration by a rounding step (seen: TF 2.21 with numpy 2.4.6, one pixel of 11,430
+    flagged at the card's threshold, mean |dp| 4e-7), so then the two files' outputs are compared.
+    """
     from kercr.detection.loading import load_model
     from kercr.detection.runtimes import convert_for_runtime
+    from kercr.export.litert import TFLiteRunner
+    from kercr.export.parity import normalized_patches, synthetic_patches
     from kercr.model_files import file_sha256
 
     loaded = load_model("default")
@@ -83,7 +90,13 @@ def test_the_shipped_int8_file_is_what_detection_would_convert(tmp_path):
     prebuilt = loaded.prebuilt["tflite-int8"]
     assert file_sha256(prebuilt) == entry["sha256"] and entry["source_sha256"] == file_sha256(loaded.path)
     (tmp_path / "fresh.tflite").write_bytes(convert_for_runtime(loaded, "int8"))
-    assert file_sha256(tmp_path / "fresh.tflite") == entry["sha256"]
+    if file_sha256(tmp_path / "fresh.tflite") != entry["sha256"]:
+        x = normalized_patches(synthetic_patches(4, tile=256, seed=1).image_adu, loaded.normalization)
+        shipped, fresh = (TFLiteRunner(path, num_threads=1).predict(x) for path in (prebuilt, tmp_path / "fresh.tflite"))
+        flagged = shipped >= loaded.threshold
+        assert flagged.sum() > 1000  # CR pixels to compare
+        assert np.abs(shipped - fresh).mean() < 1e-4
+        assert ((fresh >= loaded.threshold) != flagged).sum() <= 0.001 * flagged.sum()
     # The card's geometry is what the Keras layers say.
     from kercr.detection.loading import model_geometry
 

@@ -79,7 +79,7 @@ def test_ship_copies_a_run_with_its_card_and_refuses_to_overwrite(tmp_path, save
 
 
 @needs_default
-def test_prebuild_rebuilds_the_int8_file_and_its_card_entry_bit_for_bit(tmp_path, capsys):
+def test_prebuild_rebuilds_the_int8_file_and_its_card_entry(tmp_path, capsys):
     pytest.importorskip("tensorflow")
     pytest.importorskip("ai_edge_litert")
     before = {name: file_sha256(WEIGHTS_DIR / name) for name in SHIPPED}
@@ -90,10 +90,17 @@ def test_prebuild_rebuilds_the_int8_file_and_its_card_entry_bit_for_bit(tmp_path
     (tmp_path / "default.json").write_text(json.dumps(stale))  # as a freshly shipped model's card
     (tmp_path / "default-int8.tflite").write_bytes(b"made from another model")
     assert main(["--prebuild", "--dest", str(tmp_path), "-q"]) == 0
-    # The same file as shipped (the conversion is deterministic), and the card as shipped.
-    assert file_sha256(tmp_path / "default-int8.tflite") == before["default-int8.tflite"]
-    assert json.loads((tmp_path / "default.json").read_text()) == card
-    entry = card["tflite"]["tflite-int8"]
+    rebuilt = json.loads((tmp_path / "default.json").read_text())
+    entry = rebuilt["tflite"]["tflite-int8"]
+    assert entry["sha256"] == file_sha256(tmp_path / "default-int8.tflite")
+    if entry["sha256"] == before["default-int8.tflite"]:
+        # The same file as shipped (the conversion is deterministic), and the card as shipped.
+        assert rebuilt == card
+    else:  # another TensorFlow / numpy release calibrates int8 a rounding step apart: the card says so
+        shipped = card["tflite"]["tflite-int8"]
+        assert {k: v for k, v in rebuilt.items() if k != "tflite"} == {k: v for k, v in card.items() if k != "tflite"}
+        assert entry["source_sha256"] == shipped["source_sha256"] and rebuilt["geometry"] == card["geometry"]
+        assert abs(entry["parity_vs_keras"]["tpr_at_fpr"]["delta"] - shipped["parity_vs_keras"]["tpr_at_fpr"]["delta"]) < 0.01
     assert capsys.readouterr().out == (f"prebuilt tflite-int8: {tmp_path / 'default-int8.tflite'} ({entry['bytes']:,} "
                                        f"bytes; max |dp| against Keras {entry['parity_vs_keras']['max_abs_delta_p']:.3g})\n")
     assert load_model(tmp_path / "default.keras").prebuilt == {"tflite-int8": tmp_path / "default-int8.tflite"}

@@ -262,7 +262,7 @@ def test_noise_model_and_block_size_are_checked():
     assert NormalizationConfig.from_dict(LOCAL.to_dict()) == LOCAL
 
 
-# --- noise_model="relative": one sky, the frame's noise scaled by the block noise map -----------
+# --- noise_model="relative": the background map, the frame's noise scaled by the block noise map
 
 RELATIVE = NormalizationConfig(noise_model="relative", noise_estimator="diff2", local_axis="smaller",
                                local_edges="nearest")

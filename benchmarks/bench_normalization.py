@@ -39,6 +39,9 @@ def main(argv=None) -> int:
         "relative maps, 32-px blocks (smaller axis, nearest edges)": NormalizationConfig(
             noise_estimator="diff2", asinh_softening=10.0, noise_model="relative", local_axis="smaller",
             local_edges="nearest"),
+        "relative maps, gated at 5 noise units": NormalizationConfig(
+            noise_estimator="diff2", asinh_softening=10.0, noise_model="relative", local_axis="smaller",
+            local_edges="nearest", local_gate=5.0),
     }
     mpix = image.size / 1e6
     print(f"| normalization of a {args.shape[0]} x {args.shape[1]} frame | median s | Mpix/s |")

@@ -159,6 +159,11 @@ class TrainConfig:
         ``noise_model="local"`` or ``"relative"``: the side of the blocks of the background and
         noise maps, in pixels (default 32, >= 8). Larger blocks follow only larger structure (a
         galaxy or nebula filling the frame), not a compact galaxy or a group of stars.
+    local_gate : float or None
+        ``noise_model="relative"``: use the maps only where the background departs from the
+        frame's sky by more than ``local_gate`` noise units (fully beyond twice that), the one sky
+        and noise elsewhere, so plain frames and small cutouts get the global input (None, the
+        default: the maps everywhere; :class:`kercr.data.normalization.NormalizationConfig`).
     dominant_sources : float
         Synthetic data: fraction of frames that hold one galaxy or nebula covering 30-70 % of
         the field (:func:`kercr.data.synthetic.dominant_source`); 0 (default): none.
@@ -214,6 +219,7 @@ class TrainConfig:
     local_axis: str = "larger"
     local_edges: str = "reflect"
     block_size: int = 32
+    local_gate: float | None = None
     dominant_sources: float = 0.0
     integer_frames: float = 0.0
     patches_per_frame: int | None = None
@@ -233,7 +239,8 @@ class TrainConfig:
 
         return NormalizationConfig(asinh_softening=self.asinh_softening, noise_estimator=self.noise_estimator,
                                    noise_model=self.noise_model, local_axis=self.local_axis,
-                                   local_edges=self.local_edges, block_size=self.block_size)
+                                   local_edges=self.local_edges, block_size=self.block_size,
+                                   local_gate=self.local_gate)
 
     def _check_types(self) -> None:
         """Every option has its field's type (YAML reads ``1e-3`` as a string: such numbers are converted)."""

@@ -137,6 +137,11 @@ def test_normalization_config_carries_the_three_normalization_options():
     assert TrainConfig(noise_model="relative", block_size=64).normalization_config().block_size == 64
     with pytest.raises(ConfigError, match="block_size=4 must be an integer >= 8"):
         TrainConfig(noise_model="relative", block_size=4).validate()
+    assert TrainConfig(noise_model="relative", local_gate=5.0).normalization_config().local_gate == 5.0
+    with pytest.raises(ConfigError, match="local_gate=5.0 applies to noise_model='relative' only"):
+        TrainConfig(local_gate=5.0).validate()
+    with pytest.raises(ConfigError, match="local_gate=-1.0 must be a positive number"):
+        TrainConfig(noise_model="relative", local_gate=-1.0).validate()
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")),

@@ -129,6 +129,10 @@ def _add_data_flags(add) -> None:
              "the edge block (nearest: the outer ring does not read one block inward)")
     add("--block-size", type=int, metavar="PX",
         help="--noise-model local or relative: block side of the background and noise maps in pixels (default 32)")
+    add("--local-gate", type=float, metavar="SIGMA",
+        help="--noise-model relative: use the maps only where the background departs from the frame's sky by "
+             "more than SIGMA noise units (fully beyond 2 SIGMA), the one sky and noise elsewhere "
+             "(default: the maps everywhere)")
     add("--dominant-sources", type=float, metavar="F",
         help="synthetic data: fraction of frames with one galaxy or nebula covering 30-70%% of the field (default 0)")
     add("--integer-frames", type=float, metavar="F",

@@ -126,6 +126,15 @@ class NormalizationConfig:
         (the default, and what models saved without this key used) takes the next block inward
         at the edge, so on a steep gradient the outer ring reads one block inward;
         ``"nearest"`` repeats the edge block.
+    local_gate : float or None
+        ``noise_model="relative"`` only: use the maps only where the background departs from the
+        frame's sky. With ``d = |background - sky| / noise`` (the frame's one sky and noise) and
+        ``g = clip(d / local_gate - 1, 0, 1)``, a pixel's background is ``sky + g (background - sky)``
+        and its noise ``noise (1 + g (map / median(map) - 1))``: the global input where ``d <=
+        local_gate`` (a plain frame, a cutout whose blocks follow compact galaxies and stars by a
+        few noise units), the full relative input where ``d >= 2 local_gate`` (a galaxy or nebula
+        over much of the field), a linear blend between. Noise units, > 0; None (the default, and
+        what models saved without this key used): the maps everywhere.
     """
 
     method: str = METHOD
@@ -141,6 +150,7 @@ class NormalizationConfig:
     block_size: int = 32
     local_axis: str = "larger"
     local_edges: str = "reflect"
+    local_gate: float | None = None
 
     def __post_init__(self):
         if self.method != METHOD:
@@ -166,6 +176,15 @@ class NormalizationConfig:
         if self.local_edges not in LOCAL_EDGES:
             raise KercrDataError(f"local_edges={self.local_edges!r} is not one of {LOCAL_EDGES}: how the block grid "
                                  "is padded for its 3 x 3 median.")
+        if self.local_gate is not None:
+            if isinstance(self.local_gate, bool) or not isinstance(self.local_gate, (int, float)) \
+                    or not 0 < self.local_gate < float("inf"):
+                raise KercrDataError(f"local_gate={self.local_gate!r} must be a positive number of noise units "
+                                     "(e.g. 5), or None for the maps everywhere.")
+            if self.noise_model != "relative":
+                raise KercrDataError(f"local_gate={self.local_gate!r} applies to noise_model='relative' only; "
+                                     f"this config has noise_model={self.noise_model!r}. Drop local_gate or "
+                                     "set noise_model='relative'.")
 
     def to_dict(self) -> dict:
         """JSON-serializable dict of the constants."""
@@ -270,7 +289,7 @@ def robust_sky_noise(image, *, mask=None, config: NormalizationConfig | None = N
     return sky, noise, int(values.size)
 
 
-def local_background_noise(image, *, mask=None, config: NormalizationConfig | None = None):
+def local_background_noise(image, *, mask=None, config: NormalizationConfig | None = None, frame_stats=None):
     """Background and noise maps of an image, from ``config.block_size`` pixel blocks.
 
     In each block of ``b x b`` pixels (the frame padded to whole blocks): the background is the
@@ -297,6 +316,10 @@ def local_background_noise(image, *, mask=None, config: NormalizationConfig | No
         Pixels to leave out of the statistics (saturated, bad).
     config : NormalizationConfig, optional
         ``block_size`` and the frame-wide fallback statistics.
+    frame_stats : (float, float), optional
+        The frame's ``(sky, noise)`` of :func:`robust_sky_noise` with ``noise_estimator="diff2"``
+        and this ``mask`` and ``config``, when the caller has measured them (the fallback of empty
+        blocks); measured here otherwise.
 
     Returns
     -------
@@ -315,7 +338,11 @@ def local_background_noise(image, *, mask=None, config: NormalizationConfig | No
         if mask.shape != image.shape:
             raise KercrDataError(f"mask shape {mask.shape} differs from image shape {image.shape}.")
         good &= ~mask
-    sky0, sigma0, _ = robust_sky_noise(image, mask=mask, config=dataclasses.replace(config, noise_estimator="diff2"))
+    if frame_stats is None:
+        diff2 = dataclasses.replace(config, noise_estimator="diff2")
+        sky0, sigma0, _ = robust_sky_noise(image, mask=mask, config=diff2)
+    else:
+        sky0, sigma0 = frame_stats
     b = int(config.block_size)
     ny, nx = image.shape
     by, bx = -(-ny // b), -(-nx // b)
@@ -337,6 +364,15 @@ def local_background_noise(image, *, mask=None, config: NormalizationConfig | No
     noise = fill_and_smooth(noise, sigma0, edges=config.local_edges)
     sky, sigma = float(np.median(background)), float(np.median(noise))
     return (upsample_bilinear(background, image.shape, b), upsample_bilinear(noise, image.shape, b), sky, sigma)
+
+
+def _gate(background: np.ndarray, sky: float, noise: float, gate: float) -> np.ndarray:
+    """``clip(|background - sky| / (noise * gate) - 1, 0, 1)`` (float32): 0 where the background is
+    within ``gate`` noise units of the sky, 1 beyond twice that (``NormalizationConfig.local_gate``)."""
+    g = np.abs(background - np.float32(sky))
+    g *= np.float32(1.0 / (noise * gate))
+    g -= 1
+    return np.clip(g, 0, 1, out=g)
 
 
 def _stretch(out: np.ndarray, config: NormalizationConfig) -> np.ndarray:
@@ -386,9 +422,22 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
     sky, noise, n = robust_sky_noise(image, mask=mask, config=config)
     out = image.astype(np.float32, copy=True)
     if config.noise_model == "relative":
-        background, noise_map, _, map_median = local_background_noise(image, mask=mask, config=config)
+        stats = (sky, noise) if config.noise_estimator == "diff2" else None  # the maps' fallback, measured once
+        background, noise_map, _, map_median = local_background_noise(image, mask=mask, config=config,
+                                                                      frame_stats=stats)
+        if config.local_gate is not None:
+            gate = _gate(background, sky, noise, config.local_gate)
+            background -= np.float32(sky)
+            background *= gate
+            background += np.float32(sky)
+            noise_map *= np.float32(1.0 / map_median)
+            noise_map -= 1
+            noise_map *= gate
+            noise_map += 1
+            noise_map *= np.float32(noise)
+        else:
+            noise_map *= np.float32(noise / map_median)
         out -= background
-        noise_map *= np.float32(noise / map_median)
         out /= noise_map
     else:
         out -= np.float32(sky)

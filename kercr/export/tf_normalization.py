@@ -33,7 +33,8 @@ the two-iteration clipped standard deviation in float32 (the larger or smaller a
 order, then ``(image - background) / noise`` in float32. ``noise_model="relative"`` takes the
 background map above and the noise map times ``noise / median`` (the frame-wide noise of the
 global path over the median of the block grid, in float64, cast to float32 as numpy does), then
-``(image - background) / map`` in float32. The background map is bit-for-bit
+``(image - background) / map`` in float32; with ``local_gate`` the blend toward the frame's sky
+and noise in numpy's float32 order. The background map is bit-for-bit
 numpy's; the noise map is not quite: numpy's float32 sums (pairwise) and TensorFlow's round
 differently in the clipped standard deviation, which moves the noise by up to ~8e-7 relative.
 Measured in a tf.function with unknown H and W on the frames of
@@ -178,9 +179,18 @@ def normalize_image(image, config: NormalizationConfig | None = None):
         return _stretch((image - background) / noise_map, config)
     sky, noise = robust_sky_noise(image, config)
     if config.noise_model == "relative":
-        background, noise_map, map_median = local_background_noise(image, config, with_median=True)
-        scale = tf.cast(noise / map_median, tf.float32)
-        return _stretch((image - background) / (noise_map * scale), config)
+        stats = (sky, noise) if config.noise_estimator == "diff2" else None  # the maps' fallback, measured once
+        background, noise_map, map_median = local_background_noise(image, config, with_median=True,
+                                                                    frame_stats=stats)
+        if config.local_gate is None:
+            return _stretch((image - background) / (noise_map * tf.cast(noise / map_median, tf.float32)), config)
+        sky32 = tf.cast(sky, tf.float32)
+        gate = tf.abs(background - sky32) * tf.cast(1.0 / (noise * config.local_gate), tf.float32) - 1.0
+        gate = tf.clip_by_value(gate, 0.0, 1.0)
+        background = (background - sky32) * gate + sky32
+        ratio = noise_map * tf.cast(1.0 / map_median, tf.float32)
+        noise_map = ((ratio - 1.0) * gate + 1.0) * tf.cast(noise, tf.float32)
+        return _stretch((image - background) / noise_map, config)
     return _stretch((image - tf.cast(sky, tf.float32)) * tf.cast(1.0 / noise, tf.float32), config)
 
 
@@ -320,7 +330,7 @@ def _upsample_bilinear(grid, ny, nx, block: int):
     return a + (b - a) * tf.cast(frac, tf.float32)[None, :]
 
 
-def local_background_noise(image, config: NormalizationConfig, *, with_median: bool = False):
+def local_background_noise(image, config: NormalizationConfig, *, with_median: bool = False, frame_stats=None):
     """Background and noise maps of one (ny, nx) float32 image, as numpy's
     :func:`kercr.data.normalization.local_background_noise` (NaN/inf pixels ignored; no mask).
 
@@ -334,6 +344,9 @@ def local_background_noise(image, config: NormalizationConfig, *, with_median: b
     with_median : bool
         Also return the median of the block noise grid (numpy's ``sigma``), which
         ``noise_model="relative"`` divides the map by.
+    frame_stats : (tf.Tensor, tf.Tensor), optional
+        The frame's ``diff2`` sky and noise of :func:`robust_sky_noise` (float64 scalars), when
+        the caller has them; measured here otherwise.
 
     Returns
     -------
@@ -342,7 +355,10 @@ def local_background_noise(image, config: NormalizationConfig, *, with_median: b
     sigma : tf.Tensor, scalar float64
         Only with ``with_median``.
     """
-    sky0, sigma0 = robust_sky_noise(image, dataclasses.replace(config, noise_estimator="diff2"))
+    if frame_stats is None:
+        sky0, sigma0 = robust_sky_noise(image, dataclasses.replace(config, noise_estimator="diff2"))
+    else:
+        sky0, sigma0 = frame_stats
     b = int(config.block_size)
     half = (b + 1) // 2
     ny, nx = tf.shape(image)[0], tf.shape(image)[1]

@@ -321,3 +321,63 @@ def test_relative_noise_honours_masks_nan_and_keeps_the_input():
     as_nan, _ = normalize(np.where(mask, np.nan, image), config=RELATIVE)
     np.testing.assert_allclose(out[~mask], as_nan[~mask], rtol=1e-6)
     assert np.abs(out[~mask]).max() < 100
+
+
+# --- local_gate: the maps only where the background departs from the frame's sky
+
+GATED = dataclasses.replace(RELATIVE, local_gate=5.0)
+
+
+def test_gated_relative_noise_is_the_global_input_beside_a_compact_galaxy():
+    """A compact galaxy (10 noise units at its peak, 30 px sigma) moves the 32-px background map
+    by about 2 noise units: the ungated input subtracts part of it, the gated one keeps the one
+    sky and noise of the frame."""
+    rng = np.random.default_rng(11)
+    y, x = np.mgrid[:256, :256]
+    image = (300.0 + 60.0 * np.exp(-0.5 * np.hypot(y - 128, x - 128) ** 2 / 30.0**2)
+             + rng.normal(0.0, 6.0, (256, 256))).astype(np.float32)
+    image[100, 120:124] += 500.0  # a CR on the galaxy's flank
+    glob, gparams = normalize(image, config=dataclasses.replace(RELATIVE, noise_model="global"))
+    ungated, _ = normalize(image, config=RELATIVE)
+    gated, params = normalize(image, config=GATED)
+    assert np.abs(ungated - glob)[118:138, 118:138].mean() > 1.0  # it can fail: the ungated map moves
+    np.testing.assert_allclose(gated, glob, rtol=1e-6, atol=1e-5)
+    assert (params.sky, params.noise) == (gparams.sky, gparams.noise)
+
+
+def test_gated_relative_noise_is_the_relative_input_on_a_large_galaxy_and_blends_between():
+    from kercr.data.normalization import local_background_noise, robust_sky_noise
+
+    image, _ = _galaxy_frame()
+    gated, _ = normalize(image, config=GATED)
+    ungated, _ = normalize(image, config=RELATIVE)
+    glob, _ = normalize(image, config=dataclasses.replace(RELATIVE, noise_model="global"))
+    sky, noise, _ = robust_sky_noise(image, config=GATED)
+    background, noise_map, _, median = local_background_noise(image, config=GATED)
+    d = np.abs(background.astype(np.float64) - sky) / noise
+    full, none = d >= 2 * GATED.local_gate + 0.01, d <= GATED.local_gate - 0.01
+    assert full.mean() > 0.3 and none.mean() > 0.05  # both regimes are on the frame
+    np.testing.assert_allclose(gated[full], ungated[full], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gated[none], glob[none], rtol=1e-5, atol=1e-5)
+    # Between, a linear blend of the background and of the noise ratio.
+    g = np.clip(d / GATED.local_gate - 1, 0, 1)
+    want = (image - (sky + g * (background - sky))) / (noise * (1 + g * (noise_map / median - 1)))
+    want = GATED.asinh_softening * np.arcsinh(np.clip(want, -10, 1000) / GATED.asinh_softening) \
+        if GATED.asinh_softening else np.clip(want, -10, 1000)
+    blend = ~full & ~none
+    assert blend.mean() > 0.01
+    np.testing.assert_allclose(gated[blend], want[blend], rtol=1e-4, atol=1e-4)
+    # The faint corner is off the frame's sky (the galaxy's), so it keeps its own background there.
+    corner = (slice(-96, -32), slice(-96, -32))
+    assert abs(np.median(gated[corner])) < 0.3 and 0.8 < gated[corner].std() < 1.3
+
+
+def test_local_gate_is_checked_and_saved():
+    with pytest.raises(KercrDataError, match="local_gate.*relative"):
+        NormalizationConfig(local_gate=5.0)
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(KercrDataError, match="local_gate"):
+            dataclasses.replace(RELATIVE, local_gate=bad)
+    assert NormalizationConfig.from_dict(GATED.to_dict()) == GATED
+    saved_before = {k: v for k, v in RELATIVE.to_dict().items() if k != "local_gate"}
+    assert NormalizationConfig.from_dict(saved_before).local_gate is None

@@ -13,7 +13,7 @@ the departure ``d = |B - sky| / noise``: its median over source pixels
 (:func:`kercr.data.sources.source_map`), and the share of all pixels with ``d`` above 1, 2, 3, 5
 and 10. A background map used only where ``d`` is large (``NormalizationConfig.local_gate``)
 leaves the cutouts with the one sky per frame and moves the large galaxies; this is the figure
-that picks the gate. No model is run; about a minute on one core.
+that picks the gate. No model is run; about 10 s on one core.
 """
 
 from __future__ import annotations

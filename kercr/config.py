@@ -164,6 +164,9 @@ class TrainConfig:
         frame's sky by more than ``local_gate`` noise units (fully beyond twice that), the one sky
         and noise elsewhere, so plain frames and small cutouts get the global input (None, the
         default: the maps everywhere; :class:`kercr.data.normalization.NormalizationConfig`).
+    local_min_blocks : int or None
+        ``noise_model="relative"``: frames narrower than this many blocks on either side get the
+        global input (None, the default: the maps on every frame).
     dominant_sources : float
         Synthetic data: fraction of frames that hold one galaxy or nebula covering 30-70 % of
         the field (:func:`kercr.data.synthetic.dominant_source`); 0 (default): none.
@@ -220,6 +223,7 @@ class TrainConfig:
     local_edges: str = "reflect"
     block_size: int = 32
     local_gate: float | None = None
+    local_min_blocks: int | None = None
     dominant_sources: float = 0.0
     integer_frames: float = 0.0
     patches_per_frame: int | None = None
@@ -240,7 +244,7 @@ class TrainConfig:
         return NormalizationConfig(asinh_softening=self.asinh_softening, noise_estimator=self.noise_estimator,
                                    noise_model=self.noise_model, local_axis=self.local_axis,
                                    local_edges=self.local_edges, block_size=self.block_size,
-                                   local_gate=self.local_gate)
+                                   local_gate=self.local_gate, local_min_blocks=self.local_min_blocks)
 
     def _check_types(self) -> None:
         """Every option has its field's type (YAML reads ``1e-3`` as a string: such numbers are converted)."""

@@ -142,6 +142,7 @@ def test_normalization_config_carries_the_three_normalization_options():
         TrainConfig(local_gate=5.0).validate()
     with pytest.raises(ConfigError, match="local_gate=-1.0 must be a positive number"):
         TrainConfig(noise_model="relative", local_gate=-1.0).validate()
+    assert TrainConfig(noise_model="relative", local_min_blocks=3).normalization_config().local_min_blocks == 3
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")),

@@ -133,6 +133,9 @@ def _add_data_flags(add) -> None:
         help="--noise-model relative: use the maps only where the background departs from the frame's sky by "
              "more than SIGMA noise units (fully beyond 2 SIGMA), the one sky and noise elsewhere "
              "(default: the maps everywhere)")
+    add("--local-min-blocks", type=int, metavar="N",
+        help="--noise-model relative: frames narrower than N blocks on either side get one sky and noise "
+             "(default: the maps on every frame)")
     add("--dominant-sources", type=float, metavar="F",
         help="synthetic data: fraction of frames with one galaxy or nebula covering 30-70%% of the field (default 0)")
     add("--integer-frames", type=float, metavar="F",

@@ -135,6 +135,12 @@ class NormalizationConfig:
         few noise units), the full relative input where ``d >= 2 local_gate`` (a galaxy or nebula
         over much of the field), a linear blend between. Noise units, > 0; None (the default, and
         what models saved without this key used): the maps everywhere.
+    local_min_blocks : int or None
+        ``noise_model="relative"`` only: a frame narrower than ``local_min_blocks`` blocks on
+        either side (``min(ny, nx) < local_min_blocks * block_size``) gets the global input, one
+        sky and noise, since a 3 x 3 block median over a grid of one or two blocks cannot tell a
+        galaxy from the sky. None (the default, and what models saved without this key used):
+        the maps on every frame.
     """
 
     method: str = METHOD
@@ -151,6 +157,7 @@ class NormalizationConfig:
     local_axis: str = "larger"
     local_edges: str = "reflect"
     local_gate: float | None = None
+    local_min_blocks: int | None = None
 
     def __post_init__(self):
         if self.method != METHOD:
@@ -185,6 +192,15 @@ class NormalizationConfig:
                 raise KercrDataError(f"local_gate={self.local_gate!r} applies to noise_model='relative' only; "
                                      f"this config has noise_model={self.noise_model!r}. Drop local_gate or "
                                      "set noise_model='relative'.")
+        if self.local_min_blocks is not None:
+            if isinstance(self.local_min_blocks, bool) or not isinstance(self.local_min_blocks, int) \
+                    or self.local_min_blocks < 1:
+                raise KercrDataError(f"local_min_blocks={self.local_min_blocks!r} must be a whole number of blocks "
+                                     ">= 1 (e.g. 3), or None for the maps on every frame.")
+            if self.noise_model != "relative":
+                raise KercrDataError(f"local_min_blocks={self.local_min_blocks!r} applies to noise_model='relative' "
+                                     f"only; this config has noise_model={self.noise_model!r}. Drop local_min_blocks "
+                                     "or set noise_model='relative'.")
 
     def to_dict(self) -> dict:
         """JSON-serializable dict of the constants."""
@@ -366,6 +382,11 @@ def local_background_noise(image, *, mask=None, config: NormalizationConfig | No
     return (upsample_bilinear(background, image.shape, b), upsample_bilinear(noise, image.shape, b), sky, sigma)
 
 
+def _too_small_for_maps(shape, config: NormalizationConfig) -> bool:
+    """True when ``config.local_min_blocks`` sends a frame of this shape to the global input."""
+    return config.local_min_blocks is not None and min(shape) < config.local_min_blocks * config.block_size
+
+
 def _gate(background: np.ndarray, sky: float, noise: float, gate: float) -> np.ndarray:
     """``clip(|background - sky| / (noise * gate) - 1, 0, 1)`` (float32): 0 where the background is
     within ``gate`` noise units of the sky, 1 beyond twice that (``NormalizationConfig.local_gate``)."""
@@ -421,7 +442,7 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
         return _stretch(out, config), NormalizationParams(config=config, sky=sky, noise=noise, n_pixels=n)
     sky, noise, n = robust_sky_noise(image, mask=mask, config=config)
     out = image.astype(np.float32, copy=True)
-    if config.noise_model == "relative":
+    if config.noise_model == "relative" and not _too_small_for_maps(image.shape, config):
         stats = (sky, noise) if config.noise_estimator == "diff2" else None  # the maps' fallback, measured once
         background, noise_map, _, map_median = local_background_noise(image, mask=mask, config=config,
                                                                       frame_stats=stats)

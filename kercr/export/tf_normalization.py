@@ -34,7 +34,8 @@ order, then ``(image - background) / noise`` in float32. ``noise_model="relative
 background map above and the noise map times ``noise / median`` (the frame-wide noise of the
 global path over the median of the block grid, in float64, cast to float32 as numpy does), then
 ``(image - background) / map`` in float32; with ``local_gate`` the blend toward the frame's sky
-and noise in numpy's float32 order. The background map is bit-for-bit
+and noise in numpy's float32 order; with ``local_min_blocks``, a ``tf.cond`` on the frame's size at
+run time picks the global path for small frames. The background map is bit-for-bit
 numpy's; the noise map is not quite: numpy's float32 sums (pairwise) and TensorFlow's round
 differently in the clipped standard deviation, which moves the noise by up to ~8e-7 relative.
 Measured in a tf.function with unknown H and W on the frames of
@@ -178,20 +179,32 @@ def normalize_image(image, config: NormalizationConfig | None = None):
         background, noise_map = local_background_noise(image, config)
         return _stretch((image - background) / noise_map, config)
     sky, noise = robust_sky_noise(image, config)
-    if config.noise_model == "relative":
-        stats = (sky, noise) if config.noise_estimator == "diff2" else None  # the maps' fallback, measured once
-        background, noise_map, map_median = local_background_noise(image, config, with_median=True,
-                                                                    frame_stats=stats)
-        if config.local_gate is None:
-            return _stretch((image - background) / (noise_map * tf.cast(noise / map_median, tf.float32)), config)
-        sky32 = tf.cast(sky, tf.float32)
-        gate = tf.abs(background - sky32) * tf.cast(1.0 / (noise * config.local_gate), tf.float32) - 1.0
-        gate = tf.clip_by_value(gate, 0.0, 1.0)
-        background = (background - sky32) * gate + sky32
-        ratio = noise_map * tf.cast(1.0 / map_median, tf.float32)
-        noise_map = ((ratio - 1.0) * gate + 1.0) * tf.cast(noise, tf.float32)
-        return _stretch((image - background) / noise_map, config)
+    if config.noise_model != "relative":
+        return _global(image, sky, noise, config)
+    if config.local_min_blocks is None:
+        return _relative(image, sky, noise, config)
+    short = tf.minimum(tf.shape(image)[0], tf.shape(image)[1]) < config.local_min_blocks * config.block_size
+    return tf.cond(short, lambda: _global(image, sky, noise, config), lambda: _relative(image, sky, noise, config))
+
+
+def _global(image, sky, noise, config: NormalizationConfig):
+    """One sky and noise for the frame (float64 scalars), as numpy's global path."""
     return _stretch((image - tf.cast(sky, tf.float32)) * tf.cast(1.0 / noise, tf.float32), config)
+
+
+def _relative(image, sky, noise, config: NormalizationConfig):
+    """``noise_model="relative"`` (with its gate) of one image, given the frame's sky and noise."""
+    stats = (sky, noise) if config.noise_estimator == "diff2" else None  # the maps' fallback, measured once
+    background, noise_map, map_median = local_background_noise(image, config, with_median=True, frame_stats=stats)
+    if config.local_gate is None:
+        return _stretch((image - background) / (noise_map * tf.cast(noise / map_median, tf.float32)), config)
+    sky32 = tf.cast(sky, tf.float32)
+    gate = tf.abs(background - sky32) * tf.cast(1.0 / (noise * config.local_gate), tf.float32) - 1.0
+    gate = tf.clip_by_value(gate, 0.0, 1.0)
+    background = (background - sky32) * gate + sky32
+    ratio = noise_map * tf.cast(1.0 / map_median, tf.float32)
+    noise_map = ((ratio - 1.0) * gate + 1.0) * tf.cast(noise, tf.float32)
+    return _stretch((image - background) / noise_map, config)
 
 
 def _stretch(out, config: NormalizationConfig):

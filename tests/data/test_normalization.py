@@ -381,3 +381,22 @@ def test_local_gate_is_checked_and_saved():
     assert NormalizationConfig.from_dict(GATED.to_dict()) == GATED
     saved_before = {k: v for k, v in RELATIVE.to_dict().items() if k != "local_gate"}
     assert NormalizationConfig.from_dict(saved_before).local_gate is None
+
+
+def test_local_min_blocks_gives_small_frames_the_global_input():
+    """A frame of fewer blocks than ``local_min_blocks`` on a side gets one sky and noise; a
+    larger one keeps the maps."""
+    image, _ = _galaxy_frame(shape=(80, 200))  # 2.5 x 6.25 blocks of 32 px
+    config = dataclasses.replace(GATED, local_min_blocks=3)
+    small, _ = normalize(image, config=config)
+    glob, _ = normalize(image, config=dataclasses.replace(RELATIVE, noise_model="global"))
+    gated, _ = normalize(image, config=GATED)
+    np.testing.assert_array_equal(small, glob)
+    assert np.abs(gated - glob).max() > 1.0  # it can fail: without the rule the maps move this frame
+    big, _ = _galaxy_frame()
+    np.testing.assert_array_equal(normalize(big, config=config)[0], normalize(big, config=GATED)[0])
+    with pytest.raises(KercrDataError, match="local_min_blocks"):
+        dataclasses.replace(GATED, local_min_blocks=0)
+    with pytest.raises(KercrDataError, match="local_min_blocks.*relative"):
+        NormalizationConfig(local_min_blocks=3)
+    assert NormalizationConfig.from_dict(config.to_dict()) == config

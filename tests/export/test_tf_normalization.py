@@ -92,8 +92,11 @@ def _compare(fn, images, config):
                                                         asinh_softening=10.0),
                                     dataclasses.replace(LOCAL, noise_model="relative", noise_estimator="diff2",
                                                         local_axis="smaller", local_edges="nearest",
-                                                        local_gate=2.0)],
-                         ids=["linear", "asinh", "smaller-nearest", "relative", "relative-gated"])
+                                                        local_gate=2.0),
+                                    dataclasses.replace(LOCAL, noise_model="relative", noise_estimator="diff2",
+                                                        local_axis="smaller", local_edges="nearest",
+                                                        local_gate=2.0, local_min_blocks=4)],
+                         ids=["linear", "asinh", "smaller-nearest", "relative", "relative-gated", "min-blocks"])
 def test_local_graph_matches_numpy(graph, frame, config):
     rng = np.random.default_rng(0)
     images = [frame(rng), frame(rng)]  # a batch: each image on its own maps
@@ -101,7 +104,8 @@ def test_local_graph_matches_numpy(graph, frame, config):
     fn = graph(config)
     got, want = _compare(fn, images, config)
     # It can fail: the global normalization (what the graph did before) gives another answer.
-    glob = np.stack([normalize(image, config=dataclasses.replace(config, noise_model="global", local_gate=None))[0]
+    glob = np.stack([normalize(image, config=dataclasses.replace(config, noise_model="global", local_gate=None,
+                                                                 local_min_blocks=None))[0]
                      for image in images])
     if config.local_gate is None or frame is _galaxy_frame:
         assert np.abs(glob - want).max() > 0.05

@@ -183,24 +183,19 @@ class NormalizationConfig:
         if self.local_edges not in LOCAL_EDGES:
             raise KercrDataError(f"local_edges={self.local_edges!r} is not one of {LOCAL_EDGES}: how the block grid "
                                  "is padded for its 3 x 3 median.")
-        if self.local_gate is not None:
-            if isinstance(self.local_gate, bool) or not isinstance(self.local_gate, (int, float)) \
-                    or not 0 < self.local_gate < float("inf"):
-                raise KercrDataError(f"local_gate={self.local_gate!r} must be a positive number of noise units "
-                                     "(e.g. 5), or None for the maps everywhere.")
-            if self.noise_model != "relative":
-                raise KercrDataError(f"local_gate={self.local_gate!r} applies to noise_model='relative' only; "
-                                     f"this config has noise_model={self.noise_model!r}. Drop local_gate or "
-                                     "set noise_model='relative'.")
-        if self.local_min_blocks is not None:
-            if isinstance(self.local_min_blocks, bool) or not isinstance(self.local_min_blocks, int) \
-                    or self.local_min_blocks < 1:
-                raise KercrDataError(f"local_min_blocks={self.local_min_blocks!r} must be a whole number of blocks "
-                                     ">= 1 (e.g. 3), or None for the maps on every frame.")
-            if self.noise_model != "relative":
-                raise KercrDataError(f"local_min_blocks={self.local_min_blocks!r} applies to noise_model='relative' "
-                                     f"only; this config has noise_model={self.noise_model!r}. Drop local_min_blocks "
-                                     "or set noise_model='relative'.")
+        gate, min_blocks = self.local_gate, self.local_min_blocks
+        if gate is not None and (isinstance(gate, bool) or not isinstance(gate, (int, float))
+                                 or not 0 < gate < float("inf")):
+            raise KercrDataError(f"local_gate={gate!r} must be a positive number of noise units (e.g. 5), or None "
+                                 "for the maps everywhere.")
+        if min_blocks is not None and (isinstance(min_blocks, bool) or not isinstance(min_blocks, int)
+                                       or min_blocks < 1):
+            raise KercrDataError(f"local_min_blocks={min_blocks!r} must be a whole number of blocks >= 1 (e.g. 3), "
+                                 "or None for the maps on every frame.")
+        for name, value in (("local_gate", gate), ("local_min_blocks", min_blocks)):
+            if value is not None and self.noise_model != "relative":
+                raise KercrDataError(f"{name}={value!r} applies to noise_model='relative' only; this config has "
+                                     f"noise_model={self.noise_model!r}. Drop {name} or set noise_model='relative'.")
 
     def to_dict(self) -> dict:
         """JSON-serializable dict of the constants."""

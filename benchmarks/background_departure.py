@@ -10,7 +10,7 @@ the frame's sky and noise (``robust_sky_noise``, the shipped ``diff2`` estimator
 background map ``B`` of ``local_background_noise`` (``local_axis="smaller"``,
 ``local_edges="nearest"``, as the relative input uses it), both on the unignored pixels. Prints
 the departure ``d = |B - sky| / noise``: its median over source pixels
-(:func:`kercr.data.sources.source_map`), and the share of all pixels with ``d`` above 1, 2, 3, 5
+(:func:`kercr.data.sources.source_map`), and the share of all unignored pixels with ``d`` above 1, 2, 3, 5
 and 10. A background map used only where ``d`` is large (``NormalizationConfig.local_gate``)
 leaves the cutouts with the one sky per frame and moves the large galaxies; this is the figure
 that picks the gate. No model is run; about 10 s on one core.
@@ -47,7 +47,8 @@ def row(name, image, ignore, block_size):
     d, _, _ = departure(image, ignore, block_size)
     good = ~ignore & np.isfinite(image)
     on = source_map(image, mask=ignore) & good
-    cells = [name if len(name) <= 48 else name[:8] + "..." + name[-37:], f"{np.median(d[on]) if on.any() else float('nan'):.2f}", f"{on[good].mean():.3f}"]
+    median = np.median(d[on]) if on.any() else float("nan")
+    cells = [name if len(name) <= 48 else name[:8] + "..." + name[-37:], f"{median:.2f}", f"{on[good].mean():.3f}"]
     cells += [f"{(d[good] > k).mean():.3f}" for k in LEVELS]
     return "| " + " | ".join(cells) + " |"
 

@@ -127,8 +127,8 @@ class TrainConfig:
         CR like any other CR pixel (``"positive"``).
     init_weights : str or None
         Start from the weights of a trained model instead of random ones (fine-tuning): a
-        ``.keras`` file, a run directory (its ``best.keras``) or ``"default"`` (the shipped
-        model). The architecture must be the same as ``model``.
+        ``.keras`` file, a run directory (its ``best.keras``) or a shipped model's name
+        (``"default"``; :func:`kercr.weights.shipped_names`). The architecture must be the same as ``model``.
     variety : {"decam", "wide"}
         Synthetic data: every frame from DECam's camera, or (``"wide"``) each from a new random
         CCD imager (sampling 1.1-8 px FWHM, sky, gain, noise, bias, sensor thickness and pitch;
@@ -364,9 +364,10 @@ class TrainConfig:
                               f"dominant_sources and integer_frames "
                               f"shape the synthetic frames; "
                               f"data={self.data!r} is not synthetic, so leave them at their defaults.")
-        if self.init_weights is not None and self.init_weights != "default" and not Path(self.init_weights).exists():
+        if (self.init_weights is not None and not Path(self.init_weights).exists()
+                and ("/" in str(self.init_weights) or Path(self.init_weights).suffix)):  # a plain name: shipped
             raise ConfigError(f"init_weights={self.init_weights!r}: no such file or directory; pass a .keras model, a "
-                              "run directory (its best.keras is used) or 'default' (the shipped model).")
+                              "run directory (its best.keras is used) or a shipped model's name ('default').")
         if not self.cr_rate_scale > 0:
             raise ConfigError(f"cr_rate_scale={self.cr_rate_scale!r} must be positive, e.g. 5.")
         if self.footprints is not None and not Path(self.footprints).exists():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import NormalizationConfig
-from kercr.weights import default_model_path
+from kercr.weights import is_shipped_name, shipped_model_path, shipped_names
 
 NORMALIZATION_FILE = "normalization.json"
 MODEL_FILES = ("best.keras", "model.keras")
@@ -105,17 +105,18 @@ def model_normalization(keras_file, card: dict, *, error=ModelFileError) -> tupl
 
 
 def resolve_model_path(model, *, error=ModelFileError) -> Path:
-    """The ``.keras`` file ``model`` names: ``"default"`` (the shipped model), a file or a run directory.
+    """The ``.keras`` file ``model`` names: ``"default"`` or another shipped model's name
+    (:func:`kercr.weights.shipped_names`), a file or a run directory.
 
     Raises ``error`` for a path that does not exist; ``kercr.weights.MissingWeightsError`` when
     ``"default"`` is not installed.
     """
-    if str(model) == "default":
-        return default_model_path()
+    if is_shipped_name(str(model)):
+        return shipped_model_path(str(model))
     path = Path(model).expanduser()
     if not path.exists():
-        raise error(f"model {str(model)!r} does not exist; pass 'default', a .keras file or a kercr-train "
-                    "run directory.")
+        raise error(f"model {str(model)!r} does not exist; pass a shipped model's name "
+                    f"({', '.join(shipped_names())}), a .keras file or a kercr-train run directory.")
     return find_model_file(path, error=error)
 
 

@@ -23,7 +23,8 @@ from kercr.model_files import (
     write_json,
     write_normalization,
 )
-from kercr.weights import MissingWeightsError, default_model_path, has_default
+import kercr.weights
+from kercr.weights import MissingWeightsError, default_model_path, has_default, is_shipped_name, shipped_names
 
 #: Not the defaults, so a round trip that dropped a field would show.
 OTHER = NormalizationConfig(clip_min=-4.0, clip_max=250.0, n_iter=2, sample_size=700, nan_fill=-1.5,
@@ -54,9 +55,31 @@ def test_resolve_model_path_takes_a_file_a_run_directory_or_default(tmp_path, mo
             resolve_model_path("default")
 
 
+def test_a_named_shipped_model_resolves_by_its_name_and_a_path_stays_a_path(tmp_path, monkeypatch):
+    models = tmp_path / "weights" / "models"
+    monkeypatch.setattr(kercr.weights, "MODELS_DIR", models)
+    assert shipped_names() == ["default"] and not is_shipped_name("global")
+    with pytest.raises(ModelFileError, match=r"model 'global' does not exist; pass a shipped model's name \(default\)"):
+        resolve_model_path("global")
+    (models / "global").mkdir(parents=True)
+    (models / "global" / "model.keras").write_bytes(b"m")
+    (models / "half").mkdir()  # a folder without model.keras is no shipped model
+    assert shipped_names() == ["default", "global"] and is_shipped_name("global") and is_shipped_name("default")
+    assert resolve_model_path("global") == models / "global" / "model.keras"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "global").mkdir()
+    (tmp_path / "global" / "best.keras").write_bytes(b"b")
+    assert resolve_model_path("global") == models / "global" / "model.keras"  # the shipped name wins
+    assert resolve_model_path("./global").resolve() == tmp_path / "global" / "best.keras"  # a path is a path
+    assert not any(is_shipped_name(m) for m in ("./global", "x/global", "half", "", tmp_path / "global"))
+    with pytest.raises(MissingWeightsError, match=r"no shipped kercr model is named 'half'.*installed ones are "
+                                                  r"default, global"):
+        kercr.weights.shipped_model_path("half")
+
+
 def test_resolve_model_path_names_the_problem_and_the_fix(tmp_path):
-    with pytest.raises(ModelFileError, match=r"model '.*nope.keras' does not exist; pass 'default', a .keras file or "
-                                             "a kercr-train run directory"):
+    with pytest.raises(ModelFileError, match=r"model '.*nope.keras' does not exist; pass a shipped model's name "
+                                             r"\(default.*\), a .keras file or a kercr-train run directory"):
         resolve_model_path(tmp_path / "nope.keras")
     (tmp_path / "empty").mkdir()
     with pytest.raises(OtherError, match="holds neither best.keras nor model.keras; pass a kercr-train run"):

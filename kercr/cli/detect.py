@@ -32,7 +32,8 @@ logger = logging.getLogger("kercr.cli.detect")
 def _model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options kercr-detect and kercr-evaluate share: which model, and how to run it."""
     parser.add_argument("--model", default="default",
-                        help="'default' (the model shipped in kercr/weights), a trained .keras file, or a "
+                        help="'default' (the model shipped in kercr/weights) or another shipped model's name "
+                             "(kercr/weights/models/NAME), a trained .keras file, or a "
                              "kercr-train run directory (best.keras). Registry names are untrained and refused.")
     parser.add_argument("--threshold", type=float, default=None,
                         help="CR probability threshold (default: the model card's, chosen on validation "

@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import numbers
 
 import numpy as np
 
@@ -184,14 +185,19 @@ class NormalizationConfig:
             raise KercrDataError(f"local_edges={self.local_edges!r} is not one of {LOCAL_EDGES}: how the block grid "
                                  "is padded for its 3 x 3 median.")
         gate, min_blocks = self.local_gate, self.local_min_blocks
-        if gate is not None and (isinstance(gate, bool) or not isinstance(gate, (int, float))
+        if gate is not None and (isinstance(gate, (bool, np.bool_)) or not isinstance(gate, numbers.Real)
                                  or not 0 < gate < float("inf")):
             raise KercrDataError(f"local_gate={gate!r} must be a positive number of noise units (e.g. 5), or None "
                                  "for the maps everywhere.")
-        if min_blocks is not None and (isinstance(min_blocks, bool) or not isinstance(min_blocks, int)
-                                       or min_blocks < 1):
+        if min_blocks is not None and (isinstance(min_blocks, (bool, np.bool_))
+                                       or not isinstance(min_blocks, numbers.Integral) or min_blocks < 1):
             raise KercrDataError(f"local_min_blocks={min_blocks!r} must be a whole number of blocks >= 1 (e.g. 3), "
                                  "or None for the maps on every frame.")
+        # numpy scalars are taken as Python numbers, so the config saves as JSON and compares equal.
+        if gate is not None:
+            object.__setattr__(self, "local_gate", float(gate))
+        if min_blocks is not None:
+            object.__setattr__(self, "local_min_blocks", int(min_blocks))
         for name, value in (("local_gate", gate), ("local_min_blocks", min_blocks)):
             if value is not None and self.noise_model != "relative":
                 raise KercrDataError(f"{name}={value!r} applies to noise_model='relative' only; this config has "

@@ -1,6 +1,7 @@
 """Loading a detection model: :func:`load_model` and :class:`LoadedModel`.
 
-A model is ``"default"`` (``kercr/weights/default.keras``), a ``.keras`` file, a training run
+A model is ``"default"`` (``kercr/weights/default.keras``) or another shipped model's name
+(:func:`kercr.weights.shipped_names`), a ``.keras`` file, a training run
 directory (``best.keras``), a ``keras.Model`` instance, or a :class:`LoadedModel`. Its files are
 read through :mod:`kercr.model_files`. The tiling geometry (input multiple, receptive field) is
 read off the Keras layers (:mod:`kercr.models.geometry`), or taken from the model card's
@@ -30,6 +31,7 @@ from kercr.model_files import (
     read_json_object,
     resolve_model_path,
 )
+from kercr.weights import is_shipped_name
 
 __all__ = ["FIXED_MODEL_OVERLAP", "LoadedModel", "ModelLoadError", "load_model", "prebuilt_files", "round_up"]
 
@@ -248,11 +250,11 @@ def _file_stamp(path: Path):
 
 
 @functools.lru_cache(maxsize=8)
-def _load_file(path: str, stamps: tuple, is_default: bool) -> LoadedModel:
+def _load_file(path: str, stamps: tuple, shipped_name: str | None) -> LoadedModel:
     """Load and describe a model file; ``stamps`` (of it and the files beside it) keys the cache."""
     p = Path(path)
     card = read_card(p, error=ModelLoadError)  # default.json beside default.keras
-    name = "default" if is_default else str(p)
+    name = shipped_name or str(p)
     loaded = describe(None, name=name, path=p, card=card)
     logger.info("loaded model %s", name)
     return loaded
@@ -267,8 +269,9 @@ def load_model(model="default") -> LoadedModel:
     Parameters
     ----------
     model : str, path-like, keras.Model or LoadedModel
-        ``"default"`` (``kercr/weights/default.keras``), a ``.keras`` file, a directory holding
-        ``best.keras`` (a kercr-train run) or ``model.keras``, or a ``keras.Model`` instance.
+        ``"default"`` (``kercr/weights/default.keras``) or another shipped model's name
+        (``kercr/weights/models/NAME``), a ``.keras`` file, a directory holding ``best.keras``
+        (a kercr-train run) or ``model.keras``, or a ``keras.Model`` instance.
 
     Returns
     -------
@@ -279,7 +282,7 @@ def load_model(model="default") -> LoadedModel:
     ModelLoadError
         A registry name (untrained), a missing or unreadable file, a bad sidecar.
     kercr.weights.MissingWeightsError
-        ``"default"`` when no default model is installed.
+        ``"default"`` when no default model is installed, or a name of no shipped model.
     """
     if isinstance(model, LoadedModel):
         return model
@@ -290,8 +293,8 @@ def load_model(model="default") -> LoadedModel:
         return _INSTANCES[model]
     if not isinstance(model, (str, Path)) and not hasattr(model, "__fspath__"):
         raise ModelLoadError(f"model={model!r}: pass 'default', a .keras file, a run directory or a keras.Model.")
-    is_default = str(model) == "default"
-    if not is_default and not Path(model).expanduser().exists():
+    shipped = str(model) if is_shipped_name(str(model)) else None
+    if shipped is None and not Path(model).expanduser().exists():
         from kercr.models import list_models  # heavy: Keras; only to explain the error
 
         if str(model) in list_models():
@@ -303,4 +306,4 @@ def load_model(model="default") -> LoadedModel:
     # The card, the normalization sidecar and a run's metrics.json are read with the model: a change
     # to any of them loads it again.
     beside = (path, path.with_suffix(".json"), path.parent / NORMALIZATION_FILE, path.parent / "metrics.json")
-    return _load_file(str(path), tuple(_file_stamp(f) for f in beside), is_default)
+    return _load_file(str(path), tuple(_file_stamp(f) for f in beside), shipped)

@@ -23,6 +23,7 @@ import sys
 from kercr.detection.files import detect_ccd
 from kercr.detection.loading import load_model
 from kercr.detection.runtimes import predictor, resolve_runtime, resolve_tta
+from kercr.weights import is_shipped_name
 
 __all__ = ["InProcess", "Processes", "model_reference", "ordered"]
 
@@ -139,8 +140,8 @@ def model_reference(loaded) -> str:
     if loaded.path is None:
         raise ValueError(f"model {loaded.name} is a keras.Model instance, which worker processes cannot receive: "
                          "save it (model.save('m.keras')) and pass the path, or use jobs=1.")
-    if loaded.name == "default":
-        return "default"
+    if is_shipped_name(loaded.name):  # "default" or a named shipped model: the worker resolves it itself
+        return loaded.name
     return str(loaded.path)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from kercr import model_files
 from kercr.data.normalization import NormalizationConfig
 from kercr.model_files import MODEL_FILES, NORMALIZATION_FILE
-from kercr.weights import MissingWeightsError, default_model_path
+from kercr.weights import MissingWeightsError, is_shipped_name, shipped_model_path
 
 __all__ = ["ExportError", "ModelSource", "load_model_source", "read_normalization", "NORMALIZATION_FILE",
            "MODEL_FILES"]
@@ -94,9 +94,9 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
 
     overrides = dict(overrides or {})
     path = Path(source)
-    if str(source) == "default":  # the shipped model, as kercr.detect and kercr-train --init-weights take it
+    if is_shipped_name(str(source)):  # a shipped model, as kercr.detect and kercr-train --init-weights take it
         try:
-            path = default_model_path()
+            path = shipped_model_path(str(source))
         except MissingWeightsError as err:
             raise ExportError(str(err)) from None
     if path.exists():

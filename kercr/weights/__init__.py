@@ -1,7 +1,10 @@
-"""kercr's shipped models: ``default.keras`` and its model card ``default.json``.
+"""kercr's shipped models: ``default.keras`` and its model card ``default.json``, and named alternatives.
 
 The files live in this package directory (``kercr/weights/``) and are installed with it (hatch
 puts every file of the package into the wheel). See ``README.md`` here for what the files must hold.
+A named alternative ``NAME`` is the folder ``models/NAME/`` (``model.keras``, its card
+``model.json``, ``normalization.json`` and prebuilt LiteRT files); ``model="NAME"`` runs it
+wherever ``model="default"`` is taken.
 
 >>> from kercr.weights import default_model_path
 >>> default_model_path()            # doctest: +SKIP
@@ -13,14 +16,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["WEIGHTS_DIR", "DEFAULT_NAME", "INPAINTER_DIR", "MissingWeightsError", "default_model_path", "default_card",
-           "default_inpainter_path", "has_default"]
+__all__ = ["WEIGHTS_DIR", "DEFAULT_NAME", "INPAINTER_DIR", "MODELS_DIR", "MissingWeightsError", "default_model_path",
+           "default_card", "default_inpainter_path", "has_default", "is_shipped_name", "shipped_model_path",
+           "shipped_names"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent
 DEFAULT_NAME = "default"
 #: The shipped inpainting network: ``inpainter.keras``, its ``normalization.json`` and card ``inpainter.json``
 #: (a folder of its own: its normalization differs from the detector's).
 INPAINTER_DIR = WEIGHTS_DIR / "inpainter"
+#: Named shipped models besides the default, one folder each: ``models/NAME/model.keras`` + ``model.json``
+#: + ``normalization.json`` (written by ``python -m kercr.weights.ship RUN --name NAME``).
+MODELS_DIR = WEIGHTS_DIR / "models"
+#: The model file of a named shipped model, inside its folder.
+NAMED_FILE = "model.keras"
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -52,6 +61,47 @@ def default_model_path() -> Path:
             "model instead (a .keras file, or a kercr-train run directory holding best.keras), or "
             "install a kercr release that ships kercr/weights/default.keras."
         )
+    return path
+
+
+def shipped_names() -> list[str]:
+    """The names ``model=`` takes for shipped models: ``"default"``, then each installed ``models/NAME``, sorted."""
+    names = [DEFAULT_NAME]
+    if MODELS_DIR.is_dir():
+        names += sorted(p.name for p in MODELS_DIR.iterdir() if (p / NAMED_FILE).is_file())
+    return names
+
+
+def is_shipped_name(model) -> bool:
+    """Whether ``model`` (anything ``detect(model=...)`` takes) names a shipped model rather than a path.
+
+    ``"default"`` always does (installed or not); another plain name (no path separator) does
+    when ``kercr/weights/models/NAME/model.keras`` is installed. A shipped name wins over a
+    folder of the same name in the working directory: pass ``./NAME`` for that.
+    """
+    if not isinstance(model, str):
+        return False
+    if model == DEFAULT_NAME:
+        return True
+    return bool(model) and "/" not in model and "\\" not in model and not model.startswith(".") \
+        and (MODELS_DIR / model / NAMED_FILE).is_file()
+
+
+def shipped_model_path(name: str) -> Path:
+    """Path of the shipped model ``name``: ``"default"`` (:func:`default_model_path`) or a named alternative.
+
+    Raises
+    ------
+    MissingWeightsError
+        When no shipped model has that name; the message lists those installed.
+    """
+    if name == DEFAULT_NAME:
+        return default_model_path()
+    path = MODELS_DIR / name / NAMED_FILE
+    if not path.is_file():
+        raise MissingWeightsError(f"no shipped kercr model is named {name!r} ({path} does not exist); the installed "
+                                  f"ones are {', '.join(shipped_names())}. Pass one of them, a .keras file or a "
+                                  "kercr-train run directory.")
     return path
 
 

@@ -18,6 +18,12 @@ detection ignores the old file (made from another ``default.keras``) and convert
 
 ship the inpainting network into ``kercr/weights/inpainter/`` and (re)build its LiteRT file
 (``inpainter-float16.tflite``, :func:`prebuild_inpainter`).
+
+    python -m kercr.weights.ship runs/mine --name NAME --command "..." --runtime tflite-int8 --tta --prebuild
+
+ships a named alternative instead of the default: ``kercr/weights/models/NAME/`` with ``model.keras``,
+``model.json``, ``normalization.json`` and ``model-int8.tflite``, run by ``model="NAME"`` /
+``--model NAME`` (:func:`kercr.weights.shipped_names`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -34,10 +41,13 @@ import numpy as np
 from kercr._version import __version__
 from kercr.cli.common import add_verbosity, run
 from kercr.model_files import file_sha256
-from kercr.weights import DEFAULT_NAME, INPAINTER_DIR, WEIGHTS_DIR
+from kercr.weights import DEFAULT_NAME, INPAINTER_DIR, MODELS_DIR, NAMED_FILE, WEIGHTS_DIR
 
 __all__ = ["INPAINTER_RUNTIME", "PREBUILT_RUNTIMES", "make_card", "prebuild", "prebuild_inpainter", "ship",
            "ship_inpainter"]
+
+#: What ``--name`` takes: a plain name, so that ``model="NAME"`` cannot be read as a path.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 _VALIDATION_KEYS = ("tpr_at_fpr_1e-4", "tpr_at_fpr_1e-3", "precision_at_recall_0.95", "dice", "best_dice",
                     "best_dice_threshold", "cr_pixels", "non_cr_pixels", "ignored_pixels")
@@ -283,6 +293,9 @@ def prebuild_inpainter(keras_file, *, runtime: str = INPAINTER_RUNTIME, parity_f
 
 
 def _ship(parser, args) -> int:
+    if args.name is not None and (args.inpainter or args.name == DEFAULT_NAME or not _NAME.fullmatch(args.name)):
+        parser.error(f"--name {args.name!r}: name a detection model with letters, digits, '-' and '_' (not "
+                     "'default', which is the default model; not with --inpainter), e.g. --name global.")
     if args.run_dir is None and not args.prebuild:
         parser.error("pass a finished kercr-train run directory to ship, or --prebuild to rebuild the shipped "
                      "model's TFLite files.")
@@ -295,10 +308,19 @@ def _ship(parser, args) -> int:
                                   dest=_inpainter_dest(args))
             print(f"shipped {args.run_dir} -> {path}")
             return _prebuild_cli(args) if args.prebuild else 0
-        path = ship(args.run_dir, command=args.command, dest=args.dest, runtime=args.runtime, tta=args.tta,
+        dest, name = _model_dest(args)
+        path = ship(args.run_dir, command=args.command, dest=dest, name=name, runtime=args.runtime, tta=args.tta,
                     notes=notes, force=args.force)
         print(f"shipped {args.run_dir} -> {path}")
     return _prebuild_cli(args) if args.prebuild else 0
+
+
+def _model_dest(args) -> tuple[Path, str]:
+    """The folder and file stem a detection model ships to: ``--dest``/default, or ``models/NAME``/model."""
+    if args.name is None:
+        return Path(args.dest), DEFAULT_NAME
+    base = MODELS_DIR if args.dest == str(WEIGHTS_DIR) else Path(args.dest)
+    return base / args.name, NAMED_FILE.removesuffix(".keras")
 
 
 def _inpainter_dest(args) -> Path:
@@ -312,7 +334,8 @@ def _prebuild_cli(args) -> int:
         ship_hint, build, key, unit = "RUN_DIR --inpainter --command ...", prebuild_inpainter, "max_abs_delta", \
             " normalized units"
     else:
-        keras_file, what = Path(args.dest) / f"{DEFAULT_NAME}.keras", "a model"
+        dest, name = _model_dest(args)
+        keras_file, what = dest / f"{name}.keras", "a model"
         ship_hint, build, key, unit = "RUN_DIR --command ...", prebuild, "max_abs_delta_p", ""
     if not keras_file.is_file():
         raise FileNotFoundError(f"{keras_file} does not exist: nothing to prebuild. Ship {what} first "
@@ -334,6 +357,9 @@ def main(argv=None) -> int:
                         help="detect() averages the model over four flips by default; threshold chosen that way")
     parser.add_argument("--notes", metavar="JSON", help="JSON file of extra card entries (real-frame checks)")
     parser.add_argument("--dest", default=str(WEIGHTS_DIR), help="destination directory (default kercr/weights)")
+    parser.add_argument("--name", metavar="NAME",
+                        help="ship (or --prebuild) a named alternative instead of the default: "
+                             "kercr/weights/models/NAME/model.keras, run by model='NAME' / --model NAME")
     parser.add_argument("--force", action="store_true", help="replace an existing shipped model")
     parser.add_argument("--inpainter", action="store_true",
                         help="ship a python -m kercr.training.inpainting run as the inpainting network "

@@ -346,7 +346,7 @@ def test_gated_relative_noise_is_the_global_input_beside_a_compact_galaxy():
 
 
 def test_gated_relative_noise_is_the_relative_input_on_a_large_galaxy_and_blends_between():
-    from kercr.data.normalization import local_background_noise, robust_sky_noise
+    from kercr.data.normalization import local_background_noise
 
     image, _ = _galaxy_frame()
     gated, _ = normalize(image, config=GATED)
@@ -379,8 +379,17 @@ def test_local_gate_is_checked_and_saved():
         with pytest.raises(KercrDataError, match="local_gate"):
             dataclasses.replace(RELATIVE, local_gate=bad)
     assert NormalizationConfig.from_dict(GATED.to_dict()) == GATED
-    saved_before = {k: v for k, v in RELATIVE.to_dict().items() if k != "local_gate"}
-    assert NormalizationConfig.from_dict(saved_before).local_gate is None
+    numpy_scalars = dataclasses.replace(GATED, local_gate=np.float32(5.0), local_min_blocks=np.int64(3))
+    assert type(numpy_scalars.local_gate) is float and type(numpy_scalars.local_min_blocks) is int
+    assert json.loads(json.dumps(numpy_scalars.to_dict()))["local_min_blocks"] == 3
+    with pytest.raises(KercrDataError, match="local_min_blocks"):
+        dataclasses.replace(GATED, local_min_blocks=np.float64(3.0))
+    # A sidecar written before either option existed loads as the ungated relative input, every frame mapped.
+    saved_before = {k: v for k, v in RELATIVE.to_dict().items() if k not in ("local_gate", "local_min_blocks")}
+    old = NormalizationConfig.from_dict(saved_before)
+    assert old == RELATIVE and (old.local_gate, old.local_min_blocks) == (None, None)
+    image, _ = _galaxy_frame(shape=(80, 200))
+    np.testing.assert_array_equal(normalize(image, config=old)[0], normalize(image, config=RELATIVE)[0])
 
 
 def test_local_min_blocks_gives_small_frames_the_global_input():

@@ -115,6 +115,24 @@ def test_local_graph_matches_numpy(graph, frame, config):
         assert np.all(got[:, 70:75] == config.nan_fill)
 
 
+def test_local_min_blocks_sends_small_frames_to_the_global_input_in_the_graph(graph):
+    """Under ``local_min_blocks`` blocks on a side (strictly), the graph gives the global input; at it, the maps."""
+    gated = dataclasses.replace(LOCAL, noise_model="relative", noise_estimator="diff2", local_axis="smaller",
+                                local_edges="nearest", local_gate=2.0)
+    config = dataclasses.replace(gated, local_min_blocks=6)  # 6 x 32 = 192 px
+    glob = dataclasses.replace(gated, noise_model="global", local_gate=None)
+    fn = graph(config)
+    rng = np.random.default_rng(3)
+    small, at = _galaxy_frame(rng, (192, 160)), _galaxy_frame(rng, (192, 192))
+    got_small, _ = _compare(fn, [small], config)
+    np.testing.assert_allclose(got_small[0], normalize(small, config=glob)[0], rtol=RTOL, atol=RTOL)
+    assert np.abs(got_small[0] - normalize(small, config=gated)[0]).max() > 0.05  # it can fail: the maps differ
+    got_at, _ = _compare(fn, [at], config)
+    np.testing.assert_allclose(got_at[0], normalize(at, config=gated)[0], rtol=RTOL, atol=RTOL)
+    assert np.abs(got_at[0] - normalize(at, config=glob)[0]).max() > 0.05
+    assert fn.experimental_get_tracing_count() == 1
+
+
 def test_odd_and_small_sizes_share_one_graph(graph):
     """100 x 77 (not whole blocks) and 20 x 13 (under one block) run in the graph traced once."""
     rng = np.random.default_rng(1)

@@ -146,6 +146,36 @@ def test_ship_from_the_command_line_writes_the_card_with_the_notes(tmp_path, cap
     assert json.loads((dest / "default.json").read_text())["command"] == "kercr-train ..."
 
 
+def test_ship_a_named_alternative_that_detection_runs_by_its_name(tmp_path, capsys, save_model, monkeypatch):
+    import kercr.weights
+    from kercr.config import TrainConfig
+    from kercr.detection.workers import model_reference
+    from kercr.weights import ship as ship_module
+
+    models = tmp_path / "weights" / "models"
+    monkeypatch.setattr(kercr.weights, "MODELS_DIR", models)
+    monkeypatch.setattr(ship_module, "MODELS_DIR", models)
+    run = tmp_path / "run"
+    save_model(run, name="best")
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(TrainConfig(model="deepcr_2_4"))))
+    (run / "metrics.json").write_text(json.dumps({"threshold_at_fpr_1e-4": 0.7, "dice": 0.5}))
+    for bad in ("default", "../up", "a/b", ".hidden"):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(run), "--name", bad, "--command", "x"])
+        assert exit_.value.code == 2 and "name a detection model with letters, digits" in capsys.readouterr().err
+    assert not models.exists()
+    assert main([str(run), "--name", "global", "--command", "kercr-train ..."]) == 0
+    folder = models / "global"
+    assert capsys.readouterr().out == f"shipped {run} -> {folder / 'model.keras'}\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.keras", "normalization.json"]
+    assert json.loads((folder / "model.json").read_text())["command"] == "kercr-train ..."
+    loaded = load_model("global")
+    assert loaded.name == "global" and loaded.threshold == 0.7 and loaded.threshold_source == "card"
+    assert model_reference(loaded) == "global"  # worker processes resolve the name themselves
+    assert main([str(run), "--name", "global", "--command", "again"]) == 1  # no --force: kept
+    assert "pass --force to replace the shipped model" in capsys.readouterr().err
+
+
 def test_ship_inpainter_copies_the_run_and_writes_its_card(tmp_path):
     from kercr.model_files import write_normalization
     from kercr.models import build_inpainter

@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kercr.weights import is_shipped_name, shipped_model_path  # light: paths only
+
 PEERS = ("Peers on this machine (2 CPU threads): Cosmic-CoNN 0.33 Mpix/s at 1.5 GB peak (467k-parameter UNet, "
          "tile 1024); deepCR 0.50 Mpix/s at 1.5 GB (101k parameters); astroscrappy 1.0 Mpix/s.")
 
@@ -45,7 +47,7 @@ def _prepare(work: Path, models, shape):
     from kercr.data import NormalizationConfig, make_frame
 
     for name in models:
-        if name == "default" or name.endswith(".keras"):  # the shipped model, or a saved one
+        if is_shipped_name(name) or name.endswith(".keras"):  # a shipped model, or a saved one
             continue
         d = work / name
         if not (d / f"{name}.keras").exists():
@@ -110,7 +112,7 @@ def _run(cmd, env):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["deepcr", "deepcr_2_32"],
-                        help="registry names (untrained), 'default' (the shipped model) or saved .keras files")
+                        help="registry names (untrained), 'default' or another shipped model's name, or saved .keras files")
     parser.add_argument("--runtimes", nargs="+", default=["keras", "tflite-float32", "tflite-int8"])
     parser.add_argument("--tiles", nargs="+", type=int, default=[512, 1024])
     parser.add_argument("--tta", nargs="+", choices=sorted(_TTA), default=["auto"],
@@ -142,10 +144,8 @@ def main(argv=None) -> int:
     rows = []
     for name in args.models:
         model_path = Path(name).resolve() if name.endswith(".keras") else work / name / f"{name}.keras"
-        if name == "default":
-            from kercr.weights import default_model_path
-
-            model_path = default_model_path()
+        if is_shipped_name(name):
+            model_path = shipped_model_path(name)
         for runtime in args.runtimes:
             base = [sys.executable, __file__, "--worker", "--model-path", str(model_path), "--runtime", runtime,
                     "--threads", str(args.threads), "--frame", str(frame), "--repeats", str(args.repeats)]
@@ -173,10 +173,8 @@ def main(argv=None) -> int:
           "peak RSS (MB) | first-use conversion (s) |")
     print("|---|---:|---|---|---|---:|---:|---:|---:|---:|")
     def _params(name):
-        if name == "default":
-            from kercr.weights import default_model_path
-
-            return kercr.models.count_trainable(keras.saving.load_model(default_model_path(), compile=False))
+        if is_shipped_name(name):
+            return kercr.models.count_trainable(keras.saving.load_model(shipped_model_path(name), compile=False))
         if name.endswith(".keras"):
             return kercr.models.count_trainable(keras.saving.load_model(name, compile=False))
         return kercr.models.count_trainable(kercr.build_model(name))

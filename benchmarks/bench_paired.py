@@ -3,7 +3,7 @@
 Usage::
 
     pip install torch==2.13.0 cosmic-conn==0.6.1 deepCR==0.3.1   # the peers; not kercr dependencies
-    python benchmarks/bench_paired.py [--rounds 3] [--repeats 2] [--threads 2]
+    python benchmarks/bench_paired.py [--rounds 3] [--repeats 2] [--threads 2] [--models default global]
                                       [--detectors kercr kercr-all-flips kercr-no-flips cosmic-conn deepcr-decam astroscrappy]
 
 Why paired: a speed ratio between figures measured on different days measures the machine's
@@ -16,6 +16,8 @@ whole frame; a row's speed is the median over rounds of each round's median call
 
 Detectors:
     - ``kercr``: ``kercr.detect(image, num_threads=N)``, the shipped model with its card's settings
+      (with ``--models``, each model named: shipped names, ``.keras`` files or run directories, a
+      row ``kercr (NAME)`` each for every name but ``default``)
       (LiteRT int8, the four flips on candidate windows; ``kercr.detection.flips``).
     - ``kercr-all-flips``: the same with ``tta_gate=0`` (the four flips on every pixel: the card's
       settings before the candidate windows).
@@ -46,12 +48,12 @@ DETECTORS = ("kercr", "kercr-all-flips", "kercr-no-flips", "cosmic-conn", "deepc
 _KERCR = {"kercr": {}, "kercr-all-flips": {"tta_gate": 0.0}, "kercr-no-flips": {"tta": False}}
 
 
-def _runner(name: str, threads: int):
-    """``run(image)`` for detector ``name`` (imports and loads it)."""
+def _runner(name: str, threads: int, model: str = "default"):
+    """``run(image)`` for detector ``name`` (imports and loads it); ``model``: the kercr model."""
     if name in _KERCR:
         import kercr
 
-        return lambda image: kercr.detect(image, num_threads=threads, **_KERCR[name])
+        return lambda image: kercr.detect(image, model=model, num_threads=threads, **_KERCR[name])
     if name == "astroscrappy":
         import astroscrappy
 
@@ -62,10 +64,10 @@ def _runner(name: str, threads: int):
     return load_peer(name, threads)
 
 
-def _worker(name: str, frame: str, repeats: int, threads: int) -> dict:
+def _worker(name: str, frame: str, repeats: int, threads: int, model: str = "default") -> dict:
     image = np.load(frame)
     t0 = time.perf_counter()
-    run = _runner(name, threads)
+    run = _runner(name, threads, model)
     run(np.ascontiguousarray(image[:256, :256]))  # warm-up: interpreter allocation, torch start-up
     load_s = time.perf_counter() - t0
     times = []
@@ -94,15 +96,24 @@ def main(argv=None) -> int:
     parser.add_argument("--peer-python", default=sys.executable, metavar="PYTHON",
                         help="the Python that runs cosmic-conn and deepcr-decam (a venv of their own, e.g. with the "
                              "torch version they were released with; default: this one)")
+    parser.add_argument("--models", nargs="+", default=["default"], metavar="MODEL",
+                        help="kercr models for the kercr rows (shipped names, .keras files, run directories; "
+                             "default: the shipped default)")
+    parser.add_argument("--model", default="default", help=argparse.SUPPRESS)  # the worker's
     parser.add_argument("--out", default="runs/bench_paired.json")
     parser.add_argument("--worker", nargs=2, metavar=("NAME", "FRAME"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(_worker(args.worker[0], args.worker[1], args.repeats, args.threads)))
+        print(json.dumps(_worker(args.worker[0], args.worker[1], args.repeats, args.threads, args.model)))
         return 0
-    names = []
+    names, model_of = [], {}
     for name in args.detectors:
-        if _available(name, args.peer_python if name in ("cosmic-conn", "deepcr-decam") else sys.executable):
+        if name in _KERCR:
+            for model in args.models:
+                row = name if model == "default" else f"{name} ({model})"
+                names.append(row)
+                model_of[row] = (name, model)
+        elif _available(name, args.peer_python if name in ("cosmic-conn", "deepcr-decam") else sys.executable):
             names.append(name)
         else:
             print(f"[bench_paired] {name}: its package is not installed; skipped", file=sys.stderr)
@@ -118,8 +129,9 @@ def main(argv=None) -> int:
             row = {}
             for name in names:
                 python = args.peer_python if name in ("cosmic-conn", "deepcr-decam") else sys.executable
-                out = subprocess.run([python, __file__, "--worker", name, str(frame_path), "--repeats",
-                                      str(args.repeats), "--threads", str(args.threads)],
+                detector, model = model_of.get(name, (name, "default"))
+                out = subprocess.run([python, __file__, "--worker", detector, str(frame_path), "--repeats",
+                                      str(args.repeats), "--threads", str(args.threads), "--model", model],
                                      capture_output=True, text=True, check=True)
                 row[name] = json.loads(out.stdout.strip().splitlines()[-1])
                 print(f"[bench_paired] round {r + 1}: {name} {statistics.median(row[name]['seconds']):.2f} s",
@@ -141,7 +153,8 @@ def main(argv=None) -> int:
         print(f"| {t['detector']} | {t['seconds']:.2f} | {t['mpix_per_s']:.2f} | {vs} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"threads": args.threads, "peer_python": args.peer_python, "rounds": rounds,
+    out.write_text(json.dumps({"threads": args.threads, "peer_python": args.peer_python, "models": args.models,
+                               "rounds": rounds,
                                "table": table}, indent=2))
     return 0
 

@@ -17,7 +17,7 @@ import pytest
 import kercr
 from kercr.detection import load_model
 from kercr.model_files import file_sha256
-from kercr.weights import WEIGHTS_DIR, has_default
+from kercr.weights import WEIGHTS_DIR, has_default, shipped_names
 from kercr.weights.ship import main, ship
 
 needs_default = pytest.mark.skipif(not has_default(), reason="no shipped model (kercr/weights/default.keras) yet")
@@ -26,31 +26,51 @@ SHIPPED = ("default.keras", "default.json", "normalization.json", "default-int8.
 
 
 @needs_default
-def test_default_model_card_matches_the_config_files_it_names():
+@pytest.mark.parametrize("name", shipped_names())
+def test_a_shipped_model_card_matches_the_config_files_it_names(name):
     """The card's command reproduces the shipped model: each config file it names resolves to the
-    options recorded for that run, and the card's own config is the last stage's or, when the
-    command ends by averaging runs (``kercr.weights.average``), the first averaged run's (whose
-    validation patches chose the threshold); every averaged run is a stage of the command."""
+    options recorded for that run; each stage starts from the stage before it (a run's ``out``,
+    an average's ``--out``, or a shipped model's name whose own card's command is the stages
+    before); the card's own config is the last stage's or, when the command ends by averaging
+    runs (``kercr.weights.average``), the first averaged run's (whose validation patches chose
+    the threshold); every averaged run is a stage of the command."""
     from kercr.config import TrainConfig, read_config_file
-    from kercr.weights import default_card
+    from kercr.model_files import read_card
+    from kercr.weights import shipped_model_path
 
-    card = default_card()
+    card = read_card(shipped_model_path(name))
+    stages = card["command"].split(" && ")
     files = re.findall(r"--config (\S+)", card["command"])
     assert files, card["command"]
     root = Path(kercr.__file__).resolve().parents[1]
     if not (root / files[-1]).is_file():
         pytest.skip("the config files are not installed beside the package (a wheel install)")
     # (not validated: a fine-tuning stage names its base run, which a fresh checkout does not hold)
-    configs = [json.loads(json.dumps(TrainConfig(**read_config_file(root / f)).to_dict())) for f in files]
-    by_out = {c["out"]: c for c in configs}
-    averaged = re.findall(r"kercr\.weights\.average ((?:\S+ )+)--out", card["command"])
-    runs = averaged[0].split() if averaged else [configs[-1]["out"]]
-    assert set(runs) <= set(by_out), f"averaged runs {runs} are not all stages of {card['command']}"
+    by_out, previous, averaged = {}, None, None
+    for i, stage in enumerate(stages):
+        if stage.startswith("kercr-train "):
+            (file,) = re.findall(r"--config (\S+)", stage)
+            config = json.loads(json.dumps(TrainConfig(**read_config_file(root / file)).to_dict()))
+            if previous is not None:
+                start = config["init_weights"]
+                if start in shipped_names():  # a shipped model that is the stages before this one
+                    assert read_card(shipped_model_path(start))["command"] == " && ".join(stages[:i]), start
+                else:
+                    assert start == previous, f"{file} starts from {start}, not {previous}"
+                assert config["model"] == by_out[previous]["model"]
+            by_out[config["out"]] = config
+            previous, averaged = config["out"], None
+        else:
+            found = re.fullmatch(r"python -m kercr\.weights\.average ((?:\S+ )+)--out (\S+)", stage)
+            assert found, f"stage {stage!r} is neither kercr-train nor kercr.weights.average"
+            averaged = found.group(1).split()
+            assert set(averaged) <= set(by_out), f"averaged runs {averaged} are not all stages of {card['command']}"
+            by_out[found.group(2)] = by_out[averaged[0]]
+            previous = found.group(2)
+    chose = averaged[0] if averaged else previous
     # an option added after the model was shipped reads as its default (as when a run resumes)
-    assert by_out[runs[0]] == json.loads(json.dumps(TrainConfig(**card["config"]).to_dict()))
-    assert set(card["config"]) <= set(by_out[runs[0]])
-    for base, tuned in zip(configs, configs[1:]):  # each stage starts from the run before it
-        assert tuned["init_weights"] == base["out"] and tuned["model"] == base["model"]
+    assert by_out[chose] == json.loads(json.dumps(TrainConfig(**card["config"]).to_dict()))
+    assert set(card["config"]) <= set(by_out[chose])
 
 
 def test_ship_copies_a_run_with_its_card_and_refuses_to_overwrite(tmp_path, save_model):

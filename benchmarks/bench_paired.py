@@ -16,9 +16,9 @@ whole frame; a row's speed is the median over rounds of each round's median call
 
 Detectors:
     - ``kercr``: ``kercr.detect(image, num_threads=N)``, the shipped model with its card's settings
-      (with ``--models``, each model named: shipped names, ``.keras`` files or run directories, a
-      row ``kercr (NAME)`` each for every name but ``default``)
-      (LiteRT int8, the four flips on candidate windows; ``kercr.detection.flips``).
+      (LiteRT int8, the four flips on candidate windows; ``kercr.detection.flips``). With
+      ``--models``, one row per model named (shipped names, ``.keras`` files or run directories),
+      labelled ``kercr (NAME)`` for every name but ``default``; likewise the two rows below.
     - ``kercr-all-flips``: the same with ``tta_gate=0`` (the four flips on every pixel: the card's
       settings before the candidate windows).
     - ``kercr-no-flips``: ``tta=False``.

@@ -2,7 +2,7 @@
 
     python -m kercr.weights.ship runs/default_model --command "kercr-train --config configs/default_model.toml"
 
-writes ``default.keras`` (the run's ``best.keras``), ``normalization.json`` and the model card
+writes ``default.keras`` (the run's ``best.keras`` without its optimizer state), ``normalization.json`` and the model card
 ``default.json``: architecture, parameter count, the training configuration and the command that
 reproduces it, the validation metrics, and the threshold chosen on validation data for 0.01 % FPR
 (see ``README.md`` here). Existing files are replaced only with ``--force``.
@@ -44,7 +44,7 @@ from kercr.model_files import file_sha256
 from kercr.weights import DEFAULT_NAME, INPAINTER_DIR, MODELS_DIR, NAMED_FILE, WEIGHTS_DIR
 
 __all__ = ["INPAINTER_RUNTIME", "PREBUILT_RUNTIMES", "make_card", "prebuild", "prebuild_inpainter", "ship",
-           "ship_inpainter"]
+           "ship_inpainter", "strip_training_state"]
 
 #: What ``--name`` takes: a plain name, so that ``model="NAME"`` cannot be read as a path.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -145,19 +145,45 @@ def ship(run_dir, *, command: str, dest=WEIGHTS_DIR, name: str = DEFAULT_NAME, r
     return _install(run_dir / "best.keras", card, Path(dest), name, force=force, what="the shipped model")
 
 
-def _install(keras_file: Path, card: dict, dest: Path, name: str, *, force: bool, what: str) -> Path:
-    """Copy ``keras_file`` and the ``normalization.json`` beside it into ``dest`` as ``{name}.keras``
-    and ``normalization.json``, with ``card`` as ``{name}.json``; ``FileExistsError`` naming ``what``
-    when any of them exists and ``force`` is False. Returns the copied model's path."""
+def _install(keras_file: Path, card: dict, dest: Path, name: str, *, force: bool, what: str,
+             sha256_key: str | None = None) -> Path:
+    """Write the network of ``keras_file`` (:func:`strip_training_state`) and copy the
+    ``normalization.json`` beside it into ``dest`` as ``{name}.keras`` and ``normalization.json``,
+    with ``card`` as ``{name}.json`` (its ``sha256_key``, when given, set to the written file's
+    SHA-256); ``FileExistsError`` naming ``what`` when any of them exists and ``force`` is False.
+    Returns the written model's path."""
     targets = [dest / f"{name}.keras", dest / "normalization.json", dest / f"{name}.json"]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
         raise FileExistsError(f"{', '.join(existing)} exist; pass --force to replace {what}.")
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(keras_file, targets[0])
+    strip_training_state(keras_file, targets[0])
     shutil.copyfile(keras_file.with_name("normalization.json"), targets[1])
+    if sha256_key:
+        card = {**card, sha256_key: file_sha256(targets[0])}
     targets[2].write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return targets[0]
+
+
+def strip_training_state(keras_file, target) -> Path:
+    """Save the network of ``keras_file`` as ``target`` without its optimizer state or compile settings.
+
+    A run's ``best.keras`` carries the optimizer's moments (Adam: two per weight, so the file is
+    about 2.7 times the network's size) and its loss and metrics; a shipped model needs neither
+    (detection loads it for inference; ``--init-weights`` builds a fresh optimizer). Weights and
+    outputs are unchanged. ``target`` (a ``.keras`` path) is written under a temporary name, then
+    renamed. Returns ``target``.
+    """
+    import keras
+
+    import kercr.models  # noqa: F401  # heavy: imports Keras; registers kercr's custom objects
+
+    target = Path(target)
+    model = keras.saving.load_model(keras_file, compile=False, safe_mode=True)
+    partial = target.with_name(f".{target.stem}.partial.keras")
+    model.save(partial)
+    partial.replace(target)
+    return target
 
 
 def ship_inpainter(run_dir, *, command: str, dest=None, notes: dict | None = None, force: bool = False) -> Path:
@@ -171,11 +197,11 @@ def ship_inpainter(run_dir, *, command: str, dest=None, notes: dict | None = Non
     metrics = json.loads((run_dir / "metrics.json").read_text())
     card = {"kind": "inpainting network (kercr.models.build_inpainter)", "command": command,
             "trained_on": metrics["config"], "validation": {k: v for k, v in metrics.items() if k != "config"},
-            "sha256": file_sha256(run_dir / "inpainter.keras"), "kercr_version": __version__,
+            "sha256": None, "kercr_version": __version__,
             "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             **(notes or {})}
     return _install(run_dir / "inpainter.keras", card, dest, "inpainter", force=force,
-                    what="the shipped inpainting network")
+                    what="the shipped inpainting network", sha256_key="sha256")
 
 
 #: The runtimes whose TFLite files ship prebuilt beside the shipped model (its card's runtime).

@@ -17,7 +17,7 @@ import pytest
 import kercr
 from kercr.detection import load_model
 from kercr.model_files import file_sha256
-from kercr.weights import WEIGHTS_DIR, has_default, shipped_names
+from kercr.weights import WEIGHTS_DIR, has_default, shipped_model_path, shipped_names
 from kercr.weights.ship import main, ship
 
 needs_default = pytest.mark.skipif(not has_default(), reason="no shipped model (kercr/weights/default.keras) yet")
@@ -194,6 +194,61 @@ def test_ship_a_named_alternative_that_detection_runs_by_its_name(tmp_path, caps
     assert model_reference(loaded) == "global"  # worker processes resolve the name themselves
     assert main([str(run), "--name", "global", "--command", "again"]) == 1  # no --force: kept
     assert "pass --force to replace the shipped model" in capsys.readouterr().err
+
+
+def _archive(path) -> tuple[dict, list[str]]:
+    """The compile settings and the HDF5 groups of a ``.keras`` archive."""
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+        with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
+            groups = list(weights.keys())
+    return config.get("compile_config") or {}, groups
+
+
+def test_ship_writes_the_network_without_its_optimizer_state(tmp_path):
+    """A run's best.keras carries Adam's moments and the loss; the shipped file carries neither, and
+    gives the same scores."""
+    import keras
+    import numpy as np
+
+    from kercr.config import TrainConfig
+    from kercr.data import NormalizationConfig
+
+    keras.utils.set_random_seed(0)
+    model = kercr.build_model("deepcr_2_4")
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 1)).astype("float32")
+    model.fit(x, (x > 1).astype("float32"), epochs=1, verbose=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "best.keras")
+    (run / "normalization.json").write_text(json.dumps(NormalizationConfig().to_dict()))
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(TrainConfig(model="deepcr_2_4"))))
+    (run / "metrics.json").write_text(json.dumps({"threshold_at_fpr_1e-4": 0.6}))
+    compile_config, groups = _archive(run / "best.keras")
+    assert compile_config and "optimizer" in groups  # the run's file carries both
+    shipped = ship(run, command="x", dest=tmp_path / "weights")
+    compile_config, groups = _archive(shipped)
+    assert not compile_config and "optimizer" not in groups
+    assert shipped.stat().st_size < (run / "best.keras").stat().st_size
+    assert sorted(p.name for p in shipped.parent.iterdir()) == ["default.json", "default.keras", "normalization.json"]
+    again = keras.saving.load_model(shipped)
+    np.testing.assert_array_equal(again.predict_on_batch(x), model.predict_on_batch(x))
+
+
+@pytest.mark.parametrize("path", [shipped_model_path(name) for name in shipped_names()]
+                         + [WEIGHTS_DIR / "inpainter" / "inpainter.keras"], ids=lambda path: path.parent.name)
+def test_the_shipped_networks_carry_no_optimizer_state(path):
+    """Shipped files hold the network only (kercr.weights.ship.strip_training_state)."""
+    if not path.is_file():
+        pytest.skip(f"{path} is not shipped")
+    compile_config, groups = _archive(path)
+    assert not compile_config and "optimizer" not in groups, path
 
 
 def test_ship_inpainter_copies_the_run_and_writes_its_card(tmp_path):

@@ -1,9 +1,10 @@
 """Throughput and peak memory of ``kercr.detect`` on a full 2048 x 4096 DECam-sized frame.
 
 Every configuration (model x runtime x tile) runs in its own subprocess, so its peak resident
-memory (``ru_maxrss``: Python, TensorFlow, the model and every array of the call) is measured
-alone. Threads are capped at ``--threads`` (TF intra-op = N, inter-op = 1; LiteRT ``num_threads``
-= N). TFLite models are converted and cached (``KERCR_CACHE_DIR``) by a separate subprocess
+memory (``ru_maxrss``: Python, the model, every array of the call, and TensorFlow where it is
+loaded, marked "(TF)": the Keras runtime, or a LiteRT run whose model has no card with its
+geometry) is measured alone. Threads are capped at ``--threads`` (TF intra-op = N, inter-op = 1;
+LiteRT ``num_threads`` = N). TFLite models are converted and cached (``KERCR_CACHE_DIR``) by a separate subprocess
 first, so the measured process is the steady state of ``runtime="tflite-*"``: load the cached
 ``.tflite``, normalize, tile, predict, stitch. Models are untrained (speed does not depend on the
 weights). The first ``detect`` call (tracing, interpreter allocation) is a warm-up and not timed.
@@ -71,10 +72,12 @@ def _worker(args) -> dict:
     import resource
 
     import numpy as np
-    import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    if args.runtime == "keras":  # only Keras needs TensorFlow; a LiteRT run measures without it, as users run it
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     import kercr  # noqa: F401
     from kercr.data import augment
     from kercr.detection import detect
@@ -98,6 +101,7 @@ def _worker(args) -> dict:
         times.append(time.perf_counter() - t0)
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"first_s": first, "times_s": times, "median_s": float(np.median(times)), "peak_rss_mb": rss_kb / 1024,
+            "tensorflow": "tensorflow" in sys.modules,
             "mpix_per_s": image.size / 1e6 / float(np.median(times)), "tile": list(result.tile),
             "n_tiles": result.n_tiles, "overlap": result.overlap, "runtime": result.runtime, "tta": result.tta}
 
@@ -189,7 +193,7 @@ def main(argv=None) -> int:
         flips = "two views" if r["tta_arg"] == "two" else "on" if r["tta"] else "off"
         print(f"| {r['model']} | {params[r['model']]:,} | {r['runtime']} | {flips} | {r['tile_arg']} -> "
               f"{r['tile'][0]}x{r['tile'][1]} ({r['n_tiles']}) | {r['overlap']} | {r['mpix_per_s']:.2f} | "
-              f"{r['median_s']:.1f} | {r['peak_rss_mb']:.0f} | {conv} |")
+              f"{r['median_s']:.1f} | {r['peak_rss_mb']:.0f}{' (TF)' if r.get('tensorflow') else ''} | {conv} |")
     print(f"\n{PEERS}")
     return 0
 

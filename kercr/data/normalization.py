@@ -53,17 +53,22 @@ from kercr.data.robust_stats import (
     cut_blocks,
     diff_sample,
     fill_and_smooth,
+    grid_rows,
     median_last,
     subsample,
     upsample_bilinear,
 )
 
-__all__ = ["NormalizationConfig", "NormalizationParams", "robust_sky_noise", "local_background_noise", "normalize",
-           "normalize_like", "denormalize"]
+__all__ = ["NormalizationConfig", "NormalizationParams", "robust_sky_noise", "local_background_noise",
+           "local_block_grids", "normalize", "normalize_like", "denormalize"]
 
 logger = logging.getLogger(__name__)
 
 METHOD = "sky_mad_linear_v1"
+#: Pixel rows of the full-size maps made at a time when :func:`normalize` applies them: bounds
+#: their memory (a few 256-row strips instead of five full-frame float32 arrays); the result is
+#: the same to the bit.
+MAP_CHUNK_ROWS = 256
 #: The least fraction of good pixels (and pixel pairs) a block needs for its own statistics.
 MIN_BLOCK_FRACTION = 0.25
 #: The statistics' constants (:mod:`kercr.data.robust_stats`), which the TensorFlow twin of this
@@ -309,14 +314,34 @@ def robust_sky_noise(image, *, mask=None, config: NormalizationConfig | None = N
 def local_background_noise(image, *, mask=None, config: NormalizationConfig | None = None, frame_stats=None):
     """Background and noise maps of an image, from ``config.block_size`` pixel blocks.
 
+    The block grids of :func:`local_block_grids` (see there for the statistics and the
+    parameters), interpolated bilinearly between block centres to every pixel.
+
+    Returns
+    -------
+    background, noise : numpy.ndarray, shape (ny, nx), float32
+        In the image's units; ``noise`` > 0 everywhere.
+    sky, sigma : float
+        Frame-wide values: the median of the block backgrounds and of the block noises.
+    """
+    config = config or NormalizationConfig()
+    background, noise, sky, sigma = local_block_grids(image, mask=mask, config=config, frame_stats=frame_stats)
+    shape, b = np.shape(image), int(config.block_size)
+    return upsample_bilinear(background, shape, b), upsample_bilinear(noise, shape, b), sky, sigma
+
+
+def local_block_grids(image, *, mask=None, config: NormalizationConfig | None = None, frame_stats=None):
+    """Background and noise of an image's ``config.block_size`` pixel blocks (the grids that
+    :func:`local_background_noise` interpolates to every pixel).
+
     In each block of ``b x b`` pixels (the frame padded to whole blocks): the background is the
     median of the finite, unmasked pixels; the noise is the 3-sigma-clipped standard deviation
     of the differences of pixels two apart (``x[i+2] - x[i]``, over sqrt 2; the larger, or with
-    ``config.local_axis="smaller"`` the smaller, of the row and the column estimate), which smooth light (a galaxy, a nebula, a gradient) barely
-    changes, and which stays continuous on integer-valued data where a MAD is quantized.
+    ``config.local_axis="smaller"`` the smaller, of the row and the column estimate), which
+    smooth light (a galaxy, a nebula, a gradient) barely changes, and which stays continuous on integer-valued data where a MAD is quantized.
     A block with fewer than ``MIN_BLOCK_FRACTION`` good pixels (or pairs) takes the median of
-    its neighbours; then each block grid is median-filtered over 3 x 3 blocks and interpolated
-    bilinearly between block centres. Per pixel, this is the Poisson noise of the local sky and
+    its neighbours; then each block grid is median-filtered over 3 x 3 blocks (and
+    :func:`local_background_noise` interpolates it bilinearly between block centres). Per pixel, this is the Poisson noise of the local sky and
     smooth sources plus read noise, measured instead of modelled, so it needs no gain (the
     frame's gain and read noise are not used: a header's values are often those of the raw
     data, not of the processed frame at hand). Compact sources (stars, galaxy cores) smaller than a
@@ -340,8 +365,8 @@ def local_background_noise(image, *, mask=None, config: NormalizationConfig | No
 
     Returns
     -------
-    background, noise : numpy.ndarray, shape (ny, nx), float32
-        In the image's units; ``noise`` > 0 everywhere.
+    background, noise : numpy.ndarray, shape (ceil(ny / b), ceil(nx / b)), float64
+        Per block, in the image's units, after the fill and the 3 x 3 median; ``noise`` > 0.
     sky, sigma : float
         Frame-wide values: the median of the block backgrounds and of the block noises.
     """
@@ -349,12 +374,10 @@ def local_background_noise(image, *, mask=None, config: NormalizationConfig | No
     image = np.asarray(image)
     if image.ndim != 2:
         raise KercrDataError(f"image has shape {image.shape}; pass a 2-D (ny, nx) image.")
-    good = np.isfinite(image)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != image.shape:
             raise KercrDataError(f"mask shape {mask.shape} differs from image shape {image.shape}.")
-        good &= ~mask
     if frame_stats is None:
         diff2 = dataclasses.replace(config, noise_estimator="diff2")
         sky0, sigma0, _ = robust_sky_noise(image, mask=mask, config=diff2)
@@ -363,24 +386,46 @@ def local_background_noise(image, *, mask=None, config: NormalizationConfig | No
     b = int(config.block_size)
     ny, nx = image.shape
     by, bx = -(-ny // b), -(-nx // b)
-    data = np.where(good, image, np.nan).astype(np.float32)
-    blocks = cut_blocks(data, b, b, by, bx)
-    background = median_last(blocks)
-    background[np.isfinite(blocks).sum(-1) < MIN_BLOCK_FRACTION * b * b] = np.nan
-    noise = None
-    # Differences of every second line only (half the work; the two halves are alike).
     half = (b + 1) // 2
-    for d, bh, bw in ((data[::2, DIFF_LAG:] - data[::2, :-DIFF_LAG], half, b),   # along rows
-                      (data[DIFF_LAG:, ::2] - data[:-DIFF_LAG, ::2], b, half)):  # along columns
-        dblocks = cut_blocks(d, bh, bw, by, bx)
-        sigma = clipped_block_std(dblocks) / np.sqrt(2)
-        sigma[np.isfinite(dblocks).sum(-1) < MIN_BLOCK_FRACTION * bh * bw] = np.nan
-        noise = sigma if noise is None else (np.fmax if config.local_axis == "larger" else np.fmin)(noise, sigma)
+    background, noise = np.empty((by, bx)), np.empty((by, bx))
+    combine = np.fmax if config.local_axis == "larger" else np.fmin
+    # A strip of block rows at a time (about MAP_CHUNK_ROWS pixel rows): every statistic is per
+    # block, so the grids are those of the whole frame at once, with a strip's memory.
+    strip = max(1, MAP_CHUNK_ROWS // b)
+    for k0 in range(0, by, strip):
+        k1 = min(k0 + strip, by)
+        blocks = cut_blocks(_good_values(image, mask, k0 * b, k1 * b), b, b, k1 - k0, bx)
+        level = median_last(blocks)
+        level[np.isfinite(blocks).sum(-1) < MIN_BLOCK_FRACTION * b * b] = np.nan
+        background[k0:k1] = level
+        # Differences of every second line only (half the work; the two halves are alike): along
+        # the rows on every second row (a block row holds `half` of them), along the columns on
+        # every second column (pairs reach DIFF_LAG rows below the strip).
+        rows = _good_values(image, mask, 2 * k0 * half, 2 * k1 * half, step=2)
+        columns = _good_values(image, mask, k0 * b, k1 * b + DIFF_LAG, columns=slice(None, None, 2))
+        level = None
+        for d, bh, bw in ((rows[:, DIFF_LAG:] - rows[:, :-DIFF_LAG], half, b),           # along rows
+                          (columns[DIFF_LAG:] - columns[:-DIFF_LAG], b, half)):          # along columns
+            dblocks = cut_blocks(d, bh, bw, k1 - k0, bx)
+            sigma = clipped_block_std(dblocks) / np.sqrt(2)
+            sigma[np.isfinite(dblocks).sum(-1) < MIN_BLOCK_FRACTION * bh * bw] = np.nan
+            level = sigma if level is None else combine(level, sigma)
+        noise[k0:k1] = level
     noise[~(noise > 0)] = np.nan
     background = fill_and_smooth(background, sky0, edges=config.local_edges)
     noise = fill_and_smooth(noise, sigma0, edges=config.local_edges)
-    sky, sigma = float(np.median(background)), float(np.median(noise))
-    return (upsample_bilinear(background, image.shape, b), upsample_bilinear(noise, image.shape, b), sky, sigma)
+    return background, noise, float(np.median(background)), float(np.median(noise))
+
+
+def _good_values(image: np.ndarray, mask, start: int, stop: int, *, step: int = 1,
+                 columns: slice = slice(None)) -> np.ndarray:
+    """Rows ``start:stop:step`` (and ``columns``) of ``image`` as float32, NaN where the image is
+    not finite or ``mask`` is set."""
+    values = image[start:stop:step, columns]
+    good = np.isfinite(values)
+    if mask is not None:
+        good &= ~mask[start:stop:step, columns]
+    return np.where(good, values, np.nan).astype(np.float32, copy=False)
 
 
 def _too_small_for_maps(shape, config: NormalizationConfig) -> bool:
@@ -435,36 +480,87 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
     config = config or NormalizationConfig()
     image = np.asarray(image)
     if config.noise_model == "local":
-        background, noise_map, sky, noise = local_background_noise(image, mask=mask, config=config)
+        grids = local_block_grids(image, mask=mask, config=config)
         out = image.astype(np.float32, copy=True)
-        out -= background
-        out /= noise_map
+        _divide_by_maps(out, grids[:2], config)
         n = int(np.isfinite(image).sum() if mask is None else (np.isfinite(image) & ~np.asarray(mask, bool)).sum())
-        return _stretch(out, config), NormalizationParams(config=config, sky=sky, noise=noise, n_pixels=n)
+        return _stretch(out, config), NormalizationParams(config=config, sky=grids[2], noise=grids[3], n_pixels=n)
     sky, noise, n = robust_sky_noise(image, mask=mask, config=config)
-    out = image.astype(np.float32, copy=True)
     if config.noise_model == "relative" and not _too_small_for_maps(image.shape, config):
         stats = (sky, noise) if config.noise_estimator == "diff2" else None  # the maps' fallback, measured once
-        background, noise_map, _, map_median = local_background_noise(image, mask=mask, config=config,
-                                                                      frame_stats=stats)
-        if config.local_gate is not None:
-            gate = _gate(background, sky, noise, config.local_gate)
-            background -= np.float32(sky)
-            background *= gate
-            background += np.float32(sky)
-            noise_map *= np.float32(1.0 / map_median)
-            noise_map -= 1
-            noise_map *= gate
-            noise_map += 1
-            noise_map *= np.float32(noise)
-        else:
-            noise_map *= np.float32(noise / map_median)
-        out -= background
-        out /= noise_map
+        background, noise_grid, _, map_median = local_block_grids(image, mask=mask, config=config, frame_stats=stats)
+        out = image.astype(np.float32, copy=True)
+        _divide_by_maps(out, (background, noise_grid), config, sky=sky, noise=noise, map_median=map_median)
     else:
+        out = image.astype(np.float32, copy=True)
         out -= np.float32(sky)
         out *= np.float32(1.0 / noise)
     return _stretch(out, config), NormalizationParams(config=config, sky=sky, noise=noise, n_pixels=n)
+
+
+def _divide_by_maps(out: np.ndarray, grids, config: NormalizationConfig, *, sky=None, noise=None,
+                    map_median=None) -> None:
+    """In place: ``out = (out - background) / noise_map`` with the maps of :func:`local_block_grids`
+    interpolated to the pixels (:func:`upsample_bilinear`) ``MAP_CHUNK_ROWS`` rows at a time.
+
+    ``noise_model="local"``: the maps as they are. ``"relative"``: the noise map scaled to the
+    frame's ``noise`` (``noise * map / map_median``), and with ``local_gate`` both blended toward
+    the frame's ``sky`` and ``noise`` by the gate (:func:`_gate`). Where the gate is shut on every
+    pixel of a row (each block row it interpolates from is within ``local_gate`` noise units of the
+    sky, with a margin for rounding) that row is ``(out - sky) / noise`` without the maps: the same
+    float32 values the blend gives there (``g = 0``), to the bit.
+    """
+    b = int(config.block_size)
+    background, noise_grid = grids
+    relative = config.noise_model == "relative"
+    gate = config.local_gate if relative else None
+    with_maps = np.ones(out.shape[0], dtype=bool)
+    if gate is not None:
+        with_maps = _gate_may_open(background, sky, noise, gate, out.shape[0], b)
+        for rows in _row_runs(~with_maps):
+            view = out[rows]
+            view -= np.float32(sky)
+            view /= np.float32(noise)
+    for rows in _row_runs(with_maps, MAP_CHUNK_ROWS):
+        background_map = upsample_bilinear(background, out.shape, b, rows=rows)
+        noise_map = upsample_bilinear(noise_grid, out.shape, b, rows=rows)
+        if gate is not None:
+            g = _gate(background_map, sky, noise, gate)
+            background_map -= np.float32(sky)
+            background_map *= g
+            background_map += np.float32(sky)
+            noise_map *= np.float32(1.0 / map_median)
+            noise_map -= 1
+            noise_map *= g
+            noise_map += 1
+            noise_map *= np.float32(noise)
+        elif relative:
+            noise_map *= np.float32(noise / map_median)
+        view = out[rows]
+        view -= background_map
+        view /= noise_map
+
+
+def _gate_may_open(background: np.ndarray, sky: float, noise: float, gate: float, ny: int, block: int) -> np.ndarray:
+    """Per pixel row (bool, length ``ny``): whether :func:`_gate` can be above 0 anywhere on it,
+    i.e. whether a block row it interpolates from has a block background within a rounding margin
+    of ``gate`` noise units from ``sky`` or beyond. An interpolated background lies between the
+    block values it is made from, so a row marked False has ``g = 0`` on every pixel."""
+    departure = np.abs(background.astype(np.float64) - sky)
+    scale = max(float(np.abs(background).max()), abs(sky))
+    margin = 64 * float(np.finfo(np.float32).eps) * scale + 1e-5 * noise * gate  # float32 rounding, generously
+    open_rows = (departure > noise * gate - margin).any(axis=1)
+    lo, hi = grid_rows(ny, background.shape[0], block)
+    return open_rows[lo] | open_rows[hi]
+
+
+def _row_runs(rows: np.ndarray, longest: int | None = None):
+    """Slices of the runs of consecutive True entries of ``rows``, each at most ``longest`` long."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], rows.astype(np.int8), [0]))))
+    for start, stop in zip(edges[::2].tolist(), edges[1::2].tolist()):
+        step = longest or stop - start
+        for first in range(start, stop, step):
+            yield slice(first, min(first + step, stop))
 
 
 def normalize_like(image, params: NormalizationParams) -> np.ndarray:

@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 
 __all__ = ["DIFF_LAG", "MAD_TO_SIGMA", "TRUNCATED_STD_3SIGMA", "clipped_block_std", "clipped_center_noise",
-           "cut_blocks", "diff_sample", "fill_and_smooth", "median_last", "odd_step", "subsample", "upsample_bilinear"]
+           "cut_blocks", "diff_sample", "fill_and_smooth", "grid_rows", "median_last", "odd_step", "subsample",
+           "upsample_bilinear"]
 
 #: 1 / (the MAD of a unit Gaussian): the MAD times this is the standard deviation.
 MAD_TO_SIGMA = 1.4826
@@ -145,18 +146,20 @@ def fill_and_smooth(grid: np.ndarray, fallback: float, *, edges: str = "reflect"
     return np.where(np.isfinite(smoothed), smoothed, fallback)
 
 
-def upsample_bilinear(grid: np.ndarray, shape, block: int) -> np.ndarray:
+def upsample_bilinear(grid: np.ndarray, shape, block: int, rows: slice | None = None) -> np.ndarray:
     """Bilinear interpolation of a block grid to pixels (float32), block values at block
     centres ``(k + 0.5) * block - 0.5``, constant beyond the outer centres. Separable: along
-    the rows on the block grid (float64), then along the columns at full size (float32)."""
+    the rows on the block grid (float64), then along the columns at full size (float32).
+
+    ``rows`` (a slice of pixel rows, step 1) returns only those rows of the full result, bit for
+    bit the same values (each row is interpolated on its own)."""
     out = grid.astype(np.float64)
     for axis, n in enumerate(shape):
         nb = grid.shape[axis]
-        pos = (np.arange(n, dtype=np.float64) + 0.5) / block - 0.5
-        pos = np.clip(pos, 0.0, nb - 1.0)
-        lo = np.minimum(np.floor(pos).astype(np.int64), max(nb - 2, 0))
-        hi = np.minimum(lo + 1, nb - 1)
-        frac = (pos - lo).reshape((-1, 1) if axis == 0 else (1, -1))
+        lo, hi, frac = _interpolation_weights(n, nb, block)
+        if axis == 0 and rows is not None:
+            lo, hi, frac = lo[rows], hi[rows], frac[rows]
+        frac = frac.reshape((-1, 1) if axis == 0 else (1, -1))
         if axis == 1:
             out, frac = out.astype(np.float32), frac.astype(np.float32)
         a, b = np.take(out, lo, axis=axis), np.take(out, hi, axis=axis)
@@ -165,3 +168,20 @@ def upsample_bilinear(grid: np.ndarray, shape, block: int) -> np.ndarray:
         a += b
         out = a
     return out.astype(np.float32, copy=False)
+
+
+def _interpolation_weights(n: int, nb: int, block: int):
+    """Per pixel of one axis (``n`` pixels, ``nb`` blocks): the lower and upper block index and the
+    float64 weight of the upper one (:func:`upsample_bilinear`)."""
+    pos = (np.arange(n, dtype=np.float64) + 0.5) / block - 0.5
+    pos = np.clip(pos, 0.0, nb - 1.0)
+    lo = np.minimum(np.floor(pos).astype(np.int64), max(nb - 2, 0))
+    hi = np.minimum(lo + 1, nb - 1)
+    return lo, hi, pos - lo
+
+
+def grid_rows(n: int, nb: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two block rows each of ``n`` pixel rows interpolates between (:func:`upsample_bilinear`
+    with ``nb`` block rows): ``(lo, hi)``, int arrays of length ``n``."""
+    lo, hi, _ = _interpolation_weights(n, nb, block)
+    return lo, hi

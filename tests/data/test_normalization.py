@@ -372,6 +372,68 @@ def test_gated_relative_noise_is_the_relative_input_on_a_large_galaxy_and_blends
     assert abs(np.median(gated[corner])) < 0.3 and 0.8 < gated[corner].std() < 1.3
 
 
+def _full_frame_maps(image, mask, config):
+    """``normalize``'s per-pixel input as first written: the full-frame maps of
+    ``local_background_noise``, blended over the whole frame in one pass (float32, in place)."""
+    from kercr.data.normalization import _gate, _stretch, local_background_noise
+
+    if config.noise_model == "local":
+        background, noise_map, _, _ = local_background_noise(image, mask=mask, config=config)
+    else:
+        sky, noise, _ = robust_sky_noise(image, mask=mask, config=config)
+        background, noise_map, _, median = local_background_noise(image, mask=mask, config=config,
+                                                                  frame_stats=(sky, noise))
+        if config.local_gate is None:
+            noise_map *= np.float32(noise / median)
+        else:
+            g = _gate(background, sky, noise, config.local_gate)
+            background -= np.float32(sky)
+            background *= g
+            background += np.float32(sky)
+            noise_map *= np.float32(1.0 / median)
+            noise_map -= 1
+            noise_map *= g
+            noise_map += 1
+            noise_map *= np.float32(noise)
+    out = image.astype(np.float32, copy=True)
+    out -= background
+    out /= noise_map
+    return _stretch(out, config)
+
+
+@pytest.mark.parametrize("config", [dataclasses.replace(RELATIVE, noise_model="local"), RELATIVE, GATED,
+                                    dataclasses.replace(GATED, block_size=33, local_axis="larger")],
+                         ids=["local", "relative", "gated", "gated-33px-larger"])
+def test_the_maps_made_a_strip_at_a_time_give_the_full_frame_input_to_the_bit(monkeypatch, config):
+    """normalize measures the block grids and applies the maps MAP_CHUNK_ROWS rows at a time, and
+    skips the maps on rows where the gate is shut: the float32 input is the one-pass result, bit for
+    bit, whatever the strip (one block row, a few, the whole frame)."""
+    import kercr.data.normalization as normalization
+
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[:700, :300]
+    light = 300.0 * np.exp(-0.5 * np.hypot(y - 580, x - 150) ** 2 / 60.0**2)  # a galaxy low on the frame
+    image = (300.0 + light + rng.normal(0.0, 1.0, light.shape) * np.sqrt(36.0 + light)).astype(np.float32)
+    image[17, 5], image[400, 3:9] = np.nan, np.inf
+    mask = np.zeros(image.shape, bool)
+    mask[650:680, 100:140] = True
+    monkeypatch.setattr(normalization, "MAP_CHUNK_ROWS", 10**6)  # one strip: the grids as first measured
+    want = _full_frame_maps(image, mask, config)
+    grids = normalization.local_block_grids(image, mask=mask, config=config)
+    if config.local_gate is not None:  # both kinds of rows are on the frame (it can fail)
+        sky, noise, _ = robust_sky_noise(image, mask=mask, config=config)
+        shut = ~normalization._gate_may_open(grids[0], sky, noise, config.local_gate, image.shape[0],
+                                             config.block_size)
+        assert 0.2 < shut.mean() < 0.8
+        flat = normalization._stretch((image - np.float32(sky)) / np.float32(noise), config)
+        np.testing.assert_array_equal(want[shut], flat[shut])  # the gate is shut there: the frame's sky and noise
+    for rows in (1, config.block_size, 3 * config.block_size + 5, 10**6):
+        monkeypatch.setattr(normalization, "MAP_CHUNK_ROWS", rows)
+        for a, b in zip(normalization.local_block_grids(image, mask=mask, config=config), grids):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(normalize(image, mask=mask, config=config)[0], want)
+
+
 def test_local_gate_is_checked_and_saved():
     with pytest.raises(KercrDataError, match="local_gate.*relative"):
         NormalizationConfig(local_gate=5.0)

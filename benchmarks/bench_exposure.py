@@ -3,7 +3,8 @@
 Builds a synthetic DECam-like exposure with kercr's own data core (:func:`kercr.data.generate_dataset`,
 one independent frame per CCD, EXTNAMEs S1..S31, N1..N31 as DECam's) written as a tile-compressed
 multi-extension ``.fits.fz`` (astropy ``CompImageHDU``, RICE, as the DECam archive serves them),
-then runs :func:`kercr.detect_files` on it with ``jobs=1`` and with ``jobs=N`` (the shipped model:
+then runs :func:`kercr.detect_files` on it with ``jobs=1`` and with ``jobs=N`` (``--model``, by
+default the shipped model:
 LiteRT int8 with the four flips, 512-pixel tiles). Each run is a subprocess of its own, whose
 peak resident memory is sampled with psutil: the parent process, the largest worker process and
 all of them together. Wall-clock time counts from
@@ -88,13 +89,13 @@ class _PeakMemory:
         return False
 
 
-def _measure(exposure: str, out: str, jobs: int) -> None:
+def _measure(exposure: str, out: str, jobs: int, model: str) -> None:
     """One run, in this (fresh) process: prints a JSON line."""
     from kercr.detection import detect_files
 
     with _PeakMemory() as peak:
         t0 = time.perf_counter()
-        result = detect_files([exposure], out_dir=out, jobs=jobs, progress=False)
+        result = detect_files([exposure], out_dir=out, jobs=jobs, progress=False, model=model)
         wall = time.perf_counter() - t0
     mb = 2.0**-20
     print(json.dumps({"wall_s": wall, "ok": result.ok, "ccds": result.ccds, "mpix": result.megapixels,
@@ -102,8 +103,8 @@ def _measure(exposure: str, out: str, jobs: int) -> None:
                       "total_rss_mb": peak.total * mb, "output": result.outcomes[0].output}))
 
 
-def _run(exposure: Path, out: Path, jobs: int) -> dict:
-    cmd = [sys.executable, __file__, "--_measure", str(exposure), str(out), str(jobs)]
+def _run(exposure: Path, out: Path, jobs: int, model: str) -> dict:
+    cmd = [sys.executable, __file__, "--_measure", str(exposure), str(out), str(jobs), model]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
@@ -128,10 +129,12 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes of the parallel run (default 2).")
     parser.add_argument("--seed", type=int, default=0, help="synthetic exposure seed (default 0).")
     parser.add_argument("--work", default=None, help="working directory (default: a temporary one).")
-    parser.add_argument("--_measure", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="default",
+                        help="a shipped model's name (default: the default model), e.g. global, or a model file")
+    parser.add_argument("--_measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._measure:
-        _measure(args._measure[0], args._measure[1], int(args._measure[2]))
+        _measure(args._measure[0], args._measure[1], int(args._measure[2]), args._measure[3])
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
@@ -145,12 +148,12 @@ def main(argv=None) -> int:
         runs = {}
         for jobs in (1, args.jobs):
             out = work / f"out_jobs{jobs}_{time.strftime('%H%M%S')}"
-            runs[jobs] = _run(exposure, out, jobs)
+            runs[jobs] = _run(exposure, out, jobs, args.model)
             print(f"jobs={jobs}: {runs[jobs]}", file=sys.stderr)
         same = _same_masks(runs[1]["output"], runs[args.jobs]["output"])
     mpix = runs[1]["mpix"]
-    print(f"\n{args.ccds} CCDs of {args.shape[0]} x {args.shape[1]} ({mpix:.1f} Mpix), shipped model (tflite-int8, "
-          f"four flips); mask data identical: {'yes' if same else 'NO'}\n")
+    print(f"\n{args.ccds} CCDs of {args.shape[0]} x {args.shape[1]} ({mpix:.1f} Mpix), model {args.model} "
+          f"(its card's runtime and flips); mask data identical: {'yes' if same else 'NO'}\n")
     print("| run | wall-clock s | Mpix/s | speed-up | peak RSS MB: parent | largest worker | all |")
     print("|---|---|---|---|---|---|---|")
     for jobs, r in runs.items():

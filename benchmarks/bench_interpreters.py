@@ -26,6 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--model", default="default",
+                        help="a shipped model's name (default: the default model), e.g. global, or a model file")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
     import kercr.inference as inference
     from kercr.export.tflite import ParallelTFLiteRunner, TFLiteRunner
 
-    path = str(inference._tflite_model(inference.load_model("default"), "tflite-int8"))
+    path = str(inference._tflite_model(inference.load_model(args.model), "tflite-int8"))
     tiles = np.random.default_rng(0).normal(0, 1, (4, 512, 480)).astype(np.float32)
     print("| interpreter threads | s per call of 4 tiles of 512 x 480 |\n|---|---:|")
     for n in (None, 1, 2):
@@ -56,9 +58,9 @@ def main(argv=None) -> int:
             for _ in range(args.repeats):
                 for name, runner in runners.items():
                     inference._predictor = lambda loaded, runtime, n, r=runner: (r.predict, False)
-                    kercr.detect(image, tta=tta, runtime="tflite-int8")  # the tiles' shapes, allocated
+                    kercr.detect(image, model=args.model, tta=tta, runtime="tflite-int8")  # tiles allocated
                     t = time.perf_counter()
-                    kercr.detect(image, tta=tta, runtime="tflite-int8")
+                    kercr.detect(image, model=args.model, tta=tta, runtime="tflite-int8")
                     speed[name].append(image.size / (time.perf_counter() - t) / 1e6)
             for name, values in speed.items():
                 print(f"| {'on' if tta else 'off'} | {name} | {', '.join(f'{v:.2f}' for v in values)} | "

@@ -37,7 +37,7 @@ t0 = time.perf_counter()
 import kercr
 image = np.load(sys.argv[1])
 t1 = time.perf_counter()
-r = kercr.detect(image)
+r = kercr.detect(image, model=sys.argv[2])
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "detect_s": t2 - t1, "runtime": r.runtime, "tta": r.tta,
                   "cr_pixels": r.n_cr_pixels, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
@@ -67,6 +67,8 @@ def _wall(cmd) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="default",
+                        help="a shipped model's name (default: the default model), e.g. global, or a model file")
     args = parser.parse_args(argv)
     from astropy.io import fits
 
@@ -79,12 +81,13 @@ def main(argv=None) -> int:
         np.save(tmp / "frame.npy", np.asarray(frame.image_adu, np.float32))
         fits.PrimaryHDU(np.asarray(frame.image_adu[:256, :256], np.float32)).writeto(tmp / "cutout.fits")
         imports = [_json([sys.executable, "-c", _IMPORT]) for _ in range(args.repeats)]
-        detects = [_json([sys.executable, "-c", _DETECT, str(tmp / "frame.npy")]) for _ in range(args.repeats)]
+        detects = [_json([sys.executable, "-c", _DETECT, str(tmp / "frame.npy"), args.model])
+                   for _ in range(args.repeats)]
         cli, helps = [], []
         if script.is_file():
             for i in range(args.repeats):
                 out = tmp / f"out{i}"
-                cli.append(_wall([str(script), str(tmp / "cutout.fits"), "--out", str(out)]))
+                cli.append(_wall([str(script), str(tmp / "cutout.fits"), "--out", str(out), "--model", args.model]))
                 assert any(out.iterdir()), "kercr-detect wrote nothing"
                 shutil.rmtree(out)
                 helps.append(_wall([str(script), "--help"]))
@@ -93,7 +96,7 @@ def main(argv=None) -> int:
     rows = [
         ("import kercr", f"{med(r['import_s'] for r in imports):.2f} s",
          f"TensorFlow imported: {imports[0]['tensorflow']}, Keras: {imports[0]['keras']}"),
-        ("kercr.detect 2048 x 4096, shipped model", f"{med(r['detect_s'] for r in detects):.2f} s "
+        (f"kercr.detect 2048 x 4096, model {args.model}", f"{med(r['detect_s'] for r in detects):.2f} s "
          f"({2048 * 4096 / 1e6 / med(r['detect_s'] for r in detects):.2f} Mpix/s)",
          f"peak RSS {max(r['peak_rss_gb'] for r in detects):.2f} GB; runtime {d['runtime']}, flips {d['tta']}; "
          f"TensorFlow imported: {d['tensorflow']}, Keras: {d['keras']}"),

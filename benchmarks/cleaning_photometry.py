@@ -285,8 +285,8 @@ def real_cases(repeats, first=0):
                    config, REAL_RADIUS, f"{name} #{r}: gain {gain:.2f}, read noise {readnoise:.1f} e-")
 
 
-def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", deepcr=True, deepcr_unit=DEEPCR_UNIT,
-        threads=2, real=0, log=print):
+def run(*, frames=8, size=1024, first=0, model=True, detector="default", runtime="auto", deepcr=True,
+        deepcr_unit=DEEPCR_UNIT, threads=2, real=0, log=print):
     """Score every cleaner on ``frames`` synthetic frames (or, with ``real=R``, on the real frames
     with ``R`` injections each); the JSON-ready result."""
     from kercr.data.cleaning import clean_image
@@ -324,7 +324,7 @@ def run(*, frames=8, size=1024, first=0, model=True, runtime="auto", deepcr=True
             outputs["true mask, network"] = (_clean(image, cr_mask, bad, "network", 0), cr_mask & ~bad,
                                              time.perf_counter() - t0)
             t0 = time.perf_counter()
-            result = kercr.detect(image, model="default", mask=ignore, runtime=runtime,
+            result = kercr.detect(image, model=detector, mask=ignore, runtime=runtime,
                                   saturation=config.bias_adu + config.saturation_adu)
             t_detect = time.perf_counter() - t0
             skip = result.ignored if getattr(result, "ignored", None) is not None else ignore
@@ -425,6 +425,9 @@ def main(argv=None) -> int:
                         help=f"the frame as deepCR is given it (default {DEEPCR_UNIT})")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for deepCR (default 2)")
     parser.add_argument("--runtime", default="auto", help="kercr.detect runtime (default auto)")
+    parser.add_argument("--model", default="default",
+                        help="kercr's detector: a shipped model's name (default: the default model), e.g. global, "
+                             "or a model file")
     parser.add_argument("--real", type=int, default=0, metavar="R",
                         help="score the real frames of benchmarks/real_frames.py instead, with R injections each "
                              "(needs ../shared/data)")
@@ -434,8 +437,9 @@ def main(argv=None) -> int:
         print(f"[cleaning_photometry] {FOOTPRINTS} not found: no real frames to score")
         return 0
     frames, size, first = (1, 256, TINY_FRAME) if args.tiny else (args.frames, args.size, args.first)
-    result = run(frames=frames, size=size, first=first, model=not args.no_model, runtime=args.runtime,
-                 deepcr=args.deepcr, deepcr_unit=args.deepcr_unit, threads=args.threads, real=args.real)
+    result = run(frames=frames, size=size, first=first, model=not args.no_model, detector=args.model,
+                 runtime=args.runtime, deepcr=args.deepcr, deepcr_unit=args.deepcr_unit, threads=args.threads,
+                 real=args.real)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cleaning_photometry.json").write_text(json.dumps(result, indent=2) + "\n")

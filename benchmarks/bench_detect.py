@@ -3,8 +3,9 @@
 Every configuration (model x runtime x tile) runs in its own subprocess, so its peak resident
 memory (``ru_maxrss``: Python, the model, every array of the call, and TensorFlow where it is
 loaded, marked "(TF)": the Keras runtime, or a LiteRT run whose model has no card with its
-geometry) is measured alone. Threads are capped at ``--threads`` (TF intra-op = N, inter-op = 1;
-LiteRT ``num_threads`` = N). TFLite models are converted and cached (``KERCR_CACHE_DIR``) by a separate subprocess
+geometry) is measured alone. Threads are capped at ``--threads`` (LiteRT ``num_threads`` = N; with
+the Keras runtime TF intra-op = N, inter-op = 1; a LiteRT run that loads Keras for a model's
+geometry runs nothing in TensorFlow). TFLite models are converted and cached (``KERCR_CACHE_DIR``) by a separate subprocess
 first, so the measured process is the steady state of ``runtime="tflite-*"``: load the cached
 ``.tflite``, normalize, tile, predict, stitch. Models are untrained (speed does not depend on the
 weights). The first ``detect`` call (tracing, interpreter allocation) is a warm-up and not timed.

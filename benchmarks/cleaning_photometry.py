@@ -5,7 +5,7 @@ frames of ``benchmarks/real_frames.py`` (DECam Community Pipeline cutouts and as
 frame) with ``R`` injections each of real dark-frame CR footprints (its seeds), the frame before
 the injection as the truth (:func:`real_cases`), are cleaned by:
 
-* ``kercr``: the shipped default model's mask (``kercr.detect``), cleaned with
+* ``kercr``: the mask of ``--model`` (default: the shipped default model; ``kercr.detect``), cleaned with
   :func:`kercr.data.clean_image` by ``median`` and ``idw`` and by the inpainting network
   (``network``, :func:`kercr.detection.inpainting.inpaint`), ``dilate`` 0 and 1 (one detection per
   frame; the cleanings are what ``kercr.detect(..., clean=METHOD, clean_dilate=N)`` returns);
@@ -374,6 +374,7 @@ def run(*, frames=8, size=1024, first=0, model=True, detector="default", runtime
                      "real_footprints": FOOTPRINTS.exists(), "true_cr_pixels": n_cr, "hit_apertures": n_ap}
     return {
         "benchmark": "cleaning_photometry",
+        "model": detector if model else None,
         "frames": described,
         "units": "errors in units of the CR-free noise (pixels) or of the Poisson flux error (apertures); "
                  "median and 90th percentile of |error|",

@@ -17,7 +17,7 @@ normalization and the frame's ignore mask). It prints, at the pooled 0.01 % FPR 
    and those missed;
 3. per ``z`` bin, the share of rim pixels and of the other non-CR pixels flagged;
 4. the pooled metrics when each score is multiplied by a gate on ``z``
-   (``clip(0.5 + (z - a) / 2, 0.5, 1)``: halved below ``a - 1``, kept above ``a + 1``), a post-hoc
+   (``clip(0.5 + (z - a) / 2, 0.5, 1)``: halved at ``z <= a``, kept at ``z >= a + 1``), a post-hoc
    rule that would cut flags on pixels no brighter than their background.
 """
 
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     print(f"| none | {tpr:.4f} | {precision:.4f} |")
     for a in GATES:
         gated = metrics(score * np.clip(0.5 + (z - a) / 2, 0.5, 1.0))
-        print(f"| halved below z = {a - 1:g}, kept above {a + 1:g} | {gated[0]:.4f} | {gated[1]:.4f} |")
+        print(f"| halved at z <= {a:g}, kept at z >= {a + 1:g} | {gated[0]:.4f} | {gated[1]:.4f} |")
     return 0
 
 

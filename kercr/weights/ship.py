@@ -1,4 +1,4 @@
-"""Copy a finished ``kercr-train`` run into ``kercr/weights/`` as the shipped default model.
+"""Ship a finished ``kercr-train`` run into ``kercr/weights/`` as the shipped default model.
 
     python -m kercr.weights.ship runs/default_model --command "kercr-train --config configs/default_model.toml"
 
@@ -135,9 +135,9 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", tta: bool = Fals
 
 def ship(run_dir, *, command: str, dest=WEIGHTS_DIR, name: str = DEFAULT_NAME, runtime: str = "keras",
          tta: bool = False, notes: dict | None = None, force: bool = False) -> Path:
-    """Copy ``run_dir`` into ``dest`` as ``{name}.keras`` + ``normalization.json`` + ``{name}.json``.
+    """Ship ``run_dir`` into ``dest`` as ``{name}.keras`` (the network only) + ``normalization.json`` + ``{name}.json``.
 
-    Returns the path of the copied model. Raises ``FileExistsError`` when the files exist and
+    Returns the path of the written model. Raises ``FileExistsError`` when the files exist and
     ``force`` is False.
     """
     run_dir = Path(run_dir)
@@ -180,18 +180,21 @@ def strip_training_state(keras_file, target) -> Path:
 
     target = Path(target)
     model = keras.saving.load_model(keras_file, compile=False, safe_mode=True)
-    partial = target.with_name(f".{target.stem}.partial.keras")
-    model.save(partial)
-    partial.replace(target)
+    partial = target.with_name(f".{target.stem}.partial.keras")  # Keras saves only to a name ending in .keras
+    try:
+        model.save(partial)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
     return target
 
 
 def ship_inpainter(run_dir, *, command: str, dest=None, notes: dict | None = None, force: bool = False) -> Path:
-    """Copy a :mod:`kercr.training.inpainting` run into ``dest`` (default ``kercr/weights/inpainter``):
+    """Ship a :mod:`kercr.training.inpainting` run into ``dest`` (default ``kercr/weights/inpainter``):
     ``inpainter.keras``, ``normalization.json`` and the card ``inpainter.json`` (its training
     configuration and metrics, ``command``, the SHA-256 of the network, ``notes``).
 
-    Returns the path of the copied network; ``FileExistsError`` when the files exist and ``force`` is False.
+    Returns the path of the written network; ``FileExistsError`` when the files exist and ``force`` is False.
     """
     run_dir, dest = Path(run_dir), Path(dest or INPAINTER_DIR)
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -374,7 +374,8 @@ def test_gated_relative_noise_is_the_relative_input_on_a_large_galaxy_and_blends
 
 def _full_frame_maps(image, mask, config):
     """``normalize``'s per-pixel input as first written: the full-frame maps of
-    ``local_background_noise``, blended over the whole frame in one pass (float32, in place)."""
+    ``local_background_noise``, blended over the whole frame in one pass (float32, in place).
+    For ``noise_estimator="diff2"`` (the maps reuse the frame's statistics only then)."""
     from kercr.data.normalization import _gate, _stretch, local_background_noise
 
     if config.noise_model == "local":
@@ -432,6 +433,27 @@ def test_the_maps_made_a_strip_at_a_time_give_the_full_frame_input_to_the_bit(mo
         for a, b in zip(normalization.local_block_grids(image, mask=mask, config=config), grids):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(normalize(image, mask=mask, config=config)[0], want)
+
+
+@pytest.mark.parametrize("shape", [(5, 60), (6, 6), (20, 7), (40, 33), (97, 130)])
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_the_strips_give_the_one_pass_input_on_small_and_integer_frames(monkeypatch, shape, dtype):
+    """Frames of a few rows (down to the 5 the statistics need) or less than a block, integer
+    pixels, no mask: the strips and the one-pass maps agree to the bit."""
+    import kercr.data.normalization as normalization
+
+    image = np.random.default_rng(shape[0]).normal(200.0, 5.0, shape)
+    image[: shape[0] // 2] += np.linspace(0.0, 300.0, shape[1])  # a background that opens the gate
+    image = image.astype(dtype)
+    for config in (dataclasses.replace(GATED, block_size=9), dataclasses.replace(RELATIVE, block_size=9),
+                   dataclasses.replace(RELATIVE, noise_model="local", block_size=9)):
+        monkeypatch.setattr(normalization, "MAP_CHUNK_ROWS", 10**6)
+        want = _full_frame_maps(image, None, config)
+        grids = normalization.local_block_grids(image, config=config)
+        monkeypatch.setattr(normalization, "MAP_CHUNK_ROWS", 1)
+        for a, b in zip(normalization.local_block_grids(image, config=config), grids):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(normalize(image, config=config)[0], want)
 
 
 def test_local_gate_is_checked_and_saved():

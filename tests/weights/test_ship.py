@@ -17,7 +17,7 @@ import pytest
 import kercr
 from kercr.detection import load_model
 from kercr.model_files import file_sha256
-from kercr.weights import WEIGHTS_DIR, has_default, shipped_model_path, shipped_names
+from kercr.weights import MODELS_DIR, NAMED_FILE, WEIGHTS_DIR, has_default, shipped_names
 from kercr.weights.ship import main, ship
 
 needs_default = pytest.mark.skipif(not has_default(), reason="no shipped model (kercr/weights/default.keras) yet")
@@ -241,8 +241,9 @@ def test_ship_writes_the_network_without_its_optimizer_state(tmp_path):
     np.testing.assert_array_equal(again.predict_on_batch(x), model.predict_on_batch(x))
 
 
-@pytest.mark.parametrize("path", [shipped_model_path(name) for name in shipped_names()]
-                         + [WEIGHTS_DIR / "inpainter" / "inpainter.keras"], ids=lambda path: path.parent.name)
+@pytest.mark.parametrize("path", [WEIGHTS_DIR / "default.keras", WEIGHTS_DIR / "inpainter" / "inpainter.keras"]
+                         + [MODELS_DIR / name / NAMED_FILE for name in shipped_names()[1:]],
+                         ids=lambda path: path.parent.name)
 def test_the_shipped_networks_carry_no_optimizer_state(path):
     """Shipped files hold the network only (kercr.weights.ship.strip_training_state)."""
     if not path.is_file():

@@ -1,20 +1,21 @@
 """Throughput and peak memory of ``kercr.detect`` on a full 2048 x 4096 DECam-sized frame.
 
-Every configuration (model x runtime x tile) runs in its own subprocess, so its peak resident
-memory (``ru_maxrss``: Python, the model, every array of the call, and TensorFlow where it is
-loaded, marked "(TF)": the Keras runtime, or a LiteRT run whose model has no card with its
-geometry) is measured alone. Threads are capped at ``--threads`` (LiteRT ``num_threads`` = N; with
-the Keras runtime TF intra-op = N, inter-op = 1; a LiteRT run that loads Keras for a model's
-geometry runs nothing in TensorFlow). TFLite models are converted and cached (``KERCR_CACHE_DIR``) by a separate subprocess
-first, so the measured process is the steady state of ``runtime="tflite-*"``: load the cached
-``.tflite``, normalize, tile, predict, stitch. Models are untrained (speed does not depend on the
-weights). The first ``detect`` call (tracing, interpreter allocation) is a warm-up and not timed.
-Tiles go ``--batch-size`` per call, by default as in ``detect``: 4 with TFLite, whose two
+Every configuration (model x runtime x tile) runs in its own subprocess, so its peak resident memory
+(``ru_maxrss``: Python, the model, every array of the call, and TensorFlow where it is loaded,
+marked "(TF)": the Keras runtime, or a LiteRT run whose model has no card with its geometry) is
+measured alone. Threads are capped at ``--threads`` (LiteRT ``num_threads`` = N; with the Keras
+runtime TF intra-op = N, inter-op = 1; a LiteRT run that loads Keras for a model's geometry runs
+nothing in TensorFlow). TFLite models are converted and cached (``KERCR_CACHE_DIR``) by a separate
+subprocess first, so the measured process is the steady state of ``runtime="tflite-*"``: load the
+cached ``.tflite``, normalize, tile, predict, stitch. Models are untrained (speed does not depend on
+the weights). The first ``detect`` call (tracing, interpreter allocation) is a warm-up and not
+timed. Tiles go ``--batch-size`` per call, by default as in ``detect``: 4 with TFLite, whose two
 one-thread interpreters (``ParallelTFLiteRunner``, 2 threads) take two each, and 1 with Keras.
 ``--tta on all off`` measures with the four flips on candidate windows (``on``), on every pixel
 (``all``) and without (``auto``, the default: what the model card says, on for the shipped model,
-off for the untrained ones; ``two``: two views, as is and flipped along rows, on every pixel). ``--models`` also takes a saved ``.keras`` file (e.g. a run's
-``last.keras``, for the speed of a wider network).
+off for the untrained ones; ``two``: two views, as is and flipped along rows, on every pixel).
+``--models`` also takes a saved ``.keras`` file (e.g. a run's ``last.keras``, for the speed of a
+wider network).
 
 Usage::
 

@@ -338,11 +338,12 @@ def local_block_grids(image, *, mask=None, config: NormalizationConfig | None = 
     median of the finite, unmasked pixels; the noise is the 3-sigma-clipped standard deviation
     of the differences of pixels two apart (``x[i+2] - x[i]``, over sqrt 2; the larger, or with
     ``config.local_axis="smaller"`` the smaller, of the row and the column estimate), which
-    smooth light (a galaxy, a nebula, a gradient) barely changes, and which stays continuous on integer-valued data where a MAD is quantized.
-    A block with fewer than ``MIN_BLOCK_FRACTION`` good pixels (or pairs) takes the median of
-    its neighbours; then each block grid is median-filtered over 3 x 3 blocks (and
-    :func:`local_background_noise` interpolates it bilinearly between block centres). Per pixel, this is the Poisson noise of the local sky and
-    smooth sources plus read noise, measured instead of modelled, so it needs no gain (the
+    smooth light (a galaxy, a nebula, a gradient) barely changes, and which stays continuous on
+    integer-valued data where a MAD is quantized. A block with fewer than
+    ``MIN_BLOCK_FRACTION`` good pixels (or pairs) takes the median of its neighbours; then each
+    block grid is median-filtered over 3 x 3 blocks (and :func:`local_background_noise`
+    interpolates it bilinearly between block centres). Per pixel, this is the Poisson noise of
+    the local sky and smooth sources plus read noise, measured instead of modelled, so it needs no gain (the
     frame's gain and read noise are not used: a header's values are often those of the raw
     data, not of the processed frame at hand). Compact sources (stars, galaxy cores) smaller than a
     block keep the noise of their block, as with one noise per frame. In the outer ring of
@@ -486,13 +487,14 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
         n = int(np.isfinite(image).sum() if mask is None else (np.isfinite(image) & ~np.asarray(mask, bool)).sum())
         return _stretch(out, config), NormalizationParams(config=config, sky=grids[2], noise=grids[3], n_pixels=n)
     sky, noise, n = robust_sky_noise(image, mask=mask, config=config)
+    grids = None
     if config.noise_model == "relative" and not _too_small_for_maps(image.shape, config):
         stats = (sky, noise) if config.noise_estimator == "diff2" else None  # the maps' fallback, measured once
-        background, noise_grid, _, map_median = local_block_grids(image, mask=mask, config=config, frame_stats=stats)
-        out = image.astype(np.float32, copy=True)
-        _divide_by_maps(out, (background, noise_grid), config, sky=sky, noise=noise, map_median=map_median)
+        grids = local_block_grids(image, mask=mask, config=config, frame_stats=stats)
+    out = image.astype(np.float32, copy=True)  # after the grids: their strips and this copy do not add up
+    if grids is not None:
+        _divide_by_maps(out, grids[:2], config, sky=sky, noise=noise, map_median=grids[3])
     else:
-        out = image.astype(np.float32, copy=True)
         out -= np.float32(sky)
         out *= np.float32(1.0 / noise)
     return _stretch(out, config), NormalizationParams(config=config, sky=sky, noise=noise, n_pixels=n)
@@ -524,21 +526,30 @@ def _divide_by_maps(out: np.ndarray, grids, config: NormalizationConfig, *, sky=
     for rows in _row_runs(with_maps, MAP_CHUNK_ROWS):
         background_map = upsample_bilinear(background, out.shape, b, rows=rows)
         noise_map = upsample_bilinear(noise_grid, out.shape, b, rows=rows)
-        if gate is not None:
-            g = _gate(background_map, sky, noise, gate)
-            background_map -= np.float32(sky)
-            background_map *= g
-            background_map += np.float32(sky)
-            noise_map *= np.float32(1.0 / map_median)
-            noise_map -= 1
-            noise_map *= g
-            noise_map += 1
-            noise_map *= np.float32(noise)
-        elif relative:
-            noise_map *= np.float32(noise / map_median)
+        if relative:
+            _relative_maps(background_map, noise_map, sky=sky, noise=noise, map_median=map_median, gate=gate)
         view = out[rows]
         view -= background_map
         view /= noise_map
+
+
+def _relative_maps(background_map: np.ndarray, noise_map: np.ndarray, *, sky: float, noise: float,
+                   map_median: float, gate: float | None) -> None:
+    """In place, float32: the relative input's maps from the measured ones. The noise map scaled to
+    the frame's ``noise`` (``noise * map / map_median``); with a ``gate`` (``local_gate``), both
+    blended toward the frame's ``sky`` and ``noise`` by :func:`_gate`."""
+    if gate is None:
+        noise_map *= np.float32(noise / map_median)
+        return
+    g = _gate(background_map, sky, noise, gate)
+    background_map -= np.float32(sky)
+    background_map *= g
+    background_map += np.float32(sky)
+    noise_map *= np.float32(1.0 / map_median)
+    noise_map -= 1
+    noise_map *= g
+    noise_map += 1
+    noise_map *= np.float32(noise)
 
 
 def _gate_may_open(background: np.ndarray, sky: float, noise: float, gate: float, ny: int, block: int) -> np.ndarray:

@@ -2,10 +2,11 @@
 
     python -m kercr.weights.ship runs/default_model --command "kercr-train --config configs/default_model.toml"
 
-writes ``default.keras`` (the run's ``best.keras`` without its optimizer state), ``normalization.json`` and the model card
-``default.json``: architecture, parameter count, the training configuration and the command that
-reproduces it, the validation metrics, and the threshold chosen on validation data for 0.01 % FPR
-(see ``README.md`` here). Existing files are replaced only with ``--force``.
+writes ``default.keras`` (the run's ``best.keras`` without its optimizer state),
+``normalization.json`` and the model card ``default.json``: architecture, parameter count, the
+training configuration and the command that reproduces it, the validation metrics, and the
+threshold chosen on validation data for 0.01 % FPR (see ``README.md`` here). Existing files are
+replaced only with ``--force``.
 
     python -m kercr.weights.ship --prebuild
 

@@ -374,9 +374,10 @@ def test_gated_relative_noise_is_the_relative_input_on_a_large_galaxy_and_blends
 
 def _full_frame_maps(image, mask, config):
     """``normalize``'s per-pixel input as first written: the full-frame maps of
-    ``local_background_noise``, blended over the whole frame in one pass (float32, in place).
-    For ``noise_estimator="diff2"`` (the maps reuse the frame's statistics only then)."""
-    from kercr.data.normalization import _gate, _stretch, local_background_noise
+    ``local_background_noise``, made relative (and gated) over the whole frame in one pass
+    (float32, in place). For ``noise_estimator="diff2"`` (the maps reuse the frame's statistics
+    only then). The blend itself is tested against its float64 formula above."""
+    from kercr.data.normalization import _relative_maps, _stretch, local_background_noise
 
     if config.noise_model == "local":
         background, noise_map, _, _ = local_background_noise(image, mask=mask, config=config)
@@ -384,18 +385,7 @@ def _full_frame_maps(image, mask, config):
         sky, noise, _ = robust_sky_noise(image, mask=mask, config=config)
         background, noise_map, _, median = local_background_noise(image, mask=mask, config=config,
                                                                   frame_stats=(sky, noise))
-        if config.local_gate is None:
-            noise_map *= np.float32(noise / median)
-        else:
-            g = _gate(background, sky, noise, config.local_gate)
-            background -= np.float32(sky)
-            background *= g
-            background += np.float32(sky)
-            noise_map *= np.float32(1.0 / median)
-            noise_map -= 1
-            noise_map *= g
-            noise_map += 1
-            noise_map *= np.float32(noise)
+        _relative_maps(background, noise_map, sky=sky, noise=noise, map_median=median, gate=config.local_gate)
     out = image.astype(np.float32, copy=True)
     out -= background
     out /= noise_map

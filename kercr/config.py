@@ -125,6 +125,10 @@ class TrainConfig:
         loss (``"ignore"``, default: the model's output there is never corrected, and it learns
         to flag the noise pixels around bright CRs), labelled not-CR (``"negative"``) or labelled
         CR like any other CR pixel (``"positive"``).
+    rim_weight : float
+        Loss weight of the non-CR pixels that touch a CR (8-connected), where a network trained
+        with weight 1 flags about one pixel too many around every CR (issue 22's fat masks).
+        1 (default): like any other pixel. Needs frames (not kercr-prepare shards).
     init_weights : str or None
         Start from the weights of a trained model instead of random ones (fine-tuning): a
         ``.keras`` file, a run directory (its ``best.keras``) or a shipped model's name
@@ -215,6 +219,7 @@ class TrainConfig:
     sky_e_range: list | None = None
     cr_threshold_e: float | None = None
     faint_crs: str = "ignore"
+    rim_weight: float = 1.0
     init_weights: str | None = None
     asinh_softening: float | None = None
     noise_estimator: str = "mad"
@@ -357,6 +362,9 @@ class TrainConfig:
                             integer_frames=self.integer_frames)
         except KercrDataError as err:
             raise ConfigError(str(err)) from None
+        if isinstance(self.rim_weight, bool) or not 0 < self.rim_weight < float("inf"):
+            raise ConfigError(f"rim_weight={self.rim_weight!r} must be a positive number (e.g. 4: a false positive next "
+                              "to a CR costs four times another), or 1 for no change.")
         if self.data != "synthetic" and (self.extended_sources or self.on_source_fraction or self.sky_e_range
                                          or self.cr_threshold_e or self.faint_crs != "ignore"
                                          or self.dominant_sources or self.integer_frames):

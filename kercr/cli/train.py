@@ -110,6 +110,8 @@ def _add_data_flags(add) -> None:
     add("--faint-crs", choices=FAINT_CRS,
         help="synthetic data: CR pixels fainter than the noise are left out of the loss (default), "
              "labelled not-CR or labelled CR")
+    add("--rim-weight", type=float, metavar="W",
+        help="loss weight of the non-CR pixels touching a CR (default 1); W > 1 trains thinner masks")
     add("--init-weights", metavar="MODEL",
         help="fine-tune: start from a .keras file, a run directory's best.keras or 'default' (the shipped model)")
     add("--asinh-softening", type=float, metavar="S",

@@ -34,7 +34,7 @@ from kercr.data.normalization import NormalizationConfig, normalize
 from kercr.data.patches import make_patches
 from kercr.data.synthetic import VARIETIES, SyntheticConfig, dominant_source, make_frame, random_instrument, source_map
 from kercr.data.synthetic import extended_sources as render_extended_sources
-from kercr.data.pixel_weights import median_weight_map
+from kercr.data.pixel_weights import median_weight_map, weigh_rim
 
 __all__ = ["SyntheticFrames", "FITSFrames", "frame_keys", "load_footprints", "patch_batches"]
 
@@ -49,11 +49,18 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fz", ".fits.gz")
 
 
 class _CachedFrames:
-    """Keeps the last ``cache`` prepared frames: consecutive batches reuse one frame."""
+    """Keeps the last ``cache`` prepared frames: consecutive batches reuse one frame.
 
-    def __init__(self, *, seed: int, median_weights: bool, normalization: NormalizationConfig | None, cache: int):
+    ``rim_weight`` (every source): the loss weight of the non-CR pixels that touch a CR
+    (:func:`kercr.data.pixel_weights.weigh_rim`; 1, the default, leaves them at 1).
+    """
+
+    def __init__(self, *, seed: int, median_weights: bool, normalization: NormalizationConfig | None, cache: int,
+                 rim_weight: float = 1.0):
         self.seed, self.median_weights, self.cache = int(seed), bool(median_weights), int(cache)
         self.normalization = normalization
+        weigh_rim(np.zeros((1, 1), np.float32), np.zeros((1, 1), bool), rim_weight)  # checks the value
+        self.rim_weight = float(rim_weight)
         self._cache: dict = {}
 
     def frame(self, i):
@@ -71,6 +78,8 @@ class _CachedFrames:
             else:
                 weight = np.ones(image.shape, np.float32)
             weight[bad] = 0.0
+            if self.rim_weight != 1:
+                weight = weigh_rim(weight, cr_mask, self.rim_weight)
             if len(self._cache) >= self.cache:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[i] = (image, np.asarray(cr_mask, np.float32), weight)
@@ -133,6 +142,9 @@ class SyntheticFrames(_CachedFrames):
         Fraction of frames from a high-gain (10-30 e-/ADU), low-sky (at most 100 ADU above the
         bias) imager, rounded to integer ADU as raw data are: the noise is a few ADU and
         quantized. 0: none.
+    rim_weight : float
+        Loss weight of the non-CR pixels touching a CR pixel of the truth (8-connected;
+        :func:`kercr.data.pixel_weights.weigh_rim`). 1 (default): like any other pixel.
 
     Saturated and bleed-trail pixels are negatives in the weights (their truth is known); hot
     pixels, bad columns, CR hits on saturated pixels and (by default) CR pixels whose charge is
@@ -142,8 +154,9 @@ class SyntheticFrames(_CachedFrames):
     def __init__(self, *, seed, shape=(4096, 2048), cr_rate_scale=1.0, median_weights=False,
                  normalization=None, cache=2, footprints=None, footprint_fraction=0.5, variety="decam",
                  extended_sources=0.0, on_source_fraction=0.0, sky_e_range=None, cr_threshold_e=None,
-                 faint_crs="ignore", dominant_sources=0.0, integer_frames=0.0):
-        super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache)
+                 faint_crs="ignore", dominant_sources=0.0, integer_frames=0.0, rim_weight=1.0):
+        super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache,
+                         rim_weight=rim_weight)
         if variety not in VARIETIES:
             raise KercrDataError(f"variety={variety!r} is not one of {VARIETIES}.")
         if not extended_sources >= 0:
@@ -280,8 +293,9 @@ class FITSFrames(_CachedFrames):
     """
 
     def __init__(self, directory, *, seed, cr_rate_scale=1.0, median_weights=False, normalization=None, cache=2,
-                 footprints=None):
-        super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache)
+                 footprints=None, rim_weight=1.0):
+        super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache,
+                         rim_weight=rim_weight)
         self.footprints = footprints
         directory = Path(directory)
         self.paths = sorted(p for p in directory.iterdir() if p.name.lower().endswith(FITS_SUFFIXES))

@@ -160,11 +160,14 @@ class LCOFrames(_CachedFrames):
     normalization : NormalizationConfig, optional
     cache : int
         Prepared frames kept in memory.
+    rim_weight : float
+        Loss weight of the non-CR pixels touching a CR (:func:`kercr.data.pixel_weights.weigh_rim`).
     """
 
     def __init__(self, root, *, seed, median_weights=False, ignore_bits=LCO_IGNORE_ALL, min_exptime=None,
-                 normalization=None, cache=2):
-        super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache)
+                 normalization=None, cache=2, rim_weight=1.0):
+        super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache,
+                         rim_weight=rim_weight)
         self.root = Path(os.fspath(root)).expanduser()
         self.ignore_bits = _check_bits(ignore_bits)
         paths = find_lco_files(self.root)

@@ -60,7 +60,7 @@ from kercr.data.robust_stats import (
 )
 
 __all__ = ["NormalizationConfig", "NormalizationParams", "robust_sky_noise", "local_background_noise",
-           "local_block_grids", "normalize", "normalize_like", "denormalize"]
+           "local_block_grids", "normalize", "input_maps", "normalize_like", "denormalize"]
 
 logger = logging.getLogger(__name__)
 
@@ -498,6 +498,49 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
         out -= np.float32(sky)
         out *= np.float32(1.0 / noise)
     return _stretch(out, config), NormalizationParams(config=config, sky=sky, noise=noise, n_pixels=n)
+
+
+def input_maps(image, *, mask=None, config: NormalizationConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The per-pixel background and noise that :func:`normalize` uses for ``config``.
+
+    ``normalize(image)`` is ``(image - background) / noise``, then clipped and stretched as
+    ``config`` says, with these maps: one sky and noise everywhere for ``noise_model="global"``
+    (and for a frame that ``local_min_blocks`` sends to it), the block maps for ``"local"``, and
+    the gated relative maps for ``"relative"``. Made over the whole frame at once (two float32
+    frames of memory; :func:`normalize` makes them a strip at a time).
+
+    Parameters
+    ----------
+    image : array_like, shape (ny, nx)
+        Image in ADU or electrons; not modified.
+    mask : array_like of bool, shape (ny, nx), optional
+        Pixels excluded from the statistics, as for :func:`normalize`.
+    config : NormalizationConfig, optional
+
+    Returns
+    -------
+    background, noise : numpy.ndarray, shape (ny, nx), float32
+        In the image's units; ``noise`` > 0. Useful beyond the network's input: the noise a
+        pixel's value is judged against (an uncertainty for photometry of a cleaned image).
+    """
+    config = config or NormalizationConfig()
+    image = np.asarray(image)
+    shape = image.shape
+    if config.noise_model == "local":
+        background, noise, _, _ = local_background_noise(image, mask=mask, config=config)
+        return background, noise
+    sky, noise, _ = robust_sky_noise(image, mask=mask, config=config)
+    if config.noise_model == "relative" and not _too_small_for_maps(shape, config):
+        stats = (sky, noise) if config.noise_estimator == "diff2" else None
+        background_grid, noise_grid, _, map_median = local_block_grids(image, mask=mask, config=config,
+                                                                       frame_stats=stats)
+        b = int(config.block_size)
+        background_map = upsample_bilinear(background_grid, shape, b)
+        noise_map = upsample_bilinear(noise_grid, shape, b)
+        _relative_maps(background_map, noise_map, sky=sky, noise=noise, map_median=map_median,
+                       gate=config.local_gate)
+        return background_map, noise_map
+    return np.full(shape, sky, np.float32), np.full(shape, noise, np.float32)
 
 
 def _divide_by_maps(out: np.ndarray, grids, config: NormalizationConfig, *, sky=None, noise=None,

@@ -129,7 +129,8 @@ def synthetic_source(config: TrainConfig, *, cache: int = 2, footprints=None) ->
                            extended_sources=config.extended_sources,
                            on_source_fraction=config.on_source_fraction, sky_e_range=config.sky_e_range,
                            cr_threshold_e=config.cr_threshold_e, faint_crs=config.faint_crs,
-                           dominant_sources=config.dominant_sources, integer_frames=config.integer_frames)
+                           dominant_sources=config.dominant_sources, integer_frames=config.integer_frames,
+                           rim_weight=config.rim_weight)
 
 
 def synthetic_patches_per_frame(config: TrainConfig) -> int:
@@ -158,6 +159,9 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
             raise ConfigError(f"{config.data}: kercr-prepare shards were normalized with one 'mad' noise per frame; "
                               f"noise_estimator={config.noise_estimator!r}, noise_model={config.noise_model!r} needs "
                               "frames (--data synthetic or a FITS directory), or leave them at 'mad' and 'global'.")
+        if config.rim_weight != 1:
+            raise ConfigError(f"{config.data}: kercr-prepare shards hold their pixel weights; rim_weight="
+                              f"{config.rim_weight:g} needs frames (--data synthetic or a FITS directory), or leave it at 1.")
         return _shards(config, initial_epoch)
     median = config.loss == "median_bce"
     norm = config.normalization_config()
@@ -169,7 +173,7 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
         per_frame = synthetic_patches_per_frame(config)
     elif is_lco_dataset(config.data):
         make = lambda cache: LCOFrames(config.data, seed=config.seed, median_weights=median, cache=cache,
-                                       normalization=norm)  # noqa: E731
+                                       normalization=norm, rim_weight=config.rim_weight)  # noqa: E731
         source = make(2)
         ids = source.exposure_ids()
         per_frame = config.patches_per_frame or 128

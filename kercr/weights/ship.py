@@ -118,6 +118,8 @@ def make_card(run_dir, *, command: str, runtime: str = "keras", tta: bool = Fals
                           if config.sky_e_range else "")
                        + (f"; simulated CR pixels above {config.cr_threshold_e:g} e-"
                           if config.cr_threshold_e else "")
+                       + (f"; CR rim pixels weighted {config.rim_weight:g} in the loss"
+                          if config.rim_weight != 1 else "")
                        + (f"; loss {config.loss}" if config.loss != "dice_bce" else "")
                        + (f"; fine-tuned from {config.init_weights}" if config.init_weights else "")
                        + (f"; weights: the mean of {' and '.join(average['runs'])} (kercr.weights.average)"

@@ -330,3 +330,41 @@ def test_device_training_stores_exactly_the_frames_a_run_reads(device_training, 
         from kercr.data import frames
 
         frames._CachedFrames.frame = made
+
+
+@pytest.fixture()
+def noise_channel():
+    """benchmarks/noise_channel.py as a module (it imports frame_classes.py and real_frames.py beside it)."""
+    yield from _load_script("noise_channel")
+    import sys
+
+    sys.modules.pop("frame_classes", None)
+
+
+def test_noise_channel_sees_the_patches_of_the_division_run_with_two_channels(noise_channel):
+    """Issue 22.1's channel arm: the frames, patches, flips, truth and weights of kercr-train's run
+    for the same config; channel 0 the one-noise input, channel 1 log2 of the divisor's noise."""
+    import numpy as np
+
+    from kercr.config import resolve_config
+    from kercr.data.normalization import input_maps, normalize
+    from kercr.training.data import make_training_data
+
+    config = resolve_config({"variety": "wide", "frames": 4, "frame_shape": [192, 160], "patch_size": 64,
+                             "batch_size": 4, "steps_per_epoch": 2, "validation_steps": 1, "cr_rate_scale": 40.0,
+                             "dominant_sources": 0.5, "asinh_softening": 10.0, "noise_estimator": "diff2",
+                             "noise_model": "relative", "local_axis": "smaller", "local_edges": "nearest",
+                             "local_gate": 5.0, "block_size": 16, "local_min_blocks": 3})
+    division, channel = make_training_data(config), noise_channel.channel_training_data(config)
+    for a, b in ((division.train[1], channel.train[1]), (division.val[0], channel.val[0])):
+        assert a[0].shape[-1] == 1 and b[0].shape[-1] == 2
+        np.testing.assert_array_equal(a[1], b[1])  # the same truth and weights, patch for patch
+        np.testing.assert_array_equal(a[2], b[2])
+        assert np.isfinite(b[0]).all() and np.abs(b[0][..., 1]).max() < 4
+    source = channel.train.source
+    image_adu, _, ignore, _ = source.base._make(0)
+    x = noise_channel.two_channels(image_adu, ignore, config.normalization_config())
+    glob, params = normalize(image_adu, mask=ignore, config=noise_channel.image_config(config.normalization_config()))
+    np.testing.assert_array_equal(x[..., 0], glob)
+    _, noise = input_maps(image_adu, mask=ignore, config=config.normalization_config())
+    np.testing.assert_allclose(2.0 ** x[..., 1] * params.noise, noise, rtol=1e-5)

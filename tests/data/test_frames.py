@@ -82,3 +82,15 @@ def test_crs_injected_into_fits_frames_are_the_same_in_every_process(tmp_path):
     runs = [subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
                            env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout for seed in ("1", "2")]
     assert runs[0] == runs[1] and int(runs[0].split()[0]) > 0
+
+
+def test_rim_weight_weighs_the_counted_pixels_touching_a_cr_and_nothing_else():
+    from kercr.data.pixel_weights import weigh_rim
+
+    kw = dict(seed=3, shape=(256, 256), variety="wide", cr_rate_scale=40)
+    image, mask, weight = SyntheticFrames(**kw).frame(0)
+    image4, mask4, weight4 = SyntheticFrames(**kw, rim_weight=4.0).frame(0)
+    np.testing.assert_array_equal(image4, image)
+    np.testing.assert_array_equal(mask4, mask)
+    np.testing.assert_array_equal(weight4, weigh_rim(weight, mask, 4.0))
+    assert (weight4 == 4).sum() > 50 and set(np.unique(weight4)) == {0.0, 1.0, 4.0}

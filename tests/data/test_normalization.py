@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from kercr.data.errors import KercrDataError
-from kercr.data.normalization import NormalizationConfig, NormalizationParams, denormalize, normalize, robust_sky_noise
+from kercr.data.normalization import (NormalizationConfig, NormalizationParams, denormalize, input_maps, normalize,
+                                      robust_sky_noise)
 
 
 @pytest.fixture
@@ -326,6 +327,7 @@ def test_relative_noise_honours_masks_nan_and_keeps_the_input():
 # --- local_gate: the maps only where the background departs from the frame's sky
 
 GATED = dataclasses.replace(RELATIVE, local_gate=5.0)
+GLOBAL_DIFF2 = NormalizationConfig(noise_estimator="diff2", asinh_softening=RELATIVE.asinh_softening)
 
 
 def test_gated_relative_noise_is_the_global_input_beside_a_compact_galaxy():
@@ -373,23 +375,38 @@ def test_gated_relative_noise_is_the_relative_input_on_a_large_galaxy_and_blends
 
 
 def _full_frame_maps(image, mask, config):
-    """``normalize``'s per-pixel input as first written: the full-frame maps of
-    ``local_background_noise``, made relative (and gated) over the whole frame in one pass
-    (float32, in place). For ``noise_estimator="diff2"`` (the maps reuse the frame's statistics
-    only then). The blend itself is tested against its float64 formula above."""
-    from kercr.data.normalization import _relative_maps, _stretch, local_background_noise
+    """``normalize``'s per-pixel input as first written: the full-frame maps (:func:`input_maps`,
+    made over the whole frame in one pass), then ``(image - background) / noise`` in float32. The
+    relative blend itself is tested against its float64 formula above."""
+    from kercr.data.normalization import _stretch
 
-    if config.noise_model == "local":
-        background, noise_map, _, _ = local_background_noise(image, mask=mask, config=config)
-    else:
-        sky, noise, _ = robust_sky_noise(image, mask=mask, config=config)
-        background, noise_map, _, median = local_background_noise(image, mask=mask, config=config,
-                                                                  frame_stats=(sky, noise))
-        _relative_maps(background, noise_map, sky=sky, noise=noise, map_median=median, gate=config.local_gate)
+    background, noise_map = input_maps(image, mask=mask, config=config)
     out = image.astype(np.float32, copy=True)
     out -= background
     out /= noise_map
     return _stretch(out, config)
+
+
+def test_input_maps_are_the_background_and_noise_of_every_input():
+    """Global (and a frame too small for maps): one sky and noise everywhere; gated relative on a
+    large galaxy: the maps, the frame's values where the gate is shut; the input is untouched."""
+    image, true_noise = _galaxy_frame()
+    keep = image.copy()
+    background, noise = input_maps(image, config=GLOBAL_DIFF2)
+    sky, sigma, _ = robust_sky_noise(image, config=GLOBAL_DIFF2)
+    assert background.dtype == noise.dtype == np.float32 and background.shape == image.shape
+    assert np.all(background == np.float32(sky)) and np.all(noise == np.float32(sigma))
+    np.testing.assert_allclose(_full_frame_maps(image, None, GLOBAL_DIFF2), normalize(image, config=GLOBAL_DIFF2)[0],
+                               rtol=1e-6, atol=1e-6)
+    background, noise = input_maps(image, config=GATED)
+    sky_only = background == np.float32(sky)  # the gate shut: the frame's sky and noise
+    assert 0.1 < sky_only.mean() < 0.5 and np.all(noise[sky_only] == np.float32(sigma))
+    # elsewhere the noise of each pixel's own background, the galaxy's photon noise (a 3x range)
+    assert np.median(np.abs(noise / true_noise - 1)[~sky_only]) < 0.06 and noise.max() > 2.5 * noise.min()
+    small = dataclasses.replace(GATED, local_min_blocks=10**3)
+    for a, b in zip(input_maps(image, config=small), input_maps(image, config=GLOBAL_DIFF2)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(image, keep)
 
 
 @pytest.mark.parametrize("config", [dataclasses.replace(RELATIVE, noise_model="local"), RELATIVE, GATED,

@@ -1,10 +1,10 @@
-"""Per-pixel loss weights (kercr.data.pixel_weights): median weighting, ignore masks, the alpha floor."""
+"""Per-pixel loss weights (kercr.data.pixel_weights): median weighting, ignore masks, the alpha floor, the CR rim."""
 
 import numpy as np
 import pytest
 
 from kercr.data.errors import KercrDataError
-from kercr.data.pixel_weights import alpha_floor, apply_ignore_mask, median_weight_map
+from kercr.data.pixel_weights import alpha_floor, apply_ignore_mask, median_weight_map, weigh_rim
 
 
 def test_median_weight_map():
@@ -44,3 +44,28 @@ def test_alpha_floor_raises_counted_weights_and_keeps_ignored_pixels_at_zero():
     np.testing.assert_array_equal(floored, np.array([[0.0, 0.3, 0.3], [0.5, 1.0, 0.0]], np.float32))
     np.testing.assert_array_equal(alpha_floor(w, 0.0), w.astype(np.float32))
     assert w[0, 1] == 1e-6  # the input is not modified
+
+
+def test_weigh_rim_multiplies_the_counted_non_cr_pixels_touching_a_cr():
+    cr = np.zeros((7, 8), bool)
+    cr[3, 3:5] = True
+    weights = np.ones(cr.shape, np.float32)
+    weights[2, 2] = 0.0  # ignored: stays ignored
+    weights[0, 0] = 0.5  # far from the CR: unchanged
+    keep = weights.copy()
+    out = weigh_rim(weights, cr, 4)
+    rim = np.zeros(cr.shape, bool)
+    rim[2:5, 2:6] = True
+    rim &= ~cr
+    assert rim.sum() == 10
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out[rim & (keep > 0)], 4.0)
+    assert out[2, 2] == 0.0 and out[0, 0] == 0.5
+    np.testing.assert_array_equal(out[~rim], keep[~rim])  # the CR pixels and the rest as they were
+    np.testing.assert_array_equal(weights, keep)  # a copy
+    np.testing.assert_array_equal(weigh_rim(weights, cr, 1), keep)
+    for bad in (0, -1.0, float("inf"), float("nan"), True, "4"):
+        with pytest.raises(KercrDataError, match="rim weight"):
+            weigh_rim(weights, cr, bad)
+    with pytest.raises(KercrDataError, match="CR mask shape"):
+        weigh_rim(weights, cr[:-1], 4)

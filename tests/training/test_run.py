@@ -126,6 +126,7 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path):
         (["--variety", "wide", "--sky-e-range", "500", "50"], "must be two sky levels in e- per pixel, 0 < low < high"),
         (["--sky-e-range", "100", "1e6"], "Use variety='wide' or leave sky_e_range unset"),
         (["--cr-threshold-e", "0"], "cr_threshold_e=0.0 must be a positive charge in e-"),
+        (["--rim-weight", "0"], "rim_weight=0.0 must be a positive number"),
         (["--variety", "wide", "--data", "{tmp}", "--faint-crs", "negative"], "leave them at their defaults"),
         (["--init-weights", "/no/such/model.keras"], "init_weights='/no/such/model.keras': no such file"),
         (["--lr-factor", "2"], "lr_factor=2.0 must be in (0, 1)"),

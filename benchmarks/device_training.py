@@ -81,7 +81,7 @@ PLANS = {
 DATA_FIELDS = ("data", "frames", "frame_shape", "cr_rate_scale", "footprints", "footprint_fraction", "variety",
                "extended_sources", "on_source_fraction", "sky_e_range", "cr_threshold_e", "faint_crs",
                "asinh_softening", "noise_estimator", "noise_model", "local_axis", "local_edges", "block_size",
-               "local_gate", "local_min_blocks", "dominant_sources", "integer_frames",
+               "local_gate", "local_min_blocks", "dominant_sources", "integer_frames", "rim_weight",
                "seed", "val_fraction", "loss")
 TINY = ["--epochs", "2", "--steps-per-epoch", "3", "--validation-steps", "2", "--frames", "12",
         "--frame-shape", "256", "256", "--patches-per-frame", "16", "--tensorboard-images", "0"]
@@ -159,7 +159,7 @@ def make_store(argv, config, store: Path, jobs: int) -> None:
     shape = (len(ids), *config.frame_shape)
     np.lib.format.open_memmap(store / "image.npy", mode="w+", dtype=np.float32, shape=shape).flush()
     np.lib.format.open_memmap(store / "mask.npy", mode="w+", dtype=np.uint8, shape=shape).flush()
-    wtype = np.float32 if config.loss == "median_bce" else np.uint8
+    wtype = np.uint8 if config.loss != "median_bce" and config.rim_weight == 1 else np.float32  # 0/1 weights: uint8
     np.lib.format.open_memmap(store / "weight.npy", mode="w+", dtype=wtype, shape=shape).flush()
     (store / "ids.json").write_text(json.dumps(ids))
     t0 = time.time()

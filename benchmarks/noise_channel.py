@@ -13,12 +13,14 @@ noise`` per pixel, then the asinh stretch. Its run is ``runs/compare_deepcr_2_32
 ``kercr-train --config configs/compare_models.toml --model deepcr_2_32``).
 
 ``channel``: two channels, the rest of the recipe unchanged:
-    0. the image with one sky and noise per frame (``noise_model="global"``, the same estimator and
-       asinh stretch): what the network saw before the per-pixel input;
-    1. ``log2(noise / frame noise)`` of the division input's per-pixel noise
-       (:func:`kercr.data.normalization.input_maps` of the same config): 0 where its gate is shut
-       (the background within 5 noise units of the sky), +1 where the noise is twice the frame's.
-The network learns what to do with the noise instead of being handed a quotient. ``train`` runs
+    0. ``(image - background) / frame noise``, stretched as the division input is: the same
+       per-pixel background (:func:`kercr.data.normalization.input_maps` of the same config)
+       subtracted, divided by the frame's one noise instead of each pixel's own;
+    1. ``log2(noise / frame noise)`` of the division input's per-pixel noise (``input_maps``).
+Where the gate is shut (the background within 5 noise units of the sky) the background and noise
+are the frame's, so channel 0 is the division input there and channel 1 is 0; elsewhere the two
+inputs differ only in whether the noise divides the image or sits beside it. The network learns
+what to do with the noise instead of being handed a quotient. ``train`` runs
 ``kercr.training.run.train`` on the same config (same frames, patches, flips, seeds, loss,
 schedule and checkpoints; it resumes when run again) with the architecture built with
 ``channels=2`` and this input; the run folder's ``input.json`` says so. ``kercr.detect`` does not
@@ -27,10 +29,10 @@ load such a run (its model takes two channels): ``score`` predicts it here.
 ``score``
 ---------
 Each run, scored by the same code whatever its input (the input read from the run: two channels,
-or its ``normalization.json``): the whole frame, reflect-padded by 16 pixels and to a multiple of the network's input multiple,
-predicted as it is and flipped along rows, columns and both, the four logits flipped back and
-averaged (``detect(tta=True)`` with every pixel flipped; ``detect`` tiles instead, which changes
-the logits by float round-off), in Keras.
+or its ``normalization.json``): the whole frame, reflect-padded by 16 pixels and to the network's
+input multiple, predicted as it is and flipped along rows, columns and both, the four logits
+flipped back and averaged (:func:`kercr.data.augment.flip_average`; ``detect(tta=True)`` with
+every pixel flipped, which tiles instead and so differs by float round-off), in Keras.
 
 - Real frames: ``benchmarks/real_frames.py``'s 23 DECam and GMOS frames as they are, with the
   same footprint injections (``--repeats``, default 10), ignored pixels excluded, pooled.
@@ -63,17 +65,21 @@ INPUT_FILE = "input.json"
 
 
 def image_config(config):
-    """The channel input's image channel: ``config`` with one sky and noise per frame."""
+    """``config`` with one sky and noise per frame: the frame's noise (and the stretch) of channel 0."""
     return dataclasses.replace(config, noise_model="global", local_gate=None, local_min_blocks=None)
 
 
 def two_channels(image, mask, config) -> np.ndarray:
-    """The channel input of ``image`` (ny, nx, 2), float32: the frame-wide normalized image and
-    ``log2`` of the per-pixel noise of ``config``'s input over the frame's noise."""
-    from kercr.data.normalization import input_maps, normalize
+    """The channel input of ``image`` (ny, nx, 2), float32: ``(image - background) / frame noise``,
+    stretched, and ``log2`` of the per-pixel noise over the frame's noise; ``background`` and
+    ``noise`` are those ``config``'s input divides by (:func:`~kercr.data.normalization.input_maps`)."""
+    from kercr.data.normalization import input_maps, normalize, normalize_like
 
-    x, params = normalize(image, mask=mask, config=image_config(config))
-    _, noise = input_maps(image, mask=mask, config=config)
+    _, params = normalize(image, mask=mask, config=image_config(config))  # the frame's sky, noise, stretch
+    background, noise = input_maps(image, mask=mask, config=config)
+    shifted = np.asarray(image, np.float32) - background
+    shifted += np.float32(params.sky)
+    x = normalize_like(shifted, params)  # (image - background) / frame noise, then the stretch
     ratio = np.log2(noise / np.float32(params.noise)).astype(np.float32)
     return np.stack([x, ratio], axis=-1)
 
@@ -128,8 +134,9 @@ def channel_training_data(config, *, initial_epoch=0, strategy=None):
                 patches = tuple(zip(*(random_flip_rot90(*p, rng=rng) for p in zip(*patches))))
             return _stack4(patches)
 
-    if config.data != "synthetic" or config.loss == "median_bce":
-        raise SystemExit("the channel input is wired for data = 'synthetic' and a loss without median weights")
+    if config.data != "synthetic" or config.loss == "median_bce" or config.rim_weight != 1:
+        raise SystemExit("the channel input is wired for data = 'synthetic', a loss without median weights and "
+                         "rim_weight 1")
     stamps = load_footprints(config.footprints) if config.footprints else None
     norm = config.normalization_config()
     source = ChannelFrames(synthetic_source(config, cache=1, footprints=stamps), norm)
@@ -161,10 +168,13 @@ def train_main(args) -> int:
              "steps_per_epoch": args.steps_per_epoch, "frames": args.frames, "validation_steps": args.validation_steps}
     config = resolve_config(read_config_file(args.config), flags)
     out = Path(config.out)
+    if (out / "config.json").is_file() and not (out / INPUT_FILE).is_file():
+        raise SystemExit(f"{out} holds a kercr-train run of the one-channel input; pick a new --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / INPUT_FILE).write_text(json.dumps({
-        "input": "channel", "channels": ["image, one sky and noise per frame (image_config of normalization.json)",
-                                         "log2(per-pixel noise of normalization.json's input / frame noise)"],
+        "input": "channel", "channels": ["(image - background) / frame noise, stretched",
+                                         "log2(noise / frame noise)"],
+        "maps": "background and noise: kercr.data.normalization.input_maps with normalization.json",
         "made_by": "benchmarks/noise_channel.py train", "config": str(args.config)}, indent=2))
     run.make_training_data = channel_training_data  # the run's data; everything else is kercr-train's
     metrics = run.train(config, verbose=2)
@@ -195,15 +205,15 @@ class Predictor:
         return normalize(image, mask=mask, config=self.config)[0][..., None]
 
     def logits(self, image, mask):
+        from kercr.data.augment import flip_average
+
         x = self.inputs(np.asarray(image, np.float32), mask)
         ny, nx = x.shape[:2]
         m = self.multiple
         pad = ((MARGIN, MARGIN + (-(ny + 2 * MARGIN)) % m), (MARGIN, MARGIN + (-(nx + 2 * MARGIN)) % m), (0, 0))
-        x = np.pad(x, pad, mode="reflect")
-        views = np.stack([x, x[::-1], x[:, ::-1], x[::-1, ::-1]])
-        out = np.asarray(self.model.predict_on_batch(views))[..., 0]
-        mean = (out[0] + out[1][::-1] + out[2][:, ::-1] + out[3][::-1, ::-1]) / 4
-        return mean[MARGIN:MARGIN + ny, MARGIN:MARGIN + nx].astype(np.float32)
+        x = np.pad(x, pad, mode="reflect")[None]
+        mean = flip_average(lambda batch: np.asarray(self.model.predict_on_batch(batch))[..., 0], x)[0]
+        return mean[MARGIN:MARGIN + ny, MARGIN:MARGIN + nx]
 
 
 def pooled_row(truth, score, near) -> dict:

@@ -128,7 +128,8 @@ class TrainConfig:
     rim_weight : float
         Loss weight of the non-CR pixels that touch a CR (8-connected), where a network trained
         with weight 1 flags about one pixel too many around every CR (issue 22's fat masks).
-        1 (default): like any other pixel. Needs frames (not kercr-prepare shards).
+        1 (default): like any other pixel. Needs frames (not kercr-prepare shards) and a loss
+        without median weights.
     init_weights : str or None
         Start from the weights of a trained model instead of random ones (fine-tuning): a
         ``.keras`` file, a run directory (its ``best.keras``) or a shipped model's name
@@ -354,17 +355,18 @@ class TrainConfig:
             raise ConfigError(str(err)) from None
         from kercr.data.frames import SyntheticFrames  # lazy: config is layer 0; only validation reaches up
 
-        try:  # the synthetic frames check their own options (sources, sky range, CR threshold, faint CRs)
+        try:  # the frames check their own options (sources, sky range, CR threshold, faint CRs, rim weight)
             SyntheticFrames(seed=self.seed, extended_sources=self.extended_sources,
                             on_source_fraction=self.on_source_fraction, variety=self.variety,
                             sky_e_range=self.sky_e_range, cr_threshold_e=self.cr_threshold_e,
                             faint_crs=self.faint_crs, dominant_sources=self.dominant_sources,
-                            integer_frames=self.integer_frames)
+                            integer_frames=self.integer_frames, rim_weight=self.rim_weight)
         except KercrDataError as err:
             raise ConfigError(str(err)) from None
-        if isinstance(self.rim_weight, bool) or not 0 < self.rim_weight < float("inf"):
-            raise ConfigError(f"rim_weight={self.rim_weight!r} must be a positive number (e.g. 4: a false positive next "
-                              "to a CR costs four times another), or 1 for no change.")
+        if self.rim_weight != 1 and self.loss == "median_bce":
+            raise ConfigError(f"rim_weight={self.rim_weight:g} with loss='median_bce': the median weights' rising "
+                              "floor (alpha) would erase the rim's factor; use --loss dice_bce or bce, or leave "
+                              "rim_weight at 1.")
         if self.data != "synthetic" and (self.extended_sources or self.on_source_fraction or self.sky_e_range
                                          or self.cr_threshold_e or self.faint_crs != "ignore"
                                          or self.dominant_sources or self.integer_frames):

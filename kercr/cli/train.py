@@ -111,7 +111,7 @@ def _add_data_flags(add) -> None:
         help="synthetic data: CR pixels fainter than the noise are left out of the loss (default), "
              "labelled not-CR or labelled CR")
     add("--rim-weight", type=float, metavar="W",
-        help="loss weight of the non-CR pixels touching a CR (default 1); W > 1 trains thinner masks")
+        help="loss weight of the non-CR pixels touching a CR (default 1): a false positive there costs W times")
     add("--init-weights", metavar="MODEL",
         help="fine-tune: start from a .keras file, a run directory's best.keras or 'default' (the shipped model)")
     add("--asinh-softening", type=float, metavar="S",

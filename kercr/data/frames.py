@@ -34,7 +34,7 @@ from kercr.data.normalization import NormalizationConfig, normalize
 from kercr.data.patches import make_patches
 from kercr.data.synthetic import VARIETIES, SyntheticConfig, dominant_source, make_frame, random_instrument, source_map
 from kercr.data.synthetic import extended_sources as render_extended_sources
-from kercr.data.pixel_weights import median_weight_map, weigh_rim
+from kercr.data.pixel_weights import check_rim_weight, median_weight_map, weigh_rim
 
 __all__ = ["SyntheticFrames", "FITSFrames", "frame_keys", "load_footprints", "patch_batches"]
 
@@ -59,8 +59,7 @@ class _CachedFrames:
                  rim_weight: float = 1.0):
         self.seed, self.median_weights, self.cache = int(seed), bool(median_weights), int(cache)
         self.normalization = normalization
-        weigh_rim(np.zeros((1, 1), np.float32), np.zeros((1, 1), bool), rim_weight)  # checks the value
-        self.rim_weight = float(rim_weight)
+        self.rim_weight = check_rim_weight(rim_weight)
         self._cache: dict = {}
 
     def frame(self, i):

@@ -29,7 +29,7 @@ from scipy import ndimage
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import NormalizationConfig, robust_sky_noise
 
-__all__ = ["median_weight_map", "apply_ignore_mask", "alpha_floor", "weigh_rim"]
+__all__ = ["median_weight_map", "apply_ignore_mask", "alpha_floor", "weigh_rim", "check_rim_weight"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,7 @@ def weigh_rim(weights, cr_mask, factor) -> np.ndarray:
     around every CR (most of its false positives at 0.01 % FPR on real frames are that rim).
     ``factor`` > 1 makes each such false positive cost more; 1 returns the weights unchanged.
     """
-    if not (isinstance(factor, numbers.Real) and not isinstance(factor, bool) and 0 < factor < float("inf")):
-        raise KercrDataError(f"rim weight {factor!r} must be a positive number (e.g. 4; 1 for no change).")
+    factor = check_rim_weight(factor)
     w = np.array(weights, dtype=np.float32, copy=True)
     if factor == 1:
         return w
@@ -114,3 +113,13 @@ def weigh_rim(weights, cr_mask, factor) -> np.ndarray:
     rim = ndimage.binary_dilation(cr, structure=np.ones((3, 3), bool)) & ~cr & (w > 0)
     w[rim] *= np.float32(factor)
     return w
+
+
+def check_rim_weight(factor) -> float:
+    """``factor`` as a float if it is a valid rim weight (a positive finite number), else
+    :class:`~kercr.data.errors.KercrDataError` naming the fix."""
+    if not (isinstance(factor, numbers.Real) and not isinstance(factor, (bool, np.bool_))
+            and 0 < factor < float("inf")):
+        raise KercrDataError(f"rim_weight={factor!r} must be a positive number (e.g. 4: a false positive touching "
+                             "a CR costs four times another), or 1 for no change.")
+    return float(factor)

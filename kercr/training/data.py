@@ -161,7 +161,8 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
                               "frames (--data synthetic or a FITS directory), or leave them at 'mad' and 'global'.")
         if config.rim_weight != 1:
             raise ConfigError(f"{config.data}: kercr-prepare shards hold their pixel weights; rim_weight="
-                              f"{config.rim_weight:g} needs frames (--data synthetic or a FITS directory), or leave it at 1.")
+                              f"{config.rim_weight:g} needs frames (--data synthetic, a FITS directory or the LCO "
+                              "dataset), or leave it at 1.")
         return _shards(config, initial_epoch)
     median = config.loss == "median_bce"
     norm = config.normalization_config()
@@ -179,7 +180,8 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
         per_frame = config.patches_per_frame or 128
     else:
         make = lambda cache: FITSFrames(config.data, seed=config.seed, median_weights=median, normalization=norm,  # noqa: E731
-                                        cr_rate_scale=config.cr_rate_scale, cache=cache, footprints=stamps)
+                                        cr_rate_scale=config.cr_rate_scale, cache=cache, footprints=stamps,
+                                        rim_weight=config.rim_weight)
         source = make(2)
         ids = source.exposure_ids()
         per_frame = config.patches_per_frame or 128

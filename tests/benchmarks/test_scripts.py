@@ -362,9 +362,20 @@ def test_noise_channel_sees_the_patches_of_the_division_run_with_two_channels(no
         np.testing.assert_array_equal(a[2], b[2])
         assert np.isfinite(b[0]).all() and np.abs(b[0][..., 1]).max() < 4
     source = channel.train.source
-    image_adu, _, ignore, _ = source.base._make(0)
-    x = noise_channel.two_channels(image_adu, ignore, config.normalization_config())
-    glob, params = normalize(image_adu, mask=ignore, config=noise_channel.image_config(config.normalization_config()))
-    np.testing.assert_array_equal(x[..., 0], glob)
-    _, noise = input_maps(image_adu, mask=ignore, config=config.normalization_config())
+    cfg = config.normalization_config()
+    i = next(i for i in range(50) if source.base.frame_class(i) == "dominant")  # a galaxy over 30-70 % of it
+    image_adu, _, ignore, _ = source.base._make(i)
+    x = noise_channel.two_channels(image_adu, ignore, cfg)
+    _, params = normalize(image_adu, mask=ignore, config=noise_channel.image_config(cfg))
+    background, noise = input_maps(image_adu, mask=ignore, config=cfg)
     np.testing.assert_allclose(2.0 ** x[..., 1] * params.noise, noise, rtol=1e-5)
+    # channel 0: the division input's numerator over the frame's one noise (asinh-stretched)
+    soft, z = cfg.asinh_softening, (image_adu - background) / params.noise
+    inside = (z > cfg.clip_min) & (z < cfg.clip_max)  # not clipped
+    assert inside.mean() > 0.99
+    np.testing.assert_allclose((np.sinh(x[..., 0] / soft) * soft)[inside], z[inside], rtol=1e-4, atol=1e-3)
+    shut = noise == np.float32(params.noise)  # where the gate is shut, the division input itself
+    assert 0.05 < (~shut).mean() < 0.95
+    division, _ = normalize(image_adu, mask=ignore, config=cfg)
+    np.testing.assert_allclose(x[..., 0][shut], division[shut], rtol=1e-5, atol=1e-5)
+    assert np.all(x[..., 1][shut] == 0)

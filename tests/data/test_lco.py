@@ -20,6 +20,7 @@ from kercr.data.lco import (
     lco_median_weights,
     read_lco_file,
 )
+from kercr.data.pixel_weights import weigh_rim
 
 SHAPE = (64, 64)
 STAR = (40, 20)  # (y, x) of a bright star present in all three frames
@@ -208,6 +209,9 @@ def test_lco_frames_gives_images_masks_and_weights(dataset):
     _, _, w = plain.frame(keys[0])
     assert set(np.unique(w)) == {0.0, 1.0} and w[STAR] == 1.0 and w[0, 0] == 0.0
     np.testing.assert_array_equal(w == 0, (es.ignore_codes[0] & LCO_IGNORE_BOUNDARY) > 0)
+    rim = LCOFrames(root / "train_set", seed=0, ignore_bits=LCO_IGNORE_BOUNDARY, rim_weight=3.0)
+    np.testing.assert_array_equal(rim.frame(keys[0])[2], weigh_rim(w, es.cr_masks[0], 3.0))
+    assert (rim.frame(keys[0])[2] == 3).any()
     clone = pickle.loads(pickle.dumps(source))  # Keras PyDataset workers may pickle the source
     assert type(clone) is LCOFrames and np.array_equal(clone.frame(keys[1])[2], source.frame(keys[1])[2])
     batches = patch_batches(source, ids[:2], n_batches=2, batch_size=4, patch_size=32, seed=0)

@@ -25,7 +25,8 @@ A search-space file has three tables::
     [data]                        # TrainConfig options of the data each trial trains on
     patch_size = 256
     batch_size = 16
-    ...
+    ...                           # and the synthetic frames' and the input's options, e.g.
+    noise_model = "relative"      # (configs/compare_models.toml's; RECIPE_KEYS)
 
 Every key is optional; the defaults are the reference TransUNet search
 (``tuning/reference_transunet.toml``). A bad file raises :class:`SearchSpaceError` naming the
@@ -45,6 +46,7 @@ from kercr.tuning.space_format import (
     DATA_KEYS,
     INT_KEYS,
     OBJECTIVES,
+    RECIPE_KEYS,
     SEARCH_KEYS,
     SECTIONS,
     SPACE_KEYS,
@@ -62,8 +64,8 @@ from kercr.tuning.space_format import (
     parse_models,
 )
 
-__all__ = ["CONV_KEYS", "DATA_KEYS", "INT_KEYS", "OBJECTIVES", "SEARCH_KEYS", "SECTIONS", "SPACE_KEYS",
-           "TRANSFORMER_KEYS", "TUNERS", "Param", "SearchSpace", "SearchSpaceError", "load_search_space",
+__all__ = ["CONV_KEYS", "DATA_KEYS", "INT_KEYS", "OBJECTIVES", "RECIPE_KEYS", "SEARCH_KEYS", "SECTIONS",
+           "SPACE_KEYS", "TRANSFORMER_KEYS", "TUNERS", "Param", "SearchSpace", "SearchSpaceError", "load_search_space",
            "models_using", "parse_search_space"]
 
 
@@ -144,8 +146,9 @@ class SearchSpace:
         """A JSON-ready description (saved as ``search_space.json`` beside the search)."""
         out = {k: getattr(self, k) for k in SEARCH_KEYS}
         out["space"] = {"model": list(self.models), **{k: p.to_json() for k, p in self.params.items()}}
-        config = self.train_config().to_dict()
+        config, defaults = self.train_config().to_dict(), TrainConfig().to_dict()
         out["data"] = {k: config[k] for k in DATA_KEYS}
+        out["data"].update({k: config[k] for k in RECIPE_KEYS if config[k] != defaults[k]})
         return json.loads(json.dumps(out))
 
     def replace(self, **changes) -> "SearchSpace":

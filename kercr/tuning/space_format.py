@@ -12,8 +12,8 @@ import math
 
 from kercr.config import LOSSES, OBJECTIVES, TUNERS, ConfigError
 
-__all__ = ["CONV_KEYS", "DATA_KEYS", "INT_KEYS", "OBJECTIVES", "SEARCH_KEYS", "SECTIONS", "SPACE_KEYS",
-           "TRANSFORMER_KEYS", "TUNERS", "Param", "SearchSpaceError", "check_consistency", "check_data",
+__all__ = ["CONV_KEYS", "DATA_KEYS", "INT_KEYS", "OBJECTIVES", "RECIPE_KEYS", "SEARCH_KEYS", "SECTIONS",
+           "SPACE_KEYS", "TRANSFORMER_KEYS", "TUNERS", "Param", "SearchSpaceError", "check_consistency", "check_data",
            "check_search", "did_you_mean", "models_using", "parse_int_choice", "parse_learning_rate", "parse_models"]
 
 
@@ -24,12 +24,21 @@ DATA_KEYS = (
     "data", "patch_size", "batch_size", "frames", "frame_shape", "steps_per_epoch",
     "validation_steps", "cr_rate_scale", "patches_per_frame", "val_fraction", "mixed_precision",
 )
+#: More ``[data]`` keys: the synthetic frames and the input normalization, as ``kercr-train``
+#: takes them (so a search can train on a shipped recipe's data and input). A search's
+#: ``search_space.json`` lists them only where they differ from kercr-train's defaults, so the
+#: searches of earlier versions resume.
+RECIPE_KEYS = (
+    "variety", "footprints", "footprint_fraction", "extended_sources", "on_source_fraction", "sky_e_range",
+    "cr_threshold_e", "faint_crs", "rim_weight", "dominant_sources", "integer_frames", "asinh_softening",
+    "noise_estimator", "noise_model", "local_axis", "local_edges", "block_size", "local_gate", "local_min_blocks",
+)
 SEARCH_KEYS = (
     "tuner", "objective", "max_epochs", "factor", "hyperband_iterations", "max_trials",
     "executions_per_trial", "loss", "seed",
 )
 SPACE_KEYS = ("model", "learning_rate") + INT_KEYS
-SECTIONS = {"search": SEARCH_KEYS, "space": SPACE_KEYS, "data": DATA_KEYS}
+SECTIONS = {"search": SEARCH_KEYS, "space": SPACE_KEYS, "data": DATA_KEYS + RECIPE_KEYS}
 
 
 class SearchSpaceError(ConfigError):

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kercr.tuning.space import SearchSpace, SearchSpaceError, load_search_space, parse_search_space
+from kercr.config import TrainConfig, read_config_file
+from kercr.tuning.space import (DATA_KEYS, RECIPE_KEYS, SearchSpace, SearchSpaceError, load_search_space,
+                                parse_search_space)
 
 REPO = Path(__file__).resolve().parents[2]
 TUNING = REPO / "tuning"
@@ -40,6 +42,28 @@ def test_the_data_table_reaches_every_trials_training_config(tmp_path):
     assert json.loads(json.dumps(space.to_json()))["data"]["patch_size"] == 64
 
 
+def test_a_search_trains_on_a_recipe_s_frames_and_input_and_earlier_searches_keep_their_space_file(tmp_path):
+    """[data] takes the synthetic frames' and the input's options (configs/compare_models.toml's);
+    search_space.json lists them only where they differ from kercr-train's defaults, so a search
+    made before they existed resumes."""
+
+    recipe = {k: v for k, v in read_config_file(Path(__file__).parents[2] / "configs" / "compare_models.toml").items()
+              if k in RECIPE_KEYS}
+    assert {"noise_model", "local_gate", "footprints", "dominant_sources"} <= set(recipe)
+    space = parse_search_space({"search": {"tuner": "random", "max_epochs": 1},
+                                "data": {"patch_size": 128, "frame_shape": [1024, 1024], **recipe}})
+    config = space.train_config()
+    assert config.normalization_config().noise_model == "relative" and config.local_gate == 5.0
+    assert config.dominant_sources == 0.15 and config.footprints == recipe["footprints"]
+    defaults = TrainConfig().to_dict()
+    assert {k: v for k, v in space.to_json()["data"].items() if k in RECIPE_KEYS} == \
+        {k: v for k, v in recipe.items() if v != defaults[k]}  # footprint_fraction 0.5 is the default
+    plain = parse_search_space({"data": {"patch_size": 128}}).to_json()["data"]
+    assert set(plain) == set(DATA_KEYS)  # the keys the earlier versions wrote, and no more
+    with pytest.raises(SearchSpaceError, match=r"\[data\]/\[search\]: local_gate=5.0 applies to noise_model='relative'"):
+        parse_search_space({"data": {"local_gate": 5.0}}, source="s.toml")
+
+
 def test_overrides_are_checked_like_the_file():
     space = parse_search_space({"search": {"tuner": "random", "max_epochs": 1}, "data": {"patch_size": 64}})
     changed = space.replace(tuner="random", max_trials=3, seed=None)  # None: not given
@@ -63,4 +87,14 @@ def test_reference_file_matches_the_built_in_default_and_small_file_loads():
     assert load_search_space(TUNING / "reference_transunet.toml").to_json() == SearchSpace().to_json()
     small = load_search_space(TUNING / "small.toml")
     assert small.models == ("deepcr_2_4", "transunet") and small.train_config().patch_size == 64
+    # Issue 22.5's CPU search and its seed twin: the comparison's data and input, one configuration apart.
+    cpu, seed = load_search_space(TUNING / "transunet_cpu.toml"), load_search_space(TUNING / "transunet_cpu_seed.toml")
+    compare = read_config_file(REPO / "configs" / "compare_models.toml")
+    for space in (cpu, seed):
+        config = space.train_config()
+        assert all(getattr(config, k) == v for k, v in compare.items() if k in RECIPE_KEYS or k in DATA_KEYS)
+        assert config.model == "transunet" and config.epochs == 12 and space.objective == "tpr"
+    assert {k: p.values for k, p in seed.params.items()} == {"num_heads": (6,), "num_layers": (6,), "mlp_dim": (64,),
+                                                           "learning_rate": (1e-3,)}
+    assert cpu.to_json()["data"] == seed.to_json()["data"]
 

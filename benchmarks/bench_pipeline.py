@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     from kercr.data.loader import PatchBatches, SyntheticFrames
     from kercr.data.pipeline import prepare_shards, read_tfrecords
-    from kercr.models import build_model
+    from kercr.models import build_model, model_kwargs
     from kercr.training import make_loss, make_metrics
 
     p, b = args.patch_size, args.batch_size
@@ -84,6 +84,8 @@ def main(argv=None) -> int:
 
         _set_precision(TrainConfig(mixed_precision=True))
     overrides = {"filters": tuple(int(f) for f in args.filters.split(","))} if args.filters else {}
+    if "input_size" in model_kwargs(args.model):
+        overrides["input_size"] = p  # a fixed-tile model is built at the patch size, as kercr-train builds it
     model = build_model(args.model, **overrides)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=make_loss("dice_bce"), weighted_metrics=make_metrics())
     x, y, w = loader[0]

@@ -73,9 +73,10 @@ def two_channels(image, mask, config) -> np.ndarray:
     """The channel input of ``image`` (ny, nx, 2), float32: ``(image - background) / frame noise``,
     stretched, and ``log2`` of the per-pixel noise over the frame's noise; ``background`` and
     ``noise`` are those ``config``'s input divides by (:func:`~kercr.data.normalization.input_maps`)."""
-    from kercr.data.normalization import input_maps, normalize, normalize_like
+    from kercr.data.normalization import NormalizationParams, input_maps, normalize_like, robust_sky_noise
 
-    _, params = normalize(image, mask=mask, config=image_config(config))  # the frame's sky, noise, stretch
+    sky, sigma, n = robust_sky_noise(image, mask=mask, config=config)  # the frame's, as normalize measures them
+    params = NormalizationParams(config=image_config(config), sky=sky, noise=sigma, n_pixels=n)
     background, noise = input_maps(image, mask=mask, config=config)
     shifted = np.asarray(image, np.float32) - background
     shifted += np.float32(params.sky)

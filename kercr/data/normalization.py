@@ -532,11 +532,8 @@ def input_maps(image, *, mask=None, config: NormalizationConfig | None = None) -
     sky, noise, _ = robust_sky_noise(image, mask=mask, config=config)
     if config.noise_model == "relative" and not _too_small_for_maps(shape, config):
         stats = (sky, noise) if config.noise_estimator == "diff2" else None
-        background_grid, noise_grid, _, map_median = local_block_grids(image, mask=mask, config=config,
-                                                                       frame_stats=stats)
-        b = int(config.block_size)
-        background_map = upsample_bilinear(background_grid, shape, b)
-        noise_map = upsample_bilinear(noise_grid, shape, b)
+        background_map, noise_map, _, map_median = local_background_noise(image, mask=mask, config=config,
+                                                                          frame_stats=stats)
         _relative_maps(background_map, noise_map, sky=sky, noise=noise, map_median=map_median,
                        gate=config.local_gate)
         return background_map, noise_map

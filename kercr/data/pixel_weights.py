@@ -26,6 +26,7 @@ import numbers
 import numpy as np
 from scipy import ndimage
 
+from kercr.data.cleaning import dilate_mask
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import NormalizationConfig, robust_sky_noise
 
@@ -110,7 +111,7 @@ def weigh_rim(weights, cr_mask, factor) -> np.ndarray:
     cr = np.asarray(cr_mask) > 0
     if cr.shape != w.shape:
         raise KercrDataError(f"CR mask shape {cr.shape} differs from weights shape {w.shape}.")
-    rim = ndimage.binary_dilation(cr, structure=np.ones((3, 3), bool)) & ~cr & (w > 0)
+    rim = dilate_mask(cr) & ~cr & (w > 0)
     w[rim] *= np.float32(factor)
     return w
 

@@ -87,7 +87,8 @@ def two_channels(image, mask, config) -> np.ndarray:
 
 class ChannelFrames:
     """A :class:`kercr.data.frames.SyntheticFrames` whose frames carry the channel input:
-    ``frame4(i) -> (image, noise_channel, cr_mask, weight)``, each (ny, nx) float32."""
+    ``frame(i) -> (image, noise_channel, cr_mask, weight)``, each (ny, nx) float32 (the loaders stack
+    the two input maps as channels)."""
 
     def __init__(self, base, config, cache=2):
         self.base, self.config, self.cache, self._cache = base, config, int(cache), {}
@@ -95,7 +96,7 @@ class ChannelFrames:
     def exposure_ids(self, n):
         return self.base.exposure_ids(n)
 
-    def frame4(self, i):
+    def frame(self, i):
         if i not in self._cache:
             image_adu, cr_mask, ignore, _ = self.base._make(i)
             bad = np.asarray(ignore, bool) | ~np.isfinite(image_adu)
@@ -108,32 +109,13 @@ class ChannelFrames:
         return self._cache[i]
 
 
-def _stack4(patches):
-    """``(x, c, y, w)`` patch lists -> ``((B, P, P, 2) input, (B, P, P, 1) truth, weights)``."""
-    x, c, y, w = (np.ascontiguousarray(np.stack(list(p))[..., None], dtype=np.float32) for p in patches)
-    return np.concatenate([x, c], axis=-1), y, w
-
-
 def channel_training_data(config, *, initial_epoch=0, strategy=None):
     """``kercr.training.data.make_training_data`` for the channel input (synthetic frames only):
     the same frames, exposure split, patch positions and flips, two channels."""
-    from kercr.data.augment import random_flip_rot90
-    from kercr.data.frames import load_footprints
+    from kercr.data.frames import load_footprints, patch_batches
     from kercr.data.loader import PatchBatches
-    from kercr.data.patches import make_patches, split_exposures
+    from kercr.data.patches import split_exposures
     from kercr.training.data import TrainingData, synthetic_patches_per_frame, synthetic_source
-
-    class ChannelBatches(PatchBatches):
-        def __getitem__(self, idx):
-            if not 0 <= idx < self.steps:
-                raise IndexError(f"batch {idx} out of range [0, {self.steps})")
-            rng = np.random.default_rng([self.seed, self.epoch, idx])
-            arrays = self.source.frame4(self._key(self.epoch * self.steps + idx))
-            patches, _ = make_patches(*arrays, patch_size=self.patch_size, n_patches=self.batch_size,
-                                      mode="random", seed=rng)
-            if self.augment:
-                patches = tuple(zip(*(random_flip_rot90(*p, rng=rng) for p in zip(*patches))))
-            return _stack4(patches)
 
     if config.data != "synthetic" or config.loss == "median_bce" or config.rim_weight != 1:
         raise SystemExit("the channel input is wired for data = 'synthetic', a loss without median weights and "
@@ -143,21 +125,12 @@ def channel_training_data(config, *, initial_epoch=0, strategy=None):
     source = ChannelFrames(synthetic_source(config, cache=1, footprints=stamps), norm)
     ids = source.exposure_ids(config.frames)
     train_ids, val_ids = split_exposures(ids, val_fraction=config.val_fraction, seed=config.seed)
-    # The validation patches of kercr.data.frames.patch_batches, two channels.
     val_source = ChannelFrames(synthetic_source(config, cache=1, footprints=stamps), norm, cache=1)
-    n = config.validation_steps * config.batch_size
-    per_frame = -(-n // len(val_ids))
-    patches = []
-    for k, key in enumerate(val_ids):
-        cut, _ = make_patches(*val_source.frame4(key), patch_size=config.patch_size, n_patches=per_frame,
-                              mode="random", seed=np.random.default_rng([config.seed, 1000, k]))
-        patches.extend(zip(*cut))
-    patches = patches[:n]
-    val_batches = [_stack4(zip(*patches[b * config.batch_size:(b + 1) * config.batch_size]))
-                   for b in range(len(patches) // config.batch_size)]
-    train = ChannelBatches(source, train_ids, batch_size=config.batch_size, patch_size=config.patch_size,
-                           patches_per_frame=synthetic_patches_per_frame(config), steps=config.steps_per_epoch,
-                           seed=config.seed, initial_epoch=initial_epoch)
+    val_batches = patch_batches(val_source, val_ids, n_batches=config.validation_steps,
+                                batch_size=config.batch_size, patch_size=config.patch_size, seed=config.seed)
+    train = PatchBatches(source, train_ids, batch_size=config.batch_size, patch_size=config.patch_size,
+                         patches_per_frame=synthetic_patches_per_frame(config), steps=config.steps_per_epoch,
+                         seed=config.seed, initial_epoch=initial_epoch)
     return TrainingData(train, val_batches)
 
 

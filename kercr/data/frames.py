@@ -4,7 +4,9 @@ A frame source gives ``frame(key) -> (image, mask, weight)``, float32 (ny, nx) a
 normalized with :func:`kercr.data.normalization.normalize` over the whole frame (as at
 inference), the CR truth (0/1) and pixel weights (0 on ignored pixels: hot pixels, bad columns,
 bad pixels, NaN, synthetic CR pixels fainter than their noise; 1 elsewhere, or Cosmic-CoNN median
-weights). ``exposure_ids()`` lists the exposures, and ``frames_of(id)`` (where an exposure holds
+weights). A source may give more than one input map, ``frame(key) -> (*inputs, mask, weight)``:
+the loaders cut every map at the same place and stack the inputs as channels, in order.
+``exposure_ids()`` lists the exposures, and ``frames_of(id)`` (where an exposure holds
 several frames) their frame keys, so data sets are split by exposure, never by frame or patch.
 
 - :class:`SyntheticFrames`: kercr's embedded DECam-like exposures, made on demand;
@@ -373,7 +375,10 @@ def load_footprints(path) -> list[np.ndarray]:
 
 
 def _stack(patches):
-    return tuple(np.ascontiguousarray(np.stack(list(p))[..., None], dtype=np.float32) for p in patches)
+    """Per-array patch lists ``(*inputs, mask, weight)`` -> ``(x, y, w)`` batches, float32: ``x``
+    (B, P, P, len(inputs)) with the inputs as channels in order, ``y`` and ``w`` (B, P, P, 1)."""
+    *inputs, y, w = (np.ascontiguousarray(np.stack(list(p))[..., None], dtype=np.float32) for p in patches)
+    return (inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=-1)), y, w
 
 
 def frame_keys(source, exposure_ids):
@@ -383,15 +388,15 @@ def frame_keys(source, exposure_ids):
 
 
 def patch_batches(source, exposure_ids, *, n_batches, batch_size, patch_size, seed):
-    """A fixed list of ``(x, y, w)`` batches cut from the frames of ``exposure_ids`` (validation)."""
+    """A fixed list of ``(x, y, w)`` batches cut from the frames of ``exposure_ids`` (validation);
+    frames of several input maps give ``x`` one channel per map."""
     keys = frame_keys(source, exposure_ids)
     n = n_batches * batch_size
     per_frame = -(-n // len(keys))
     patches = []
     for k, key in enumerate(keys):
-        image, mask, weight = source.frame(key)
-        (xs, ys, ws), _ = make_patches(image, mask, weight, patch_size=patch_size, n_patches=per_frame,
-                                       mode="random", seed=np.random.default_rng([seed, 1000, k]))
-        patches.extend(zip(xs, ys, ws))
+        cut, _ = make_patches(*source.frame(key), patch_size=patch_size, n_patches=per_frame,
+                              mode="random", seed=np.random.default_rng([seed, 1000, k]))
+        patches.extend(zip(*cut))
     patches = patches[:n]
     return [_stack(zip(*patches[b * batch_size:(b + 1) * batch_size])) for b in range(len(patches) // batch_size)]

@@ -1,7 +1,8 @@
 """Backend-agnostic Keras ``PyDataset`` loaders over the numpy frame sources.
 
 Elements are ``(image, mask, weight)`` batches, each (B, P, P, 1) float32 (see
-:mod:`kercr.data.frames` for what the three arrays hold). They feed TensorFlow (also under
+:mod:`kercr.data.frames` for what the three arrays hold); a source whose frames carry several
+input maps gives images of one channel per map. They feed TensorFlow (also under
 tf.distribute), JAX and PyTorch alike. Training batch ``b`` of epoch ``e`` depends only on
 ``(seed, e, b)``, so a resumed run goes on with the batches an uninterrupted run would have seen.
 """
@@ -58,12 +59,12 @@ class PatchBatches(keras.utils.PyDataset):
         if not 0 <= idx < self.steps:
             raise IndexError(f"batch {idx} out of range [0, {self.steps})")
         rng = np.random.default_rng([self.seed, self.epoch, idx])
-        image, mask, weight = self.source.frame(self._key(self.epoch * self.steps + idx))
-        (xs, ys, ws), _ = make_patches(image, mask, weight, patch_size=self.patch_size,
-                                       n_patches=self.batch_size, mode="random", seed=rng)
+        arrays = self.source.frame(self._key(self.epoch * self.steps + idx))  # (*inputs, mask, weight)
+        patches, _ = make_patches(*arrays, patch_size=self.patch_size, n_patches=self.batch_size,
+                                  mode="random", seed=rng)
         if self.augment:
-            xs, ys, ws = zip(*(random_flip_rot90(x, y, w, rng=rng) for x, y, w in zip(xs, ys, ws)))
-        x, y, w = _stack((xs, ys, ws))
+            patches = list(zip(*(random_flip_rot90(*p, rng=rng) for p in zip(*patches))))
+        x, y, w = _stack(patches)
         if self.alpha > 0:
             w = alpha_floor(w, self.alpha)
         return x, y, w

@@ -140,7 +140,11 @@ def prepare_shards(source, exposure_ids, out_dir, *, patch_size=256, patches_per
 
     def patches(ids, offset):
         for k, key in enumerate(frame_keys(source, ids)):
-            image, mask, weight = source.frame(key)
+            arrays = source.frame(key)
+            if len(arrays) != 3:
+                raise ValueError(f"frame {key!r} carries {len(arrays) - 2} input maps; shards hold one image per "
+                                 "patch. Train on such a source in process (kercr-train without --data SHARDS).")
+            image, mask, weight = arrays
             (xs, ys, ws), _ = make_patches(image, mask, weight, patch_size=patch_size, n_patches=patches_per_frame,
                                            mode="random", seed=np.random.default_rng([seed, offset, k]))
             for x, y, w in zip(xs, ys, ws):

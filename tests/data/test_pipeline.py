@@ -80,3 +80,13 @@ def test_prepare_shards_cut_the_training_frames_and_split_by_exposure(tmp_path):
         assert n == 3 * len(ids)
     with pytest.raises(FileExistsError, match="prepare.json"):
         prepare_shards(source, [0, 1, 2, 3], tmp_path / "s", patch_size=64, patches_per_frame=3)
+
+
+def test_prepare_shards_refuse_frames_of_several_input_maps(tmp_path):
+    class TwoMaps:
+        def frame(self, key):
+            image, mask, weight = SyntheticFrames(seed=0, shape=(128, 128)).frame(key)
+            return image, image, mask, weight
+
+    with pytest.raises(ValueError, match="carries 2 input maps.*in process"):
+        prepare_shards(TwoMaps(), [0, 1, 2, 3], tmp_path / "s", patch_size=64, patches_per_frame=3)

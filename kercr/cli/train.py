@@ -170,7 +170,8 @@ def _train(parser, args) -> int:
             f"validation ({metrics['cr_pixels']:,} CR and {metrics['non_cr_pixels']:,} other pixels, "
             f"{metrics['ignored_pixels']:,} ignored): Dice {metrics['dice']:.4f} at p >= 0.5, "
             f"best Dice {metrics['best_dice']:.4f}, TPR {metrics['tpr_at_fpr_1e-4']:.4f} at 0.01 % FPR, "
-            f"TPR {metrics['tpr_at_fpr_1e-3']:.4f} at 0.1 % FPR -> {config.out}"
+            f"TPR {metrics['tpr_at_fpr_1e-3']:.4f} at 0.1 % FPR, "
+            f"precision {metrics['precision_at_recall_0.95']:.4f} at 95 % recall -> {config.out}"
         )
         if expect:
             print(f"expected: {expect}")

@@ -81,7 +81,9 @@ def test_a_run_directory_holds_everything_the_user_needs(tmp_path, capsys):
     above, at = np.count_nonzero(pos > neg[k - 1]), np.count_nonzero(pos >= neg[k - 1])
     tpr = (above + (allowed - (k - 1)) * (at - above)) / pos.size
     assert metrics["tpr_at_fpr_1e-4"] == pytest.approx(tpr, abs=1e-12)
-    assert "Dice" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"TPR {metrics['tpr_at_fpr_1e-4']:.4f} at 0.01 % FPR" in printed
+    assert f"precision {metrics['precision_at_recall_0.95']:.4f} at 95 % recall" in printed
     # TensorBoard: scalars and validation images were written as real event files.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -46,6 +46,9 @@ OBJECTIVES = {"dice": "val_dice", "tpr": "val_tpr_at_fpr_1e-4"}
 #: ``kercr-detect --scheduler`` / ``detect_files(scheduler=)``: this word starts a Dask LocalCluster
 #: on this machine; anything else is the address of a running Dask scheduler (``tcp://HOST:8786``).
 LOCAL_SCHEDULER = "local"
+#: Names a FITS file may end with (longest first): what a folder of frames lists, and what
+#: ``kercr-detect`` drops from an input's name to name its output (compressed inputs give plain FITS).
+FITS_SUFFIXES = (".fits.fz", ".fits.gz", ".fits.bz2", ".fit.gz", ".fts.gz", ".fits", ".fit", ".fts", ".fz")
 
 
 class ConfigError(ValueError):

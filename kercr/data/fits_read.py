@@ -113,13 +113,27 @@ def _is_image(hdu) -> bool:
     return isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and hdu.header.get("NAXIS", 0) > 0
 
 
+def _ccds(hdul, p: Path) -> list[int]:
+    """Indices of the 2-D image HDUs: what ``"all"`` means; other images (cubes, spectra) are logged and left out."""
+    found = []
+    for i, h in enumerate(hdul):
+        if not _is_image(h):
+            continue
+        if h.header.get("NAXIS") == 2:
+            found.append(i)
+        else:
+            logger.info("%s: leaving out HDU %d (%s), a %d-D image; kercr reads 2-D CCD images", p, i,
+                        _extname(h, i), h.header.get("NAXIS"))
+    return found
+
+
 def _extname(hdu, index: int) -> str:
     name = hdu.name if isinstance(hdu, (fits.ImageHDU, fits.CompImageHDU)) else ""
     return name.strip() or ("PRIMARY" if index == 0 else f"HDU{index}")
 
 
 def list_ccd_extensions(path) -> list[tuple[int, str]]:
-    """List the HDUs of a FITS file that hold image data.
+    """List the HDUs of a FITS file that hold a 2-D image (cubes and 1-D images are left out, and logged).
 
     Parameters
     ----------
@@ -129,11 +143,11 @@ def list_ccd_extensions(path) -> list[tuple[int, str]]:
     Returns
     -------
     list of (int, str)
-        ``(hdu_index, extname)`` for every HDU with image data, in file order.
+        ``(hdu_index, extname)`` for every HDU with 2-D image data, in file order.
     """
     p = _check_path(path)
     with _open(p) as hdul:
-        return [(i, _extname(h, i)) for i, h in enumerate(hdul) if _is_image(h)]
+        return [(i, _extname(hdul[i], i)) for i in _ccds(hdul, p)]
 
 
 def _positive(value, what: str, source: str) -> float | None:
@@ -297,9 +311,9 @@ def iter_ccds(path, ext="all", *, gain=None, readnoise=None, saturation=None) ->
     p = _check_path(path)
     with _open(p) as hdul:
         if isinstance(ext, str) and ext == "all":
-            indices = [i for i, h in enumerate(hdul) if _is_image(h)]
+            indices = _ccds(hdul, p)
             if not indices:
-                raise FITSFormatError(f"{p}: no HDU holds image data. Pass a FITS image file.")
+                raise FITSFormatError(f"{p}: no HDU holds 2-D image data. Pass a FITS image file.")
         else:
             one = isinstance(ext, (str, int, np.integer, tuple))  # a name, an index, or astropy's (name, ver)
             indices = [_resolve_ext(hdul, e, p) for e in ([ext] if one else ext)]

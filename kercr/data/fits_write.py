@@ -49,6 +49,13 @@ def wcs_header(header) -> fits.Header:
     return out
 
 
+def ascii_card(text) -> str:
+    """``text`` as a FITS header value can hold it (printable ASCII): other characters as ``\\xNN`` or
+    ``\\uNNNN`` escapes, control characters as ``?``. For file and model names (``KCRSRC``, ``KCRMODEL``)."""
+    text = str(text).encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if " " <= c <= "~" else "?" for c in text)
+
+
 def utc_now() -> str:
     """The UTC time as a FITS date string (``KCRDATE``), to the second."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
@@ -96,9 +103,16 @@ class FITSWriter:
         self.extnames.add(key[0])
 
 
+#: How a gzip or bzip2 stream starts: astropy reads such files (whatever their name) but cannot append to them.
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh")
+
+
 def _copy_fits(src: Path, tmp: Path) -> None:
-    """A copy of ``src`` at ``tmp``: byte for byte, or as plain FITS for gzip (astropy cannot append to it)."""
-    if src.name.lower().endswith(".gz"):
+    """A copy of ``src`` at ``tmp``: byte for byte, or as plain FITS for a gzip or bzip2 file (told by
+    its first bytes, not its name; astropy cannot append to them)."""
+    with open(src, "rb") as f:
+        head = f.read(3)
+    if head.startswith(_COMPRESSED_MAGIC):
         with _open(src) as hdul:
             hdul.writeto(tmp, output_verify="silentfix")
     else:
@@ -212,7 +226,7 @@ def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_e
         raise KercrDataError(f"{out}: mask shape {mask.shape} differs from image shape {image.shape}; pass the mask of this image.")
     primary = {"KCRVER": (__version__, "kercr version"), "KCRDATE": (utc_now(), "UTC")}
     if source:
-        primary["KCRSRC"] = str(source)[-68:]  # no comment: long paths fill the card
+        primary["KCRSRC"] = ascii_card(source)[-68:]  # no comment: long paths fill the card
     img_header = fits.Header()
     if header is not None:
         for card in header.cards:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kercr.config import FAINT_CRS  # one definition of the choices, shared with the CLI
+from kercr.config import FAINT_CRS, FITS_SUFFIXES  # one definition of the choices, shared with the CLI
 from kercr.data.augment import make_training_example
 from kercr.data.cosmic_rays import CosmicRayModel
 from kercr.data.errors import KercrDataError
@@ -46,8 +46,6 @@ logger = logging.getLogger(__name__)
 FAINT_CR_SNR = 1.0
 #: What training does with CR pixels fainter than ``FAINT_CR_SNR`` x noise (:class:`SyntheticFrames`):
 #: :data:`kercr.config.FAINT_CRS`.
-
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fz", ".fits.gz")
 
 
 class _CachedFrames:

@@ -70,8 +70,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from kercr.config import FITS_SUFFIXES
 from kercr.data.errors import FITSFileNotFoundError, FITSFormatError, KercrDataError
-from kercr.data.frames import FITS_SUFFIXES
 
 __all__ = [
     "LCO_IGNORE_BOUNDARY", "LCO_IGNORE_NO_DATA", "LCO_IGNORE_SOURCE", "LCO_IGNORE_HOT_PIXEL", "LCO_IGNORE_ALL",

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from kercr.config import LOCAL_SCHEDULER, ConfigError
-from kercr.detection.files import output_path, plan_file, select_extensions, write_output
+from kercr.detection.files import is_kercr_output, output_path, plan_file, select_extensions, write_output
 from kercr.detection.loading import load_model
 from kercr.detection.runtimes import resolve_runtime
 from kercr.detection.workers import InProcess, Processes, model_reference, ordered
@@ -52,7 +52,8 @@ class FileOutcome:
     path : str
         The input.
     status : {"done", "skipped", "failed"}
-        Written; skipped (``skip_existing`` and the output exists); or failed.
+        Written; skipped (``skip_existing`` and the output exists, or the input is itself a
+        kercr-detect output); or failed.
     output : str or None
         The output file (written, or the existing one skipped).
     reason : str or None
@@ -134,6 +135,13 @@ def _items(paths, *, out_dir, suffix, ext, dilate, skip_existing):
     followed by one task per CCD."""
     for path in paths:
         out = output_path(path, out_dir, suffix)
+        if out.absolute() == Path(path).absolute():
+            yield FileOutcome(str(path), "failed", reason=f"{path}: its output would be the input itself "
+                              f"(suffix {suffix!r}); pass a suffix (--suffix _crmask) or another directory (--out DIR).")
+            continue
+        if is_kercr_output(path):  # `kercr-detect *.fits` run again beside its own outputs
+            yield FileOutcome(str(path), "skipped", reason="a kercr-detect output (KCRSRC in its header), not an input")
+            continue
         if skip_existing and out.exists():
             yield FileOutcome(str(path), "skipped", output=str(out), reason=f"{out} exists")
             continue
@@ -302,6 +310,20 @@ def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, prog
     return outcomes
 
 
+def _clashes(paths, out_dir, suffix) -> dict:
+    """``{index: failed FileOutcome}`` for inputs whose output another, earlier input writes (``a.fits``
+    and ``a.fits.fz``, or one name in two folders with ``out_dir``): neither may hide the other."""
+    first, clashes = {}, {}
+    for i, path in enumerate(paths):
+        out = os.path.normcase(output_path(path, out_dir, suffix).absolute())
+        if out in first and Path(paths[first[out]]).absolute() != Path(path).absolute():
+            clashes[i] = FileOutcome(str(path), "failed", reason=(
+                f"{path}: its output {output_path(path, out_dir, suffix)} is also that of {paths[first[out]]} "
+                "(listed before it); run it on its own with another --out DIR or --suffix, or rename one."))
+        first.setdefault(out, i)
+    return clashes
+
+
 def _check_jobs(jobs, runtime: str) -> int:
     if jobs is None:
         from kercr.export.litert import available_cpus  # lazy: kercr.export loads its exporter
@@ -377,6 +399,9 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
     """
     paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
     t0 = time.perf_counter()
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"out_dir={str(out_dir)!r} is a file, not a directory: pass a directory for the outputs "
+                         "(kercr-detect --out DIR; it is created if needed).")
     loaded = load_model(model)  # a bad model stops the batch before any file
     jobs = _check_jobs(jobs, resolve_runtime(runtime, loaded))
     if jobs > 1 and scheduler is None and len(paths) == 1:
@@ -388,10 +413,17 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
     file_options = dict(out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate, skip_existing=skip_existing,
                         save_probability=save_probability, clean=clean)
     common = dict(jobs=jobs, num_threads=num_threads, progress=_show_progress(progress), report=report)
+    clashes = _clashes(paths, out_dir, suffix)
+    if report:
+        for i, outcome in clashes.items():
+            _report(i + 1, len(paths), outcome)
+    run = [p for i, p in enumerate(paths) if i not in clashes]
     if scheduler is None:
-        outcomes = _run_local(paths, loaded, options, log_prefix=log_prefix, file_options=file_options, **common)
+        done = _run_local(run, loaded, options, log_prefix=log_prefix, file_options=file_options, **common)
     else:
-        outcomes = _run_dask(paths, str(scheduler), loaded, options, file_options=file_options, **common)
+        done = _run_dask(run, str(scheduler), loaded, options, file_options=file_options, **common)
+    done = iter(done)
+    outcomes = [clashes[i] if i in clashes else next(done) for i in range(len(paths))]
     result = BatchResult(outcomes, time.perf_counter() - t0)
     if report:
         logger.log(logging.INFO if result.ok else logging.WARNING, "%s", result.summary())

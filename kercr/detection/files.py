@@ -6,11 +6,14 @@ CR mask extension (1 = cosmic ray) per processed CCD and, with ``save_probabilit
 ``float32`` probability extension. Naming (:func:`mask_extname`): a file with a single image HDU
 gets ``CRMASK`` (and ``CRPROB``); a multi-extension file gets ``<EXTNAME>_CRMASK`` (e.g.
 ``N4_CRMASK``) and ``<EXTNAME>_CRPROB``, with the image's ``EXTVER`` (HST's ``SCI,1`` and ``SCI,2``
-get ``SCI_CRMASK,1`` and ``SCI_CRMASK,2``). Each mask header names its image (``KCRSRCEX``) and
+get ``SCI_CRMASK,1`` and ``SCI_CRMASK,2``; images repeating an ``EXTNAME`` without ``EXTVER`` get
+masks numbered 1, 2, ...). Only 2-D images are processed; cubes and other HDUs are copied as they
+are. Each mask header names its image (``KCRSRCEX``, and its HDU index ``KCRSRCHD``) and
 carries the provenance (``KCRVER`` kercr version, ``KCRMODEL``, ``KCRTHR`` threshold, ``KCRDATE``
 UTC date, ``KCRRUNT`` runtime, ``KCRTTA`` whether the four flips were averaged, ``KCRDIL``
 dilation, tiling, counts) and the image's WCS keywords; the primary header carries the same
-provenance and ``KCRSRC`` (the input's name).
+provenance and ``KCRSRC`` (the input's name, non-ASCII characters escaped): a file with
+``KCRSRC`` is taken for an output, never an input (:func:`is_kercr_output`).
 
 With ``clean=METHOD`` every processed CCD also gets a ``float32`` cleaned image, ``CLEAN`` (or
 ``<EXTNAME>_CLEAN``), after its mask: the image with the pixels of the written mask (after
@@ -38,14 +41,13 @@ from pathlib import Path
 import numpy as np
 
 from kercr._version import __version__
+from kercr.config import FITS_SUFFIXES
 
 __all__ = ["FITS_SUFFIXES", "CCDOutput", "FilePlan", "detect_ccd", "detect_file", "mask_extname", "output_path",
            "plan_file", "select_extensions", "write_output"]
 
 logger = logging.getLogger(__name__)
 
-#: Names a FITS file may end with; :func:`output_path` drops them (compressed inputs give plain FITS).
-FITS_SUFFIXES = (".fits.fz", ".fits.gz", ".fit.gz", ".fts.gz", ".fits", ".fit", ".fts", ".fz")
 #: HDUs never treated as CCD images (kercr-detect's own outputs and truth/ignore masks).
 _SKIP_EXT = re.compile(r"^(.*_)?(CRMASK|CRPROB|CLEAN|IGNORE)$", re.IGNORECASE)
 #: Planes beside the science image in SCI/ERR/DQ-style files (HST, JWST, Gemini, ...): not part of
@@ -62,6 +64,17 @@ def output_path(path, out_dir=None, suffix="_crmask") -> Path:
             name = name[: -len(s)]
             break
     return Path(out_dir if out_dir is not None else path.parent) / f"{name}{suffix}.fits"
+
+
+def is_kercr_output(path) -> bool:
+    """Whether ``path`` is a file kercr-detect wrote (its primary header names its input: ``KCRSRC``);
+    False for anything unreadable (:func:`plan_file` then says what is wrong with it)."""
+    from astropy.io import fits  # heavy: astropy
+
+    try:
+        return "KCRSRC" in fits.getheader(path, 0)
+    except Exception:  # not FITS, missing, unreadable: not kercr's
+        return False
 
 
 def mask_extname(extname: str, single: bool, kind: str = "CRMASK") -> str:
@@ -110,19 +123,19 @@ def select_extensions(path, ext="all") -> tuple[list[tuple[int, str]], bool]:
             continue
         match = [(i, n) for i, n in images if n.upper() == e.upper() or (e.isdigit() and i == int(e))]
         if not match:
-            raise FITSFormatError(f"{path}: extension {e!r} not found among the image extensions "
+            raise FITSFormatError(f"{path}: extension {e!r} not found among the 2-D image extensions "
                                   f"{[n for _, n in images]}. Pass one of them (kercr-detect --ext), or 'all'.")
         chosen.extend(m for m in match if m not in chosen)  # "1,N4" naming one HDU twice does it once
     return chosen, single
 
 
 def _provenance(result, *, dilate: int, clean) -> dict:
-    from kercr.data.fits_io import utc_now  # heavy: astropy (kercr.data)
+    from kercr.data.fits_io import ascii_card, utc_now  # heavy: astropy (kercr.data)
 
     cleaning = {"KCRCLEAN": (clean, "CR cleaning method (CLEAN extensions)")} if clean else {}
     return {
         "KCRVER": (__version__, "kercr version"),
-        "KCRMODEL": (str(result.model_name)[-60:], "kercr model"),
+        "KCRMODEL": (ascii_card(result.model_name)[-60:], "kercr model"),
         "KCRTHR": (float(result.threshold), "CR probability threshold"),
         "KCRDATE": (utc_now(), "UTC"),
         "KCRRUNT": (result.runtime, "kercr inference runtime"),
@@ -244,6 +257,7 @@ def detect_ccd(path, hdu_index: int, extname: str, *, single: bool, model="defau
     for key, value in prov.items():
         header[key] = value
     header["KCRSRCEX"] = (extname, "image extension this mask belongs to")
+    header["KCRSRCHD"] = (int(hdu_index), "HDU index of that image extension")
     if "EXTVER" in frame.header:  # SCI,1 and SCI,2 (HST) get SCI_CRMASK,1 and SCI_CRMASK,2
         header["EXTVER"] = (frame.header["EXTVER"], "EXTVER of the image extension")
     header["KCRNCR"] = (int(mask.sum()), "flagged (CR) pixels")
@@ -282,7 +296,7 @@ def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, lo
     int
         Pixels processed.
     """
-    from kercr.data.fits_io import new_fits_file  # heavy: astropy (kercr.data)
+    from kercr.data.fits_io import ascii_card, new_fits_file  # heavy: astropy (kercr.data)
 
     path, n = plan.path, len(plan.extensions)
     t0, pixels = time.perf_counter(), 0
@@ -294,11 +308,18 @@ def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, lo
                 if name.upper() in f.extnames:
                     raise ValueError(f"{path} already holds an extension {name} (an earlier kercr-detect "
                                      "output?); run kercr-detect on the original file.")
-        k = 0
+        k, written = 0, set()
         for k, ccd in enumerate(ccds, 1):
             if k == 1:
-                f.update_primary({**ccd.provenance, "KCRSRC": str(path.name)[-68:]})
+                f.update_primary({**ccd.provenance, "KCRSRC": ascii_card(path.name)[-68:]})
             for name, data, header in ccd.hdus:
+                ver = int(header.get("EXTVER", 1))
+                if (name.upper(), ver) in written:  # two images of one EXTNAME and no EXTVER: number the masks
+                    while (name.upper(), ver) in written:
+                        ver += 1
+                    header = header.copy()
+                    header["EXTVER"] = (ver, "input repeats EXTNAME; see KCRSRCHD")
+                written.add((name.upper(), ver))
                 f.append(data, name=name, header=header)
             pixels += ccd.n_pixels
             logger.info("%s%s [%s] %d/%d: %d CR pixels (%.3f %%), %d ignored, %.1f s", log_prefix, path.name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 from astropy.io import fits
@@ -28,6 +29,22 @@ def header_number(header, key, pair=(), combine=np.mean):
     return float(combine(vals)) if vals else None
 
 
+def _meta_header(meta) -> fits.Header:
+    """A CCDData's ``meta`` as a FITS header: the entries FITS can hold (GAIN, SATURATE, ...); a plain
+    dict's others (lists, objects) are left out, as astropy leaves them out of a written file."""
+    if isinstance(meta, fits.Header):
+        return meta
+    header = fits.Header()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # long keys become HIERARCH cards
+        for key, value in meta.items():
+            try:
+                header[str(key)] = value
+            except (ValueError, TypeError, KeyError):
+                continue
+    return header
+
+
 def unpack(image):
     """(data, header, extra ignore mask or None, description, CCDFrame or None) of a supported input."""
     if isinstance(image, CCDFrame):
@@ -37,7 +54,7 @@ def unpack(image):
             raise KercrDataError(f"HDU {image.name!r} holds no image data; pass an image extension.")
         return image.data, image.header, None, f"HDU {image.name}", None
     if isinstance(image, CCDData):
-        header = fits.Header(image.meta) if image.meta else None
+        header = _meta_header(image.meta) if image.meta else None
         mask = None if image.mask is None else np.asarray(image.mask, dtype=bool)
         return image.data, header, mask, "CCDData", None
     if isinstance(image, (str, os.PathLike)):

@@ -131,7 +131,7 @@ def _thresholds(card: dict, path: Path | None, name: str) -> tuple[float, str, f
     """``(threshold, where it came from, logit threshold or None)``: the card, else a run's metrics.json, else 0.5."""
     threshold, threshold_source, logit_threshold = 0.5, "none (0.5)", None
     if "threshold" in card:
-        threshold, threshold_source = float(card["threshold"]), "card"
+        threshold, threshold_source = _card_number(card, "threshold", name), "card"
         logit_threshold = card.get("logit_threshold")
     elif path is not None and (path.parent / "metrics.json").is_file():
         metrics = read_json_object(path.parent / "metrics.json", "run metrics file", error=ModelLoadError)
@@ -183,13 +183,30 @@ def model_geometry(model) -> dict:
             "rf_radius": 0 if fixed is not None else receptive_field_radius(model), "local": bool(is_local(model))}
 
 
+def _card_number(card: dict, key: str, name: str) -> float:
+    """The card's number ``key`` (a JSON number; a bool or anything else is refused, naming the key)."""
+    value = card[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelLoadError(f"{name}: the card's \"{key}\" is {value!r}, not a number; fix it in the card "
+                             "(the .json beside the model) or remove the entry.")
+    return float(value)
+
+
 def _card_geometry(card: dict, name: str) -> dict | None:
     geometry = card.get("geometry")
     if geometry is None:
         return None
+    fix = "; fix it or remove it (the geometry is then read off the Keras model)."
     if not isinstance(geometry, dict) or set(_GEOMETRY_KEYS) - set(geometry):
-        raise ModelLoadError(f"{name}: the card's \"geometry\" must hold {', '.join(_GEOMETRY_KEYS)}; fix it or "
-                             "remove it (the geometry is then read off the Keras model).")
+        raise ModelLoadError(f"{name}: the card's \"geometry\" must hold {', '.join(_GEOMETRY_KEYS)}{fix}")
+    for key in ("input_multiple", "rf_radius", "fixed_size"):
+        value = geometry[key]
+        if not (value is None and key == "fixed_size") and (isinstance(value, bool) or not isinstance(value, int)
+                                                             or value < (1 if key == "input_multiple" else 0)):
+            raise ModelLoadError(f"{name}: the card's geometry \"{key}\" is {value!r}, not a whole number of "
+                                 f"pixels{fix}")
+    if not isinstance(geometry["local"], bool):
+        raise ModelLoadError(f"{name}: the card's geometry \"local\" is {geometry['local']!r}, not true or false{fix}")
     return geometry
 
 
@@ -206,7 +223,14 @@ def prebuilt_files(card: dict, path: Path | None, name: str, *, instead: str = "
         return {}
     source_sha = file_sha256(path)
     found = {}
+    if not isinstance(entries, dict):
+        logger.warning("%s: the card's \"tflite\" is not a table of runtimes; %s.", name, instead)
+        return {}
     for runtime, entry in entries.items():
+        if not isinstance(entry, dict):
+            logger.warning("%s: the card's tflite entry %r is not a table (file, source_sha256); %s.", name, runtime,
+                           instead)
+            continue
         file = path.parent / str(entry.get("file", ""))
         if not file.is_file():
             logger.warning("%s: the card lists %s, which is missing; %s.", name, file, instead)
@@ -230,6 +254,9 @@ def describe(model, *, name: str, path: Path | None, card: dict) -> LoadedModel:
             raise ModelLoadError(f"{name}: {err}") from None
     norm, norm_source = _normalization(path, card, name)
     threshold, threshold_source, logit_threshold = _thresholds(card, path, name)
+    if not isinstance(card.get("tta", False), bool):
+        raise ModelLoadError(f"{name}: the card's \"tta\" is {card['tta']!r}; it must be true or false (fix it in "
+                             "the card, the .json beside the model).")
     return LoadedModel(
         model, name=name, path=path, normalization=norm, normalization_source=norm_source,
         threshold=threshold, threshold_source=threshold_source, card=card,

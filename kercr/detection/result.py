@@ -9,6 +9,7 @@ from astropy.io import fits
 
 from kercr._version import __version__
 from kercr.data.cleaning import dilate_mask
+from kercr.data.fits_write import ascii_card
 from kercr.data.normalization import NormalizationParams
 
 __all__ = ["DetectionResult"]
@@ -130,7 +131,7 @@ class DetectionResult:
         out.mask = replaced if out.mask is None else np.asarray(out.mask, dtype=bool) | replaced
         cards = {
             "KCRVER": (__version__, "kercr version"),
-            "KCRMODEL": (str(self.model_name)[-60:], "kercr model"),
+            "KCRMODEL": (ascii_card(self.model_name)[-60:], "kercr model"),
             "KCRTHR": (float(self.threshold), "CR probability threshold"),
             "KCRCLEAN": (self.clean_method, "kercr CR cleaning method"),
             "KCRCDIL": (int(self.clean_dilate), "CR mask dilation before cleaning, pixels"),

@@ -273,3 +273,18 @@ def test_real_decam_cr_cutout_reads_cr_pixels():
     sigma = 1.4826 * np.nanmedian(np.abs(img.data - sky))
     assert np.nanmax(img.data[cr]) > sky + 10 * sigma
     assert np.sort(img.data[cr])[-10] > sky + 5 * sigma  # a real track, not one hot pixel
+
+
+def test_all_means_the_2d_images_and_cubes_are_left_out_with_a_log_line(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "mixed.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((8, 9), np.float32), name="SCI"),
+                  fits.ImageHDU(np.ones((2, 8, 9), np.float32), name="CUBE"),
+                  fits.ImageHDU(np.ones(5, np.float32), name="SPEC")]).writeto(path)
+    with caplog.at_level(logging.INFO, logger="kercr"):
+        assert list_ccd_extensions(path) == [(1, "SCI")]
+        assert [f.extname for f in iter_ccds(path)] == ["SCI"]
+    assert "leaving out HDU 2 (CUBE), a 3-D image" in caplog.text and "HDU 3 (SPEC), a 1-D image" in caplog.text
+    with pytest.raises(errors.FITSFormatError, match="needs a 2-D CCD image"):  # named, it is read and refused
+        list(iter_ccds(path, ext="CUBE"))

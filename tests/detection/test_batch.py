@@ -219,3 +219,57 @@ def test_workers_import_neither_tensorflow_nor_keras_and_litert_stays_quiet(tmp_
     assert out.returncode == 0, out.stderr
     assert "3 CCDs" in out.stderr and "XNNPACK" not in out.stderr and "Traceback" not in out.stderr
     assert (tmp_path / "o" / "c4d_q_ooi_crmask.fits").is_file()
+
+
+def test_a_rerun_beside_its_own_outputs_skips_them_and_clashing_outputs_fail(tmp_path):
+    """``kercr-detect *.fits`` then ``kercr-detect --skip-existing *.fits`` (the glob now holds the
+    outputs); two inputs of one output name, and an output that would be its input, fail alone."""
+    paths = [_single(tmp_path / f"n{k}.fits", 60 + k) for k in range(2)]
+    first = detect_files(paths, jobs=1)
+    assert first.ok
+    outputs = [output_path(p) for p in paths]
+    again = detect_files(sorted(tmp_path.glob("*.fits")), jobs=1, skip_existing=True)
+    assert again.ok and [o.status for o in again.outcomes] == ["skipped"] * 4
+    assert {o.reason for o in again.outcomes if o.path in map(str, outputs)} == {
+        "a kercr-detect output (KCRSRC in its header), not an input"}
+    with fits.open(outputs[0]) as hdul:
+        assert hdul[0].header["KCRSRC"] == "n0.fits" and hdul["CRMASK"].header["KCRSRCHD"] == 0
+
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    plain = _single(clash / "a.fits", 70)
+    packed = clash / "a.fits.fz"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(fits.getdata(plain))]).writeto(packed)
+    same = detect_files([plain, packed, plain], suffix="", out_dir=None, jobs=1)
+    assert [o.status for o in same.outcomes] == ["failed", "failed", "failed"]
+    assert "would be the input itself" in same.outcomes[0].reason and "--suffix" in same.outcomes[0].reason
+    both = detect_files([plain, packed], out_dir=tmp_path / "o", jobs=1)
+    assert [o.status for o in both.outcomes] == ["done", "failed"]
+    assert "also that of" in both.outcomes[1].reason and str(plain) in both.outcomes[1].reason
+    resumed = detect_files([plain, packed], out_dir=tmp_path / "o", jobs=1, skip_existing=True)
+    assert [o.status for o in resumed.outcomes] == ["skipped", "failed"]  # never "done" by the other's output
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        detect_files([plain], out_dir=plain, jobs=1)
+
+
+def test_awkward_files_get_their_masks(tmp_path):
+    """A 3-D cube beside the CCD, two images of one EXTNAME without EXTVER, a gzip file named .fits
+    and a non-ASCII name: each CCD gets its mask."""
+    image = make_frame(seed=80, shape=(64, 80), config=MANY_CRS).image_adu
+    odd = tmp_path / "nébuleuse.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, name="SCI"), fits.ImageHDU(np.zeros((2, 8, 8)), name="CUBE"),
+                  fits.ImageHDU(image[::-1], name="SCI")]).writeto(odd)
+    gz = tmp_path / "packed.fits"
+    import gzip
+
+    gz.write_bytes(gzip.compress(odd.read_bytes()))
+    before = {p: p.read_bytes() for p in (odd, gz)}
+    result = detect_files([odd, gz], out_dir=tmp_path / "out", jobs=1)
+    assert result.ok, result.summary()
+    for path in (odd, gz):
+        assert path.read_bytes() == before[path]
+        with fits.open(output_path(path, tmp_path / "out")) as hdul:
+            masks = [(h.name, h.ver, h.header["KCRSRCHD"]) for h in hdul if h.name.endswith("CRMASK")]
+            assert masks == [("SCI_CRMASK", 1, 1), ("SCI_CRMASK", 2, 3)]
+            assert hdul[0].header["KCRSRC"] == ascii(path.name)[1:-1]
+            assert hdul["CUBE"].data.shape == (2, 8, 8)  # copied as it was, not processed

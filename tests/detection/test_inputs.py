@@ -39,6 +39,10 @@ def test_unpack_reads_each_image_type(tmp_path):
     data, header, mask, what, _ = unpack(ccd)
     assert isinstance(header, fits.Header) and header["GAIN"] == 3.0 and what == "CCDData"
     assert mask.dtype == bool and mask.sum() == 3
+    # A plain-dict meta with values FITS cannot hold: the numbers are read, the rest left out.
+    _, header, _, _, _ = unpack(CCDData(image, unit="adu", meta={"GAIN": 2.5, "history": [1, 2], "obj": object(),
+                                                                 "SATURATION_LEVEL": 6e4}))
+    assert header["GAIN"] == 2.5 and "history" not in header and header["SATURATION_LEVEL"] == 6e4
     fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, name="N7")]).writeto(tmp_path / "f.fits")
     ccd_frame = read_ccd(tmp_path / "f.fits", "N7")
     data, _, _, what, frame = unpack(ccd_frame)

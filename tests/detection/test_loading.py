@@ -60,8 +60,14 @@ def test_a_model_that_is_not_one_channel_in_is_refused():
     ({"threshold": 1.5}, r"default threshold 1.5 \(card\) is not in \[0, 1\]"),
     ({"threshold": 0.5, "logit_threshold": "high"}, "the logit threshold beside the default threshold \\(card\\) is "
                                                    "not a finite number"),
+    ({"threshold": None}, r"the card's \"threshold\" is None, not a number"),
+    ({"threshold": "abc"}, r"the card's \"threshold\" is 'abc', not a number"),
+    ({"tta": "no"}, r"the card's \"tta\" is 'no'; it must be true or false"),
+    ({"geometry": {**GEOMETRY, "rf_radius": "x"}}, r"geometry \"rf_radius\" is 'x', not a whole number"),
+    ({"geometry": {**GEOMETRY, "input_multiple": 0}}, r"geometry \"input_multiple\" is 0"),
+    ({"geometry": {**GEOMETRY, "local": "yes"}}, r"geometry \"local\" is 'yes', not true or false"),
 ])
-def test_a_bad_card_threshold_is_named(tmp_path, save_model, card, message):
+def test_a_bad_card_entry_is_named(tmp_path, save_model, card, message):
     with pytest.raises(ModelLoadError, match=message):
         load_model(save_model(tmp_path / "m", "m", card=card))
 
@@ -88,6 +94,11 @@ def test_prebuilt_tflite_files_count_only_when_they_are_there_and_made_from_this
     assert "m-int8.tflite was made from another version of m.keras" in caplog.text
     assert "python -m kercr.weights.ship --prebuild" in caplog.text
     assert "m-float16.tflite, which is missing; the model is converted instead" in caplog.text
+    caplog.clear()
+    (tmp_path / "m" / "m.json").write_text(json.dumps({"tflite": {"tflite-int8": "m-int8.tflite"}}))
+    with caplog.at_level(logging.WARNING, logger="kercr"):
+        assert load_model(path).prebuilt == {}
+    assert "tflite entry 'tflite-int8' is not a table" in caplog.text
 
 
 def test_threshold_from_card_argument_or_run_metrics(tiny, frame, tmp_path, save_model):

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
+
+from kercr._files import write_json
 
 # The choices of kercr's options. The console scripts take their argparse ``choices`` from here,
 # so ``--help`` needs no other kercr module (this one imports nothing heavy). The modules that
@@ -280,7 +283,8 @@ class TrainConfig:
                                   f"{'[1024, 1024]' if key == 'frame_shape' else '[30, 1e6]'}.")
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        """Write the options as JSON (``config.json``), whole or not at all."""
+        write_json(path, self.to_dict(), sort_keys=True)
 
     @classmethod
     def load(cls, path) -> "TrainConfig":
@@ -321,10 +325,18 @@ class TrainConfig:
             model_kwargs(self.model, **self.model_options)
         except ValueError as err:
             raise ConfigError(f"model: {err}") from None
-        for key in ("epochs", "steps_per_epoch", "validation_steps", "patch_size", "batch_size", "frames"):
+        for key in ("epochs", "steps_per_epoch", "validation_steps", "patch_size", "batch_size", "frames",
+                    "alpha_epochs"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{key}={value!r} must be a positive integer.")
+        if self.data == "synthetic" and self.frames < 2:
+            raise ConfigError(f"frames={self.frames} must be >= 2: exposures are split between training and "
+                              "validation, so each side needs one.")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed={self.seed!r} must be in [0, 2**32), e.g. 0.")
+        if not str(self.out).strip():
+            raise ConfigError("out is empty; pass --out DIR, the folder for the run (created if needed).")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"learning_rate={self.learning_rate!r} must be in (0, 1), e.g. 1e-3.")
         if not 0 < self.lr_factor < 1:
@@ -370,18 +382,19 @@ class TrainConfig:
             raise ConfigError(f"rim_weight={self.rim_weight:g} with loss='median_bce': the median weights' rising "
                               "floor (alpha) would erase the rim's factor; use --loss dice_bce or bce, or leave "
                               "rim_weight at 1.")
-        if self.data != "synthetic" and (self.extended_sources or self.on_source_fraction or self.sky_e_range
-                                         or self.cr_threshold_e or self.faint_crs != "ignore"
-                                         or self.dominant_sources or self.integer_frames):
-            raise ConfigError(f"extended_sources, on_source_fraction, sky_e_range, cr_threshold_e, faint_crs, "
-                              f"dominant_sources and integer_frames "
-                              f"shape the synthetic frames; "
-                              f"data={self.data!r} is not synthetic, so leave them at their defaults.")
+        synthetic_only = {"extended_sources": 0, "on_source_fraction": 0.0, "sky_e_range": None, "cr_threshold_e": None,
+                          "faint_crs": "ignore", "dominant_sources": 0.0, "integer_frames": 0.0,
+                          "variety": "decam", "footprint_fraction": 0.5}
+        changed = [k for k, default in synthetic_only.items() if getattr(self, k) not in (default, None)]
+        if self.data != "synthetic" and changed:
+            raise ConfigError(f"{', '.join(changed)} shape the synthetic frames; data={self.data!r} is not "
+                              "synthetic, so leave them at their defaults (the frames, their size and count, "
+                              "come from the data).")
         if (self.init_weights is not None and not Path(self.init_weights).exists()
                 and ("/" in str(self.init_weights) or Path(self.init_weights).suffix)):  # a plain name: shipped
             raise ConfigError(f"init_weights={self.init_weights!r}: no such file or directory; pass a .keras model, a "
                               "run directory (its best.keras is used) or a shipped model's name ('default').")
-        if not self.cr_rate_scale > 0:
+        if not (math.isfinite(self.cr_rate_scale) and self.cr_rate_scale > 0):
             raise ConfigError(f"cr_rate_scale={self.cr_rate_scale!r} must be positive, e.g. 5.")
         if self.footprints is not None and not Path(self.footprints).exists():
             raise ConfigError(
@@ -390,7 +403,7 @@ class TrainConfig:
             )
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction!r} must be in (0, 1), e.g. 0.1.")
-        if len(self.frame_shape) != 2 or min(self.frame_shape) < self.patch_size:
+        if self.data == "synthetic" and (len(self.frame_shape) != 2 or min(self.frame_shape) < self.patch_size):
             raise ConfigError(
                 f"frame_shape={self.frame_shape!r} must be two sizes (ny, nx), each at least "
                 f"patch_size={self.patch_size}."
@@ -437,7 +450,7 @@ def resolve_config(file_options: dict | None = None, flag_options: dict | None =
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     merged = {}
     for source, options in (("config file", file_options or {}), ("flags", flag_options or {})):
-        unknown = sorted(set(options) - fields)
+        unknown = sorted(map(str, set(options) - fields))
         if unknown:
             raise ConfigError(
                 f"unknown option(s) in {source}: {', '.join(unknown)}; valid options: {', '.join(sorted(fields))}."

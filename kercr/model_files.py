@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from kercr._files import write_json
 from kercr.data.errors import KercrDataError
 from kercr.data.normalization import NormalizationConfig
 from kercr.weights import is_shipped_name, shipped_model_path, shipped_names
@@ -127,18 +127,6 @@ def file_sha256(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_json(path, data: dict) -> Path:
-    """Write ``data`` as indented JSON to ``path`` through a temporary name and an atomic rename."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        partial.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)  # gone after a successful rename; removed after a failed one
-    return path
 
 
 def write_normalization(folder, config: NormalizationConfig) -> Path:

@@ -43,6 +43,7 @@ LAYERS = {
     "kercr.config": 0,
     "kercr._version": 0,
     "kercr._stderr": 0,
+    "kercr._files": 0,
     "kercr.data": 1,
     "kercr.weights": 1,
     "kercr.models": 2,

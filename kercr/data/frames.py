@@ -306,11 +306,13 @@ class FITSFrames(_CachedFrames):
         self.cr_rate_scale = float(cr_rate_scale)
         self._frames = {}
         for path in self.paths:
-            names = [n for _, n in list_ccd_extensions(path)]
-            if "CRMASK" in names:
-                self._frames[str(path)] = [next(n for n in names if n not in ("CRMASK", "IGNORE"))]
-            else:
-                self._frames[str(path)] = [idx for idx, _ in list_ccd_extensions(path)]
+            listed = list_ccd_extensions(path)
+            names = [n for _, n in listed]
+            images = [n for n in names if n not in ("CRMASK", "IGNORE")]
+            if not images:
+                raise KercrDataError(f"{path}: no 2-D image extension (only {names or 'tables'}); training needs "
+                                     "CCD images. Remove the file from --data, or add its image.")
+            self._frames[str(path)] = images[:1] if "CRMASK" in names else [idx for idx, _ in listed]
 
     def exposure_ids(self, n=None) -> list[str]:
         return [str(p) for p in self.paths]

@@ -97,7 +97,14 @@ def build_model(name: str, **overrides) -> keras.Model:
     """
     kwargs = model_kwargs(name, **overrides)
     kwargs.setdefault("name", name)
-    return get_spec(name).builder(**kwargs)
+    if not overrides:
+        return get_spec(name).builder(**kwargs)
+    try:
+        return get_spec(name).builder(**kwargs)
+    except (TypeError, ValueError, ZeroDivisionError, IndexError) as err:  # a value of the wrong kind or size
+        given = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+        raise ValueError(f"model {name!r} cannot be built with {given} ({type(err).__name__}: {err}); "
+                         f"its preset is {get_spec(name).preset} (kercr-models {name} shows it).") from None
 
 
 def count_trainable(model: keras.Model) -> int:

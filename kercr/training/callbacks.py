@@ -9,7 +9,23 @@ import os
 import keras
 import numpy as np
 
-__all__ = ["AlphaSchedule", "LearningRateLogger", "ResumableReduceLROnPlateau", "ValidationImages", "plateau_state"]
+__all__ = ["AlphaSchedule", "AtomicModelCheckpoint", "LearningRateLogger", "ResumableReduceLROnPlateau",
+           "ValidationImages", "plateau_state"]
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that saves to a hidden temporary ``.keras`` beside ``filepath`` and renames
+    it, so a kill during a save leaves the previous model (``best.keras``, ``last.keras``) whole."""
+
+    def __init__(self, filepath, **kwargs):
+        self.final_path = os.fspath(filepath)
+        head, name = os.path.split(self.final_path)
+        super().__init__(os.path.join(head, f".{name[:-len('.keras')]}.partial.keras"), **kwargs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if os.path.exists(self.filepath):  # saved this epoch (save_best_only may skip it)
+            os.replace(self.filepath, self.final_path)
 
 
 class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):

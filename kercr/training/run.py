@@ -20,18 +20,21 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from kercr._files import write_json
 from kercr.config import ConfigError, TrainConfig
 from kercr.evaluation import validation_metrics
 from kercr.model_files import write_normalization
 from kercr.plots import plot_history
 from kercr.training.callbacks import (
     AlphaSchedule,
+    AtomicModelCheckpoint,
     LearningRateLogger,
     ResumableReduceLROnPlateau,
     ValidationImages,
@@ -63,9 +66,34 @@ def read_history(path) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def _keep_history_rows(path: Path, epochs: int) -> None:
+    """Rewrite ``history.csv`` with the rows of epochs ``0 .. epochs - 1`` only (through a temporary name)."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if int(r["epoch"]) < epochs]
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+
+
+def _backup_epoch(work: Path) -> int | None:
+    """The epochs finished by the run whose Keras backup is in ``work/backup``, or None without one."""
+    try:
+        return int(json.loads((work / "backup" / "training_metadata.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _check_run_dir(out: Path, config: TrainConfig) -> dict:
-    """Refuse to mix runs: an existing run directory must hold the same configuration."""
+    """Refuse to mix runs: an existing run directory must hold the same configuration, and a
+    directory that holds something else is never written into."""
     saved = out / "config.json"
+    if not saved.is_file() and any(not p.name.startswith(".") for p in out.iterdir()):  # .worker-N, .DS_Store
+        raise ConfigError(f"--out {str(out)!r} is a folder that holds files but no kercr-train run (no config.json); "
+                          "pass --out NEW_DIR (created for the run) or an empty folder.")
     if saved.is_file():
         # Options added to kercr after the run was made read as their defaults: what that run did.
         previous = json.loads(json.dumps(TrainConfig.load(saved).to_dict()))
@@ -130,6 +158,8 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     """
     config.validate()
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; pass a folder for the run (created if needed).")
     chief = is_chief()
     state = _check_run_dir(out, config) if out.is_dir() else {}
     if state.get("finished_epochs", -1) >= config.epochs and (out / "metrics.json").is_file():
@@ -139,15 +169,18 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     strategy = make_strategy(config.strategy)  # before any other TensorFlow op (multi-worker)
     # Non-chief workers write their checkpoints to a scratch directory that is removed at the end.
     work = out if chief else out / f".worker-{tf_config().get('task', {}).get('index', 0)}"
-    work.mkdir(parents=True, exist_ok=True)
-    if chief:
-        config.save(out / "config.json")
-        write_normalization(out, config.normalization_config())
-
     keras.utils.set_random_seed(config.seed)
     _set_precision(config)
     history = read_history(out / "history.csv")
-    initial_epoch = len(history)
+    done = _backup_epoch(work)  # the epochs the backup holds decide where a killed run goes on
+    if done is not None:
+        if len(history) < done:  # killed between backup and history row (runs from before the backup went last)
+            logger.warning("%s: history.csv lacks epoch(s) %d-%d; going on from epoch %d, as the backup holds",
+                           out, len(history) + 1, done, done + 1)
+        if len(history) > done:  # killed after the history row of an epoch, before its backup: redone
+            history = history[:done]
+            _keep_history_rows(out / "history.csv", done)
+    initial_epoch = len(history) if done is None else done
 
     # A finished run given more --epochs has no backup/ any more: it goes on from last.keras
     # (weights and optimizer state), not from fresh weights.
@@ -159,6 +192,11 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
             "the validation patches hold no (unignored) CR pixels, so TPR and Dice cannot be measured; "
             "raise --validation-steps, --cr-rate-scale or the exposure time / frame size of the data."
         )
+    # The model and the data are made before the run directory: a bad option leaves nothing behind.
+    work.mkdir(parents=True, exist_ok=True)
+    if chief:
+        config.save(out / "config.json")
+        write_normalization(out, config.normalization_config())
     callbacks = _callbacks(config, model, data, work, history=history, chief=chief)
 
     if config.strategy == "multiworker":
@@ -215,13 +253,13 @@ def _callbacks(config: TrainConfig, model: keras.Model, data, work: Path, *, his
             monitor="val_loss", factor=config.lr_factor, patience=config.lr_patience,
             min_lr=config.min_learning_rate, initial_best=plateau_best, initial_wait=wait,
         ),
-        keras.callbacks.BackupAndRestore(str(work / "backup"), double_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(
-            str(work / "best.keras"), monitor="val_loss", save_best_only=True,
-            initial_value_threshold=best_val,
+        AtomicModelCheckpoint(
+            work / "best.keras", monitor="val_loss", save_best_only=True, initial_value_threshold=best_val,
         ),
-        keras.callbacks.ModelCheckpoint(str(work / "last.keras")),
+        AtomicModelCheckpoint(work / "last.keras"),
         keras.callbacks.CSVLogger(str(work / "history.csv"), append=True),
+        # Last: an epoch is done once its backup is; a kill before that redoes it (same batches).
+        keras.callbacks.BackupAndRestore(str(work / "backup"), double_checkpoint=True),
     ]
     if config.loss == "median_bce":
         callbacks.insert(0, AlphaSchedule(data, start=config.alpha_start, epochs=config.alpha_epochs))
@@ -240,9 +278,9 @@ def _finish(config: TrainConfig, out: Path, data) -> dict:
     best = keras.saving.load_model(out / "best.keras")
     metrics = validation_metrics(best, data.validation_batches(config.validation_steps))
     metrics.update(model=config.model, epochs=config.epochs, data=config.data)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_json(out / "metrics.json", metrics, sort_keys=True)
     plot_history(read_history(out / "history.csv"), out)
-    (out / STATE_FILE).write_text(json.dumps({"finished_epochs": config.epochs}) + "\n")
+    write_json(out / STATE_FILE, {"finished_epochs": config.epochs})
     logger.info(
         "validation: Dice %.4f, TPR %.4f at 0.01 %% FPR (best.keras, pooled pixels)",
         metrics["dice"], metrics["tpr_at_fpr_1e-4"],

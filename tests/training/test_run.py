@@ -135,15 +135,28 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path):
         (["--alpha-start", "1.5"], "alpha_start=1.5 must be in [0, 1]"),
         (["--patches-per-frame", "0"], "patches_per_frame=0 must be >= 1"),
         (["--val-fraction", "1"], "val_fraction=1.0 must be in (0, 1)"),
+        (["--seed", "-1"], "seed=-1 must be in [0, 2**32)"),
+        (["--frames", "1"], "frames=1 must be >= 2"),
+        (["--cr-rate-scale", "inf"], "cr_rate_scale=inf must be positive"),
+        (["--alpha-epochs", "0"], "alpha_epochs=0 must be a positive integer"),
+        (["--variety", "wide", "--data", "{tmp}"], "variety shape the synthetic frames"),
+        (["--set", "filters=5"], "cannot be built with filters=5"),
+        (["--out", "{tmp}/afile"], "is a file; pass a folder"),
+        (["--out", "{tmp}/notes"], "holds files but no kercr-train run"),
     ],
 )
 def test_bad_options_fail_before_training_with_a_clear_error(tmp_path, capsys, args, message):
     run = tmp_path / "run"
+    (tmp_path / "afile").write_text("a file")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "history.csv").write_text("someone else's\n")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    assert train_main([*TINY, *args, "--out", str(run)]) == 1
+    assert train_main([*TINY, "--out", str(run), *args]) == 1
     err = capsys.readouterr().err
     assert message in err, err
-    assert not (run / "history.csv").exists()
+    assert not run.exists()  # nothing written: no run directory
+    assert (tmp_path / "afile").read_text() == "a file" and os.listdir(tmp_path / "notes") == ["history.csv"]
+    assert (tmp_path / "notes" / "history.csv").read_text() == "someone else's\n"
 
 
 def test_every_training_option_has_a_flag(tmp_path, monkeypatch):
@@ -178,6 +191,7 @@ def test_every_training_option_has_a_flag(tmp_path, monkeypatch):
         ("model = [unclosed", ".toml", "malformed"),
         ("epochs: [1, 2\n", ".yaml", "malformed"),
         ("epoch = 3\n", ".toml", "unknown option(s) in config file: epoch"),
+        ("1: 2\n", ".yaml", "unknown option(s) in config file: 1"),
         ("model = 'unet'\n", ".ini", "unknown format"),
         ("frame_shape = 1024\n", ".toml", "frame_shape=1024 must be a list, not int"),
         ("frame_shape = [1024, 'x']\n", ".toml", "must be a list of 2 integers"),
@@ -315,6 +329,37 @@ def test_killed_training_resumes_from_the_last_finished_epoch(tmp_path):
     again = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=600)
     assert again.returncode == 0 and "Epoch" not in again.stdout
     assert (run / "best.keras").stat().st_mtime_ns == before
+
+
+def test_a_run_killed_between_its_history_row_and_its_backup_redoes_that_epoch(tmp_path, tiny_config, monkeypatch):
+    """The backup is the last thing an epoch writes: a kill before it redoes the epoch with the same
+    batches, so the run ends as an uninterrupted one (to float round-off: the resumed process sums
+    in another order)."""
+    import keras
+
+    from kercr.training import train
+
+    straight = train(tiny_config(epochs=3, out=str(tmp_path / "straight")), verbose=0)
+    save = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def killed_at_epoch_1(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt  # after best/last.keras and history.csv, before the backup
+        save(self, epoch, logs)
+
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", killed_at_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(epochs=3, out=str(tmp_path / "killed")), verbose=0)
+    assert [int(r["epoch"]) for r in _history(tmp_path / "killed")] == [0, 1]
+    assert not list((tmp_path / "killed").glob(".*partial*"))  # the checkpoints were renamed whole
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", save)
+    resumed = train(tiny_config(epochs=3, out=str(tmp_path / "killed")), verbose=0)
+    rows = _history(tmp_path / "killed")  # epoch 1's first row went with the redo
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    for epoch, row in enumerate(_history(tmp_path / "straight")):
+        for key in ("loss", "val_loss"):
+            assert float(rows[epoch][key]) == pytest.approx(float(row[key]), rel=1e-3), (epoch, key)
+    assert resumed["dice"] == pytest.approx(straight["dice"], abs=0.01)
 
 
 def test_a_finished_run_given_more_epochs_goes_on_from_its_last_weights(tmp_path, tiny_config):
@@ -471,6 +516,12 @@ def test_training_from_a_directory_of_clean_fits_frames(tmp_path, tiny_config):
     metrics = train(config, verbose=0)
     assert metrics["cr_pixels"] > 0
     assert {p.name: p.read_bytes() for p in frames.iterdir()} == before  # inputs untouched
+    # A file of tables only among the frames: named, with what to do.
+    from astropy.table import Table
+
+    Table({"a": [1, 2]}).write(frames / "catalogue.fits")
+    with pytest.raises(ValueError, match=r"catalogue.fits: no 2-D image extension .* Remove the file from --data"):
+        train(tiny_config(data=str(frames), cr_rate_scale=5.0, epochs=1, out=str(tmp_path / "tables")), verbose=0)
 
 
 def test_real_footprints_from_dark_frames_are_injected(tmp_path, tiny_config):

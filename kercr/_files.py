@@ -10,17 +10,23 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["write_json"]
+__all__ = ["write_json", "write_text"]
 
 
-def write_json(path, data, *, sort_keys: bool = False) -> Path:
-    """Write ``data`` as indented JSON to ``path`` through a temporary name and an atomic rename
-    (a kill leaves the old file or the new one, never half of one)."""
+def write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary name and an atomic rename (a kill leaves the
+    old file or the new one, never half of one)."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        partial.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+        partial.write_text(text)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)  # gone after a successful rename; removed after a failed one
     return path
+
+
+def write_json(path, data, *, sort_keys: bool = False, default=None) -> Path:
+    """Write ``data`` as indented JSON to ``path``, whole or not at all (:func:`write_text`);
+    ``default`` as :func:`json.dumps`'s."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=default) + "\n")

@@ -134,7 +134,7 @@ def write_normalization(folder, config: NormalizationConfig) -> Path:
     return write_json(Path(folder) / NORMALIZATION_FILE, config.to_dict())
 
 
-def load_keras_model(path, *, error=ModelFileError):
+def load_keras_model(path, *, error=ModelFileError, compile: bool = True):
     """Load a kercr ``.keras`` file in safe mode (kercr's custom objects registered)."""
     import keras
 
@@ -143,7 +143,7 @@ def load_keras_model(path, *, error=ModelFileError):
     import kercr.models  # noqa: F401  # heavy: imports Keras; registers kercr's custom objects
 
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
     except Exception as err:  # keras raises many types for a corrupt archive
         raise error(f"cannot load the Keras model {path}: {type(err).__name__}: {err}. Check that it is a "
                     "complete .keras file saved by kercr (load it with keras.saving.load_model after "

@@ -76,9 +76,9 @@ class ExportResult:
 
 
 def next_version(model_dir) -> int:
-    """1 + the largest integer-named subdirectory of ``model_dir`` (1 if none)."""
+    """1 + the largest integer-named entry of ``model_dir`` (1 if none; a file named ``3`` takes ``3`` too)."""
     model_dir = Path(model_dir)
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()] if model_dir.is_dir() else []
     return max(versions, default=0) + 1
 
 
@@ -97,6 +97,9 @@ def _check_options(formats, quantize, name, version):
         raise ExportError(f"name {name!r}: use letters, digits, '_', '.', '-' (it becomes a directory name).")
     if version is not None and (not isinstance(version, int) or version < 1):
         raise ExportError(f"version {version!r} must be a positive integer (TF Serving's version directory).")
+    if "tflite" not in formats and quantize != ("none",):
+        raise ExportError(f"quantize {','.join(quantize)} applies to TFLite files, but formats are "
+                          f"{','.join(formats)}; add tflite (--formats savedmodel,tflite) or leave --quantize out.")
     return formats, quantize
 
 
@@ -273,6 +276,13 @@ def export_model(source, out, *, formats=FORMATS, quantize=("none",), name="kerc
     formats, quantize = _check_options(formats, quantize, name, version)
     if calibration_patches < 1 or validation_patches < 1:
         raise ExportError("calibration_patches and validation_patches must be >= 1.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ExportError(f"seed={seed!r} must be an integer in [0, 2**32) (--seed; default 0).")
+    for key, value, low, high, hint in (("fpr", fpr, 0.0, 1.0, "1e-4"), ("threshold", threshold, 0.0, 1.0, "0.5"),
+                                        ("cr_rate_per_s", cr_rate_per_s, 0.0, float("inf"), "100")):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+            raise ExportError(f"{key}={value!r} must be a number in ({low:g}, {high:g}), e.g. {hint} (the export "
+                              "profile or argument).")
     out = Path(out)
     model_dir = out / name
     _check_destination(out, model_dir, version)
@@ -315,7 +325,10 @@ def _check_destination(out: Path, model_dir: Path, version) -> None:
         raise ExportError(f"{model_dir / str(version)} already exists; exports never overwrite a version. "
                           "Pick another --version (or leave it out for the next free one).")
     if out.exists() and not out.is_dir():
-        raise ExportError(f"output {out} exists and is not a directory.")
+        raise ExportError(f"output {out} exists and is not a directory; pass a folder (--out DIR).")
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ExportError(f"{model_dir} is a file, where the model's version folders go; pass another --name or "
+                          "--out, or move the file.")
 
 
 def _staging_dir(model_dir: Path, version) -> tuple[list, Path]:

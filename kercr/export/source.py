@@ -107,7 +107,10 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
         model = model_files.load_keras_model(keras_file, error=ExportError)
         description, trained = str(keras_file), True
         card = model_files.read_card(keras_file, error=ExportError)
-        tta = bool(card.get("tta", False))
+        tta = card.get("tta", False)
+        if not isinstance(tta, bool):
+            raise ExportError(f"{keras_file}: the card's \"tta\" is {tta!r}; it must be true or false (fix it in "
+                              "the card, the .json beside the model).")
     else:
         if str(source).endswith(".keras") or "/" in str(source):
             raise ExportError(f"model file {source} does not exist; pass an existing .keras file, a training "

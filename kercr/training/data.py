@@ -64,6 +64,15 @@ class TrainingData:
         return x[order], y[order], w[order]
 
 
+def check_validation_crs(data: TrainingData) -> None:
+    """ConfigError unless the validation patches hold CR pixels (TPR and Dice need some)."""
+    if not any(np.any((y > 0.5) & (w > 0)) for _, y, w in data.validation_batches()):
+        raise ConfigError(
+            "the validation patches hold no (unignored) CR pixels, so TPR and Dice cannot be measured; "
+            "raise --validation-steps, --cr-rate-scale or the exposure time / frame size of the data."
+        )
+
+
 def is_shard_dir(data: str) -> bool:
     """True for a folder written by ``kercr-prepare`` (local or any ``tf.io.gfile`` URL)."""
     if data == "synthetic":

@@ -25,7 +25,6 @@ import shutil
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from kercr._files import write_json
 from kercr.config import ConfigError, TrainConfig
@@ -40,7 +39,7 @@ from kercr.training.callbacks import (
     ValidationImages,
     plateau_state,
 )
-from kercr.training.data import make_training_data
+from kercr.training.data import check_validation_crs, make_training_data
 from kercr.training.distribution import build_from_local_batch, is_chief, make_strategy, tf_config
 from kercr.training.model import build_and_check_model, load_initial_weights, make_loss, make_metrics
 
@@ -187,11 +186,7 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     extending = bool(history) and not (work / "backup").exists() and (work / "last.keras").is_file()
     model = _model_of_run(config, work, strategy, history=history, extending=extending)
     data = make_training_data(config, initial_epoch=initial_epoch, strategy=strategy)
-    if not any(np.any((y > 0.5) & (w > 0)) for _, y, w in data.validation_batches()):
-        raise ConfigError(
-            "the validation patches hold no (unignored) CR pixels, so TPR and Dice cannot be measured; "
-            "raise --validation-steps, --cr-rate-scale or the exposure time / frame size of the data."
-        )
+    check_validation_crs(data)
     # The model and the data are made before the run directory: a bad option leaves nothing behind.
     work.mkdir(parents=True, exist_ok=True)
     if chief:

@@ -12,11 +12,13 @@ epoch; the objective column is the best epoch's logged value (``val_dice`` or
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
+import os
 import shutil
 from pathlib import Path
 
+from kercr._files import write_json, write_text
 from kercr.model_files import write_normalization
 from kercr.tuning.tuners import MODEL_FILE, PARAMS, POOLED_DICE, POOLED_TPR
 
@@ -120,25 +122,30 @@ def write_results(tuner, space, out) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(tuner, space)
     columns = [c for c, _ in _columns(rows)]
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({c: ("" if r.get(c) is None else r[c]) for c in columns} for r in rows)
-    (out / "results.md").write_text(markdown_table(rows, space))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({c: ("" if r.get(c) is None else r[c]) for c in columns} for r in rows)
+    write_text(out / "results.csv", table.getvalue())
+    write_text(out / "results.md", markdown_table(rows, space))
 
     best = next((r for r in rows if r["objective"] is not None), None)
     if best is None:
         logger.warning("no trial finished yet; no best model to save")
         return rows
     source = Path(tuner.get_trial_dir(best["trial"])) / MODEL_FILE
+    partial = out / f".best.{os.getpid()}.partial.keras"
     if source.is_file():
-        shutil.copyfile(source, out / "best.keras")
+        shutil.copyfile(source, partial)
+        os.replace(partial, out / "best.keras")
     else:
         # A distributed search whose workers do not share this directory: fall back to Keras
         # Tuner's weight checkpoint, if it is here.
         try:
-            tuner.load_model(tuner.oracle.get_trial(best["trial"])).save(out / "best.keras")
+            tuner.load_model(tuner.oracle.get_trial(best["trial"])).save(partial)
+            os.replace(partial, out / "best.keras")
         except Exception as err:  # noqa: BLE001 - any failure means the files are elsewhere
+            partial.unlink(missing_ok=True)
             logger.warning(
                 "the best trial %s ran on %s and its model is not in %s (%s); run the workers with the "
                 "same --out on a shared file system, or copy %s from that machine",
@@ -147,8 +154,8 @@ def write_results(tuner, space, out) -> list[dict]:
             return rows
     normalization = space.train_config().normalization_config()  # what every trial trained with
     write_normalization(out, normalization)
-    (out / "best_trial.json").write_text(json.dumps(
-        {**best, "hyperparameters": tuner.oracle.get_trial(best["trial"]).hyperparameters.values},
-        indent=2, sort_keys=True, default=str) + "\n")
+    write_json(out / "best_trial.json",
+               {**best, "hyperparameters": tuner.oracle.get_trial(best["trial"]).hyperparameters.values},
+               sort_keys=True, default=str)
     logger.info("best trial %s: saved %s", best["trial"], out / "best.keras")
     return rows

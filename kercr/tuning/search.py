@@ -29,7 +29,7 @@ from pathlib import Path
 
 import keras
 
-from kercr.training.data import make_training_data
+from kercr.training.data import check_validation_crs, make_training_data
 from kercr.tuning.hypermodel import CRHyperModel
 from kercr.tuning.results import write_results
 from kercr.tuning.space import SearchSpace, SearchSpaceError
@@ -62,7 +62,11 @@ def _check_out_dir(out: Path, space: SearchSpace) -> None:
     saved = out / SPACE_FILE
     mine = space.to_json()
     if saved.is_file():
-        previous = json.loads(saved.read_text())
+        try:
+            previous = json.loads(saved.read_text())
+        except ValueError as err:
+            raise SearchSpaceError(f"{saved} is not readable JSON ({err}); it is written by kercr-tune: restore it, "
+                                   "or pass --overwrite to start the search again (or --out NEW_DIR).") from None
         if previous == mine:
             return
         if any((out / PROJECT).glob("trial_*")):
@@ -112,6 +116,8 @@ def run_search(space: SearchSpace, out, *, overwrite: bool = False, verbose="aut
     keras.utils.set_random_seed(space.seed)
     hypermodel = CRHyperModel(space)
     data = None if role == "chief" else make_training_data(config)  # before the tuner: fail early
+    if data is not None:
+        check_validation_crs(data)
     hypermodel.data = data
     tuner = make_tuner(space, hypermodel, directory=out, project_name=PROJECT,
                        overwrite=overwrite and role != "worker")

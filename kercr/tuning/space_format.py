@@ -103,10 +103,10 @@ def check_search(search: dict, source: str, *, flags: bool = False) -> None:
         return _where(source, "search", key, flags and key in ("tuner", "objective", "max_epochs", "max_trials", "seed"))
 
     tuner = search.get("tuner", "hyperband")
-    if tuner not in TUNERS:
+    if not isinstance(tuner, str) or tuner not in TUNERS:
         raise SearchSpaceError(f"{where('tuner')} = {tuner!r}: choose one of {', '.join(map(repr, TUNERS))}.")
     objective = search.get("objective", "dice")
-    if objective not in OBJECTIVES:
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
         raise SearchSpaceError(
             f"{where('objective')} = {objective!r}: choose \"dice\" (validation Dice) or \"tpr\" "
             "(validation TPR at 0.01 % FPR)."
@@ -116,8 +116,8 @@ def check_search(search: dict, source: str, *, flags: bool = False) -> None:
             raise SearchSpaceError(f"{where(key)} = {search[key]!r}: must be a positive integer, e.g. {key} = 3.")
     if "factor" in search and search["factor"] < 2:
         raise SearchSpaceError(f"{where('factor')} = {search['factor']!r}: Hyperband's factor must be at least 2, e.g. 3.")
-    if "seed" in search and (not _is_int(search["seed"]) or search["seed"] < 0):
-        raise SearchSpaceError(f"{where('seed')} = {search['seed']!r}: must be a non-negative integer, e.g. seed = 0.")
+    if "seed" in search and (not _is_int(search["seed"]) or not 0 <= search["seed"] < 2**32):
+        raise SearchSpaceError(f"{where('seed')} = {search['seed']!r}: must be an integer in [0, 2**32), e.g. seed = 0.")
     if "loss" in search:
         if search["loss"] not in LOSSES:
             raise SearchSpaceError(f"{where('loss')} = {search['loss']!r}: choose one of {', '.join(map(repr, LOSSES))}.")

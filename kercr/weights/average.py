@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 
+from kercr._files import write_json
 from kercr.cli import common as cli
 from kercr.config import TrainConfig
 
@@ -59,9 +61,9 @@ def average_runs(run_dirs, out, *, weights=None) -> Path:
     ValueError
         Fewer than two runs, other architectures or normalizations, or bad ``weights``.
     """
-    import keras
     import numpy as np
 
+    from kercr.model_files import load_keras_model  # heavy: imports Keras, kept off --help
     from kercr.training import run_validation  # heavy: imports Keras and TensorFlow, kept off --help
 
     run_dirs, out = [Path(r) for r in run_dirs], Path(out)
@@ -82,7 +84,7 @@ def average_runs(run_dirs, out, *, weights=None) -> Path:
     if any(n != norms[0] for n in norms[1:]):
         raise ValueError(f"{', '.join(map(str, run_dirs))} were trained with other input normalizations "
                          f"({norms}); only runs of one normalization can be averaged.")
-    models = [keras.saving.load_model(run / "best.keras", compile=False) for run in run_dirs]
+    models = [load_keras_model(run / "best.keras", compile=False) for run in run_dirs]
     shapes = [[w.shape for w in m.get_weights()] for m in models]
     if any(s != shapes[0] for s in shapes[1:]):
         raise ValueError(f"{', '.join(map(str, run_dirs))} hold different architectures "
@@ -91,21 +93,27 @@ def average_runs(run_dirs, out, *, weights=None) -> Path:
     stacks = zip(*(m.get_weights() for m in models))
     models[0].set_weights([np.tensordot(weights, np.stack(ws).astype(np.float64), axes=1).astype(ws[0].dtype)
                            for ws in stacks])
-    out.mkdir(parents=True)
+    # Made in a hidden folder beside out and renamed at the end: a kill leaves no half-made out.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    staging.mkdir()
     try:
-        models[0].save(out / "best.keras")
+        models[0].save(staging / "best.keras")
         for name in ("config.json", "normalization.json"):
-            shutil.copyfile(run_dirs[0] / name, out / name)
-        (out / "average.json").write_text(json.dumps(
-            {"runs": [str(r) for r in run_dirs], "weights": weights.tolist(),
-             "note": "element-wise mean of every weight (BatchNorm statistics included); config.json, "
-                     "normalization.json and the validation patches are the first run's"}, indent=2) + "\n")
-        config = TrainConfig.load(out / "config.json")
-        metrics = run_validation(out)  # as kercr-train writes metrics.json at the end of a run
+            shutil.copyfile(run_dirs[0] / name, staging / name)
+        write_json(staging / "average.json",
+                   {"runs": [str(r) for r in run_dirs], "weights": weights.tolist(),
+                    "note": "element-wise mean of every weight (BatchNorm statistics included); config.json, "
+                            "normalization.json and the validation patches are the first run's"})
+        config = TrainConfig.load(staging / "config.json")
+        metrics = run_validation(staging)  # as kercr-train writes metrics.json at the end of a run
         metrics.update(model=config.model, epochs=config.epochs, data=config.data)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_json(staging / "metrics.json", metrics, sort_keys=True)
+        if out.exists():
+            raise FileExistsError(f"{out} appeared while averaging; not replacing it.")
+        os.rename(staging, out)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info("averaged %s into %s", ", ".join(map(str, run_dirs)), out)
     return out / "best.keras"

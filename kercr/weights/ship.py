@@ -33,7 +33,6 @@ import argparse
 import datetime
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -41,7 +40,8 @@ import numpy as np
 
 from kercr._version import __version__
 from kercr.cli.common import add_verbosity, run
-from kercr.model_files import file_sha256
+from kercr.config import RUNTIMES
+from kercr.model_files import file_sha256, write_json
 from kercr.weights import DEFAULT_NAME, INPAINTER_DIR, MODELS_DIR, NAMED_FILE, WEIGHTS_DIR
 
 __all__ = ["INPAINTER_RUNTIME", "PREBUILT_RUNTIMES", "make_card", "prebuild", "prebuild_inpainter", "ship",
@@ -161,10 +161,10 @@ def _install(keras_file: Path, card: dict, dest: Path, name: str, *, force: bool
         raise FileExistsError(f"{', '.join(existing)} exist; pass --force to replace {what}.")
     dest.mkdir(parents=True, exist_ok=True)
     strip_training_state(keras_file, targets[0])
-    shutil.copyfile(keras_file.with_name("normalization.json"), targets[1])
+    write_json(targets[1], json.loads(keras_file.with_name("normalization.json").read_text()))
     if sha256_key:
         card = {**card, sha256_key: file_sha256(targets[0])}
-    targets[2].write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    write_json(targets[2], card)
     return targets[0]
 
 
@@ -235,7 +235,7 @@ def prebuild(keras_file, *, runtimes=PREBUILT_RUNTIMES, parity_patches: int = 8)
     from kercr.detection.runtimes import convert_for_runtime  # heavy: TensorFlow
     from kercr.export.litert import TFLiteRunner  # heavy: LiteRT
     from kercr.export.parity import compare, keras_predict, normalized_patches, synthetic_patches  # heavy: Keras
-    from kercr.model_files import file_sha256, load_keras_model, read_card, write_json  # heavy: Keras
+    from kercr.model_files import load_keras_model, read_card  # heavy: Keras
 
     keras_file = Path(keras_file)
     model = load_keras_model(keras_file)
@@ -292,7 +292,7 @@ def prebuild_inpainter(keras_file, *, runtime: str = INPAINTER_RUNTIME, parity_f
     from kercr.detection.inpainting import INPAINT_TILE  # lazy: the tile size only
     from kercr.export.litert import TFLiteRunner  # heavy: LiteRT
     from kercr.export.tflite import convert  # heavy: TensorFlow
-    from kercr.model_files import load_keras_model, read_card, write_json  # heavy: Keras
+    from kercr.model_files import load_keras_model, read_card  # heavy: Keras
     from kercr.models.geometry import input_multiple, receptive_field_radius  # heavy: Keras
     from kercr.training.inpainting import InpaintingConfig, inpainting_examples  # lazy: parity patches only
 
@@ -335,6 +335,8 @@ def _ship(parser, args) -> int:
         if args.command is None:
             parser.error("--command is required with a run directory: the exact command that reproduces the run.")
         notes = json.loads(Path(args.notes).read_text()) if args.notes else None
+        if notes is not None and not isinstance(notes, dict):
+            parser.error(f"--notes {args.notes}: a JSON object of card entries, not {type(notes).__name__}.")
         if args.inpainter:
             path = ship_inpainter(args.run_dir, command=args.command, notes=notes, force=args.force,
                                   dest=_inpainter_dest(args))
@@ -384,7 +386,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kercr.weights.ship", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", nargs="?", help="finished kercr-train run directory")
     parser.add_argument("--command", help="the exact command that reproduces the run (required with a run directory)")
-    parser.add_argument("--runtime", default="keras", help="the card's runtime (default keras)")
+    parser.add_argument("--runtime", default="keras", choices=[r for r in RUNTIMES if r != "auto"],
+                        help="the card's runtime (default keras)")
     parser.add_argument("--tta", action="store_true",
                         help="detect() averages the model over four flips by default; threshold chosen that way")
     parser.add_argument("--notes", metavar="JSON", help="JSON file of extra card entries (real-frame checks)")

@@ -117,6 +117,10 @@ def test_unreadable_model_file_leaves_nothing(tmp_path):
     ("deepcr_2_4", {"quantize": ["int4"]}, "unknown quantization"),
     ("deepcr_2_4", {"version": 0}, "positive integer"),
     ("deepcr_2_4", {"name": "../x"}, "name"),
+    ("deepcr_2_4", {"formats": ["savedmodel"], "quantize": ["int8", "float16"]}, "applies to TFLite files"),
+    ("deepcr_2_4", {"seed": -2}, r"seed=-2 must be an integer in \[0, 2\*\*32\)"),
+    ("deepcr_2_4", {"fpr": 5.0}, r"fpr=5.0 must be a number in \(0, 1\)"),
+    ("deepcr_2_4", {"cr_rate_per_s": -5.0}, r"cr_rate_per_s=-5.0 must be a number"),
 ])
 def test_bad_options(tmp_path, source, options, message):
     out = tmp_path / "models"
@@ -144,6 +148,18 @@ def test_existing_version_is_refused_and_kept(tmp_path):
         export_model("deepcr_2_4", tmp_path / "models", version=3, tile=TILE)
     assert (version / "keep.txt").read_text() == "old"
     assert sorted(p.name for p in version.parent.iterdir()) == ["3"]
+
+
+def test_files_where_the_versions_go_are_named_or_passed_over(tmp_path):
+    from kercr.export.exporter import next_version
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "kercr").write_text("a file")
+    with pytest.raises(ExportError, match="is a file, where the model's version folders go"):
+        export_model("deepcr_2_4", tmp_path / "models", tile=TILE)
+    (tmp_path / "m" / "kercr").mkdir(parents=True)
+    (tmp_path / "m" / "kercr" / "1").write_text("not a version")
+    assert next_version(tmp_path / "m" / "kercr") == 2
 
 
 def test_failure_mid_export_removes_partial_output(tmp_path, monkeypatch):

@@ -36,6 +36,9 @@ def test_a_saved_model_takes_its_sidecar_or_the_normalization_file_given(tmp_pat
     other.write_text(json.dumps(NormalizationConfig(asinh_softening=10.0).to_dict()))
     given = load_model_source(path, normalization=other)
     assert (given.normalization, given.normalization_source) == (NormalizationConfig(asinh_softening=10.0), str(other))
+    save_model(tmp_path / "bad", "best", card={"tta": "false"})  # a string is not a choice: refused, as detection does
+    with pytest.raises(ExportError, match=r"the card's \"tta\" is 'false'; it must be true or false"):
+        load_model_source(tmp_path / "bad")
 
 
 @pytest.mark.parametrize("source, options, message", [

@@ -201,8 +201,8 @@ def test_a_failed_start_does_not_block_the_corrected_command(tmp_path, capsys):
         (out / name).write_text("from an earlier search")
     bad = tmp_path / "bad.toml"
     bad.write_text('[search]\ntuner = "random"\nmax_trials = 1\nmax_epochs = 1\n[space]\nmodel = ["transunet"]\n'
-                   "[data]\npatch_size = 64\nframes = 1\nframe_shape = [128, 128]\n")
-    # One frame cannot be split 90/10: a clear error, before any trial, and --overwrite removed
+                   "[data]\npatch_size = 64\nframes = 3\nframe_shape = [128, 128]\ncr_rate_scale = 1e-3\n")
+    # Validation patches without CRs: a clear error, before any trial, and --overwrite removed
     # the earlier search's results (an interrupted new search must not show the old best model).
     assert main(["--space", str(bad), "--out", str(out), "--overwrite"]) == 1
     assert "kercr-tune: error:" in capsys.readouterr().err
@@ -215,3 +215,19 @@ def test_a_failed_start_does_not_block_the_corrected_command(tmp_path, capsys):
     other = parse_search_space({**TINY, "search": {**TINY["search"], "max_trials": 3}}, source="tiny")
     with pytest.raises(SearchSpaceError, match="another search space"):
         _check_out_dir(out, other)
+
+
+def test_a_damaged_space_file_and_a_validation_set_without_crs_are_named_before_any_trial(tmp_path):
+    from kercr.config import ConfigError
+    from kercr.tuning.search import SPACE_FILE
+
+    out = tmp_path / "tune"
+    out.mkdir()
+    (out / SPACE_FILE).write_text('{"search": {"tuner": "ran')  # a kill while an older kercr wrote it
+    space = parse_search_space(TINY, source="tiny")
+    with pytest.raises(SearchSpaceError, match=rf"{SPACE_FILE} is not readable JSON .* --overwrite"):
+        run_search(space, out, verbose=0)
+    sparse = parse_search_space({**TINY, "data": {**TINY["data"], "cr_rate_scale": 1e-3}}, source="tiny")
+    with pytest.raises(ConfigError, match="the validation patches hold no .* CR pixels"):
+        run_search(sparse, tmp_path / "sparse", verbose=0)
+    assert not (tmp_path / "sparse" / "search").exists()  # no trial started

@@ -35,6 +35,8 @@ def test_did_you_mean_offers_the_closest_choice_or_nothing():
     ("[space]\nmodel = [\"transunet\"]\nbase_filters = [16]\n", r"base_filters applies to a convolutional UNet.*remove base_filters"),
     ("[space]\nlearning_rate = {min = 3e-3, max = 1e-4}\n", r"learning_rate: needs 0 < min < max < 1"),
     ("[data]\npatch_size = 64.5\n", r"\[data\] patch_size = 64.5: must be a positive integer"),
+    ("[search]\nobjective = [\"dice\"]\n", r"\[search\] objective = \['dice'\]: choose \"dice\""),
+    ("[search]\nseed = 5000000000\n", r"\[search\] seed = 5000000000: must be an integer in \[0, 2\*\*32\)"),
 ])
 def test_bad_search_space_file_gets_a_clear_error(tmp_path, text, expected):
     path = tmp_path / "bad.toml"

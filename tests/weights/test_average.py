@@ -117,4 +117,10 @@ def test_bad_averages_are_refused_with_the_fix(two_runs, tmp_path, capsys):
     assert err.startswith("python -m kercr.weights.average: error: ") and err.count("\n") == 1
     assert "missing: missing best.keras, config.json, normalization.json; pass finished kercr-train run" in err
     assert not (tmp_path / "x").exists()
-    assert not any((tmp_path / n).exists() for n in ("one", "w", "arch", "norm"))
+    truncated = tmp_path / "truncated"
+    shutil.copytree(b, truncated)
+    (truncated / "best.keras").write_bytes((b / "best.keras").read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"cannot load the Keras model .*truncated/best\.keras"):
+        average_runs([a, truncated], tmp_path / "trunc")
+    assert not any((tmp_path / n).exists() for n in ("one", "w", "arch", "norm", "trunc"))
+    assert not list(tmp_path.glob(".*partial*"))  # the staging folders went too

@@ -131,8 +131,11 @@ def test_prebuild_rebuilds_the_int8_file_and_its_card_entry(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     ([], "pass a finished kercr-train run directory to ship, or --prebuild"),
     (["{tmp}/run"], "--command is required with a run directory"),
+    (["{tmp}/run", "--command", "x", "--runtime", "bogus"], "argument --runtime: invalid choice: 'bogus'"),
+    (["{tmp}/run", "--command", "x", "--notes", "{tmp}/notes.json"], "a JSON object of card entries, not list"),
 ])
 def test_the_command_line_says_what_is_missing(tmp_path, capsys, argv, message):
+    (tmp_path / "notes.json").write_text("[1, 2]")
     with pytest.raises(SystemExit) as exit_:
         main([a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--dest", str(tmp_path / "weights")])
     assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -178,7 +178,8 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
                            out, len(history) + 1, done, done + 1)
         if len(history) > done:  # killed after the history row of an epoch, before its backup: redone
             history = history[:done]
-            _keep_history_rows(out / "history.csv", done)
+            if chief:  # the chief's file; a worker only reads it
+                _keep_history_rows(out / "history.csv", done)
     initial_epoch = len(history) if done is None else done
 
     # A finished run given more --epochs has no backup/ any more: it goes on from last.keras

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -180,6 +181,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
 def _evaluate(parser, args) -> int:
     if not args.files and args.synthetic < 1:
         parser.error("give labelled FITS files or --synthetic N.")
+    if args.synthetic and not (math.isfinite(args.cr_rate_scale) and args.cr_rate_scale > 0):
+        parser.error(f"--cr-rate-scale {args.cr_rate_scale}: pass a positive multiple of DECam's CR rate, e.g. 5.")
     _check_model_args(parser, args)
     # heavy: keeps TensorFlow off --help
     from kercr.detection import load_model  # heavy: the model loader; kept off --help

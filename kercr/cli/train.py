@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 
@@ -215,6 +216,14 @@ def prepare_parser() -> argparse.ArgumentParser:
 def _prepare(parser, args) -> int:
     if args.shard_size < 1:
         parser.error(f"--shard-size {args.shard_size}: pass a number of patches per shard file >= 1 (default 1024).")
+    for flag, value, low in (("--patch-size", args.patch_size, 1), ("--frames", args.frames, 2),
+                             ("--patches-per-frame", args.patches_per_frame, 1)):
+        if value is not None and value < low:
+            parser.error(f"{flag} {value}: pass a whole number >= {low}.")
+    if not (math.isfinite(args.cr_rate_scale) and args.cr_rate_scale > 0):
+        parser.error(f"--cr-rate-scale {args.cr_rate_scale}: pass a positive multiple of DECam's CR rate, e.g. 5.")
+    if not 0 < args.val_fraction < 1:
+        parser.error(f"--val-fraction {args.val_fraction}: pass a fraction in (0, 1), e.g. 0.1.")
     import tensorflow as tf  # kept off --help
 
     from kercr.data.errors import KercrDataError  # heavy: the data core (astropy, scipy), kept off --help

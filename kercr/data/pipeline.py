@@ -157,6 +157,9 @@ def prepare_shards(source, exposure_ids, out_dir, *, patch_size=256, patches_per
     meta = {"patch_size": int(patch_size), "patches_per_frame": int(patches_per_frame), "seed": int(seed),
             "train_exposures": [str(i) for i in train_ids], "val_exposures": [str(i) for i in val_ids],
             **counts, **(metadata or {})}
-    with tf.io.gfile.GFile(f"{out_dir}/prepare.json", "w") as f:
+    # prepare.json marks the shards finished: written whole (a temporary name, then a rename).
+    partial = f"{out_dir}/.prepare.json.partial"
+    with tf.io.gfile.GFile(partial, "w") as f:
         f.write(json.dumps(meta, indent=2) + "\n")
+    tf.io.gfile.rename(partial, f"{out_dir}/prepare.json", overwrite=False)
     return meta

@@ -43,6 +43,7 @@ finds nothing) and run by :mod:`kercr.detection.runtimes` (Keras, or LiteRT in f
 from __future__ import annotations
 
 import logging
+import numbers
 
 import numpy as np
 from astropy.nddata import CCDData
@@ -177,13 +178,14 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     if batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE["keras" if runtime == "keras" else "tflite"]
     # The default threshold is cut on the logits where the card or the run's metrics give it.
+    if threshold is not None and (isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real)
+                                  or not 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold={threshold!r} must be a probability in [0, 1] (None: the model's).")
     threshold, logit_cut = (loaded.threshold, loaded.logit_threshold) if threshold is None else (float(threshold), None)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold={threshold} must be a probability in [0, 1].")
     tile, margin = check_tiling(loaded, tile, overlap, runtime)
 
     ignored = _ignored_pixels(data, description, saturation=saturation if exclude_saturated else None,
-                              masks=((extra_mask, "CCDData mask"), (mask, "mask")))
+                              masks=((extra_mask, f"{description}'s mask"), (mask, "mask")))
 
     normalized, params = normalize(data, mask=ignored, config=loaded.normalization)
     gate = resolve_tta_gate(tta_gate, loaded) if tta else None
@@ -239,7 +241,7 @@ def _check_arguments(data, description, *, batch_size, clean, clean_dilate):
     if clean is not None and clean is not False:  # checked before the network runs
         clean = check_clean_method("median" if clean is True else clean, DETECT_CLEAN_METHODS)
         if isinstance(clean_dilate, bool) or not isinstance(clean_dilate, (int, np.integer)) or clean_dilate < 0:
-            raise KercrDataError(f"clean_dilate={clean_dilate!r}: pass a number of pixels >= 0.")
+            raise KercrDataError(f"clean_dilate={clean_dilate!r}: pass a whole number of pixels >= 0.")
     else:
         clean = None
     return clean
@@ -249,6 +251,9 @@ def _ignored_pixels(data, description, *, saturation, masks) -> np.ndarray:
     """The ignored pixels: non-finite, at or above ``saturation`` (None: none saturate) or in one of
     ``masks`` (``(mask or None, what)`` pairs); KercrDataError when that is every pixel."""
     ignored = ~np.isfinite(data)
+    if saturation is not None and not (isinstance(saturation, numbers.Real) and not np.isnan(saturation)):
+        raise KercrDataError(f"saturation={saturation!r} must be a number in image units (None: from the header, "
+                             "or nothing saturates).")
     if saturation is not None:
         with np.errstate(invalid="ignore"):
             ignored |= data >= saturation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 
@@ -20,13 +21,16 @@ def header_number(header, key, pair=(), combine=np.mean):
     """A positive finite header number ``key``, else ``combine`` of the positive ``pair`` keys (amplifiers), else None."""
     if header is None:
         return None
-    for k in (key,):
-        v = header.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
-            return float(v)
-    vals = [float(header[k]) for k in pair if isinstance(header.get(k), (int, float))
-            and not isinstance(header.get(k), bool) and header[k] > 0]
+    if _positive(header.get(key)):
+        return float(header[key])
+    vals = [float(header[k]) for k in pair if _positive(header.get(k))]
     return float(combine(vals)) if vals else None
+
+
+def _positive(value) -> bool:
+    """A positive finite number of any kind (Python or numpy; a bool is not one)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value) and value > 0)
 
 
 def _meta_header(meta) -> fits.Header:
@@ -65,4 +69,7 @@ def unpack(image):
     if isinstance(image, fits.HDUList):
         raise KercrDataError("kercr.detect got a whole FITS file (HDUList): pass one image extension, e.g. "
                              "hdul[1] or hdul['N4'] (kercr-detect does every CCD extension).")
+    if isinstance(image, np.ma.MaskedArray):  # its masked pixels are ignored, as a CCDData's mask is
+        mask = np.ma.getmaskarray(image)
+        return image.data, None, (mask if mask.any() else None), "masked array", None
     return image, None, None, "image", None

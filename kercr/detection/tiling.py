@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 
 import numpy as np
 
@@ -63,6 +64,9 @@ def check_tiling(loaded: LoadedModel, tile, overlap, runtime="keras"):
     """``(tile, margin)`` in pixels for ``loaded``: the caller's values checked, or the defaults
     (the default tile depends on the ``runtime``, ``"keras"`` or a ``"tflite-*"`` one)."""
     multiple = loaded.multiple
+    for key, value in (("tile", tile), ("overlap", overlap)):
+        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)):
+            raise ValueError(f"{key}={value!r} must be a whole number of pixels (None: the model's default).")
     if loaded.fixed_size is not None:
         if tile is not None and int(tile) != loaded.fixed_size:
             raise ValueError(f"{loaded.name} takes a fixed {loaded.fixed_size} x {loaded.fixed_size} input; "

@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from kercr import metrics as M
+from kercr._files import write_json
 from kercr._version import __version__
 from kercr.data import CCDFrame, SyntheticConfig, generate_dataset, list_ccd_extensions, normalize, read_ccd
 from kercr.data.errors import FITSFormatError
@@ -43,7 +45,7 @@ from kercr.detection import detect, load_model
 from kercr.evaluation.pooled import pooled_metrics
 from kercr.plots import subplots
 
-__all__ = ["evaluate", "labelled_frames", "synthetic_frames", "stage_layers", "attention_layers",
+__all__ = ["evaluate", "labelled_extensions", "labelled_frames", "synthetic_frames", "stage_layers", "attention_layers",
            "plot_curves", "plot_prediction_map", "plot_layer_maps"]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,19 @@ _STAGE = re.compile(r"_(down\d+_2|up\d+_conv_2|enc\d+_2|dec\d+_2)_relu$")
 # ---------------------------------------------------------------------------------------------
 # Frames
 # ---------------------------------------------------------------------------------------------
+def labelled_extensions(path) -> tuple[str, list[str]]:
+    """``(image extension, every 2-D image extension)`` of a labelled FITS file (:func:`labelled_frames`);
+    FITSFormatError naming the file when it holds no ``CRMASK`` or no image beside it."""
+    names = [n for _, n in list_ccd_extensions(path)]
+    if "CRMASK" not in names:
+        raise FITSFormatError(f"{path}: no CRMASK extension, so it holds no truth. kercr-evaluate needs "
+                              "labelled files (image + CRMASK [+ IGNORE]); use --synthetic N otherwise.")
+    ext = next((n for n in names if n not in ("CRMASK", "IGNORE")), None)
+    if ext is None:
+        raise FITSFormatError(f"{path}: no image extension beside CRMASK/IGNORE.")
+    return ext, names
+
+
 def labelled_frames(paths):
     """Yield ``(name, image, truth, ignore)`` from labelled FITS files.
 
@@ -63,13 +78,7 @@ def labelled_frames(paths):
     and saturation from the header), ``truth`` and ``ignore`` bool (ny, nx).
     """
     for path in paths:
-        names = [n for _, n in list_ccd_extensions(path)]
-        if "CRMASK" not in names:
-            raise FITSFormatError(f"{path}: no CRMASK extension, so it holds no truth. kercr-evaluate needs "
-                                  "labelled files (image + CRMASK [+ IGNORE]); use --synthetic N otherwise.")
-        ext = next((n for n in names if n not in ("CRMASK", "IGNORE")), None)
-        if ext is None:
-            raise FITSFormatError(f"{path}: no image extension beside CRMASK/IGNORE.")
+        ext, names = labelled_extensions(path)
         frame = read_ccd(path, ext)
         truth = read_ccd(path, "CRMASK").data > 0
         ignore = read_ccd(path, "IGNORE").data > 0 if "IGNORE" in names else np.zeros(truth.shape, bool)
@@ -280,8 +289,33 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
     if (out / "metrics.json").exists():
         raise FileExistsError(f"{out / 'metrics.json'} already exists; kercr never overwrites results. "
                               "Pass another --out directory.")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--out {out} is {'a file' if not out.is_dir() else 'a folder that holds files'}; "
+                              "pass a new folder for the report (created for it).")
+    for path in files:  # every file checked before any is scored
+        labelled_extensions(path)
     loaded = load_model(model)
+    # Written in a hidden folder beside out and renamed at the end: a failure or a kill leaves no out.
+    final, out = out, out.with_name(f".{out.name}.partial-{os.getpid()}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out.mkdir()
+    try:
+        report = _evaluate(loaded, out, files=files, synthetic=synthetic, frame_shape=frame_shape, seed=seed,
+                           cr_rate_scale=cr_rate_scale, threshold=threshold, runtime=runtime, tta=tta,
+                           tta_gate=tta_gate, tile=tile, overlap=overlap, batch_size=batch_size,
+                           num_threads=num_threads, exclude_saturated=exclude_saturated, maps=maps)
+        if final.exists() and (not final.is_dir() or any(final.iterdir())):
+            raise FileExistsError(f"{final} appeared while evaluating; not replacing it.")
+        os.replace(out, final)  # onto an empty folder, or a new name
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return report
+
+
+def _evaluate(loaded, out, *, files, synthetic, frame_shape, seed, cr_rate_scale, threshold, runtime, tta, tta_gate,
+              tile, overlap, batch_size, num_threads, exclude_saturated, maps) -> dict:
+    """:func:`evaluate`'s work, into the folder ``out``."""
     sources = []
     if files:
         sources.append(labelled_frames(files))
@@ -321,7 +355,7 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
         "method": dict(METHOD),
         "plots": plots,
     }
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "metrics.json", report)
     return report
 
 

@@ -307,6 +307,19 @@ def test_evaluate_synthetic(tiny, tmp_path, capsys):
     # Never overwrites an earlier report.
     assert evaluate_main(["--synthetic", "1", "--frame-shape", "64", "64", "--model", str(tiny), "--runtime",
                           "keras", "--out", str(out)]) == 1
+    # Nor any file of a folder it did not make; a failure leaves no folder (it works in a hidden one).
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "roc.png").write_text("precious")
+    assert evaluate_main(["--synthetic", "1", "--frame-shape", "64", "64", "--model", str(tiny), "--runtime",
+                          "keras", "--out", str(tmp_path / "mine")]) == 1
+    assert "a folder that holds files" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "roc.png").read_text() == "precious"
+    assert evaluate_main(["--synthetic", "1", "--frame-shape", "64", "64", "--model", str(tiny), "--runtime",
+                          "keras", "--tile", "8", "--out", str(tmp_path / "failed")]) == 1
+    assert not (tmp_path / "failed").exists() and not list(tmp_path.glob(".failed.partial-*"))
+    with pytest.raises(SystemExit):
+        evaluate_main(["--synthetic", "1", "--model", str(tiny), "--cr-rate-scale", "-1", "--out", str(tmp_path / "y")])
+    assert "--cr-rate-scale -1.0" in capsys.readouterr().err
 
 
 def test_evaluate_ranks_a_confident_models_pixels_by_logit(tmp_path):

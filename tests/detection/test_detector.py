@@ -66,6 +66,31 @@ def test_bad_inputs_get_clear_errors(tiny, frame):
         detect(frame.image_adu, model=tiny, runtime="onnx")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         detect(frame.image_adu, model=tiny, threshold=2.0, runtime="keras")
+    for threshold in ("0.5", True, np.array([0.5]), float("nan")):
+        with pytest.raises(ValueError, match=r"must be a probability in \[0, 1\]"):
+            detect(frame.image_adu, model=tiny, threshold=threshold, runtime="keras")
+    with pytest.raises(ValueError, match="tile=512.5 must be a whole number of pixels"):
+        detect(frame.image_adu, model=tiny, tile=512.5, runtime="keras")
+    with pytest.raises(ValueError, match="overlap=nan must be a whole number"):
+        detect(frame.image_adu, model=tiny, overlap=float("nan"), runtime="keras")
+    with pytest.raises(KercrDataError, match="saturation=nan must be a number"):
+        detect(frame.image_adu, model=tiny, saturation=float("nan"), runtime="keras")
+
+
+def test_numpy_header_numbers_and_a_masked_arrays_mask_are_used(tiny, frame):
+    """SATURATE as a numpy float (a CCDData built in numpy code) saturates pixels as a Python float
+    does; a numpy masked array's masked pixels are ignored, as a CCDData's mask is."""
+    from astropy.nddata import CCDData
+
+    image = frame.image_adu.copy()
+    image[10, 10] = 60000.0
+    for value in (60000.0, np.float32(50000.0), np.int64(50000)):
+        result = detect(CCDData(image, unit="adu", meta={"SATURATE": value}), model=tiny, runtime="keras")
+        assert result.ignored[10, 10] and result.saturation == float(value)
+    masked = np.ma.masked_array(image, mask=np.zeros(image.shape, bool))
+    masked.mask[20:30, 40:50] = True
+    result = detect(masked, model=tiny, runtime="keras")
+    assert result.ignored[20:30, 40:50].all() and not result.mask[20:30, 40:50].any()
 
 
 # --------------------------------------------------------------------------------------------

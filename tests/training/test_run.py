@@ -483,6 +483,11 @@ def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, 
     with pytest.raises(SystemExit):
         prepare_main(["--frames", "5", "--shard-size", "0", "--out", str(tmp_path / "z"), *common])
     assert "--shard-size 0" in capsys.readouterr().err and not (tmp_path / "z").exists()
+    for flags, message in ((["--patches-per-frame", "0"], "--patches-per-frame 0: pass a whole number >= 1"),
+                           (["--cr-rate-scale", "nan"], "--cr-rate-scale nan"), (["--patch-size", "0"], "--patch-size 0")):
+        with pytest.raises(SystemExit):
+            prepare_main(["--frames", "5", "--out", str(tmp_path / "z"), *common, *flags])
+        assert message in capsys.readouterr().err and not (tmp_path / "z").exists()
     run = tmp_path / "run"
     args = ["--data", str(shards), "--model", "deepcr_2_4", "--patch-size", "64", "--batch-size", "4",
             "--steps-per-epoch", "2", "--validation-steps", "2", "--epochs", "1", "--out", str(run)]

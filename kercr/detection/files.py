@@ -212,7 +212,7 @@ def plan_file(path, *, out_dir=None, suffix="_crmask", ext="all", dilate=0) -> F
     if not path.exists():
         raise FITSFileNotFoundError(f"{path}: file not found. Check the path.")
     if isinstance(dilate, bool) or not isinstance(dilate, (int, np.integer)) or dilate < 0:
-        raise KercrDataError(f"dilate={dilate!r}: pass a number of pixels >= 0.")
+        raise KercrDataError(f"dilate={dilate!r}: pass a whole number of pixels >= 0.")
     out = output_path(path, out_dir, suffix)
     if out.exists():
         raise FileExistsError(f"{out} already exists and kercr never overwrites files: skip it "

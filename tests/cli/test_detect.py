@@ -200,7 +200,7 @@ def test_detect_file_is_the_library_function_behind_kercr_detect(tiny, tmp_path)
         assert [h.name for h in lib] == [h.name for h in cli] == ["PRIMARY", "N4", "S22", "S22_CRMASK", "S22_CRPROB"]
         for name in ("S22_CRMASK", "S22_CRPROB"):
             np.testing.assert_array_equal(lib[name].data, cli[name].data)
-    with pytest.raises(ValueError, match="pass a number of pixels >= 0"):
+    with pytest.raises(ValueError, match="pass a whole number of pixels >= 0"):
         detect_file(src, out_dir=tmp_path / "neg", model=tiny, dilate=-1)
     assert not (tmp_path / "neg").exists()
 

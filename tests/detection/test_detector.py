@@ -157,7 +157,7 @@ def test_clean_bad_arguments_fail_before_the_network_runs(frame, tmp_path):
     missing = tmp_path / "none.keras"
     with pytest.raises(KercrDataError, match=r"'medmask' does not exist; choose one of: median, mean, idw, network"):
         detect(frame.image_adu, model=missing, clean="medmask")
-    with pytest.raises(KercrDataError, match=r"clean_dilate=-1: pass a number of pixels >= 0"):
+    with pytest.raises(KercrDataError, match=r"clean_dilate=-1: pass a whole number of pixels >= 0"):
         detect(frame.image_adu, model=missing, clean="median", clean_dilate=-1)
 
 

@@ -394,4 +394,7 @@ def detect_file(path, *, out_dir=None, suffix="_crmask", model="default", ext="a
     outcome = result.outcomes[0]
     if outcome.error is not None:
         raise outcome.error
+    if outcome.output is None:  # skipped as kercr's own output, or refused before any work
+        raise ValueError(outcome.reason if outcome.status == "failed" else
+                         f"{path}: {outcome.reason}; run kercr-detect on the original file.")
     return Path(outcome.output)

@@ -234,6 +234,8 @@ def test_a_rerun_beside_its_own_outputs_skips_them_and_clashing_outputs_fail(tmp
         "a kercr-detect output (KCRSRC in its header), not an input"}
     with fits.open(outputs[0]) as hdul:
         assert hdul[0].header["KCRSRC"] == "n0.fits" and hdul["CRMASK"].header["KCRSRCHD"] == 0
+    with pytest.raises(ValueError, match="a kercr-detect output .* run kercr-detect on the original file"):
+        detect_file(outputs[0], out_dir=tmp_path / "again")
 
     clash = tmp_path / "clash"
     clash.mkdir()

@@ -39,6 +39,7 @@ import numpy as np
 
 from kercr.config import CLEAN_METHODS
 from kercr.data.errors import KercrDataError
+from kercr.data.masks import as_bool_mask, dilate_mask  # noqa: F401  (public here too)
 
 __all__ = ["CLEAN_METHODS", "DEFAULT_WINDOW", "DEFAULT_MAX_WINDOW", "DEFAULT_MIN_GOOD", "as_bool_mask",
            "check_clean_method", "clean_image", "cleaning_mask", "dilate_mask", "masked_input"]
@@ -62,35 +63,6 @@ def check_clean_method(method, choices=CLEAN_METHODS) -> str:
         raise KercrDataError(f"cleaning method {method!r} does not exist; choose one of: "
                              f"{', '.join(choices)} (see kercr.data.cleaning).")
     return method
-
-
-def as_bool_mask(mask, shape, what: str) -> np.ndarray:
-    """A boolean (ny, nx) mask from a bool or 0/1 integer array; clear errors for anything else."""
-    mask = np.asarray(mask)
-    if mask.shape != tuple(shape):
-        raise KercrDataError(f"{what} has shape {mask.shape} but the image {tuple(shape)}; pass a mask of "
-                             "this image (True = flagged).")
-    if mask.dtype == bool:
-        return mask
-    if np.issubdtype(mask.dtype, np.integer):
-        if mask.size and (mask.min() < 0 or mask.max() > 1):
-            raise KercrDataError(f"{what} is an integer array with values outside 0 and 1 ({mask.min()} to "
-                                 f"{mask.max()}); pass a boolean mask, e.g. {what} != 0 or a bit test.")
-        return mask.astype(bool)
-    raise KercrDataError(f"{what} has dtype {mask.dtype}; pass a boolean mask (True = flagged), e.g. "
-                         "result.mask, not the probability map (probability >= threshold gives a mask).")
-
-
-def dilate_mask(mask, iterations: int = 1) -> np.ndarray:
-    """Binary dilation with a 3 x 3 square structuring element, ``iterations`` times (0: a copy)."""
-    mask = np.asarray(mask, dtype=bool)
-    if iterations < 0:
-        raise ValueError(f"dilation {iterations} must be >= 0 pixels.")
-    if iterations == 0:
-        return mask.copy()
-    from scipy import ndimage
-
-    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=int(iterations))
 
 
 def _check_int(value, name: str, low: int) -> int:

@@ -316,6 +316,9 @@ def iter_ccds(path, ext="all", *, gain=None, readnoise=None, saturation=None) ->
                 raise FITSFormatError(f"{p}: no HDU holds 2-D image data. Pass a FITS image file.")
         else:
             one = isinstance(ext, (str, int, np.integer, tuple))  # a name, an index, or astropy's (name, ver)
+            if not one and (not isinstance(ext, (list, np.ndarray)) or len(ext) == 0):
+                raise FITSFormatError(f"{p}: ext={ext!r}; pass 'all', an index, an EXTNAME or a non-empty list "
+                                      "of them.")
             indices = [_resolve_ext(hdul, e, p) for e in ([ext] if one else ext)]
         for i in indices:
             yield _frame_from_hdu(hdul, i, p, gain, readnoise, saturation)

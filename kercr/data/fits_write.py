@@ -14,6 +14,7 @@ import datetime
 import logging
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +24,7 @@ from astropy.io import fits
 
 from kercr._version import __version__
 from kercr.data.errors import KercrDataError
+from kercr.data.masks import as_bool_mask
 from kercr.data.fits_read import CCDFrame, _check_path, _open
 
 __all__ = ["FITSWriter", "new_fits_file", "utc_now", "wcs_header", "write_fits_with_mask"]
@@ -163,11 +165,14 @@ def new_fits_file(path, *, copy_of=None) -> Iterator[FITSWriter]:
         ``path`` exists.
     """
     out = Path(os.fspath(path)).expanduser()
+    if out.name.lower().endswith((".gz", ".bz2", ".zip", ".fz")):
+        raise KercrDataError(f"{out}: kercr writes plain FITS, extension by extension; name the output .fits "
+                             "(and compress it afterwards: fpack, or gzip).")
     if out.exists():
         raise FileExistsError(f"{out}: already exists; kercr never overwrites files. Choose a new output path.")
     src = None if copy_of is None else _check_path(copy_of)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")  # hidden and unique
     try:
         if src is None:
             fits.PrimaryHDU().writeto(tmp)
@@ -219,11 +224,11 @@ def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_e
         source = f"{image.path}[{image.extname}]"
         image = image.data
     image = np.asarray(image)
-    mask = np.asarray(mask)
     if image.ndim != 2:
         raise KercrDataError(f"{out}: image has shape {image.shape}; pass a 2-D (ny, nx) image.")
-    if mask.shape != image.shape:
-        raise KercrDataError(f"{out}: mask shape {mask.shape} differs from image shape {image.shape}; pass the mask of this image.")
+    if np.iscomplexobj(image) or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+        raise KercrDataError(f"{out}: image has dtype {image.dtype}; pass a real-valued image.")
+    mask = as_bool_mask(mask, image.shape, f"{out}: mask")
     primary = {"KCRVER": (__version__, "kercr version"), "KCRDATE": (utc_now(), "UTC")}
     if source:
         primary["KCRSRC"] = ascii_card(source)[-68:]  # no comment: long paths fill the card

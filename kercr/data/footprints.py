@@ -12,6 +12,7 @@ Footprints harvested from another sensor keep that sensor's geometry (the ITL ta
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from scipy import ndimage
 
 from kercr.data.cosmic_rays import inject_cosmic_rays
 from kercr.data.errors import FITSFileNotFoundError, FITSFormatError, KercrDataError
+from kercr.data.masks import as_bool_mask
 
 __all__ = ["read_footprint_table", "extract_footprints", "inject_footprints", "random_orientation"]
 
@@ -103,7 +105,13 @@ def extract_footprints(dark, *, gain=1.0, detect_sigma=5.0, grow_sigma=2.5, min_
         raise KercrDataError(f"dark has shape {dark.shape}; pass a 2-D (ny, nx) dark frame.")
     if not detect_sigma >= grow_sigma > 0:
         raise KercrDataError("need detect_sigma >= grow_sigma > 0.")
+    if isinstance(gain, (bool, np.bool_)) or not isinstance(gain, numbers.Real) or not 0 < gain < np.inf:
+        raise KercrDataError(f"gain={gain!r} must be a positive number of e-/ADU (1 for a dark in electrons).")
+    if bad_mask is not None:
+        bad_mask = as_bool_mask(bad_mask, dark.shape, "bad_mask")
     finite = np.isfinite(dark)
+    if not finite.any():
+        raise KercrDataError("the dark has no finite pixel; pass a real dark frame.")
     med = np.median(dark[finite])
     sigma = 1.4826 * np.median(np.abs(dark[finite] - med))
     if not sigma > 0:
@@ -117,7 +125,7 @@ def extract_footprints(dark, *, gain=1.0, detect_sigma=5.0, grow_sigma=2.5, min_
     size = ndimage.sum(np.ones_like(resid), labels, idx)
     keep = (peak > detect_sigma * sigma) & (size >= min_pixels) & (size <= max_pixels)
     if bad_mask is not None:
-        touched = ndimage.maximum(np.asarray(bad_mask, dtype=float), labels, idx) > 0
+        touched = ndimage.maximum(bad_mask.astype(float), labels, idx) > 0
         keep &= ~touched
     stamps = []
     for i, sl in enumerate(ndimage.find_objects(labels)):
@@ -168,14 +176,14 @@ def inject_footprints(image_adu, stamps, *, n, gain, rng, saturation=None, where
     image = np.asarray(image_adu)
     if image.ndim != 2:
         raise KercrDataError(f"image has shape {image.shape}; pass a 2-D (ny, nx) image.")
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 0:
+        raise KercrDataError(f"n={n!r} must be a whole number of footprints >= 0.")
     if n > 0 and len(stamps) == 0:
         raise KercrDataError("no footprint stamps given; read a footprint table or extract footprints first.")
     ny, nx = image.shape
     centres = None
     if where is not None:
-        where = np.asarray(where, bool)
-        if where.shape != image.shape:
-            raise KercrDataError(f"where has shape {where.shape} but the image {image.shape}; pass a map of this image.")
+        where = as_bool_mask(where, image.shape, "where")
         centres = np.flatnonzero(where)
         centres = centres if centres.size else None
     cr = np.zeros(image.shape, dtype=np.float32)

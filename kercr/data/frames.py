@@ -297,7 +297,8 @@ class FITSFrames(_CachedFrames):
                          rim_weight=rim_weight)
         self.footprints = footprints
         directory = Path(directory)
-        self.paths = sorted(p for p in directory.iterdir() if p.name.lower().endswith(FITS_SUFFIXES))
+        self.paths = sorted(p for p in directory.iterdir()
+                            if p.name.lower().endswith(FITS_SUFFIXES) and not p.name.startswith("."))
         if not self.paths:
             raise KercrDataError(
                 f"{directory}: no FITS files (*.fits, *.fits.fz, *.fz) found; point --data at a directory "

@@ -47,6 +47,7 @@ import numpy as np
 from kercr.config import LOCAL_AXES, LOCAL_EDGES, NOISE_ESTIMATORS, NOISE_MODELS  # one definition of the choices, shared with the CLI
 from kercr.data import robust_stats
 from kercr.data.errors import KercrDataError
+from kercr.data.masks import as_bool_mask
 from kercr.data.robust_stats import (
     clipped_block_std,
     clipped_center_noise,
@@ -288,9 +289,7 @@ def robust_sky_noise(image, *, mask=None, config: NormalizationConfig | None = N
     if image.ndim != 2:
         raise KercrDataError(f"image has shape {image.shape}; pass a 2-D (ny, nx) image.")
     if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != image.shape:
-            raise KercrDataError(f"mask shape {mask.shape} differs from image shape {image.shape}.")
+        mask = as_bool_mask(mask, image.shape, "mask")
     values = subsample(image, mask, config.sample_size)
     if values.size < 10:
         raise _too_few(values.size, image.shape, "pixels")
@@ -376,9 +375,7 @@ def local_block_grids(image, *, mask=None, config: NormalizationConfig | None = 
     if image.ndim != 2:
         raise KercrDataError(f"image has shape {image.shape}; pass a 2-D (ny, nx) image.")
     if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != image.shape:
-            raise KercrDataError(f"mask shape {mask.shape} differs from image shape {image.shape}.")
+        mask = as_bool_mask(mask, image.shape, "mask")
     if frame_stats is None:
         diff2 = dataclasses.replace(config, noise_estimator="diff2")
         sky0, sigma0, _ = robust_sky_noise(image, mask=mask, config=diff2)
@@ -480,6 +477,8 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
     """
     config = config or NormalizationConfig()
     image = np.asarray(image)
+    if np.iscomplexobj(image) or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+        raise KercrDataError(f"image has dtype {image.dtype}; pass a real-valued image (ADU or electrons).")
     if config.noise_model == "local":
         grids = local_block_grids(image, mask=mask, config=config)
         out = image.astype(np.float32, copy=True)

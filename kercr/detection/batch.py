@@ -16,7 +16,7 @@ mask data bit for bit the same):
 
 A bad file never stops the others: it is reported (:class:`FileOutcome`, one line each) and the
 batch goes on. Outputs appear only complete (written under a hidden temporary name
-``.<name>.partial-<pid>``, then renamed), so after a failure or a kill ``skip_existing=True``
+``.<name>.partial-<pid>-<token>``, then renamed), so after a failure or a kill ``skip_existing=True``
 (``kercr-detect --skip-existing``) does exactly what is missing.
 """
 

@@ -188,7 +188,7 @@ def test_write_with_mask_roundtrip_and_no_overwrite(tmp_path, image):
     with pytest.raises(FileExistsError, match="never overwrites"):
         write_fits_with_mask(out, image, mask)
     assert out.read_bytes() == before
-    with pytest.raises(errors.KercrDataError, match="mask shape"):
+    with pytest.raises(errors.KercrDataError, match="mask has shape"):
         write_fits_with_mask(tmp_path / "x.fits", image, mask[:5])
 
 
@@ -288,3 +288,21 @@ def test_all_means_the_2d_images_and_cubes_are_left_out_with_a_log_line(tmp_path
     assert "leaving out HDU 2 (CUBE), a 3-D image" in caplog.text and "HDU 3 (SPEC), a 1-D image" in caplog.text
     with pytest.raises(errors.FITSFormatError, match="needs a 2-D CCD image"):  # named, it is read and refused
         list(iter_ccds(path, ext="CUBE"))
+
+
+def test_write_fits_with_mask_takes_masks_not_probabilities_and_writes_plain_fits_names_only(tmp_path):
+    image = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with pytest.raises(errors.KercrDataError, match="mask has dtype float64; pass a boolean mask"):
+        write_fits_with_mask(tmp_path / "p.fits", image, np.full(image.shape, 0.7))
+    with pytest.raises(errors.KercrDataError, match="integer array with values outside 0 and 1"):
+        write_fits_with_mask(tmp_path / "p.fits", image, np.full(image.shape, 256))
+    with pytest.raises(errors.KercrDataError, match="pass a real-valued image"):
+        write_fits_with_mask(tmp_path / "p.fits", image + 1j, np.zeros(image.shape, bool))
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(errors.KercrDataError, match="kercr writes plain FITS.*name the output .fits"):
+        write_fits_with_mask(tmp_path / "o.fits.gz", image, np.eye(3, 4, dtype=int))  # it would not be gzip
+    out = write_fits_with_mask(tmp_path / "o.fits", image, np.eye(3, 4, dtype=int))
+    with fits.open(out) as hdul:
+        assert hdul["CRMASK"].data.sum() == 3
+    with pytest.raises(errors.FITSFormatError, match="non-empty list"):
+        list(iter_ccds(out, ext=[]))

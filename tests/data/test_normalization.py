@@ -500,3 +500,12 @@ def test_local_min_blocks_gives_small_frames_the_global_input():
     with pytest.raises(KercrDataError, match="local_min_blocks.*relative"):
         NormalizationConfig(local_min_blocks=3)
     assert NormalizationConfig.from_dict(config.to_dict()) == config
+
+
+def test_normalize_refuses_a_probability_map_as_mask_and_a_complex_image():
+    image = np.random.default_rng(0).normal(100.0, 5.0, (64, 64)).astype(np.float32)
+    with pytest.raises(KercrDataError, match="mask has dtype float64; pass a boolean mask"):
+        normalize(image, mask=np.full(image.shape, 0.4))
+    with pytest.raises(KercrDataError, match="pass a real-valued image"):
+        normalize(image + 1j)
+    normalize(image, mask=np.zeros(image.shape, np.uint8))  # 0/1 integers are a mask

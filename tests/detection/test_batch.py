@@ -153,7 +153,7 @@ def test_an_existing_output_fails_only_that_file_unless_skipped(tmp_path, caplog
     existing = output_path(paths[1], out)
     existing.write_bytes(b"an older output")
     # A killed run's leftover temporary file is not an output: that file is done again.
-    leftover = out / f".{output_path(paths[2]).name}.partial-12345"
+    leftover = out / f".{output_path(paths[2]).name}.partial-12345-0a1b2c3d"
     leftover.write_bytes(b"half")
     result = detect_files(paths, out_dir=out, jobs=2)
     assert [o.status for o in result.outcomes] == ["done", "failed", "done"]

@@ -202,17 +202,3 @@ def test_cleaning_runs_without_tensorflow_or_keras(run_without_ml):
     """)
     assert result.returncode == 0, result.stderr
     assert "ok 24.0" in result.stdout
-
-
-def test_dilate_mask_takes_a_2d_mask_and_whole_pixels():
-    from kercr.data.cleaning import dilate_mask
-
-    mask = np.zeros((5, 5), bool)
-    mask[2, 2] = True
-    assert dilate_mask(mask.astype(np.uint8), 1).sum() == 9
-    with pytest.raises(KercrDataError, match="dtype float64; pass a boolean mask"):
-        dilate_mask(np.full((5, 5), 0.2))
-    with pytest.raises(KercrDataError, match="pass a 2-D"):
-        dilate_mask(np.zeros(5, bool))
-    with pytest.raises(ValueError, match="whole number of pixels"):
-        dilate_mask(mask, 1.5)

@@ -212,7 +212,8 @@ def _check_arguments(img, *, window, max_window, min_good, fallback) -> tuple[in
     if window % 2 == 0 or max_window % 2 == 0:
         raise KercrDataError(f"window={window} and max_window={max_window} must be odd (a square centred on the "
                              "pixel), e.g. 5 and 31.")
-    if fallback is not None and not np.isfinite(fallback):
+    if fallback is not None and (isinstance(fallback, (bool, np.bool_)) or not isinstance(fallback, numbers.Real)
+                                 or not np.isfinite(fallback)):
         raise KercrDataError(f"fallback={fallback!r} must be a finite number (image units) or None.")
     return window, max_window, min_good
 

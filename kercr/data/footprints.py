@@ -54,11 +54,14 @@ def read_footprint_table(path, *, extname="COSMIC_RAYS") -> list[np.ndarray]:
             x0 = np.asarray(table["x0"]).astype(np.int64)
             y0 = np.asarray(table["y0"]).astype(np.int64)
             values = [np.asarray(v, dtype=np.float32) for v in table["pixel_values"]]
-    except (OSError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, KeyError, TypeError, ValueError, IndexError) as exc:
         raise FITSFormatError(
             f"{p}: not a CR footprint table ({exc}). Pass a FITS file with a binary table "
             f"{extname!r} holding columns fp_id, x0, y0, pixel_values."
         ) from exc
+    if fp_id.size == 0:
+        raise FITSFormatError(f"{p}: the footprint table {extname!r} is empty; harvest footprints from dark frames "
+                              "first (kercr.data.extract_footprints).")
     order = np.argsort(fp_id, kind="stable")
     bounds = np.flatnonzero(np.diff(fp_id[order])) + 1
     stamps = []

@@ -171,8 +171,12 @@ class NormalizationConfig:
             raise KercrDataError(f"unknown normalization method {self.method!r}; kercr knows {METHOD!r}.")
         if self.clip_min is not None and self.clip_max is not None and not self.clip_min < self.clip_max:
             raise KercrDataError(f"clip_min={self.clip_min} must be below clip_max={self.clip_max}.")
-        if self.sigma_clip <= 0 or self.n_iter < 0 or self.sample_size < 100:
-            raise KercrDataError("sigma_clip must be > 0, n_iter >= 0 and sample_size >= 100.")
+        if (not self.sigma_clip > 0 or isinstance(self.n_iter, bool) or not isinstance(self.n_iter, int)
+                or self.n_iter < 0 or self.sample_size < 100):
+            raise KercrDataError(f"sigma_clip={self.sigma_clip!r} must be > 0, n_iter={self.n_iter!r} a whole number "
+                                 f">= 0 and sample_size={self.sample_size!r} >= 100.")
+        if not np.isfinite(self.nan_fill):
+            raise KercrDataError(f"nan_fill={self.nan_fill!r} must be a finite number (the value of NaN/inf pixels).")
         if self.asinh_softening is not None and not self.asinh_softening > 0:
             raise KercrDataError(f"asinh_softening={self.asinh_softening!r} must be positive (noise units), or None.")
         if self.noise_estimator not in NOISE_ESTIMATORS:

@@ -54,6 +54,13 @@ def patch_positions(shape, *, patch_size=256, n_patches=None, mode="random", see
     numpy.ndarray, shape (n, 2), int64
         ``(y0, x0)`` of each patch.
     """
+    if len(shape) != 2:
+        raise KercrDataError(f"frame shape {tuple(shape)}: pass a 2-D (ny, nx) frame.")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or patch_size < 1:
+        raise KercrDataError(f"patch_size={patch_size!r} must be a whole number of pixels >= 1.")
+    if n_patches is not None and (isinstance(n_patches, bool) or not isinstance(n_patches, (int, np.integer))
+                                  or n_patches < 0):
+        raise KercrDataError(f"n_patches={n_patches!r} must be a whole number >= 0 (None: every position).")
     ny, nx = shape
     p = int(patch_size)
     if p < 1 or ny < p or nx < p:

@@ -196,16 +196,17 @@ def make_frame(*, seed, shape=(4096, 2048), band=None, exptime=None, config: Syn
     """
     cfg = config or SyntheticConfig()
     rng = np.random.default_rng(seed)
-    if len(shape) != 2 or min(shape) < 8:
-        raise KercrDataError(f"shape {shape} must be (ny, nx) with both sides >= 8 pixels.")
+    if (len(shape) != 2 or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape)
+            or min(shape) < 8):
+        raise KercrDataError(f"shape {shape} must be (ny, nx), whole numbers of pixels, both >= 8.")
     if band is None:
         band = str(rng.choice(sorted(BANDS)))
     if band not in BANDS:
         raise KercrDataError(f"unknown band {band!r}; choose one of {sorted(BANDS)}.")
     given = exptime is not None
     exptime = float(rng.uniform(*cfg.exptime_range)) if exptime is None else float(exptime)
-    if not exptime > 0:
-        raise KercrDataError(f"exptime={exptime} s must be positive.")
+    if not 0 < exptime < np.inf:
+        raise KercrDataError(f"exptime={exptime} s must be a positive finite time.")
     ny, nx = shape
     zp, sky_mag = BANDS[band]
     zp += cfg.zeropoint_offset

@@ -129,3 +129,22 @@ def test_extract_footprints_from_dark():
     assert sorted(s.shape for s in stamps) == [(1, 10), (2, 2)]
     track = next(s for s in stamps if s.shape == (1, 10))
     np.testing.assert_allclose(track, 800.0, atol=4 * 5 * 4.0)  # 200 ADU x 4 e-/ADU
+
+
+def test_footprint_inputs_are_named(tmp_path):
+    from astropy.io import fits
+
+    from kercr.data.errors import FITSFormatError
+
+    dark = np.random.default_rng(0).normal(0, 3, (64, 64)).astype(np.float32)
+    with pytest.raises(KercrDataError, match="gain=-1 must be a positive number"):
+        extract_footprints(dark, gain=-1)
+    with pytest.raises(KercrDataError, match="bad_mask has shape"):
+        extract_footprints(dark, bad_mask=np.zeros((3, 3), bool))
+    with pytest.raises(KercrDataError, match="no finite pixel"):
+        extract_footprints(np.full((8, 8), np.nan))
+    with pytest.raises(KercrDataError, match="n=-3 must be a whole number"):
+        inject_footprints(dark, [np.ones((2, 2), np.float32)], n=-3, gain=2.0, rng=0)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(dark, name="COSMIC_RAYS")]).writeto(tmp_path / "image.fits")
+    with pytest.raises(FITSFormatError, match="not a CR footprint table"):
+        read_footprint_table(tmp_path / "image.fits")

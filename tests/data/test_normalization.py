@@ -509,3 +509,10 @@ def test_normalize_refuses_a_probability_map_as_mask_and_a_complex_image():
     with pytest.raises(KercrDataError, match="pass a real-valued image"):
         normalize(image + 1j)
     normalize(image, mask=np.zeros(image.shape, np.uint8))  # 0/1 integers are a mask
+
+
+def test_normalization_constants_are_checked():
+    with pytest.raises(KercrDataError, match="nan_fill=nan must be a finite number"):
+        NormalizationConfig(nan_fill=float("nan"))
+    with pytest.raises(KercrDataError, match="n_iter=2.5 a whole number"):
+        NormalizationConfig(n_iter=2.5)

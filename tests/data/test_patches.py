@@ -101,3 +101,14 @@ def test_data_core_imports_no_tensorflow_or_keras(run_without_ml):
     """)
     assert result.returncode == 0, result.stderr
     assert "ok (32, 32)" in result.stdout
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"patch_size": 0}, "patch_size=0 must be a whole number of pixels >= 1"),
+    ({"patch_size": 16, "n_patches": -1}, "n_patches=-1 must be a whole number >= 0"),
+])
+def test_patch_arguments_are_named(kwargs, message):
+    with pytest.raises(KercrDataError, match=message):
+        make_patches(np.zeros((64, 64), np.float32), **kwargs)
+    with pytest.raises(KercrDataError, match="pass a 2-D"):
+        make_patches(np.zeros(64, np.float32), patch_size=16)

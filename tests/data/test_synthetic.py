@@ -350,3 +350,10 @@ def test_frame_classes_dominant_and_integer_frames():
                 np.percentile(plain._make(i)[3], 90) - np.percentile(plain._make(i)[3], 10))
     with pytest.raises(KercrDataError, match="integer_frames"):
         SyntheticFrames(**kw, integer_frames=1.5)
+
+
+def test_make_frame_names_a_bad_shape_or_exposure_time():
+    with pytest.raises(KercrDataError, match="whole numbers of pixels"):
+        make_frame(seed=0, shape=(32.0, 32.0))
+    with pytest.raises(KercrDataError, match="exptime=inf s must be a positive finite time"):
+        make_frame(seed=0, shape=(32, 32), exptime=float("inf"))

@@ -144,13 +144,19 @@ def train_main(args) -> int:
     out = Path(config.out)
     if (out / "config.json").is_file() and not (out / INPUT_FILE).is_file():
         raise SystemExit(f"{out} holds a kercr-train run of the one-channel input; pick a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / INPUT_FILE).write_text(json.dumps({
-        "input": "channel", "channels": ["(image - background) / frame noise, stretched",
-                                         "log2(noise / frame noise)"],
-        "maps": "background and noise: kercr.data.normalization.input_maps with normalization.json",
-        "made_by": "benchmarks/noise_channel.py train", "config": str(args.config)}, indent=2))
-    run.make_training_data = channel_training_data  # the run's data; everything else is kercr-train's
+
+    def data(config, **kwargs):
+        # kercr-train checks the run folder first, then asks for the data: the input is recorded
+        # beside the run from here (a fresh folder must hold nothing of its own before that check).
+        out.mkdir(parents=True, exist_ok=True)
+        (out / INPUT_FILE).write_text(json.dumps({
+            "input": "channel", "channels": ["(image - background) / frame noise, stretched",
+                                             "log2(noise / frame noise)"],
+            "maps": "background and noise: kercr.data.normalization.input_maps with normalization.json",
+            "made_by": "benchmarks/noise_channel.py train", "config": str(args.config)}, indent=2))
+        return channel_training_data(config, **kwargs)
+
+    run.make_training_data = data  # the run's data; everything else is kercr-train's
     metrics = run.train(config, verbose=2)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -379,3 +379,19 @@ def test_noise_channel_sees_the_patches_of_the_division_run_with_two_channels(no
     division, _ = normalize(image_adu, mask=ignore, config=cfg)
     np.testing.assert_allclose(x[..., 0][shut], division[shut], rtol=1e-5, atol=1e-5)
     assert np.all(x[..., 1][shut] == 0)
+
+
+def test_noise_channel_train_starts_a_fresh_run_and_records_its_input(noise_channel, tmp_path):
+    """The script's own command on a tiny config: a two-channel run folder with input.json beside it."""
+    import json
+
+    config = tmp_path / "tiny.toml"
+    config.write_text('model = "deepcr_2_4"\nvariety = "wide"\npatch_size = 64\nbatch_size = 4\nframes = 3\n'
+                      'frame_shape = [192, 160]\ncr_rate_scale = 40.0\nasinh_softening = 10.0\n'
+                      'noise_estimator = "diff2"\nnoise_model = "relative"\nlocal_gate = 5.0\nblock_size = 16\n')
+    out = tmp_path / "run"
+    assert noise_channel.main(["train", "--config", str(config), "--out", str(out), "--epochs", "1",
+                               "--steps-per-epoch", "2", "--validation-steps", "1"]) == 0
+    assert json.loads((out / "input.json").read_text())["input"] == "channel"
+    assert json.loads((out / "config.json").read_text())["model_options"] == {"channels": 2}
+    assert (out / "metrics.json").is_file()

@@ -156,8 +156,11 @@ def train_main(args) -> int:
             "made_by": "benchmarks/noise_channel.py train", "config": str(args.config)}, indent=2))
         return channel_training_data(config, **kwargs)
 
-    run.make_training_data = data  # the run's data; everything else is kercr-train's
-    metrics = run.train(config, verbose=2)
+    original, run.make_training_data = run.make_training_data, data  # the run's data; the rest is kercr-train's
+    try:
+        metrics = run.train(config, verbose=2)
+    finally:
+        run.make_training_data = original  # kercr-train's own again (for callers in this process)
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -395,3 +395,6 @@ def test_noise_channel_train_starts_a_fresh_run_and_records_its_input(noise_chan
     assert json.loads((out / "input.json").read_text())["input"] == "channel"
     assert json.loads((out / "config.json").read_text())["model_options"] == {"channels": 2}
     assert (out / "metrics.json").is_file()
+    from kercr.training import data, run
+
+    assert run.make_training_data is data.make_training_data  # kercr-train's own data again

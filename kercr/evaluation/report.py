@@ -28,16 +28,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from kercr import metrics as M
-from kercr._files import write_json
+from kercr._files import new_folder, write_json
 from kercr._version import __version__
 from kercr.data import CCDFrame, SyntheticConfig, generate_dataset, list_ccd_extensions, normalize, read_ccd
 from kercr.data.errors import FITSFormatError
@@ -295,22 +293,11 @@ def evaluate(*, files=(), synthetic=0, frame_shape=(1024, 1024), seed=1000, cr_r
     for path in files:  # every file checked before any is scored
         labelled_extensions(path)
     loaded = load_model(model)
-    # Written in a hidden folder beside out and renamed at the end: a failure or a kill leaves no out.
-    final, out = out, out.with_name(f".{out.name}.partial-{os.getpid()}")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    out.mkdir()
-    try:
-        report = _evaluate(loaded, out, files=files, synthetic=synthetic, frame_shape=frame_shape, seed=seed,
-                           cr_rate_scale=cr_rate_scale, threshold=threshold, runtime=runtime, tta=tta,
-                           tta_gate=tta_gate, tile=tile, overlap=overlap, batch_size=batch_size,
-                           num_threads=num_threads, exclude_saturated=exclude_saturated, maps=maps)
-        if final.exists() and (not final.is_dir() or any(final.iterdir())):
-            raise FileExistsError(f"{final} appeared while evaluating; not replacing it.")
-        os.replace(out, final)  # onto an empty folder, or a new name
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    return report
+    with new_folder(out) as staging:  # a failure or a kill leaves no out
+        return _evaluate(loaded, staging, files=files, synthetic=synthetic, frame_shape=frame_shape, seed=seed,
+                         cr_rate_scale=cr_rate_scale, threshold=threshold, runtime=runtime, tta=tta,
+                         tta_gate=tta_gate, tile=tile, overlap=overlap, batch_size=batch_size,
+                         num_threads=num_threads, exclude_saturated=exclude_saturated, maps=maps)
 
 
 def _evaluate(loaded, out, *, files, synthetic, frame_shape, seed, cr_rate_scale, threshold, runtime, tta, tta_gate,

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import csv
 import json
+import io
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import keras
 
-from kercr._files import write_json
+from kercr._files import write_json, write_text
 from kercr.config import ConfigError, TrainConfig
 from kercr.evaluation import validation_metrics
 from kercr.model_files import write_normalization
@@ -66,16 +66,15 @@ def read_history(path) -> list[dict]:
 
 
 def _keep_history_rows(path: Path, epochs: int) -> None:
-    """Rewrite ``history.csv`` with the rows of epochs ``0 .. epochs - 1`` only (through a temporary name)."""
+    """Rewrite ``history.csv`` with the rows of epochs ``0 .. epochs - 1`` only (whole or not at all)."""
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames, [r for r in reader if int(r["epoch"]) < epochs]
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, table.getvalue())
 
 
 def _backup_epoch(work: Path) -> int | None:

@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
 
-from kercr._files import write_json
+from kercr._files import new_folder, write_json
 from kercr.cli import common as cli
 from kercr.config import TrainConfig
 
@@ -93,11 +92,7 @@ def average_runs(run_dirs, out, *, weights=None) -> Path:
     stacks = zip(*(m.get_weights() for m in models))
     models[0].set_weights([np.tensordot(weights, np.stack(ws).astype(np.float64), axes=1).astype(ws[0].dtype)
                            for ws in stacks])
-    # Made in a hidden folder beside out and renamed at the end: a kill leaves no half-made out.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    staging.mkdir()
-    try:
+    with new_folder(out) as staging:  # a failure or a kill leaves no half-made out
         models[0].save(staging / "best.keras")
         for name in ("config.json", "normalization.json"):
             shutil.copyfile(run_dirs[0] / name, staging / name)
@@ -109,12 +104,6 @@ def average_runs(run_dirs, out, *, weights=None) -> Path:
         metrics = run_validation(staging)  # as kercr-train writes metrics.json at the end of a run
         metrics.update(model=config.model, epochs=config.epochs, data=config.data)
         write_json(staging / "metrics.json", metrics, sort_keys=True)
-        if out.exists():
-            raise FileExistsError(f"{out} appeared while averaging; not replacing it.")
-        os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("averaged %s into %s", ", ".join(map(str, run_dirs)), out)
     return out / "best.keras"
 

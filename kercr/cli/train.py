@@ -192,13 +192,13 @@ def prepare_parser() -> argparse.ArgumentParser:
             "Cut frames into (image, mask, weight) patches and write them as sharded TFRecord files "
             "(DIR/train/, DIR/val/, DIR/prepare.json), split 90/10 by exposure. DIR can be any "
             "tf.io.gfile path, e.g. a local folder or gs://bucket/path. Train from it with "
-            "kercr-train --data DIR."
+            "kercr-train --data DIR. An interrupted run resumes: run the same command again."
         ),
     )
     add = parser.add_argument
     add("--data", default="synthetic",
         help="'synthetic' (default), a directory of FITS frames, or the LCO CR dataset (Cosmic-CoNN)")
-    add("--out", required=True, help="output folder (must not hold shards yet)")
+    add("--out", required=True, help="output folder (new, or an unfinished run of the same command)")
     add("--frames", type=int, default=20, help="synthetic exposures to generate (default 20)")
     add("--frame-shape", type=int, nargs=2, default=[4096, 2048], metavar=("NY", "NX"),
         help="synthetic frame shape in pixels (default 4096 2048)")
@@ -263,7 +263,7 @@ def _prepare(parser, args) -> int:
 
 def prepare_main(argv=None) -> int:
     """``kercr-prepare``: write a data set as sharded TFRecords for ``kercr-train --data DIR``."""
-    return run(prepare_parser(), _prepare, argv)
+    return run(prepare_parser(), _prepare, argv, interrupted="interrupted; run the same command again to resume.")
 
 
 if __name__ == "__main__":

@@ -90,3 +90,83 @@ def test_prepare_shards_refuse_frames_of_several_input_maps(tmp_path):
 
     with pytest.raises(ValueError, match="carries 2 input maps.*in process"):
         prepare_shards(TwoMaps(), [0, 1, 2, 3], tmp_path / "s", patch_size=64, patches_per_frame=3)
+
+
+class _Killed(Exception):
+    pass
+
+
+class _DiesAt:
+    """A frame source that dies while cutting frame number ``at`` (a killed kercr-prepare)."""
+
+    def __init__(self, source, at):
+        self.source, self.at, self.calls = source, at, 0
+
+    def frame(self, key):
+        self.calls += 1
+        if self.calls > self.at:
+            raise _Killed
+        return self.source.frame(key)
+
+
+def _shards(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.glob("*/*.tfrecord"))}
+
+
+def test_an_interrupted_prepare_resumes_to_the_shards_of_an_uninterrupted_run(tmp_path):
+    source = SyntheticFrames(seed=0, shape=SHAPE, cr_rate_scale=20)
+    ids = list(range(8))
+    options = dict(patch_size=64, patches_per_frame=3, val_fraction=0.25, seed=0, shard_size=4)
+    whole = prepare_shards(source, ids, tmp_path / "whole", **options)
+    expected = _shards(tmp_path / "whole")
+    assert len(expected) == whole["train"]["shards"] + whole["val"]["shards"] > 3
+    # Killed twice: in the 4th frame (shard 0 done, shard 1 half written), then in the 2nd frame of
+    # the resumed run.
+    out = tmp_path / "resumed"
+    for at in (3, 1):
+        with pytest.raises(_Killed):
+            prepare_shards(_DiesAt(source, at), ids, out, **options)
+        assert not (out / "prepare.json").exists() and (out / "prepare.progress.json").exists()
+        assert list((out / "train").glob(".patches-*.tfrecord.partial"))  # the unfinished shard is hidden
+        assert set(_shards(out)) < set(expected)  # only whole shards carry their final names
+    # A third run finishes; it cuts only the frames the missing shards need.
+    counting = _DiesAt(source, at=10**6)
+    assert prepare_shards(counting, ids, out, **options) == whole
+    assert _shards(out) == expected
+    assert counting.calls < len(ids)
+    assert not (out / "prepare.progress.json").exists()
+    assert json.loads((out / "prepare.json").read_text()) == whole
+
+
+def test_prepare_refuses_an_unfinished_folder_of_other_options_or_of_no_record(tmp_path):
+    source = SyntheticFrames(seed=0, shape=SHAPE, cr_rate_scale=20)
+    options = dict(patch_size=64, patches_per_frame=3, val_fraction=0.25, shard_size=4)
+    with pytest.raises(_Killed):
+        prepare_shards(_DiesAt(source, 3), list(range(8)), tmp_path / "s", seed=0, **options)
+    before = _shards(tmp_path / "s")
+    with pytest.raises(FileExistsError, match="other options \\(seed 0 then, 1 now.*Run its command again"):
+        prepare_shards(source, list(range(8)), tmp_path / "s", seed=1, **options)
+    assert _shards(tmp_path / "s") == before  # nothing was written
+    (tmp_path / "s" / "prepare.progress.json").write_text("{not json")
+    with pytest.raises(FileExistsError, match="damaged"):
+        prepare_shards(source, list(range(8)), tmp_path / "s", seed=0, **options)
+    (tmp_path / "s" / "prepare.progress.json").unlink()
+    with pytest.raises(FileExistsError, match="neither prepare.json nor prepare.progress.json"):
+        prepare_shards(source, list(range(8)), tmp_path / "s", seed=0, **options)
+    assert _shards(tmp_path / "s") == before
+
+
+def test_write_tfrecords_names_only_whole_shards(tmp_path):
+    patch = (np.ones((8, 8, 1)), np.zeros((8, 8, 1)), np.ones((8, 8, 1)))
+
+    def dies_after(n):
+        for _ in range(n):
+            yield patch
+        raise _Killed
+
+    with pytest.raises(_Killed):
+        write_tfrecords(dies_after(5), tmp_path / "a", shard_size=2)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        ".patches-00002.tfrecord.partial", "patches-00000.tfrecord", "patches-00001.tfrecord"]
+    assert write_tfrecords(iter([patch] * 5), tmp_path / "b", shard_size=2) == [
+        str(tmp_path / "b" / f"patches-{k:05d}.tfrecord") for k in range(3)]

@@ -459,6 +459,32 @@ def test_mixed_precision_keeps_float32_probabilities(tmp_path, tiny_config):
         keras.mixed_precision.set_global_policy("float32")
 
 
+def test_prepare_interrupted_by_ctrl_c_says_to_rerun_and_the_rerun_finishes_it(tmp_path, capsys, monkeypatch):
+    from kercr.cli.train import prepare_main
+    from kercr.data.frames import SyntheticFrames
+
+    argv = ["--frames", "6", "--frame-shape", "128", "128", "--patch-size", "64", "--patches-per-frame", "3",
+            "--shard-size", "2", "--out", str(tmp_path / "s")]
+    assert prepare_main([*argv[:-1], str(tmp_path / "whole")]) == 0
+    frame, calls = SyntheticFrames.frame, []
+
+    def ctrl_c_in_the_third_frame(self, key):
+        calls.append(key)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return frame(self, key)
+
+    monkeypatch.setattr(SyntheticFrames, "frame", ctrl_c_in_the_third_frame)
+    assert prepare_main(argv) == 130
+    assert "interrupted; run the same command again to resume" in capsys.readouterr().err
+    assert prepare_main(argv) == 0
+    assert ({p.relative_to(tmp_path / "s").as_posix(): p.read_bytes() for p in (tmp_path / "s").rglob("*.tfrecord")}
+            == {p.relative_to(tmp_path / "whole").as_posix(): p.read_bytes()
+                for p in (tmp_path / "whole").rglob("*.tfrecord")})
+    assert (json.loads((tmp_path / "s" / "prepare.json").read_text())
+            == json.loads((tmp_path / "whole" / "prepare.json").read_text()))
+
+
 def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, capsys):
     from kercr.cli.train import prepare_main
 
@@ -476,7 +502,7 @@ def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, 
     (tmp_path / "half" / "train").mkdir(parents=True)
     (tmp_path / "half" / "train" / "patches-00000.tfrecord").write_bytes(b"")
     assert prepare_main(["--frames", "5", "--out", str(tmp_path / "half"), *common]) == 1
-    assert "stopped before it finished" in capsys.readouterr().err
+    assert "not written by a kercr-prepare run that can be resumed" in capsys.readouterr().err
     (tmp_path / "afile").write_text("")
     assert prepare_main(["--frames", "5", "--out", str(tmp_path / "afile" / "sub"), *common]) == 1
     assert "cannot write to --out" in capsys.readouterr().err

@@ -49,6 +49,9 @@ Pixels and metrics:
     rim were left out of the negatives (for diagnosis only: the rim is part of the protocol).
     The same split at the card's threshold (issue 22's "fat masks": false positives within 1 px
     of a CR, 8-connected, against those elsewhere, with the false-positive rate of each).
+    Per frame: the TPR at the pooled 0.01 % FPR threshold (one threshold for every frame, as a
+    pipeline runs), of all and of the visible CR pixels, and the weakest frame among those with
+    at least 100 CR pixels over the repeats (the held-out set is judged on its weakest frame too).
 Detection:
     ``kercr.detect`` with the model's defaults unless told otherwise: the card's threshold and its
     four-flip averaging (``tta``; on for the shipped model), and ``--runtime`` (default keras, whose
@@ -300,6 +303,9 @@ def false_positive_split(truth, flagged, near) -> dict:
             "fpr_near_cr": n_near / max(pixels_near, 1), "fpr_elsewhere": n_else / max(pixels_else, 1)}
 
 
+WEAKEST_MIN_CR_PIXELS = 100  # a frame's TPR counts for "the weakest frame" from this many CR pixels
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
@@ -332,7 +338,7 @@ def main(argv=None) -> int:
     threshold = args.threshold if args.threshold is not None else loaded.threshold
     stamps = load_footprints(SHARED / "cr_footprints" / "cosmic_rays_itl_2017_even.fits")
     frames, stamps = vary(real_frames(), stamps, args.variant)
-    truths, scores, snrs, sources, rims, per_frame = [], [], [], [], [], {}
+    truths, scores, snrs, sources, rims, names, per_frame = [], [], [], [], [], [], {}
     lac = {"tp": 0, "fp": 0, "fn": 0, "neg": 0, "seconds": 0.0, "pixels": 0}
     try:
         import astroscrappy
@@ -350,6 +356,7 @@ def main(argv=None) -> int:
         snrs.append(snr[~ign])
         sources.append(on_source[~ign])
         rims.append(near_crs(truth)[~ign])
+        names.append(name)
         f = per_frame.setdefault(name, {"cr": 0, "found": 0, "fp": 0, "neg": 0})
         f["cr"] += int((truth & ~ign).sum())
         f["found"] += int((truth & res.mask & ~ign).sum())
@@ -378,6 +385,17 @@ def main(argv=None) -> int:
             px = truth & sel & (snr >= lo) & (snr < hi)
             if px.any():
                 row["by_snr"][f"{lo:g}-{hi:g}"] = {"cr_pixels": int(px.sum()), "tpr": float((score[px] >= cut).mean())}
+    # Each frame's TPR at the pooled 0.01 % FPR threshold: one threshold for all, as a pipeline uses.
+    for name, f in per_frame.items():
+        mine = [(t, s, q) for n, t, s, q in zip(names, truths, scores, snrs) if n == name]
+        f["tpr_at_pooled_fpr_1e-4"] = (sum(int((s[t] >= cut).sum()) for t, s, _ in mine)
+                                       / max(sum(int(t.sum()) for t, _, _ in mine), 1))
+        f["visible_cr"] = sum(int((t & (q >= VISIBLE_SNR)).sum()) for t, _, q in mine)
+        f["visible_tpr_at_pooled_fpr_1e-4"] = (sum(int((s[t & (q >= VISIBLE_SNR)] >= cut).sum()) for t, s, q in mine)
+                                               / max(f["visible_cr"], 1))
+    # The weakest frame among those with enough CR pixels for the fraction to mean something.
+    counted = [n for n, f in per_frame.items() if f["cr"] >= WEAKEST_MIN_CR_PIXELS] or list(per_frame)
+    weakest = min(counted, key=lambda n: per_frame[n]["tpr_at_pooled_fpr_1e-4"])
     rim = np.concatenate(rims)
     false_pos = ~truth & (score >= cut)
     off_rim = np.sort(score[~truth & ~rim])
@@ -395,7 +413,7 @@ def main(argv=None) -> int:
               "cr_pixels": int(truth.sum()), "visible_cr_pixels": int((truth & ~faint).sum()),
               "non_cr_pixels": int((~truth).sum()), "kercr": kercr, "kercr_visible_crs": visible,
               "kercr_by_background": by_background, "false_positives_at_1e-4": rim_report,
-              "false_positives_at_threshold": fat_mask, "per_frame": per_frame,
+              "false_positives_at_threshold": fat_mask, "per_frame": per_frame, "weakest_frame": weakest,
               "seconds": time.perf_counter() - t0}
     if astroscrappy is not None:
         tp, fp, fn = lac["tp"], lac["fp"], lac["fn"]
@@ -434,7 +452,11 @@ def main(argv=None) -> int:
         a = report["astroscrappy"]
         print(f"| astroscrappy defaults | n/a | n/a | n/a | {a['dice']:.4f} | {a['tpr']:.4f} / {a['fpr']:.2e} |")
     for name, f in per_frame.items():
-        print(f"  {name}: found {f['found'] / max(f['cr'], 1):.3f} of {f['cr']} CR px, {f['fp']} false of {f['neg']}")
+        print(f"  {name}: found {f['found'] / max(f['cr'], 1):.3f} of {f['cr']} CR px, {f['fp']} false of {f['neg']}; "
+              f"TPR {f['tpr_at_pooled_fpr_1e-4']:.3f} at the pooled 0.01 % FPR threshold "
+              f"({f['visible_tpr_at_pooled_fpr_1e-4']:.3f} of its {f['visible_cr']} visible CR px)")
+    print(f"Weakest frame of >= {WEAKEST_MIN_CR_PIXELS} CR pixels at the pooled 0.01 % FPR threshold: {weakest} "
+          f"({per_frame[weakest]['tpr_at_pooled_fpr_1e-4']:.3f})")
     return 0
 
 

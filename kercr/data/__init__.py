@@ -16,7 +16,7 @@ from kercr.data.cosmic_rays import (
     projected_length_px,
     simulate_cosmic_rays,
 )
-from kercr.data.errors import FITSFileNotFoundError, FITSFormatError, KercrDataError
+from kercr.data.errors import FITSFileNotFoundError, FITSFormatError, KercrDataError, UndetectableImageError
 from kercr.data.fits_io import CCDFrame, iter_ccds, list_ccd_extensions, read_ccd, write_fits_with_mask
 from kercr.data.frames import FITSFrames, SyntheticFrames, frame_keys, patch_batches
 from kercr.data.lco import LCOFrames, find_lco_files, is_lco_dataset, lco_median_weights, read_lco_file
@@ -32,7 +32,8 @@ __all__ = [
     "lco_median_weights", "patch_batches", "read_lco_file",
     "BANDS", "CCDFrame", "CosmicRayImage", "CosmicRayModel", "DECAM", "DetectorGeometry", "FITSFileNotFoundError",
     "FITSFormatError", "KercrDataError", "NormalizationConfig", "NormalizationParams", "SyntheticConfig",
-    "SyntheticFrame", "TrainingExample", "apply_ignore_mask", "decam_dq_ignore", "default_patch_count", "denormalize",
+    "SyntheticFrame", "TrainingExample", "UndetectableImageError", "apply_ignore_mask", "decam_dq_ignore",
+    "default_patch_count", "denormalize",
     "extract_footprints", "extract_patches", "generate_dataset", "inject_cosmic_rays", "inject_footprints",
     "iter_ccds", "list_ccd_extensions", "make_frame", "make_patches", "make_training_example", "median_weight_map",
     "normalize", "patch_positions", "projected_length_px", "random_flip_rot90", "read_ccd", "read_footprint_table",

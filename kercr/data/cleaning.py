@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import sys
 
 import numpy as np
 
@@ -134,9 +135,9 @@ def clean_image(image, cr_mask, *, ignore=None, method: str = "median", dilate: 
 
     Parameters
     ----------
-    image : array_like, shape (ny, nx), real dtype
+    image : array_like, numpy.ma.MaskedArray or astropy.nddata.CCDData, shape (ny, nx), real dtype
         The frame, in any units (ADU or electrons, with or without sky). Not modified. NaN/inf
-        pixels are left as they are and never used.
+        pixels are left as they are and never used; masked pixels are treated as ``ignore``.
     cr_mask : array_like of bool (or 0/1 integers), shape (ny, nx)
         True for cosmic-ray pixels (e.g. ``kercr.detect(image).mask``).
     ignore : array_like of bool (or 0/1 integers), shape (ny, nx), optional
@@ -160,9 +161,12 @@ def clean_image(image, cr_mask, *, ignore=None, method: str = "median", dilate: 
 
     Returns
     -------
-    numpy.ndarray, shape (ny, nx), float32
+    numpy.ndarray, shape (ny, nx), float32; or astropy.nddata.CCDData
         A new array: ``image`` as float32, with the replaced pixels (:func:`cleaning_mask`)
-        set to their estimates; every other pixel is ``image.astype(float32)`` bit for bit.
+        set to their estimates; every other pixel is ``image.astype(float32)`` bit for bit. For a
+        ``CCDData``, a copy of it holding that array, with its mask OR the replaced pixels (its
+        unit, header, WCS and uncertainty kept). The mask of a ``CCDData`` or of a numpy masked
+        array counts as ``ignore``.
 
     Raises
     ------
@@ -172,12 +176,33 @@ def clean_image(image, cr_mask, *, ignore=None, method: str = "median", dilate: 
         (and no ``fallback``).
     """
     method = check_clean_method(method)
-    img = np.asarray(image)
+    ccd = image if _is_ccddata(image) else None
+    own_mask = getattr(image, "mask", None)  # a CCDData's or numpy masked array's flagged pixels
+    img = np.asarray(image.data if ccd is not None else np.ma.getdata(image))
     window, max_window, min_good = _check_arguments(img, window=window, max_window=max_window, min_good=min_good,
                                                     fallback=fallback)
     if ignore is not None:
         ignore = as_bool_mask(ignore, img.shape, "ignore")
+    if own_mask is not None and own_mask is not np.ma.nomask:
+        flagged = as_bool_mask(np.broadcast_to(own_mask, img.shape), img.shape, "the image's own mask")
+        ignore = flagged if ignore is None else ignore | flagged
     replace = cleaning_mask(cr_mask, ignore=ignore, dilate=dilate, image=img)
+    out = _clean(img, replace, ignore, method=method, window=window, max_window=max_window, min_good=min_good,
+                 fallback=fallback)
+    if ccd is None:
+        return out
+    cleaned = ccd.copy()  # CCDData in, CCDData out (as ccdproc's cosmicray_lacosmic)
+    cleaned.data = out
+    cleaned.mask = replace if ccd.mask is None else np.asarray(ccd.mask, dtype=bool) | replace
+    return cleaned
+
+
+def _is_ccddata(image) -> bool:
+    nddata = sys.modules.get("astropy.nddata")  # a CCDData exists only once astropy.nddata is imported
+    return nddata is not None and isinstance(image, nddata.CCDData)
+
+
+def _clean(img, replace, ignore, *, method, window, max_window, min_good, fallback) -> np.ndarray:
     out = img.astype(np.float32)  # always a copy: the input is never modified
     ys, xs = np.nonzero(replace)
     if ys.size == 0:

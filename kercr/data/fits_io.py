@@ -18,7 +18,8 @@ Every name of both is importable from here.
 """
 
 from kercr.data.fits_read import CCDFrame, ExtSpec, iter_ccds, list_ccd_extensions, read_ccd
-from kercr.data.fits_write import FITSWriter, ascii_card, new_fits_file, utc_now, wcs_header, write_fits_with_mask
+from kercr.data.fits_write import (FITSWriter, ascii_card, image_header, new_fits_file, utc_now, wcs_header,
+                                   write_fits_with_mask)
 
 __all__ = ["CCDFrame", "FITSWriter", "read_ccd", "iter_ccds", "list_ccd_extensions", "new_fits_file", "wcs_header",
-           "write_fits_with_mask", "ExtSpec", "utc_now", "ascii_card"]
+           "write_fits_with_mask", "ExtSpec", "utc_now", "ascii_card", "image_header"]

@@ -27,7 +27,7 @@ from kercr.data.errors import KercrDataError
 from kercr.data.masks import as_bool_mask
 from kercr.data.fits_read import CCDFrame, _check_path, _open
 
-__all__ = ["FITSWriter", "new_fits_file", "utc_now", "wcs_header", "write_fits_with_mask"]
+__all__ = ["FITSWriter", "image_header", "new_fits_file", "utc_now", "wcs_header", "write_fits_with_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,17 @@ def wcs_header(header) -> fits.Header:
     for card in (header or fits.Header()).cards:
         if _WCS_KEYS.match(card.keyword):
             out.append(card)
+    return out
+
+
+def image_header(header) -> fits.Header:
+    """The cards of an image's ``header`` that describe its data (units, gain, exposure, WCS, ...)
+    without the structural ones (``BITPIX``, ``NAXISn``, ``BZERO``, ``EXTNAME``, checksums) or
+    commentary: the header of a new image made from it (a cleaned image)."""
+    out = fits.Header()
+    for card in (header or fits.Header()).cards:
+        if card.keyword not in _STRUCTURAL and card.keyword not in ("", "COMMENT", "HISTORY"):
+            out.append(card, end=True)
     return out
 
 
@@ -122,7 +133,12 @@ def _copy_fits(src: Path, tmp: Path) -> None:
 
 
 def _publish(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out`` without ever replacing an ``out`` that exists, even one made meanwhile."""
+    """Rename ``tmp`` to ``out`` without ever replacing an ``out`` that exists, even one made meanwhile.
+
+    The data reach the disk first (``fsync``), so after a machine crash a published name never
+    holds a truncated file that ``--skip-existing`` would take for done."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     try:
         os.link(tmp, out)  # fails if out exists: atomic, so no race with another writer
     except FileExistsError:
@@ -232,11 +248,7 @@ def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_e
     primary = {"KCRVER": (__version__, "kercr version"), "KCRDATE": (utc_now(), "UTC")}
     if source:
         primary["KCRSRC"] = ascii_card(source)[-68:]  # no comment: long paths fill the card
-    img_header = fits.Header()
-    if header is not None:
-        for card in header.cards:
-            if card.keyword not in _STRUCTURAL and card.keyword not in ("", "COMMENT", "HISTORY"):
-                img_header.append(card, end=True)
+    img_header = image_header(header)
     extname = extname or "SCI"
     mask_header = wcs_header(img_header)
     mask_header["KCRSRCEX"] = (extname, "image extension this mask belongs to")

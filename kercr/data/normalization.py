@@ -46,7 +46,7 @@ import numpy as np
 
 from kercr.config import LOCAL_AXES, LOCAL_EDGES, NOISE_ESTIMATORS, NOISE_MODELS  # one definition of the choices, shared with the CLI
 from kercr.data import robust_stats
-from kercr.data.errors import KercrDataError
+from kercr.data.errors import KercrDataError, UndetectableImageError
 from kercr.data.masks import as_bool_mask
 from kercr.data.robust_stats import (
     clipped_block_std,
@@ -260,8 +260,8 @@ class NormalizationParams:
         return cls(config=NormalizationConfig.from_dict(d), **stats)
 
 
-def _too_few(n: int, shape, what: str) -> KercrDataError:
-    return KercrDataError(
+def _too_few(n: int, shape, what: str) -> UndetectableImageError:
+    return UndetectableImageError(
         f"only {n} finite unmasked {what} in the statistics sample of a {shape} image; "
         "the image is (almost) all NaN or masked, or too small: the statistics need 10 finite unmasked pixels and, "
         "with noise_estimator='diff2', 10 pairs of them two pixels apart along each axis (5 x 5 pixels at least). "
@@ -307,7 +307,7 @@ def robust_sky_noise(image, *, mask=None, config: NormalizationConfig | None = N
             _, diff_noise, _ = clipped_center_noise(diffs, sigma_clip=config.sigma_clip, n_iter=config.n_iter)
             noise = max(noise, diff_noise / np.sqrt(2))
     if not noise > 0:
-        raise KercrDataError(
+        raise UndetectableImageError(
             "the image is constant over its unmasked pixels (noise 0), so it cannot be normalized. "
             "Pass a real exposure, not a blank or synthetic constant frame."
         )

@@ -27,13 +27,18 @@ import concurrent.futures.process
 import contextlib
 import dataclasses
 import logging
+import numbers
 import os
 import sys
 import time
 from pathlib import Path
 
-from kercr.config import LOCAL_SCHEDULER, ConfigError
-from kercr.detection.files import is_kercr_output, output_path, plan_file, select_extensions, write_output
+import numpy as np
+
+from kercr.config import DETECT_CLEAN_METHODS, LOCAL_SCHEDULER, ConfigError
+from kercr.data.cleaning import check_clean_method
+from kercr.detection.files import (existing_output_differs, is_kercr_output, output_path, plan_file, select_extensions,
+                                   write_output)
 from kercr.detection.loading import load_model
 from kercr.detection.runtimes import resolve_runtime
 from kercr.detection.workers import InProcess, Processes, model_reference, ordered
@@ -60,6 +65,9 @@ class FileOutcome:
         Why it failed (one line naming the problem and the fix), or was skipped.
     ccds, megapixels, seconds : int, float, float
         CCDs written, their pixels in millions, and the wall-clock time of the file (s).
+    undetected : list of str
+        CCDs written with an empty mask because they hold nothing to detect (constant, every
+        pixel ignored, too small: a dead amplifier, an all-NaN CCD); their masks say why (``KCRSTAT``).
     error : BaseException or None
         The exception (not sent back by Dask tasks: the reason is).
     """
@@ -71,6 +79,7 @@ class FileOutcome:
     ccds: int = 0
     megapixels: float = 0.0
     seconds: float = 0.0
+    undetected: list = dataclasses.field(default_factory=list)
     error: BaseException | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
@@ -109,11 +118,18 @@ class BatchResult:
     def megapixels(self) -> float:
         return sum(o.megapixels for o in self.outcomes)
 
+    @property
+    def undetected(self) -> int:
+        """CCDs written with an empty mask (nothing to detect: ``KCRSTAT``)."""
+        return sum(len(o.undetected) for o in self.outcomes)
+
     def summary(self) -> str:
-        """``N files: a written, b skipped (output exists), c failed; K CCDs, X Mpix in T s (Y Mpix/s)``."""
+        """``N files: a written, b skipped (output exists), c failed; K CCDs, X Mpix in T s (Y Mpix/s)``,
+        and how many CCDs held nothing to detect, when any did."""
         n = len(self.outcomes)
+        empty = f" ({self.undetected} with nothing to detect: empty masks, KCRSTAT)" if self.undetected else ""
         return (f"{n} file{'' if n == 1 else 's'}: {len(self.done)} written, {len(self.skipped)} skipped (output "
-                f"exists), {len(self.failed)} failed; {self.ccds} CCDs, {self.megapixels:.1f} Mpix in "
+                f"exists), {len(self.failed)} failed; {self.ccds} CCDs{empty}, {self.megapixels:.1f} Mpix in "
                 f"{self.seconds:.1f} s ({self.megapixels / max(self.seconds, 1e-9):.2f} Mpix/s)")
 
 
@@ -130,9 +146,10 @@ def _reason(err: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 # The files, in order
 # --------------------------------------------------------------------------------------------
-def _items(paths, *, out_dir, suffix, ext, dilate, skip_existing):
+def _items(paths, *, out_dir, suffix, ext, dilate, skip_existing, made_by):
     """For each file: a FileOutcome (skipped or failed before any detection), or its FilePlan
-    followed by one task per CCD."""
+    followed by one task per CCD. ``made_by``: what an existing output must have been made with
+    to be skipped (:func:`kercr.detection.files.existing_output_differs`)."""
     for path in paths:
         out = output_path(path, out_dir, suffix)
         if out.absolute() == Path(path).absolute():
@@ -143,7 +160,11 @@ def _items(paths, *, out_dir, suffix, ext, dilate, skip_existing):
             yield FileOutcome(str(path), "skipped", reason="a kercr-detect output (KCRSRC in its header), not an input")
             continue
         if skip_existing and out.exists():
-            yield FileOutcome(str(path), "skipped", output=str(out), reason=f"{out} exists")
+            differs = existing_output_differs(out, path, dilate=dilate, **made_by)
+            if differs:
+                yield FileOutcome(str(path), "failed", output=str(out), reason=differs)
+            else:
+                yield FileOutcome(str(path), "skipped", output=str(out), reason=f"{out} exists")
             continue
         try:
             plan = plan_file(path, out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate)
@@ -186,11 +207,11 @@ def _show_progress(progress) -> bool:
     return sys.stderr.isatty()
 
 
-def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_probability, clean, progress,
+def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_probability, clean, made_by, progress,
          log_prefix=None):
     """Yield one FileOutcome per path, in order; failures are caught and reported, not raised."""
     stream = ordered(runner.submit, _items(paths, out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate,
-                                            skip_existing=skip_existing), runner.window)
+                                            skip_existing=skip_existing, made_by=made_by), runner.window)
     for i, (item, _) in enumerate(stream, 1):
         prefix = f"[{i}/{len(paths)}] " if log_prefix is None else log_prefix
         if isinstance(item, FileOutcome):
@@ -209,8 +230,8 @@ def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_pro
         try:
             with _bar(progress, total=len(plan.extensions), desc=plan.path.name, unit="CCD", leave=False,
                       position=1) as bar:
-                pixels = write_output(plan, ccds(bar), save_probability=save_probability, clean=clean,
-                                      log_prefix=prefix)
+                pixels, undetected = write_output(plan, ccds(bar), save_probability=save_probability, clean=clean,
+                                                  log_prefix=prefix)
         except Exception as err:
             for _ in range(len(plan.extensions) - taken):  # the file's other CCDs: not needed any more
                 next(stream)[1].cancel()
@@ -218,7 +239,7 @@ def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_pro
                               seconds=time.perf_counter() - t0)
             continue
         yield FileOutcome(str(plan.path), "done", output=str(plan.out), ccds=len(plan.extensions),
-                          megapixels=pixels / 1e6, seconds=time.perf_counter() - t0)
+                          megapixels=pixels / 1e6, seconds=time.perf_counter() - t0, undetected=undetected)
 
 
 def _report(i: int, n: int, outcome: FileOutcome) -> None:
@@ -291,9 +312,12 @@ def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, prog
                                                        dashboard_address=None))
             client = stack.enter_context(Client(cluster))
         else:
-            client = stack.enter_context(Client(scheduler))
+            client = stack.enter_context(_connect(Client, scheduler))
+        workers = len(client.scheduler_info().get("workers", {}))
         logger.info("Dask scheduler %s: %d worker(s); %d file(s), one task each", client.scheduler.address,
-                    len(client.scheduler_info().get("workers", {})), len(paths))
+                    workers, len(paths))
+        if not workers:
+            _wait_for_a_worker(client, scheduler)
         futures = {client.submit(_dask_file_task, str(p), model_reference(loaded), options, threads, file_options,
                                  pure=False): i for i, p in enumerate(paths)}
         with _logging_beside_bars(progress), _bar(progress, total=len(paths), desc="files", unit="file") as bar:
@@ -310,13 +334,42 @@ def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, prog
     return outcomes
 
 
+#: Seconds to reach a Dask scheduler, and to wait for its first worker.
+SCHEDULER_TIMEOUT_S, WORKER_WAIT_S = 10, 60
+
+
+def _connect(client_class, scheduler: str):
+    """A Dask client of ``scheduler``, or an OSError that names the option and the fix."""
+    try:
+        return client_class(scheduler, timeout=f"{SCHEDULER_TIMEOUT_S}s")
+    except (OSError, ValueError) as err:  # refused, timed out, unresolvable, a malformed address
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise OSError(f"scheduler={scheduler!r} (--scheduler): cannot reach a Dask scheduler there ({text}). Start "
+                      "one (`dask scheduler`) and pass its address (tcp://HOST:8786), check the host, port and "
+                      f"firewall, or pass {LOCAL_SCHEDULER!r} for workers on this machine.") from None
+
+
+def _wait_for_a_worker(client, scheduler: str) -> None:
+    """Tasks sent to a scheduler without workers would wait for ever: wait a while, then say so."""
+    logger.warning("Dask scheduler %s has no workers yet; waiting up to %d s for one", scheduler, WORKER_WAIT_S)
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except TimeoutError:
+        raise OSError(f"the Dask scheduler {scheduler} has no workers after {WORKER_WAIT_S} s: start some "
+                      f"(`dask worker {scheduler} --nthreads 1` on each machine, one per core), or pass "
+                      f"{LOCAL_SCHEDULER!r} for workers on this machine.") from None
+
+
 def _clashes(paths, out_dir, suffix) -> dict:
-    """``{index: failed FileOutcome}`` for inputs whose output another, earlier input writes (``a.fits``
-    and ``a.fits.fz``, or one name in two folders with ``out_dir``): neither may hide the other."""
+    """``{index: FileOutcome}`` for inputs whose output another, earlier input writes: failed for
+    another file (``a.fits`` and ``a.fits.fz``, or one name in two folders with ``out_dir``: neither
+    may hide the other), skipped for the same file listed again."""
     first, clashes = {}, {}
     for i, path in enumerate(paths):
         out = os.path.normcase(output_path(path, out_dir, suffix).absolute())
-        if out in first and Path(paths[first[out]]).absolute() != Path(path).absolute():
+        if out in first and Path(paths[first[out]]).resolve() == Path(path).resolve():
+            clashes[i] = FileOutcome(str(path), "skipped", reason=f"listed twice (the same file as #{first[out] + 1})")
+        elif out in first:
             clashes[i] = FileOutcome(str(path), "failed", reason=(
                 f"{path}: its output {output_path(path, out_dir, suffix)} is also that of {paths[first[out]]} "
                 "(listed before it); run it on its own with another --out DIR or --suffix, or rename one."))
@@ -410,8 +463,16 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
     options = dict(threshold=threshold, dilate=dilate, save_probability=save_probability, clean=clean,
                    runtime=runtime, tta=tta, tta_gate=tta_gate, tile=tile, overlap=overlap, batch_size=batch_size,
                    exclude_saturated=exclude_saturated)
+    if threshold is not None and (isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real)
+                                  or not 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold={threshold!r} must be a probability in [0, 1] (None: the model's).")
+    # The method's name (True is "median"), as the outputs record it.
+    clean = None if clean is None or clean is False else check_clean_method("median" if clean is True else clean,
+                                                                            DETECT_CLEAN_METHODS)
+    options["clean"] = clean
+    made_by = dict(model_name=loaded.name, clean=clean, save_probability=bool(save_probability), threshold=threshold)
     file_options = dict(out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate, skip_existing=skip_existing,
-                        save_probability=save_probability, clean=clean)
+                        save_probability=save_probability, clean=clean, made_by=made_by)
     common = dict(jobs=jobs, num_threads=num_threads, progress=_show_progress(progress), report=report)
     clashes = _clashes(paths, out_dir, suffix)
     if report:

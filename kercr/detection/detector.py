@@ -50,7 +50,7 @@ from astropy.nddata import CCDData
 
 from kercr.config import DETECT_CLEAN_METHODS
 from kercr.data.cleaning import check_clean_method, clean_image, cleaning_mask
-from kercr.data.errors import KercrDataError
+from kercr.data.errors import KercrDataError, UndetectableImageError
 from kercr.data.normalization import normalize
 from kercr.detection.inputs import header_number, unpack
 from kercr.detection.loading import load_model
@@ -233,7 +233,7 @@ def _check_arguments(data, description, *, batch_size, clean, clean_dilate):
     if data.ndim != 2:
         raise KercrDataError(f"{description} has shape {data.shape}; kercr.detect needs a 2-D (ny, nx) image.")
     if min(data.shape) < 2:
-        raise KercrDataError(f"{description} has shape {data.shape}; pass an image of at least 2 x 2 pixels.")
+        raise UndetectableImageError(f"{description} has shape {data.shape}; pass an image of at least 2 x 2 pixels.")
     if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
         raise KercrDataError(f"{description} has dtype {data.dtype}; pass real-valued pixels.")
     if batch_size is not None and int(batch_size) < 1:
@@ -264,7 +264,7 @@ def _ignored_pixels(data, description, *, saturation, masks) -> np.ndarray:
                 raise KercrDataError(f"{what} has shape {m.shape} but the image {data.shape}; pass a mask of this image.")
             ignored |= m
     if ignored.all():
-        raise KercrDataError(f"every pixel of {description} is ignored (non-finite, saturated or masked); "
+        raise UndetectableImageError(f"every pixel of {description} is ignored (non-finite, saturated or masked); "
                              "nothing to detect. Check the data, the saturation level and the mask.")
     return ignored
 

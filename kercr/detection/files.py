@@ -18,8 +18,14 @@ provenance and ``KCRSRC`` (the input's name, non-ASCII characters escaped): a fi
 With ``clean=METHOD`` every processed CCD also gets a ``float32`` cleaned image, ``CLEAN`` (or
 ``<EXTNAME>_CLEAN``), after its mask: the image with the pixels of the written mask (after
 ``dilate``) replaced by :func:`kercr.data.clean_image` (``median``, ``mean`` or ``idw``), every
-other pixel as the input. Its header holds the same provenance plus ``KCRCLEAN`` (method) and
-``KCRNCLN`` (pixels replaced), and the image's ``BUNIT``.
+other pixel as the input (non-finite and ``BLANK`` pixels as NaN). Its header is the image's
+(units, gain, read noise, exposure, WCS; not the structural cards), so it can be used on its own,
+plus the same provenance, ``KCRCLEAN`` (method) and ``KCRNCLN`` (pixels replaced).
+
+A CCD of a multi-CCD file with nothing to detect (constant, such as a dead amplifier; every
+pixel NaN or saturated; too few pixels) does not lose the file's other CCDs: it gets an empty
+mask whose ``KCRSTAT`` card says why (and an unchanged ``CLEAN``), with a warning; a file with
+no CCD to detect fails (:class:`kercr.data.errors.UndetectableImageError`).
 
 The file is written by :func:`kercr.data.fits_io.new_fits_file`: under a temporary name, renamed
 at the end; inputs are never modified, no file is ever overwritten, and a failure leaves nothing.
@@ -43,8 +49,8 @@ import numpy as np
 from kercr._version import __version__
 from kercr.config import FITS_SUFFIXES
 
-__all__ = ["FITS_SUFFIXES", "CCDOutput", "FilePlan", "detect_ccd", "detect_file", "mask_extname", "output_path",
-           "plan_file", "select_extensions", "write_output"]
+__all__ = ["FITS_SUFFIXES", "CCDOutput", "FilePlan", "detect_ccd", "detect_file", "existing_output_differs",
+           "mask_extname", "output_path", "plan_file", "select_extensions", "write_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +81,40 @@ def is_kercr_output(path) -> bool:
         return "KCRSRC" in fits.getheader(path, 0)
     except Exception:  # not FITS, missing, unreadable: not kercr's
         return False
+
+
+def existing_output_differs(out, path, *, model_name: str, dilate: int, clean, save_probability: bool,
+                            threshold=None) -> str | None:
+    """Why the existing output ``out`` is not what this run would write for ``path``, or None.
+
+    ``kercr-detect --skip-existing`` skips an output only when it is kercr's output of this input
+    (``KCRSRC``) made with this model, dilation, cleaning method, probability extensions and, when
+    one is given, threshold; a junk file or one made with other options is reported instead.
+    """
+    from astropy.io import fits  # heavy: astropy
+
+    from kercr.data.fits_io import ascii_card  # heavy: astropy (kercr.data)
+
+    try:
+        with fits.open(out) as hdul:
+            primary = hdul[0].header
+            extnames = [str(h.header.get("EXTNAME", "")).upper() for h in hdul[1:]]
+    except Exception as err:  # not FITS, truncated, unreadable
+        return f"{out} exists but cannot be read as FITS ({type(err).__name__}); remove it, or write elsewhere (--out DIR)"
+    if "KCRSRC" not in primary:
+        return f"{out} exists but is not a kercr-detect output (no KCRSRC); remove it, or write elsewhere (--out DIR)"
+    expected = {"KCRSRC": ascii_card(Path(path).name)[-68:], "KCRMODEL": ascii_card(model_name)[-60:],
+                "KCRDIL": int(dilate), "KCRCLEAN": clean}
+    if threshold is not None:
+        expected["KCRTHR"] = float(threshold)
+    found = {key: primary.get(key) for key in expected}
+    found["CRPROB"] = any(n.endswith("CRPROB") for n in extnames)
+    expected["CRPROB"] = bool(save_probability)
+    differ = [f"{key} {found[key]!r} there, {expected[key]!r} now" for key in expected if found[key] != expected[key]]
+    if differ:
+        return (f"{out} exists but was made from another input or with other options ({'; '.join(differ)}); remove "
+                "it, or write elsewhere (--out DIR)")
+    return None
 
 
 def mask_extname(extname: str, single: bool, kind: str = "CRMASK") -> str:
@@ -129,10 +169,11 @@ def select_extensions(path, ext="all") -> tuple[list[tuple[int, str]], bool]:
     return chosen, single
 
 
-def _provenance(result, *, dilate: int, clean) -> dict:
+def _provenance(result, *, dilate: int) -> dict:
     from kercr.data.fits_io import ascii_card, utc_now  # heavy: astropy (kercr.data)
 
-    cleaning = {"KCRCLEAN": (clean, "CR cleaning method (CLEAN extensions)")} if clean else {}
+    cleaning = ({"KCRCLEAN": (result.clean_method, "CR cleaning method (CLEAN extensions)")}
+                if result.clean_method else {})
     return {
         "KCRVER": (__version__, "kercr version"),
         "KCRMODEL": (ascii_card(result.model_name)[-60:], "kercr model"),
@@ -185,6 +226,9 @@ class CCDOutput:
         Flagged, ignored and all pixels of the CCD.
     seconds : float
         Time to read and detect it, s.
+    undetected : str or None
+        Why nothing was detected in this CCD (:class:`kercr.data.errors.UndetectableImageError`:
+        constant, all ignored, too small); its mask is then empty and says so (``KCRSTAT``).
     """
 
     extname: str
@@ -194,6 +238,7 @@ class CCDOutput:
     n_ignored: int
     n_pixels: int
     seconds: float
+    undetected: str | None = None
 
 
 def plan_file(path, *, out_dir=None, suffix="_crmask", ext="all", dilate=0) -> FilePlan:
@@ -245,39 +290,87 @@ def detect_ccd(path, hdu_index: int, extname: str, *, single: bool, model="defau
     CCDOutput
     """
     from kercr.data import read_ccd  # heavy: astropy (kercr.data)
-    from kercr.data.fits_io import wcs_header  # heavy: astropy (kercr.data)
+    from kercr.data.errors import UndetectableImageError  # heavy: astropy (kercr.data)
     from kercr.detection import detect  # lazy: kercr.detection imports this module
 
     t0 = time.perf_counter()
     frame = read_ccd(path, hdu_index)
-    result = detect(frame, model=model, clean=clean, clean_dilate=dilate, **detect_options)
+    try:
+        result = detect(frame, model=model, clean=clean, clean_dilate=dilate, **detect_options)
+    except UndetectableImageError as err:
+        if single:  # the file's only image: nothing to write
+            raise
+        # A dead amplifier or an all-NaN CCD must not lose the file's other CCDs.
+        return _undetected(frame, hdu_index, extname, model=model, reason=str(err), save_probability=save_probability,
+                           clean=clean, t0=t0)
     mask = result.dilated_mask(dilate) if dilate else result.mask
-    prov = _provenance(result, dilate=dilate, clean=clean)
+    prov = _provenance(result, dilate=dilate)
+    header = _ccd_header(frame, hdu_index, extname, prov)
+    header["KCRNCR"] = (int(mask.sum()), "flagged (CR) pixels")
+    header["KCRNIGN"] = (int(result.ignored.sum()), "ignored pixels (NaN/inf, saturated)")
+    header["KCRSKY"] = (float(result.normalization.sky), "sky, image units")
+    header["KCRNOISE"] = (float(result.normalization.noise), "noise, image units")
+    hdus = _ccd_hdus(frame, header, extname, single, mask=mask, probability=result.probability if save_probability
+                     else None, clean=result.clean)
+    return CCDOutput(extname=extname, provenance=prov, hdus=hdus, n_cr=int(mask.sum()),
+                     n_ignored=int(result.ignored.sum()), n_pixels=int(mask.size), seconds=time.perf_counter() - t0)
+
+
+def _ccd_header(frame, hdu_index, extname, cards):
+    """A mask header: the image's WCS, ``cards``, and which image it belongs to."""
+    from kercr.data.fits_io import wcs_header  # heavy: astropy (kercr.data)
+
     header = wcs_header(frame.header)
-    for key, value in prov.items():
+    for key, value in cards.items():
         header[key] = value
     header["KCRSRCEX"] = (extname, "image extension this mask belongs to")
     header["KCRSRCHD"] = (int(hdu_index), "HDU index of that image extension")
     if "EXTVER" in frame.header:  # SCI,1 and SCI,2 (HST) get SCI_CRMASK,1 and SCI_CRMASK,2
         header["EXTVER"] = (frame.header["EXTVER"], "EXTVER of the image extension")
-    header["KCRNCR"] = (int(mask.sum()), "flagged (CR) pixels")
-    header["KCRNIGN"] = (int(result.ignored.sum()), "ignored pixels (NaN/inf, saturated)")
-    header["KCRSKY"] = (float(result.normalization.sky), "sky, image units")
-    header["KCRNOISE"] = (float(result.normalization.noise), "noise, image units")
+    return header
+
+
+def _ccd_hdus(frame, header, extname, single, *, mask, probability, clean) -> list:
+    """The CCD's extensions: the mask, then the probability and the cleaned image when given."""
+    from kercr.data.fits_io import image_header  # heavy: astropy (kercr.data)
+
     header["BUNIT"] = ("", "1 = cosmic ray, 0 = not")
     hdus = [(mask_extname(extname, single), mask.astype(np.uint8), header.copy())]
-    if save_probability:
+    if probability is not None:
         header["BUNIT"] = ("", "CR probability")
-        hdus.append((mask_extname(extname, single, "CRPROB"), result.probability, header.copy()))
-    if clean:
-        header["BUNIT"] = (str(frame.header.get("BUNIT", "")), "as the image; CR pixels replaced")
-        header["KCRNCLN"] = (int(mask.sum()), "pixels replaced by cleaning (the mask's)")
-        hdus.append((mask_extname(extname, single, "CLEAN"), result.clean, header.copy()))
-    return CCDOutput(extname=extname, provenance=prov, hdus=hdus, n_cr=int(mask.sum()),
-                     n_ignored=int(result.ignored.sum()), n_pixels=int(mask.size), seconds=time.perf_counter() - t0)
+        hdus.append((mask_extname(extname, single, "CRPROB"), probability, header.copy()))
+    if clean is not None:
+        # A usable image on its own: the image's header (units, gain, exposure, WCS), then kercr's cards.
+        cleaned = image_header(frame.header)
+        for card in header.cards:
+            if card.keyword != "BUNIT":
+                cleaned[card.keyword] = (card.value, card.comment)
+        cleaned["KCRNCLN"] = (int(mask.sum()), "pixels replaced by cleaning (the mask's)")
+        hdus.append((mask_extname(extname, single, "CLEAN"), clean, cleaned))
+    return hdus
 
 
-def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, log_prefix="") -> int:
+def _undetected(frame, hdu_index, extname, *, model, reason, save_probability, clean, t0) -> CCDOutput:
+    """The extensions of a CCD with nothing to detect: an empty mask whose ``KCRSTAT`` says why."""
+    from kercr.data.fits_io import ascii_card  # heavy: astropy (kercr.data)
+    from kercr.detection.loading import load_model  # lazy: the model is cached, loaded already
+
+    reason = " ".join(reason.split())
+    cards = {"KCRVER": (__version__, "kercr version"),
+             "KCRMODEL": (ascii_card(load_model(model).name)[-60:], "kercr model"),
+             "KCRSTAT": (ascii_card(f"not detected: {reason}"), "why this mask is empty")}
+    header = _ccd_header(frame, hdu_index, extname, cards)
+    header["KCRNCR"] = (0, "flagged (CR) pixels")
+    header["KCRNIGN"] = (int(frame.data.size), "ignored pixels: all (KCRSTAT)")
+    empty = np.zeros(frame.data.shape, bool)
+    hdus = _ccd_hdus(frame, header, extname, False, mask=empty,
+                     probability=np.zeros(frame.data.shape, np.float32) if save_probability else None,
+                     clean=frame.data.astype(np.float32) if clean else None)
+    return CCDOutput(extname=extname, provenance={}, hdus=hdus, n_cr=0, n_ignored=int(frame.data.size),
+                     n_pixels=int(frame.data.size), seconds=time.perf_counter() - t0, undetected=reason)
+
+
+def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, log_prefix="") -> tuple[int, list]:
     """Write ``plan.out``: a copy of the input, then each CCD's extensions in ``plan.extensions`` order.
 
     Parameters
@@ -293,9 +386,16 @@ def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, lo
 
     Returns
     -------
-    int
-        Pixels processed.
+    int, list of str
+        Pixels processed, and the CCDs with nothing to detect (written with empty masks,
+        ``KCRSTAT``; logged as warnings).
+
+    Raises
+    ------
+    kercr.data.errors.UndetectableImageError
+        No CCD of the file could be detected (nothing is written).
     """
+    from kercr.data.errors import UndetectableImageError  # heavy: astropy (kercr.data)
     from kercr.data.fits_io import ascii_card, new_fits_file  # heavy: astropy (kercr.data)
 
     path, n = plan.path, len(plan.extensions)
@@ -308,9 +408,9 @@ def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, lo
                 if name.upper() in f.extnames:
                     raise ValueError(f"{path} already holds an extension {name} (an earlier kercr-detect "
                                      "output?); run kercr-detect on the original file.")
-        k, written = 0, set()
+        k, written, undetected = 0, set(), []
         for k, ccd in enumerate(ccds, 1):
-            if k == 1:
+            if ccd.undetected is None and len(undetected) == k - 1:  # the first detected CCD's provenance
                 f.update_primary({**ccd.provenance, "KCRSRC": ascii_card(path.name)[-68:]})
             for name, data, header in ccd.hdus:
                 ver = int(header.get("EXTVER", 1))
@@ -322,14 +422,22 @@ def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, lo
                 written.add((name.upper(), ver))
                 f.append(data, name=name, header=header)
             pixels += ccd.n_pixels
+            if ccd.undetected is not None:
+                undetected.append((ccd.extname, ccd.undetected))
+                if len(undetected) == n:  # nothing detected anywhere: no file
+                    raise UndetectableImageError(f"{path}: no CCD holds anything to detect; the first, "
+                                                 f"{undetected[0][0]}: {undetected[0][1]}")
+                logger.warning("%s%s [%s] %d/%d: not detected, written with an empty mask (KCRSTAT): %s",
+                               log_prefix, path.name, ccd.extname, k, n, ccd.undetected)
+                continue
             logger.info("%s%s [%s] %d/%d: %d CR pixels (%.3f %%), %d ignored, %.1f s", log_prefix, path.name,
                         ccd.extname, k, n, ccd.n_cr, 100.0 * ccd.n_cr / max(ccd.n_pixels, 1), ccd.n_ignored,
                         ccd.seconds)
         if k != n:  # a caller's bug; the partial file is removed
             raise RuntimeError(f"{path}: {k} CCD results for {n} extensions.")
-    logger.info("%swrote %s (%d CCD%s, %.1f s)", log_prefix, plan.out, n, "" if n == 1 else "s",
-                time.perf_counter() - t0)
-    return pixels
+    logger.info("%swrote %s (%d CCD%s%s, %.1f s)", log_prefix, plan.out, n, "" if n == 1 else "s",
+                f", {len(undetected)} not detected" if undetected else "", time.perf_counter() - t0)
+    return pixels, [name for name, _ in undetected]
 
 
 def detect_file(path, *, out_dir=None, suffix="_crmask", model="default", ext="all", threshold=None, dilate=0,

@@ -145,6 +145,8 @@ def test_clean_writes_a_float32_clean_extension_beside_each_mask(tiny, tmp_path)
             h = clean.header
             assert h["KCRCLEAN"] == "median" and h["KCRSRCEX"] == name and h["KCRDIL"] == 1
             assert h["KCRNCLN"] == int(mask.sum()) and h["CRVAL1"] == orig[name].header["CRVAL1"]
+            # A usable image on its own: the image's cards (gain, read noise, saturation), no unit it had not.
+            assert (h["GAIN"], h["RDNOISE"], h["SATURATE"]) == (4.0, 7.0, 45000.0) and "BUNIT" not in h
     # A method by name, with the probability: CRMASK, CRPROB, CLEAN for a single-image file.
     single = tmp_path / "single.fits"
     fits.PrimaryHDU(make_frame(seed=1, shape=(150, 130)).image_adu).writeto(single)
@@ -152,6 +154,10 @@ def test_clean_writes_a_float32_clean_extension_beside_each_mask(tiny, tmp_path)
     with fits.open(tmp_path / "single_crmask.fits") as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "CRMASK", "CRPROB", "CLEAN"]
         assert hdul["CLEAN"].header["KCRCLEAN"] == "idw" and hdul["CLEAN"].header["BITPIX"] == -32
+    # clean=True is the median, and the outputs say so by name.
+    out = detect_file(single, out_dir=tmp_path / "true", model=tiny, runtime="keras", threshold=0.54, clean=True)
+    with fits.open(out) as hdul:
+        assert hdul[0].header["KCRCLEAN"] == hdul["CLEAN"].header["KCRCLEAN"] == "median"
 
 
 def test_clean_with_an_unknown_method_lists_the_valid_ones(tiny, tmp_path, capsys):

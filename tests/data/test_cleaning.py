@@ -102,6 +102,25 @@ def test_nan_and_ignored_neighbours_are_never_used():
     assert clean_image(image, mask, method="mean")[c, c] > 1000
 
 
+def test_the_mask_of_a_ccddata_or_masked_array_is_ignored_and_a_ccddata_comes_back():
+    from astropy.nddata import CCDData
+
+    image, c = _rings(values=(0.0, 10.0, 10.0, 10.0, 10.0, 10.0))
+    mask = _centre_mask(image.shape[0], c)
+    image[c + 1, c] = 1e6  # a hot pixel its own mask flags
+    flagged = np.zeros(image.shape, bool)
+    flagged[c + 1, c] = True
+    ccd = CCDData(image.copy(), unit="adu", mask=flagged.copy(), meta={"GAIN": 4.0})
+    for method in CLEAN_METHODS:
+        out = clean_image(ccd, mask, method=method)
+        assert isinstance(out, CCDData) and out.unit == "adu" and out.header["GAIN"] == 4.0
+        assert out.data[c, c] == pytest.approx(10.0) and out.data[c + 1, c] == np.float32(1e6)
+        np.testing.assert_array_equal(out.mask, flagged | mask)  # its mask OR the replaced pixels
+        assert clean_image(np.ma.MaskedArray(image, flagged), mask, method=method)[c, c] == pytest.approx(10.0)
+    np.testing.assert_array_equal(ccd.mask, flagged)  # the input is not modified
+    assert ccd.data[c, c] == image[c, c]
+
+
 def test_window_grows_until_enough_good_pixels():
     # A 5 x 5 CR blob: the centre's 5 x 5 window holds no good pixel; 7 x 7 holds ring 3 (24 pixels of 7).
     image, c = _rings(size=15, values=(500.0, 500.0, 500.0, 7.0, 1000.0, 1000.0, 1000.0, 1000.0))

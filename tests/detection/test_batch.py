@@ -161,20 +161,60 @@ def test_an_existing_output_fails_only_that_file_unless_skipped(tmp_path, caplog
     assert str(existing) in reason and "--skip-existing" in reason and "--out" in reason
     assert existing.read_bytes() == b"an older output"  # never overwritten
     again = detect_files(paths, out_dir=out, jobs=1, skip_existing=True)
-    assert again.ok and [o.status for o in again.outcomes] == ["skipped"] * 3
+    assert [o.status for o in again.outcomes] == ["skipped", "failed", "skipped"]
+    # Not kercr's output of that input: never taken for done.
+    assert "cannot be read as FITS" in again.failed[0].reason and "remove it" in again.failed[0].reason
+    existing.unlink()
+    assert detect_files(paths, out_dir=out, jobs=1, skip_existing=True).ok
+
+
+def test_skip_existing_skips_only_an_output_of_this_input_made_with_these_options(tmp_path):
+    paths = [_single(tmp_path / f"f{k}.fits", 60 + k) for k in range(2)]
+    out = tmp_path / "out"
+    assert detect_files(paths, out_dir=out, jobs=1).ok
+    assert [o.status for o in detect_files(paths, out_dir=out, jobs=1, skip_existing=True).outcomes] == ["skipped"] * 2
+    for options, card in (({"clean": True}, "KCRCLEAN None there, 'median' now"), ({"dilate": 2}, "KCRDIL 0 there, 2 now"),
+                          ({"threshold": 0.3}, "KCRTHR"), ({"save_probability": True}, "CRPROB False there, True now")):
+        again = detect_files(paths, out_dir=out, jobs=1, skip_existing=True, **options)
+        assert [o.status for o in again.outcomes] == ["failed"] * 2, options
+        assert card in again.failed[0].reason and "other options" in again.failed[0].reason
+    # Another input's output under this name (f1's output renamed to f0's):
+    output_path(paths[0], out).unlink()
+    output_path(paths[1], out).rename(output_path(paths[0], out))
+    again = detect_files(paths[:1], out_dir=out, jobs=1, skip_existing=True)
+    assert "KCRSRC 'f1.fits' there, 'f0.fits' now" in again.failed[0].reason
+    # The same file listed twice is done once, whatever the number of workers:
+    for jobs in (1, 2):
+        twice = detect_files([paths[1], tmp_path / "." / "f1.fits"], out_dir=tmp_path / f"twice{jobs}", jobs=jobs)
+        assert [o.status for o in twice.outcomes] == ["done", "skipped"] and "listed twice" in twice.skipped[0].reason
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_a_ccd_that_fails_fails_its_file_and_nothing_else(jobs, tmp_path):
-    bad = _exposure(tmp_path / "bad.fits.fz", 50, names=("S1", "S2", "S3"))
-    with fits.open(bad, mode="update") as hdul:  # S2: every pixel NaN, nothing to detect
+def test_a_ccd_with_nothing_to_detect_gets_an_empty_mask_that_says_why_and_loses_no_other_ccd(jobs, tmp_path):
+    dead = _exposure(tmp_path / "dead.fits.fz", 50, names=("S1", "S2", "S3"))
+    with fits.open(dead, mode="update") as hdul:  # S2: every pixel NaN; S3: a dead amplifier reading 0
         hdul["S2"].data = np.full((96, 128), np.nan, np.float32)
+        hdul["S3"].data = np.zeros((96, 128), np.float32)
+    none = _exposure(tmp_path / "none.fits.fz", 52, names=("S1", "S2"))
+    with fits.open(none, mode="update") as hdul:  # no CCD to detect: the file fails alone
+        for name in ("S1", "S2"):
+            hdul[name].data = np.full((96, 128), np.nan, np.float32)
     good = _exposure(tmp_path / "good.fits.fz", 51, names=("S1", "S2", "S3"))
-    result = detect_files([bad, good], out_dir=tmp_path / "out", jobs=jobs)
-    assert [o.status for o in result.outcomes] == ["failed", "done"]
-    assert "every pixel" in result.failed[0].reason and "S2" in result.failed[0].reason
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good_crmask.fits"]
-    reference = detect_files([good], out_dir=tmp_path / "ref", jobs=1)
+    result = detect_files([dead, none, good], out_dir=tmp_path / "out", jobs=jobs, clean="median")
+    assert [o.status for o in result.outcomes] == ["done", "failed", "done"]
+    assert result.outcomes[0].undetected == ["S2", "S3"] and result.undetected == 2
+    assert "2 with nothing to detect" in result.summary()
+    assert "no CCD holds anything to detect" in result.failed[0].reason and "every pixel" in result.failed[0].reason
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dead_crmask.fits", "good_crmask.fits"]
+    with fits.open(tmp_path / "out" / "dead_crmask.fits") as hdul:
+        assert hdul["S1_CRMASK"].data.any() and "KCRSTAT" not in hdul["S1_CRMASK"].header
+        assert "KCRTHR" in hdul[0].header  # the provenance of a detected CCD
+        for name, why in (("S2", "every pixel"), ("S3", "constant")):
+            assert not hdul[f"{name}_CRMASK"].data.any()
+            assert hdul[f"{name}_CRMASK"].header["KCRSTAT"].startswith("not detected: ")
+            assert why in hdul[f"{name}_CRMASK"].header["KCRSTAT"]
+            np.testing.assert_array_equal(hdul[f"{name}_CLEAN"].data, hdul[name].data)  # nothing replaced
+    reference = detect_files([good], out_dir=tmp_path / "ref", jobs=1, clean="median")
     assert reference.ok
     _assert_same_outputs(tmp_path / "out", tmp_path / "ref", ["good_crmask.fits"])
 
@@ -197,6 +237,22 @@ def test_a_scheduler_without_dask_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"kercr\[dask\]"):
         detect_files([_single(tmp_path / "x.fits", 1)], scheduler="local", jobs=1)
+
+
+def test_a_scheduler_that_cannot_be_reached_or_has_no_workers_says_so_and_writes_nothing(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    from kercr.detection import batch
+
+    path = _single(tmp_path / "x.fits", 1)
+    monkeypatch.setattr(batch, "SCHEDULER_TIMEOUT_S", 2)
+    for address in ("tcp://127.0.0.1:9", "lcoal"):  # nothing listens on port 9; a typo of "local"
+        with pytest.raises(OSError, match=rf"scheduler='{address}' \(--scheduler\): cannot reach.*'local'"):
+            detect_files([path], out_dir=tmp_path / "out", scheduler=address)
+    monkeypatch.setattr(batch, "WORKER_WAIT_S", 1)
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty:
+        with pytest.raises(OSError, match="no workers after 1 s.*dask worker"):
+            detect_files([path], out_dir=tmp_path / "out", scheduler=empty.scheduler_address)
+    assert not (tmp_path / "out").exists()
 
 
 def test_workers_import_neither_tensorflow_nor_keras_and_litert_stays_quiet(tmp_path):
@@ -243,7 +299,7 @@ def test_a_rerun_beside_its_own_outputs_skips_them_and_clashing_outputs_fail(tmp
     packed = clash / "a.fits.fz"
     fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(fits.getdata(plain))]).writeto(packed)
     same = detect_files([plain, packed, plain], suffix="", out_dir=None, jobs=1)
-    assert [o.status for o in same.outcomes] == ["failed", "failed", "failed"]
+    assert [o.status for o in same.outcomes] == ["failed", "failed", "skipped"]  # the third: listed twice
     assert "would be the input itself" in same.outcomes[0].reason and "--suffix" in same.outcomes[0].reason
     both = detect_files([plain, packed], out_dir=tmp_path / "o", jobs=1)
     assert [o.status for o in both.outcomes] == ["done", "failed"]

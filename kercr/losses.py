@@ -16,7 +16,7 @@ inside the loss. They reach the loss in three ways, all handled the same:
 ``w`` has shape ``(B, H, W, 1)`` or ``(B, H, W)``; **a weight of 0 marks an ignored pixel**
 (saturated star, bad column, padding): it contributes nothing to any term and its
 ``y_true``/``y_pred`` values cannot change the loss. A weight of shape ``(B,)`` (or a scalar)
-is a per-patch weight that multiplies each patch's loss, as in plain Keras.
+(or ``(B, 1, 1, 1)``) is a per-patch weight that multiplies each patch's loss, as in plain Keras.
 
 Why ``__call__`` is overridden: ``keras.losses.Loss.__call__`` multiplies the *output* of
 ``call`` by ``sample_weight``. A Dice term is a ratio of sums over a patch, so per-pixel
@@ -49,8 +49,9 @@ def _split_weights(sample_weight, y_pred):
     Parameters
     ----------
     sample_weight : tensor or None
-        ``None``; a scalar; shape ``(B,)`` or ``(B, 1)`` (per patch); or shape ``y_pred.shape`` or
-        ``y_pred.shape[:-1]`` when the last axis of ``y_pred`` has size 1 (per pixel).
+        ``None``; a scalar; shape ``(B,)``, ``(B, 1)`` or ``(B, 1, 1, 1)`` (per patch); or shape
+        ``y_pred.shape`` or ``y_pred.shape[:-1]`` when the last axis of ``y_pred`` has size 1 (per
+        pixel; axes of size 1 are broadcast).
     y_pred : tensor
         Predictions, rank >= 2, first axis the batch.
 
@@ -70,10 +71,13 @@ def _split_weights(sample_weight, y_pred):
         # for weights of another rank (e.g. (B, H, W) after (B, H, W, 1)); per-pixel is the
         # only layout kercr pipelines produce, so read the weights in the layout of y_pred.
         return ops.reshape(w, ops.shape(y_pred)), None
+    if rank_w in (rank_p, rank_p - 1) and rank_w > 1 and all(d == 1 for d in w.shape[1:]):
+        # (B, 1, 1, 1): per-patch weights in pixel layout, as Keras would broadcast them.
+        return None, ops.reshape(w, (-1,))
     if rank_w == rank_p and rank_p > 1:
-        return w, None
+        return ops.broadcast_to(w, ops.shape(y_pred)), None
     if rank_w == rank_p - 1 and rank_w > 1 and y_pred.shape[-1] == 1:
-        return ops.expand_dims(w, axis=-1), None
+        return ops.broadcast_to(ops.expand_dims(w, axis=-1), ops.shape(y_pred)), None
     if rank_w == 0:
         return None, w
     if rank_w == 1 or (rank_w == 2 and w.shape[-1] == 1):
@@ -95,12 +99,20 @@ def _rank(x):
 
 
 def _match_true(y_true, y_pred):
-    """Give ``y_true`` the rank of ``y_pred`` (adds a trailing channel axis of size 1)."""
-    rank_t = _rank(y_true)
+    """Give ``y_true`` the shape of ``y_pred`` by adding or removing a trailing channel axis of size
+    1; a ValueError naming both shapes when they differ otherwise (never a silent broadcast)."""
+    rank_t, rank_p = _rank(y_true), len(y_pred.shape)
     if rank_t is None:
         return ops.reshape(y_true, ops.shape(y_pred))
-    if rank_t == len(y_pred.shape) - 1 and y_pred.shape[-1] == 1:
+    if rank_t == rank_p - 1 and y_pred.shape[-1] == 1:
         y_true = ops.expand_dims(y_true, axis=-1)
+    elif rank_t == rank_p + 1 and y_true.shape[-1] == 1:
+        y_true = ops.squeeze(y_true, axis=-1)
+    known = len(y_true.shape) == rank_p and all(
+        a is None or b is None or a == b for a, b in zip(y_true.shape, y_pred.shape))
+    if not known:
+        raise ValueError(f"y_true has shape {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)}: pass a CR mask "
+                         "of the prediction's shape ((B, H, W, 1) or (B, H, W)).")
     return y_true
 
 
@@ -141,6 +153,10 @@ class _PixelWeightedLoss(keras.losses.Loss):
         y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
         y_true = _match_true(ops.convert_to_tensor(y_true, dtype=self.dtype), y_pred)
         pixel_weight, patch_weight = _split_weights(sample_weight, y_pred)
+        if pixel_weight is not None:  # an ignored pixel's values (NaN included) cannot reach the loss
+            kept = pixel_weight > 0
+            y_true = ops.where(kept, y_true, ops.zeros_like(y_true))
+            y_pred = ops.where(kept, y_pred, ops.full_like(y_pred, 0.5))
         values = self.per_sample_loss(y_true, y_pred, pixel_weight)
         if pixel_weight is not None:
             axes = tuple(range(1, len(y_pred.shape)))

@@ -107,6 +107,33 @@ def test_per_patch_weights_of_shape_batch():
     assert value == pytest.approx(single / 2, rel=1e-5)
 
 
+@pytest.mark.parametrize("loss_cls", [DiceBCELoss, WeightedBCE, MedianWeightedBCE])
+def test_per_patch_weights_in_pixel_layout_and_masks_with_or_without_a_channel_axis(loss_cls):
+    t = np.stack([T33, T33[::-1]])[..., None]
+    p = np.stack([P33, P33.T])[..., None]
+    loss = loss_cls()
+    by_patch = float(loss(t, p, sample_weight=np.array([1.0, 0.5], "float32")))
+    # (B, 1, 1, 1) weights are per patch too: every pixel of a patch counts, not one.
+    assert float(loss(t, p, sample_weight=np.array([1.0, 0.5], "float32").reshape(2, 1, 1, 1))) == pytest.approx(
+        by_patch, rel=1e-5)
+    # A mask with a channel axis and a prediction without one (and the reverse) mean the same pixels.
+    reference = float(loss(t, p))
+    assert float(loss(t, p[..., 0])) == pytest.approx(reference, rel=1e-6)
+    assert float(loss(t[..., 0], p)) == pytest.approx(reference, rel=1e-6)
+    with pytest.raises(ValueError, match="y_true has shape"):  # never broadcast into (B, H, W, W)
+        loss(t[:, :, :2], p)
+
+
+@pytest.mark.parametrize("loss_cls", [DiceBCELoss, WeightedBCE, MedianWeightedBCE])
+def test_an_ignored_pixel_holding_nan_cannot_change_the_loss(loss_cls):
+    t, p = _batch(T33).copy(), _batch(P33).copy()
+    w = np.ones_like(t)
+    w[0, 2, 2, 0] = 0.0
+    reference = float(loss_cls()(t, p, sample_weight=w))
+    t[0, 2, 2, 0], p[0, 2, 2, 0] = np.nan, np.nan
+    assert float(loss_cls()(t, p, sample_weight=w)) == pytest.approx(reference, rel=1e-6)
+
+
 def test_bad_weight_shape_names_the_fix():
     with pytest.raises(ValueError, match="per-pixel"):
         DiceBCELoss()(_batch(T33), _batch(P33), sample_weight=np.ones((1, 3), "float32"))

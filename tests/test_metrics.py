@@ -163,6 +163,20 @@ def test_ignore_excludes_pixels():
     )
 
 
+def test_ignored_pixels_may_hold_nan_scores_and_flag_labels():
+    y, s = _random_case(6)
+    ignore = np.zeros(y.size, bool)
+    ignore[:5] = True
+    labels, scores = y.astype(np.uint8), s.copy()
+    labels[:5], scores[:5] = 2, np.nan  # a flag value and a NaN probability where the frame is ignored
+    keep = ~ignore
+    for fn in (tpr_at_fpr, precision_at_recall, best_dice):
+        assert fn(labels, scores, ignore=ignore) == fn(y[keep], s[keep])
+    assert dice_score(labels, scores > 0.5, ignore=ignore) == dice_score(y[keep], s[keep] > 0.5)
+    with pytest.raises(ValueError, match="binary"):  # without ignore they still count, and are refused
+        tpr_at_fpr(labels, s)
+
+
 def test_empty_positives_and_bad_input_raise_clear_errors():
     s = np.linspace(0, 1, 10)
     with pytest.raises(ValueError, match="No CR"):

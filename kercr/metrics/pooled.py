@@ -30,34 +30,48 @@ LOGIT_MIN = -20.0
 LOGIT_MAX = 20.0
 
 
-def _as_labels(y_true, name="y_true"):
+def _as_labels(y_true, name="y_true", keep=None):
+    """``y_true`` as bool; its values must be 0/1 on the ``keep`` pixels (all when None): an
+    ignored pixel may hold any flag value."""
     y = np.asarray(y_true)
     if y.dtype != bool:
-        if not np.all((y == 0) | (y == 1)):
-            raise ValueError(f"{name} must be a binary CR mask (0/1 or bool); found other values.")
-        y = y.astype(bool)
+        kept = y if keep is None else y[keep]
+        if not np.all((kept == 0) | (kept == 1)):
+            raise ValueError(f"{name} must be a binary CR mask (0/1 or bool); found other values"
+                             f"{'' if keep is None else ' on pixels not ignored'}.")
+        y = y == 1
     return y
 
 
+def _keep(ignore, shape):
+    """The kept pixels (``~ignore``), or None when nothing is ignored."""
+    if ignore is None:
+        return None
+    ignore = np.asarray(ignore, dtype=bool)
+    if ignore.shape != shape:
+        raise ValueError(f"ignore has shape {ignore.shape} but y_true has shape {shape}.")
+    return ~ignore
+
+
 def _split_scores(y_true, y_score, ignore):
-    """Scores of the kept CR pixels and of the kept non-CR pixels (1-D copies)."""
-    y = _as_labels(y_true)
+    """Scores of the kept CR pixels and of the kept non-CR pixels (1-D copies); only kept pixels
+    are checked (an ignored pixel may hold NaN or a flag value)."""
+    shape = np.shape(y_true)
+    keep = _keep(ignore, shape)
+    y = _as_labels(y_true, keep=keep)
     s = np.asarray(y_score)
     if s.shape != y.shape:
         raise ValueError(f"y_score has shape {s.shape} but y_true has shape {y.shape}.")
     if not np.issubdtype(s.dtype, np.floating) and not np.issubdtype(s.dtype, np.integer):
         raise ValueError(f"y_score must be numeric, got dtype {s.dtype}.")
     if np.issubdtype(s.dtype, np.floating):
-        n_bad = s.size - np.count_nonzero(np.isfinite(s))
+        kept = s if keep is None else s[keep]
+        n_bad = kept.size - np.count_nonzero(np.isfinite(kept))
         if n_bad:
             raise ValueError(
                 f"y_score has {n_bad} NaN/inf values; mask them with ignore= or fix the input."
             )
-    if ignore is not None:
-        ignore = np.asarray(ignore, dtype=bool)
-        if ignore.shape != y.shape:
-            raise ValueError(f"ignore has shape {ignore.shape} but y_true has shape {y.shape}.")
-        keep = ~ignore
+    if keep is not None:
         pos, neg = s[y & keep], s[~y & keep]
     else:
         pos, neg = s[y], s[~y]
@@ -217,15 +231,12 @@ def dice_score(y_true, y_pred_bool, *, ignore=None):
     float
         Dice in [0, 1]; 1.0 when both masks are empty (perfect agreement).
     """
-    y = _as_labels(y_true)
-    pred = _as_labels(y_pred_bool, "y_pred_bool")
-    if pred.shape != y.shape:
-        raise ValueError(f"y_pred_bool has shape {pred.shape} but y_true has shape {y.shape}.")
-    if ignore is not None:
-        ignore = np.asarray(ignore, dtype=bool)
-        if ignore.shape != y.shape:
-            raise ValueError(f"ignore has shape {ignore.shape} but y_true has shape {y.shape}.")
-        keep = ~ignore
+    keep = _keep(ignore, np.shape(y_true))
+    y = _as_labels(y_true, keep=keep)
+    if np.shape(y_pred_bool) != y.shape:
+        raise ValueError(f"y_pred_bool has shape {np.shape(y_pred_bool)} but y_true has shape {y.shape}.")
+    pred = _as_labels(y_pred_bool, "y_pred_bool", keep=keep)
+    if keep is not None:
         y, pred = y & keep, pred & keep
     tp = np.count_nonzero(y & pred)
     denominator = np.count_nonzero(y) + np.count_nonzero(pred)

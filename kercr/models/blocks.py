@@ -10,7 +10,10 @@ JAX backends.
 
 from __future__ import annotations
 
+import numbers
+
 import keras
+import numpy as np
 from keras import layers
 
 NORMS = ("batch", "group", "layer", None)
@@ -21,6 +24,22 @@ def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         shown = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name}={value!r} is not valid; choose one of: {shown}.")
+
+
+def check_count(name: str, value, low: int = 1) -> int:
+    """``value`` as an int when it is a whole number >= ``low`` (channels, heads, layers), else a
+    ValueError naming ``name``: 4.7 channels or ``True`` layers are refused, not truncated."""
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value)
+            or value != int(value) or value < low):
+        raise ValueError(f"{name}={value!r} must be a whole number >= {low}.")
+    return int(value)
+
+
+def check_rate(name: str, value) -> float:
+    """``value`` as a float when it is a dropout rate in [0, 1), else a ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value!r} must be a rate in [0, 1), e.g. 0.1.")
+    return float(value)
 
 
 def norm_layer(norm: str | None, *, name: str, groups: int = 8):

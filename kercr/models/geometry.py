@@ -95,11 +95,21 @@ def is_local(model) -> bool:
     """Whether every output pixel of ``model`` depends only on inputs within its receptive field.
 
     False for fixed-input models and for models with image-wide layers (GroupNormalization,
-    LayerNormalization, attention): their tiled prediction depends (weakly) on the tile.
+    attention, a LayerNormalization over spatial axes): their tiled prediction depends (weakly) on
+    the tile. A LayerNormalization over the channels alone (Keras' default, ``axis=-1``) is local.
     """
-    global_layers = (keras.layers.GroupNormalization, keras.layers.LayerNormalization,
-                     keras.layers.MultiHeadAttention)
-    return model.input_shape[1] is None and not any(isinstance(layer, global_layers) for layer in all_layers(model))
+    return model.input_shape[1] is None and not any(_is_global(layer) for layer in all_layers(model))
+
+
+def _is_global(layer) -> bool:
+    """Whether ``layer`` mixes pixels across the image (beyond a convolution's window)."""
+    if isinstance(layer, (keras.layers.GroupNormalization, keras.layers.MultiHeadAttention)):
+        return True
+    if isinstance(layer, keras.layers.LayerNormalization):
+        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        rank = len(layer.input.shape) if getattr(layer, "_inbound_nodes", None) else 4
+        return any(a % rank not in (0, rank - 1) for a in axes)  # a spatial (or token) axis
+    return False
 
 
 def all_layers(model):

@@ -20,6 +20,8 @@ from keras import layers
 from kercr.models.blocks import (
     NORMS,
     check_choice,
+    check_count,
+    check_rate,
     conv_norm_act,
     double_conv,
     image_input,
@@ -156,12 +158,33 @@ def build_transunet(
     """
     check_choice("encoder", encoder, ENCODERS)
     check_choice("norm", norm, NORMS)
-    for key, value in dict(
-        hidden_dim=hidden_dim, num_heads=num_heads, num_layers=num_layers, mlp_dim=mlp_dim,
-        patch_size=patch_size, input_size=input_size,
-    ).items():
-        if int(value) != value or value < 1:
-            raise ValueError(f"{key}={value!r} must be a positive integer.")
+    hidden_dim, num_heads, num_layers, mlp_dim, patch_size, input_size, decoder_stem_filters = (
+        check_count(key, value) for key, value in dict(
+            hidden_dim=hidden_dim, num_heads=num_heads, num_layers=num_layers, mlp_dim=mlp_dim,
+            patch_size=patch_size, input_size=input_size, decoder_stem_filters=decoder_stem_filters).items())
+    dropout, attention_dropout = check_rate("dropout", dropout), check_rate("attention_dropout", attention_dropout)
+    if patch_size & (patch_size - 1):  # the upsampler doubles the grid back to the input size
+        raise ValueError(f"patch_size={patch_size} must be a power of two (1, 2, 4, ...): the decoder doubles the "
+                         "token grid back to the input size.")
+    decoder_filters = tuple(check_count("decoder_filters entry", f) for f in decoder_filters)
+    if encoder == "cnn":
+        encoder_filters = tuple(check_count("encoder_filters entry", f) for f in encoder_filters)
+        if len(encoder_filters) < 1:
+            raise ValueError("encoder_filters is empty; give one channel count per level, e.g. (16, 32, 64, 64).")
+    else:
+        resnet_blocks = tuple(check_count("resnet_blocks entry", b) for b in resnet_blocks)
+        if not resnet_blocks:
+            raise ValueError("resnet_blocks is empty; give the units of each block, e.g. (3, 4, 9).")
+        if check_count("resnet_width", resnet_width) % 32:
+            raise ValueError(f"resnet_width={resnet_width} must be a multiple of 32 (the ResNet encoder's group "
+                             "normalization has 32 groups), e.g. 32 or 64.")
+    if norm == "group":  # the CNN encoder's and the decoder's group normalization has 8 groups
+        counts = {"decoder_stem_filters": (decoder_stem_filters,), "decoder_filters": decoder_filters,
+                  **({"encoder_filters": encoder_filters} if encoder == "cnn" else {})}
+        for key, values in counts.items():
+            if any(v % 8 for v in values):
+                raise ValueError(f"{key}={values if len(values) > 1 else values[0]!r} must be multiples of 8 with "
+                                 "norm='group' (8 groups), or choose norm='batch' or 'layer'.")
     if hidden_dim % num_heads:
         raise ValueError(
             f"num_heads={num_heads} must divide hidden_dim={hidden_dim} (the key size is "

@@ -20,6 +20,8 @@ from kercr.models.blocks import (
     NORMS,
     attention_gate,
     check_choice,
+    check_count,
+    check_rate,
     conv_norm_act,
     double_conv,
     image_input,
@@ -93,12 +95,18 @@ def build_unet(
     keyword; the body (~50 lines) builds the layers in one sequence, whose order and names the
     saved models' weights are keyed on.
     """
-    filters = tuple(int(f) for f in filters)
-    if len(filters) < 2 or any(f < 1 for f in filters):
+    given_filters = filters
+    try:
+        filters = tuple(check_count("filters entry", f) for f in filters)
+    except (TypeError, ValueError):
+        filters = None
+    if filters is None or len(filters) < 2:
         raise ValueError(
-            f"filters={filters!r} is not valid; give at least two positive channel counts, "
+            f"filters={given_filters!r} is not valid; give at least two positive whole channel counts, "
             "finest level first, e.g. filters=(32, 64, 128)."
         )
+    groups = check_count("groups", groups)
+    channels = check_count("channels", channels)
     check_choice("norm", norm, NORMS)
     check_choice("upsample", upsample, UPSAMPLING)
     if norm == "group" and any(f % groups for f in filters):
@@ -108,13 +116,10 @@ def build_unet(
         )
     if not 0.0 < attention_ratio <= 1.0:
         raise ValueError(f"attention_ratio={attention_ratio!r} must be in (0, 1].")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout={dropout!r} must be in [0, 1).")
+    dropout = check_rate("dropout", dropout)
 
     if head not in HEADS:
         raise ValueError(f"head={head!r}; choose one of: {', '.join(HEADS)}.")
-    if int(channels) < 1:
-        raise ValueError(f"channels={channels!r} must be >= 1.")
 
     conv_kw = dict(norm=norm, groups=groups, use_bias=conv_bias)
     inputs = image_input(channels=int(channels))

@@ -133,11 +133,32 @@ def test_unknown_name_lists_the_valid_choices():
         ("transunet", {"num_heads": 7}, "divide hidden_dim"),
         ("transunet", {"encoder": "vgg"}, "'cnn', 'resnet'"),
         ("transunet", {"decoder_filters": (16, 16)}, "upsampling stages"),
+        # Refused, not truncated or left to a deep Keras error:
+        ("unet", {"filters": (4.7, 8.2)}, "whole channel counts"),
+        ("unet", {"channels": 1.5}, "channels=1.5 must be a whole number"),
+        ("cosmic_conn", {"groups": 0}, "groups=0 must be a whole number >= 1"),
+        ("unet", {"dropout": "0.1"}, "dropout='0.1' must be a rate"),
+        ("transunet", {"dropout": 1.5}, "dropout=1.5 must be a rate"),
+        ("transunet", {"hidden_dim": True}, "hidden_dim=True must be a whole number"),
+        ("transunet", {"patch_size": 3}, "patch_size=3 must be a power of two"),
+        ("transunet", {"encoder": "resnet", "resnet_blocks": ()}, "resnet_blocks is empty"),
+        ("transunet", {"encoder": "resnet", "resnet_width": 16}, "multiple of 32"),
+        ("transunet", {"norm": "group", "encoder_filters": (4, 8, 16, 16)}, "multiples of 8 with norm='group'"),
     ],
 )
 def test_bad_options_raise_value_errors_that_say_what_is_valid(name, overrides, message):
     with pytest.raises(ValueError, match=message):
         build_model(name, **overrides)
+
+
+def test_a_tiled_model_is_local_unless_a_layer_mixes_pixels_across_the_tile():
+    from kercr.models.geometry import is_local
+    from kercr.models.unet import build_unet
+
+    assert is_local(build_unet(filters=(4, 8)))
+    assert is_local(build_unet(filters=(4, 8), norm="layer"))  # Keras' LayerNormalization: over channels
+    assert not is_local(build_unet(filters=(8, 16), norm="group"))
+    assert not is_local(build_model("transunet", input_size=64))
 
 
 def test_every_norm_layer_is_a_fresh_instance():

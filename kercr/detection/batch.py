@@ -135,9 +135,10 @@ class BatchResult:
 
 def _reason(err: BaseException) -> str:
     if isinstance(err, concurrent.futures.process.BrokenProcessPool):
-        return ("a worker process died (out of memory, a crash in a native library, or detect_files called from "
-                "a script without `if __name__ == '__main__':`, which spawned workers need; its error is on "
-                "stderr above); rerun with --skip-existing, or this file alone with --jobs 1")
+        return (f"{str(err) + '; ' if str(err) else ''}a worker process died (out of memory, a crash in a native "
+                "library, or detect_files called from a script without `if __name__ == '__main__':`, which "
+                "spawned workers need; its error is on stderr above); rerun with --skip-existing, or this file "
+                "alone with --jobs 1")
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
     # kercr's own errors (ValueError, OSError) name the file, problem and fix; others get their type.
     return text if isinstance(err, (ValueError, OSError)) and text else f"{type(err).__name__}: {text}"

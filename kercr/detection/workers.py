@@ -94,14 +94,49 @@ def ccd_task(task):
                       **_WORKER["options"])
 
 
-class Processes:
-    """``jobs`` spawned worker processes, started at the first CCD and restarted if one dies."""
+class _Retried:
+    """A worker's CCD future that survives the death of another worker once.
 
-    def __init__(self, model_ref: str, options: dict, jobs: int, threads: int):
+    When a worker dies (out of memory, a crash in a native library), every CCD in flight fails
+    with ``BrokenProcessPool``, the culprit's and the innocent ones alike. Each is detected again,
+    once, in the restarted pool; a CCD that breaks the pool a second time is the culprit, and its
+    error names it.
+    """
+
+    def __init__(self, runner, task, future):
+        self._runner, self._task, self._future, self._tries = runner, task, future, 1
+
+    def result(self):
+        while True:
+            try:
+                return self._future.result()
+            except concurrent.futures.process.BrokenProcessPool as err:
+                path, _, extname, _ = self._task
+                if self._tries > 1:
+                    raise concurrent.futures.process.BrokenProcessPool(
+                        f"{path} [{extname}]: a worker process died twice while detecting this CCD") from err
+                logger.warning("a worker process died while %s [%s] was being detected; detecting it again",
+                               path, extname)
+                self._tries += 1
+                self._future = self._runner._submit(self._task)
+
+    def cancel(self) -> bool:
+        return self._future.cancel()
+
+
+class Processes:
+    """``jobs`` spawned worker processes, started at the first CCD and restarted if one dies (the
+    CCDs in flight then are detected again, once: :class:`_Retried`).
+
+    ``task`` is the function the workers run on each ``(path, hdu_index, extname, single)``
+    (default :func:`ccd_task`; tests pass one that crashes).
+    """
+
+    def __init__(self, model_ref: str, options: dict, jobs: int, threads: int, task=None):
         self.window = 2 * jobs  # one CCD running and one queued per worker: none waits, memory bounded
         self._args = (model_ref, options, threads, logging.DEBUG if logger.isEnabledFor(logging.DEBUG)
                       else logging.WARNING)
-        self._jobs, self._executor = jobs, None
+        self._jobs, self._executor, self._task = jobs, None, task or ccd_task
 
     def _start(self):
         import multiprocessing
@@ -110,16 +145,19 @@ class Processes:
             self._jobs, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
             initargs=self._args)
 
-    def submit(self, task):
+    def submit(self, task) -> _Retried:
+        return _Retried(self, task, self._submit(task))
+
+    def _submit(self, task):
         if self._executor is None:
             self._start()
         try:
-            return self._executor.submit(ccd_task, task)
-        except concurrent.futures.process.BrokenProcessPool:  # the CCDs in flight fail; later files go on
+            return self._executor.submit(self._task, task)
+        except concurrent.futures.process.BrokenProcessPool:  # a worker died: a new pool for what follows
             logger.warning("a worker process died; starting new ones")
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._start()
-            return self._executor.submit(ccd_task, task)
+            return self._executor.submit(self._task, task)
 
     def close(self, now: bool = False) -> None:
         """End the workers: after their running CCDs, or ``now`` (Ctrl-C: a 2k x 4k CCD takes seconds)."""

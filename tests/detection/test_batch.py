@@ -239,6 +239,29 @@ def test_a_scheduler_without_dask_says_how_to_install_it(tmp_path, monkeypatch):
         detect_files([_single(tmp_path / "x.fits", 1)], scheduler="local", jobs=1)
 
 
+def test_a_dead_worker_costs_only_the_ccd_that_kills_it():
+    """The CCDs in flight when a worker dies are detected again in new workers; the CCD that kills
+    its worker twice fails, named."""
+    import concurrent.futures.process
+
+    from kercr.detection.workers import Processes, ordered
+    from tests.detection._crash import die_on_boom
+
+    runner = Processes("default", {"runtime": "tflite-int8", "tta": False}, jobs=2, threads=1, task=die_on_boom)
+    tasks = [("f.fits", k, name, False) for k, name in enumerate(("A", "B", "BOOM", "C", "D"), 1)]
+    results = {}
+    try:
+        for (_, _, name, _), future in ordered(runner.submit, tasks, runner.window):
+            try:
+                results[name] = future.result()
+            except concurrent.futures.process.BrokenProcessPool as err:
+                results[name] = str(err)
+    finally:
+        runner.close(now=True)
+    assert results == {"A": "A", "B": "B", "BOOM": "f.fits [BOOM]: a worker process died twice while detecting "
+                       "this CCD", "C": "C", "D": "D"}
+
+
 def test_a_scheduler_that_cannot_be_reached_or_has_no_workers_says_so_and_writes_nothing(tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
     from kercr.detection import batch

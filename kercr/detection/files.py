@@ -406,8 +406,11 @@ def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, lo
             for kind in kinds:
                 name = mask_extname(extname, plan.single, kind)
                 if name.upper() in f.extnames:
-                    raise ValueError(f"{path} already holds an extension {name} (an earlier kercr-detect "
-                                     "output?); run kercr-detect on the original file.")
+                    raise ValueError(
+                        f"{path} already holds an extension {name}, the name of the mask kercr-detect would add. "
+                        f"If it is a truth mask, `kercr-evaluate {path.name}` scores the detections against it; "
+                        "otherwise run kercr-detect on the file without it (the original, or a copy without that "
+                        "extension).")
         k, written, undetected = 0, set(), []
         for k, ccd in enumerate(ccds, 1):
             if ccd.undetected is None and len(undetected) == k - 1:  # the first detected CCD's provenance

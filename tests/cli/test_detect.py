@@ -355,7 +355,7 @@ def test_evaluate_ranks_a_confident_models_pixels_by_logit(tmp_path):
     assert by_logit["tpr_at_fpr_1e-4"] > by_probability["tpr_at_fpr_1e-4"] + 0.1
 
 
-def test_evaluate_labelled_files_and_attention_maps(tmp_path):
+def test_evaluate_labelled_files_and_attention_maps(tmp_path, capsys):
     model = _save(tmp_path / "att", "attention_unet", filters=(4, 8))
     files = []
     for k in range(2):
@@ -375,6 +375,9 @@ def test_evaluate_labelled_files_and_attention_maps(tmp_path):
     assert report["prediction"]["ignored_pixels"] >= sum(int(i.sum()) for _, _, i in files)
     assert report["prediction"]["cr_pixels"] == sum(int((f.cr_mask & ~i).sum()) for _, f, i in files)
     assert (out / "attention.png").is_file() and (out / "activations.png").is_file()
+    # kercr-detect on a labelled file cannot add its CRMASK beside the truth's, and says what to run.
+    assert detect_main([str(files[0][0]), "--model", str(model), "--runtime", "keras", "--out", str(tmp_path / "d")]) == 1
+    assert "kercr-evaluate lab0.fits" in capsys.readouterr().err
     # A file without truth is a clear error.
     plain = tmp_path / "plain.fits"
     fits.PrimaryHDU(make_frame(seed=1, shape=(64, 64)).image_adu).writeto(plain)

@@ -163,11 +163,13 @@ def _positive(value, what: str, source: str) -> float | None:
 
 
 def _header_value(headers: Sequence[fits.Header], key: str, pair: tuple[str, str], combine) -> float | None:
-    """Look up ``key``, else combine the per-amplifier pair, in the headers in order."""
+    """Look up ``key``, else combine the per-amplifier pair, in the headers in order. With
+    ``combine=min`` (saturation) the lowest of ``key`` and the pair: DECam's ``SATURATE`` is the
+    higher amplifier's level, and pixels of the other amplifier saturate below it."""
     for h in headers:
-        if key in h and isinstance(h[key], (int, float)) and not isinstance(h[key], bool):
-            return float(h[key])
         vals = [float(h[k]) for k in pair if isinstance(h.get(k), (int, float)) and not isinstance(h.get(k), bool)]
+        if key in h and isinstance(h[key], (int, float)) and not isinstance(h[key], bool):
+            return float(min([h[key], *vals])) if combine is min else float(h[key])
         if vals:
             return float(combine(vals))
     return None

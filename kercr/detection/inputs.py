@@ -18,12 +18,14 @@ __all__ = ["header_number", "unpack"]
 
 
 def header_number(header, key, pair=(), combine=np.mean):
-    """A positive finite header number ``key``, else ``combine`` of the positive ``pair`` keys (amplifiers), else None."""
+    """A positive finite header number ``key``, else ``combine`` of the positive ``pair`` keys
+    (amplifiers), else None. With ``combine=min`` (saturation) the lowest of ``key`` and the pair
+    (DECam's ``SATURATE`` is the higher amplifier's level)."""
     if header is None:
         return None
-    if _positive(header.get(key)):
-        return float(header[key])
     vals = [float(header[k]) for k in pair if _positive(header.get(k))]
+    if _positive(header.get(key)):
+        return float(min([header[key], *vals])) if combine is min else float(header[key])
     return float(combine(vals)) if vals else None
 
 

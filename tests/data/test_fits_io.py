@@ -37,6 +37,13 @@ def _mef(path, image, names=("N4", "S22", "N10")):
     fits.HDUList(hdus).writeto(path)
 
 
+def test_saturation_is_the_lower_amplifier_level_even_beside_saturate(tmp_path, image):
+    path = tmp_path / "cp.fits"  # as in DECam Community Pipeline headers
+    header = fits.Header([("SATURATE", 37064.4), ("SATURATA", 37064.4), ("SATURATB", 33258.8)])
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, header=header, name="N26")]).writeto(path)
+    assert read_ccd(path, "N26").saturation == pytest.approx(33258.8)
+
+
 def test_multi_extension_by_name_and_iteration(tmp_path, image):
     path = tmp_path / "mef.fits"
     _mef(path, image)

@@ -30,7 +30,7 @@ VARIETIES = ("decam", "wide")
 #: Synthetic CR pixels fainter than the noise: left out of the loss, labelled not-CR, or labelled CR.
 FAINT_CRS = ("ignore", "negative", "positive")
 #: How the normalization measures a frame's noise (:mod:`kercr.data.normalization`).
-NOISE_ESTIMATORS = ("mad", "diff2")
+NOISE_ESTIMATORS = ("mad", "diff2", "diff2_std")
 #: One sky and noise per frame, background and noise maps from blocks, or the background map and
 #: the frame's noise scaled by the block noise map.
 NOISE_MODELS = ("global", "local", "relative")

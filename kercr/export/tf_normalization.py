@@ -12,7 +12,8 @@ numpy algorithm step by step, in the same precision, so the two agree to float32
   no pixel is clipped; the population standard deviation when the MAD is 0;
 - for ``noise_estimator="diff2"``, the same clipped MAD of the differences ``x[i+2] - x[i]`` of
   every ``step``-th row and every ``step``-th column (``step = int(lines * pairs / sample_size)``,
-  made odd), over sqrt 2, the larger of the two axes;
+  made odd), over sqrt 2, the larger of the two axes; for ``"diff2_std"`` their clipped standard
+  deviation, by the block maps' float32 arithmetic below (sums rounded differently: ~1e-6 relative);
 - ``(image - float32(sky)) * float32(1 / noise)`` in float32, non-finite -> ``nan_fill``,
   then the clip.
 
@@ -140,11 +141,15 @@ def _clipped(values, config: NormalizationConfig):
 def robust_sky_noise(image, config: NormalizationConfig):
     """Sigma-clipped median sky and robust noise of one (ny, nx) float32 image, as float64 scalars."""
     sky, noise = _clipped(_assert_enough(_subsample(image, config.sample_size), "pixels"), config)
-    if config.noise_estimator == "diff2":
+    if config.noise_estimator in ("diff2", "diff2_std"):
         noise = tf.constant(0.0, tf.float64)
         for axis in (0, 1):
             diffs = _assert_enough(_diff_sample(image, config.sample_size, axis), f"pixel pairs {DIFF_LAG} apart")
-            noise = tf.maximum(noise, _clipped(diffs, config)[1] / tf.sqrt(tf.constant(2.0, tf.float64)))
+            if config.noise_estimator == "diff2":
+                diff_noise = _clipped(diffs, config)[1]
+            else:  # numpy's clipped_block_std of the sample as one float32 row
+                diff_noise = tf.cast(_clipped_block_std(tf.cast(diffs, tf.float32)[None, :])[0], tf.float64)
+            noise = tf.maximum(noise, diff_noise / tf.sqrt(tf.constant(2.0, tf.float64)))
     check = tf.debugging.Assert(
         noise > 0,
         ["kercr normalization: the image is constant over its finite pixels (noise 0), so it cannot be "

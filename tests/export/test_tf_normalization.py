@@ -226,6 +226,25 @@ def test_kercr_export_of_a_local_noise_run_serves_raw_pixels(tmp_path, monkeypat
         assert np.abs(other - got).max() > 1e-3  # the global normalization is told apart
 
 
+@pytest.mark.parametrize("config", [NormalizationConfig(noise_estimator="diff2_std"),
+                                    dataclasses.replace(LOCAL, noise_model="relative", noise_estimator="diff2_std",
+                                                        local_gate=5.0, local_min_blocks=3)])
+def test_the_clipped_std_estimator_matches_numpy_in_the_graph(config):
+    """noise_estimator="diff2_std" (integer-valued data): the graph's float32 sums round unlike
+    numpy's, so the frame noise agrees to ~1e-6 relative, not bit for bit."""
+    from kercr.export.tf_normalization import normalize_batch
+
+    rng = np.random.default_rng(5)
+    fn = tf.function(lambda x: normalize_batch(x, config))
+    for shape in [(64, 64), (63, 65), (300, 200)]:
+        images = np.stack([rng.normal(1000, 20, shape), np.round(rng.normal(100.3, 0.5, shape)),
+                           _galaxy_frame(rng, shape)]).astype(np.float32)
+        images[0, 3, 5] = np.nan
+        got = fn(tf.constant(images[..., None])).numpy()[..., 0]
+        want = np.stack([normalize(image, config=config)[0] for image in images])
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=str(shape))
+
+
 # --------------------------------------------------------------------------------------------
 # The global noise model (one sky and noise per image)
 # --------------------------------------------------------------------------------------------

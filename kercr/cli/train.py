@@ -118,8 +118,9 @@ def _add_data_flags(add) -> None:
     add("--asinh-softening", type=float, metavar="S",
         help="input stretch S*asinh(x/S) in noise units after normalization (default: linear)")
     add("--noise-estimator", choices=NOISE_ESTIMATORS,
-        help="how the normalization measures a frame's noise: MAD of the pixels (default) or of "
-             "differences two pixels apart (diff2: not inflated by star halos)")
+        help="how the normalization measures a frame's noise: MAD of the pixels (default), of "
+             "differences two pixels apart (diff2: not inflated by star halos), or their clipped std "
+             "(diff2_std: also right on integer-valued frames)")
     add("--noise-model", choices=NOISE_MODELS,
         help="one sky and noise per frame (default), background and noise maps from 32x32-pixel blocks "
              "(local: galaxies, nebulae and gradients are measured in their own noise), or the background map "

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from kercr.config import FAINT_CRS, FITS_SUFFIXES  # one definition of the choices, shared with the CLI
-from kercr.data.augment import make_training_example
+from kercr.data.augment import decam_dq_ignore, make_training_example
 from kercr.data.cosmic_rays import CosmicRayModel
 from kercr.data.errors import KercrDataError
 from kercr.data.fits_io import iter_ccds, list_ccd_extensions, read_ccd
@@ -289,6 +290,11 @@ class FITSFrames(_CachedFrames):
     optional ``IGNORE`` extension). Any other file holds clean frames: each CCD gets simulated
     CRs injected (gain, read noise, saturation and exposure time from its header), so every label
     is exact. Frames are keyed ``(path, extension)``; the exposure id is the file.
+
+    DECam Community Pipeline folders: a ``*_ooi_*`` image's data-quality map ``*_ood_*`` (the same
+    name with ``ood``) gives its ignore mask (bad, saturated, bleed, real CR pixels:
+    :func:`kercr.data.augment.decam_dq_ignore`), and the ``*_ood_*`` and ``*_oow_*`` (weight) files
+    themselves are not frames.
     """
 
     def __init__(self, directory, *, seed, cr_rate_scale=1.0, median_weights=False, normalization=None, cache=2,
@@ -297,15 +303,20 @@ class FITSFrames(_CachedFrames):
                          rim_weight=rim_weight)
         self.footprints = footprints
         directory = Path(directory)
-        self.paths = sorted(p for p in directory.iterdir()
+        fits_files = sorted(p for p in directory.iterdir()
                             if p.name.lower().endswith(FITS_SUFFIXES) and not p.name.startswith("."))
+        self.paths = [p for p in fits_files if not _CP_PLANE.search(p.name)]
+        if len(self.paths) < len(fits_files):
+            logger.info("%s: %d DECam CP data-quality / weight files (*_ood_*, *_oow_*) are not frames; the "
+                        "data-quality maps give their images' ignore masks", directory,
+                        len(fits_files) - len(self.paths))
         if not self.paths:
             raise KercrDataError(
                 f"{directory}: no FITS files (*.fits, *.fits.fz, *.fz) found; point --data at a directory "
                 "of clean CCD frames, of files with a CRMASK extension, or of kercr-prepare shards."
             )
         self.cr_rate_scale = float(cr_rate_scale)
-        self._frames = {}
+        self._frames, self._warned = {}, set()
         for path in self.paths:
             listed = list_ccd_extensions(path)
             names = [n for _, n in listed]
@@ -331,6 +342,11 @@ class FITSFrames(_CachedFrames):
             return ccd.data, mask, ignore, ccd.data
         if ccd.exptime is None:
             raise KercrDataError(f"{path}[{ext}]: no EXPTIME in the header, needed to simulate CRs; add it.")
+        for value, card, assumed in ((ccd.gain, "GAIN", 4.0), (ccd.readnoise, "RDNOISE", 7.0)):
+            if value is None and (path, ext, card) not in self._warned:  # once per frame, not per epoch
+                self._warned.add((path, ext, card))
+                logger.warning("%s[%s]: no %s in the header; assuming DECam's %g (add the card for other imagers)",
+                               path, ext, card, assumed)
         # Seeded by the file and extension names through a stable hash (Python's hash() of a str
         # changes from one process to the next): the same CRs in every run, resume and worker.
         rng = np.random.default_rng([self.seed, zlib.crc32(f"{Path(path).name}[{ext}]".encode())])
@@ -338,9 +354,31 @@ class FITSFrames(_CachedFrames):
         ex = make_training_example(
             ccd.data, gain=ccd.gain or 4.0, readnoise_e=ccd.readnoise or 7.0, exptime=ccd.exptime,
             saturation_adu=ccd.saturation, rng=rng, sky_scale_range=(0.0, 0.0), footprints=self.footprints,
+            ignore_mask=_data_quality_ignore(path, ext, ccd.data.shape),
             cr_model=dataclasses.replace(base, rate_per_s=base.rate_per_s * self.cr_rate_scale),
         )
         return ex.image_adu, ex.cr_mask, ex.ignore_mask, ccd.data
+
+
+#: DECam Community Pipeline planes beside an ``_ooi_`` image: data quality (``ood``) and weight (``oow``).
+_CP_PLANE = re.compile(r"_oo[dw]_", re.IGNORECASE)
+
+
+def _data_quality_ignore(path, ext, shape):
+    """The ignore mask of a DECam CP ``*_ooi_*`` image from its ``*_ood_*`` data-quality map, or None
+    when there is none beside it."""
+    name = Path(path).name
+    if "_ooi_" not in name.lower():
+        return None
+    i = name.lower().index("_ooi_")
+    dq_path = Path(path).with_name(f"{name[:i]}_ood_{name[i + 5:]}")
+    if not dq_path.exists():
+        return None
+    dq = read_ccd(dq_path, ext).data
+    if dq.shape != shape:
+        raise KercrDataError(f"{dq_path}[{ext}] has shape {dq.shape}, its image {path} {shape}; pass the data-quality "
+                             "map of that image, or move it out of --data.")
+    return decam_dq_ignore(np.nan_to_num(dq).astype(np.int64))
 
 
 def _positive(value) -> bool:

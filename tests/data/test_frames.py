@@ -58,6 +58,32 @@ def test_clean_fits_ccds_each_get_simulated_crs_seeded_by_the_source(tmp_path):
     assert not np.array_equal(FITSFrames(tmp_path, seed=1, cr_rate_scale=200.0).frame(keys[0])[1], m4)
 
 
+def test_a_decam_cp_folder_trains_on_its_images_with_their_data_quality_maps(tmp_path, caplog):
+    f = make_frame(seed=3, shape=SHAPE)
+    hdr = fits.Header([("EXPTIME", 90.0), ("GAIN", 4.0), ("RDNOISE", 6.0)])
+    dq = np.zeros(SHAPE, np.int16)
+    dq[10:14, 20:60] = 5  # a real CR of the frame: unlabelled, so ignored
+    dq[:, 100] = 1  # a bad column
+    name = "c4d_170916_045042_{}_r_ls9.fits.fz"
+    for kind, data in (("ooi", f.clean_adu), ("ood", dq), ("oow", np.ones(SHAPE, np.float32))):
+        fits.HDUList([fits.PrimaryHDU(header=hdr), fits.CompImageHDU(data, name="N15")]).writeto(
+            tmp_path / name.format(kind))
+    source = FITSFrames(tmp_path, seed=0, cr_rate_scale=200.0)
+    assert source.exposure_ids() == [str(tmp_path / name.format("ooi"))]  # not the DQ or weight planes
+    (key,) = source.frames_of(source.exposure_ids()[0])
+    _, _, weight = source.frame(key)
+    assert (weight[10:14, 20:60] == 0).all() and (weight[:, 100] == 0).all()
+    assert (weight == 0).mean() < 0.1
+    # Without GAIN/RDNOISE the DECam values are assumed, and said once per frame.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    fits.PrimaryHDU(f.clean_adu, header=fits.Header([("EXPTIME", 90.0)])).writeto(plain / "x.fits")
+    other = FITSFrames(plain, seed=0)
+    for _ in range(2):
+        other._make(other.frames_of(other.exposure_ids()[0])[0])
+    assert caplog.text.count("no GAIN in the header; assuming DECam's 4") == 1
+
+
 def test_synthetic_frame_depends_only_on_seed_and_index():
     a = SyntheticFrames(seed=1, shape=SHAPE, cr_rate_scale=20, cache=1)
     first = [a.frame(i) for i in range(2)]

@@ -11,7 +11,8 @@ spread by charge diffusion and integrated over pixels:
   Landau-like fluctuations: ``1 + landau_width * M`` with ``M`` a standard Moyal variate
   (``M = -ln(Z^2)``, ``Z`` normal; mode 0, long upper tail).
 * **worms**: low-energy electrons (Compton electrons, delta rays), curly 3-D random walks of 3-40 px.
-* **spots**: compact deposits (alpha particles, X-ray conversions) of 1-4 pixels.
+* **spots**: compact deposits of 1-4 pixels and 300-20,000 e- (X-ray conversions, low-energy
+  electrons); not alpha particles, whose ~10^6 e- saturate and bleed (not simulated).
 
 Charge created at distance ``d`` from the collecting gates diffuses with a Gaussian of
 ``sigma = diffusion_sigma_px * sqrt(d / T)`` (0.45 px at the entrance window for DECam).

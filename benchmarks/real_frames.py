@@ -270,6 +270,30 @@ def injected(frames, stamps, repeats, first=0):
             yield name, r, img, truth, electrons / noise_e, ignore, gain, readnoise, on_source
 
 
+_FRAME = {}  # the gain and read noise of the frame being detected, for header_noise()
+
+
+def header_noise(low, high):
+    """What-if (``--header-noise LOW HIGH``): the normalization's frame noise replaced by the
+    Poisson-plus-read-noise model of the frame's header, ``sqrt(sky / gain + (rn / gain)^2)`` ADU,
+    wherever the measured noise is ``low``-``high`` times the model (a patch of
+    ``kercr.data.normalization.robust_sky_noise`` for this process; the package does not do it)."""
+    import kercr.data.normalization as normalization
+
+    measured = normalization.robust_sky_noise
+
+    def patched(image, *, mask=None, config=None):
+        sky, noise, n = measured(image, mask=mask, config=config)
+        gain, readnoise = _FRAME.get("gain"), _FRAME.get("readnoise")
+        if gain and readnoise:
+            model = float(np.sqrt(max(sky, 0.0) / gain + (readnoise / gain) ** 2))
+            if low <= noise / model <= high:
+                return sky, model, n
+        return sky, noise, n
+
+    normalization.robust_sky_noise = patched
+
+
 def near_crs(truth):
     """Pixels within 1 px of a CR pixel (8-connected) that are not CR pixels: the rim of a frame's CRs (bool)."""
     from kercr.data.cleaning import dilate_mask
@@ -322,6 +346,9 @@ def main(argv=None) -> int:
     parser.add_argument("--variant", choices=VARIANTS, default="as-is",
                         help="the frames as they are, binned 2 x 2, under a bright sky, with a galaxy covering "
                              "30-70 %% of the frame, or as a high-gain imager's integer frames (see vary())")
+    parser.add_argument("--header-noise", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="what-if: the frame's noise from its GAIN and RDNOISE (sqrt(sky / gain + (rn / gain)^2) "
+                             "ADU) wherever the measured noise is LOW-HIGH times that (header_noise())")
     parser.add_argument("--out", default="runs/real_frames")
     args = parser.parse_args(argv)
     if args.first_repeat < 0:
@@ -334,6 +361,8 @@ def main(argv=None) -> int:
     from kercr.evaluation import pooled_metrics
     from kercr.detection import detect, load_model
 
+    if args.header_noise:
+        header_noise(*args.header_noise)
     loaded = load_model(args.model)
     threshold = args.threshold if args.threshold is not None else loaded.threshold
     stamps = load_footprints(SHARED / "cr_footprints" / "cosmic_rays_itl_2017_even.fits")
@@ -347,6 +376,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     items = injected(frames, stamps, args.repeats, args.first_repeat)
     for name, r, img, truth, snr, ignore, gain, readnoise, on_source in items:
+        _FRAME.update(gain=gain, readnoise=readnoise)
         res = detect(img, model=loaded, threshold=threshold, runtime=args.runtime, mask=ignore, tta=args.tta,
                      tta_gate=args.tta_gate)
         tta, gate = res.tta, res.tta_gate

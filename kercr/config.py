@@ -178,6 +178,11 @@ class TrainConfig:
     local_min_blocks : int or None
         ``noise_model="relative"``: frames narrower than this many blocks on either side get the
         global input (None, the default: the maps on every frame).
+    header_noise : [float, float] or None
+        ``[low, high]``: the frame noise from each frame's gain and read noise (the imager of a
+        synthetic frame, the header of a FITS frame, the header or arguments at detection) wherever
+        the measured noise is ``low``-``high`` times that model
+        (:class:`kercr.data.normalization.NormalizationConfig`); None (the default): measured.
     dominant_sources : float
         Synthetic data: fraction of frames that hold one galaxy or nebula covering 30-70 % of
         the field (:func:`kercr.data.synthetic.dominant_source`); 0 (default): none.
@@ -236,6 +241,7 @@ class TrainConfig:
     block_size: int = 32
     local_gate: float | None = None
     local_min_blocks: int | None = None
+    header_noise: list | None = None
     dominant_sources: float = 0.0
     integer_frames: float = 0.0
     patches_per_frame: int | None = None
@@ -256,7 +262,8 @@ class TrainConfig:
         return NormalizationConfig(asinh_softening=self.asinh_softening, noise_estimator=self.noise_estimator,
                                    noise_model=self.noise_model, local_axis=self.local_axis,
                                    local_edges=self.local_edges, block_size=self.block_size,
-                                   local_gate=self.local_gate, local_min_blocks=self.local_min_blocks)
+                                   local_gate=self.local_gate, local_min_blocks=self.local_min_blocks,
+                                   header_noise=None if self.header_noise is None else tuple(self.header_noise))
 
     def _check_types(self) -> None:
         """Every option has its field's type (YAML reads ``1e-3`` as a string: such numbers are converted)."""
@@ -275,12 +282,12 @@ class TrainConfig:
             if not any(_is_kind(value, kind) for kind in kinds):
                 want = " or ".join(_KIND_NAMES[k] for k in kinds) + (" (or unset)" if "None" in str(field.type) else "")
                 raise ConfigError(f"{field.name}={value!r} must be {want}, not {type(value).__name__}.")
-        for key, n, kind in (("frame_shape", 2, "int"), ("sky_e_range", 2, "float")):
+        for key, n, kind in (("frame_shape", 2, "int"), ("sky_e_range", 2, "float"), ("header_noise", 2, "float")):
             value = getattr(self, key)
             if value is not None and (len(value) != n or not all(_is_kind(v, kind) for v in value)):
                 items = "integers" if kind == "int" else "numbers"
                 raise ConfigError(f"{key}={value!r} must be a list of {n} {items}, e.g. "
-                                  f"{'[1024, 1024]' if key == 'frame_shape' else '[30, 1e6]'}.")
+                                  f"{ {'frame_shape': '[1024, 1024]', 'sky_e_range': '[30, 1e6]'}.get(key, '[0.9, 1.6]') }.")
 
     def save(self, path) -> None:
         """Write the options as JSON (``config.json``), whole or not at all."""

@@ -143,6 +143,11 @@ def test_normalization_config_carries_the_three_normalization_options():
     with pytest.raises(ConfigError, match="local_gate=-1.0 must be a positive number"):
         TrainConfig(noise_model="relative", local_gate=-1.0).validate()
     assert TrainConfig(noise_model="relative", local_min_blocks=3).normalization_config().local_min_blocks == 3
+    assert TrainConfig(header_noise=[0.9, 1.6]).normalization_config().header_noise == (0.9, 1.6)
+    with pytest.raises(ConfigError, match=r"header_noise=\[0.9\] must be a list of 2 numbers, e.g. \[0.9, 1.6\]"):
+        TrainConfig(header_noise=[0.9]).validate()
+    with pytest.raises(ConfigError, match="0 < low <= high"):
+        TrainConfig(header_noise=[1.6, 0.9]).validate()
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")),

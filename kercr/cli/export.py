@@ -27,7 +27,8 @@ MODEL is one of
 
 Output: OUT/NAME/VERSION/ (TF Serving's layout) with
   saved_model.pb + variables/   signature serving_default: input `image` = RAW pixels, float32
-                                [batch, H, W, 1]; output `cr_probability`; normalizes inside.
+                                [batch, H, W, 1]; output `cr_probability`; normalizes inside
+                                (with --header-noise training, also `gain`, `readnoise` [batch]).
   tflite/NAME_<variant>.tflite  input `image` = NORMALIZED pixels [1, tile, tile, 1]
                                 (kercr.data.normalize first); conv models resize at run time.
   parity.json, export.json, normalization.json

@@ -140,6 +140,9 @@ def _add_data_flags(add) -> None:
     add("--local-min-blocks", type=int, metavar="N",
         help="--noise-model relative: frames narrower than N blocks on either side get one sky and noise "
              "(default: the maps on every frame)")
+    add("--header-noise", type=float, nargs=2, metavar=("LOW", "HIGH"),
+        help="the frame noise from each frame's gain and read noise (synthetic imager, FITS header) "
+             "wherever the measured noise is LOW-HIGH times that, e.g. 0.9 1.6 (default: measured)")
     add("--dominant-sources", type=float, metavar="F",
         help="synthetic data: fraction of frames with one galaxy or nebula covering 30-70%% of the field (default 0)")
     add("--integer-frames", type=float, metavar="F",

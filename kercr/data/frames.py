@@ -62,13 +62,15 @@ class _CachedFrames:
         self.normalization = normalization
         self.rim_weight = check_rim_weight(rim_weight)
         self._cache: dict = {}
+        self._detectors: dict = {}  # key -> (gain e-/ADU, read noise e-) that _make knew, for header_noise
 
     def frame(self, i):
         """``(image, mask, weight)`` float32 (ny, nx) arrays of frame ``i``; weight 0 on ignored pixels."""
         if i not in self._cache:
             image_adu, cr_mask, ignore, clean_adu = self._make(i)
+            gain, readnoise = self._detectors.pop(i, (None, None))
             bad = np.asarray(ignore, bool) | ~np.isfinite(image_adu)
-            image, _ = normalize(image_adu, mask=bad, config=self.normalization)
+            image, _ = normalize(image_adu, mask=bad, config=self.normalization, gain=gain, readnoise=readnoise)
             if self.median_weights:
                 # The median of aligned CR-free exposures is the clean frame itself.
                 weight = median_weight_map([clean_adu] * 3, alpha=0.0, mask=bad).astype(np.float32)
@@ -231,6 +233,7 @@ class SyntheticFrames(_CachedFrames):
 
     def _make(self, i):
         config = self.frame_config(i)
+        self._detectors[i] = (config.gain, config.readnoise_e)  # what the imager's header would say
         f = make_frame(seed=np.random.SeedSequence([self.seed, 7919, int(i)]), shape=self.shape, config=config)
         image, cr_mask, cr_e, clean = f.image_adu, f.cr_mask, f.cr_electrons, f.clean_adu
         if self.extended_sources > 0:
@@ -336,6 +339,7 @@ class FITSFrames(_CachedFrames):
         path, ext = key
         names = [n for _, n in list_ccd_extensions(path)]
         ccd = read_ccd(path, ext)
+        self._detectors[key] = (ccd.gain, ccd.readnoise)  # unknown stays unknown: the noise is then measured
         if "CRMASK" in names:
             mask = read_ccd(path, "CRMASK").data > 0
             ignore = read_ccd(path, "IGNORE").data > 0 if "IGNORE" in names else np.zeros_like(mask)

@@ -68,7 +68,7 @@ from kercr.data.robust_stats import (
     upsample_bilinear,
 )
 
-__all__ = ["NormalizationConfig", "NormalizationParams", "robust_sky_noise", "local_background_noise",
+__all__ = ["NormalizationConfig", "NormalizationParams", "frame_noise", "robust_sky_noise", "local_background_noise",
            "local_block_grids", "normalize", "input_maps", "normalize_like", "denormalize"]
 
 logger = logging.getLogger(__name__)
@@ -157,6 +157,18 @@ class NormalizationConfig:
         sky and noise, since a 3 x 3 block median over a grid of one or two blocks cannot tell a
         galaxy from the sky. None (the default, and what models saved without this key used):
         the maps on every frame.
+    header_noise : (float, float) or None
+        ``(low, high)``: where the frame's gain and read noise are known (``normalize(...,
+        gain=, readnoise=)``: a header's ``GAIN``/``RDNOISE``, a training frame's imager), the
+        frame noise is the Poisson-plus-read-noise model of its sky, ``sqrt(sky / gain +
+        (readnoise / gain)^2)`` (image units; gain in e- per unit, read noise in e-), whenever the
+        measured noise is ``low`` to ``high`` times that model: on frames where galaxies or
+        nebulae cover much of the field the measured noise takes in their photon noise and
+        texture (1.1-1.3x on source-covered DECam cutouts), the model does not. Outside the band
+        (a sky-subtracted frame, a header describing the raw data rather than the processed frame,
+        a bias pedestal) the measured noise stays. ``noise_model="global"`` and ``"relative"``
+        (the frame noise the maps scale); None (the default, and what models saved without this
+        key used): always measured.
     """
 
     method: str = METHOD
@@ -174,6 +186,7 @@ class NormalizationConfig:
     local_edges: str = "reflect"
     local_gate: float | None = None
     local_min_blocks: int | None = None
+    header_noise: tuple | None = None
 
     def __post_init__(self):
         if self.method != METHOD:
@@ -213,6 +226,19 @@ class NormalizationConfig:
                                        or not isinstance(min_blocks, numbers.Integral) or min_blocks < 1):
             raise KercrDataError(f"local_min_blocks={min_blocks!r} must be a whole number of blocks >= 1 (e.g. 3), "
                                  "or None for the maps on every frame.")
+        band = self.header_noise
+        if band is not None:
+            try:
+                low, high = (float(v) for v in band)
+            except (TypeError, ValueError):
+                low = high = float("nan")
+            if isinstance(band, (str, bytes)) or not 0 < low <= high < float("inf"):
+                raise KercrDataError(f"header_noise={band!r} must be (low, high) with 0 < low <= high: the band of "
+                                     "measured / modelled noise where the model is used, e.g. (0.9, 1.6); or None.")
+            if self.noise_model == "local":
+                raise KercrDataError("header_noise applies to noise_model='global' or 'relative' (a frame noise); "
+                                     "the 'local' maps measure every block. Drop header_noise or change noise_model.")
+            object.__setattr__(self, "header_noise", (low, high))
         # numpy scalars are taken as Python numbers, so the config saves as JSON and compares equal.
         if gate is not None:
             object.__setattr__(self, "local_gate", float(gate))
@@ -472,7 +498,25 @@ def _stretch(out: np.ndarray, config: NormalizationConfig) -> np.ndarray:
     return out
 
 
-def normalize(image, *, mask=None, config: NormalizationConfig | None = None) -> tuple[np.ndarray, NormalizationParams]:
+def frame_noise(sky: float, noise: float, *, gain, readnoise, band) -> float:
+    """The frame noise to divide by: the Poisson-plus-read-noise model ``sqrt(sky / gain +
+    (readnoise / gain)^2)`` when ``gain`` and ``readnoise`` are known and the measured ``noise`` is
+    within ``band = (low, high)`` times it (``NormalizationConfig.header_noise``), else ``noise``."""
+    if band is None or not _known(gain) or readnoise is None or not np.isfinite(readnoise) or readnoise < 0:
+        return noise
+    model = float(np.sqrt(max(float(sky), 0.0) / float(gain) + (float(readnoise) / float(gain)) ** 2))
+    if model > 0 and band[0] <= noise / model <= band[1]:
+        return model
+    return noise
+
+
+def _known(value) -> bool:
+    return (value is not None and not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
+            and np.isfinite(value) and value > 0)
+
+
+def normalize(image, *, mask=None, config: NormalizationConfig | None = None, gain=None,
+              readnoise=None) -> tuple[np.ndarray, NormalizationParams]:
     """Normalize an image to sky-subtracted noise units (the one kercr normalization).
 
     Parameters
@@ -483,6 +527,9 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
         Pixels excluded from the statistics (they are still normalized).
     config : NormalizationConfig, optional
         Constants; pass the one stored with a model at inference.
+    gain, readnoise : float, optional
+        The frame's gain (e- per image unit) and read noise (e-), for ``config.header_noise``
+        (:func:`frame_noise`); unused otherwise.
 
     Returns
     -------
@@ -502,10 +549,11 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
         _divide_by_maps(out, grids[:2], config)
         n = int(np.isfinite(image).sum() if mask is None else (np.isfinite(image) & ~np.asarray(mask, bool)).sum())
         return _stretch(out, config), NormalizationParams(config=config, sky=grids[2], noise=grids[3], n_pixels=n)
-    sky, noise, n = robust_sky_noise(image, mask=mask, config=config)
+    sky, measured, n = robust_sky_noise(image, mask=mask, config=config)
+    noise = frame_noise(sky, measured, gain=gain, readnoise=readnoise, band=config.header_noise)
     grids = None
     if config.noise_model == "relative" and not _too_small_for_maps(image.shape, config):
-        stats = (sky, noise) if config.noise_estimator == "diff2" else None  # the maps' fallback, measured once
+        stats = (sky, measured) if config.noise_estimator == "diff2" else None  # the maps' fallback, measured once
         grids = local_block_grids(image, mask=mask, config=config, frame_stats=stats)
     out = image.astype(np.float32, copy=True)  # after the grids: their strips and this copy do not add up
     if grids is not None:
@@ -516,7 +564,8 @@ def normalize(image, *, mask=None, config: NormalizationConfig | None = None) ->
     return _stretch(out, config), NormalizationParams(config=config, sky=sky, noise=noise, n_pixels=n)
 
 
-def input_maps(image, *, mask=None, config: NormalizationConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+def input_maps(image, *, mask=None, config: NormalizationConfig | None = None, gain=None,
+               readnoise=None) -> tuple[np.ndarray, np.ndarray]:
     """The per-pixel background and noise that :func:`normalize` uses for ``config``.
 
     ``normalize(image)`` is ``(image - background) / noise``, then clipped and stretched as
@@ -532,6 +581,8 @@ def input_maps(image, *, mask=None, config: NormalizationConfig | None = None) -
     mask : array_like of bool, shape (ny, nx), optional
         Pixels excluded from the statistics, as for :func:`normalize`.
     config : NormalizationConfig, optional
+    gain, readnoise : float, optional
+        As for :func:`normalize` (``config.header_noise``).
 
     Returns
     -------
@@ -545,9 +596,10 @@ def input_maps(image, *, mask=None, config: NormalizationConfig | None = None) -
     if config.noise_model == "local":
         background, noise, _, _ = local_background_noise(image, mask=mask, config=config)
         return background, noise
-    sky, noise, _ = robust_sky_noise(image, mask=mask, config=config)
+    sky, measured, _ = robust_sky_noise(image, mask=mask, config=config)
+    noise = frame_noise(sky, measured, gain=gain, readnoise=readnoise, band=config.header_noise)
     if config.noise_model == "relative" and not _too_small_for_maps(shape, config):
-        stats = (sky, noise) if config.noise_estimator == "diff2" else None
+        stats = (sky, measured) if config.noise_estimator == "diff2" else None
         background_map, noise_map, _, map_median = local_background_noise(image, mask=mask, config=config,
                                                                           frame_stats=stats)
         _relative_maps(background_map, noise_map, sky=sky, noise=noise, map_median=map_median,

@@ -84,10 +84,10 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         Probability threshold; default: the model card's ``threshold`` (chosen on validation
         for 0.01 % FPR), else the run's ``metrics.json`` ``threshold_at_fpr_1e-4``, else 0.5.
     gain : float, optional
-        e-/ADU; default: header ``GAIN`` (or mean of ``GAINA``/``GAINB``). Recorded only: the
-        normalization is in noise units and needs no gain.
+        e-/ADU; default: header ``GAIN`` (or mean of ``GAINA``/``GAINB``). Used by a model whose
+        normalization takes the frame noise from the header (``header_noise``); recorded otherwise.
     readnoise : float, optional
-        Electrons; default: header ``RDNOISE`` (or mean of ``RDNOISEA``/``RDNOISEB``). Recorded only.
+        Electrons; default: header ``RDNOISE`` (or mean of ``RDNOISEA``/``RDNOISEB``). As ``gain``.
     saturation : float, optional
         Saturation level in the image's units; default: header ``SATURATE`` (or the lower of
         ``SATURATA``/``SATURATB``).
@@ -187,7 +187,7 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     ignored = _ignored_pixels(data, description, saturation=saturation if exclude_saturated else None,
                               masks=((extra_mask, f"{description}'s mask"), (mask, "mask")))
 
-    normalized, params = normalize(data, mask=ignored, config=loaded.normalization)
+    normalized, params = normalize(data, mask=ignored, config=loaded.normalization, gain=gain, readnoise=readnoise)
     gate = resolve_tta_gate(tta_gate, loaded) if tta else None
     if gate:  # one view everywhere, then the four flips on the candidates' windows
         predict, logits = view_predictor(loaded, runtime, num_threads=num_threads)

@@ -140,9 +140,14 @@ def _export_savedmodel(source, staging: Path, multiple, patches, reference, fpr,
     logger.info("writing the SavedModel")
     write_savedmodel(source.model, staging, config=source.normalization, multiple=multiple)
     serve = tf.saved_model.load(str(staging)).signatures[SIGNATURE_KEY]
-    served = np.concatenate([
-        serve(**{INPUT_NAME: tf.constant(patches.image_adu[i:i + 8, ..., None])})[OUTPUT_NAME].numpy()[..., 0]
-        for i in range(0, len(patches.image_adu), 8)])
+
+    def inputs(batch):  # a header-noise model also takes each image's gain and read noise (0: unknown)
+        header = ({} if source.normalization.header_noise is None else
+                  {"gain": tf.zeros(len(batch)), "readnoise": tf.zeros(len(batch))})
+        return {INPUT_NAME: tf.constant(batch[..., None]), **header}
+
+    served = np.concatenate([serve(**inputs(patches.image_adu[i:i + 8]))[OUTPUT_NAME].numpy()[..., 0]
+                             for i in range(0, len(patches.image_adu), 8)])
     report = compare(reference, served, patches, fpr=fpr, threshold=threshold)
     report.update(input="raw pixels (normalization in the graph)", tolerance=SAVEDMODEL_TOLERANCE,
                   passed=report["max_abs_delta_p"] <= SAVEDMODEL_TOLERANCE)
@@ -414,6 +419,9 @@ def _manifest(src, staging: Path, *, name, version, formats, quantize, tta, tile
         "savedmodel": {"signature": "serving_default", "input": "image", "output": "cr_probability",
                        "input_values": "raw pixels (ADU or e-), NaN for bad pixels",
                        "shape": [None, tile if fixed else None, tile if fixed else None, 1],
+                       **({} if src.normalization.header_noise is None else {
+                           "header_inputs": {"gain": "e- per image unit, float32 [batch]; 0: unknown",
+                                             "readnoise": "e-, float32 [batch]"}}),
                        "extra_signatures": {"normalized": "input normalized_image -> cr_probability"}}
         if "savedmodel" in formats else None,
         "tflite_input_values": "normalized (kercr.data.normalize)" if "tflite" in formats else None,

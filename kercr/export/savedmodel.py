@@ -7,6 +7,10 @@ Each image of the batch is normalized on its own statistics inside the graph
 equals ``model(normalize(image)[0])``. H and W are dynamic for the convolutional models (they
 must be multiples of :func:`kercr.models.input_multiple`) and fixed for the TransUNet.
 
+A model whose normalization takes the frame noise from the header (``header_noise``) also takes
+``gain`` (e- per image unit) and ``readnoise`` (e-), float32 ``[batch]``: 0 for an image whose
+gain is unknown (the noise is then measured, as without them).
+
 A second signature, ``normalized``, takes ``normalized_image`` (already normalized) and returns
 ``cr_probability``: the bare network, for clients that normalize themselves.
 
@@ -58,8 +62,12 @@ class ServingModule(tf.Module):
         self._config = config
         self._multiple = int(multiple)
         height, width = model.input_shape[1], model.input_shape[2]
-        self.serve = tf.function(
-            self._serve, input_signature=[tf.TensorSpec([None, height, width, 1], tf.float32, name=INPUT_NAME)])
+        image = tf.TensorSpec([None, height, width, 1], tf.float32, name=INPUT_NAME)
+        if config.header_noise is None:
+            self.serve = tf.function(self._serve, input_signature=[image])
+        else:  # the frame noise from each image's gain and read noise
+            self.serve = tf.function(self._serve_with_header, input_signature=[
+                image, tf.TensorSpec([None], tf.float32, name="gain"), tf.TensorSpec([None], tf.float32, name="readnoise")])
         self.serve_normalized = tf.function(
             self._serve_normalized,
             input_signature=[tf.TensorSpec([None, height, width, 1], tf.float32, name="normalized_image")])
@@ -78,6 +86,11 @@ class ServingModule(tf.Module):
     def _serve(self, image):
         image = self._check_shape(image)
         normalized = normalize_batch(image, self._config)
+        return {OUTPUT_NAME: self.model(normalized, training=False)}
+
+    def _serve_with_header(self, image, gain, readnoise):
+        image = self._check_shape(image)
+        normalized = normalize_batch(image, self._config, gain, readnoise)
         return {OUTPUT_NAME: self.model(normalized, training=False)}
 
     def _serve_normalized(self, normalized_image):

@@ -160,7 +160,23 @@ def robust_sky_noise(image, config: NormalizationConfig):
     return sky, noise
 
 
-def normalize_image(image, config: NormalizationConfig | None = None):
+def frame_noise(sky, noise, gain, readnoise, config: NormalizationConfig):
+    """numpy's :func:`kercr.data.normalization.frame_noise` (``config.header_noise``) in float64:
+    the Poisson-plus-read-noise model where ``gain`` > 0 and ``readnoise`` >= 0 are finite and the
+    measured ``noise`` is within the band of it, else ``noise``."""
+    if config.header_noise is None or gain is None or readnoise is None:
+        return noise
+    low, high = config.header_noise
+    gain, readnoise = tf.cast(gain, tf.float64), tf.cast(readnoise, tf.float64)
+    known = tf.math.is_finite(gain) & (gain > 0) & tf.math.is_finite(readnoise) & (readnoise >= 0)
+    gain = tf.where(known, gain, tf.constant(1.0, tf.float64))
+    model = tf.sqrt(tf.maximum(sky, tf.constant(0.0, tf.float64)) / gain + tf.square(readnoise / gain))
+    ratio = noise / tf.where(model > 0, model, tf.constant(1.0, tf.float64))
+    use = known & (model > 0) & (ratio >= low) & (ratio <= high)
+    return tf.where(use, model, noise)
+
+
+def normalize_image(image, config: NormalizationConfig | None = None, gain=None, readnoise=None):
     """Normalize one (ny, nx) float32 image exactly like :func:`kercr.data.normalization.normalize`.
 
     Parameters
@@ -169,6 +185,9 @@ def normalize_image(image, config: NormalizationConfig | None = None):
         Raw pixels (ADU or electrons, with or without sky); NaN/inf pixels are ignored.
     config : NormalizationConfig, optional
         The model's normalization constants (the Python values are baked into the graph).
+    gain, readnoise : tf.Tensor, scalar, optional
+        The frame's gain (e- per image unit) and read noise (e-) for ``config.header_noise``; a
+        value that is not positive (gain) or negative (read noise) means unknown.
 
     Returns
     -------
@@ -183,13 +202,15 @@ def normalize_image(image, config: NormalizationConfig | None = None):
     if config.noise_model == "local":
         background, noise_map = local_background_noise(image, config)
         return _stretch((image - background) / noise_map, config)
-    sky, noise = robust_sky_noise(image, config)
+    sky, measured = robust_sky_noise(image, config)
+    noise = frame_noise(sky, measured, gain, readnoise, config)
     if config.noise_model != "relative":
         return _global(image, sky, noise, config)
     if config.local_min_blocks is None:
-        return _relative(image, sky, noise, config)
+        return _relative(image, sky, noise, config, measured)
     short = tf.minimum(tf.shape(image)[0], tf.shape(image)[1]) < config.local_min_blocks * config.block_size
-    return tf.cond(short, lambda: _global(image, sky, noise, config), lambda: _relative(image, sky, noise, config))
+    return tf.cond(short, lambda: _global(image, sky, noise, config),
+                   lambda: _relative(image, sky, noise, config, measured))
 
 
 def _global(image, sky, noise, config: NormalizationConfig):
@@ -197,9 +218,10 @@ def _global(image, sky, noise, config: NormalizationConfig):
     return _stretch((image - tf.cast(sky, tf.float32)) * tf.cast(1.0 / noise, tf.float32), config)
 
 
-def _relative(image, sky, noise, config: NormalizationConfig):
-    """``noise_model="relative"`` (with its gate) of one image, given the frame's sky and noise."""
-    stats = (sky, noise) if config.noise_estimator == "diff2" else None  # the maps' fallback, measured once
+def _relative(image, sky, noise, config: NormalizationConfig, measured):
+    """``noise_model="relative"`` (with its gate) of one image, given the frame's sky and noise
+    (``measured``: the noise before :func:`frame_noise`, the maps' fallback)."""
+    stats = (sky, measured) if config.noise_estimator == "diff2" else None  # the maps' fallback, measured once
     background, noise_map, map_median = local_background_noise(image, config, with_median=True, frame_stats=stats)
     if config.local_gate is None:
         return _stretch((image - background) / (noise_map * tf.cast(noise / map_median, tf.float32)), config)
@@ -225,11 +247,16 @@ def _stretch(out, config: NormalizationConfig):
     return out
 
 
-def normalize_batch(images, config: NormalizationConfig | None = None):
-    """Normalize each image of a (batch, ny, nx, 1) float32 tensor on its own statistics."""
+def normalize_batch(images, config: NormalizationConfig | None = None, gain=None, readnoise=None):
+    """Normalize each image of a (batch, ny, nx, 1) float32 tensor on its own statistics (with
+    ``gain`` and ``readnoise``, (batch,) tensors, for ``config.header_noise``)."""
     config = config or NormalizationConfig()
-    out = tf.map_fn(lambda im: normalize_image(im, config), images[..., 0],
-                    fn_output_signature=tf.float32)
+    if gain is None or readnoise is None:
+        out = tf.map_fn(lambda im: normalize_image(im, config), images[..., 0], fn_output_signature=tf.float32)
+    else:
+        out = tf.map_fn(lambda args: normalize_image(args[0], config, args[1], args[2]),
+                        (images[..., 0], tf.cast(gain, tf.float32), tf.cast(readnoise, tf.float32)),
+                        fn_output_signature=tf.float32)
     return out[..., tf.newaxis]
 
 

@@ -84,6 +84,31 @@ def test_a_decam_cp_folder_trains_on_its_images_with_their_data_quality_maps(tmp
     assert caplog.text.count("no GAIN in the header; assuming DECam's 4") == 1
 
 
+def test_training_frames_give_the_normalization_their_imagers_gain_and_read_noise(tmp_path, monkeypatch):
+    """For normalization.header_noise: a synthetic frame's imager, a FITS frame's header."""
+    import kercr.data.frames as frames
+    from kercr.data.normalization import NormalizationConfig
+
+    seen, normalize = [], frames.normalize
+
+    def spy(image, *, mask=None, config=None, gain=None, readnoise=None):
+        seen.append((gain, readnoise))
+        return normalize(image, mask=mask, config=config, gain=gain, readnoise=readnoise)
+
+    monkeypatch.setattr(frames, "normalize", spy)
+    config = NormalizationConfig(header_noise=(0.9, 1.6))
+    synthetic = SyntheticFrames(seed=0, shape=SHAPE, normalization=config, variety="wide")
+    synthetic.frame(3)
+    imager = synthetic.frame_config(3)
+    assert seen[-1] == (imager.gain, imager.readnoise_e)
+    f = make_frame(seed=2, shape=SHAPE)
+    fits.PrimaryHDU(f.clean_adu, header=fits.Header([("EXPTIME", 90.0), ("GAIN", 3.5), ("RDNOISE", 6.0)])).writeto(
+        tmp_path / "x.fits")
+    source = FITSFrames(tmp_path, seed=0, normalization=config)
+    source.frame(source.frames_of(source.exposure_ids()[0])[0])
+    assert seen[-1] == (3.5, 6.0)
+
+
 def test_synthetic_frame_depends_only_on_seed_and_index():
     a = SyntheticFrames(seed=1, shape=SHAPE, cr_rate_scale=20, cache=1)
     first = [a.frame(i) for i in range(2)]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from kercr.data.errors import KercrDataError
-from kercr.data.normalization import (NormalizationConfig, NormalizationParams, denormalize, input_maps, normalize,
-                                      robust_sky_noise)
+from kercr.data.normalization import (NormalizationConfig, NormalizationParams, denormalize, frame_noise, input_maps,
+                                      normalize, robust_sky_noise)
 
 
 @pytest.fixture
@@ -154,6 +154,52 @@ def test_the_clipped_std_estimator_reads_integer_frames_where_the_mad_is_quantiz
     white = (300.0 + 7.0 * rng.standard_normal((400, 300))).astype(np.float32)
     assert robust_sky_noise(white, config=std)[1] == pytest.approx(7.0, rel=0.02)
     assert robust_sky_noise(frame, config=std)[1] == pytest.approx(robust_sky_noise(frame, config=DIFF2)[1], rel=0.05)
+
+
+def _galaxy_covered(rng, gain=4.0, readnoise=6.0, sky=2000.0):
+    """A frame (ADU, sky included) whose left 40 % is under 3,000 ADU of galaxy light with its
+    photon noise: its measured noise (1.2x) is above the sky's Poisson-plus-read noise, which the
+    header gives."""
+    x = np.mgrid[:256, :256][1]
+    light = np.where(x < 100, 3000.0, 0.0)  # ADU
+    level = sky + light
+    image = level + rng.standard_normal(level.shape) * np.sqrt(level / gain + (readnoise / gain) ** 2)
+    return image.astype(np.float32), float(np.sqrt(sky / gain + (readnoise / gain) ** 2))
+
+
+def test_header_noise_takes_the_modelled_noise_within_its_band_and_the_measured_noise_outside(frame):
+    config = NormalizationConfig(noise_estimator="diff2", header_noise=(0.9, 1.6))
+    image, model = _galaxy_covered(np.random.default_rng(7))
+    _, measured, _ = robust_sky_noise(image, config=config)
+    assert measured > 1.1 * model  # the galaxy's noise and texture enter the measurement
+    assert normalize(image, config=config, gain=4.0, readnoise=6.0)[1].noise == pytest.approx(model, rel=0.01)
+    # Unknown gain, a model the measurement is far from (a sky-subtracted frame), no band: measured.
+    assert normalize(image, config=config)[1].noise == measured
+    assert normalize(image - 2000.0, config=config, gain=4.0, readnoise=6.0)[1].noise == pytest.approx(measured,
+                                                                                                        rel=1e-6)
+    plain = NormalizationConfig(noise_estimator="diff2")
+    np.testing.assert_array_equal(normalize(image, config=plain, gain=4.0, readnoise=6.0)[0],
+                                  normalize(image, config=plain)[0])
+    assert frame_noise(100.0, 5.0, gain=None, readnoise=6.0, band=(0.9, 1.6)) == 5.0
+    # The relative maps scale the modelled frame noise; their own fallback stays measured.
+    relative = dataclasses.replace(config, noise_model="relative", local_gate=5.0, local_min_blocks=3)
+    background, noise = input_maps(image, config=relative, gain=4.0, readnoise=6.0)
+    assert np.median(noise[:, 150:]) == pytest.approx(model, rel=0.02)  # the sky beside the galaxy
+    np.testing.assert_array_equal(normalize(image, config=relative, gain=4.0, readnoise=6.0)[0],
+                                  ((image - background) / noise).clip(-10, 1000).astype(np.float32))
+
+
+def test_header_noise_is_checked_and_saved():
+    config = NormalizationConfig(header_noise=[0.9, 1.6])
+    assert config.header_noise == (0.9, 1.6)
+    assert NormalizationConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    older = {k: v for k, v in NormalizationConfig().to_dict().items() if k != "header_noise"}
+    assert NormalizationConfig.from_dict(older).header_noise is None  # saved models: measured, as before
+    for bad in ((1.6, 0.9), (0, 1), "0.9", (0.9,), (0.9, float("inf"))):
+        with pytest.raises(KercrDataError, match="header_noise"):
+            NormalizationConfig(header_noise=bad)
+    with pytest.raises(KercrDataError, match="'local' maps"):
+        NormalizationConfig(noise_model="local", header_noise=(0.9, 1.6))
 
 
 def test_diff2_noise_keeps_noise_correlated_along_one_axis():

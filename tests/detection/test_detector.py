@@ -115,6 +115,25 @@ def test_a_local_noise_model_is_detected_with_its_noise_maps(tmp_path, save_mode
     assert np.abs(result.probability - global_p).max() > 1e-2  # the maps change what the network sees
 
 
+def test_a_header_noise_model_takes_the_frames_gain_and_read_noise_from_its_header(tmp_path, save_model):
+    from astropy.nddata import CCDData
+
+    config = NormalizationConfig(noise_estimator="diff2", header_noise=(0.9, 1.6))
+    path = save_model(tmp_path / "header", "m", normalization=False)
+    (tmp_path / "header" / "normalization.json").write_text(json.dumps(config.to_dict()))
+    rng = np.random.default_rng(6)
+    x = np.mgrid[: SHAPE[0], : SHAPE[1]][1]
+    level = 2000.0 + np.where(x < 0.4 * SHAPE[1], 3000.0, 0.0)  # galaxy light over 40 % of the frame
+    image = (level + rng.standard_normal(SHAPE) * np.sqrt(level / 4.0 + 2.25)).astype(np.float32)
+    model_noise = np.sqrt(2000.0 / 4.0 + 2.25)
+    with_header = detect(CCDData(image, unit="adu", meta={"GAIN": 4.0, "RDNOISE": 6.0}), model=path, runtime="keras")
+    assert with_header.normalization.noise == pytest.approx(model_noise, rel=0.02)
+    assert detect(image, model=path, runtime="keras", gain=4.0, readnoise=6.0).normalization.noise == pytest.approx(
+        with_header.normalization.noise)
+    measured = detect(image, model=path, runtime="keras").normalization.noise  # no gain: measured
+    assert measured > 1.1 * model_noise
+
+
 def test_dilated_mask_never_enters_ignored_pixels(tiny, frame):
     image = frame.image_adu.copy()
     image[100, 100] = np.nan

@@ -245,6 +245,57 @@ def test_the_clipped_std_estimator_matches_numpy_in_the_graph(config):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=str(shape))
 
 
+def _covered(rng, shape=(192, 160)):
+    """ADU with 2,000 ADU of sky, gain 4, read noise 6 e-, galaxy light over the left 40 %."""
+    x = np.mgrid[: shape[0], : shape[1]][1]
+    level = 2000.0 + np.where(x < 0.4 * shape[1], 3000.0, 0.0)
+    return (level + rng.standard_normal(shape) * np.sqrt(level / 4.0 + 2.25)).astype(np.float32)
+
+
+HEADER = NormalizationConfig(noise_estimator="diff2", header_noise=(0.9, 1.6))
+
+
+@pytest.mark.parametrize("config", [HEADER, dataclasses.replace(HEADER, noise_model="relative", local_gate=5.0,
+                                                                local_min_blocks=3)])
+def test_header_noise_in_the_graph_is_numpys(config):
+    """Each image's gain and read noise (0 gain or negative read noise: unknown) set its frame noise
+    as in numpy; the global path to the bit, the relative maps to float32 rounding."""
+    from kercr.export.tf_normalization import normalize_batch
+
+    rng = np.random.default_rng(8)
+    images = np.stack([_covered(rng), _covered(rng), _covered(rng), _covered(rng) - 2000.0])
+    gains, noises = np.array([4.0, 0.0, 4.0, 4.0], np.float32), np.array([6.0, 6.0, -1.0, 6.0], np.float32)
+    fn = tf.function(lambda x, g, r: normalize_batch(x, config, g, r))
+    got = fn(tf.constant(images[..., None]), tf.constant(gains), tf.constant(noises)).numpy()[..., 0]
+    want = np.stack([normalize(image, config=config, gain=g if g > 0 else None, readnoise=r if r >= 0 else None)[0]
+                     for image, g, r in zip(images, gains, noises)])
+    if config.noise_model == "global":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL)
+    measured = normalize(images[0], config=config)[0]
+    assert np.abs(want[0] - measured).max() > 0.1  # the header noise changed the input
+
+
+def test_a_header_noise_savedmodel_takes_each_images_gain_and_read_noise(tmp_path):
+    from kercr.export.savedmodel import write_savedmodel
+
+    model = kercr.build_model("deepcr_2_4")
+    write_savedmodel(model, tmp_path / "sm", config=HEADER, multiple=4)
+    serve = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    assert set(serve.structured_input_signature[1]) == {"image", "gain", "readnoise"}
+    image = _covered(np.random.default_rng(9), (64, 64))
+    for gain, want in ((4.0, normalize(image, config=HEADER, gain=4.0, readnoise=6.0)[0]),
+                       (0.0, normalize(image, config=HEADER)[0])):
+        got = serve(image=tf.constant(image[None, ..., None]), gain=tf.constant([gain]),
+                    readnoise=tf.constant([6.0]))["cr_probability"].numpy()[0, ..., 0]
+        expected = np.asarray(model(want[None, ..., None], training=False))[0, ..., 0]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    write_savedmodel(model, tmp_path / "plain", config=NormalizationConfig(noise_estimator="diff2"), multiple=4)
+    plain = tf.saved_model.load(str(tmp_path / "plain")).signatures["serving_default"]
+    assert set(plain.structured_input_signature[1]) == {"image"}  # models without it: one input, as before
+
+
 # --------------------------------------------------------------------------------------------
 # The global noise model (one sky and noise per image)
 # --------------------------------------------------------------------------------------------

@@ -130,8 +130,11 @@ def class_metrics(truth, score, flagged, near) -> dict:
     return row
 
 
-def score_model(model, frames, *, runtime="keras", tta=None, progress=None) -> dict:
-    """Detect every frame with ``model`` and pool per class: ``{"threshold", "tta", "classes": {class: metrics}}``."""
+def score_model(model, frames, *, runtime="keras", tta=None, progress=None, detectors=None) -> dict:
+    """Detect every frame with ``model`` and pool per class: ``{"threshold", "tta", "classes": {class: metrics}}``.
+
+    ``detectors``: ``{i: (gain e-/ADU, read noise e-)}`` of the frames' imagers, what their headers
+    would say (``detect(gain=, readnoise=)``; used by models with ``header_noise``)."""
     from kercr.detection import detect, load_model
 
     loaded = load_model(model)
@@ -139,7 +142,9 @@ def score_model(model, frames, *, runtime="keras", tta=None, progress=None) -> d
     used_tta, ranked_by, t0 = None, "logits", time.perf_counter()
     for kind, items in frames.items():
         for i, image, truth, ignore in items:
-            res = detect(image, model=loaded, mask=ignore, runtime=runtime, tta=tta, keep_logits=True)
+            gain, readnoise = (detectors or {}).get(i, (None, None))
+            res = detect(image, model=loaded, mask=ignore, runtime=runtime, tta=tta, keep_logits=True, gain=gain,
+                         readnoise=readnoise)
             used_tta = res.tta
             score = res.logit if res.logit is not None else res.probability
             if res.logit is None:
@@ -213,9 +218,11 @@ def main(argv=None) -> int:
                                   ignored_pixels=int(ignore.sum()))
                              for i, image, truth, ignore in items] for c, items in frames.items()},
               "models": {}}
+    detectors = {i: (source.frame_config(i).gain, source.frame_config(i).readnoise_e)
+                 for items in frames.values() for i, *_ in items}
     for model in args.model:
         report["models"][str(model)] = score_model(
-            model, frames, runtime=args.runtime, tta=args.tta,
+            model, frames, runtime=args.runtime, tta=args.tta, detectors=detectors,
             progress=lambda msg, m=model: print(f"  [{m}] {msg}", file=sys.stderr, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

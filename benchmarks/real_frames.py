@@ -53,7 +53,8 @@ Pixels and metrics:
     pipeline runs), of all and of the visible CR pixels, and the weakest frame among those with
     at least 100 CR pixels over the repeats (the held-out set is judged on its weakest frame too).
 Detection:
-    ``kercr.detect`` with the model's defaults unless told otherwise: the card's threshold and its
+    ``kercr.detect`` with each frame's gain and read noise (as its header would give them; only a
+    model with ``header_noise`` uses them) and the model's defaults unless told otherwise: the card's threshold and its
     four-flip averaging (``tta``; on for the shipped model), and ``--runtime`` (default keras, whose
     scores rank every pixel; the card's int8 coarsens low probabilities).
 Baseline:
@@ -378,7 +379,7 @@ def main(argv=None) -> int:
     for name, r, img, truth, snr, ignore, gain, readnoise, on_source in items:
         _FRAME.update(gain=gain, readnoise=readnoise)
         res = detect(img, model=loaded, threshold=threshold, runtime=args.runtime, mask=ignore, tta=args.tta,
-                     tta_gate=args.tta_gate)
+                     tta_gate=args.tta_gate, gain=gain, readnoise=readnoise)  # as a header gives them
         tta, gate = res.tta, res.tta_gate
         ign = ignore | res.ignored
         truths.append(truth[~ign])

@@ -66,7 +66,7 @@ def test_every_choice_is_accepted_where_it_is_checked_and_no_other():
     for estimator in config.NOISE_ESTIMATORS:
         for noise_model in config.NOISE_MODELS:
             assert NormalizationConfig(noise_estimator=estimator, noise_model=noise_model).noise_model == noise_model
-    with pytest.raises(KercrDataError, match="'std' is not one of \\('mad', 'diff2'\\)"):
+    with pytest.raises(KercrDataError, match="'std' is not one of \\('mad', 'diff2', 'diff2_std'\\)"):
         NormalizationConfig(noise_estimator="std")
     with pytest.raises(KercrDataError, match="choose one of: median, mean, idw"):
         check_clean_method("medmask")

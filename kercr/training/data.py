@@ -164,11 +164,13 @@ def make_training_data(config: TrainConfig, *, initial_epoch: int = 0, strategy=
         if config.asinh_softening is not None:
             raise ConfigError(f"{config.data}: kercr-prepare shards hold linearly normalized patches; asinh_softening "
                               "needs frames (--data synthetic or a FITS directory), or leave it unset.")
-        if config.noise_estimator != "mad" or config.noise_model != "global" or config.header_noise is not None:
+        other = [f"{key}={value!r}" for key, value, default in (
+            ("noise_estimator", config.noise_estimator, "mad"), ("noise_model", config.noise_model, "global"),
+            ("header_noise", config.header_noise, None)) if value != default]
+        if other:
             raise ConfigError(f"{config.data}: kercr-prepare shards were normalized with one 'mad' noise per frame; "
-                              f"noise_estimator={config.noise_estimator!r}, noise_model={config.noise_model!r}, "
-                              f"header_noise={config.header_noise!r} needs frames (--data synthetic or a FITS "
-                              "directory), or leave them at 'mad', 'global' and unset.")
+                              f"{', '.join(other)} needs frames (--data synthetic or a FITS directory), or leave "
+                              "the normalization options at their defaults.")
         if config.rim_weight != 1:
             raise ConfigError(f"{config.data}: kercr-prepare shards hold their pixel weights; rim_weight="
                               f"{config.rim_weight:g} needs frames (--data synthetic, a FITS directory or the LCO "

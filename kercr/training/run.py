@@ -158,7 +158,8 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; pass a folder for the run (created if needed).")
-    chief = is_chief()
+    multiworker = config.strategy == "multiworker"
+    chief = not multiworker or is_chief()  # TF_CONFIG is read only when multi-worker training is asked for
     state = _check_run_dir(out, config) if out.is_dir() else {}
     if state.get("finished_epochs", -1) >= config.epochs and (out / "metrics.json").is_file():
         logger.info("run %s already finished %d epochs; nothing to do", out, config.epochs)
@@ -194,8 +195,8 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
         write_normalization(out, config.normalization_config())
     callbacks = _callbacks(config, model, data, work, history=history, chief=chief)
 
-    if config.strategy == "multiworker":
-        build_from_local_batch(model, data.train[0])
+    if multiworker:  # a batch of the PyDataset loader, or of kercr-prepare shards (a tf.data.Dataset)
+        build_from_local_batch(model, next(iter(data.train.take(1))) if hasattr(data.train, "take") else data.train[0])
     logger.info(
         "training %s on %s: epochs %d-%d, %d steps of %d patches of %d px", config.model, config.data,
         initial_epoch + 1, config.epochs, config.steps_per_epoch, config.batch_size, config.patch_size,

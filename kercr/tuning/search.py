@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import time
 from pathlib import Path
 
 import keras
@@ -33,7 +35,7 @@ from kercr.training.data import check_validation_crs, make_training_data
 from kercr.tuning.hypermodel import CRHyperModel
 from kercr.tuning.results import write_results
 from kercr.tuning.space import SearchSpace, SearchSpaceError
-from kercr.tuning.tuners import make_tuner
+from kercr.tuning.tuners import make_tuner, search_finished
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ PROJECT = "search"
 #: What write_results puts beside the search (deleted by --overwrite).
 RESULT_FILES = ("results.csv", "results.md", "best.keras", "best_trial.json", "normalization.json")
 SPACE_FILE = "search_space.json"
+#: Seconds a worker waits for the chief oracle to listen (``KERCR_ORACLE_WAIT_S`` overrides it).
+ORACLE_WAIT_S = 300
 
 
 def distributed_role() -> str:
@@ -84,6 +88,24 @@ def _check_out_dir(out: Path, space: SearchSpace) -> None:
     os.replace(tmp, saved)  # atomic: the chief and the workers may start together
 
 
+def _wait_for_oracle(ip: str, port: str) -> None:
+    """Wait until the chief oracle listens at ``ip:port`` (it may start after the workers), then
+    go on; an OSError naming the address and the fix after ``KERCR_ORACLE_WAIT_S`` seconds
+    (default :data:`ORACLE_WAIT_S`), where Keras Tuner's own client would wait an hour."""
+    limit = float(os.environ.get("KERCR_ORACLE_WAIT_S", ORACLE_WAIT_S))
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            with socket.create_connection((ip, int(port)), timeout=5):
+                return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise OSError(f"no chief oracle listens at {ip}:{port} after {limit:g} s ({err}): start the chief "
+                              "(KERASTUNER_TUNER_ID=chief, the same KERASTUNER_ORACLE_IP/PORT) or check the address "
+                              "(KERCR_ORACLE_WAIT_S sets this wait).") from None
+        time.sleep(1.0)
+
+
 def run_search(space: SearchSpace, out, *, overwrite: bool = False, verbose="auto"):
     """Run (or resume) the search ``space`` describes, with its results in ``out``.
 
@@ -121,7 +143,9 @@ def run_search(space: SearchSpace, out, *, overwrite: bool = False, verbose="aut
     hypermodel.data = data
     tuner = make_tuner(space, hypermodel, directory=out, project_name=PROJECT,
                        overwrite=overwrite and role != "worker")
-    if role == "chief":
+    if role == "chief" and search_finished(tuner.oracle):
+        logger.info("the %s search in %s has run all its trials; writing its results", space.tuner, out)
+    elif role == "chief":
         logger.info(
             "chief oracle for %s search: serving trials on %s:%s until the workers finish",
             space.tuner, os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"],
@@ -131,6 +155,7 @@ def run_search(space: SearchSpace, out, *, overwrite: bool = False, verbose="aut
         if role == "worker":
             logger.info("worker %s: asking the chief oracle at %s:%s for trials", tuner.tuner_id,
                         os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
+            _wait_for_oracle(os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
         else:
             logger.info("%s search over %s in %s", space.tuner, ", ".join(space.models), out / PROJECT)
         tuner.search(

@@ -48,6 +48,14 @@ class _TrialTunersMixin:
             self.save()
         return trial
 
+    @kt.synchronized
+    def end_trial(self, trial):
+        # Keras Tuner saves oracle.json before it drops the trial from the ongoing ones, and a chief
+        # saves no more after the last trial: its oracle.json would list that trial as running, and a
+        # restarted chief would hand it out again. Saved again once the trial has ended.
+        super().end_trial(trial)
+        self.save()
+
     def get_state(self):
         state = super().get_state()
         state["trial_tuners"] = dict(self.trial_tuners)
@@ -56,6 +64,19 @@ class _TrialTunersMixin:
     def set_state(self, state):
         super().set_state(state)
         self.trial_tuners = dict(state.get("trial_tuners", {}))
+
+
+def search_finished(oracle) -> bool:
+    """Whether a reloaded oracle has nothing left to hand out: its ``max_trials`` trials all ended,
+    none running or queued for a retry (a Hyperband oracle, which has no ``max_trials``, never says so)."""
+    trials = list(oracle.trials.values())
+    if oracle.max_trials is None or len(trials) < oracle.max_trials or oracle.ongoing_trials:
+        return False
+    if getattr(oracle, "_retry_queue", None):
+        return False
+    ended = {kt.engine.trial.TrialStatus.COMPLETED, kt.engine.trial.TrialStatus.INVALID,
+             kt.engine.trial.TrialStatus.FAILED, kt.engine.trial.TrialStatus.STOPPED}
+    return all(t.status in ended for t in trials)
 
 
 class HyperbandOracle(_TrialTunersMixin, kt.oracles.HyperbandOracle):

@@ -402,6 +402,27 @@ def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
     assert "validation (" in outputs[0] and "validation (" not in outputs[1]
 
 
+@pytest.mark.slow
+def test_a_one_worker_cluster_trains_on_shards_and_tf_config_is_ignored_without_multiworker(tmp_path):
+    from kercr.cli.train import prepare_main
+
+    shards = tmp_path / "shards"
+    assert prepare_main(["--frames", "4", "--frame-shape", "256", "256", "--patch-size", "64", "--patches-per-frame",
+                         "8", "--shard-size", "8", "--cr-rate-scale", "50", "--out", str(shards)]) == 0
+    cluster = {"cluster": {"worker": [f"localhost:{_free_port()}"]}, "task": {"type": "worker", "index": 0}}
+    shard_run = subprocess.run(_cli(*TINY, "--epochs", "1", "--data", str(shards), "--strategy", "multiworker",
+                                    "--out", str(tmp_path / "sharded")),
+                               capture_output=True, text=True, env=_env(TF_CONFIG=json.dumps(cluster)), timeout=600)
+    assert shard_run.returncode == 0, shard_run.stdout[-3000:] + shard_run.stderr[-3000:]
+    assert (tmp_path / "sharded" / "metrics.json").is_file()
+    # A TF_CONFIG left in the environment (this process a non-chief worker) does not matter to a run
+    # that was not asked to be multi-worker: it trains and writes its run folder.
+    stray = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 1}}
+    plain = subprocess.run(_cli(*TINY, "--epochs", "1", "--out", str(tmp_path / "plain")), capture_output=True,
+                           text=True, env=_env(TF_CONFIG=json.dumps(stray)), timeout=600)
+    assert plain.returncode == 0 and (tmp_path / "plain" / "metrics.json").is_file(), plain.stderr[-3000:]
+
+
 # A short run under JAX, then the same model untrained (train()'s seeded initial weights) scored
 # on the same validation patches by the same pooled metrics; one process, so JAX starts once.
 _JAX_TRAINING = """

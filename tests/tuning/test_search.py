@@ -172,10 +172,29 @@ def test_distributed_chief_and_two_workers(tmp_path):
     # Each worker logged the trial it ran.
     for tuner_id in ("tuner0", "tuner1"):
         assert f"({tuner_id})" in (tmp_path / f"{tuner_id}.log").read_text()
+    # The saved oracle lists no trial as running, and the chief run again alone, with nothing left to
+    # hand out, writes the results and ends instead of serving for ever.
+    assert oracle["ongoing_trials"] == {}
+    rerun = subprocess.run(command, env={**base_env, "KERASTUNER_TUNER_ID": "chief"}, cwd=REPO, timeout=120,
+                           capture_output=True, text=True)
+    assert rerun.returncode == 0 and "has run all its trials" in rerun.stderr, rerun.stderr[-3000:]
+    assert _read_csv(out / "results.csv") == table
 
 
 # ------------------------------------------------------------------------------------------
 # distributed mode and the output folder
+
+
+def test_a_worker_without_a_chief_stops_with_the_address_it_tried(monkeypatch):
+    from kercr.tuning import search
+
+    monkeypatch.setenv("KERCR_ORACLE_WAIT_S", "1")
+    with pytest.raises(OSError, match=r"no chief oracle listens at 127.0.0.1:\d+ after 1 s.*KERASTUNER_TUNER_ID=chief"):
+        search._wait_for_oracle("127.0.0.1", str(_free_port()))
+    with socket.socket() as listening:  # a chief listening: the worker goes on at once
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        search._wait_for_oracle("127.0.0.1", str(listening.getsockname()[1]))
 
 
 def test_distributed_role_needs_all_three_variables(monkeypatch):

@@ -14,7 +14,7 @@ import keras
 
 from kercr.config import ConfigError
 
-__all__ = ["build_from_local_batch", "is_chief", "make_strategy", "tf_config"]
+__all__ = ["build_from_local_batch", "gather_ints", "is_chief", "make_strategy", "tf_config"]
 
 
 def tf_config() -> dict:
@@ -55,6 +55,15 @@ def make_strategy(name: str):
             '"task": {"type": "worker", "index": 0}}\'.'
         )
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def gather_ints(strategy, value: int) -> list[int]:
+    """Every worker's ``value``, in worker order (a collective: every worker must call it)."""
+    import tensorflow as tf
+
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant([int(value)], tf.int64))
+    return [int(v) for v in strategy.gather(per_replica, axis=0).numpy()]
 
 
 def build_from_local_batch(model, batch) -> None:

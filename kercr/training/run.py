@@ -40,7 +40,7 @@ from kercr.training.callbacks import (
     plateau_state,
 )
 from kercr.training.data import check_validation_crs, make_training_data
-from kercr.training.distribution import build_from_local_batch, is_chief, make_strategy, tf_config
+from kercr.training.distribution import build_from_local_batch, gather_ints, is_chief, make_strategy, tf_config
 from kercr.training.model import build_and_check_model, load_initial_weights, make_loss, make_metrics
 
 __all__ = ["STATE_FILE", "read_history", "run_validation", "train"]
@@ -83,6 +83,46 @@ def _backup_epoch(work: Path) -> int | None:
         return int(json.loads((work / "backup" / "training_metadata.json").read_text())["epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _agree_on_backup(strategy, work: Path, done: int | None) -> int | None:
+    """The epoch every worker of a multi-worker run goes on from.
+
+    Workers killed at once may have saved their backups one epoch apart (one wrote epoch k's, the
+    other had not yet): replicas restored from different epochs would train apart while the run
+    looks fine. A worker ahead of the others goes back to its previous backup (Keras keeps it,
+    ``double_checkpoint``), or to none when that was the first epoch; if any worker cannot, every
+    worker stops with the reason.
+    """
+    epochs = gather_ints(strategy, -1 if done is None else done)
+    agreed = min(epochs)
+    ok = done is None or done == agreed or _roll_back_backup(work, done, agreed)
+    if not all(gather_ints(strategy, int(ok))):
+        raise ConfigError(f"the workers' backups hold epochs {epochs} (in worker order) and cannot be brought to "
+                          f"the same epoch ({agreed if agreed >= 0 else 'none'}); the replicas would train from "
+                          "different weights. Start the run again with a new --out on every worker.")
+    if done is not None and done != agreed:
+        logger.warning("%s: this worker's backup was at epoch %d, another's at %s; going on from there together",
+                       work, done, agreed if agreed >= 0 else "the start")
+    return None if agreed < 0 else agreed
+
+
+def _roll_back_backup(work: Path, done: int, to: int) -> bool:
+    """Put the Keras backup in ``work`` back from epoch ``done`` to ``to`` (one epoch earlier: its
+    ``.bkp`` copy; before the first epoch: no backup); False when it holds no such copy."""
+    backup = work / "backup"
+    if to < 0 and done == 1:
+        shutil.rmtree(backup)
+        return True
+    try:
+        previous = int(json.loads((backup / "training_metadata.json.bkp").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if previous != to or not (backup / "latest.weights.h5.bkp").is_file():
+        return False
+    shutil.copyfile(backup / "latest.weights.h5.bkp", backup / "latest.weights.h5")
+    shutil.copyfile(backup / "training_metadata.json.bkp", backup / "training_metadata.json")
+    return True
 
 
 def _check_run_dir(out: Path, config: TrainConfig) -> dict:
@@ -172,6 +212,8 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     _set_precision(config)
     history = read_history(out / "history.csv")
     done = _backup_epoch(work)  # the epochs the backup holds decide where a killed run goes on
+    if multiworker:
+        done = _agree_on_backup(strategy, work, done)
     if done is not None:
         if len(history) < done:  # killed between backup and history row (runs from before the backup went last)
             logger.warning("%s: history.csv lacks epoch(s) %d-%d; going on from epoch %d, as the backup holds",

@@ -402,6 +402,23 @@ def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
     assert "validation (" in outputs[0] and "validation (" not in outputs[1]
 
 
+def test_a_worker_ahead_of_the_others_goes_back_to_its_previous_backup(tmp_path):
+    """Workers killed at once can hold backups one epoch apart; the one ahead takes Keras' previous copy."""
+    from kercr.training.run import _roll_back_backup
+
+    backup = tmp_path / "w" / "backup"
+    backup.mkdir(parents=True)
+    (backup / "latest.weights.h5").write_bytes(b"epoch 3")
+    (backup / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
+    (backup / "latest.weights.h5.bkp").write_bytes(b"epoch 2")
+    (backup / "training_metadata.json.bkp").write_text('{"epoch": 2, "batch": 0}')
+    assert not _roll_back_backup(tmp_path / "w", 3, 1)  # two epochs back: no copy holds it
+    assert _roll_back_backup(tmp_path / "w", 3, 2)
+    assert (backup / "latest.weights.h5").read_bytes() == b"epoch 2"
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 2
+    assert _roll_back_backup(tmp_path / "w", 1, -1) and not backup.exists()  # before the first epoch: none
+
+
 @pytest.mark.slow
 def test_a_one_worker_cluster_trains_on_shards_and_tf_config_is_ignored_without_multiworker(tmp_path):
     from kercr.cli.train import prepare_main

@@ -226,8 +226,9 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
 
     # A finished run given more --epochs has no backup/ any more: it goes on from last.keras
     # (weights and optimizer state), not from fresh weights.
-    extending = bool(history) and not (work / "backup").exists() and (work / "last.keras").is_file()
-    model = _model_of_run(config, work, strategy, history=history, extending=extending)
+    # Every worker reads the chief's last.keras (a worker's scratch folder went when the run finished).
+    extending = bool(history) and not (work / "backup").exists() and (out / "last.keras").is_file()
+    model = _model_of_run(config, strategy, history=history, extending=extending)
     data = make_training_data(config, initial_epoch=initial_epoch, strategy=strategy)
     check_validation_crs(data)
     # The model and the data are made before the run directory: a bad option leaves nothing behind.
@@ -254,13 +255,13 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     return _finish(config, out, data)
 
 
-def _model_of_run(config: TrainConfig, work: Path, strategy, *, history: list, extending: bool) -> keras.Model:
+def _model_of_run(config: TrainConfig, strategy, *, history: list, extending: bool) -> keras.Model:
     """The compiled model to fit: ``last.keras`` of a finished run being extended, else a new one
     (with ``init_weights`` on a fresh start), under the strategy's scope."""
     scope = strategy.scope() if strategy is not None else _NullScope()
     with scope:
         if extending:
-            model = keras.saving.load_model(work / "last.keras")
+            model = keras.saving.load_model(Path(config.out) / "last.keras")
             logger.info("extending the finished run %s from epoch %d with last.keras", Path(config.out),
                         len(history) + 1)
         else:

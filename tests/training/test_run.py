@@ -385,21 +385,30 @@ def _free_port():
 @pytest.mark.slow
 def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
     run = tmp_path / "run"
-    cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
-    procs = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen(
-            _cli(*TINY, "--epochs", "2", "--strategy", "multiworker", "--out", str(run)),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(TF_CONFIG=tf_config),
-        ))
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+
+    def both(epochs):
+        cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
+        procs = []
+        for index in range(2):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            procs.append(subprocess.Popen(
+                _cli(*TINY, "--epochs", str(epochs), "--strategy", "multiworker", "--out", str(run)),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(TF_CONFIG=tf_config),
+            ))
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+        return outputs
+
+    outputs = both(2)
     assert [int(r["epoch"]) for r in _history(run)] == [0, 1]
     assert (run / "best.keras").is_file() and (run / "metrics.json").is_file()
     # The non-chief worker wrote only to its scratch folder, which it removed.
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".worker")) == []
     assert "validation (" in outputs[0] and "validation (" not in outputs[1]
+    # Given a third epoch, both workers go on from the chief's last.keras (the worker's scratch is gone).
+    outputs = both(3)
+    assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2]
+    assert all("epochs 3-3" in output for output in outputs)
 
 
 def test_a_worker_ahead_of_the_others_goes_back_to_its_previous_backup(tmp_path):

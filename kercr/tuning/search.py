@@ -88,6 +88,18 @@ def _check_out_dir(out: Path, space: SearchSpace) -> None:
     os.replace(tmp, saved)  # atomic: the chief and the workers may start together
 
 
+def _check_oracle_port(ip: str, port: str) -> None:
+    """An OSError naming the port when the chief cannot have it to itself: gRPC binds with
+    SO_REUSEPORT, so a second chief on a port would silently share the workers of the first."""
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as probe:
+        try:
+            probe.bind((ip, int(port)))
+        except OSError as err:
+            raise OSError(f"the chief oracle cannot listen on {ip}:{port} ({err.strerror or err}): another search's "
+                          "chief or another program holds it, or the address is not this machine's. Pick another "
+                          "KERASTUNER_ORACLE_PORT (the same on the chief and every worker).") from None
+
+
 def _wait_for_oracle(ip: str, port: str) -> None:
     """Wait until the chief oracle listens at ``ip:port`` (it may start after the workers), then
     go on; an OSError naming the address and the fix after ``KERCR_ORACLE_WAIT_S`` seconds
@@ -146,6 +158,7 @@ def run_search(space: SearchSpace, out, *, overwrite: bool = False, verbose="aut
     if role == "chief" and search_finished(tuner.oracle):
         logger.info("the %s search in %s has run all its trials; writing its results", space.tuner, out)
     elif role == "chief":
+        _check_oracle_port(os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
         logger.info(
             "chief oracle for %s search: serving trials on %s:%s until the workers finish",
             space.tuner, os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"],

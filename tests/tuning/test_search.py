@@ -197,6 +197,17 @@ def test_a_worker_without_a_chief_stops_with_the_address_it_tried(monkeypatch):
         search._wait_for_oracle("127.0.0.1", str(listening.getsockname()[1]))
 
 
+def test_a_chief_refuses_a_port_something_else_listens_on():
+    from kercr.tuning import search
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match="cannot listen on 127.0.0.1:.*Pick another KERASTUNER_ORACLE_PORT"):
+            search._check_oracle_port("127.0.0.1", str(taken.getsockname()[1]))
+    search._check_oracle_port("127.0.0.1", str(_free_port()))  # a free port: no error
+
+
 def test_distributed_role_needs_all_three_variables(monkeypatch):
     from kercr.tuning import distributed_role
 

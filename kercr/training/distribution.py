@@ -54,7 +54,34 @@ def make_strategy(name: str):
             'worker, e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
             '"task": {"type": "worker", "index": 0}}\'.'
         )
+    _check_cluster(tf_config())
     return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _check_cluster(config: dict) -> None:
+    """A ConfigError naming what is wrong with ``TF_CONFIG``'s task, or with this worker's own port,
+    before TensorFlow starts its server (whose errors name neither)."""
+    import socket
+
+    cluster, task = config.get("cluster", {}), config.get("task")
+    example = ' e.g. "task": {"type": "worker", "index": 0}'
+    if not isinstance(task, dict) or "type" not in task:
+        raise ConfigError(f"TF_CONFIG has a cluster but no task: give each worker its own task,{example}.")
+    kind, index = task["type"], task.get("index", 0)
+    if kind not in cluster:
+        raise ConfigError(f"TF_CONFIG's task type {kind!r} is not in its cluster {sorted(cluster)}; use one of them.")
+    members = cluster[kind]
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(members):
+        raise ConfigError(f"TF_CONFIG's task index {index!r} is not one of the {len(members)} {kind}(s) of its "
+                          f"cluster (0-{len(members) - 1}).")
+    host, _, port = str(members[index]).rpartition(":")
+    with socket.socket() as probe:
+        try:
+            probe.bind(("", int(port)))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"this worker's address {members[index]} (TF_CONFIG {kind} {index}) cannot be used "
+                              f"({getattr(err, 'strerror', None) or err}): the port is taken or not a number; "
+                              "pick a free port in TF_CONFIG on every worker.") from None
 
 
 def gather_ints(strategy, value: int) -> list[int]:

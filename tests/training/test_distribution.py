@@ -1,0 +1,51 @@
+"""kercr.training.distribution: who is the chief, and TF_CONFIG checked before TensorFlow's server starts.
+
+Real multi-worker training (two processes on localhost) is in tests/training/test_run.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from kercr.config import ConfigError
+from kercr.training.distribution import _check_cluster, is_chief, tf_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_chief_is_the_chief_task_else_worker_0(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert is_chief() and tf_config() == {}
+    for cluster, task, chief in (({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 0}, True),
+                                 ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 1}, False),
+                                 ({"chief": ["c:1"], "worker": ["a:1"]}, {"type": "worker", "index": 0}, False),
+                                 ({"chief": ["c:1"], "worker": ["a:1"]}, {"type": "chief", "index": 0}, True)):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+        assert is_chief() is chief, (cluster, task)
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ConfigError, match="TF_CONFIG is not valid JSON"):
+        tf_config()
+
+
+def test_a_bad_task_or_a_taken_port_is_named_before_tensorflow_starts():
+    free = _free_port()
+    cluster = {"worker": [f"localhost:{free}", "localhost:1"]}
+    _check_cluster({"cluster": cluster, "task": {"type": "worker", "index": 0}})  # fine
+    for task, message in ((None, "no task"), ({"type": "ps", "index": 0}, "'ps' is not in its cluster"),
+                          ({"type": "worker", "index": 2}, "index 2 is not one of the 2 worker"),
+                          ({"type": "worker", "index": True}, "index True")):
+        with pytest.raises(ConfigError, match=message):
+            _check_cluster({"cluster": cluster, **({} if task is None else {"task": task})})
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"localhost:{port} .*cannot be used.*pick a free port"):
+            _check_cluster({"cluster": {"worker": [f"localhost:{port}"]}, "task": {"type": "worker", "index": 0}})

@@ -24,5 +24,5 @@ def test_the_inpainter_takes_the_masked_image_and_the_mask_and_returns_linear_va
 def test_unet_head_and_channels_are_checked():
     with pytest.raises(ValueError, match="head='softmax'; choose one of: probability, values"):
         build_unet(filters=(4, 8), head="softmax")
-    with pytest.raises(ValueError, match="channels=0 must be >= 1"):
+    with pytest.raises(ValueError, match="channels=0 must be a whole number >= 1"):
         build_unet(filters=(4, 8), channels=0)

@@ -53,8 +53,8 @@ Pixels and metrics:
     pipeline runs), of all and of the visible CR pixels, and the weakest frame among those with
     at least 100 CR pixels over the repeats (the held-out set is judged on its weakest frame too).
 Detection:
-    ``kercr.detect`` with each frame's gain and read noise (as its header would give them; only a
-    model with ``header_noise`` uses them) and the model's defaults unless told otherwise: the card's threshold and its
+    ``kercr.detect`` with each frame's gain and read noise (as its header would give them, or none
+    with ``--no-header``; only a model with ``header_noise`` uses them) and the model's defaults unless told otherwise: the card's threshold and its
     four-flip averaging (``tta``; on for the shipped model), and ``--runtime`` (default keras, whose
     scores rank every pixel; the card's int8 coarsens low probabilities).
 Baseline:
@@ -350,6 +350,9 @@ def main(argv=None) -> int:
     parser.add_argument("--header-noise", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="what-if: the frame's noise from its GAIN and RDNOISE (sqrt(sky / gain + (rn / gain)^2) "
                              "ADU) wherever the measured noise is LOW-HIGH times that (header_noise())")
+    parser.add_argument("--no-header", action="store_true",
+                        help="what-if: detect without each frame's gain and read noise, as for a file whose "
+                             "header has no GAIN or RDNOISE (astroscrappy still gets them)")
     parser.add_argument("--out", default="runs/real_frames")
     args = parser.parse_args(argv)
     if args.first_repeat < 0:
@@ -378,8 +381,9 @@ def main(argv=None) -> int:
     items = injected(frames, stamps, args.repeats, args.first_repeat)
     for name, r, img, truth, snr, ignore, gain, readnoise, on_source in items:
         _FRAME.update(gain=gain, readnoise=readnoise)
+        header = {} if args.no_header else {"gain": gain, "readnoise": readnoise}  # as a header gives them
         res = detect(img, model=loaded, threshold=threshold, runtime=args.runtime, mask=ignore, tta=args.tta,
-                     tta_gate=args.tta_gate, gain=gain, readnoise=readnoise)  # as a header gives them
+                     tta_gate=args.tta_gate, **header)
         tta, gate = res.tta, res.tta_gate
         ign = ignore | res.ignored
         truths.append(truth[~ign])
@@ -439,7 +443,7 @@ def main(argv=None) -> int:
     at = score >= threshold
     kercr.update(tpr_at_threshold=float((at & truth).sum() / truth.sum()),
                  fpr_at_threshold=float((at & ~truth).sum() / (~truth).sum()), threshold=threshold)
-    report = {"model": str(args.model), "variant": args.variant, "runtime": args.runtime, "tta": tta, "tta_gate": gate,
+    report = {"model": str(args.model), "variant": args.variant, "header": not args.no_header, "runtime": args.runtime, "tta": tta, "tta_gate": gate,
               "repeats": args.repeats, "first_repeat": args.first_repeat, "frames": len(frames),
               "cr_pixels": int(truth.sum()), "visible_cr_pixels": int((truth & ~faint).sum()),
               "non_cr_pixels": int((~truth).sum()), "kercr": kercr, "kercr_visible_crs": visible,

@@ -17,7 +17,8 @@ mask data bit for bit the same):
 A bad file never stops the others: it is reported (:class:`FileOutcome`, one line each) and the
 batch goes on. Outputs appear only complete (written under a hidden temporary name
 ``.<name>.partial-<pid>-<token>``, then renamed), so after a failure or a kill ``skip_existing=True``
-(``kercr-detect --skip-existing``) does exactly what is missing.
+(``kercr-detect --skip-existing``) does exactly what is missing. A hard kill leaves its temporary
+files behind; the next run names them in a warning (:func:`leftover_partials`) and deletes nothing.
 """
 
 from __future__ import annotations
@@ -452,7 +453,7 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
         The scheduler cannot be reached.
     """
     paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"out_dir={str(out_dir)!r} is a file, not a directory: pass a directory for the outputs "
                          "(kercr-detect --out DIR; it is created if needed).")
@@ -489,4 +490,37 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
     result = BatchResult(outcomes, time.perf_counter() - t0)
     if report:
         logger.log(logging.INFO if result.ok else logging.WARNING, "%s", result.summary())
+        leftovers = leftover_partials(paths, out_dir, suffix, before=started)
+        if leftovers:
+            logger.warning("%d leftover partial output%s of an interrupted run (a kill, a power cut), e.g. %s: "
+                           "incomplete, never read by kercr; delete them once no kercr-detect writes to %s",
+                           len(leftovers), "" if len(leftovers) == 1 else "s", leftovers[0],
+                           "that folder" if len({p.parent for p in leftovers}) == 1 else "those folders")
     return result
+
+
+def leftover_partials(paths, out_dir=None, suffix="_crmask", *, before=None) -> list[Path]:
+    """The hidden temporary files (``.<output name>.partial-<pid>-<token>``) that a killed run left
+    beside the outputs of ``paths``, oldest first; only those last written before ``before`` (seconds
+    since the epoch; default: all), so a run writing there now is left out. Nothing is deleted."""
+    wanted: dict[Path, set] = {}
+    for path in paths:
+        out = output_path(path, out_dir, suffix)
+        wanted.setdefault(out.parent, set()).add(f".{out.name}.partial-")
+    found = []
+    for folder, prefixes in wanted.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.name
+            cut = name.find(".partial-")
+            if cut > 0 and name[:cut + len(".partial-")] in prefixes:
+                try:
+                    mtime = entry.stat().st_mtime
+                except OSError:
+                    continue
+                if before is None or mtime < before:
+                    found.append((mtime, Path(entry.path)))
+    return [p for _, p in sorted(found)]

@@ -168,6 +168,27 @@ def test_an_existing_output_fails_only_that_file_unless_skipped(tmp_path, caplog
     assert detect_files(paths, out_dir=out, jobs=1, skip_existing=True).ok
 
 
+def test_a_killed_runs_leftover_partial_files_are_named_not_deleted(tmp_path, caplog):
+    paths = [_single(tmp_path / f"f{k}.fits", 50 + k) for k in range(2)]
+    out = tmp_path / "out"
+    out.mkdir()
+    leftover = out / f".{output_path(paths[1]).name}.partial-99999-0a1b2c3d"
+    leftover.write_bytes(b"half")
+    os.utime(leftover, (1e9, 1e9))
+    stranger = out / ".notes.fits.partial-1-x"  # not the output of any input here
+    stranger.write_bytes(b"?")
+    caplog.set_level("WARNING", logger="kercr")
+    assert detect_files(paths, out_dir=out, jobs=1).ok
+    warned = [r.getMessage() for r in caplog.records if "leftover partial" in r.getMessage()]
+    assert len(warned) == 1 and "1 leftover partial output of" in warned[0] and str(leftover) in warned[0]
+    assert "delete them" in warned[0] and stranger.name not in warned[0]
+    assert leftover.read_bytes() == b"half" and stranger.exists()  # named, never deleted
+    leftover.unlink()
+    caplog.clear()
+    assert detect_files(paths, out_dir=out, jobs=1, skip_existing=True).ok
+    assert not [r for r in caplog.records if "leftover partial" in r.getMessage()]
+
+
 def test_skip_existing_skips_only_an_output_of_this_input_made_with_these_options(tmp_path):
     paths = [_single(tmp_path / f"f{k}.fits", 60 + k) for k in range(2)]
     out = tmp_path / "out"

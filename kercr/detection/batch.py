@@ -310,8 +310,9 @@ def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, prog
     outcomes = [None] * len(paths)
     with contextlib.ExitStack() as stack:
         if local:
-            cluster = stack.enter_context(LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                                                       dashboard_address=None))
+            with _children_ignore_sigint():  # Ctrl-C stops the batch here, which closes the cluster
+                cluster = stack.enter_context(LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                                           dashboard_address=None))
             client = stack.enter_context(Client(cluster))
         else:
             client = stack.enter_context(_connect(Client, scheduler))
@@ -334,6 +335,24 @@ def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, prog
                     _report(i + 1, len(paths), outcome)
                 bar.update()
     return outcomes
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint():
+    """Processes started inside ignore SIGINT (an ignored signal stays ignored across ``exec``, and
+    Python then installs no KeyboardInterrupt handler): on Ctrl-C only this process stops, and the
+    cluster it closes ends them, instead of every Dask worker and nanny printing a traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 #: Seconds to reach a Dask scheduler, and to wait for its first worker.

@@ -69,6 +69,7 @@ def init_worker(model_ref: str, options: dict, threads: int, log_level: int) -> 
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the batch in the parent, which ends the workers
+    _exit_with_parent()
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))  # the keras runtime: TF's threads too
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     # The keras runtime's later TensorFlow C++ lines (its start-up lines, printed whatever this says,
@@ -85,6 +86,24 @@ def init_worker(model_ref: str, options: dict, threads: int, log_level: int) -> 
     predictor(loaded, resolve_runtime(options["runtime"], loaded), tta=resolve_tta(options["tta"], loaded),
               num_threads=threads)  # LiteRT interpreters are cached per (file, threads): built here, once
     _WORKER.update(model=loaded, options=options, threads=threads)
+
+
+def _exit_with_parent() -> None:
+    """End this worker when its parent dies without ending it (``kill -9``, out of memory): the pool's
+    queue never closes then (each worker holds its writing end too), and the worker would wait for a
+    CCD forever, holding its model's memory."""
+    import multiprocessing
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        parent.join()  # returns when the parent's end of the process sentinel closes: it has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="kercr-parent-watch", daemon=True).start()
 
 
 def ccd_task(task):

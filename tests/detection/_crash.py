@@ -15,3 +15,9 @@ def die_on_boom(task):
         os._exit(3)
     time.sleep(0.5)
     return extname
+
+
+def worker_pid(task):
+    """Return this worker's process id (the orphan test kills the parent and watches these)."""
+    time.sleep(0.2)
+    return os.getpid()

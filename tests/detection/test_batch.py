@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -283,6 +284,51 @@ def test_a_dead_worker_costs_only_the_ccd_that_kills_it():
                        "this CCD", "C": "C", "D": "D"}
 
 
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    """``kill -9`` of kercr-detect --jobs N leaves no worker waiting forever with its model loaded."""
+    import signal
+
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from kercr.detection.workers import Processes
+        from tests.detection._crash import worker_pid
+
+        if __name__ == "__main__":
+            runner = Processes("default", {"runtime": "tflite-int8", "tta": False}, jobs=2, threads=1,
+                               task=worker_pid)
+            futures = [runner.submit(("f.fits", k, "A", False)) for k in range(6)]
+            print(" ".join(sorted({str(f.result()) for f in futures})), flush=True)
+            time.sleep(600)
+    """))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert pids and parent.pid not in pids
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in pids), f"workers {pids} outlived their killed parent"
+    finally:
+        parent.kill()
+        for p in pids if "pids" in locals() else []:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, already ended, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_a_scheduler_that_cannot_be_reached_or_has_no_workers_says_so_and_writes_nothing(tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
     from kercr.detection import batch
@@ -375,3 +421,30 @@ def test_awkward_files_get_their_masks(tmp_path):
             assert masks == [("SCI_CRMASK", 1, 1), ("SCI_CRMASK", 2, 3)]
             assert hdul[0].header["KCRSRC"] == ascii(path.name)[1:-1]
             assert hdul["CUBE"].data.shape == (2, 8, 8)  # copied as it was, not processed
+
+
+def test_ctrl_c_on_a_local_dask_cluster_prints_one_message_and_no_worker_tracebacks(tmp_path):
+    """Ctrl-C reaches the whole process group: the workers and nannies of ``--scheduler local`` must
+    not each print a KeyboardInterrupt traceback; the command says how to resume and exits 130."""
+    import signal
+
+    pytest.importorskip("distributed")
+    paths = [str(_single(tmp_path / f"f{k}.fits", 60 + k, shape=(512, 512))) for k in range(12)]
+    cmd = [sys.executable, "-m", "kercr.cli.detect", "--scheduler", "local", "--jobs", "2", *paths,
+           "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # the tasks are sent right after this line; the workers are still loading
+            lines.append(line)
+            if "Dask scheduler" in line:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(lines) + rest
+    assert proc.returncode == 130, text
+    assert "interrupted" in text and "--skip-existing" in text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text

@@ -7,14 +7,25 @@ writes a run's files.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import socket
+import time
 
 import keras
 
 from kercr.config import ConfigError
 
 __all__ = ["build_from_local_batch", "gather_ints", "is_chief", "make_strategy", "tf_config"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a multi-worker run waits for the other workers to start (``KERCR_WORKER_WAIT_S`` overrides it).
+WORKER_WAIT_S = 600.0
+#: Seconds between two "still waiting" lines.
+WAIT_REPORT_S = 30.0
 
 
 def tf_config() -> dict:
@@ -55,14 +66,13 @@ def make_strategy(name: str):
             '"task": {"type": "worker", "index": 0}}\'.'
         )
     _check_cluster(tf_config())
+    _wait_for_peers(tf_config())
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def _check_cluster(config: dict) -> None:
     """A ConfigError naming what is wrong with ``TF_CONFIG``'s task, or with this worker's own port,
     before TensorFlow starts its server (whose errors name neither)."""
-    import socket
-
     cluster, task = config.get("cluster", {}), config.get("task")
     example = ' e.g. "task": {"type": "worker", "index": 0}'
     if not isinstance(task, dict) or "type" not in task:
@@ -76,12 +86,67 @@ def _check_cluster(config: dict) -> None:
                           f"cluster (0-{len(members) - 1}).")
     host, _, port = str(members[index]).rpartition(":")
     with socket.socket() as probe:
+        # As gRPC binds: a port in TIME_WAIT after a killed run is free, one another program listens on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("", int(port)))
         except (OSError, ValueError) as err:
             raise ConfigError(f"this worker's address {members[index]} (TF_CONFIG {kind} {index}) cannot be used "
                               f"({getattr(err, 'strerror', None) or err}): the port is taken or not a number; "
                               "pick a free port in TF_CONFIG on every worker.") from None
+
+
+def _wait_for_peers(config: dict) -> None:
+    """Wait, in Python, until every other worker of ``TF_CONFIG``'s cluster listens, then return.
+
+    TensorFlow's strategy waits for missing workers inside C++ for an hour, printing nothing, deaf to
+    Ctrl-C and SIGTERM (its preemption notifier takes SIGTERM). Here this worker holds its own port
+    open meanwhile (so that the others see it), says every :data:`WAIT_REPORT_S` seconds which
+    workers it waits for, stops on Ctrl-C, and gives up with a ConfigError naming them after
+    ``KERCR_WORKER_WAIT_S`` seconds (default :data:`WORKER_WAIT_S`).
+    """
+    cluster, task = config["cluster"], config["task"]
+    me = (task["type"], task.get("index", 0))
+    peers = [(kind, i, str(address)) for kind in ("chief", "worker") for i, address in enumerate(cluster.get(kind, []))
+             if (kind, i) != me]
+    if not peers:
+        return
+    limit = float(os.environ.get("KERCR_WORKER_WAIT_S", WORKER_WAIT_S))
+    port = int(str(cluster[me[0]][me[1]]).rpartition(":")[2])
+    with socket.socket() as placeholder:
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        placeholder.bind(("", port))
+        placeholder.listen(len(peers) + 1)
+        placeholder.setblocking(False)
+        start = time.monotonic()
+        report = start + 5.0
+        while True:
+            with contextlib.suppress(BlockingIOError):
+                while True:  # the others' probes: accepted and closed, so the queue never fills
+                    placeholder.accept()[0].close()
+            peers = [peer for peer in peers if not _listens(peer[2])]
+            if not peers:
+                return
+            waited = time.monotonic() - start
+            names = ", ".join(f"{kind} {i} at {address}" for kind, i, address in peers)
+            if waited >= limit:
+                raise ConfigError(
+                    f"multi-worker training: after {waited:.0f} s, still no {names} (TF_CONFIG). Start kercr-train "
+                    "there with the same options and TF_CONFIG naming that task, check the host and port, or set "
+                    "KERCR_WORKER_WAIT_S to wait longer.")
+            if time.monotonic() >= report:
+                logger.info("waiting for %s to start (%.0f of %.0f s; KERCR_WORKER_WAIT_S)", names, waited, limit)
+                report += WAIT_REPORT_S
+            time.sleep(0.5)
+
+
+def _listens(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2.0):
+            return True
+    except OSError:
+        return False
 
 
 def gather_ints(strategy, value: int) -> list[int]:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 
 import pytest
 
 from kercr.config import ConfigError
-from kercr.training.distribution import _check_cluster, is_chief, tf_config
+from kercr.training.distribution import _check_cluster, _wait_for_peers, is_chief, tf_config
 
 
 def _free_port() -> int:
@@ -49,3 +51,44 @@ def test_a_bad_task_or_a_taken_port_is_named_before_tensorflow_starts():
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"localhost:{port} .*cannot be used.*pick a free port"):
             _check_cluster({"cluster": {"worker": [f"localhost:{port}"]}, "task": {"type": "worker", "index": 0}})
+
+
+def test_a_worker_waits_for_the_others_in_python_and_names_the_missing_one(monkeypatch):
+    """TensorFlow would wait an hour in C++, silent and deaf to Ctrl-C; kercr waits where signals work,
+    lets the others see it meanwhile, and names the worker that never came."""
+    mine, missing = _free_port(), _free_port()
+    config = {"cluster": {"worker": [f"localhost:{mine}", f"localhost:{missing}"]}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("KERCR_WORKER_WAIT_S", "1.5")
+    with pytest.raises(ConfigError, match=f"still no worker 1 at localhost:{missing} .*KERCR_WORKER_WAIT_S"):
+        _wait_for_peers(config)
+    with socket.socket() as other:  # worker 1 listening: no wait
+        other.bind(("", missing))
+        other.listen()
+        _wait_for_peers(config)
+        # ... and while a worker waits, it listens on its own port, so that the others see it.
+        seen = []
+        config_of_1 = {"cluster": config["cluster"], "task": {"type": "worker", "index": 1}}
+        monkeypatch.setenv("KERCR_WORKER_WAIT_S", "3")
+        other.close()
+        waiting = threading.Thread(target=lambda: seen.append(_safe_wait(config_of_1)))
+        waiting.start()
+        try:
+            for _ in range(40):
+                try:
+                    socket.create_connection(("localhost", missing), timeout=1).close()
+                    seen.append("listening")
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        finally:
+            waiting.join()
+        assert seen[0] == "listening" and "still no worker 0" in seen[1]
+    _wait_for_peers({"cluster": {"worker": [f"localhost:{mine}"]}, "task": {"type": "worker", "index": 0}})  # alone
+
+
+def _safe_wait(config) -> str:
+    try:
+        _wait_for_peers(config)
+        return "returned"
+    except ConfigError as err:
+        return str(err)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 
@@ -18,7 +19,7 @@ import keras
 
 from kercr.config import ConfigError
 
-__all__ = ["build_from_local_batch", "gather_ints", "is_chief", "make_strategy", "tf_config"]
+__all__ = ["build_from_local_batch", "gather_ints", "is_chief", "lost_worker", "make_strategy", "tf_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,30 @@ def _listens(address: str) -> bool:
             return True
     except OSError:
         return False
+
+
+def lost_worker(err: BaseException):
+    """A ConnectionError saying which worker was lost and how to resume, when ``err`` is
+    TensorFlow's error for a worker that stopped answering mid-training (its collective aborted:
+    killed, out of memory, its machine gone); else None."""
+    import tensorflow as tf
+
+    if not isinstance(err, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)):
+        return None
+    text = str(err)
+    config = tf_config()
+    cluster, task = config.get("cluster", {}), config.get("task", {})
+    me = (task.get("type"), task.get("index", 0))
+    named = [(kind, int(i)) for kind, i in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", text)]
+    # TensorFlow names the lost task, or only its address ("ipv4:127.0.0.1:PORT: Connection refused").
+    named += [(kind, i) for kind, members in cluster.items() for i, address in enumerate(members)
+              if re.search(rf":{re.escape(str(address).rpartition(':')[2])}\b", text)]
+    others = [(kind, i) for kind, i in named if (kind, i) != me and i < len(cluster.get(kind, []))]
+    who = f"{others[0][0]} {others[0][1]} at {cluster[others[0][0]][others[0][1]]}" if others else "another worker"
+    cause = re.search(r"aborted by: ([^\n]+)", text) or re.search(r'grpc_message:"([^"]+)"', text)
+    because = f" ({cause.group(1).strip().rstrip(':')})" if cause else ""
+    return ConnectionError(f"multi-worker training lost {who}{because}. Every finished epoch is saved: run the "
+                           "same command again on every worker to resume.")
 
 
 def gather_ints(strategy, value: int) -> list[int]:

@@ -40,7 +40,8 @@ from kercr.training.callbacks import (
     plateau_state,
 )
 from kercr.training.data import check_validation_crs, make_training_data
-from kercr.training.distribution import build_from_local_batch, gather_ints, is_chief, make_strategy, tf_config
+from kercr.training.distribution import (build_from_local_batch, gather_ints, is_chief, lost_worker, make_strategy,
+                                         tf_config)
 from kercr.training.model import build_and_check_model, load_initial_weights, make_loss, make_metrics
 
 __all__ = ["STATE_FILE", "read_history", "run_validation", "train"]
@@ -244,11 +245,17 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
         "training %s on %s: epochs %d-%d, %d steps of %d patches of %d px", config.model, config.data,
         initial_epoch + 1, config.epochs, config.steps_per_epoch, config.batch_size, config.patch_size,
     )
-    model.fit(
-        data.train, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-        validation_data=data.val, validation_steps=config.validation_steps,
-        callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch if extending else 0,
-    )
+    try:
+        model.fit(
+            data.train, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+            validation_data=data.val, validation_steps=config.validation_steps,
+            callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch if extending else 0,
+        )
+    except Exception as err:
+        lost = lost_worker(err) if multiworker else None
+        if lost is None:
+            raise
+        raise lost from err
     if not chief:
         shutil.rmtree(work, ignore_errors=True)
         return {}

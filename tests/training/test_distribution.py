@@ -13,7 +13,7 @@ import time
 import pytest
 
 from kercr.config import ConfigError
-from kercr.training.distribution import _check_cluster, _wait_for_peers, is_chief, tf_config
+from kercr.training.distribution import _check_cluster, _wait_for_peers, is_chief, lost_worker, tf_config
 
 
 def _free_port() -> int:
@@ -92,3 +92,27 @@ def _safe_wait(config) -> str:
         return "returned"
     except ConfigError as err:
         return str(err)
+
+
+def test_a_lost_worker_is_named_with_how_to_resume(monkeypatch):
+    """What the surviving worker prints when another is killed mid-epoch (the real two-process case:
+    tests/training/test_run.py); TensorFlow's own error is a page of graph nodes."""
+    tf = pytest.importorskip("tensorflow")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["hostA:2222", "hostB:2222"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    err = tf.errors.UnavailableError(None, None, "Graph execution error:\n\nDetected at node adam/CollectiveReduceV2\n"
+                                     "Collective ops is aborted by: Error reported from /job:worker/replica:0/task:1: "
+                                     "The following tasks are unhealthy (stopped sending heartbeats):\n")
+    lost = lost_worker(err)
+    assert isinstance(lost, ConnectionError)
+    assert "lost worker 1 at hostB:2222" in str(lost) and "stopped sending heartbeats)" in str(lost)
+    assert "run the same command again on every worker to resume" in str(lost)
+    # Named by its address alone, beside this worker's own task.
+    err = tf.errors.UnavailableError(None, None, "Detected at node /job:worker/replica:0/task:0/device:CPU:0\n"
+                                     "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.2:2222: "
+                                     "Failed to connect to remote host: Connection refused")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["10.0.0.1:2223", "10.0.0.2:2222"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    assert "lost worker 1 at 10.0.0.2:2222" in str(lost_worker(err))
+    assert lost_worker(ValueError("not TensorFlow's")) is None
+    assert lost_worker(tf.errors.InvalidArgumentError(None, None, "a shape")) is None

@@ -411,6 +411,37 @@ def test_two_workers_train_together_and_only_the_chief_writes(tmp_path):
     assert all("epochs 3-3" in output for output in outputs)
 
 
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_is_named_and_the_same_command_resumes(tmp_path):
+    run = tmp_path / "run"
+    cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
+    args = (*TINY, "--steps-per-epoch", "150", "--epochs", "3", "--strategy", "multiworker", "--out", str(run))
+
+    def start(index):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        return subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=_env(TF_CONFIG=tf_config))
+
+    procs = [start(0), start(1)]
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "history.csv").is_file() or not _history(run):  # the first epoch is saved
+            assert time.monotonic() < deadline and procs[0].poll() is None, "no epoch finished"
+            time.sleep(0.2)
+        procs[1].kill()
+        output = procs[0].communicate(timeout=300)[0]
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode == 1, output[-3000:]
+    assert f"lost worker 1 at {cluster['worker'][1]}" in output and "run the same command again" in output, output[-600:]
+    assert "Traceback" not in output
+    procs = [start(0), start(1)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2]
+
+
 def test_a_worker_ahead_of_the_others_goes_back_to_its_previous_backup(tmp_path):
     """Workers killed at once can hold backups one epoch apart; the one ahead takes Keras' previous copy."""
     from kercr.training.run import _roll_back_backup

@@ -22,6 +22,8 @@ from kercr._files import write_json
 # import these lists from here; tests/test_config.py checks that they reach them.
 
 LOSSES = ("dice_bce", "median_bce", "bce")
+#: How the learning rate moves (TrainConfig.lr_schedule).
+LR_SCHEDULES = ("plateau", "cosine")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 #: Detection runtimes (kercr.detect, kercr-detect, kercr-evaluate): "auto" is the model card's choice.
 RUNTIMES = ("auto", "keras", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8")
@@ -92,6 +94,11 @@ class TrainConfig:
     learning_rate : float
         Initial Adam learning rate; reduced by ``lr_factor`` after ``lr_patience`` epochs
         without improvement of the validation loss, down to ``min_learning_rate``.
+    lr_schedule : {"plateau", "cosine"}
+        ``"plateau"``: the cuts above. ``"cosine"``: a half cosine from ``learning_rate`` down to
+        ``min_learning_rate`` over all ``epochs x steps_per_epoch`` steps, step by step, no cuts:
+        the last epochs train at a small rate, so the end point varies less between seeds (a
+        finished cosine run given more epochs goes on at ``min_learning_rate``).
     loss : {"dice_bce", "median_bce", "bce"}
         ``(1 - Dice + BCE) / 2``, Cosmic-CoNN's median-weighted BCE, or plain BCE.
     alpha_epochs : int
@@ -217,6 +224,7 @@ class TrainConfig:
     lr_factor: float = 0.5
     lr_patience: int = 3
     min_learning_rate: float = 1e-6
+    lr_schedule: str = "plateau"
     loss: str = "dice_bce"
     alpha_start: float = 0.0
     alpha_epochs: int = 10
@@ -359,6 +367,8 @@ class TrainConfig:
         if self.patches_per_frame is not None and self.patches_per_frame < 1:
             raise ConfigError(f"patches_per_frame={self.patches_per_frame!r} must be >= 1, or unset for 128 per "
                               "2k x 4k CCD.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule={self.lr_schedule!r} is not valid; choose one of: {', '.join(LR_SCHEDULES)}.")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss={self.loss!r} is not valid; choose one of: {', '.join(LOSSES)}.")
         if self.strategy not in STRATEGIES:

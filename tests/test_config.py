@@ -102,6 +102,7 @@ def test_the_defaults_are_a_valid_configuration():
     ({"learning_rate": 0.0}, r"learning_rate=0.0 must be in \(0, 1\), e.g. 1e-3"),
     ({"min_learning_rate": 1.0}, r"min_learning_rate=1.0 must be in \[0, 1\)"),
     ({"lr_patience": -1}, "lr_patience=-1 must be >= 0"),
+    ({"lr_schedule": "step"}, "lr_schedule='step' is not valid; choose one of: plateau, cosine"),
     ({"tensorboard_images": -2}, "tensorboard_images=-2 must be >= 0"),
     ({"loss": "dice"}, "loss='dice' is not valid; choose one of: dice_bce, median_bce, bce"),
     ({"strategy": "tpu"}, "strategy='tpu' is not valid; choose one of: auto, none, mirrored, multiworker"),

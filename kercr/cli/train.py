@@ -23,6 +23,7 @@ from kercr.config import (
     LOCAL_AXES,
     LOCAL_EDGES,
     LOSSES,
+    LR_SCHEDULES,
     NOISE_ESTIMATORS,
     NOISE_MODELS,
     STRATEGIES,
@@ -64,6 +65,8 @@ def train_parser() -> argparse.ArgumentParser:
         "stalls (default 0.5)")
     add("--lr-patience", type=int, help="epochs without a better validation loss before that (default 3)")
     add("--min-learning-rate", type=float, help="floor of the learning rate (default 1e-6)")
+    add("--lr-schedule", choices=LR_SCHEDULES, help="plateau: the cuts above (default); cosine: a half cosine "
+        "from --learning-rate to --min-learning-rate over all the run's steps")
     add("--loss", choices=LOSSES,
         help="(1 - Dice + BCE) / 2 (default), Cosmic-CoNN's median-weighted BCE, or plain BCE")
     add("--alpha-epochs", type=int, help="median_bce: epochs over which alpha rises to 1")

@@ -26,7 +26,7 @@ from kercr.training.data import (
     synthetic_source,
 )
 from kercr.training.distribution import is_chief, make_strategy
-from kercr.training.model import build_and_check_model, load_initial_weights, make_loss, make_metrics
+from kercr.training.model import build_and_check_model, load_initial_weights, make_loss, make_metrics, make_optimizer
 from kercr.training.run import STATE_FILE, read_history, run_validation, train
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "load_initial_weights",
     "make_loss",
     "make_metrics",
+    "make_optimizer",
     "make_strategy",
     "make_training_data",
     "plateau_state",

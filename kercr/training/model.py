@@ -1,5 +1,5 @@
-"""The model a ``kercr-train`` run fits: built from the registry for the patch size, its loss and
-metrics, and the initial weights of a fine-tuning run (``init_weights``).
+"""The model a ``kercr-train`` run fits: built from the registry for the patch size, its loss,
+metrics and optimizer (with the learning-rate schedule), and the initial weights of a fine-tuning run (``init_weights``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from kercr.metrics import DiceCoefficient, TPRAtFPR
 from kercr.model_files import load_keras_model, model_normalization, read_card, resolve_model_path
 from kercr.models import build_model, input_multiple, model_kwargs
 
-__all__ = ["build_and_check_model", "load_initial_weights", "make_loss", "make_metrics"]
+__all__ = ["build_and_check_model", "load_initial_weights", "make_loss", "make_metrics", "make_optimizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,20 @@ logger = logging.getLogger(__name__)
 def make_loss(name: str):
     """The training loss of ``--loss name`` (``dice_bce``, ``median_bce`` or ``bce``), built with its defaults."""
     return {"dice_bce": DiceBCELoss, "median_bce": MedianWeightedBCE, "bce": WeightedBCE}[name]()
+
+
+def make_optimizer(config: TrainConfig, *, learning_rate=None, epochs=None):
+    """Adam for a run of ``config``: at ``learning_rate`` (default the config's) for
+    ``lr_schedule="plateau"``, whose cuts the run's plateau callback makes; for ``"cosine"`` a half
+    cosine from it down to ``min_learning_rate`` over ``epochs`` (default the config's) x
+    ``steps_per_epoch`` steps, driven by the optimizer's step count (which a resumed run's backup
+    restores, so it is where an uninterrupted run would be)."""
+    rate = float(config.learning_rate if learning_rate is None else learning_rate)
+    if config.lr_schedule == "cosine":
+        steps = max(1, int(config.epochs if epochs is None else epochs) * int(config.steps_per_epoch))
+        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=steps,
+                                                      alpha=min(1.0, config.min_learning_rate / rate))
+    return keras.optimizers.Adam(learning_rate=rate)
 
 
 def make_metrics():

@@ -42,7 +42,7 @@ from kercr.training.callbacks import (
 from kercr.training.data import check_validation_crs, make_training_data
 from kercr.training.distribution import (build_from_local_batch, gather_ints, is_chief, lost_worker, make_strategy,
                                          tf_config)
-from kercr.training.model import build_and_check_model, load_initial_weights, make_loss, make_metrics
+from kercr.training.model import build_and_check_model, load_initial_weights, make_loss, make_metrics, make_optimizer
 
 __all__ = ["STATE_FILE", "read_history", "run_validation", "train"]
 
@@ -276,7 +276,7 @@ def _model_of_run(config: TrainConfig, strategy, *, history: list, extending: bo
             if config.init_weights is not None and not history:
                 load_initial_weights(model, config)
             model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+                optimizer=make_optimizer(config),
                 loss=make_loss(config.loss),
                 weighted_metrics=make_metrics(),
             )
@@ -290,15 +290,16 @@ def _callbacks(config: TrainConfig, model: keras.Model, data, work: Path, *, his
     best_val = min((row["val_loss"] for row in history if "val_loss" in row), default=None)
     plateau_best, wait, lr = plateau_state(history, learning_rate=config.learning_rate, factor=config.lr_factor,
                                            patience=config.lr_patience, min_lr=config.min_learning_rate)
-    if history:
+    plateau = config.lr_schedule == "plateau"  # else the optimizer's own schedule sets every step's rate
+    if history and plateau:
         model.optimizer.learning_rate = lr
 
     callbacks = [
         LearningRateLogger(),
-        ResumableReduceLROnPlateau(
+        *([ResumableReduceLROnPlateau(
             monitor="val_loss", factor=config.lr_factor, patience=config.lr_patience,
             min_lr=config.min_learning_rate, initial_best=plateau_best, initial_wait=wait,
-        ),
+        )] if plateau else []),
         AtomicModelCheckpoint(
             work / "best.keras", monitor="val_loss", save_best_only=True, initial_value_threshold=best_val,
         ),

@@ -10,7 +10,7 @@ import keras_tuner as kt
 
 from kercr.config import ConfigError
 from kercr.models import get_spec
-from kercr.training import AlphaSchedule, build_and_check_model, make_loss, make_metrics
+from kercr.training import AlphaSchedule, build_and_check_model, make_loss, make_metrics, make_optimizer
 from kercr.tuning.space import CONV_KEYS, SearchSpace, SearchSpaceError, models_using
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class CRHyperModel(kt.HyperModel):
                 f"{self.space.source}: {err} (in a search-space file the patch size is [data] patch_size)"
             ) from None
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+            optimizer=make_optimizer(config),  # the trial's rate; cosine over max_epochs
             loss=make_loss(config.loss),
             weighted_metrics=make_metrics(),
         )
@@ -106,7 +106,7 @@ class CRHyperModel(kt.HyperModel):
 
         Every trial sees the same training batches: a kercr batch sequence (which counts its
         epochs) is rewound to the trial's first epoch. The learning rate is halved on validation
-        loss plateaus, as in ``kercr-train``.
+        loss plateaus, or follows ``lr_schedule = "cosine"`` over ``max_epochs``, as in ``kercr-train``.
         """
         if hasattr(x, "epoch") and hasattr(x, "steps"):
             x.epoch = int(kwargs.get("initial_epoch", 0))
@@ -114,7 +114,7 @@ class CRHyperModel(kt.HyperModel):
         if self.config.loss == "median_bce" and self.data is not None:
             # as kercr-train: the floor alpha rises over the epochs
             callbacks.append(AlphaSchedule(self.data, start=self.config.alpha_start, epochs=self.config.alpha_epochs))
-        if kwargs.get("validation_data") is not None:
+        if kwargs.get("validation_data") is not None and self.config.lr_schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=self.config.lr_factor, patience=self.config.lr_patience,
                 min_lr=self.config.min_learning_rate,

@@ -32,6 +32,7 @@ RECIPE_KEYS = (
     "variety", "footprints", "footprint_fraction", "extended_sources", "on_source_fraction", "sky_e_range",
     "cr_threshold_e", "faint_crs", "rim_weight", "dominant_sources", "integer_frames", "asinh_softening",
     "noise_estimator", "noise_model", "local_axis", "local_edges", "block_size", "local_gate", "local_min_blocks",
+    "lr_schedule",
 )
 SEARCH_KEYS = (
     "tuner", "objective", "max_epochs", "factor", "hyperband_iterations", "max_trials",

@@ -362,6 +362,40 @@ def test_a_run_killed_between_its_history_row_and_its_backup_redoes_that_epoch(t
     assert resumed["dice"] == pytest.approx(straight["dice"], abs=0.01)
 
 
+def test_a_cosine_run_follows_its_schedule_step_by_step_and_resumes_on_it(tmp_path, tiny_config, monkeypatch):
+    """``lr_schedule="cosine"``: the rate after each epoch is the half cosine at that step (3 steps an
+    epoch, no plateau cuts), down to min_learning_rate at the end; a run killed after epoch 1 goes on
+    at the same point of the schedule (the optimizer's step count is in the backup)."""
+    import math
+
+    import keras
+
+    from kercr.training import train
+
+    options = dict(epochs=3, lr_schedule="cosine", learning_rate=1e-3, min_learning_rate=1e-5, lr_patience=0)
+
+    def expected(epoch):  # after (epoch + 1) x 3 of 9 steps
+        return 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * (epoch + 1) * 3 / 9))
+
+    train(tiny_config(**options, out=str(tmp_path / "straight")), verbose=0)
+    rates = [float(r["learning_rate"]) for r in _history(tmp_path / "straight")]
+    assert rates == pytest.approx([expected(e) for e in range(3)], rel=1e-4)
+    assert rates[-1] == pytest.approx(1e-5, rel=1e-4)
+    save = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def killed_after_epoch_1(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(**options, out=str(tmp_path / "killed")), verbose=0)
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", save)
+    train(tiny_config(**options, out=str(tmp_path / "killed")), verbose=0)
+    assert [float(r["learning_rate"]) for r in _history(tmp_path / "killed")] == pytest.approx(rates, rel=1e-4)
+
+
 def test_a_finished_run_given_more_epochs_goes_on_from_its_last_weights(tmp_path, tiny_config):
     from kercr.training import train
 

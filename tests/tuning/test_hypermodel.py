@@ -91,3 +91,24 @@ def test_median_bce_trials_raise_alpha_as_kercr_train_does():
     hypermodel.fit(None, Model(), [], validation_data=None)
     assert any(isinstance(c, AlphaSchedule) for c in seen["callbacks"])
 
+
+
+def test_a_cosine_space_anneals_each_trial_over_max_epochs_without_plateau_cuts():
+    space = parse_search_space({**TINY, "data": {**TINY["data"], "lr_schedule": "cosine"}}, source="tiny")
+    hypermodel = CRHyperModel(space)
+    hp = kt.HyperParameters()
+    hp.Fixed("learning_rate", 2e-3)
+    model = hypermodel.build(hp)
+    schedule = model.optimizer._learning_rate
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    assert schedule.initial_learning_rate == 2e-3
+    assert schedule.decay_steps == space.max_epochs * space.train_config().steps_per_epoch
+    assert space.to_json()["data"]["lr_schedule"] == "cosine"  # recorded in search_space.json
+    seen = {}
+
+    class Model:
+        def fit(self, x, *args, callbacks=None, **kwargs):
+            seen["callbacks"] = callbacks
+
+    hypermodel.fit(None, Model(), [], validation_data=[])
+    assert not any(isinstance(c, keras.callbacks.ReduceLROnPlateau) for c in seen["callbacks"])

@@ -97,4 +97,11 @@ def test_reference_file_matches_the_built_in_default_and_small_file_loads():
     assert {k: p.values for k, p in seed.params.items()} == {"num_heads": (6,), "num_layers": (6,), "mlp_dim": (64,),
                                                            "learning_rate": (1e-3,)}
     assert cpu.to_json()["data"] == seed.to_json()["data"]
+    # Their cosine twins (session 25): the same with lr_schedule = "cosine" alone.
+    for plain, name in ((cpu, "transunet_cpu_cosine.toml"), (seed, "transunet_cpu_cosine_seed.toml")):
+        cosine = load_search_space(TUNING / name)
+        assert cosine.train_config().lr_schedule == "cosine"
+        expected = plain.to_json()
+        expected["data"]["lr_schedule"] = "cosine"
+        assert cosine.to_json() == expected, name
 

@@ -355,6 +355,9 @@ def main(argv=None) -> int:
                              "header has no GAIN or RDNOISE (astroscrappy still gets them)")
     parser.add_argument("--out", default="runs/real_frames")
     args = parser.parse_args(argv)
+    if args.no_header and args.header_noise:
+        parser.error("--no-header and --header-noise contradict each other: --header-noise uses the header's gain "
+                     "and read noise; give one of them")
     if args.first_repeat < 0:
         parser.error(f"--first-repeat {args.first_repeat}: give a seed of 0 or more")
     if not (SHARED / "decam_cp").is_dir():

@@ -97,8 +97,8 @@ class TrainConfig:
     lr_schedule : {"plateau", "cosine"}
         ``"plateau"``: the cuts above. ``"cosine"``: a half cosine from ``learning_rate`` down to
         ``min_learning_rate`` over all ``epochs x steps_per_epoch`` steps, step by step, no cuts:
-        the last epochs train at a small rate, so the end point varies less between seeds (a
-        finished cosine run given more epochs goes on at ``min_learning_rate``).
+        the last epochs train at a small rate, so the end point varies less between seeds. A
+        cosine run keeps the epochs it started with (a new run with ``init_weights`` goes on from it).
     loss : {"dice_bce", "median_bce", "bce"}
         ``(1 - Dice + BCE) / 2``, Cosmic-CoNN's median-weighted BCE, or plain BCE.
     alpha_epochs : int
@@ -369,6 +369,9 @@ class TrainConfig:
                               "2k x 4k CCD.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule={self.lr_schedule!r} is not valid; choose one of: {', '.join(LR_SCHEDULES)}.")
+        if self.lr_schedule == "cosine" and self.min_learning_rate >= self.learning_rate:
+            raise ConfigError(f"lr_schedule='cosine' falls from learning_rate={self.learning_rate!r} to "
+                              f"min_learning_rate={self.min_learning_rate!r}: give a smaller min_learning_rate.")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss={self.loss!r} is not valid; choose one of: {', '.join(LOSSES)}.")
         if self.strategy not in STRATEGIES:

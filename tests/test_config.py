@@ -103,6 +103,7 @@ def test_the_defaults_are_a_valid_configuration():
     ({"min_learning_rate": 1.0}, r"min_learning_rate=1.0 must be in \[0, 1\)"),
     ({"lr_patience": -1}, "lr_patience=-1 must be >= 0"),
     ({"lr_schedule": "step"}, "lr_schedule='step' is not valid; choose one of: plateau, cosine"),
+    ({"lr_schedule": "cosine", "min_learning_rate": 1e-3}, "give a smaller min_learning_rate"),
     ({"tensorboard_images": -2}, "tensorboard_images=-2 must be >= 0"),
     ({"loss": "dice"}, "loss='dice' is not valid; choose one of: dice_bce, median_bce, bce"),
     ({"strategy": "tpu"}, "strategy='tpu' is not valid; choose one of: auto, none, mirrored, multiworker"),

@@ -316,32 +316,47 @@ def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, prog
             client = stack.enter_context(Client(cluster))
         else:
             client = stack.enter_context(_connect(Client, scheduler))
-        workers = len(client.scheduler_info().get("workers", {}))
-        logger.info("Dask scheduler %s: %d worker(s); %d file(s), one task each", client.scheduler.address,
-                    workers, len(paths))
-        if not workers:
-            _wait_for_a_worker(client, scheduler)
-        futures = {client.submit(_dask_file_task, str(p), model_reference(loaded), options, threads, file_options,
-                                 pure=False): i for i, p in enumerate(paths)}
-        with _logging_beside_bars(progress), _bar(progress, total=len(paths), desc="files", unit="file") as bar:
-            for future in as_completed(futures):
-                i = futures[future]
-                try:
-                    outcome = future.result()
-                except Exception as err:  # the task itself died (its worker killed, ...)
-                    outcome = FileOutcome(str(paths[i]), "failed", reason=f"the Dask task failed: {_reason(err)}")
-                outcomes[i] = outcome
-                if report:
-                    _report(i + 1, len(paths), outcome)
-                bar.update()
+        try:
+            workers = len(client.scheduler_info().get("workers", {}))
+            logger.info("Dask scheduler %s: %d worker(s); %d file(s), one task each", client.scheduler.address,
+                        workers, len(paths))
+            if not workers:
+                _wait_for_a_worker(client, scheduler)
+            futures = {client.submit(_dask_file_task, str(p), model_reference(loaded), options, threads, file_options,
+                                     pure=False): i for i, p in enumerate(paths)}
+            with _logging_beside_bars(progress), _bar(progress, total=len(paths), desc="files", unit="file") as bar:
+                for future in as_completed(futures):
+                    i = futures[future]
+                    try:
+                        outcome = future.result()
+                    except Exception as err:  # the task itself died (its worker killed, ...)
+                        outcome = FileOutcome(str(paths[i]), "failed", reason=f"the Dask task failed: {_reason(err)}")
+                    outcomes[i] = outcome
+                    if report:
+                        _report(i + 1, len(paths), outcome)
+                    bar.update()
+        except KeyboardInterrupt:
+            if local:  # our own cluster goes down with us: its parts need not log each other's going
+                with contextlib.suppress(Exception):
+                    client.run(_quiet_dask_logs)
+                _quiet_dask_logs()
+            raise
     return outcomes
+
+
+def _quiet_dask_logs() -> None:
+    """Only Dask's critical lines from here on (a local cluster being shut down by Ctrl-C: its
+    workers would log, with tracebacks, that the scheduler went away)."""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager
 def _children_ignore_sigint():
     """Processes started inside ignore SIGINT (an ignored signal stays ignored across ``exec``, and
     Python then installs no KeyboardInterrupt handler): on Ctrl-C only this process stops, and the
-    cluster it closes ends them, instead of every Dask worker and nanny printing a traceback."""
+    cluster it closes ends them, instead of every Dask worker and nanny printing a traceback. A
+    worker a nanny restarts later inherits the nanny's ignored SIGINT. This process ignores Ctrl-C
+    too while the cluster starts (a few seconds)."""
     import signal
     import threading
 
@@ -534,7 +549,7 @@ def leftover_partials(paths, out_dir=None, suffix="_crmask", *, before=None) -> 
             continue
         for entry in entries:
             name = entry.name
-            cut = name.find(".partial-")
+            cut = name.rfind(".partial-")  # the output's own name may hold ".partial-"; the token never does
             if cut > 0 and name[:cut + len(".partial-")] in prefixes:
                 try:
                     mtime = entry.stat().st_mtime

@@ -86,15 +86,21 @@ def _check_cluster(config: dict) -> None:
         raise ConfigError(f"TF_CONFIG's task index {index!r} is not one of the {len(members)} {kind}(s) of its "
                           f"cluster (0-{len(members) - 1}).")
     host, _, port = str(members[index]).rpartition(":")
-    with socket.socket() as probe:
-        # As gRPC binds: a port in TIME_WAIT after a killed run is free, one another program listens on is not.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("", int(port)))
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"this worker's address {members[index]} (TF_CONFIG {kind} {index}) cannot be used "
-                              f"({getattr(err, 'strerror', None) or err}): the port is taken or not a number; "
-                              "pick a free port in TF_CONFIG on every worker.") from None
+    try:
+        _listen_on(int(port)).close()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"this worker's address {members[index]} (TF_CONFIG {kind} {index}) cannot be used "
+                          f"({getattr(err, 'strerror', None) or err}): the port is taken or not a number; "
+                          "pick a free port in TF_CONFIG on every worker.") from None
+
+
+def _listen_on(port: int) -> socket.socket:
+    """A socket listening on ``port`` of every address, IPv6 too where the machine has it. As gRPC
+    binds: a port in TIME_WAIT after a killed run is free (``create_server`` reuses addresses on
+    POSIX only, where that cannot take a port another program listens on), a taken one is not."""
+    if socket.has_dualstack_ipv6():
+        return socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=16)
+    return socket.create_server(("", port), backlog=16)
 
 
 def _wait_for_peers(config: dict) -> None:
@@ -114,10 +120,7 @@ def _wait_for_peers(config: dict) -> None:
         return
     limit = float(os.environ.get("KERCR_WORKER_WAIT_S", WORKER_WAIT_S))
     port = int(str(cluster[me[0]][me[1]]).rpartition(":")[2])
-    with socket.socket() as placeholder:
-        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        placeholder.bind(("", port))
-        placeholder.listen(len(peers) + 1)
+    with _listen_on(port) as placeholder:
         placeholder.setblocking(False)
         start = time.monotonic()
         report = start + 5.0
@@ -143,6 +146,7 @@ def _wait_for_peers(config: dict) -> None:
 
 def _listens(address: str) -> bool:
     host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # "[::1]:2222", IPv6 as TF_CONFIG writes it
     try:
         with socket.create_connection((host, int(port)), timeout=2.0):
             return True
@@ -163,15 +167,38 @@ def lost_worker(err: BaseException):
     cluster, task = config.get("cluster", {}), config.get("task", {})
     me = (task.get("type"), task.get("index", 0))
     named = [(kind, int(i)) for kind, i in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)", text)]
-    # TensorFlow names the lost task, or only its address ("ipv4:127.0.0.1:PORT: Connection refused").
-    named += [(kind, i) for kind, members in cluster.items() for i, address in enumerate(members)
-              if re.search(rf":{re.escape(str(address).rpartition(':')[2])}\b", text)]
+    # TensorFlow names the lost task, or only its address ("ipv4:10.0.0.2:2222: Connection refused").
+    named += _tasks_at(re.findall(r"ipv4:([\d.]+):(\d+)|ipv6:\[([^\]]+)\]:(\d+)", text), cluster)
     others = [(kind, i) for kind, i in named if (kind, i) != me and i < len(cluster.get(kind, []))]
     who = f"{others[0][0]} {others[0][1]} at {cluster[others[0][0]][others[0][1]]}" if others else "another worker"
     cause = re.search(r"aborted by: ([^\n]+)", text) or re.search(r'grpc_message:"([^"]+)"', text)
     because = f" ({cause.group(1).strip().rstrip(':')})" if cause else ""
     return ConnectionError(f"multi-worker training lost {who}{because}. Every finished epoch is saved: run the "
                            "same command again on every worker to resume.")
+
+
+def _tasks_at(addresses, cluster: dict) -> list:
+    """The ``(kind, index)`` of the cluster's tasks at these ``(ipv4, port, ipv6, port)`` matches: by host and port
+    (TF_CONFIG's host names resolved), or by the port alone where one task has it."""
+    found = []
+    for ip4, port4, ip6, port6 in addresses:
+        ip, port = (ip4, port4) if ip4 else (ip6, port6)
+        by_port = []
+        for kind, members in cluster.items():
+            for i, address in enumerate(members):
+                host, _, member_port = str(address).rpartition(":")
+                if member_port != port:
+                    continue
+                by_port.append((kind, i))
+                try:
+                    ips = {info[4][0] for info in socket.getaddrinfo(host.strip("[]"), int(port))}
+                except (OSError, ValueError):
+                    ips = set()
+                if ip in ips or ip == host.strip("[]"):
+                    found.append((kind, i))
+        if len(by_port) == 1:
+            found.append(by_port[0])
+    return found
 
 
 def gather_ints(strategy, value: int) -> list[int]:

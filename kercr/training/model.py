@@ -30,7 +30,7 @@ def make_optimizer(config: TrainConfig, *, learning_rate=None, epochs=None):
     ``lr_schedule="plateau"``, whose cuts the run's plateau callback makes; for ``"cosine"`` a half
     cosine from it down to ``min_learning_rate`` over ``epochs`` (default the config's) x
     ``steps_per_epoch`` steps, driven by the optimizer's step count (which a resumed run's backup
-    restores, so it is where an uninterrupted run would be)."""
+    restores, so it is where an uninterrupted run would be; a cosine run keeps its epochs)."""
     rate = float(config.learning_rate if learning_rate is None else learning_rate)
     if config.lr_schedule == "cosine":
         steps = max(1, int(config.epochs if epochs is None else epochs) * int(config.steps_per_epoch))

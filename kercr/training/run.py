@@ -149,6 +149,12 @@ def _check_run_dir(out: Path, config: TrainConfig) -> dict:
                 f"the run directory {str(out)!r} holds a run with other options ({', '.join(diff)}); "
                 "pass --out NEW_DIR for a new run, or the same options to resume that one."
             )
+        elif started and config.lr_schedule == "cosine" and previous.get("epochs") != mine.get("epochs"):
+            raise ConfigError(
+                f"the run in {str(out)!r} has a cosine learning rate that spans its {previous.get('epochs')} epochs, "
+                f"so it cannot take epochs={config.epochs}: resume it with --epochs {previous.get('epochs')}, or "
+                f"train on from it in a new run (--init-weights {out / 'last.keras'} --out NEW_DIR)."
+            )
     state = out / STATE_FILE
     return json.loads(state.read_text()) if state.is_file() else {}
 

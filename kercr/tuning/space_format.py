@@ -270,4 +270,10 @@ def check_consistency(space) -> None:
             f"{source}: [search] max_epochs = {space.max_epochs}: Hyperband needs at least 2 epochs "
             "to have brackets; raise max_epochs (--max-epochs) or use tuner = \"random\" (--tuner random)."
         )
-    space.train_config()
+    config = space.train_config()
+    if space.tuner == "hyperband" and config.lr_schedule == "cosine":
+        raise SearchSpaceError(
+            f"{source}: [data] lr_schedule = \"cosine\" with tuner = \"hyperband\": Hyperband goes on with a trial "
+            "from its saved weights under a new optimizer, so the cosine would start again each round; use "
+            "tuner = \"random\" or \"bayesian\" (--tuner), which train each trial once, or the plateau schedule."
+        )

@@ -176,15 +176,21 @@ def test_a_killed_runs_leftover_partial_files_are_named_not_deleted(tmp_path, ca
     leftover = out / f".{output_path(paths[1]).name}.partial-99999-0a1b2c3d"
     leftover.write_bytes(b"half")
     os.utime(leftover, (1e9, 1e9))
+    odd = _single(tmp_path / "x.partial-y.fits", 52)  # ".partial-" in the input's own name
+    paths.append(odd)
+    odd_leftover = out / f".{output_path(odd).name}.partial-99998-0a1b2c3e"
+    odd_leftover.write_bytes(b"half")
+    os.utime(odd_leftover, (1e9 + 1, 1e9 + 1))
     stranger = out / ".notes.fits.partial-1-x"  # not the output of any input here
     stranger.write_bytes(b"?")
     caplog.set_level("WARNING", logger="kercr")
     assert detect_files(paths, out_dir=out, jobs=1).ok
     warned = [r.getMessage() for r in caplog.records if "leftover partial" in r.getMessage()]
-    assert len(warned) == 1 and "1 leftover partial output of" in warned[0] and str(leftover) in warned[0]
+    assert len(warned) == 1 and "2 leftover partial outputs of" in warned[0] and str(leftover) in warned[0]
     assert "delete them" in warned[0] and stranger.name not in warned[0]
     assert leftover.read_bytes() == b"half" and stranger.exists()  # named, never deleted
     leftover.unlink()
+    odd_leftover.unlink()
     caplog.clear()
     assert detect_files(paths, out_dir=out, jobs=1, skip_existing=True).ok
     assert not [r for r in caplog.records if "leftover partial" in r.getMessage()]

@@ -84,6 +84,14 @@ def test_a_worker_waits_for_the_others_in_python_and_names_the_missing_one(monke
             waiting.join()
         assert seen[0] == "listening" and "still no worker 0" in seen[1]
     _wait_for_peers({"cluster": {"worker": [f"localhost:{mine}"]}, "task": {"type": "worker", "index": 0}})  # alone
+    if socket.has_ipv6:  # an IPv6 peer as TF_CONFIG writes it, "[::1]:PORT"
+        try:
+            other = socket.create_server(("::1", missing), family=socket.AF_INET6)
+        except OSError:
+            return
+        with other:
+            _wait_for_peers({"cluster": {"worker": [f"[::1]:{mine}", f"[::1]:{missing}"]},
+                             "task": {"type": "worker", "index": 0}})
 
 
 def _safe_wait(config) -> str:
@@ -114,5 +122,14 @@ def test_a_lost_worker_is_named_with_how_to_resume(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["10.0.0.1:2223", "10.0.0.2:2222"]},
                                                 "task": {"type": "worker", "index": 0}}))
     assert "lost worker 1 at 10.0.0.2:2222" in str(lost_worker(err))
+    # One port on every host, as clusters usually are: the host decides; IPv6 as TensorFlow writes it.
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222",
+                                                                       "10.0.0.3:2222", "[fd00::4]:2222"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    for address, named in (("ipv4:10.0.0.3:2222", "worker 2 at 10.0.0.3:2222"),
+                           ("ipv6:[fd00::4]:2222", "worker 3 at [fd00::4]:2222"),
+                           ("ipv4:10.0.0.9:2222", "another worker")):
+        err = tf.errors.UnavailableError(None, None, f"failed to connect to all addresses; last error: {address}")
+        assert f"lost {named}" in str(lost_worker(err)), address
     assert lost_worker(ValueError("not TensorFlow's")) is None
     assert lost_worker(tf.errors.InvalidArgumentError(None, None, "a shape")) is None

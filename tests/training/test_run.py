@@ -381,6 +381,9 @@ def test_a_cosine_run_follows_its_schedule_step_by_step_and_resumes_on_it(tmp_pa
     rates = [float(r["learning_rate"]) for r in _history(tmp_path / "straight")]
     assert rates == pytest.approx([expected(e) for e in range(3)], rel=1e-4)
     assert rates[-1] == pytest.approx(1e-5, rel=1e-4)
+    # Its schedule spans its epochs: more (or fewer) would change every step's rate; refused, named.
+    with pytest.raises(ConfigError, match=r"cosine learning rate that spans its 3 epochs.*--epochs 3.*--init-weights"):
+        train(tiny_config(**{**options, "epochs": 5}, out=str(tmp_path / "straight")), verbose=0)
     save = keras.callbacks.BackupAndRestore.on_epoch_end
 
     def killed_after_epoch_1(self, epoch, logs=None):

@@ -112,3 +112,9 @@ def test_a_cosine_space_anneals_each_trial_over_max_epochs_without_plateau_cuts(
 
     hypermodel.fit(None, Model(), [], validation_data=[])
     assert not any(isinstance(c, keras.callbacks.ReduceLROnPlateau) for c in seen["callbacks"])
+    # Hyperband would go on with a trial under a new optimizer, restarting the cosine: refused, named.
+    from kercr.tuning import SearchSpaceError
+
+    with pytest.raises(SearchSpaceError, match=r"lr_schedule = \"cosine\" with tuner = \"hyperband\".*random"):
+        parse_search_space({**TINY, "search": {**TINY["search"], "tuner": "hyperband", "max_epochs": 3},
+                            "data": {**TINY["data"], "lr_schedule": "cosine"}}, source="tiny")

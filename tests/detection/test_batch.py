@@ -438,7 +438,9 @@ def test_ctrl_c_on_a_local_dask_cluster_prints_one_message_and_no_worker_traceba
     paths = [str(_single(tmp_path / f"f{k}.fits", 60 + k, shape=(512, 512))) for k in range(12)]
     cmd = [sys.executable, "-m", "kercr.cli.detect", "--scheduler", "local", "--jobs", "2", *paths,
            "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # As a terminal starts it: SIGINT not ignored (a test run in the background, `cmd &`, inherits it ignored).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         for line in proc.stdout:  # the tasks are sent right after this line; the workers are still loading

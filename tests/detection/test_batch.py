@@ -8,6 +8,7 @@ Uses the shipped model (LiteRT int8, no TensorFlow in the workers) on small synt
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -336,7 +337,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_scheduler_that_cannot_be_reached_or_has_no_workers_says_so_and_writes_nothing(tmp_path, monkeypatch):
-    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("distributed")
     from kercr.detection import batch
 
     path = _single(tmp_path / "x.fits", 1)
@@ -345,9 +346,31 @@ def test_a_scheduler_that_cannot_be_reached_or_has_no_workers_says_so_and_writes
         with pytest.raises(OSError, match=rf"scheduler='{address}' \(--scheduler\): cannot reach.*'local'"):
             detect_files([path], out_dir=tmp_path / "out", scheduler=address)
     monkeypatch.setattr(batch, "WORKER_WAIT_S", 1)
-    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty:
+    # A real scheduler process with no workers (as `dask scheduler` run alone; an in-process
+    # LocalCluster here sometimes fails to start its event loop after the module's cluster).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import asyncio, distributed\n"
+            "async def main():\n"
+            f"    async with distributed.Scheduler(host='127.0.0.1', port={port}, dashboard_address=None) as s:\n"
+            "        await s.finished()\n"
+            "asyncio.run(main())\n")
+    scheduler = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and scheduler.poll() is None, "the scheduler did not start"
+                time.sleep(0.2)
         with pytest.raises(OSError, match="no workers after 1 s.*dask worker"):
-            detect_files([path], out_dir=tmp_path / "out", scheduler=empty.scheduler_address)
+            detect_files([path], out_dir=tmp_path / "out", scheduler=f"tcp://127.0.0.1:{port}")
+    finally:
+        scheduler.kill()
+        scheduler.wait()
     assert not (tmp_path / "out").exists()
 
 

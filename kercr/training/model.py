@@ -25,15 +25,15 @@ def make_loss(name: str):
     return {"dice_bce": DiceBCELoss, "median_bce": MedianWeightedBCE, "bce": WeightedBCE}[name]()
 
 
-def make_optimizer(config: TrainConfig, *, learning_rate=None, epochs=None):
-    """Adam for a run of ``config``: at ``learning_rate`` (default the config's) for
-    ``lr_schedule="plateau"``, whose cuts the run's plateau callback makes; for ``"cosine"`` a half
-    cosine from it down to ``min_learning_rate`` over ``epochs`` (default the config's) x
-    ``steps_per_epoch`` steps, driven by the optimizer's step count (which a resumed run's backup
-    restores, so it is where an uninterrupted run would be; a cosine run keeps its epochs)."""
-    rate = float(config.learning_rate if learning_rate is None else learning_rate)
+def make_optimizer(config: TrainConfig):
+    """Adam for a run of ``config``: at its ``learning_rate`` for ``lr_schedule="plateau"``, whose
+    cuts the run's plateau callback makes; for ``"cosine"`` a half cosine from it down to
+    ``min_learning_rate`` over ``epochs x steps_per_epoch`` steps, driven by the optimizer's step
+    count (which a resumed run's backup restores, so it is where an uninterrupted run would be; a
+    cosine run keeps its epochs)."""
+    rate = float(config.learning_rate)
     if config.lr_schedule == "cosine":
-        steps = max(1, int(config.epochs if epochs is None else epochs) * int(config.steps_per_epoch))
+        steps = max(1, int(config.epochs) * int(config.steps_per_epoch))
         rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=steps,
                                                       alpha=min(1.0, config.min_learning_rate / rate))
     return keras.optimizers.Adam(learning_rate=rate)

@@ -44,6 +44,7 @@ LAYERS = {
     "kercr._version": 0,
     "kercr._stderr": 0,
     "kercr._files": 0,
+    "kercr._net": 0,
     "kercr.data": 1,
     "kercr.weights": 1,
     "kercr.models": 2,

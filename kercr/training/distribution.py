@@ -17,6 +17,7 @@ import time
 
 import keras
 
+from kercr._net import listens
 from kercr.config import ConfigError
 
 __all__ = ["build_from_local_batch", "gather_ints", "is_chief", "lost_worker", "make_strategy", "tf_config"]
@@ -145,13 +146,8 @@ def _wait_for_peers(config: dict) -> None:
 
 
 def _listens(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")  # "[::1]:2222", IPv6 as TF_CONFIG writes it
-    try:
-        with socket.create_connection((host, int(port)), timeout=2.0):
-            return True
-    except OSError:
-        return False
+    host, _, port = address.rpartition(":")  # "[::1]:2222": IPv6 as TF_CONFIG writes it
+    return listens(host, port)
 
 
 def lost_worker(err: BaseException):

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import keras
 
+from kercr._net import bare_host, connect_error
 from kercr.training.data import check_validation_crs, make_training_data
 from kercr.tuning.hypermodel import CRHyperModel
 from kercr.tuning.results import write_results
@@ -91,9 +92,10 @@ def _check_out_dir(out: Path, space: SearchSpace) -> None:
 def _check_oracle_port(ip: str, port: str) -> None:
     """An OSError naming the port when the chief cannot have it to itself: gRPC binds with
     SO_REUSEPORT, so a second chief on a port would silently share the workers of the first."""
-    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as probe:
+    host = bare_host(ip)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
-            probe.bind((ip, int(port)))
+            probe.bind((host, int(port)))
         except OSError as err:
             raise OSError(f"the chief oracle cannot listen on {ip}:{port} ({err.strerror or err}): another search's "
                           "chief or another program holds it, or the address is not this machine's. Pick another "
@@ -106,15 +108,11 @@ def _wait_for_oracle(ip: str, port: str) -> None:
     (default :data:`ORACLE_WAIT_S`), where Keras Tuner's own client would wait an hour."""
     limit = float(os.environ.get("KERCR_ORACLE_WAIT_S", ORACLE_WAIT_S))
     deadline = time.monotonic() + limit
-    while True:
-        try:
-            with socket.create_connection((ip, int(port)), timeout=5):
-                return
-        except OSError as err:
-            if time.monotonic() >= deadline:
-                raise OSError(f"no chief oracle listens at {ip}:{port} after {limit:g} s ({err}): start the chief "
-                              "(KERASTUNER_TUNER_ID=chief, the same KERASTUNER_ORACLE_IP/PORT) or check the address "
-                              "(KERCR_ORACLE_WAIT_S sets this wait).") from None
+    while (error := connect_error(ip, port, timeout=5.0)) is not None:
+        if time.monotonic() >= deadline:
+            raise OSError(f"no chief oracle listens at {ip}:{port} after {limit:g} s ({error}): start the chief "
+                          "(KERASTUNER_TUNER_ID=chief, the same KERASTUNER_ORACLE_IP/PORT) or check the address "
+                          "(KERCR_ORACLE_WAIT_S sets this wait).")
         time.sleep(1.0)
 
 

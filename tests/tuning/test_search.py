@@ -197,6 +197,23 @@ def test_a_worker_without_a_chief_stops_with_the_address_it_tried(monkeypatch):
         search._wait_for_oracle("127.0.0.1", str(listening.getsockname()[1]))
 
 
+def test_a_worker_finds_a_chief_at_an_ipv6_address_in_brackets(monkeypatch):
+    from kercr.tuning import search
+
+    try:
+        listening = socket.socket(socket.AF_INET6)
+        listening.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    monkeypatch.setenv("KERCR_ORACLE_WAIT_S", "1")
+    with listening:
+        listening.listen()
+        port = str(listening.getsockname()[1])
+        search._wait_for_oracle("[::1]", port)  # before: "[::1]" went to the socket as it is, and it never connected
+        with pytest.raises(OSError, match=r"cannot listen on \[::1\]:\d+"):
+            search._check_oracle_port("[::1]", port)
+
+
 def test_a_chief_refuses_a_port_something_else_listens_on():
     from kercr.tuning import search
 

@@ -294,11 +294,12 @@ def _callbacks(config: TrainConfig, model: keras.Model, data, work: Path, *, his
     # The plateau callback's state and the learning rate after the finished epochs, replayed from
     # history.csv (its learning_rate column is logged before each epoch's cut).
     best_val = min((row["val_loss"] for row in history if "val_loss" in row), default=None)
-    plateau_best, wait, lr = plateau_state(history, learning_rate=config.learning_rate, factor=config.lr_factor,
-                                           patience=config.lr_patience, min_lr=config.min_learning_rate)
     plateau = config.lr_schedule == "plateau"  # else the optimizer's own schedule sets every step's rate
-    if history and plateau:
-        model.optimizer.learning_rate = lr
+    if plateau:
+        plateau_best, wait, lr = plateau_state(history, learning_rate=config.learning_rate, factor=config.lr_factor,
+                                               patience=config.lr_patience, min_lr=config.min_learning_rate)
+        if history:
+            model.optimizer.learning_rate = lr
 
     callbacks = [
         LearningRateLogger(),

@@ -10,6 +10,7 @@ CCD of a 60-CCD exposure touches only that extension on disk.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -87,7 +88,45 @@ def _check_path(path) -> Path:
     return p
 
 
+#: How a gzip or bzip2 stream starts (astropy reads such files whatever their name).
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh")
+
+
+def _check_stream(p: Path) -> None:
+    """A FITSFormatError when ``p`` is a gzip or bzip2 stream that ends early or is corrupt: astropy
+    stops at the end of what it can decompress without a word, and the HDUs after it vanish. Each
+    file is read to its end once (per size and modification time), not once per CCD read."""
+    st = p.stat()
+    error = _stream_error(str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if error:
+        raise FITSFormatError(f"{p}: the compressed file is truncated or corrupt ({error}); astropy would drop "
+                              "what it could not read. Download or write it again.")
+
+
+@functools.lru_cache(maxsize=256)
+def _stream_error(p: str, size: int, mtime_ns: int) -> str | None:
+    """Why the gzip or bzip2 file ``p`` cannot be read to its end, or None (also for a file that is
+    neither). ``size`` and ``mtime_ns`` are the cache key: a file rewritten since is read again."""
+    import bz2
+    import gzip
+    import zlib
+
+    with open(p, "rb") as f:
+        head = f.read(3)
+    if not head.startswith(_COMPRESSED_MAGIC):
+        return None
+    opener = gzip.open if head.startswith(b"\x1f\x8b") else bz2.open
+    try:
+        with opener(p, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def _open(p: Path) -> fits.HDUList:
+    _check_stream(p)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -25,7 +26,7 @@ from astropy.io import fits
 from kercr._version import __version__
 from kercr.data.errors import KercrDataError
 from kercr.data.masks import as_bool_mask
-from kercr.data.fits_read import CCDFrame, _check_path, _open
+from kercr.data.fits_read import _COMPRESSED_MAGIC, CCDFrame, _check_path, _open
 
 __all__ = ["FITSWriter", "image_header", "new_fits_file", "utc_now", "wcs_header", "write_fits_with_mask"]
 
@@ -74,6 +75,38 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+#: How a written header is verified: a card that breaks the FITS standard (an unquoted string, a
+#: malformed number, as some cameras write) is fixed as astropy can (and said, :func:`_fixing_cards`)
+#: rather than failing the file after its detection; one astropy cannot fix is a warning.
+_VERIFY = "fix+warn"
+#: The lines around astropy's verification messages ("HDU 0:", "Card 6:", ...), not messages.
+_VERIFY_FRAME = re.compile(r"^(Verification reported (errors|warnings)|HDU \d+|Card \d+|Note: astropy)")
+
+
+@contextlib.contextmanager
+def _fixing_cards(path, told: set):
+    """Turn astropy's warnings about the header cards it fixed while writing ``path`` into one log
+    line naming those not in ``told`` (which it adds them to); other warnings go on as they came."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    fixed = []
+    for w in caught:
+        if issubclass(w.category, fits.verify.VerifyWarning):
+            text = str(w.message).strip()
+            if "Fixed" in text:
+                fixed += [k for k in re.findall(r"Card '([^']*)'", text)[:1] if k not in fixed and k not in told]
+            elif not _VERIFY_FRAME.match(text):  # a problem astropy could not fix
+                logger.warning("%s: %s", path, text)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    told.update(fixed)
+    if fixed:
+        logger.warning("%s: header card%s %s broke the FITS standard; written as astropy fixed %s (the input "
+                       "is unchanged)", path, "s" if len(fixed) > 1 else "", ", ".join(fixed),
+                       "them" if len(fixed) > 1 else "it")
+
+
 class FITSWriter:
     """A new FITS file being written by :func:`new_fits_file` (under a temporary name until it ends).
 
@@ -91,13 +124,18 @@ class FITSWriter:
         with fits.open(tmp) as hdul:
             self._keys = {(h.name.upper(), h.ver) for h in hdul}
         self.extnames = {name for name, _ in self._keys}
+        self._fixed: set[str] = set()  # header cards astropy fixed, already logged
 
     def update_primary(self, cards) -> None:
         """Set ``{keyword: value or (value, comment)}`` cards in the primary header (keywords over 8
         characters become ``HIERARCH`` cards)."""
-        with fits.open(self._tmp, mode="update") as hdul:
-            for key, value in cards.items():
-                hdul[0].header[key if len(key) <= 8 else f"HIERARCH {key}"] = value
+        with _fixing_cards(self.path, self._fixed):
+            hdul = fits.open(self._tmp, mode="update")
+            try:
+                for key, value in cards.items():
+                    hdul[0].header[key if len(key) <= 8 else f"HIERARCH {key}"] = value
+            finally:
+                hdul.close(output_verify=_VERIFY)
 
     def append(self, data, *, name: str, header=None) -> None:
         """Append an image extension ``name`` holding ``data`` (written in its dtype) and ``header``.
@@ -111,13 +149,16 @@ class FITSWriter:
             raise ValueError(f"{self.path}: an extension {name} (EXTVER {key[1]}) is there already; every "
                              "extension needs its own EXTNAME or EXTVER. Pass another name.")
         header["EXTNAME"] = name
-        fits.append(self._tmp, np.asarray(data), header=header)
+        with _fixing_cards(self.path, self._fixed):
+            hdul = fits.open(self._tmp, mode="append")
+            try:
+                hdul.append(fits.ImageHDU(np.asarray(data), header=header))
+            finally:
+                hdul.close(output_verify=_VERIFY)
         self._keys.add(key)
         self.extnames.add(key[0])
 
 
-#: How a gzip or bzip2 stream starts: astropy reads such files (whatever their name) but cannot append to them.
-_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh")
 
 
 def _copy_fits(src: Path, tmp: Path) -> None:

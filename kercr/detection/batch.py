@@ -38,8 +38,8 @@ import numpy as np
 
 from kercr.config import DETECT_CLEAN_METHODS, LOCAL_SCHEDULER, ConfigError
 from kercr.data.cleaning import check_clean_method
-from kercr.detection.files import (existing_output_differs, is_kercr_output, output_path, plan_file, select_extensions,
-                                   write_output)
+from kercr.detection.files import (existing_output_differs, is_kercr_output, mask_extname, output_path, plan_file,
+                                   select_extensions, write_output)
 from kercr.detection.loading import load_model
 from kercr.detection.runtimes import resolve_runtime
 from kercr.detection.workers import InProcess, Processes, model_reference, ordered
@@ -162,7 +162,13 @@ def _items(paths, *, out_dir, suffix, ext, dilate, skip_existing, made_by):
             yield FileOutcome(str(path), "skipped", reason="a kercr-detect output (KCRSRC in its header), not an input")
             continue
         if skip_existing and out.exists():
-            differs = existing_output_differs(out, path, dilate=dilate, **made_by)
+            try:  # the mask extensions this run would write must be there
+                extensions, single = select_extensions(path, ext)
+            except Exception as err:  # one bad input must not stop the others
+                yield FileOutcome(str(path), "failed", reason=_reason(err), error=err)
+                continue
+            masks = [mask_extname(name, single) for _, name in extensions]
+            differs = existing_output_differs(out, path, dilate=dilate, masks=masks, **made_by)
             if differs:
                 yield FileOutcome(str(path), "failed", output=str(out), reason=differs)
             else:

@@ -12,7 +12,8 @@ are. Each mask header names its image (``KCRSRCEX``, and its HDU index ``KCRSRCH
 carries the provenance (``KCRVER`` kercr version, ``KCRMODEL``, ``KCRTHR`` threshold, ``KCRDATE``
 UTC date, ``KCRRUNT`` runtime, ``KCRTTA`` whether the four flips were averaged, ``KCRDIL``
 dilation, tiling, counts) and the image's WCS keywords; the primary header carries the same
-provenance and ``KCRSRC`` (the input's name, non-ASCII characters escaped): a file with
+provenance, ``KCRSRC`` (the input's name, non-ASCII characters escaped) and ``KCRSRCSH`` (the
+SHA-256 of the input's bytes, which ``--skip-existing`` checks): a file with
 ``KCRSRC`` is taken for an output, never an input (:func:`is_kercr_output`).
 
 With ``clean=METHOD`` every processed CCD also gets a ``float32`` cleaned image, ``CLEAN`` (or
@@ -50,7 +51,7 @@ from kercr._version import __version__
 from kercr.config import FITS_SUFFIXES
 
 __all__ = ["FITS_SUFFIXES", "CCDOutput", "FilePlan", "detect_ccd", "detect_file", "existing_output_differs",
-           "mask_extname", "output_path", "plan_file", "select_extensions", "write_output"]
+           "mask_extname", "output_path", "plan_file", "select_extensions", "source_digest", "write_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +84,27 @@ def is_kercr_output(path) -> bool:
         return False
 
 
+def source_digest(path) -> str:
+    """The SHA-256 of the file ``path``'s bytes, in hex (``KCRSRCSH``): which input an output was made
+    from, whatever its name or folder (``img001.fits`` of two nights are two inputs)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def existing_output_differs(out, path, *, model_name: str, dilate: int, clean, save_probability: bool,
-                            threshold=None) -> str | None:
+                            threshold=None, masks=None) -> str | None:
     """Why the existing output ``out`` is not what this run would write for ``path``, or None.
 
     ``kercr-detect --skip-existing`` skips an output only when it is kercr's output of this input
-    (``KCRSRC``) made with this model, dilation, cleaning method, probability extensions and, when
-    one is given, threshold; a junk file or one made with other options is reported instead.
+    (``KCRSRC``, and the input's bytes, ``KCRSRCSH``, in outputs that record them) made with this
+    model, dilation, cleaning method, probability extensions and, when one is given, threshold, and
+    holding the mask extensions ``masks`` (the names this run would write; None: not checked); a
+    junk file, one of another input or one made with other options is reported instead.
     """
     from astropy.io import fits  # heavy: astropy
 
@@ -111,6 +126,12 @@ def existing_output_differs(out, path, *, model_name: str, dilate: int, clean, s
     found["CRPROB"] = any(n.endswith("CRPROB") for n in extnames)
     expected["CRPROB"] = bool(save_probability)
     differ = [f"{key} {found[key]!r} there, {expected[key]!r} now" for key in expected if found[key] != expected[key]]
+    # Outputs written before KCRSRCSH existed name their input only (KCRSRC).
+    if "KCRSRCSH" in primary and not differ and primary["KCRSRCSH"] != source_digest(path):
+        differ.append(f"KCRSRCSH: it was made from another file named {Path(path).name} (the bytes differ)")
+    missing = [name for name in (masks or ()) if name.upper() not in extnames]
+    if missing:
+        differ.append(f"no {', '.join(missing)} there (made with another --ext)")
     if differ:
         return (f"{out} exists but was made from another input or with other options ({'; '.join(differ)}); remove "
                 "it, or write elsewhere (--out DIR)")
@@ -414,7 +435,8 @@ def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, lo
         k, written, undetected = 0, set(), []
         for k, ccd in enumerate(ccds, 1):
             if ccd.undetected is None and len(undetected) == k - 1:  # the first detected CCD's provenance
-                f.update_primary({**ccd.provenance, "KCRSRC": ascii_card(path.name)[-68:]})
+                f.update_primary({**ccd.provenance, "KCRSRC": ascii_card(path.name)[-68:],
+                                  "KCRSRCSH": source_digest(path)})  # no room for a comment
             for name, data, header in ccd.hdus:
                 ver = int(header.get("EXTVER", 1))
                 if (name.upper(), ver) in written:  # two images of one EXTNAME and no EXTVER: number the masks

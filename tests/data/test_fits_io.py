@@ -313,3 +313,47 @@ def test_write_fits_with_mask_takes_masks_not_probabilities_and_writes_plain_fit
         assert hdul["CRMASK"].data.sum() == 3
     with pytest.raises(errors.FITSFormatError, match="non-empty list"):
         list(iter_ccds(out, ext=[]))
+
+
+@pytest.mark.parametrize("compress", ["gzip", "bz2"])
+def test_a_truncated_compressed_file_says_so_rather_than_losing_its_last_ccds(tmp_path, image, compress):
+    """astropy stops without a word where a gzip or bzip2 stream ends early, and the CCDs after it
+    vanish (kercr-detect then wrote an output with one CCD of three, and a ``CRMASK`` named as for a
+    single-image file)."""
+    import bz2
+    import gzip
+
+    plain = tmp_path / "mef.fits"
+    _mef(plain, image)
+    packed = (gzip if compress == "gzip" else bz2).compress(plain.read_bytes())
+    whole = tmp_path / f"whole.fits.{compress}"
+    whole.write_bytes(packed)
+    assert [n for _, n in list_ccd_extensions(whole)] == ["N4", "S22", "N10"]
+    cut = tmp_path / f"cut.fits.{compress}"
+    cut.write_bytes(packed[: len(packed) - 40])
+    for read in (read_ccd, list_ccd_extensions):
+        with pytest.raises(errors.FITSFormatError, match=r"cut.fits.* truncated or corrupt.*Download or write it again"):
+            read(cut)
+    assert cut.read_bytes() == packed[: len(packed) - 40]
+
+
+def test_new_fits_file_fixes_a_card_that_breaks_the_standard_and_says_which(tmp_path, image, caplog):
+    """Some cameras write unquoted strings or malformed numbers; astropy reads them, but refused to
+    write them, so such a file failed after its detection."""
+    src = tmp_path / "cam.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, name="N4")]).writeto(src)
+    raw = bytearray(src.read_bytes())
+    for bad, after in ((b"DATE-OBS= 2017-03-16T06:21:07 / unquoted", 0), (b"CRVAL1  = 1.2345E", 2880)):
+        end = raw.find(b"END" + b" " * 77, after)
+        raw[end:end + 160] = bad.ljust(80) + b"END".ljust(80)
+    src.write_bytes(bytes(raw))
+    header = read_ccd(src).header
+    with new_fits_file(tmp_path / "out.fits", copy_of=src) as f:
+        f.update_primary({"KCRSRC": "cam.fits"})
+        f.append(np.zeros((40, 30), np.uint8), name="N4_CRMASK", header=wcs_header(header))
+    with fits.open(tmp_path / "out.fits") as hdul:
+        assert hdul[0].header["DATE-OBS"] == "2017-03-16T06:21:07" and hdul[0].header["KCRSRC"] == "cam.fits"
+        assert "CRVAL1" in hdul["N4_CRMASK"].header  # as astropy fixes it (here: the string '1.2345E')
+    said = " ".join(r.getMessage() for r in caplog.records if "broke the FITS standard" in r.getMessage())
+    assert said.count("DATE-OBS") == 1 and said.count("CRVAL1") == 1  # each card named once
+    assert src.read_bytes() == bytes(raw)

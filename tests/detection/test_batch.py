@@ -219,6 +219,26 @@ def test_skip_existing_skips_only_an_output_of_this_input_made_with_these_option
         assert [o.status for o in twice.outcomes] == ["done", "skipped"] and "listed twice" in twice.skipped[0].reason
 
 
+def test_skip_existing_tells_another_nights_file_of_the_same_name_and_a_run_on_fewer_ccds(tmp_path):
+    """``img001.fits`` of two nights share a name, and an output made with ``--ext S1`` lacks the
+    other CCDs' masks: neither is taken for done (before, both were skipped and the batch said ok)."""
+    (tmp_path / "n1").mkdir(), (tmp_path / "n2").mkdir()
+    first, second = _single(tmp_path / "n1" / "img001.fits", 70), _single(tmp_path / "n2" / "img001.fits", 71)
+    out = tmp_path / "out"
+    assert detect_files([first], out_dir=out, jobs=1).ok
+    assert [o.status for o in detect_files([first], out_dir=out, jobs=1, skip_existing=True).outcomes] == ["skipped"]
+    other = detect_files([second], out_dir=out, jobs=1, skip_existing=True)
+    assert [o.status for o in other.outcomes] == ["failed"]
+    assert "another file named img001.fits" in other.failed[0].reason and "--out" in other.failed[0].reason
+
+    exposure = _exposure(tmp_path / "exp.fits", 72, names=("S1", "S2"), shape=(64, 64))
+    assert detect_files([exposure], out_dir=out, ext="S1", jobs=1).ok
+    assert [o.status for o in detect_files([exposure], out_dir=out, ext="S1", jobs=1,
+                                           skip_existing=True).outcomes] == ["skipped"]
+    every = detect_files([exposure], out_dir=out, jobs=1, skip_existing=True)
+    assert [o.status for o in every.outcomes] == ["failed"] and "no S2_CRMASK there" in every.failed[0].reason
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_ccd_with_nothing_to_detect_gets_an_empty_mask_that_says_why_and_loses_no_other_ccd(jobs, tmp_path):
     dead = _exposure(tmp_path / "dead.fits.fz", 50, names=("S1", "S2", "S3"))

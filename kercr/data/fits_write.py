@@ -22,6 +22,7 @@ from typing import Iterator
 
 import numpy as np
 from astropy.io import fits
+from astropy.nddata import CCDData
 
 from kercr._version import __version__
 from kercr.data.errors import KercrDataError
@@ -35,8 +36,11 @@ logger = logging.getLogger(__name__)
 
 _STRUCTURAL = {"SIMPLE", "EXTEND", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
                "BZERO", "BSCALE", "BLANK", "EXTNAME", "CHECKSUM", "DATASUM", "ZIMAGE", "ZBITPIX", "ZCMPTYPE"}
-_WCS_KEYS = re.compile(r"^(WCSAXES|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\d|CD\d_\d|PC\d_\d|PV\d_\d+|CROTA\d|"
-                       r"RADESYS|EQUINOX|LTV\d|LTM\d_\d|DATASEC|DETSEC|CCDSEC)$")
+#: The WCS (with SIP, TPV and IRAF TNX/ZPX distortion: ``A_2_0``, ``PV1_7``, ``WAT1_001``) and the
+#: detector sections: what a mask written beside an image needs to map to the sky like it.
+_WCS_KEYS = re.compile(r"^(WCSAXES|WCSNAME|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\d|CD\d_\d|PC\d_\d|PV\d_\d+|"
+                       r"CROTA\d|LONPOLE|LATPOLE|RADESYS|RADECSYS|EQUINOX|EPOCH|MJDREF|DATEREF|"
+                       r"(A|B|AP|BP)_(\d+_\d+|ORDER|DMAX)|WAT\d_\d+|LTV\d|LTM\d_\d|DATASEC|DETSEC|CCDSEC)$")
 
 
 def wcs_header(header) -> fits.Header:
@@ -254,9 +258,11 @@ def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_e
     ----------
     path : str or os.PathLike
         Output file; must not exist.
-    image : numpy.ndarray, shape (ny, nx), or CCDFrame
+    image : numpy.ndarray, shape (ny, nx), CCDFrame or astropy.nddata.CCDData
         Image (any real dtype, written as float32, same units as given). A :class:`CCDFrame`
-        also supplies the header, extension name and source file for provenance.
+        also supplies the header, extension name and source file for provenance; a ``CCDData``
+        its ``meta`` as the header, its unit (``BUNIT``) and its WCS (its own ``mask`` and
+        ``uncertainty`` are not written: ``mask`` is the one mask written).
     mask : numpy.ndarray, shape (ny, nx)
         Mask (bool or integer; written as uint8, 1 = flagged).
     header : astropy.io.fits.Header, optional
@@ -279,6 +285,11 @@ def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_e
         header = image.header if header is None else header
         extname = extname or image.extname
         source = f"{image.path}[{image.extname}]"
+        image = image.data
+    elif isinstance(image, CCDData):
+        # astropy's own CCDData -> FITS header: meta, BUNIT and the WCS cards.
+        ccd_header = image.to_hdu(hdu_mask=None, hdu_uncertainty=None, hdu_flags=None)[0].header
+        header = ccd_header if header is None else header
         image = image.data
     image = np.asarray(image)
     if image.ndim != 2:

@@ -52,7 +52,7 @@ from kercr.config import DETECT_CLEAN_METHODS
 from kercr.data.cleaning import check_clean_method, clean_image, cleaning_mask
 from kercr.data.errors import KercrDataError, UndetectableImageError
 from kercr.data.normalization import normalize
-from kercr.detection.inputs import header_number, unpack
+from kercr.detection.inputs import header_levels, unpack
 from kercr.detection.loading import load_model
 from kercr.detection.result import DetectionResult
 from kercr.detection.flips import add_flips, gate_score
@@ -90,7 +90,8 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         Electrons; default: header ``RDNOISE`` (or mean of ``RDNOISEA``/``RDNOISEB``). As ``gain``.
     saturation : float, optional
         Saturation level in the image's units; default: header ``SATURATE`` (or the lower of
-        ``SATURATA``/``SATURATB``).
+        ``SATURATA``/``SATURATB``), in ADU: for a CCDData in electrons ``SATURATE x GAIN`` (and
+        gain 1), for other units none (pass it; see :func:`kercr.detection.inputs.header_levels`).
     exclude_saturated : bool
         Ignore pixels ``>= saturation`` (when a level is known).
     mask : numpy.ndarray of bool, shape (ny, nx), optional
@@ -166,11 +167,10 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         gain = gain if gain is not None else frame.gain
         readnoise = readnoise if readnoise is not None else frame.readnoise
         saturation = saturation if saturation is not None else frame.saturation
-    else:
-        gain = gain if gain is not None else header_number(header, "GAIN", ("GAINA", "GAINB"))
-        readnoise = readnoise if readnoise is not None else header_number(header, "RDNOISE", ("RDNOISEA", "RDNOISEB"))
-        saturation = saturation if saturation is not None else header_number(header, "SATURATE",
-                                                                               ("SATURATA", "SATURATB"), min)
+    else:  # a CCDData's header numbers are in ADU; its data may be in electrons
+        levels = header_levels(header, getattr(image, "unit", None) if isinstance(image, CCDData) else None)
+        gain, readnoise, saturation = (given if given is not None else level for given, level in
+                                       zip((gain, readnoise, saturation), levels))
 
     loaded = load_model(model)
     runtime = resolve_runtime(runtime, loaded)

@@ -143,6 +143,18 @@ def mask_extname(extname: str, single: bool, kind: str = "CRMASK") -> str:
     return kind if single else f"{extname}_{kind}"
 
 
+def _what_is_there(path) -> str:
+    """What ``path`` holds instead of a 2-D image, for an error: its cubes, else masks or no data."""
+    from astropy.io import fits  # heavy: astropy
+
+    with fits.open(path) as hdul:
+        others = [f"HDU {i} is a {h.header['NAXIS']}-D image {tuple(h.shape)}" for i, h in enumerate(hdul)
+                  if h.is_image and h.header.get("NAXIS", 0) > 2]
+    if others:
+        return "; ".join(others) + ": split a cube into 2-D images (one per plane) first"
+    return "only masks or no image data"
+
+
 def select_extensions(path, ext="all") -> tuple[list[tuple[int, str]], bool]:
     """The image HDUs of ``path`` to process, and whether the file holds a single image.
 
@@ -166,7 +178,8 @@ def select_extensions(path, ext="all") -> tuple[list[tuple[int, str]], bool]:
 
     images = [(i, n) for i, n in list_ccd_extensions(path) if not _SKIP_EXT.match(n)]
     if not images:
-        raise FITSFormatError(f"{path}: no CCD image extension (only masks or no image data). Pass a FITS image.")
+        raise FITSFormatError(f"{path}: no CCD image extension ({_what_is_there(path)}). Pass a FITS file holding "
+                              "2-D images.")
     single = len(images) == 1
     if ext is None or (isinstance(ext, str) and ext.strip().lower() == "all"):
         science = [(i, n) for i, n in images if not _AUX_EXT.match(n)]

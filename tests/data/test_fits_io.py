@@ -199,6 +199,26 @@ def test_write_with_mask_roundtrip_and_no_overwrite(tmp_path, image):
         write_fits_with_mask(tmp_path / "x.fits", image, mask[:5])
 
 
+def test_write_with_mask_keeps_a_ccddatas_header_unit_and_wcs(tmp_path, image):
+    """CCDData in, the same on disk: before, it went through np.asarray and lost everything but its pixels."""
+    from astropy.nddata import CCDData
+    from astropy.wcs import WCS
+
+    wcs = WCS(fits.Header([("CTYPE1", "RA---TAN"), ("CTYPE2", "DEC--TAN"), ("CRVAL1", 10.0), ("CRVAL2", -20.0),
+                           ("CRPIX1", 15.0), ("CRPIX2", 20.0), ("CD1_1", -7.3e-5), ("CD2_2", 7.3e-5)]))
+    ccd = CCDData(image, unit="electron", wcs=wcs, meta={"GAIN": 1.0, "EXPTIME": 30.0, "OBJECT": "M31"})
+    mask = np.zeros(image.shape, dtype=bool)
+    mask[3, 4] = True
+    out = write_fits_with_mask(tmp_path / "out.fits", ccd, mask)
+    with fits.open(out) as hdul:
+        sci, crmask = hdul["SCI"].header, hdul["CRMASK"].header
+        assert (sci["BUNIT"], sci["EXPTIME"], sci["OBJECT"]) == ("electron", 30.0, "M31")
+        assert sci["CTYPE1"] == "RA---TAN" and crmask["CRVAL2"] == -20.0  # the mask maps to the sky like the image
+        np.testing.assert_array_equal(hdul["SCI"].data, image)
+        assert hdul["CRMASK"].data.sum() == 1
+    assert ccd.meta == {"GAIN": 1.0, "EXPTIME": 30.0, "OBJECT": "M31"}  # the input is unchanged
+
+
 def test_new_fits_file_copies_the_input_and_appends(tmp_path, image):
     src = tmp_path / "src.fits"
     _mef(src, image)
@@ -257,6 +277,22 @@ def test_wcs_header_keeps_the_wcs_and_sections_only():
                      ("GAIN", 4.0), ("OBJECT", "x")])
     assert list(wcs_header(h)) == ["CTYPE1", "CRVAL1", "CD1_1", "PV1_10", "DATASEC"]
     assert len(wcs_header(None)) == 0
+
+
+def test_wcs_header_keeps_sip_distortion_so_the_mask_maps_to_the_sky_like_the_image():
+    """A ``-SIP`` CTYPE without its A_/B_ coefficients is a silent error: astropy maps the mask's
+    pixels without the distortion (2 arcsec off at this frame's corner)."""
+    from astropy.wcs import WCS
+
+    h = fits.Header([("NAXIS", 2), ("NAXIS1", 2048), ("NAXIS2", 4096),
+                     ("CTYPE1", "RA---TAN-SIP"), ("CTYPE2", "DEC--TAN-SIP"), ("CRPIX1", 1024.0), ("CRPIX2", 2048.0),
+                     ("CRVAL1", 10.0), ("CRVAL2", -20.0), ("CD1_1", -7.3e-5), ("CD1_2", 0.0), ("CD2_1", 0.0),
+                     ("CD2_2", 7.3e-5), ("A_ORDER", 2), ("A_2_0", 2e-6), ("B_ORDER", 2), ("B_0_2", 2e-6),
+                     ("LONPOLE", 180.0), ("GAIN", 4.0)])
+    kept = wcs_header(h)
+    assert {"A_ORDER", "A_2_0", "B_ORDER", "B_0_2", "LONPOLE"} <= set(kept) and "GAIN" not in kept
+    corner = [[1.0, 1.0]]
+    np.testing.assert_allclose(WCS(kept).all_pix2world(corner, 1), WCS(h).all_pix2world(corner, 1), rtol=0, atol=1e-10)
 
 
 def test_real_decam_cutouts_header_values():

@@ -111,3 +111,34 @@ def test_saturated_pixels_and_header_values(tiny, frame):
     mask[3, 4] = True
     assert detect(CCDData(image, unit="adu", mask=mask), model=tiny, runtime="keras").ignored.sum() == 1
 
+
+
+def test_header_levels_follow_a_ccddatas_unit():
+    """The header's SATURATE is in ADU; ccdproc's gain_correct turns the data into electrons and leaves
+    the header alone, so the level is SATURATE x GAIN there (before: the ADU level, which took the
+    cores of CRs brighter than about SATURATE / GAIN ADU for saturated pixels)."""
+    import warnings
+
+    from kercr.detection.inputs import header_levels
+
+    header = fits.Header({"GAIN": 4.0, "RDNOISE": 6.0, "SATURATE": 40000.0})
+    assert header_levels(header) == (4.0, 6.0, 40000.0)
+    for unit in ("adu", "count", ""):
+        assert header_levels(header, unit) == (4.0, 6.0, 40000.0)
+    assert header_levels(header, "electron") == (1.0, 6.0, 160000.0)
+    for unit, header_here in (("electron / s", header), ("electron", fits.Header({"SATURATE": 40000.0}))):
+        with pytest.warns(UserWarning, match="header's SATURATE \\(40000\\) is in ADU.*Pass saturation="):
+            assert header_levels(header_here, unit)[::2] == (None, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say without a SATURATE
+        assert header_levels(fits.Header({"GAIN": 2.0}), "electron / s") == (None, None, None)
+
+
+def test_a_ccddata_in_electrons_excludes_only_what_saturated(tiny, frame):
+    image = frame.image_adu.astype(np.float32) * 4.0  # electrons, gain 4
+    image[40, 60] = 15000.0 * 4.0  # a CR core of 15,000 ADU: not saturated
+    image[41:43, 61] = 40000.0 * 4.0  # saturated in the raw frame
+    header = {"GAIN": 4.0, "RDNOISE": 6.0, "SATURATE": 40000.0}
+    r = detect(CCDData(image, unit="electron", meta=header), model=tiny, runtime="keras")
+    assert (r.gain, r.saturation) == (1.0, 160000.0)
+    assert r.ignored[41:43, 61].all() and not r.ignored[40, 60] and r.ignored.sum() == 2

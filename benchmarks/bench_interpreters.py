@@ -33,10 +33,11 @@ def main(argv=None) -> int:
     import numpy as np
 
     import kercr
-    import kercr.inference as inference
-    from kercr.export.tflite import ParallelTFLiteRunner, TFLiteRunner
+    from kercr.detection import runtimes
+    from kercr.detection.loading import load_model
+    from kercr.export.litert import ParallelTFLiteRunner, TFLiteRunner
 
-    path = str(inference._tflite_model(inference.load_model(args.model), "tflite-int8"))
+    path = str(runtimes._tflite_model(load_model(args.model), "tflite-int8"))
     tiles = np.random.default_rng(0).normal(0, 1, (4, 512, 480)).astype(np.float32)
     print("| interpreter threads | s per call of 4 tiles of 512 x 480 |\n|---|---:|")
     for n in (None, 1, 2):
@@ -50,14 +51,14 @@ def main(argv=None) -> int:
     image = np.random.default_rng(1).normal(1000, 10, (2048, 4096)).astype(np.float32)
     runners = {"one two-thread interpreter": TFLiteRunner(path, num_threads=2),
                "two one-thread interpreters": ParallelTFLiteRunner(path, num_threads=2)}
-    original = inference._predictor
+    original = runtimes._raw_predictor  # what detect's predictors are made from
     print("\n| flips | predictor | Mpix/s per run | median |\n|---|---|---|---:|")
     try:
         for tta in (True, False):
             speed = {name: [] for name in runners}
             for _ in range(args.repeats):
                 for name, runner in runners.items():
-                    inference._predictor = lambda loaded, runtime, n, r=runner: (r.predict, False)
+                    runtimes._raw_predictor = lambda loaded, runtime, n, r=runner: (r.predict, False)
                     kercr.detect(image, model=args.model, tta=tta, runtime="tflite-int8")  # tiles allocated
                     t = time.perf_counter()
                     kercr.detect(image, model=args.model, tta=tta, runtime="tflite-int8")
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
                 print(f"| {'on' if tta else 'off'} | {name} | {', '.join(f'{v:.2f}' for v in values)} | "
                       f"{np.median(values):.2f} |")
     finally:
-        inference._predictor = original
+        runtimes._raw_predictor = original
     return 0
 
 

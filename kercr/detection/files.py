@@ -18,8 +18,8 @@ SHA-256 of the input's bytes, which ``--skip-existing`` checks): a file with
 
 With ``clean=METHOD`` every processed CCD also gets a ``float32`` cleaned image, ``CLEAN`` (or
 ``<EXTNAME>_CLEAN``), after its mask: the image with the pixels of the written mask (after
-``dilate``) replaced by :func:`kercr.data.clean_image` (``median``, ``mean`` or ``idw``), every
-other pixel as the input (non-finite and ``BLANK`` pixels as NaN). Its header is the image's
+``dilate``) replaced by :func:`kercr.data.clean_image` (``median``, ``mean`` or ``idw``; ``network``:
+the learned inpainting network), every other pixel as the input (non-finite and ``BLANK`` pixels as NaN). Its header is the image's
 (units, gain, read noise, exposure, WCS; not the structural cards), so it can be used on its own,
 plus the same provenance, ``KCRCLEAN`` (method) and ``KCRNCLN`` (pixels replaced).
 
@@ -503,8 +503,9 @@ def detect_file(path, *, out_dir=None, suffix="_crmask", model="default", ext="a
         Grow each written mask by this many pixels (3 x 3 element; never into ignored pixels).
     save_probability : bool
         Also write the ``float32`` CR probability of each CCD.
-    clean : {None, "median", "mean", "idw"}
-        Also write a ``float32`` cleaned image of each CCD: the pixels of the written mask replaced.
+    clean : {None, "median", "mean", "idw", "network"}
+        Also write a ``float32`` cleaned image of each CCD: the pixels of the written mask replaced
+        (``"network"``: by the learned inpainting network, :func:`kercr.detection.inpainting.inpaint`).
     runtime, tta, tta_gate, tile, overlap, batch_size, num_threads, exclude_saturated
         As :func:`kercr.detection.detect`; with ``jobs > 1``, ``num_threads`` is the CPU threads
         of all workers together.

@@ -321,6 +321,10 @@ class TrainConfig:
             raise ConfigError(f"{str(path)!r} must hold a JSON object of options, not {type(saved).__name__}.")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(saved) - fields)
+        if unknown and len(unknown) >= len(set(saved) & fields):  # mostly others' keys: not a kercr run at all
+            raise ConfigError(f"{str(path)!r} is not a kercr-train run's configuration (its keys: "
+                              f"{', '.join(sorted(saved)[:5])}{', ...' if len(saved) > 5 else ''}); pass a kercr-train "
+                              "run directory, or --out NEW_DIR for a new run.")
         if unknown:
             raise ConfigError(f"{str(path)!r} has option(s) this kercr does not know ({', '.join(unknown)}); "
                               "the run was made by a newer kercr: upgrade kercr to use it.")
@@ -393,7 +397,7 @@ class TrainConfig:
         try:  # the frames check their own options (sources, sky range, CR threshold, faint CRs, rim weight)
             SyntheticFrames(seed=self.seed, extended_sources=self.extended_sources,
                             on_source_fraction=self.on_source_fraction, variety=self.variety,
-                            sky_e_range=self.sky_e_range, cr_threshold_e=self.cr_threshold_e,
+                            footprint_fraction=self.footprint_fraction, sky_e_range=self.sky_e_range, cr_threshold_e=self.cr_threshold_e,
                             faint_crs=self.faint_crs, dominant_sources=self.dominant_sources,
                             integer_frames=self.integer_frames, rim_weight=self.rim_weight)
         except KercrDataError as err:

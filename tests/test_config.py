@@ -108,6 +108,8 @@ def test_the_defaults_are_a_valid_configuration():
     ({"loss": "dice"}, "loss='dice' is not valid; choose one of: dice_bce, median_bce, bce"),
     ({"strategy": "tpu"}, "strategy='tpu' is not valid; choose one of: auto, none, mirrored, multiworker"),
     ({"cr_rate_scale": 0.0}, "cr_rate_scale=0.0 must be positive"),
+    ({"footprint_fraction": -1.0}, r"footprint_fraction=-1.0 must be a finite number >= 0 \(real footprints per"),
+    ({"footprint_fraction": float("nan")}, "footprint_fraction=nan must be a finite number >= 0"),
     ({"frame_shape": [128, 512]}, r"frame_shape=\[128, 512\] must be two sizes \(ny, nx\), each at least patch_size=256"),
     ({"epochs": "3"}, "epochs='3' must be an integer, not str"),
     ({"sky_e_range": [30.0]}, r"sky_e_range=\[30.0\] must be a list of 2 numbers, e.g. \[30, 1e6\]"),

@@ -260,7 +260,10 @@ def _prepare(parser, args) -> int:
     try:
         meta = prepare_shards(source, ids, args.out, patch_size=args.patch_size, patches_per_frame=per_frame,
                               val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size,
-                              metadata={"data": args.data, "median_weights": args.median_weights})
+                              metadata={"data": args.data, "median_weights": args.median_weights,
+                                        "cr_rate_scale": args.cr_rate_scale,  # what shapes the frames: a
+                                        "frame_shape": list(args.frame_shape),  # resume with others is refused
+                                        "val_fraction": args.val_fraction})
     except tf.errors.OpError as err:  # an --out that cannot be written (a file in the way, a bucket without access)
         raise OSError(f"cannot write to --out {args.out!r}: {err.message}") from err
     print(f"wrote {meta['train']['exposures']} training and {meta['val']['exposures']} validation exposures "

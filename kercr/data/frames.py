@@ -166,6 +166,9 @@ class SyntheticFrames(_CachedFrames):
                                  "pixels, e.g. 3), or 0 for none.")
         if not 0 <= on_source_fraction <= 1:
             raise KercrDataError(f"on_source_fraction={on_source_fraction!r} must be in [0, 1], e.g. 0.3.")
+        if not footprint_fraction >= 0 or not np.isfinite(footprint_fraction):
+            raise KercrDataError(f"footprint_fraction={footprint_fraction!r} must be a finite number >= 0 (real "
+                                 "footprints per simulated CR, e.g. 0.5).")
         self.extended_sources, self.on_source_fraction = float(extended_sources), float(on_source_fraction)
         if sky_e_range is not None:
             if variety != "wide":

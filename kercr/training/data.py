@@ -84,6 +84,22 @@ def is_shard_dir(data: str) -> bool:
     return (Path(data) / "prepare.json").is_file()
 
 
+def _check_fixed_by_shards(config: TrainConfig, meta: dict) -> None:
+    """A ConfigError for the frame options that ``kercr-prepare`` fixed when it cut the shards, set
+    here to other values (they would be saved in config.json as if used; before, they were)."""
+    fixed = {"frames": len(meta.get("train_exposures", [])) + len(meta.get("val_exposures", [])),
+             "frame_shape": meta.get("frame_shape"), "cr_rate_scale": meta.get("cr_rate_scale"),
+             "patches_per_frame": meta.get("patches_per_frame"), "val_fraction": meta.get("val_fraction"),
+             "footprints": None}  # kercr-prepare injects no footprints
+    defaults = TrainConfig()
+    clash = [f"{key}={getattr(config, key)!r} (the shards': {fixed[key]!r})" for key in fixed
+             if getattr(config, key) != getattr(defaults, key) and getattr(config, key) != fixed[key]]
+    if clash:
+        raise ConfigError(f"{config.data}: kercr-prepare fixed the frames when it cut these shards (prepare.json), so "
+                          f"{', '.join(clash)} cannot apply; leave {'it' if len(clash) == 1 else 'them'} out, or run "
+                          "kercr-prepare with those options into a new folder.")
+
+
 def _shards(config: TrainConfig, initial_epoch: int) -> TrainingData:
     import keras
 
@@ -103,6 +119,7 @@ def _shards(config: TrainConfig, initial_epoch: int) -> TrainingData:
             f"{config.data} holds {meta.get('patch_size')} px patches but patch_size={config.patch_size}; "
             f"pass --patch-size {meta.get('patch_size')}."
         )
+    _check_fixed_by_shards(config, meta)
     median = bool(meta.get("median_weights"))
     if config.loss == "median_bce" and not median:
         raise ConfigError(f"{config.data} was prepared without median weights, so median_bce would train as plain "

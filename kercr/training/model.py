@@ -5,6 +5,7 @@ metrics and optimizer (with the learning-rate schedule), and the initial weights
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import keras
 
@@ -56,10 +57,14 @@ def build_and_check_model(config: TrainConfig) -> keras.Model:
     multiple = input_multiple(model)
     fixed = model.input_shape[1]
     if (fixed is not None and fixed != config.patch_size) or config.patch_size % multiple:
+        fit = fixed or multiple * max(1, config.patch_size // multiple)
+        # kercr-prepare shards fix the patch size: the fix is new shards, not another --patch-size.
+        shards = config.data != "synthetic" and Path(config.data, "prepare.json").is_file()
         raise ConfigError(
             f"patch_size={config.patch_size} does not suit model {config.model!r}, whose input "
             + (f"is fixed at {fixed} x {fixed}" if fixed else f"must be a multiple of {multiple}")
-            + f"; use --patch-size {fixed or multiple * max(1, config.patch_size // multiple)}."
+            + (f"; the shards in {config.data} hold {config.patch_size} px patches: run kercr-prepare --patch-size "
+               f"{fit} into a new folder and train on that." if shards else f"; use --patch-size {fit}.")
         )
     return model
 

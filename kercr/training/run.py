@@ -205,6 +205,9 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a file; pass a folder for the run (created if needed).")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():  # checked now, not after the model and the data are made
+        raise ConfigError(f"--out {str(out)!r} cannot be made: {str(above)!r} is a file; pass a folder for the run.")
     multiworker = config.strategy == "multiworker"
     chief = not multiworker or is_chief()  # TF_CONFIG is read only when multi-worker training is asked for
     state = _check_run_dir(out, config) if out.is_dir() else {}

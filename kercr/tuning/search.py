@@ -62,6 +62,23 @@ def distributed_role() -> str:
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
 
 
+def _check_search_folder(out: Path) -> None:
+    """Refuse an ``out`` that is a file, or a folder holding something other than a search (a
+    kercr-train run's ``best.keras``, anyone's files): a search writes and --overwrite deletes
+    ``best.keras`` and the results there, so only a folder of a search (``search_space.json`` or
+    Keras Tuner's ``search/``) or an empty one is written into."""
+    if out.exists() and not out.is_dir():
+        raise SearchSpaceError(f"--out {str(out)!r} is a file; pass --out NEW_DIR (created for the search).")
+    if not out.is_dir() or (out / SPACE_FILE).is_file() or (out / PROJECT).is_dir():
+        return
+    held = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if held:
+        what = "a kercr-train run (config.json)" if "config.json" in held else f"other files ({', '.join(held[:4])}" + \
+            (", ..." if len(held) > 4 else "") + ")"
+        raise SearchSpaceError(f"--out {str(out)!r} holds {what}, not a kercr-tune search; a search would replace "
+                               "its best.keras. Pass --out NEW_DIR (created for the search) or an empty folder.")
+
+
 def _check_out_dir(out: Path, space: SearchSpace) -> None:
     """Refuse to mix searches: ``out`` must hold no search or one with the same space."""
     saved = out / SPACE_FILE
@@ -138,6 +155,7 @@ def run_search(space: SearchSpace, out, *, overwrite: bool = False, verbose="aut
     """
     role = distributed_role()
     out = Path(out)
+    _check_search_folder(out)
     if overwrite and role != "worker":
         # The earlier search's space and results go too: an interrupted new search must not show
         # the old best model (Keras Tuner deletes its own project folder).

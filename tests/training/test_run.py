@@ -143,6 +143,8 @@ def test_config_file_sets_options_and_flags_override_it(tmp_path):
         (["--set", "filters=5"], "cannot be built with filters=5"),
         (["--out", "{tmp}/afile"], "is a file; pass a folder"),
         (["--out", "{tmp}/notes"], "holds files but no kercr-train run"),
+        (["--out", "{tmp}/afile/sub"], "cannot be made: '{tmp}/afile' is a file"),
+        (["--out", "{tmp}/hf"], "is not a kercr-train run's configuration (its keys: architectures, hidden_size)"),
     ],
 )
 def test_bad_options_fail_before_training_with_a_clear_error(tmp_path, capsys, args, message):
@@ -150,7 +152,10 @@ def test_bad_options_fail_before_training_with_a_clear_error(tmp_path, capsys, a
     (tmp_path / "afile").write_text("a file")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "history.csv").write_text("someone else's\n")
+    (tmp_path / "hf").mkdir()  # another library's model folder
+    (tmp_path / "hf" / "config.json").write_text('{"architectures": ["Bert"], "hidden_size": 768}')
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    message = message.replace("{tmp}", str(tmp_path))
     assert train_main([*TINY, "--out", str(run), *args]) == 1
     err = capsys.readouterr().err
     assert message in err, err
@@ -592,6 +597,12 @@ def test_prepare_interrupted_by_ctrl_c_says_to_rerun_and_the_rerun_finishes_it(t
     monkeypatch.setattr(SyntheticFrames, "frame", ctrl_c_in_the_third_frame)
     assert prepare_main(argv) == 130
     assert "interrupted; run the same command again to resume" in capsys.readouterr().err
+    monkeypatch.setattr(SyntheticFrames, "frame", frame)
+    # Other frames would mix into the shards already written (before: resumed, and prepare.json said nothing).
+    for flag, value, said in (("--frame-shape", ["192", "192"], "frame_shape [128, 128] then, [192, 192] now"),
+                              ("--cr-rate-scale", ["50"], "cr_rate_scale 5.0 then, 50.0 now")):
+        assert prepare_main([*argv, flag, *value]) == 1
+        assert "unfinished kercr-prepare run with other options" in (err := capsys.readouterr().err) and said in err
     assert prepare_main(argv) == 0
     assert ({p.relative_to(tmp_path / "s").as_posix(): p.read_bytes() for p in (tmp_path / "s").rglob("*.tfrecord")}
             == {p.relative_to(tmp_path / "whole").as_posix(): p.read_bytes()
@@ -632,7 +643,13 @@ def test_prepare_writes_shards_split_by_exposure_and_train_reads_them(tmp_path, 
     run = tmp_path / "run"
     args = ["--data", str(shards), "--model", "deepcr_2_4", "--patch-size", "64", "--batch-size", "4",
             "--steps-per-epoch", "2", "--validation-steps", "2", "--epochs", "1", "--out", str(run)]
-    assert train_main(args) == 0
+    # Options the shards fixed are refused unless they say what the shards hold (they would go into
+    # config.json as if used):
+    assert train_main([*args[:-1], str(tmp_path / "fixed"), "--cr-rate-scale", "500", "--frames", "999"]) == 1
+    err = capsys.readouterr().err
+    assert "kercr-prepare fixed the frames" in err and "cr_rate_scale=500.0 (the shards': 50.0)" in err
+    assert "frames=999 (the shards': 5)" in err and not (tmp_path / "fixed" / "config.json").exists()
+    assert train_main([*args, "--cr-rate-scale", "50", "--frame-shape", "256", "256"]) == 0
     assert json.loads((run / "metrics.json").read_text())["cr_pixels"] > 0
     assert train_main([*args[:5], "32", *args[6:-1], str(tmp_path / "run2")]) == 1
     assert "64 px patches" in capsys.readouterr().err
@@ -798,3 +815,14 @@ def test_validation_is_rebuilt_from_the_run_and_a_card_with_flips_takes_its_thre
     assert "validation_without_tta" not in plain
     with pytest.raises(FileNotFoundError, match="finished kercr-train run"):
         run_validation(tmp_path / "nothing")
+
+
+def test_shards_of_a_patch_size_the_model_cannot_take_say_to_prepare_new_ones(tmp_path):
+    """Before, the model check said "use --patch-size 64" and the shard check then "pass --patch-size 65"."""
+    from kercr.training.model import build_and_check_model
+
+    (tmp_path / "prepare.json").write_text(json.dumps({"patch_size": 65}))
+    with pytest.raises(ConfigError, match=r"hold 65 px patches: run kercr-prepare --patch-size 64 into a new folder"):
+        build_and_check_model(TrainConfig(model="deepcr_2_4", patch_size=65, data=str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"; use --patch-size 64\.$"):
+        build_and_check_model(TrainConfig(model="deepcr_2_4", patch_size=65))

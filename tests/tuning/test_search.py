@@ -243,7 +243,7 @@ def test_a_failed_start_does_not_block_the_corrected_command(tmp_path, capsys):
     from kercr.tuning.search import SPACE_FILE, _check_out_dir
 
     out = tmp_path / "tune"
-    for name in ("results.csv", "results.md", "best.keras", "best_trial.json", "normalization.json"):
+    for name in (SPACE_FILE, "results.csv", "results.md", "best.keras", "best_trial.json", "normalization.json"):
         (out / name).parent.mkdir(exist_ok=True)
         (out / name).write_text("from an earlier search")
     bad = tmp_path / "bad.toml"
@@ -278,3 +278,26 @@ def test_a_damaged_space_file_and_a_validation_set_without_crs_are_named_before_
     with pytest.raises(ConfigError, match="the validation patches hold no .* CR pixels"):
         run_search(sparse, tmp_path / "sparse", verbose=0)
     assert not (tmp_path / "sparse" / "search").exists()  # no trial started
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_that_holds_no_search_is_refused_and_nothing_in_it_is_touched(tmp_path, overwrite):
+    """Before, kercr-tune wrote into a finished kercr-train run (and --overwrite deleted its
+    best.keras first): the run's config.json then described another model than its best.keras."""
+    space = parse_search_space(TINY, source="tiny")
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, text in (("config.json", "{}"), ("best.keras", "weights"), ("normalization.json", "{}")):
+        (run / name).write_text(text)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(SearchSpaceError, match=r"holds a kercr-train run \(config.json\), not a kercr-tune search.*"
+                                               r"--out NEW_DIR"):
+        run_search(space, run, overwrite=overwrite, verbose=0)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(SearchSpaceError, match=r"holds other files \(a.txt\)"):
+        run_search(space, tmp_path / "notes", overwrite=overwrite, verbose=0)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SearchSpaceError, match="is a file; pass --out NEW_DIR"):
+        run_search(space, tmp_path / "afile", overwrite=overwrite, verbose=0)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import math
 from pathlib import Path
 
 from kercr._files import write_json
@@ -24,7 +26,11 @@ from kercr.data.errors import KercrDataError
 from kercr.data.normalization import NormalizationConfig
 from kercr.weights import is_shipped_name, shipped_model_path, shipped_names
 
+logger = logging.getLogger(__name__)
+
 NORMALIZATION_FILE = "normalization.json"
+#: The largest float32 below 1 is 1 - 2**-24: a threshold at or above it flags (almost) nothing.
+_SATURATED_PROBABILITY = 1.0 - 2.0**-24
 MODEL_FILES = ("best.keras", "model.keras")
 
 
@@ -148,3 +154,48 @@ def load_keras_model(path, *, error=ModelFileError, compile: bool = True):
         raise error(f"cannot load the Keras model {path}: {type(err).__name__}: {err}. Check that it is a "
                     "complete .keras file saved by kercr (load it with keras.saving.load_model after "
                     "`import kercr.models`).") from None
+
+
+def card_number(card: dict, key: str, name: str, *, error=ModelFileError) -> float:
+    """The card's number ``key`` (a JSON number; a bool or anything else is refused, naming the key)."""
+    value = card[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{name}: the card's \"{key}\" is {value!r}, not a number; fix it in the card "
+                    "(the .json beside the model) or remove the entry.")
+    return float(value)
+
+
+def default_threshold(card: dict, path: Path | None, name: str, *,
+                      error=ModelFileError) -> tuple[float, str, float | None]:
+    """``(threshold, where it came from, logit threshold or None)`` of the model file ``path`` (None: an
+    instance): its card's, else its run's ``metrics.json`` ``threshold_at_fpr_1e-4``, else 0.5. What
+    ``kercr.detect`` cuts at by default and ``kercr-export`` writes beside the artifacts."""
+    threshold, threshold_source, logit_threshold = 0.5, "none (0.5)", None
+    if "threshold" in card:
+        threshold, threshold_source = card_number(card, "threshold", name, error=error), "card"
+        logit_threshold = card.get("logit_threshold")
+    elif path is not None and (path.parent / "metrics.json").is_file():
+        metrics = read_json_object(path.parent / "metrics.json", "run metrics file", error=error)
+        if "threshold_at_fpr_1e-4" in metrics:
+            threshold = float(metrics["threshold_at_fpr_1e-4"])
+            threshold_source = f"{path.parent / 'metrics.json'} threshold_at_fpr_1e-4"
+            logit_threshold = metrics.get("logit_threshold_at_fpr_1e-4")
+    if not 0.0 <= threshold <= 1.0 or not math.isfinite(threshold):
+        raise error(f"{name}: default threshold {threshold} ({threshold_source}) is not in [0, 1].")
+    if logit_threshold is not None:
+        try:
+            logit_threshold = float(logit_threshold)
+        except (TypeError, ValueError):
+            logit_threshold = math.nan
+        if not math.isfinite(logit_threshold):
+            raise error(f"{name}: the logit threshold beside the default threshold ({threshold_source}) is "
+                        "not a finite number; fix or remove it (the probability threshold is then used).")
+    if threshold >= _SATURATED_PROBABILITY:
+        if logit_threshold is not None:
+            advice = (f"Keras detection cuts at its logit threshold {logit_threshold:.4g} instead; TFLite runtimes "
+                      "flag almost nothing unless given a threshold below 1.")
+        else:
+            advice = "It would flag almost nothing: pass a threshold below 1 (e.g. 0.5)."
+        logger.warning("%s: its default threshold (%s) is %.9g, which float32 probabilities round to 1 (the model "
+                       "scores its validation non-CR pixels that high). %s", name, threshold_source, threshold, advice)
+    return threshold, threshold_source, logit_threshold

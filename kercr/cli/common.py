@@ -216,6 +216,42 @@ def error_line(prog: str, err) -> str:
     return f"{prog}: error: {_one_line(err) if isinstance(err, BaseException) else err}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP inside :func:`signals_as_interrupt`: raised where the program is, as Ctrl-C's
+    KeyboardInterrupt is, so that its cleanup runs; :func:`run` exits with 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_as_interrupt():
+    """Within the block, SIGTERM and SIGHUP (``timeout``, Slurm's time limit, ``docker stop``, a closed
+    terminal) raise :class:`Terminated` in the main thread, so that a command's ``except
+    BaseException`` cleanup runs (a staged export is removed) instead of the process dying in place.
+    The previous handlers come back after the block; off the main thread it does nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            previous[getattr(signal, name)] = signal.signal(getattr(signal, name), stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def run(parser: argparse.ArgumentParser, main, argv=None, *, interrupted: str = "interrupted") -> int:
     """Parse ``argv`` with ``parser`` and run ``main(parser, args)`` as a console script.
 
@@ -235,7 +271,8 @@ def run(parser: argparse.ArgumentParser, main, argv=None, *, interrupted: str = 
     -------
     int
         ``main``'s status; 1 when kercr's own error stopped it (one line on stderr:
-        ``PROG: error: MESSAGE``; the traceback too with ``-v``); 130 after Ctrl-C. Bad options
+        ``PROG: error: MESSAGE``; the traceback too with ``-v``); 130 after Ctrl-C, 128 + N after
+        signal N inside :func:`signals_as_interrupt` (143 for SIGTERM). Bad options
         exit with status 2 from argparse (``SystemExit``), as ``--help`` exits with 0.
     """
     args = parser.parse_args(argv)
@@ -245,6 +282,11 @@ def run(parser: argparse.ArgumentParser, main, argv=None, *, interrupted: str = 
         with _command_logging(level):
             try:
                 return int(main(parser, args) or 0)
+            except Terminated as stop:
+                import signal
+
+                sys.stderr.write(f"\n{parser.prog}: stopped by {signal.Signals(stop.signum).name}; {interrupted}\n")
+                return 128 + stop.signum
             except KeyboardInterrupt:
                 sys.stderr.write(f"\n{parser.prog}: {interrupted}\n")
                 return EXIT_INTERRUPTED

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kercr.cli.common import add_verbosity, parse_overrides, run
+from kercr.cli.common import add_verbosity, parse_overrides, run, signals_as_interrupt
 
 __all__ = ["export_parser", "main"]
 
@@ -37,7 +37,7 @@ never overwritten, and a failed export leaves nothing behind.
 """
 
 _EPILOG = """\
-exit status: 0 exported, 1 the export failed (one line says why), 2 bad options.
+exit status: 0 exported, 1 the export failed (one line says why), 2 bad options, 130 Ctrl-C, 143 SIGTERM.
 
 examples:
   kercr-export runs/deepcr --out models                       # SavedModel + float32 TFLite
@@ -80,7 +80,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def _export(parser, args) -> int:
     overrides = parse_overrides(parser, args.set)
-    from kercr.export.exporter import export_model  # heavy: imports TensorFlow, kept off --help
+    from kercr.export.exporter import FORMATS, ExportError, check_options, export_model  # heavy: TensorFlow, kept off --help
     from kercr.export.profiles import load_profile  # heavy: kercr.export imports TensorFlow, kept off --help
 
     options = load_profile(args.profile) if args.profile else {}
@@ -88,8 +88,14 @@ def _export(parser, args) -> int:
         value = getattr(args, key)
         if value is not None:
             options[key] = value
-    result = export_model(args.model, args.out, version=args.version, overrides=overrides,
-                          normalization=args.normalization, **options)
+    try:  # a bad option value is a usage error (status 2), found before the model loads
+        check_options(options.get("formats", FORMATS), options.get("quantize", ("none",)), options.get("name", "kercr"),
+                      args.version, **{k: options[k] for k in ("calibration_patches", "validation_patches") if k in options})
+    except ExportError as err:
+        parser.error(str(err))
+    with signals_as_interrupt():  # SIGTERM (timeout, Slurm, docker stop) cleans up as Ctrl-C does
+        result = export_model(args.model, args.out, version=args.version, overrides=overrides,
+                              normalization=args.normalization, **options)
     sys.stdout.write(f"exported to {result.path}\n")
     if "savedmodel" in result.parity:
         sys.stdout.write(f"  savedmodel: max |dp| = {result.parity['savedmodel']['max_abs_delta_p']:.2e}\n")

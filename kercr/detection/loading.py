@@ -24,11 +24,11 @@ from kercr.data.normalization import NormalizationConfig
 from kercr.model_files import (
     NORMALIZATION_FILE,
     ModelFileError,
+    default_threshold,
     file_sha256,
     load_keras_model,
     model_normalization,
     read_card,
-    read_json_object,
     resolve_model_path,
 )
 from kercr.weights import is_shipped_name
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 #: Overlap margin of fixed-input models (TransUNet, whose receptive field is the whole tile); at most 1/8 tile.
 FIXED_MODEL_OVERLAP = 32
-_SATURATED_PROBABILITY = 1.0 - 2.0**-24  # the largest float32 below 1 is 1 - 2**-24
 _GEOMETRY_KEYS = ("input_multiple", "fixed_size", "rf_radius", "local")
 
 
@@ -127,39 +126,6 @@ class LoadedModel:
         return round_up(max(self.rf_radius, 1), self.multiple)
 
 
-def _thresholds(card: dict, path: Path | None, name: str) -> tuple[float, str, float | None]:
-    """``(threshold, where it came from, logit threshold or None)``: the card, else a run's metrics.json, else 0.5."""
-    threshold, threshold_source, logit_threshold = 0.5, "none (0.5)", None
-    if "threshold" in card:
-        threshold, threshold_source = _card_number(card, "threshold", name), "card"
-        logit_threshold = card.get("logit_threshold")
-    elif path is not None and (path.parent / "metrics.json").is_file():
-        metrics = read_json_object(path.parent / "metrics.json", "run metrics file", error=ModelLoadError)
-        if "threshold_at_fpr_1e-4" in metrics:
-            threshold = float(metrics["threshold_at_fpr_1e-4"])
-            threshold_source = f"{path.parent / 'metrics.json'} threshold_at_fpr_1e-4"
-            logit_threshold = metrics.get("logit_threshold_at_fpr_1e-4")
-    if not 0.0 <= threshold <= 1.0 or not math.isfinite(threshold):
-        raise ModelLoadError(f"{name}: default threshold {threshold} ({threshold_source}) is not in [0, 1].")
-    if logit_threshold is not None:
-        try:
-            logit_threshold = float(logit_threshold)
-        except (TypeError, ValueError):
-            logit_threshold = math.nan
-        if not math.isfinite(logit_threshold):
-            raise ModelLoadError(f"{name}: the logit threshold beside the default threshold ({threshold_source}) is "
-                                 "not a finite number; fix or remove it (the probability threshold is then used).")
-    if threshold >= _SATURATED_PROBABILITY:
-        if logit_threshold is not None:
-            advice = (f"Keras detection cuts at its logit threshold {logit_threshold:.4g} instead; TFLite runtimes "
-                      "flag almost nothing unless given a threshold below 1.")
-        else:
-            advice = "It would flag almost nothing: pass a threshold below 1 (e.g. 0.5)."
-        logger.warning("%s: its default threshold (%s) is %.9g, which float32 probabilities round to 1 (the model "
-                       "scores its validation non-CR pixels that high). %s", name, threshold_source, threshold, advice)
-    return threshold, threshold_source, logit_threshold
-
-
 def _normalization(path: Path | None, card: dict, name: str) -> tuple[NormalizationConfig, str]:
     found = model_normalization(path, card, error=ModelLoadError)
     if found is not None:
@@ -181,15 +147,6 @@ def model_geometry(model) -> dict:
     fixed = shape[1]
     return {"input_multiple": int(input_multiple(model)), "fixed_size": None if fixed is None else int(fixed),
             "rf_radius": 0 if fixed is not None else receptive_field_radius(model), "local": bool(is_local(model))}
-
-
-def _card_number(card: dict, key: str, name: str) -> float:
-    """The card's number ``key`` (a JSON number; a bool or anything else is refused, naming the key)."""
-    value = card[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ModelLoadError(f"{name}: the card's \"{key}\" is {value!r}, not a number; fix it in the card "
-                             "(the .json beside the model) or remove the entry.")
-    return float(value)
 
 
 def _card_geometry(card: dict, name: str) -> dict | None:
@@ -253,7 +210,7 @@ def describe(model, *, name: str, path: Path | None, card: dict) -> LoadedModel:
         except ModelLoadError as err:
             raise ModelLoadError(f"{name}: {err}") from None
     norm, norm_source = _normalization(path, card, name)
-    threshold, threshold_source, logit_threshold = _thresholds(card, path, name)
+    threshold, threshold_source, logit_threshold = default_threshold(card, path, name, error=ModelLoadError)
     if not isinstance(card.get("tta", False), bool):
         raise ModelLoadError(f"{name}: the card's \"tta\" is {card['tta']!r}; it must be true or false (fix it in "
                              "the card, the .json beside the model).")

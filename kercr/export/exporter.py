@@ -82,11 +82,15 @@ def next_version(model_dir) -> int:
     return max(versions, default=0) + 1
 
 
-def _check_options(formats, quantize, name, version):
+def check_options(formats, quantize, name, version, *, calibration_patches=16, validation_patches=8):
+    """``(formats, quantize)`` without repeats; ExportError naming a bad option (kercr-export: before
+    anything loads, as a usage error)."""
     formats = tuple(dict.fromkeys(formats))
     bad = sorted(set(formats) - set(FORMATS))
-    if bad or not formats:
-        raise ExportError(f"unknown format(s) {bad or formats}; choose from {', '.join(FORMATS)}.")
+    if not formats:
+        raise ExportError(f"no format given; choose from {', '.join(FORMATS)}.")
+    if bad:
+        raise ExportError(f"unknown format(s) {', '.join(bad)}; choose from {', '.join(FORMATS)}.")
     from kercr.export.tflite import QUANTIZE_MODES  # heavy: imports TensorFlow, kept off LiteRT detection's path
 
     quantize = tuple(dict.fromkeys(quantize or ("none",)))
@@ -100,6 +104,9 @@ def _check_options(formats, quantize, name, version):
     if "tflite" not in formats and quantize != ("none",):
         raise ExportError(f"quantize {','.join(quantize)} applies to TFLite files, but formats are "
                           f"{','.join(formats)}; add tflite (--formats savedmodel,tflite) or leave --quantize out.")
+    if calibration_patches < 1 or validation_patches < 1:
+        raise ExportError(f"calibration_patches={calibration_patches} and validation_patches={validation_patches} "
+                          "must be >= 1.")
     return formats, quantize
 
 
@@ -278,9 +285,8 @@ def export_model(source, out, *, formats=FORMATS, quantize=("none",), name="kerc
     Longer than kercr's ~80-line guide for a function only by this docstring, which documents
     every keyword of the public entry point; the body (~40 lines) hands its steps to helpers.
     """
-    formats, quantize = _check_options(formats, quantize, name, version)
-    if calibration_patches < 1 or validation_patches < 1:
-        raise ExportError("calibration_patches and validation_patches must be >= 1.")
+    formats, quantize = check_options(formats, quantize, name, version, calibration_patches=calibration_patches,
+                                      validation_patches=validation_patches)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ExportError(f"seed={seed!r} must be an integer in [0, 2**32) (--seed; default 0).")
     for key, value, low, high, hint in (("fpr", fpr, 0.0, 1.0, "1e-4"), ("threshold", threshold, 0.0, 1.0, "0.5"),
@@ -405,6 +411,16 @@ def _parity_header(src, *, tile, tta, validation_patches, seed, cr_rate_per_s) -
                          "variant's 'exact' block compares with the Keras model in float64"}
 
 
+def _operating_point(src) -> dict | None:
+    """Where ``kercr.detect`` cuts this model's ``cr_probability`` by default, for a served model's users."""
+    if src.threshold is None:
+        return None
+    threshold, source, logit = src.threshold
+    return {"threshold": threshold, "logit_threshold": logit, "source": source, "card_tta": src.tta,
+            "meaning": "a pixel is a CR where cr_probability >= threshold (kercr.detect's default, chosen for 0.01 % "
+                       "FPR on validation); it holds for this export when its tta equals card_tta"}
+
+
 def _manifest(src, staging: Path, *, name, version, formats, quantize, tta, tile, multiple, fixed) -> dict:
     """``export.json``: what was exported, how to feed it, and the size and SHA-256 of every file in ``staging``."""
     files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
@@ -425,5 +441,6 @@ def _manifest(src, staging: Path, *, name, version, formats, quantize, tta, tile
                        "extra_signatures": {"normalized": "input normalized_image -> cr_probability"}}
         if "savedmodel" in formats else None,
         "tflite_input_values": "normalized (kercr.data.normalize)" if "tflite" in formats else None,
+        "operating_point": _operating_point(src),
         "files": {f: {"bytes": (staging / f).stat().st_size, "sha256": file_sha256(staging / f)} for f in files},
     }

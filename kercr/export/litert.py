@@ -51,10 +51,14 @@ class TFLiteRunner:
     model : str, path-like or bytes
         ``.tflite`` file or flatbuffer.
     num_threads : int, optional
-        CPU threads of the interpreter (and of its XNNPACK delegate).
+        CPU threads of the interpreter (and of its XNNPACK delegate). Default: LiteRT's (one
+        thread); :class:`ParallelTFLiteRunner`'s default is every core.
     """
 
     def __init__(self, model, *, num_threads: int | None = None):
+        self.path = None if isinstance(model, (bytes, bytearray)) else Path(model)
+        self.num_threads = num_threads
+        self._ran_shape = None  # the input shape of the last invoke that ran
         from ai_edge_litert.interpreter import Interpreter
 
         with _without_xnnpack_notice():  # printed when the delegate is applied, at the first allocation
@@ -112,10 +116,25 @@ class TFLiteRunner:
             raise ValueError(f"this TFLite model has a fixed input shape {list(self.shape)}; got a "
                              f"{height} x {width} image. Cut tiles of {self.shape[1]} x {self.shape[2]}.")
         self.interpreter.resize_tensor_input(self._input["index"], [1, height, width, self.channels])
-        self.interpreter.allocate_tensors()
+        try:
+            self.interpreter.allocate_tensors()
+        except RuntimeError as err:  # XNNPACK "failed to reshape": a size the pooling cannot take
+            self._refuse_size(height, width, err)
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self.shape = (1, height, width, self.channels)
+
+    def _refuse_size(self, height, width, err):
+        """Back to the last size that ran (so the runner stays usable), then a ValueError naming the size."""
+        good = self._ran_shape or self.shape
+        self.interpreter.resize_tensor_input(self._input["index"], list(good))
+        self.interpreter.allocate_tensors()
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        self.shape = good
+        raise ValueError(f"this TFLite model cannot take a {height} x {width} image (LiteRT: "
+                         f"{str(err).splitlines()[0]}); its height and width must be multiples of the model's input "
+                         "multiple (export.json's input_multiple; kercr.detect tiles for you).") from None
 
     def predict(self, normalized) -> np.ndarray:
         """The model's output (CR probability for a detector) of normalized images.
@@ -152,14 +171,40 @@ class TFLiteRunner:
         self._resize(x.shape[1], x.shape[2])
         for i, image in enumerate(x):
             self.interpreter.set_tensor(self._input["index"], image[None])
-            self.interpreter.invoke()
+            try:
+                self.interpreter.invoke()
+            except RuntimeError as err:  # XNNPACK reshapes at the first invoke of a new size
+                if self.shape == self._ran_shape:
+                    raise
+                self._refuse_size(x.shape[1], x.shape[2], err)
+            self._ran_shape = self.shape
             out[i] = self.interpreter.get_tensor(self._output["index"])[0, :, :, 0]
         return out.reshape(shape)
 
     def predict_raw(self, image, *, config=None) -> np.ndarray:
-        """Normalize one raw (H, W) image with ``kercr.data.normalize`` and predict."""
+        """Normalize one raw (H, W) image with ``kercr.data.normalize`` and predict.
+
+        ``config``: the model's :class:`~kercr.data.NormalizationConfig`; default: the
+        ``normalization.json`` of the export this file is in (``VERSION/normalization.json`` beside
+        ``VERSION/tflite/``, or beside the file). Without either, a ValueError: other constants
+        than the model was trained with give other probabilities, with no error.
+        """
+        if config is None:
+            config = self._export_normalization()
         normalized, _ = normalize(image, config=config)
         return self.predict(normalized)
+
+    def _export_normalization(self):
+        from kercr.model_files import NORMALIZATION_FILE, read_normalization
+
+        near = [] if self.path is None else [self.path.parent / NORMALIZATION_FILE,
+                                             self.path.parent.parent / NORMALIZATION_FILE]
+        found = next((p for p in near if p.is_file()), None)
+        if found is None:
+            raise ValueError(f"predict_raw needs the model's normalization: pass config= (kercr.model_files."
+                             f"read_normalization of its normalization.json); none lies beside "
+                             f"{self.path or 'a model given as bytes'}.")
+        return read_normalization(found)
 
 
 def available_cpus() -> int:
@@ -199,7 +244,9 @@ class ParallelTFLiteRunner:
         if int(max_workers) < 1:
             raise ValueError(f"max_workers={max_workers}: pass 1 or more interpreters.")
         workers = min(threads, int(max_workers))
-        self.runners = [TFLiteRunner(model, num_threads=max(1, threads // workers)) for _ in range(workers)]
+        # Every thread asked for is used: the first ``threads % workers`` interpreters get one more (3: 2 + 1).
+        self.runners = [TFLiteRunner(model, num_threads=threads // workers + (k < threads % workers))
+                        for k in range(workers)]
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="kercr-tflite") if workers > 1 else None
         self._lock = threading.Lock()
 

@@ -57,6 +57,10 @@ class ModelSource:
         False for a registry name (random weights).
     tta : bool
         The model card's ``"tta"``: ``kercr.detect`` averages this model over four flips by default.
+    threshold : tuple or None
+        ``(threshold, where it came from, logit threshold or None)``: what ``kercr.detect`` cuts
+        this model's probability at by default (:func:`kercr.model_files.default_threshold`); None
+        for an untrained registry model.
     """
 
     model: object
@@ -65,6 +69,7 @@ class ModelSource:
     normalization_source: str
     trained: bool
     tta: bool = False
+    threshold: tuple | None = None
 
 
 def read_normalization(path) -> NormalizationConfig:
@@ -136,8 +141,10 @@ def load_model_source(source, *, overrides=None, normalization=None) -> ModelSou
                            "constants, pass --normalization FILE.", NORMALIZATION_FILE, where)
         config, norm_source = found
     _check_model(model, description)
+    threshold = (model_files.default_threshold(card, keras_file, description, error=ExportError)
+                 if keras_file is not None else None)
     return ModelSource(model=model, normalization=config, description=description,
-                       normalization_source=norm_source, trained=trained, tta=tta)
+                       normalization_source=norm_source, trained=trained, tta=tta, threshold=threshold)
 
 
 def _check_model(model, description):

@@ -112,7 +112,8 @@ def _assert_enough(values, what: str):
     check = tf.debugging.Assert(
         tf.size(values) >= MIN_SAMPLE,
         [f"kercr normalization: fewer than 10 finite {what} in the statistics sample; the image is "
-         "(almost) all NaN or smaller than 3 x 3. Send real pixel values (NaN only for bad pixels). Finite sample size:",
+         "(almost) all NaN or too small (under 5 x 5 pixels). Send real pixel values (NaN only for bad pixels). "
+         "Finite sample size:",
          tf.size(values)],
     )
     with tf.control_dependencies([check]):

@@ -63,3 +63,44 @@ def test_cli_with_profile(tmp_path, capsys):
     err = capsys.readouterr().err  # the existing version: one line, no traceback
     assert err.startswith("kercr-export: error: ") and err.count("\n") == 1 and "7" in err
 
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--formats", "foo"], "unknown format(s) foo; choose from"),
+    (["--formats", ","], "no format given; choose from"),
+    (["--quantize", "int4"], "unknown quantization(s)"),
+    (["--version", "0"], "version 0 must be a positive integer"),
+    (["--name", "a/b"], "name 'a/b': use letters"),
+    (["--validation-patches", "0"], "validation_patches=0 must be >= 1"),
+    (["--formats", "savedmodel", "--quantize", "int8"], "quantize int8 applies to TFLite files"),
+])
+def test_a_bad_option_value_is_a_usage_error_before_the_model_loads(tmp_path, capsys, flags, said):
+    """As --help says (2 bad options); before, these came from the export itself with status 1."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["/no/such/model.keras", "--out", str(tmp_path / "m"), *flags])
+    assert exit_.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_sigterm_mid_export_leaves_no_partial_version(tmp_path):
+    """``timeout``, Slurm and ``docker stop`` send SIGTERM; before, the staged .1.partial-* folder stayed
+    behind (only Ctrl-C cleaned up), and later exports piled up more."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "models"
+    proc = subprocess.Popen([sys.executable, "-m", "kercr.cli.export", "deepcr_2_4", "--out", str(out), "--formats",
+                             "savedmodel,tflite", "--tile", "32", "--validation-patches", "1"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(out.glob("kercr/.1.partial-*")):
+        time.sleep(0.1)
+    assert list(out.glob("kercr/.1.partial-*")), "the export never started staging"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM" in err
+    assert not out.exists() or not any(out.rglob("*")), sorted(map(str, out.rglob("*")))

@@ -193,11 +193,15 @@ def test_a_card_with_flips_exports_the_flip_average_in_every_format(tmp_path):
     model = kercr.build_model("deepcr_2_4")
     model.save(folder / "model.keras")
     (folder / "normalization.json").write_text(json.dumps(SIDECAR.to_dict()))
-    (folder / "model.json").write_text(json.dumps({"threshold": 0.5, "tta": True}))  # as the shipped card
+    (folder / "model.json").write_text(json.dumps({"threshold": 0.625, "logit_threshold": 0.51, "tta": True}))
     result = export_model(folder / "model.keras", tmp_path / "models", quantize=["none", "int8"], tile=TILE,
                           calibration_patches=4, validation_patches=2)
     manifest = json.loads((result.path / "export.json").read_text())
     assert manifest["tta"] is True and result.parity["tta"] is True
+    # The card's threshold goes beside the artifacts: what kercr.detect cuts at (served users had only 0.5).
+    point = manifest["operating_point"]
+    assert (point["threshold"], point["logit_threshold"], point["source"], point["card_tta"]) == (0.625, 0.51, "card",
+                                                                                                  True)
     image = raw_tile(seed=5)
     normalized, _ = normalize(image, config=SIDECAR)
     x = normalized[None, :, :, None]

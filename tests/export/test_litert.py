@@ -64,8 +64,25 @@ def test_a_flatbuffer_in_memory_runs_like_the_file_and_predict_raw_normalizes_fi
     from_bytes = TFLiteRunner(SHIPPED.read_bytes(), num_threads=1)
     np.testing.assert_array_equal(from_bytes.predict(batch), from_file.predict(batch))
     np.testing.assert_array_equal(from_file.predict_raw(tiles[1], config=config), from_file.predict(batch[1]))
-    default = np.stack([from_file.predict_raw(tile) for tile in tiles])  # NormalizationConfig(): other constants
-    assert np.abs(default - from_file.predict(batch)).max() > 0.01
+    # Without config=, the normalization.json beside the file (as in an export), not NormalizationConfig(),
+    # whose other constants gave other probabilities without a word (0.17 apart on a real frame).
+    np.testing.assert_array_equal(np.stack([from_file.predict_raw(tile) for tile in tiles]), from_file.predict(batch))
+    with pytest.raises(ValueError, match="predict_raw needs the model's normalization: pass config="):
+        from_bytes.predict_raw(tiles[0])
+
+
+def test_a_size_the_model_cannot_take_is_named_and_the_runner_goes_on(batch):
+    runner = TFLiteRunner(SHIPPED, num_threads=1)
+    expected = runner.predict(batch[0])
+    with pytest.raises(ValueError, match=r"cannot take a 65 x 64 image .*multiples of the model's input multiple"):
+        runner.predict(np.zeros((65, 64), np.float32))
+    np.testing.assert_array_equal(runner.predict(batch[0]), expected)
+
+
+def test_every_thread_asked_for_is_used():
+    """Before, 3 threads made two one-thread interpreters (3 // 2 each), and a core sat idle."""
+    assert [r.num_threads for r in ParallelTFLiteRunner(SHIPPED, num_threads=3).runners] == [2, 1]
+    assert [r.num_threads for r in ParallelTFLiteRunner(SHIPPED, num_threads=5, max_workers=2).runners] == [3, 2]
 
 
 def test_one_runner_resizes_to_each_new_shape(batch):

@@ -222,6 +222,36 @@ def _from_header(headers, key, pair, combine, what: str, source: str) -> float |
     return value
 
 
+def levels_in_image_units(unit, gain, saturation, *, source: str = "the image"):
+    """``(gain, saturation)`` read from a header (``GAIN``: e- per ADU, ``SATURATE``: ADU) for an
+    image in ``unit`` (a BUNIT text or an astropy unit; None: ADU).
+
+    kercr's one rule for every input (FITS file, HDU, CCDData): data in ADU (no unit, ``adu``,
+    ``count``, dimensionless) take them as they are; data in electrons (``ccdproc.gain_correct``
+    leaves the header alone) get ``SATURATE x GAIN`` electrons and gain 1 (a pipeline that wrote
+    its levels in electrons set ``GAIN = 1``, and nothing changes); in any other unit
+    (``electron / s``, ...) the header's levels do not apply: none, with a warning when there was
+    a saturation level to use. A unit astropy cannot read is taken as ADU.
+    """
+    if unit is None or (isinstance(unit, str) and not unit.strip()):
+        return gain, saturation
+    from astropy import units as u
+
+    try:
+        unit = u.Unit(unit.strip().lower().replace("electrons", "electron") if isinstance(unit, str) else unit)
+    except ValueError:
+        return gain, saturation
+    if unit in (u.adu, u.count, u.dimensionless_unscaled):
+        return gain, saturation
+    if unit == u.electron and gain is not None:
+        return 1.0, None if saturation is None else saturation * gain
+    if saturation is not None:
+        warnings.warn(f"{source} is in {unit}, but its header's SATURATE ({saturation:g}) is in ADU"
+                      f"{'' if unit == u.electron else ' of the raw frame'} and no GAIN converts it: saturated "
+                      "pixels are not excluded. Pass saturation= in the image's units.", UserWarning, stacklevel=3)
+    return None, None
+
+
 def _frame_from_hdu(hdul: fits.HDUList, index: int, p: Path, gain, readnoise, saturation) -> CCDFrame:
     hdu = hdul[index]
     name = _extname(hdu, index)
@@ -255,14 +285,19 @@ def _frame_from_hdu(hdul: fits.HDUList, index: int, p: Path, gain, readnoise, sa
         data[np.asarray(raw) == blank] = np.nan
     data[~np.isfinite(data)] = np.nan
     headers = [hdu.header, hdul[0].header]
-    gain = _positive(gain, "gain", source) or _from_header(headers, "GAIN", ("GAINA", "GAINB"), np.mean, "GAIN", source)
+    header_gain = _from_header(headers, "GAIN", ("GAINA", "GAINB"), np.mean, "GAIN", source)
+    header_saturation = _from_header(headers, "SATURATE", ("SATURATA", "SATURATB"), min, "SATURATE", source)
+    if saturation is None or gain is None:  # the header's levels, in the image's units (BUNIT)
+        unit = hdu.header.get("BUNIT", hdul[0].header.get("BUNIT"))
+        header_gain, header_saturation = levels_in_image_units(
+            unit if isinstance(unit, str) else None, header_gain, header_saturation if saturation is None else None,
+            source=source)
+    gain = _positive(gain, "gain", source) or header_gain
     readnoise = _positive(readnoise, "readnoise", source) or _from_header(
         headers, "RDNOISE", ("RDNOISEA", "RDNOISEB"), np.mean, "RDNOISE", source
     )
     # The lower amplifier saturation is the level above which some pixels of the CCD saturate.
-    saturation = _positive(saturation, "saturation", source) or _from_header(
-        headers, "SATURATE", ("SATURATA", "SATURATB"), min, "SATURATE", source
-    )
+    saturation = _positive(saturation, "saturation", source) or header_saturation
     exptime = _header_value(headers, "EXPTIME", (), min)
     return CCDFrame(
         data=data,

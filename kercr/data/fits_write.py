@@ -251,7 +251,8 @@ def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_e
     """Write an image and its mask to a NEW FITS file; never overwrite.
 
     The layout and keywords are kercr-detect's: a primary HDU with the provenance (``KCRVER``,
-    ``KCRDATE``, ``KCRSRC`` and ``provenance``), the image, then the mask whose header names its
+    ``KCRDATE``, ``KCRSRC`` and ``provenance``; from a :class:`CCDFrame`, after its file's primary
+    header cards), the image, then the mask whose header names its
     image (``KCRSRCEX``) and carries the image's WCS cards. Written by :func:`new_fits_file`.
 
     Parameters
@@ -280,11 +281,13 @@ def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_e
         The written file: primary HDU (provenance), image HDU, uint8 mask HDU.
     """
     out = Path(os.fspath(path)).expanduser()
-    source = None
+    source, inherited = None, {}
     if isinstance(image, CCDFrame):
         header = image.header if header is None else header
         extname = extname or image.extname
         source = f"{image.path}[{image.extname}]"
+        # The input's primary header (EXPTIME, FILTER, DATE-OBS, ...), which its image may INHERIT.
+        inherited = {c.keyword: (c.value, c.comment) for c in image_header(image.primary_header).cards}
         image = image.data
     elif isinstance(image, CCDData):
         # astropy's own CCDData -> FITS header: meta, BUNIT and the WCS cards.
@@ -306,7 +309,7 @@ def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_e
     mask_header["KCRSRCEX"] = (extname, "image extension this mask belongs to")
     mask_header["BUNIT"] = ("", "1 = flagged, 0 = not")
     with new_fits_file(out) as f:
-        f.update_primary({**primary, **(provenance or {})})
+        f.update_primary({**inherited, **primary, **(provenance or {})})
         f.append(np.asarray(image, dtype=np.float32), name=extname, header=img_header)
         f.append(mask.astype(np.uint8), name=mask_extname, header=mask_header)
     logger.info("wrote %s (%s + %s)", out, extname, mask_extname)

@@ -23,7 +23,7 @@ def as_bool_mask(mask, shape, what: str) -> np.ndarray:
     if np.issubdtype(mask.dtype, np.integer):
         if mask.size and (mask.min() < 0 or mask.max() > 1):
             raise KercrDataError(f"{what} is an integer array with values outside 0 and 1 ({mask.min()} to "
-                                 f"{mask.max()}); pass a boolean mask, e.g. {what} != 0 or a bit test.")
+                                 f"{mask.max()}); pass a boolean mask, e.g. mask != 0 or a bit test.")
         return mask.astype(bool)
     raise KercrDataError(f"{what} has dtype {mask.dtype}; pass a boolean mask (True = flagged), e.g. "
                          "result.mask, not the probability map (probability >= threshold gives a mask).")

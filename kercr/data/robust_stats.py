@@ -50,7 +50,8 @@ def diff_sample(image: np.ndarray, mask, sample_size: int, axis: int) -> np.ndar
     pairs = max(nx - DIFF_LAG, 0)
     step = odd_step(max(1, int(ny * pairs / sample_size))) if pairs else 1
     rows = image[::step].astype(np.float64)
-    d = rows[:, DIFF_LAG:] - rows[:, :-DIFF_LAG]
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, dropped below
+        d = rows[:, DIFF_LAG:] - rows[:, :-DIFF_LAG]
     good = np.isfinite(d)
     if mask is not None:
         m = mask[::step]

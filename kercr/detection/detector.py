@@ -162,13 +162,18 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     """
     data, header, extra_mask, description, frame = unpack(image)
     data = np.asarray(data)
+    for name, value, least in (("gain", gain, "> 0 (e- per image unit)"), ("readnoise", readnoise, ">= 0 (e-)")):
+        if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                                      and np.isfinite(value) and (value > 0 if name == "gain" else value >= 0)):
+            raise KercrDataError(f"{name}={value!r} must be a number {least}, or None to read it from the header.")
     clean = _check_arguments(data, description, batch_size=batch_size, clean=clean, clean_dilate=clean_dilate)
     if frame is not None:  # a kercr CCDFrame already parsed its headers
         gain = gain if gain is not None else frame.gain
         readnoise = readnoise if readnoise is not None else frame.readnoise
         saturation = saturation if saturation is not None else frame.saturation
     else:  # a CCDData's header numbers are in ADU; its data may be in electrons
-        levels = header_levels(header, getattr(image, "unit", None) if isinstance(image, CCDData) else None)
+        levels = header_levels(header, getattr(image, "unit", None) if isinstance(image, CCDData) else None,
+                               saturation_given=saturation is not None)
         gain, readnoise, saturation = (given if given is not None else level for given, level in
                                        zip((gain, readnoise, saturation), levels))
 

@@ -13,6 +13,7 @@ from astropy.nddata import CCDData
 
 from kercr.data.errors import KercrDataError
 from kercr.data.fits_io import CCDFrame
+from kercr.data.fits_read import levels_in_image_units
 
 __all__ = ["header_levels", "header_number", "unpack"]
 
@@ -29,32 +30,19 @@ def header_number(header, key, pair=(), combine=np.mean):
     return float(combine(vals)) if vals else None
 
 
-def header_levels(header, unit=None) -> tuple[float | None, float | None, float | None]:
-    """``(gain, readnoise, saturation)`` of ``header`` in the units of the image it came with.
-
-    The header's ``SATURATE`` is in ADU and its ``GAIN`` converts ADU to electrons. For data in ADU
-    (``unit`` None, ``adu``, ``count`` or dimensionless) they are used as they are. For a CCDData in
-    electrons (after ``ccdproc.gain_correct``, which leaves the header alone) the saturation becomes
-    ``SATURATE x GAIN`` electrons and the gain 1; for any other unit (``electron / s``, ...) the
-    header's saturation and gain do not apply, with a warning saying to pass ``saturation=``.
-    """
+def header_levels(header, unit=None, *, saturation_given: bool = False):
+    """``(gain, readnoise, saturation)`` of ``header`` in the units of the image it came with:
+    ``unit`` (a CCDData's), else the header's ``BUNIT``; the rule is
+    :func:`kercr.data.fits_read.levels_in_image_units` (SATURATE in ADU, converted with GAIN for data
+    in electrons). ``saturation_given``: the caller has its own level, so the header's is not
+    needed (and not warned about)."""
     gain = header_number(header, "GAIN", ("GAINA", "GAINB"))
     readnoise = header_number(header, "RDNOISE", ("RDNOISEA", "RDNOISEB"))
-    saturation = header_number(header, "SATURATE", ("SATURATA", "SATURATB"), min)
-    if unit is None:
-        return gain, readnoise, saturation
-    from astropy import units as u
-
-    unit = u.Unit(unit)
-    if unit in (u.adu, u.count, u.dimensionless_unscaled):
-        return gain, readnoise, saturation
-    if unit == u.electron and gain is not None:
-        return 1.0, readnoise, None if saturation is None else saturation * gain
-    if saturation is not None:
-        warnings.warn(f"the image is in {unit}, but its header's SATURATE ({saturation:g}) is in ADU"
-                      f"{'' if unit == u.electron else ' of the raw frame'} and no GAIN converts it: saturated "
-                      "pixels are not excluded. Pass saturation= in the image's units.", UserWarning, stacklevel=3)
-    return None, readnoise, None
+    saturation = None if saturation_given else header_number(header, "SATURATE", ("SATURATA", "SATURATB"), min)
+    if unit is None and header is not None and isinstance(header.get("BUNIT"), str):
+        unit = header["BUNIT"]
+    gain, saturation = levels_in_image_units(unit, gain, saturation)
+    return gain, readnoise, saturation
 
 
 def _positive(value) -> bool:

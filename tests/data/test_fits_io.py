@@ -185,6 +185,7 @@ def test_write_with_mask_roundtrip_and_no_overwrite(tmp_path, image):
     with fits.open(out) as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "S22", "CRMASK"]
         assert hdul[0].header["KCRMODEL"] == "unet_small" and "KCRVER" in hdul[0].header
+        assert hdul[0].header["EXPTIME"] == 90.0 and hdul[0].header["GAINA"] == 4.0  # the input's primary cards
         assert "src.fits[S22]" in hdul[0].header["KCRSRC"]
         np.testing.assert_array_equal(hdul["S22"].data, image + 1)
         assert hdul["S22"].header["RDNOISEA"] == 6.0

@@ -142,3 +142,29 @@ def test_a_ccddata_in_electrons_excludes_only_what_saturated(tiny, frame):
     r = detect(CCDData(image, unit="electron", meta=header), model=tiny, runtime="keras")
     assert (r.gain, r.saturation) == (1.0, 160000.0)
     assert r.ignored[41:43, 61].all() and not r.ignored[40, 60] and r.ignored.sum() == 2
+
+
+def test_one_unit_rule_for_a_file_an_hdu_and_a_ccddata(tiny, frame, tmp_path):
+    """The same file gave a saturation of 45000 through read_ccd or an HDU and 180000 through
+    CCDData.read; BUNIT now counts everywhere. A level the caller gives is used without a warning."""
+    import warnings
+
+    header = fits.Header({"BUNIT": "electron", "GAIN": 4.0, "RDNOISE": 6.0, "SATURATE": 45000.0})
+    fits.PrimaryHDU(frame.image_adu.astype(np.float32) * 4.0, header=header).writeto(tmp_path / "e.fits")
+    levels = {
+        "read_ccd": detect(read_ccd(tmp_path / "e.fits"), model=tiny, runtime="keras"),
+        "HDU": detect(fits.open(tmp_path / "e.fits")[0], model=tiny, runtime="keras"),
+        "CCDData": detect(CCDData.read(tmp_path / "e.fits"), model=tiny, runtime="keras"),
+    }
+    assert {name: (r.gain, r.saturation) for name, r in levels.items()} == {name: (1.0, 180000.0) for name in levels}
+    per_second = CCDData(frame.image_adu.astype(np.float32), unit="electron / s", meta=dict(header))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # before: "saturated pixels are not excluded. Pass saturation=", though it was
+        assert detect(per_second, model=tiny, runtime="keras", saturation=1e6).saturation == 1e6
+
+
+@pytest.mark.parametrize(("option", "value"), [("gain", -1.0), ("gain", 0), ("gain", "abc"), ("readnoise", -2.0),
+                                               ("readnoise", float("nan"))])
+def test_a_bad_gain_or_read_noise_is_named(tiny, frame, option, value):
+    with pytest.raises(KercrDataError, match=f"{option}=.* must be a number"):
+        detect(frame.image_adu, model=tiny, runtime="keras", **{option: value})

@@ -320,3 +320,30 @@ def test_weighted_metrics_in_fit_and_keras_file(tmp_path):
     loaded = keras.saving.load_model(path, safe_mode=True)
     names = [m.name for m in loaded.metrics]
     assert "compile_metrics" in names or any("dice" in n for n in names)
+
+
+def test_threshold_at_fpr_of_8_bit_scores_does_not_wrap_round():
+    """With more than the allowed negatives at the top level, the cut is above it: 256 for uint8 (before,
+    255 + 1 wrapped to 0 in uint8 and every pixel was flagged)."""
+    truth = np.zeros(1000, bool)
+    truth[:10] = True
+    for dtype, top in ((np.uint8, 255), (np.int8, 127)):
+        score = np.full(1000, top, dtype)
+        assert threshold_at_fpr(truth, score, 1e-4) == top + 1.0
+
+
+def test_the_probability_threshold_keeps_the_fpr_in_float32_as_the_detector_computes_it():
+    """The threshold for 0.01 % FPR as a probability: before, the float64 sigmoid of the logit cut rounded
+    in float32 to the probability of the first negative left out, so a probability runtime flagged it."""
+    from kercr.evaluation.pooled import pooled_metrics
+
+    rng = np.random.default_rng(3)
+    truth = rng.random(1_000_000) < 0.01
+    logits = np.where(truth, rng.normal(6, 2, truth.size), rng.normal(-4, 2, truth.size)).astype(np.float32)
+    metrics = pooled_metrics(truth, logits, logits=True)
+    probability = np.float32(1.0) / (np.float32(1.0) + np.exp(-logits))  # as kercr.detect makes it, float32
+    negatives = (~truth).sum()
+    flagged_by_logit = ((logits >= metrics["logit_threshold_at_fpr_1e-4"]) & ~truth).sum()
+    flagged_by_probability = ((probability >= metrics["threshold_at_fpr_1e-4"]) & ~truth).sum()
+    assert flagged_by_probability <= 1e-4 * negatives and flagged_by_logit <= 1e-4 * negatives
+    assert flagged_by_probability == flagged_by_logit

@@ -55,6 +55,17 @@ def _sigmoid(z: float) -> float:
     return float(1.0 / (1.0 + np.exp(-np.float64(z))))
 
 
+def _probability_cut(logit_cut: float) -> float:
+    """The probability threshold that flags, in float32 as the detector computes probabilities, no
+    pixel that the float32 logit cut ``logit_cut`` leaves out: just above the float32 probability of
+    the highest logit below the cut (the float64 sigmoid of the cut itself rounds to that very value,
+    so a probability runtime flagged one negative more than the FPR allows). At most 1."""
+    below = np.nextafter(np.float32(logit_cut), np.float32(-np.inf))
+    with np.errstate(over="ignore"):
+        p_below = np.float32(1.0) / (np.float32(1.0) + np.exp(-below, dtype=np.float32))
+    return min(float(np.nextafter(p_below, np.float32(np.inf))), 1.0)
+
+
 def pooled_metrics(truth, score, ignore=None, *, threshold=0.5, logits=True, logit_threshold=None) -> dict:
     """The standard kercr metrics on pooled pixels.
 
@@ -92,7 +103,7 @@ def pooled_metrics(truth, score, ignore=None, *, threshold=0.5, logits=True, log
     return {
         "tpr_at_fpr_1e-4": float(M.tpr_at_fpr(truth, score, 1e-4, ignore=ignore)),
         "tpr_at_fpr_1e-3": float(M.tpr_at_fpr(truth, score, 1e-3, ignore=ignore)),
-        "threshold_at_fpr_1e-4": to_p(t_fpr),
+        "threshold_at_fpr_1e-4": _probability_cut(t_fpr) if logits else min(float(t_fpr), 1.0),
         "logit_threshold_at_fpr_1e-4": float(t_fpr) if logits else None,
         "precision_at_recall_0.95": float(M.precision_at_recall(truth, score, 0.95, ignore=ignore)),
         "dice": float(M.dice_score(truth, score >= cut, ignore=ignore)),

@@ -339,11 +339,22 @@ def _evaluate(loaded, out, *, files, synthetic, frame_shape, seed, cr_rate_scale
         if synthetic else None,
         "prediction": plain,
         "prediction_dilated_3x3": grown,
-        "method": dict(METHOD),
+        "exclude_saturated": bool(exclude_saturated),
+        "method": _method(exclude_saturated),
         "plots": plots,
     }
     write_json(out / "metrics.json", report)
     return report
+
+
+def _method(exclude_saturated: bool) -> dict:
+    """:data:`METHOD`, its ``ignored`` entry as this evaluation ran (``--keep-saturated``: saturated pixels
+    scored, not excluded)."""
+    method = dict(METHOD)
+    if not exclude_saturated:
+        method["ignored"] = method["ignored"].replace(
+            "(NaN/inf, >= saturation)", "(NaN/inf; saturated pixels kept and scored: --keep-saturated)")
+    return method
 
 
 class _Scored:

@@ -178,7 +178,7 @@ def threshold_at_fpr(y_true, y_score, fpr=1e-4, *, ignore=None):
         return float(min(pos.min(), neg.min()))
     v = vertices[2]
     if np.issubdtype(np.asarray(v).dtype, np.integer):
-        return float(v + 1)
+        return float(v) + 1.0  # in float: v + 1 wraps round at the top of uint8/int8
     return float(np.nextafter(v, np.inf))
 
 

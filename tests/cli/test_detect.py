@@ -298,6 +298,13 @@ def test_evaluate_synthetic(tiny, tmp_path, capsys):
     assert report["tta"] is False and report["runtime"] == "keras" and report["scores"] == "logits"
     assert {"roc.png", "pr.png", "prediction_0.png", "activations.png"} <= set(p.name for p in out.iterdir())
     assert not (out / "prediction_1.png").exists()
+    assert report["exclude_saturated"] is True and ">= saturation" in report["method"]["ignored"]
+    # --keep-saturated is said where the report says what was excluded (before, the text never changed):
+    assert evaluate_main(["--synthetic", "1", "--frame-shape", "128", "160", "--cr-rate-scale", "300", "--model",
+                          str(tiny), "--runtime", "keras", "--out", str(tmp_path / "kept"), "--keep-saturated",
+                          "--maps", "0", "-q"]) == 0
+    kept = json.loads((tmp_path / "kept" / "metrics.json").read_text())
+    assert kept["exclude_saturated"] is False and "saturated pixels kept and scored" in kept["method"]["ignored"]
     # The dilated Dice is the Dice of the binary 3x3 dilation of each frame's mask; truth unchanged.
     from kercr.evaluation.report import synthetic_frames
     from kercr.data.cleaning import dilate_mask

@@ -171,8 +171,10 @@ def _train(parser, args) -> int:
     config = resolve_config(file_options, flags)
     from kercr.training import train  # heavy: imports Keras and TensorFlow, kept off --help
 
-    quiet = {"verbose": 0} if verbosity(args) < 0 else {}  # -q: no Keras progress bar either
-    metrics = train(config, **quiet)  # checks the model and patch size before any data is made
+    # -q: no Keras progress bar either; into a file or a pipe (Slurm, nohup, CI), a line per epoch, not a
+    # progress bar redrawn at every step (megabytes of log, and a pipe nobody reads fills and stops the run).
+    keras_verbose = 0 if verbosity(args) < 0 else "auto" if sys.stdout.isatty() else 2
+    metrics = train(config, verbose=keras_verbose)  # checks the model and patch size before any data is made
     if metrics:
         print(
             f"validation ({metrics['cr_pixels']:,} CR and {metrics['non_cr_pixels']:,} other pixels, "

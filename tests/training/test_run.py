@@ -82,6 +82,8 @@ def test_a_run_directory_holds_everything_the_user_needs(tmp_path, capsys):
     tpr = (above + (allowed - (k - 1)) * (at - above)) / pos.size
     assert metrics["tpr_at_fpr_1e-4"] == pytest.approx(tpr, abs=1e-12)
     printed = capsys.readouterr().out
+    # Not a terminal: one line per epoch, not a progress bar redrawn at every step.
+    assert "━" not in printed and "\r" not in printed and " - loss: " in printed
     assert f"TPR {metrics['tpr_at_fpr_1e-4']:.4f} at 0.01 % FPR" in printed
     assert f"precision {metrics['precision_at_recall_0.95']:.4f} at 95 % recall" in printed
     # TensorBoard: scalars and validation images were written as real event files.
@@ -459,27 +461,36 @@ def test_a_worker_killed_mid_run_is_named_and_the_same_command_resumes(tmp_path)
     cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
     args = (*TINY, "--steps-per-epoch", "150", "--epochs", "3", "--strategy", "multiworker", "--out", str(run))
 
-    def start(index):
+    def start(index, phase):
+        # Into files, not pipes: a worker blocked on a full pipe nobody reads stalls its peer's collectives.
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        return subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=_env(TF_CONFIG=tf_config))
+        with open(tmp_path / f"{phase}{index}.log", "w") as log:  # the child keeps its own handle
+            return subprocess.Popen(_cli(*args), stdout=log, stderr=subprocess.STDOUT, text=True,
+                                    env=_env(TF_CONFIG=tf_config))
 
-    procs = [start(0), start(1)]
+    procs = [start(0, "a"), start(1, "a")]
     try:
         deadline = time.monotonic() + 300
-        while not (run / "history.csv").is_file() or not _history(run):  # the first epoch is saved
+        # Killed in the second epoch, once both workers' backups of the first are written. (A kill between
+        # the chief's history row and the backups is a narrower case, not covered here; see the issue notes.)
+        backups = [run / "backup" / "training_metadata.json", run / ".worker-1" / "backup" / "training_metadata.json"]
+        while not all(b.is_file() for b in backups) or not _history(run):
             assert time.monotonic() < deadline and procs[0].poll() is None, "no epoch finished"
             time.sleep(0.2)
+        time.sleep(1.0)  # into the second epoch
         procs[1].kill()
-        output = procs[0].communicate(timeout=300)[0]
+        procs[0].wait(timeout=300)
+        output = (tmp_path / "a0.log").read_text()
     finally:
         for p in procs:
             p.kill()
     assert procs[0].returncode == 1, output[-3000:]
     assert f"lost worker 1 at {cluster['worker'][1]}" in output and "run the same command again" in output, output[-600:]
     assert "Traceback" not in output
-    procs = [start(0), start(1)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    procs = [start(0, "b"), start(1, "b")]
+    for p in procs:
+        p.wait(timeout=600)
+    outputs = [(tmp_path / f"b{index}.log").read_text() for index in (0, 1)]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert [int(r["epoch"]) for r in _history(run)] == [0, 1, 2]
 

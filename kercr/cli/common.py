@@ -230,7 +230,9 @@ def signals_as_interrupt():
     """Within the block, SIGTERM and SIGHUP (``timeout``, Slurm's time limit, ``docker stop``, a closed
     terminal) raise :class:`Terminated` in the main thread, so that a command's ``except
     BaseException`` cleanup runs (a staged export is removed) instead of the process dying in place.
-    The previous handlers come back after the block; off the main thread it does nothing."""
+    A signal already ignored (SIGHUP under ``nohup``) stays ignored. It takes effect when Python runs
+    again (not inside one long native call, such as a TFLite conversion). The previous handlers come
+    back after the block; off the main thread it does nothing."""
     import signal
     import threading
 
@@ -243,8 +245,9 @@ def signals_as_interrupt():
 
     previous = {}
     for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            previous[getattr(signal, name)] = signal.signal(getattr(signal, name), stop)
+        signum = getattr(signal, name, None)
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:  # nohup ignores SIGHUP: so do we
+            previous[signum] = signal.signal(signum, stop)
     try:
         yield
     finally:

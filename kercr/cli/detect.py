@@ -90,8 +90,9 @@ def detect_parser() -> argparse.ArgumentParser:
     parser.add_argument("--suffix", default="_crmask", help="output name suffix (default _crmask).")
     parser.add_argument("--skip-existing", action="store_true",
                         help="skip inputs whose output exists (counted in the summary), to finish a batch that "
-                             "failed or was killed. Without it an existing output fails that input (never "
-                             "overwritten).")
+                             "failed or was killed; an output is taken as done only if it was made from this very "
+                             "file (its SHA-256, so each input with an output is read once) with these options. "
+                             "Without it an existing output fails that input (never overwritten).")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
                         help="worker processes, each detecting whole CCDs with --threads/N LiteRT threads (default: "
                              "every core this process may use; 1 with --runtime keras). Output identical to --jobs 1. "

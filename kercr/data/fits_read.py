@@ -14,6 +14,7 @@ import functools
 import logging
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -231,16 +232,20 @@ def levels_in_image_units(unit, gain, saturation, *, source: str = "the image"):
     leaves the header alone) get ``SATURATE x GAIN`` electrons and gain 1 (a pipeline that wrote
     its levels in electrons set ``GAIN = 1``, and nothing changes); in any other unit
     (``electron / s``, ...) the header's levels do not apply: none, with a warning when there was
-    a saturation level to use. A unit astropy cannot read is taken as ADU.
+    a saturation level to use. ``e-``, ``ELECTRONS``, ``DN`` and ``COUNTS`` are read as electron,
+    electron, ADU and count; a unit astropy cannot read is taken as ADU.
     """
     if unit is None or (isinstance(unit, str) and not unit.strip()):
         return gain, saturation
     from astropy import units as u
 
-    try:
-        unit = u.Unit(unit.strip().lower().replace("electrons", "electron") if isinstance(unit, str) else unit)
-    except ValueError:
-        return gain, saturation
+    if isinstance(unit, str):  # FITS files spell units many ways: ELECTRONS, e-, e-/s, DN, COUNTS/S
+        text = re.sub(r"(?<![a-z])e-?(?![a-z])", "electron", unit.strip().lower())
+        text = re.sub(r"\bdn\b", "adu", text.replace("electrons", "electron").replace("counts", "count"))
+        try:
+            unit = u.Unit(text)
+        except ValueError:
+            return gain, saturation
     if unit in (u.adu, u.count, u.dimensionless_unscaled):
         return gain, saturation
     if unit == u.electron and gain is not None:

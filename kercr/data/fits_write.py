@@ -246,6 +246,24 @@ def new_fits_file(path, *, copy_of=None) -> Iterator[FITSWriter]:
         raise
 
 
+def _readable_cards(header, out) -> dict:
+    """``{keyword: (value, comment)}`` of ``header``, each card fixed as astropy can (an unquoted string);
+    one it cannot read is left out, with a warning naming it."""
+    cards, dropped = {}, []
+    for card in header.cards:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                card.verify("silentfix")
+                cards[card.keyword] = (card.value, card.comment)
+        except (fits.verify.VerifyError, ValueError):
+            dropped.append(card.keyword)
+    if dropped:
+        logger.warning("%s: left out the input's primary header card(s) %s, which astropy cannot read", out,
+                       ", ".join(dropped))
+    return cards
+
+
 def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_extname="CRMASK",
                          provenance=None) -> Path:
     """Write an image and its mask to a NEW FITS file; never overwrite.
@@ -287,7 +305,7 @@ def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_e
         extname = extname or image.extname
         source = f"{image.path}[{image.extname}]"
         # The input's primary header (EXPTIME, FILTER, DATE-OBS, ...), which its image may INHERIT.
-        inherited = {c.keyword: (c.value, c.comment) for c in image_header(image.primary_header).cards}
+        inherited = _readable_cards(image_header(image.primary_header), out)
         image = image.data
     elif isinstance(image, CCDData):
         # astropy's own CCDData -> FITS header: meta, BUNIT and the WCS cards.

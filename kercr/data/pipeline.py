@@ -240,9 +240,10 @@ def _progress(out_dir, plan) -> dict:
             except (ValueError, KeyError, TypeError) as err:
                 raise FileExistsError(f"{path} is damaged ({err!r}); delete {out_dir} and run kercr-prepare "
                                       "again, or choose a new --out.") from None
-        if old != plan:
-            changed = ", ".join(f"{key} {old.get(key)!r} then, {plan.get(key)!r} now"
-                                for key in sorted(set(old) | set(plan)) if old.get(key) != plan.get(key))
+        # An option kercr records since the run started (absent from its plan) cannot be compared.
+        differ = sorted(key for key in old if old[key] != plan.get(key))
+        if differ:
+            changed = ", ".join(f"{key} {old.get(key)!r} then, {plan.get(key)!r} now" for key in differ)
             raise FileExistsError(
                 f"{out_dir} holds an unfinished kercr-prepare run with other options ({changed}). Run its "
                 "command again to finish it, or choose a new --out.")

@@ -56,7 +56,7 @@ def _sigmoid(z: float) -> float:
 
 
 def _probability_cut(logit_cut: float) -> float:
-    """The probability threshold that flags, in float32 as the detector computes probabilities, no
+    """The probability threshold that flags, in float32 as Keras detection computes probabilities, no
     pixel that the float32 logit cut ``logit_cut`` leaves out: just above the float32 probability of
     the highest logit below the cut (the float64 sigmoid of the cut itself rounds to that very value,
     so a probability runtime flagged one negative more than the FPR allows). At most 1."""

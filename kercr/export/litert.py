@@ -132,9 +132,9 @@ class TFLiteRunner:
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self.shape = good
-        raise ValueError(f"this TFLite model cannot take a {height} x {width} image (LiteRT: "
-                         f"{str(err).splitlines()[0]}); its height and width must be multiples of the model's input "
-                         "multiple (export.json's input_multiple; kercr.detect tiles for you).") from None
+        raise ValueError(f"LiteRT could not run this model on a {height} x {width} image ({str(err).splitlines()[0]}); "
+                         "most often the height or width is not a multiple of the model's input multiple "
+                         "(export.json's input_multiple; kercr.detect tiles for you).") from None
 
     def predict(self, normalized) -> np.ndarray:
         """The model's output (CR probability for a detector) of normalized images.

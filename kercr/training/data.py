@@ -92,8 +92,10 @@ def _check_fixed_by_shards(config: TrainConfig, meta: dict) -> None:
              "patches_per_frame": meta.get("patches_per_frame"), "val_fraction": meta.get("val_fraction"),
              "footprints": None}  # kercr-prepare injects no footprints
     defaults = TrainConfig()
+    # Shards prepared before kercr recorded an option (None) cannot tell; footprints never come with shards.
     clash = [f"{key}={getattr(config, key)!r} (the shards': {fixed[key]!r})" for key in fixed
-             if getattr(config, key) != getattr(defaults, key) and getattr(config, key) != fixed[key]]
+             if getattr(config, key) != getattr(defaults, key) and getattr(config, key) != fixed[key]
+             and (fixed[key] is not None or key == "footprints")]
     if clash:
         raise ConfigError(f"{config.data}: kercr-prepare fixed the frames when it cut these shards (prepare.json), so "
                           f"{', '.join(clash)} cannot apply; leave {'it' if len(clash) == 1 else 'them'} out, or run "

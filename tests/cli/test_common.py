@@ -230,3 +230,26 @@ def test_help_imports_neither_tensorflow_nor_keras(target):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage:") and "\nEXIT 0\n" in out.stdout, out.stdout[-500:]
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="POSIX signals")
+def test_signals_as_interrupt_raises_on_sigterm_and_keeps_an_ignored_sighup_ignored():
+    """SIGTERM inside the block is a KeyboardInterrupt (so cleanups run); SIGHUP ignored by nohup stays
+    ignored (before, `nohup kercr-export` died when its terminal closed); the handlers come back after."""
+    import os
+    import signal
+
+    from kercr.cli.common import Terminated, signals_as_interrupt
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    term = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(Terminated) as stopped, signals_as_interrupt():
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):  # the handler runs between bytecodes
+                pass
+        assert stopped.value.signum == signal.SIGTERM and isinstance(stopped.value, KeyboardInterrupt)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == term
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -394,3 +394,34 @@ def test_new_fits_file_fixes_a_card_that_breaks_the_standard_and_says_which(tmp_
     said = " ".join(r.getMessage() for r in caplog.records if "broke the FITS standard" in r.getMessage())
     assert said.count("DATE-OBS") == 1 and said.count("CRVAL1") == 1  # each card named once
     assert src.read_bytes() == bytes(raw)
+
+
+@pytest.mark.parametrize(("bunit", "expected"), [
+    ("ADU", (2.0, 60000.0)), ("DN", (2.0, 60000.0)), ("COUNTS", (2.0, 60000.0)), ("", (2.0, 60000.0)),
+    ("electron", (1.0, 120000.0)), ("ELECTRONS", (1.0, 120000.0)), ("e-", (1.0, 120000.0)), ("nonsense unit", (2.0, 60000.0)),
+])
+def test_the_header_levels_follow_the_image_unit_however_spelled(bunit, expected):
+    from kercr.data.fits_read import levels_in_image_units
+
+    assert levels_in_image_units(bunit, 2.0, 60000.0) == expected
+
+
+@pytest.mark.parametrize("bunit", ["electron / s", "e-/s", "ELECTRONS/S", "COUNTS/S"])
+def test_a_rate_unit_takes_no_header_level_and_says_so(bunit):
+    from kercr.data.fits_read import levels_in_image_units
+
+    with pytest.warns(UserWarning, match="header's SATURATE \\(60000\\) is in ADU"):
+        assert levels_in_image_units(bunit, 2.0, 60000.0) == (None, None)
+
+
+def test_write_with_mask_leaves_out_only_a_primary_card_astropy_cannot_read(tmp_path, image, caplog):
+    """An unquoted string (OBSERVER= John Smith) made write_fits_with_mask raise astropy's VerifyError."""
+    src = tmp_path / "cam.fits"
+    fits.HDUList([fits.PrimaryHDU(header=fits.Header([("EXPTIME", 30.0)])), fits.ImageHDU(image, name="N4")]).writeto(src)
+    raw = bytearray(src.read_bytes())
+    end = raw.find(b"END" + b" " * 77)
+    raw[end:end + 160] = b"OBSERVER= John Smith".ljust(80) + b"END".ljust(80)
+    src.write_bytes(bytes(raw))
+    out = write_fits_with_mask(tmp_path / "out.fits", read_ccd(src, "N4"), np.zeros(image.shape, bool))
+    with fits.open(out) as hdul:
+        assert hdul[0].header["EXPTIME"] == 30.0

@@ -170,3 +170,18 @@ def test_write_tfrecords_names_only_whole_shards(tmp_path):
         ".patches-00002.tfrecord.partial", "patches-00000.tfrecord", "patches-00001.tfrecord"]
     assert write_tfrecords(iter([patch] * 5), tmp_path / "b", shard_size=2) == [
         str(tmp_path / "b" / f"patches-{k:05d}.tfrecord") for k in range(3)]
+
+
+def test_a_run_interrupted_before_kercr_recorded_more_options_resumes(tmp_path):
+    """A plan written by an older kercr lacks the options recorded since (frame_shape, ...): they cannot
+    be compared, so the run resumes (before, 'None then' refused it, and the same command again too)."""
+    import json
+
+    from kercr.data.pipeline import PROGRESS, _progress
+
+    old_plan = {"patch_size": 64, "seed": 0}
+    done = {"train": {"shards": 2, "next": [1, 0]}, "val": {"shards": 0, "next": [0, 0]}}
+    (tmp_path / PROGRESS).write_text(json.dumps({"plan": old_plan, "done": done}))
+    assert _progress(str(tmp_path), {**old_plan, "frame_shape": [256, 256], "cr_rate_scale": 5.0}) == done
+    with pytest.raises(FileExistsError, match="patch_size 64 then, 32 now"):
+        _progress(str(tmp_path), {**old_plan, "patch_size": 32})

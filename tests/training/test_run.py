@@ -837,3 +837,13 @@ def test_shards_of_a_patch_size_the_model_cannot_take_say_to_prepare_new_ones(tm
         build_and_check_model(TrainConfig(model="deepcr_2_4", patch_size=65, data=str(tmp_path)))
     with pytest.raises(ConfigError, match=r"; use --patch-size 64\.$"):
         build_and_check_model(TrainConfig(model="deepcr_2_4", patch_size=65))
+
+
+def test_shards_that_recorded_no_frame_options_accept_any(tmp_path):
+    """Shards from before kercr-prepare recorded frame_shape and cr_rate_scale cannot say what they hold."""
+    from kercr.training.data import _check_fixed_by_shards
+
+    old = {"patch_size": 64, "train_exposures": ["a", "b"], "val_exposures": ["c"]}
+    _check_fixed_by_shards(TrainConfig(data=str(tmp_path), frame_shape=[1024, 1024], cr_rate_scale=50.0), old)
+    with pytest.raises(ConfigError, match="footprints="):
+        _check_fixed_by_shards(TrainConfig(data=str(tmp_path), footprints="x.fits"), old)

@@ -172,7 +172,7 @@ def test_every_training_option_has_a_flag(tmp_path, monkeypatch):
     import kercr.training
 
     configs = []
-    monkeypatch.setattr(kercr.training, "train", lambda config: configs.append(config) or {})
+    monkeypatch.setattr(kercr.training, "train", lambda config, **_: configs.append(config) or {})
     flags = ["--lr-factor", "0.25", "--lr-patience", "7", "--min-learning-rate", "1e-5", "--alpha-start", "0.1",
              "--patches-per-frame", "12", "--val-fraction", "0.2", "--tensorboard-images", "0",
              "--mixed-precision"]

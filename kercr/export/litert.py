@@ -195,7 +195,7 @@ class TFLiteRunner:
         return self.predict(normalized)
 
     def _export_normalization(self):
-        from kercr.model_files import NORMALIZATION_FILE, read_normalization
+        from kercr.model_files import NORMALIZATION_FILE, read_normalization  # lazy: only predict_raw without config=
 
         near = [] if self.path is None else [self.path.parent / NORMALIZATION_FILE,
                                              self.path.parent.parent / NORMALIZATION_FILE]

@@ -49,9 +49,10 @@ import numpy as np
 
 from kercr._version import __version__
 from kercr.config import FITS_SUFFIXES
+from kercr.model_files import file_sha256
 
 __all__ = ["FITS_SUFFIXES", "CCDOutput", "FilePlan", "detect_ccd", "detect_file", "existing_output_differs",
-           "mask_extname", "output_path", "plan_file", "select_extensions", "source_digest", "write_output"]
+           "mask_extname", "output_path", "plan_file", "select_extensions", "write_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,18 +83,6 @@ def is_kercr_output(path) -> bool:
         return "KCRSRC" in fits.getheader(path, 0)
     except Exception:  # not FITS, missing, unreadable: not kercr's
         return False
-
-
-def source_digest(path) -> str:
-    """The SHA-256 of the file ``path``'s bytes, in hex (``KCRSRCSH``): which input an output was made
-    from, whatever its name or folder (``img001.fits`` of two nights are two inputs)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def existing_output_differs(out, path, *, model_name: str, dilate: int, clean, save_probability: bool,
@@ -127,7 +116,7 @@ def existing_output_differs(out, path, *, model_name: str, dilate: int, clean, s
     expected["CRPROB"] = bool(save_probability)
     differ = [f"{key} {found[key]!r} there, {expected[key]!r} now" for key in expected if found[key] != expected[key]]
     # Outputs written before KCRSRCSH existed name their input only (KCRSRC).
-    if "KCRSRCSH" in primary and not differ and primary["KCRSRCSH"] != source_digest(path):
+    if "KCRSRCSH" in primary and not differ and primary["KCRSRCSH"] != file_sha256(path):
         differ.append(f"KCRSRCSH: it was made from another file named {Path(path).name} (the bytes differ)")
     missing = [name for name in (masks or ()) if name.upper() not in extnames]
     if missing:
@@ -449,7 +438,7 @@ def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, lo
         for k, ccd in enumerate(ccds, 1):
             if ccd.undetected is None and len(undetected) == k - 1:  # the first detected CCD's provenance
                 f.update_primary({**ccd.provenance, "KCRSRC": ascii_card(path.name)[-68:],
-                                  "KCRSRCSH": source_digest(path)})  # no room for a comment
+                                  "KCRSRCSH": file_sha256(path)})  # no room for a comment
             for name, data, header in ccd.hdus:
                 ver = int(header.get("EXTVER", 1))
                 if (name.upper(), ver) in written:  # two images of one EXTNAME and no EXTVER: number the masks

@@ -20,7 +20,8 @@ import keras
 from kercr._net import listens
 from kercr.config import ConfigError
 
-__all__ = ["build_from_local_batch", "gather_ints", "is_chief", "lost_worker", "make_strategy", "tf_config"]
+__all__ = ["LostWorkerError", "build_from_local_batch", "gather_ints", "is_chief", "lost_worker", "make_strategy",
+           "tf_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +151,18 @@ def _listens(address: str) -> bool:
     return listens(host, port)
 
 
+class LostWorkerError(ConnectionError):
+    """A multi-worker run lost one of its workers (killed, out of memory, its machine gone).
+
+    Every finished epoch is saved; the same command on every worker resumes the run. The process
+    that gets this error should end without TensorFlow's teardown (``os._exit``, after flushing
+    its output), as ``kercr-train`` does: that teardown garbage-collects collectives that still wait
+    for the lost worker, and was seen to hang for minutes, or for good.
+    """
+
+
 def lost_worker(err: BaseException):
-    """A ConnectionError saying which worker was lost and how to resume, when ``err`` is
+    """A :class:`LostWorkerError` saying which worker was lost and how to resume, when ``err`` is
     TensorFlow's error for a worker that stopped answering mid-training (its collective aborted:
     killed, out of memory, its machine gone); else None."""
     import tensorflow as tf
@@ -169,7 +180,7 @@ def lost_worker(err: BaseException):
     who = f"{others[0][0]} {others[0][1]} at {cluster[others[0][0]][others[0][1]]}" if others else "another worker"
     cause = re.search(r"aborted by: ([^\n]+)", text) or re.search(r'grpc_message:"([^"]+)"', text)
     because = f" ({cause.group(1).strip().rstrip(':')})" if cause else ""
-    return ConnectionError(f"multi-worker training lost {who}{because}. Every finished epoch is saved: run the "
+    return LostWorkerError(f"multi-worker training lost {who}{because}. Every finished epoch is saved: run the "
                            "same command again on every worker to resume.")
 
 

@@ -78,6 +78,53 @@ def _keep_history_rows(path: Path, epochs: int) -> None:
     write_text(path, table.getvalue())
 
 
+def _backup_pair(backup: Path, suffix: str = "") -> int | None:
+    """The epoch of the Keras backup pair ``latest.weights.h5{suffix}`` + ``training_metadata.json{suffix}``
+    in ``backup``, or None where either is missing or unreadable (a kill during its save)."""
+    import h5py
+
+    try:
+        epoch = int(json.loads((backup / f"training_metadata.json{suffix}").read_text())["epoch"])
+        with h5py.File(backup / f"latest.weights.h5{suffix}", "r") as f:  # every array read: a cut file fails
+            f.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+    except Exception:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError, ... for a cut file
+        return None
+    return epoch
+
+
+def _repair_backup(work: Path) -> None:
+    """Make ``work/backup`` whole again after a kill during Keras' save of it.
+
+    ``BackupAndRestore(double_checkpoint=True)`` saves an epoch by copying the current pair to
+    ``.bkp``, then writing the weights, then the metadata. Killed in between, the current pair is
+    unreadable or still names the epoch of its ``.bkp`` copy (its weights maybe already the next
+    epoch's): then the ``.bkp`` pair is the backup. Killed between the two copies, the ``.bkp``
+    weights do not match their metadata: that copy goes (a worker that would need it says so). Killed during the first save, there is no
+    backup at all (the folder goes; the run goes on as if that epoch's backup had not begun).
+    Keras itself falls back only on an OSError from the weights, and not before the workers of a
+    multi-worker run have agreed on an epoch from the metadata.
+    """
+    backup = work / "backup"
+    if not backup.is_dir():
+        return
+    latest, previous = _backup_pair(backup), _backup_pair(backup, ".bkp")
+    if latest is not None and latest != previous:
+        copy = backup / "latest.weights.h5.bkp"
+        if previous is not None and copy.read_bytes() == (backup / "latest.weights.h5").read_bytes():
+            # Killed between the two copies: the .bkp weights are this epoch's, not its metadata's.
+            copy.unlink()
+        return
+    if previous is not None:
+        logger.warning("%s: the save of the epoch after %d was cut short; going on from the copy of epoch %d",
+                       backup, previous, previous)
+        shutil.copyfile(backup / "latest.weights.h5.bkp", backup / "latest.weights.h5")
+        shutil.copyfile(backup / "training_metadata.json.bkp", backup / "training_metadata.json")
+        return
+    if latest is None:
+        logger.warning("%s holds no whole backup (its first save was cut short); removed", backup)
+        shutil.rmtree(backup)
+
+
 def _backup_epoch(work: Path) -> int | None:
     """The epochs finished by the run whose Keras backup is in ``work/backup``, or None without one."""
     try:
@@ -221,6 +268,7 @@ def train(config: TrainConfig, *, verbose="auto") -> dict:
     keras.utils.set_random_seed(config.seed)
     _set_precision(config)
     history = read_history(out / "history.csv")
+    _repair_backup(work)
     done = _backup_epoch(work)  # the epochs the backup holds decide where a killed run goes on
     if multiworker:
         done = _agree_on_backup(strategy, work, done)

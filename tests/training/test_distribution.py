@@ -13,7 +13,7 @@ import time
 import pytest
 
 from kercr.config import ConfigError
-from kercr.training.distribution import _check_cluster, _wait_for_peers, is_chief, lost_worker, tf_config
+from kercr.training.distribution import LostWorkerError, _check_cluster, _wait_for_peers, is_chief, lost_worker, tf_config
 
 
 def _free_port() -> int:
@@ -112,7 +112,7 @@ def test_a_lost_worker_is_named_with_how_to_resume(monkeypatch):
                                      "Collective ops is aborted by: Error reported from /job:worker/replica:0/task:1: "
                                      "The following tasks are unhealthy (stopped sending heartbeats):\n")
     lost = lost_worker(err)
-    assert isinstance(lost, ConnectionError)
+    assert isinstance(lost, LostWorkerError) and isinstance(lost, ConnectionError)
     assert "lost worker 1 at hostB:2222" in str(lost) and "stopped sending heartbeats)" in str(lost)
     assert "run the same command again on every worker to resume" in str(lost)
     # Named by its address alone, beside this worker's own task.

@@ -196,6 +196,10 @@ class TrainConfig:
     integer_frames : float
         Synthetic data: fraction of frames from a high-gain (10-30 e-/ADU), low-sky (at most
         100 ADU) imager, rounded to integer ADU like raw data; 0 (default): none.
+    bright_tracks : float
+        Synthetic data: mean number of straight, heavily ionizing CR tracks per 1024 x 1024 pixels,
+        half of them within 10 degrees of a row or a column, 100-2000 times the sky noise
+        (:func:`kercr.data.cosmic_rays.bright_tracks`); 0 (default): none.
     patches_per_frame : int or None
         Patches cut from each frame (None: 128 per 2k x 4k CCD, scaled by area).
     val_fraction : float
@@ -252,6 +256,7 @@ class TrainConfig:
     header_noise: list | None = None
     dominant_sources: float = 0.0
     integer_frames: float = 0.0
+    bright_tracks: float = 0.0
     patches_per_frame: int | None = None
     val_fraction: float = 0.1
     strategy: str = "auto"
@@ -399,7 +404,8 @@ class TrainConfig:
                             on_source_fraction=self.on_source_fraction, variety=self.variety,
                             footprint_fraction=self.footprint_fraction, sky_e_range=self.sky_e_range, cr_threshold_e=self.cr_threshold_e,
                             faint_crs=self.faint_crs, dominant_sources=self.dominant_sources,
-                            integer_frames=self.integer_frames, rim_weight=self.rim_weight)
+                            integer_frames=self.integer_frames, rim_weight=self.rim_weight,
+                            bright_tracks=self.bright_tracks)
         except KercrDataError as err:
             raise ConfigError(str(err)) from None
         if self.rim_weight != 1 and self.loss == "median_bce":
@@ -407,7 +413,7 @@ class TrainConfig:
                               "floor (alpha) would erase the rim's factor; use --loss dice_bce or bce, or leave "
                               "rim_weight at 1.")
         synthetic_only = {"extended_sources": 0, "on_source_fraction": 0.0, "sky_e_range": None, "cr_threshold_e": None,
-                          "faint_crs": "ignore", "dominant_sources": 0.0, "integer_frames": 0.0,
+                          "faint_crs": "ignore", "dominant_sources": 0.0, "integer_frames": 0.0, "bright_tracks": 0.0,
                           "variety": "decam", "footprint_fraction": 0.5}
         changed = [k for k, default in synthetic_only.items() if getattr(self, k) not in (default, None)]
         if self.data != "synthetic" and changed:

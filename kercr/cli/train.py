@@ -152,6 +152,9 @@ def _add_data_flags(add) -> None:
         help="synthetic data: fraction of frames with one galaxy or nebula covering 30-70%% of the field (default 0)")
     add("--integer-frames", type=float, metavar="F",
         help="synthetic data: fraction of frames from a high-gain, low-sky imager in integer ADU (default 0)")
+    add("--bright-tracks", type=float, metavar="N",
+        help="synthetic data: straight, heavily ionizing CR tracks per 1024 x 1024 pixels, half of them near a "
+             "row or a column (default 0)")
 
 
 def train_flags(parser, args) -> dict:

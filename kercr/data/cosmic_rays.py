@@ -39,6 +39,7 @@ from kercr.data.errors import KercrDataError
 __all__ = [
     "DetectorGeometry", "CosmicRayModel", "CosmicRayImage", "DECAM",
     "projected_length_px", "muon_deposits", "render_deposits", "simulate_cosmic_rays", "inject_cosmic_rays",
+    "bright_tracks", "BRIGHT_TRACK_GRID_DEG",
 ]
 
 logger = logging.getLogger(__name__)
@@ -269,6 +270,75 @@ def simulate_cosmic_rays(shape, *, exptime, rng, model: CosmicRayModel = CosmicR
     electrons = np.where(mask, electrons, 0.0).astype(np.float32)
     logger.debug("simulated %d CR events, %d pixels", n, int(mask.sum()))
     return CosmicRayImage(electrons=electrons, mask=mask, events=events)
+
+
+#: Half-width (degrees) of the azimuths around a row or a column that half of :func:`bright_tracks` take.
+BRIGHT_TRACK_GRID_DEG = 10.0
+
+
+def bright_tracks(shape, *, n, rng, peak_e, length_px=(8.0, 60.0), threshold_e=3.5,
+                  model: CosmicRayModel = CosmicRayModel()) -> CosmicRayImage:
+    """Straight, heavily ionizing CR tracks, half of them within :data:`BRIGHT_TRACK_GRID_DEG` of a
+    row or a column: the tracks that look like a bleed trail or a bad column.
+
+    A minimum-ionizing muon leaves about 1,200 e- in a pixel of a grazing track
+    (:func:`simulate_cosmic_rays`); the rarer heavily ionizing particles and the muons' upper
+    Landau tail leave ten to a hundred times more, in straight lines. A model that saw bright
+    straight lines only as bleed trails (negatives) misses such tracks near the pixel grid.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(ny, nx)`` of the frame.
+    n : int
+        Number of tracks.
+    rng : numpy.random.Generator or int
+    peak_e : (float, float)
+        Range (log-uniform) of the charge per pixel of track length along the track's core, in
+        e- (e.g. 12,000 to 120,000 for 3,000 to 30,000 ADU at a gain of 4); cap the high end below
+        saturation, or the track's pixels are ignored in training as saturated ones are.
+    length_px : (float, float)
+        Range (uniform) of the projected track length in pixels.
+    threshold_e : float
+        The truth mask keeps pixels with more charge than this (e-).
+    model : CosmicRayModel
+        The sensor (diffusion with depth) and the Landau fluctuation of the deposits.
+
+    Returns
+    -------
+    CosmicRayImage
+        ``electrons`` float32 (ny, nx) in e-, ``mask``, and one event per track (kind ``"bright"``,
+        x, y, azimuth_deg, length_px, charge_e).
+    """
+    rng = np.random.default_rng(rng)
+    lo, hi = (float(v) for v in peak_e)
+    if not 0 < lo <= hi or not np.isfinite(hi):
+        raise KercrDataError(f"peak_e={peak_e!r} must be two charges in e- per pixel, 0 < low <= high.")
+    ny, nx = shape
+    g = model.geometry
+    parts, events = [], []
+    for _ in range(int(n)):
+        length = float(rng.uniform(*length_px))
+        if rng.uniform() < 0.5:  # near the grid: along a row or a column, within the half-width
+            azimuth = 90.0 * int(rng.integers(4)) + rng.uniform(-BRIGHT_TRACK_GRID_DEG, BRIGHT_TRACK_GRID_DEG)
+        else:
+            azimuth = rng.uniform(0.0, 360.0)
+        phi = np.deg2rad(azimuth)
+        x, y = rng.uniform(-0.5, nx - 0.5), rng.uniform(-0.5, ny - 0.5)
+        theta = float(np.arctan(length * g.pixel_um / g.thickness_um))
+        per_px = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        # muon_deposits' charge per px of length, scaled to this track's
+        scaled = dataclasses.replace(model, dedx_e_per_um=per_px / np.hypot(g.pixel_um, g.thickness_um / length))
+        dep = muon_deposits(x, y, theta, phi, rng=rng, model=scaled)
+        parts.append(dep)
+        events.append({"kind": "bright", "x": x, "y": y, "azimuth_deg": float(azimuth % 360.0), "length_px": length,
+                       "charge_e": float(dep[3].sum())})
+    if parts:
+        electrons = render_deposits(shape, *(np.concatenate([p[i] for p in parts]) for i in range(4)))
+    else:
+        electrons = np.zeros(shape)
+    mask = electrons > threshold_e
+    return CosmicRayImage(electrons=np.where(mask, electrons, 0.0).astype(np.float32), mask=mask, events=events)
 
 
 def inject_cosmic_rays(image_adu, cr_electrons, *, gain, saturation=None) -> np.ndarray:

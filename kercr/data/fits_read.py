@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import logging
 import math
+import numbers
 import os
 import re
 import warnings
@@ -24,7 +25,7 @@ from astropy.io import fits
 
 from kercr.data.errors import FITSFileNotFoundError, FITSFormatError, KercrDataError
 
-__all__ = ["CCDFrame", "read_ccd", "iter_ccds", "list_ccd_extensions"]
+__all__ = ["CCDFrame", "header_number", "iter_ccds", "levels_in_image_units", "list_ccd_extensions", "read_ccd"]
 
 logger = logging.getLogger(__name__)
 
@@ -202,25 +203,42 @@ def _positive(value, what: str, source: str) -> float | None:
     return v
 
 
-def _header_value(headers: Sequence[fits.Header], key: str, pair: tuple[str, str], combine) -> float | None:
-    """Look up ``key``, else combine the per-amplifier pair, in the headers in order. With
-    ``combine=min`` (saturation) the lowest of ``key`` and the pair: DECam's ``SATURATE`` is the
-    higher amplifier's level, and pixels of the other amplifier saturate below it."""
-    for h in headers:
-        vals = [float(h[k]) for k in pair if isinstance(h.get(k), (int, float)) and not isinstance(h.get(k), bool)]
-        if key in h and isinstance(h[key], (int, float)) and not isinstance(h[key], bool):
-            return float(min([h[key], *vals])) if combine is min else float(h[key])
+def header_number(headers, key: str, pair: Sequence[str] = (), combine=np.mean, *,
+                  source: str = "the image") -> float | None:
+    """A positive header number: ``key``, else ``combine`` of the per-amplifier ``pair`` keys.
+
+    kercr's one reader of ``GAIN`` (e- per ADU), ``RDNOISE`` (e-) and ``SATURATE`` (ADU) for every
+    input (FITS file, HDU, CCDData's meta). ``headers``: a header (or any mapping, or None), or a
+    sequence of them looked up in order (an extension's header, then the primary's): the first that
+    has ``key`` or a positive ``pair`` value decides. A value that is not a positive finite number
+    is left out, with a warning naming ``source`` when it is a number (``GAIN = 0``); ``True`` and
+    text are not numbers. With ``combine=min`` (saturation) the lowest of ``key`` and the pair:
+    DECam's ``SATURATE`` is the higher amplifier's level, and pixels of the other amplifier
+    saturate below it.
+    """
+    if not isinstance(headers, (list, tuple)):  # one header (astropy's Header is a Sequence too)
+        headers = [headers]
+    for header in headers:
+        if header is None:
+            continue
+        vals = [float(header[k]) for k in pair if _positive_number(header.get(k))]
+        value = header.get(key)
+        if _positive_number(value):
+            return float(min([value, *vals])) if combine is min else float(value)
         if vals:
             return float(combine(vals))
+        if _is_number(value):
+            logger.warning("%s: header %s=%r is not a positive number; ignoring it", source, key, value)
     return None
 
 
-def _from_header(headers, key, pair, combine, what: str, source: str) -> float | None:
-    value = _header_value(headers, key, pair, combine)
-    if value is not None and not (math.isfinite(value) and value > 0):
-        logger.warning("%s: header %s=%r is not positive; ignoring it", source, what, value)
-        return None
-    return value
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _positive_number(value) -> bool:
+    """A positive finite number of any kind (Python or numpy; a bool is not one)."""
+    return _is_number(value) and math.isfinite(value) and value > 0
 
 
 def levels_in_image_units(unit, gain, saturation, *, source: str = "the image"):
@@ -290,20 +308,19 @@ def _frame_from_hdu(hdul: fits.HDUList, index: int, p: Path, gain, readnoise, sa
         data[np.asarray(raw) == blank] = np.nan
     data[~np.isfinite(data)] = np.nan
     headers = [hdu.header, hdul[0].header]
-    header_gain = _from_header(headers, "GAIN", ("GAINA", "GAINB"), np.mean, "GAIN", source)
-    header_saturation = _from_header(headers, "SATURATE", ("SATURATA", "SATURATB"), min, "SATURATE", source)
+    header_gain = header_number(headers, "GAIN", ("GAINA", "GAINB"), source=source)
+    header_saturation = header_number(headers, "SATURATE", ("SATURATA", "SATURATB"), min, source=source)
     if saturation is None or gain is None:  # the header's levels, in the image's units (BUNIT)
         unit = hdu.header.get("BUNIT", hdul[0].header.get("BUNIT"))
         header_gain, header_saturation = levels_in_image_units(
             unit if isinstance(unit, str) else None, header_gain, header_saturation if saturation is None else None,
             source=source)
     gain = _positive(gain, "gain", source) or header_gain
-    readnoise = _positive(readnoise, "readnoise", source) or _from_header(
-        headers, "RDNOISE", ("RDNOISEA", "RDNOISEB"), np.mean, "RDNOISE", source
-    )
+    readnoise = _positive(readnoise, "readnoise", source) or header_number(
+        headers, "RDNOISE", ("RDNOISEA", "RDNOISEB"), source=source)
     # The lower amplifier saturation is the level above which some pixels of the CCD saturate.
     saturation = _positive(saturation, "saturation", source) or header_saturation
-    exptime = _header_value(headers, "EXPTIME", (), min)
+    exptime = next((float(h["EXPTIME"]) for h in headers if _is_number(h.get("EXPTIME"))), None)
     return CCDFrame(
         data=data,
         header=hdu.header.copy(),

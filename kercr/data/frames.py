@@ -29,7 +29,7 @@ import numpy as np
 
 from kercr.config import FAINT_CRS, FITS_SUFFIXES  # one definition of the choices, shared with the CLI
 from kercr.data.augment import decam_dq_ignore, make_training_example
-from kercr.data.cosmic_rays import CosmicRayModel
+from kercr.data.cosmic_rays import CosmicRayModel, bright_tracks, inject_cosmic_rays
 from kercr.data.errors import KercrDataError
 from kercr.data.fits_io import iter_ccds, list_ccd_extensions, read_ccd
 from kercr.data.footprints import extract_footprints, inject_footprints, read_footprint_table
@@ -147,6 +147,12 @@ class SyntheticFrames(_CachedFrames):
     rim_weight : float
         Loss weight of the non-CR pixels touching a CR pixel of the truth (8-connected;
         :func:`kercr.data.pixel_weights.weigh_rim`). 1 (default): like any other pixel.
+    bright_tracks : float
+        Mean number of straight, heavily ionizing CR tracks (:func:`kercr.data.cosmic_rays.bright_tracks`:
+        8-60 px long, half of them within 10 degrees of a row or a column) added per 1024 x 1024
+        pixels, their charge per pixel 100 to 2000 times the sky noise, below 70 % of saturation.
+        Bleed trails and bad columns, bright lines along the grid too, are negatives; without
+        such tracks a model learns to leave every bright line along the grid unmasked. 0: none.
 
     Saturated and bleed-trail pixels are negatives in the weights (their truth is known); hot
     pixels, bad columns, CR hits on saturated pixels and (by default) CR pixels whose charge is
@@ -156,7 +162,7 @@ class SyntheticFrames(_CachedFrames):
     def __init__(self, *, seed, shape=(4096, 2048), cr_rate_scale=1.0, median_weights=False,
                  normalization=None, cache=2, footprints=None, footprint_fraction=0.5, variety="decam",
                  extended_sources=0.0, on_source_fraction=0.0, sky_e_range=None, cr_threshold_e=None,
-                 faint_crs="ignore", dominant_sources=0.0, integer_frames=0.0, rim_weight=1.0):
+                 faint_crs="ignore", dominant_sources=0.0, integer_frames=0.0, rim_weight=1.0, bright_tracks=0.0):
         super().__init__(seed=seed, median_weights=median_weights, normalization=normalization, cache=cache,
                          rim_weight=rim_weight)
         if variety not in VARIETIES:
@@ -196,6 +202,10 @@ class SyntheticFrames(_CachedFrames):
             if not 0 <= value <= 1:
                 raise KercrDataError(f"{name}={value!r} must be a fraction of the frames in [0, 1], e.g. 0.2.")
         self.dominant_sources, self.integer_frames = float(dominant_sources), float(integer_frames)
+        if not (np.isfinite(bright_tracks) and bright_tracks >= 0):
+            raise KercrDataError(f"bright_tracks={bright_tracks!r} must be a number of tracks per 1024 x 1024 pixels "
+                                 ">= 0, e.g. 4, or 0 for none.")
+        self.bright_tracks = float(bright_tracks)
         self.shape = tuple(int(s) for s in shape)
         self.footprints, self.footprint_fraction = footprints, float(footprint_fraction)
         self.variety, self.cr_rate_scale = variety, float(cr_rate_scale)
@@ -268,6 +278,17 @@ class SyntheticFrames(_CachedFrames):
             image, electrons, mask = inject_footprints(image, self.footprints, n=int(n) - n_on, gain=f.meta["gain"],
                                                        rng=rng, saturation=saturation)
             cr_mask, cr_e = cr_mask | mask, cr_e + electrons
+        if self.bright_tracks > 0:  # own random stream: the frames of runs without them are unchanged
+            rng = np.random.default_rng([self.seed, 2750159, int(i)])
+            n = rng.poisson(self.bright_tracks * np.prod(self.shape) / 1024**2)
+            sky_noise_e = np.sqrt(max(f.meta["sky_adu"] - config.bias_adu, 0.0) * config.gain + config.readnoise_e**2)
+            cap = 0.7 * config.saturation_adu * config.gain
+            threshold = config.cr_threshold_e if config.cr_threshold_e is not None else 0.5 * config.readnoise_e
+            tracks = bright_tracks(self.shape, n=int(n), rng=rng, model=config.cr_model, threshold_e=threshold,
+                                   peak_e=(min(100 * sky_noise_e, cap), min(2000 * sky_noise_e, cap)))
+            image = inject_cosmic_rays(image, tracks.electrons, gain=f.meta["gain"],
+                                       saturation=config.saturation_adu + config.bias_adu)
+            cr_mask, cr_e = cr_mask | tracks.mask, cr_e + tracks.electrons
         # CR pixels whose charge is below the pixel's own noise (sky + source + read noise) look
         # exactly like noise: by default they are left out of the loss (faint_crs chooses).
         noise_e = np.sqrt(np.maximum((clean - config.bias_adu) * config.gain, 0) + config.readnoise_e**2)

@@ -173,7 +173,7 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         saturation = saturation if saturation is not None else frame.saturation
     else:  # a CCDData's header numbers are in ADU; its data may be in electrons
         levels = header_levels(header, getattr(image, "unit", None) if isinstance(image, CCDData) else None,
-                               saturation_given=saturation is not None)
+                               saturation_given=saturation is not None, source=description)
         gain, readnoise, saturation = (given if given is not None else level for given, level in
                                        zip((gain, readnoise, saturation), levels))
 
@@ -234,11 +234,13 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
 
 def _check_arguments(data, description, *, batch_size, clean, clean_dilate):
     """KercrDataError or ValueError for an image that is not a real 2-D array of at least 2 x 2
-    pixels, or a bad ``batch_size`` or cleaning option; the cleaning method (None: no cleaning)."""
+    pixels, or a bad ``batch_size`` or cleaning option; the cleaning method (None: no cleaning).
+    (The noise statistics then need about 5 x 5 finite pixels; they say so for a smaller image.)"""
     if data.ndim != 2:
         raise KercrDataError(f"{description} has shape {data.shape}; kercr.detect needs a 2-D (ny, nx) image.")
     if min(data.shape) < 2:
-        raise UndetectableImageError(f"{description} has shape {data.shape}; pass an image of at least 2 x 2 pixels.")
+        raise UndetectableImageError(f"{description} has shape {data.shape}; pass an image of at least 5 x 5 pixels "
+                                     "(the noise statistics need them).")
     if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
         raise KercrDataError(f"{description} has dtype {data.dtype}; pass real-valued pixels.")
     if batch_size is not None and int(batch_size) < 1:

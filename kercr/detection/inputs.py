@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import warnings
 
@@ -13,42 +11,25 @@ from astropy.nddata import CCDData
 
 from kercr.data.errors import KercrDataError
 from kercr.data.fits_io import CCDFrame
-from kercr.data.fits_read import levels_in_image_units
+from kercr.data.fits_read import header_number, levels_in_image_units
 
-__all__ = ["header_levels", "header_number", "unpack"]
-
-
-def header_number(header, key, pair=(), combine=np.mean):
-    """A positive finite header number ``key``, else ``combine`` of the positive ``pair`` keys
-    (amplifiers), else None. With ``combine=min`` (saturation) the lowest of ``key`` and the pair
-    (DECam's ``SATURATE`` is the higher amplifier's level)."""
-    if header is None:
-        return None
-    vals = [float(header[k]) for k in pair if _positive(header.get(k))]
-    if _positive(header.get(key)):
-        return float(min([header[key], *vals])) if combine is min else float(header[key])
-    return float(combine(vals)) if vals else None
+__all__ = ["header_levels", "unpack"]
 
 
-def header_levels(header, unit=None, *, saturation_given: bool = False):
+def header_levels(header, unit=None, *, saturation_given: bool = False, source: str = "the image"):
     """``(gain, readnoise, saturation)`` of ``header`` in the units of the image it came with:
     ``unit`` (a CCDData's), else the header's ``BUNIT``; the rule is
     :func:`kercr.data.fits_read.levels_in_image_units` (SATURATE in ADU, converted with GAIN for data
     in electrons). ``saturation_given``: the caller has its own level, so the header's is not
     needed (and not warned about)."""
-    gain = header_number(header, "GAIN", ("GAINA", "GAINB"))
-    readnoise = header_number(header, "RDNOISE", ("RDNOISEA", "RDNOISEB"))
-    saturation = None if saturation_given else header_number(header, "SATURATE", ("SATURATA", "SATURATB"), min)
+    gain = header_number(header, "GAIN", ("GAINA", "GAINB"), source=source)
+    readnoise = header_number(header, "RDNOISE", ("RDNOISEA", "RDNOISEB"), source=source)
+    saturation = (None if saturation_given
+                  else header_number(header, "SATURATE", ("SATURATA", "SATURATB"), min, source=source))
     if unit is None and header is not None and isinstance(header.get("BUNIT"), str):
         unit = header["BUNIT"]
     gain, saturation = levels_in_image_units(unit, gain, saturation)
     return gain, readnoise, saturation
-
-
-def _positive(value) -> bool:
-    """A positive finite number of any kind (Python or numpy; a bool is not one)."""
-    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-            and math.isfinite(value) and value > 0)
 
 
 def _meta_header(meta) -> fits.Header:

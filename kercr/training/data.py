@@ -158,7 +158,7 @@ def synthetic_source(config: TrainConfig, *, cache: int = 2, footprints=None) ->
                            on_source_fraction=config.on_source_fraction, sky_e_range=config.sky_e_range,
                            cr_threshold_e=config.cr_threshold_e, faint_crs=config.faint_crs,
                            dominant_sources=config.dominant_sources, integer_frames=config.integer_frames,
-                           rim_weight=config.rim_weight)
+                           rim_weight=config.rim_weight, bright_tracks=config.bright_tracks)
 
 
 def synthetic_patches_per_frame(config: TrainConfig) -> int:

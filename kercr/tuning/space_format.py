@@ -30,7 +30,8 @@ DATA_KEYS = (
 #: searches of earlier versions resume.
 RECIPE_KEYS = (
     "variety", "footprints", "footprint_fraction", "extended_sources", "on_source_fraction", "sky_e_range",
-    "cr_threshold_e", "faint_crs", "rim_weight", "dominant_sources", "integer_frames", "asinh_softening",
+    "cr_threshold_e", "faint_crs", "rim_weight", "dominant_sources", "integer_frames", "bright_tracks",
+    "asinh_softening",
     "noise_estimator", "noise_model", "local_axis", "local_edges", "block_size", "local_gate", "local_min_blocks",
     "lr_schedule",
 )

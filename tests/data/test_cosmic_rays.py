@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kercr.data.cosmic_rays import (
-    CosmicRayModel, inject_cosmic_rays, muon_deposits, projected_length_px, render_deposits, simulate_cosmic_rays,
+    BRIGHT_TRACK_GRID_DEG, CosmicRayModel, bright_tracks, inject_cosmic_rays, muon_deposits, projected_length_px, render_deposits, simulate_cosmic_rays,
 )
 from kercr.data.errors import KercrDataError
 from kercr.data.footprints import extract_footprints, inject_footprints, read_footprint_table
@@ -88,6 +88,23 @@ def test_saturation_clips_only_cr_pixels():
     cr[5, 5] = 1e6
     out = inject_cosmic_rays(clean, cr, gain=4.0, saturation=40000.0)
     assert out[5, 5] == 40000.0 and out[0, 0] == 50000.0
+
+
+def test_bright_tracks_are_straight_bright_and_half_of_them_along_the_grid():
+    crs = bright_tracks((512, 512), n=400, rng=3, peak_e=(20000.0, 40000.0), threshold_e=50.0)
+    assert len(crs.events) == 400 and all(e["kind"] == "bright" for e in crs.events)
+    off_grid = np.array([min(e["azimuth_deg"] % 90.0, 90.0 - e["azimuth_deg"] % 90.0) for e in crs.events])
+    near = off_grid <= BRIGHT_TRACK_GRID_DEG
+    # Half drawn near the grid, plus the uniform half's own 2 x 10 / 90 of it.
+    assert 0.55 < near.mean() < 0.67
+    # Charge per pixel of length within the asked range (times the Landau mean, about 1.2).
+    per_px = np.array([e["charge_e"] / e["length_px"] for e in crs.events])
+    assert 20000.0 < np.median(per_px) < 1.3 * 40000.0 and per_px.min() > 0.8 * 20000.0
+    assert np.array_equal(crs.mask, crs.electrons > 0) and crs.electrons[crs.mask].min() > 50.0
+    one = bright_tracks((64, 64), n=1, rng=5, peak_e=(30000.0, 30000.0))
+    assert one.mask.sum() >= 0.5 * one.events[0]["length_px"]  # a line, not a spot
+    with pytest.raises(KercrDataError, match="peak_e"):
+        bright_tracks((64, 64), n=1, rng=0, peak_e=(0.0, 1e4))
 
 
 def test_footprint_table_reads_882_crs():

@@ -1,5 +1,7 @@
 """FITS I/O of the data core: synthetic files under tmp_path and the real DECam CP cutouts."""
 
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ from astropy.io import fits
 
 from kercr.data import errors
 from kercr.data.fits_io import iter_ccds, list_ccd_extensions, new_fits_file, read_ccd, wcs_header, write_fits_with_mask
+from kercr.data.fits_read import header_number
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_CANDIDATES = [REPO.parent / "shared" / "data", REPO / "shared" / "data"]
@@ -425,3 +428,39 @@ def test_write_with_mask_leaves_out_only_a_primary_card_astropy_cannot_read(tmp_
     out = write_fits_with_mask(tmp_path / "out.fits", read_ccd(src, "N4"), np.zeros(image.shape, bool))
     with fits.open(out) as hdul:
         assert hdul[0].header["EXPTIME"] == 30.0
+
+
+def test_header_number_takes_the_key_else_combines_the_amplifiers():
+    pair = ("GAINA", "GAINB")
+    assert header_number(fits.Header({"GAIN": 3.5, "GAINA": 4.0}), "GAIN", pair) == 3.5
+    assert header_number(fits.Header({"GAIN": 0.0, "GAINA": 4.0, "GAINB": 4.2}), "GAIN", pair) == pytest.approx(4.1)
+    assert header_number(fits.Header({"SATURATA": 60000.0, "SATURATB": 65000.0}), "SATURATE",
+                         ("SATURATA", "SATURATB"), min) == 60000.0
+    # DECam CP headers: SATURATE is the higher amplifier's level; the lower one saturates first.
+    assert header_number(fits.Header({"SATURATE": 37064.4, "SATURATA": 37064.4, "SATURATB": 33258.8}), "SATURATE",
+                         ("SATURATA", "SATURATB"), min) == 33258.8
+    # Not a positive finite number: not a value (a dict header, as a CCDData's meta may be).
+    assert header_number({"GAIN": math.nan, "GAINA": -1.0, "GAINB": 2.0}, "GAIN", pair) == 2.0
+    assert header_number({"GAIN": True, "GAINA": "4"}, "GAIN", pair) is None
+    assert header_number(fits.Header(), "GAIN", pair) is None and header_number(None, "GAIN", pair) is None
+
+
+def test_header_number_looks_in_each_header_in_turn_and_names_a_value_it_leaves_out(caplog):
+    pair = ("RDNOISEA", "RDNOISEB")
+    extension, primary = fits.Header({"RDNOISE": 0.0}), fits.Header({"RDNOISEA": 6.0, "RDNOISEB": 7.0})
+    with caplog.at_level(logging.WARNING, logger="kercr"):
+        assert header_number([extension, primary], "RDNOISE", pair, source="f.fits[S4]") == 6.5
+    assert "f.fits[S4]: header RDNOISE=0.0 is not a positive number" in caplog.text
+    assert header_number([fits.Header({"GAIN": 2.0}), fits.Header({"GAIN": 4.0})], "GAIN") == 2.0
+    assert header_number((None, {"GAIN": np.float32(3.0)}), "GAIN") == 3.0  # numpy numbers from a CCDData's meta
+
+
+def test_read_ccd_and_detect_read_the_same_header_levels(tmp_path):
+    """One parser: a file read by read_ccd, and the same HDU given to kercr.detect, take the same levels."""
+    from kercr.detection.inputs import header_levels
+
+    header = fits.Header({"GAIN": 0.0, "GAINA": 4.0, "GAINB": 4.4, "RDNOISEA": 6.0, "SATURATE": 40000.0,
+                          "SATURATB": 38000.0})
+    fits.HDUList([fits.PrimaryHDU(np.ones((8, 8), np.float32), header=header)]).writeto(tmp_path / "f.fits")
+    frame = read_ccd(tmp_path / "f.fits")
+    assert (frame.gain, frame.readnoise, frame.saturation) == header_levels(header) == pytest.approx((4.2, 6.0, 38000.0))

@@ -352,6 +352,26 @@ def test_frame_classes_dominant_and_integer_frames():
         SyntheticFrames(**kw, integer_frames=1.5)
 
 
+def test_bright_tracks_add_cr_pixels_to_otherwise_unchanged_frames():
+    from kercr.data.frames import SyntheticFrames
+
+    kw = dict(seed=4, shape=(256, 256), variety="wide", cr_rate_scale=10)
+    plain, tracked = SyntheticFrames(**kw), SyntheticFrames(**kw, bright_tracks=60.0)
+    added = 0
+    for i in range(3):
+        image0, mask0, _, clean0 = plain._make(i)
+        image1, mask1, ignore1, clean1 = tracked._make(i)
+        np.testing.assert_array_equal(clean0, clean1)
+        assert (mask1 >= mask0).all()
+        new = mask1 & ~mask0
+        # The tracks' pixels are brighter than before and labelled CR; every other pixel is as it was.
+        assert (image1[new] > image0[new]).all() and np.array_equal(image1[~mask1], image0[~mask1])
+        added += int((new & ~ignore1).sum())
+    assert added > 300
+    with pytest.raises(KercrDataError, match="bright_tracks"):
+        SyntheticFrames(**kw, bright_tracks=-1)
+
+
 def test_make_frame_names_a_bad_shape_or_exposure_time():
     with pytest.raises(KercrDataError, match="whole numbers of pixels"):
         make_frame(seed=0, shape=(32.0, 32.0))

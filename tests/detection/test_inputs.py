@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -11,24 +9,9 @@ from astropy.nddata import CCDData
 
 from kercr.data import KercrDataError, read_ccd
 from kercr.detection import detect
-from kercr.detection.inputs import header_number, unpack
+from kercr.detection.inputs import unpack
 
 SHAPE = (300, 500)  # the detection_frame fixture's
-
-
-def test_header_number_takes_the_key_else_combines_the_amplifiers():
-    pair = ("GAINA", "GAINB")
-    assert header_number(fits.Header({"GAIN": 3.5, "GAINA": 4.0}), "GAIN", pair) == 3.5
-    assert header_number(fits.Header({"GAIN": 0.0, "GAINA": 4.0, "GAINB": 4.2}), "GAIN", pair) == pytest.approx(4.1)
-    assert header_number(fits.Header({"SATURATA": 60000.0, "SATURATB": 65000.0}), "SATURATE",
-                         ("SATURATA", "SATURATB"), min) == 60000.0
-    # DECam CP headers: SATURATE is the higher amplifier's level; the lower one saturates first.
-    assert header_number(fits.Header({"SATURATE": 37064.4, "SATURATA": 37064.4, "SATURATB": 33258.8}), "SATURATE",
-                         ("SATURATA", "SATURATB"), min) == 33258.8
-    # Not a positive finite number: not a value (a dict header, as a CCDData's meta may be).
-    assert header_number({"GAIN": math.nan, "GAINA": -1.0, "GAINB": 2.0}, "GAIN", pair) == 2.0
-    assert header_number({"GAIN": True, "GAINA": "4"}, "GAIN", pair) is None
-    assert header_number(fits.Header(), "GAIN", pair) is None and header_number(None, "GAIN", pair) is None
 
 
 def test_unpack_reads_each_image_type(tmp_path):

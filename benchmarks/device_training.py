@@ -81,7 +81,7 @@ PLANS = {
 DATA_FIELDS = ("data", "frames", "frame_shape", "cr_rate_scale", "footprints", "footprint_fraction", "variety",
                "extended_sources", "on_source_fraction", "sky_e_range", "cr_threshold_e", "faint_crs",
                "asinh_softening", "noise_estimator", "noise_model", "local_axis", "local_edges", "block_size",
-               "local_gate", "local_min_blocks", "dominant_sources", "integer_frames", "rim_weight",
+               "local_gate", "local_min_blocks", "dominant_sources", "integer_frames", "bright_tracks", "rim_weight",
                "seed", "val_fraction", "loss")
 TINY = ["--epochs", "2", "--steps-per-epoch", "3", "--validation-steps", "2", "--frames", "12",
         "--frame-shape", "256", "256", "--patches-per-frame", "16", "--tensorboard-images", "0"]

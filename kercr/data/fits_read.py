@@ -204,15 +204,16 @@ def _positive(value, what: str, source: str) -> float | None:
 
 
 def header_number(headers, key: str, pair: Sequence[str] = (), combine=np.mean, *,
-                  source: str = "the image") -> float | None:
+                  source: str | None = "the image") -> float | None:
     """A positive header number: ``key``, else ``combine`` of the per-amplifier ``pair`` keys.
 
     kercr's one reader of ``GAIN`` (e- per ADU), ``RDNOISE`` (e-) and ``SATURATE`` (ADU) for every
     input (FITS file, HDU, CCDData's meta). ``headers``: a header (or any mapping, or None), or a
-    sequence of them looked up in order (an extension's header, then the primary's): the first that
-    has ``key`` or a positive ``pair`` value decides. A value that is not a positive finite number
-    is left out, with a warning naming ``source`` when it is a number (``GAIN = 0``); ``True`` and
-    text are not numbers. With ``combine=min`` (saturation) the lowest of ``key`` and the pair:
+    list or tuple of them looked up in order (an extension's header, then the primary's): the first
+    with a positive ``key`` or a positive ``pair`` value decides. A value that is not a positive
+    finite number is left out, with a log warning naming ``source`` when it is a number (``GAIN =
+    0``; ``source=None``: no warning, for a number the caller does not need); ``True`` and text
+    are not numbers. With ``combine=min`` (saturation) the lowest of ``key`` and the pair:
     DECam's ``SATURATE`` is the higher amplifier's level, and pixels of the other amplifier
     saturate below it.
     """
@@ -227,7 +228,7 @@ def header_number(headers, key: str, pair: Sequence[str] = (), combine=np.mean, 
             return float(min([value, *vals])) if combine is min else float(value)
         if vals:
             return float(combine(vals))
-        if _is_number(value):
+        if _is_number(value) and source is not None:
             logger.warning("%s: header %s=%r is not a positive number; ignoring it", source, key, value)
     return None
 

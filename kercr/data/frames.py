@@ -150,7 +150,8 @@ class SyntheticFrames(_CachedFrames):
     bright_tracks : float
         Mean number of straight, heavily ionizing CR tracks (:func:`kercr.data.cosmic_rays.bright_tracks`:
         8-60 px long, half of them within 10 degrees of a row or a column) added per 1024 x 1024
-        pixels, their charge per pixel 100 to 2000 times the sky noise, below 70 % of saturation.
+        pixels, their most probable charge per pixel of length 100 to 2000 times the sky noise and
+        below 70 % of saturation; a track pixel that saturates all the same is ignored.
         Bleed trails and bad columns, bright lines along the grid too, are negatives; without
         such tracks a model learns to leave every bright line along the grid unmasked. 0: none.
 
@@ -286,9 +287,15 @@ class SyntheticFrames(_CachedFrames):
             threshold = config.cr_threshold_e if config.cr_threshold_e is not None else 0.5 * config.readnoise_e
             tracks = bright_tracks(self.shape, n=int(n), rng=rng, model=config.cr_model, threshold_e=threshold,
                                    peak_e=(min(100 * sky_noise_e, cap), min(2000 * sky_noise_e, cap)))
-            image = inject_cosmic_rays(image, tracks.electrons, gain=f.meta["gain"],
-                                       saturation=config.saturation_adu + config.bias_adu)
+            saturation = config.saturation_adu + config.bias_adu
+            image = inject_cosmic_rays(image, tracks.electrons, gain=f.meta["gain"], saturation=saturation)
             cr_mask, cr_e = cr_mask | tracks.mask, cr_e + tracks.electrons
+            # A track pixel that reached saturation (on a source, or the Landau tail on a diagonal) is a
+            # saturated straight line, like a bleed trail (a negative): ignored, as CR hits on saturated
+            # pixels are.
+            saturated_tracks = tracks.mask & (image >= saturation)
+        else:
+            saturated_tracks = False
         # CR pixels whose charge is below the pixel's own noise (sky + source + read noise) look
         # exactly like noise: by default they are left out of the loss (faint_crs chooses).
         noise_e = np.sqrt(np.maximum((clean - config.bias_adu) * config.gain, 0) + config.readnoise_e**2)
@@ -297,7 +304,7 @@ class SyntheticFrames(_CachedFrames):
             cr_mask, faint = cr_mask & ~faint, np.zeros_like(faint)
         elif self.faint_crs == "positive":  # labelled CR, like every other CR pixel
             faint = np.zeros_like(faint)
-        ignore = (f.ignore_mask & ~(f.saturated_mask & ~cr_mask)) | faint
+        ignore = (f.ignore_mask & ~(f.saturated_mask & ~cr_mask)) | faint | saturated_tracks
         if kind == "integer":  # raw data: whole ADU
             image, clean = np.round(image), np.round(clean)
         return image, cr_mask, ignore, clean

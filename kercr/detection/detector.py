@@ -173,7 +173,8 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         saturation = saturation if saturation is not None else frame.saturation
     else:  # a CCDData's header numbers are in ADU; its data may be in electrons
         levels = header_levels(header, getattr(image, "unit", None) if isinstance(image, CCDData) else None,
-                               saturation_given=saturation is not None, source=description)
+                               saturation_given=saturation is not None, gain_given=gain is not None,
+                               readnoise_given=readnoise is not None, source=description)
         gain, readnoise, saturation = (given if given is not None else level for given, level in
                                        zip((gain, readnoise, saturation), levels))
 

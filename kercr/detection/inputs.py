@@ -16,19 +16,22 @@ from kercr.data.fits_read import header_number, levels_in_image_units
 __all__ = ["header_levels", "unpack"]
 
 
-def header_levels(header, unit=None, *, saturation_given: bool = False, source: str = "the image"):
+def header_levels(header, unit=None, *, saturation_given: bool = False, gain_given: bool = False,
+                  readnoise_given: bool = False, source: str = "the image"):
     """``(gain, readnoise, saturation)`` of ``header`` in the units of the image it came with:
     ``unit`` (a CCDData's), else the header's ``BUNIT``; the rule is
     :func:`kercr.data.fits_read.levels_in_image_units` (SATURATE in ADU, converted with GAIN for data
     in electrons). ``saturation_given``: the caller has its own level, so the header's is not
-    needed (and not warned about)."""
-    gain = header_number(header, "GAIN", ("GAINA", "GAINB"), source=source)
-    readnoise = header_number(header, "RDNOISE", ("RDNOISEA", "RDNOISEB"), source=source)
+    needed (and not warned about); ``gain_given``, ``readnoise_given``: the caller has its own, so
+    a bad header value is not warned about (the header's gain still converts its SATURATE).
+    ``source`` names the image in warnings."""
+    gain = header_number(header, "GAIN", ("GAINA", "GAINB"), source=None if gain_given else source)
+    readnoise = header_number(header, "RDNOISE", ("RDNOISEA", "RDNOISEB"), source=None if readnoise_given else source)
     saturation = (None if saturation_given
                   else header_number(header, "SATURATE", ("SATURATA", "SATURATB"), min, source=source))
     if unit is None and header is not None and isinstance(header.get("BUNIT"), str):
         unit = header["BUNIT"]
-    gain, saturation = levels_in_image_units(unit, gain, saturation)
+    gain, saturation = levels_in_image_units(unit, gain, saturation, source=source)
     return gain, readnoise, saturation
 
 

@@ -108,19 +108,24 @@ def _repair_backup(work: Path) -> None:
     if not backup.is_dir():
         return
     latest, previous = _backup_pair(backup), _backup_pair(backup, ".bkp")
+    weights, copy = backup / "latest.weights.h5", backup / "latest.weights.h5.bkp"
     if latest is not None and latest != previous:
-        copy = backup / "latest.weights.h5.bkp"
-        if previous is not None and copy.read_bytes() == (backup / "latest.weights.h5").read_bytes():
+        if previous is not None and copy.read_bytes() == weights.read_bytes():
             # Killed between the two copies: the .bkp weights are this epoch's, not its metadata's.
             copy.unlink()
         return
     if previous is not None:
+        if latest == previous and copy.read_bytes() == weights.read_bytes():
+            return  # both copies done, or a roll-back: one epoch twice, nothing cut short
         logger.warning("%s: the save of the epoch after %d was cut short; going on from the copy of epoch %d",
                        backup, previous, previous)
-        shutil.copyfile(backup / "latest.weights.h5.bkp", backup / "latest.weights.h5")
+        shutil.copyfile(copy, weights)
         shutil.copyfile(backup / "training_metadata.json.bkp", backup / "training_metadata.json")
         return
     if latest is None:
+        if any(backup.glob("*.bkp")):  # not a first save: a copy was made, and neither can be read
+            raise ConfigError(f"{backup}: neither the backup nor its previous copy can be read. Move the folder "
+                              "away to go on from history.csv and last.keras, or start a new --out.")
         logger.warning("%s holds no whole backup (its first save was cut short); removed", backup)
         shutil.rmtree(backup)
 
@@ -162,14 +167,12 @@ def _roll_back_backup(work: Path, done: int, to: int) -> bool:
     if to < 0 and done == 1:
         shutil.rmtree(backup)
         return True
-    try:
-        previous = int(json.loads((backup / "training_metadata.json.bkp").read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+    if _backup_pair(backup, ".bkp") != to:
         return False
-    if previous != to or not (backup / "latest.weights.h5.bkp").is_file():
-        return False
-    shutil.copyfile(backup / "latest.weights.h5.bkp", backup / "latest.weights.h5")
+    # The metadata first: killed between the two, the metadata names its copy's epoch, which
+    # _repair_backup takes as a save cut short and finishes from the copy.
     shutil.copyfile(backup / "training_metadata.json.bkp", backup / "training_metadata.json")
+    shutil.copyfile(backup / "latest.weights.h5.bkp", backup / "latest.weights.h5")
     return True
 
 

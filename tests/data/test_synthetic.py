@@ -368,6 +368,18 @@ def test_bright_tracks_add_cr_pixels_to_otherwise_unchanged_frames():
         assert (image1[new] > image0[new]).all() and np.array_equal(image1[~mask1], image0[~mask1])
         added += int((new & ~ignore1).sum())
     assert added > 300
+    # A track pixel that reached saturation is ignored, as CR hits on saturated pixels are (a saturated
+    # straight line labelled CR would contradict the bleed trails, negatives).
+    crowded = SyntheticFrames(**kw, bright_tracks=3000.0)
+    saturated = 0
+    for i in range(4):
+        image0, mask0, _, _ = plain._make(i)
+        image1, mask1, ignore1, _ = crowded._make(i)
+        config = crowded.frame_config(i)
+        at_saturation = mask1 & ~mask0 & (image1 >= config.saturation_adu + config.bias_adu)
+        assert ignore1[at_saturation].all()
+        saturated += int(at_saturation.sum())
+    assert saturated > 0
     with pytest.raises(KercrDataError, match="bright_tracks"):
         SyntheticFrames(**kw, bright_tracks=-1)
 

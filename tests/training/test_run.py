@@ -505,18 +505,29 @@ def test_a_worker_killed_mid_run_is_named_and_the_same_command_resumes(tmp_path)
 
 def test_a_worker_ahead_of_the_others_goes_back_to_its_previous_backup(tmp_path):
     """Workers killed at once can hold backups one epoch apart; the one ahead takes Keras' previous copy."""
-    from kercr.training.run import _roll_back_backup
+    import h5py
+
+    from kercr.training.run import _backup_epoch, _repair_backup, _roll_back_backup
 
     backup = tmp_path / "w" / "backup"
-    backup.mkdir(parents=True)
-    (backup / "latest.weights.h5").write_bytes(b"epoch 3")
-    (backup / "training_metadata.json").write_text('{"epoch": 3, "batch": 0}')
-    (backup / "latest.weights.h5.bkp").write_bytes(b"epoch 2")
-    (backup / "training_metadata.json.bkp").write_text('{"epoch": 2, "batch": 0}')
+    for epoch in (1, 2, 3):
+        _backup_save(backup, epoch)
     assert not _roll_back_backup(tmp_path / "w", 3, 1)  # two epochs back: no copy holds it
     assert _roll_back_backup(tmp_path / "w", 3, 2)
-    assert (backup / "latest.weights.h5").read_bytes() == b"epoch 2"
+    with h5py.File(backup / "latest.weights.h5", "r") as f:
+        assert set(f["w"][()]) == {2.0}
     assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 2
+    _repair_backup(tmp_path / "w")  # a finished roll-back is a whole backup: left as it is
+    assert _backup_epoch(tmp_path / "w") == 2 and (backup / "latest.weights.h5.bkp").is_file()
+    # Killed during a roll-back, between its two copies: the next start finishes it.
+    _backup_save(backup, 3)
+    shutil.copyfile(backup / "training_metadata.json.bkp", backup / "training_metadata.json")
+    _repair_backup(tmp_path / "w")
+    assert _backup_epoch(tmp_path / "w") == 2
+    with h5py.File(backup / "latest.weights.h5", "r") as f:
+        assert set(f["w"][()]) == {2.0}
+    shutil.rmtree(backup)
+    _backup_save(backup, 1)
     assert _roll_back_backup(tmp_path / "w", 1, -1) and not backup.exists()  # before the first epoch: none
 
 
@@ -564,6 +575,19 @@ def test_a_backup_cut_short_by_a_kill_is_taken_from_its_copy(tmp_path, cut, expe
         copied = json.loads((backup / "training_metadata.json.bkp").read_text())["epoch"]
         with h5py.File(backup / "latest.weights.h5.bkp", "r") as f:
             assert set(f["w"][()]) == {float(copied)}
+
+
+def test_a_backup_whose_copies_are_both_unreadable_is_not_removed(tmp_path):
+    from kercr.training.run import _repair_backup
+
+    backup = tmp_path / "w" / "backup"
+    for epoch in (1, 2):
+        _backup_save(backup, epoch)
+    for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
+        (backup / name).write_bytes(b"not HDF5")
+    with pytest.raises(ConfigError, match="neither the backup nor its previous copy can be read"):
+        _repair_backup(tmp_path / "w")
+    assert (backup / "training_metadata.json").is_file()
 
 
 @pytest.mark.parametrize("cut", ["weights", "written"])

@@ -12,6 +12,7 @@ defaults with the frame's gain, read noise and no saturation) when it is install
 Usage::
 
     python benchmarks/track_angles.py [--model default] [--peaks 300 1000 3000 8000 20000] [--seed 0]
+        [--runtime tflite-int8 --tta on]   (a run directory: the default's runtime and flips)
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def main(argv=None) -> int:
     parser.add_argument("--peaks", type=float, nargs="+", default=[300, 1000, 3000, 8000, 20000],
                         help="track peaks above the sky, ADU")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runtime", default="auto",
+                        help="kercr.detect's runtime (default auto: the card's; give tflite-int8 for a run directory)")
+    parser.add_argument("--tta", choices=("card", "on", "off"), default="card",
+                        help="the four flips: the card's choice (default), or on / off (a run directory has no card)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -76,7 +81,8 @@ def main(argv=None) -> int:
     print(header + "\n|" + "---|" * (2 + len(ANGLES)))
     for peak in args.peaks:
         image, cores = frame(peak, args.seed)
-        result = kercr.detect(image, model=args.model, gain=GAIN, readnoise=READNOISE_E)
+        result = kercr.detect(image, model=args.model, gain=GAIN, readnoise=READNOISE_E, runtime=args.runtime,
+                              tta=None if args.tta == "card" else args.tta == "on")
         rows = [(f"kercr {args.model}", result.mask)]
         if astroscrappy is not None:
             crmask, _ = astroscrappy.detect_cosmics(image, gain=GAIN, readnoise=READNOISE_E, satlevel=1e9)

@@ -299,10 +299,23 @@ def run(parser: argparse.ArgumentParser, main, argv=None, *, interrupted: str = 
                 if level > 0:
                     traceback.print_exc()
                 sys.stderr.write(error_line(parser.prog, err) + "\n")
+                if getattr(err, "exit_at_once", False):
+                    _exit_at_once(EXIT_ERROR)
                 return EXIT_ERROR
     finally:
         if hooked:
             _remove_finder()
+
+
+def _exit_at_once(status: int) -> None:
+    """Flush the output and end the process with ``status``, without the interpreter's teardown: for
+    an error whose ``exit_at_once`` is true (a multi-worker run that lost a worker, where
+    TensorFlow's teardown garbage-collects collectives that still wait for it and was seen to hang
+    for minutes or for good; every file of the run is already whole)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(status)
 
 
 def parse_overrides(parser: argparse.ArgumentParser, items) -> dict:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import math
 import os
 import sys
-import traceback
 
-from kercr.cli.common import EXIT_ERROR, add_verbosity, error_line, parse_overrides, run, verbosity
+from kercr.cli.common import add_verbosity, parse_overrides, run, verbosity
 from kercr.config import (
     ConfigError,
     FAINT_CRS,
@@ -179,12 +177,7 @@ def _train(parser, args) -> int:
     # -q: no Keras progress bar either; into a file or a pipe (Slurm, nohup, CI), a line per epoch, not a
     # progress bar redrawn at every step (megabytes of log, and a pipe nobody reads fills and stops the run).
     keras_verbose = 0 if verbosity(args) < 0 else "auto" if sys.stdout.isatty() else 2
-    from kercr.training.distribution import LostWorkerError  # heavy: as above
-
-    try:
-        metrics = train(config, verbose=keras_verbose)  # checks the model and patch size before any data is made
-    except LostWorkerError as err:
-        _leave_after_lost_worker(parser, args, err)
+    metrics = train(config, verbose=keras_verbose)  # checks the model and patch size before any data is made
     if metrics:
         print(
             f"validation ({metrics['cr_pixels']:,} CR and {metrics['non_cr_pixels']:,} other pixels, "
@@ -196,22 +189,6 @@ def _train(parser, args) -> int:
         if expect:
             print(f"expected: {expect}")
     return 0
-
-
-def _leave_after_lost_worker(parser, args, err) -> None:
-    """Say which worker was lost and end this process at once, with status 1.
-
-    After a lost worker, TensorFlow's teardown at exit garbage-collects collectives that still wait
-    for it, which hung for minutes or for good; every file of the run is already whole (they are
-    written under temporary names and renamed, and history.csv is flushed row by row).
-    """
-    if verbosity(args) > 0:
-        traceback.print_exc()
-    sys.stderr.write(error_line(parser.prog, err) + "\n")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(EXIT_ERROR)
 
 
 def train_main(argv=None) -> int:

@@ -265,11 +265,11 @@ class SyntheticFrames(_CachedFrames):
             source_e = dominant_source(self.shape, rng, sky_var_e=sky_var_e,
                                        max_peak_e=0.5 * config.saturation_adu * config.gain)
             image, clean = _add_source(image, clean, source_e, rng=rng, gain=config.gain)
+        saturation = config.saturation_adu + config.bias_adu  # ADU, with the bias
         if self.footprints:
             # Real footprints on top of the simulated CRs: footprint_fraction of the frame's CRs.
             rng = np.random.default_rng([self.seed, 104729, int(i)])
             n = rng.poisson(self.footprint_fraction * config.cr_model.expected_count(self.shape, f.meta["cr_exptime"]))
-            saturation = config.saturation_adu + config.bias_adu
             n_on = rng.binomial(int(n), self.on_source_fraction) if self.on_source_fraction > 0 else 0
             if n_on:  # CR hits on stars, galaxies and halos (not on saturated or bad pixels)
                 where = source_map(clean, mask=f.ignore_mask)
@@ -287,7 +287,6 @@ class SyntheticFrames(_CachedFrames):
             threshold = config.cr_threshold_e if config.cr_threshold_e is not None else 0.5 * config.readnoise_e
             tracks = bright_tracks(self.shape, n=int(n), rng=rng, model=config.cr_model, threshold_e=threshold,
                                    peak_e=(min(100 * sky_noise_e, cap), min(2000 * sky_noise_e, cap)))
-            saturation = config.saturation_adu + config.bias_adu
             image = inject_cosmic_rays(image, tracks.electrons, gain=f.meta["gain"], saturation=saturation)
             cr_mask, cr_e = cr_mask | tracks.mask, cr_e + tracks.electrons
             # A track pixel that reached saturation (on a source, or the Landau tail on a diagonal) is a

@@ -156,9 +156,12 @@ class LostWorkerError(ConnectionError):
 
     Every finished epoch is saved; the same command on every worker resumes the run. The process
     that gets this error should end without TensorFlow's teardown (``os._exit``, after flushing
-    its output), as ``kercr-train`` does: that teardown garbage-collects collectives that still wait
-    for the lost worker, and was seen to hang for minutes, or for good.
+    its output), as ``kercr-train`` does (``exit_at_once``, read by :func:`kercr.cli.common.run`):
+    that teardown garbage-collects collectives that still wait for the lost worker, and was seen to
+    hang for minutes, or for good.
     """
+
+    exit_at_once = True
 
 
 def lost_worker(err: BaseException):

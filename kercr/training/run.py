@@ -99,8 +99,9 @@ def _repair_backup(work: Path) -> None:
     ``.bkp``, then writing the weights, then the metadata. Killed in between, the current pair is
     unreadable or still names the epoch of its ``.bkp`` copy (its weights maybe already the next
     epoch's): then the ``.bkp`` pair is the backup. Killed between the two copies, the ``.bkp``
-    weights do not match their metadata: that copy goes (a worker that would need it says so). Killed during the first save, there is no
-    backup at all (the folder goes; the run goes on as if that epoch's backup had not begun).
+    weights do not match their metadata: that copy goes (a worker that would need it says so).
+    Killed during the first save, there is no backup at all (the folder goes; the run goes on as
+    if that epoch's backup had not begun).
     Keras itself falls back only on an OSError from the weights, and not before the workers of a
     multi-worker run have agreed on an epoch from the metadata.
     """

@@ -207,6 +207,29 @@ def test_run_reports_interrupts_and_lets_bugs_show(capsys, kercr_logger):
     assert not any(isinstance(f, common._QuietTensorFlowFinder) for f in sys.meta_path)  # nothing left behind
 
 
+def test_run_ends_the_process_at_once_after_an_error_that_asks_for_it(capsys, kercr_logger, monkeypatch):
+    """A lost worker (LostWorkerError.exit_at_once): the error line, then os._exit (_exit_at_once), not the teardown."""
+    import argparse
+
+    from kercr.training.distribution import LostWorkerError
+
+    exits = []
+    monkeypatch.setattr(common, "_exit_at_once", exits.append)  # the real one ends pytest too
+    parser = add_verbosity(argparse.ArgumentParser(prog="kercr-x"))
+
+    def lost(parser, args):
+        raise LostWorkerError("multi-worker training lost worker 1 at h:1. Run the same command again.")
+
+    assert run(parser, lost, []) == 1 and exits == [1]
+    said = capsys.readouterr().err
+    assert said == "kercr-x: error: multi-worker training lost worker 1 at h:1. Run the same command again.\n"
+
+    def other(parser, args):
+        raise ConnectionError("an unwritable output")
+
+    assert run(parser, other, []) == 1 and exits == [1]  # other errors return as before
+
+
 def test_run_leaves_the_logger_as_it_found_it(kercr_logger, capsys):
     import argparse
 

@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/frame_classes.py [--model default|PATH [PATH ...]] [--frames-per-class 6] [--seed 9001]
-                                       [--runtime keras] [--tta|--no-tta] [--tiny] [--out DIR]
+                                       [--runtime keras] [--tta|--no-tta] [--threshold P] [--tiny] [--out DIR]
 
 Protocol
 --------
@@ -34,11 +34,14 @@ Metrics:
     pooled pixels ranked by the logits of ``detect(keep_logits=True)``, else its probabilities);
     at the model's card threshold (``detect``'s mask): TPR, FPR, Dice, and where the false
     positives lie (issue 22's "fat masks": within 1 px of a CR, 8-connected, or elsewhere;
-    ``real_frames.false_positive_split``).
+    ``real_frames.false_positive_split``), and how many of those elsewhere lie within 2 px of a
+    saturated or bleed-trail pixel (``SyntheticFrames.saturated_pixels``: negatives that a model
+    taught to flag bright straight tracks along the rows and columns may take for CRs; the real
+    frames' data-quality masks exclude their trails, so only these frames show it).
 Detection:
     ``kercr.detect(image, model=M, mask=ignore, runtime=R, keep_logits=True)``: the model card's
-    threshold and four-flip averaging (``tta``) unless ``--tta/--no-tta``; ``--runtime`` default
-    keras (whose scores rank every pixel).
+    threshold unless ``--threshold``, and four-flip averaging (``tta``) unless ``--tta/--no-tta``;
+    ``--runtime`` default keras (whose scores rank every pixel).
 Frame checks (in the output, per frame):
     gain, sky and noise (diff2) in ADU, whether every pixel is a whole number, and the spread of
     the local background (10th to 90th percentile of the 32-pixel block background map of
@@ -71,6 +74,7 @@ TEST_SEED = 9001  # training configs use seeds 0-5, the reference table 20261124
 SHAPE, TINY_SHAPE = (1024, 1024), (256, 256)
 CR_RATE_SCALE = 10.0
 MAX_SCAN = 200  # frames looked at per wanted frame before giving up on a class
+BLEED_MARGIN = 2  # px: false positives this close to a saturated or bleed-trail pixel count as on the trail
 
 
 def frame_source(*, seed=TEST_SEED, shape=SHAPE, footprints=None):
@@ -99,6 +103,13 @@ def class_frames(source, per_class):
                        f"{ {k: len(v) for k, v in chosen.items()} }")
 
 
+def bleed_pixels(source, i):
+    """Pixels of frame ``i`` within :data:`BLEED_MARGIN` px of a saturated or bleed-trail pixel (bool)."""
+    from kercr.data.masks import dilate_mask
+
+    return dilate_mask(source.saturated_pixels(i), BLEED_MARGIN)
+
+
 def frame_checks(source, i, image, ignore) -> dict:
     """What makes frame ``i`` its class: gain, sky, noise, whole ADU, spread of the local background."""
     from kercr.data.normalization import NormalizationConfig, local_background_noise, robust_sky_noise
@@ -113,8 +124,12 @@ def frame_checks(source, i, image, ignore) -> dict:
             "background_spread": float((p90 - p10) / sigma)}
 
 
-def class_metrics(truth, score, flagged, near) -> dict:
-    """Pooled metrics of one class (1-D arrays, ignored pixels already removed)."""
+def class_metrics(truth, score, flagged, near, bleed) -> dict:
+    """Pooled metrics of one class (1-D arrays, ignored pixels already removed).
+
+    ``bleed``: pixels within :data:`BLEED_MARGIN` px of a saturated or bleed-trail pixel (the
+    negatives a model trained on bright straight CR tracks may take for CRs); the false positives
+    neither within 1 px of a CR nor on them are ``elsewhere_off_bleed``."""
     from kercr import metrics as M
 
     n_cr, n_neg = int(truth.sum()), int((~truth).sum())
@@ -123,6 +138,9 @@ def class_metrics(truth, score, flagged, near) -> dict:
            "precision_at_recall_0.95": None, "tpr_at_threshold": tp / n_cr if n_cr else None,
            "fpr_at_threshold": fp / max(n_neg, 1), "dice_at_threshold": 2 * tp / max(tp + fp + n_cr, 1),
            "false_positives_at_threshold": false_positive_split(truth, flagged, near)}
+    off_rim = flagged & ~truth & ~near
+    row["false_positives_at_threshold"].update(on_bleed=int((off_rim & bleed).sum()),
+                                               elsewhere_off_bleed=int((off_rim & ~bleed).sum()))
     if n_cr and n_neg:
         row["tpr_at_fpr_1e-4"] = float(M.tpr_at_fpr(truth, score, 1e-4))
         row["tpr_at_fpr_1e-3"] = float(M.tpr_at_fpr(truth, score, 1e-3))
@@ -130,37 +148,42 @@ def class_metrics(truth, score, flagged, near) -> dict:
     return row
 
 
-def score_model(model, frames, *, runtime="keras", tta=None, progress=None, detectors=None) -> dict:
+def score_model(model, frames, *, runtime="keras", tta=None, progress=None, detectors=None, bleed=None,
+                threshold=None) -> dict:
     """Detect every frame with ``model`` and pool per class: ``{"threshold", "tta", "classes": {class: metrics}}``.
 
     ``detectors``: ``{i: (gain e-/ADU, read noise e-)}`` of the frames' imagers, what their headers
-    would say (``detect(gain=, readnoise=)``; used by models with ``header_noise``)."""
+    would say (``detect(gain=, readnoise=)``; used by models with ``header_noise``). ``bleed``:
+    ``{i: bool mask}``, :func:`bleed_pixels` of the frames (default: none). ``threshold``: the
+    probability cut of the numbers "at threshold" (default: the model card's)."""
     from kercr.detection import detect, load_model
 
     loaded = load_model(model)
-    pooled = {c: {"truth": [], "score": [], "flagged": [], "near": []} for c in (*CLASSES, "all")}
+    pooled = {c: {"truth": [], "score": [], "flagged": [], "near": [], "bleed": []} for c in (*CLASSES, "all")}
     used_tta, ranked_by, t0 = None, "logits", time.perf_counter()
     for kind, items in frames.items():
         for i, image, truth, ignore in items:
             gain, readnoise = (detectors or {}).get(i, (None, None))
             res = detect(image, model=loaded, mask=ignore, runtime=runtime, tta=tta, keep_logits=True, gain=gain,
-                         readnoise=readnoise)
+                         readnoise=readnoise, threshold=threshold)
             used_tta = res.tta
             score = res.logit if res.logit is not None else res.probability
             if res.logit is None:
                 ranked_by = "probabilities"
             keep = ~(ignore | res.ignored)
             near = near_crs(truth)  # per frame, before pooling
+            on_bleed = (bleed or {}).get(i, np.zeros_like(truth))
             for c in (kind, "all"):
                 pooled[c]["truth"].append(truth[keep])
                 pooled[c]["score"].append(score[keep])
                 pooled[c]["flagged"].append(res.mask[keep])
                 pooled[c]["near"].append(near[keep])
+                pooled[c]["bleed"].append(on_bleed[keep])
             if progress:
                 progress(f"{kind} frame {i}: {int((truth & keep).sum())} CR px, {int((res.mask & keep).sum())} flagged")
-    classes = {c: class_metrics(*(np.concatenate(p[k]) for k in ("truth", "score", "flagged", "near")))
+    classes = {c: class_metrics(*(np.concatenate(p[k]) for k in ("truth", "score", "flagged", "near", "bleed")))
                for c, p in pooled.items()}
-    return {"threshold": float(loaded.threshold), "tta": bool(used_tta), "runtime": runtime, "ranked_by": ranked_by,
+    return {"threshold": float(loaded.threshold if threshold is None else threshold), "tta": bool(used_tta), "runtime": runtime, "ranked_by": ranked_by,
             "seconds": time.perf_counter() - t0, "classes": classes}
 
 
@@ -170,7 +193,8 @@ def _fmt(x, spec=".4f"):
 
 def print_table(report):
     print("| model | class | frames | CR px | TPR@0.01% FPR | TPR@0.1% FPR | precision@95% recall "
-          "| TPR / FPR @ threshold | Dice @ threshold | false positives @ threshold: within 1 px of a CR / elsewhere |")
+          "| TPR / FPR @ threshold | Dice @ threshold | false positives @ threshold: within 1 px of a CR / elsewhere "
+          f"(of which on bleed trails: within {BLEED_MARGIN} px of saturated or bleed-trail pixels) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, m in report["models"].items():
         for c, row in m["classes"].items():
@@ -180,7 +204,7 @@ def print_table(report):
                   f"| {row['cr_pixels']:,} | {_fmt(row['tpr_at_fpr_1e-4'])} | {_fmt(row['tpr_at_fpr_1e-3'])} "
                   f"| {_fmt(row['precision_at_recall_0.95'])} | {_fmt(row['tpr_at_threshold'], '.3f')} / "
                   f"{row['fpr_at_threshold']:.1e} | {row['dice_at_threshold']:.4f} "
-                  f"| {f['near_cr']:,} ({f['share_near_cr']:.0%}) / {f['elsewhere']:,} |")
+                  f"| {f['near_cr']:,} ({f['share_near_cr']:.0%}) / {f['elsewhere']:,} ({f['on_bleed']:,}) |")
 
 
 def main(argv=None) -> int:
@@ -194,6 +218,9 @@ def main(argv=None) -> int:
     parser.add_argument("--runtime", default="keras")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="four-flip averaging (default: the model card's choice)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="probability cut of the numbers at threshold (default: each model card's; one cut "
+                        "for models without a card, or to compare them at the same one)")
     parser.add_argument("--tiny", action="store_true", help="256 x 256 frames, 1 per class (a smoke test)")
     parser.add_argument("--out", default="runs/frame_classes")
     args = parser.parse_args(argv)
@@ -220,9 +247,10 @@ def main(argv=None) -> int:
               "models": {}}
     detectors = {i: (source.frame_config(i).gain, source.frame_config(i).readnoise_e)
                  for items in frames.values() for i, *_ in items}
+    bleed = {i: bleed_pixels(source, i) for items in frames.values() for i, *_ in items}
     for model in args.model:
         report["models"][str(model)] = score_model(
-            model, frames, runtime=args.runtime, tta=args.tta, detectors=detectors,
+            model, frames, runtime=args.runtime, tta=args.tta, detectors=detectors, bleed=bleed, threshold=args.threshold,
             progress=lambda msg, m=model: print(f"  [{m}] {msg}", file=sys.stderr, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -245,10 +245,24 @@ class SyntheticFrames(_CachedFrames):
             config = dataclasses.replace(config, cr_threshold_e=self.cr_threshold_e)
         return config
 
+    def _base_frame(self, i, config: SyntheticConfig):
+        """The :func:`kercr.data.synthetic.make_frame` exposure that frame ``i`` is built on."""
+        return make_frame(seed=np.random.SeedSequence([self.seed, 7919, int(i)]), shape=self.shape, config=config)
+
+    def saturated_pixels(self, i) -> np.ndarray:
+        """Saturated and bleed-trail pixels of frame ``i`` (bool, the frame's shape).
+
+        They are negatives in the pixel weights (see the class docstring), so a benchmark can ask
+        how many of a detector's false positives lie on them: the pixels that
+        :func:`kercr.data.synthetic.make_frame` saturated and bled, run again for this (about a
+        second for 1024 x 1024 px).
+        """
+        return self._base_frame(i, self.frame_config(i)).saturated_mask
+
     def _make(self, i):
         config = self.frame_config(i)
         self._detectors[i] = (config.gain, config.readnoise_e)  # what the imager's header would say
-        f = make_frame(seed=np.random.SeedSequence([self.seed, 7919, int(i)]), shape=self.shape, config=config)
+        f = self._base_frame(i, config)
         image, cr_mask, cr_e, clean = f.image_adu, f.cr_mask, f.cr_electrons, f.clean_adu
         if self.extended_sources > 0:
             # Large smooth sources with their photon noise, on the image and on the clean frame alike.

@@ -274,6 +274,7 @@ def test_frame_classes_scores_each_class_on_frames_of_that_class(frame_classes, 
                                                        rel=1e-12), c
         assert m["tpr_at_fpr_1e-4"] <= m["tpr_at_fpr_1e-3"] and m["precision_at_recall_0.95"] is not None, c
         assert fp["near_cr"] + fp["elsewhere"] == fp["false_positives"]
+        assert fp["on_bleed"] + fp["elsewhere_off_bleed"] == fp["elsewhere"]
         if fp["false_positives"]:
             assert fp["share_near_cr"] == pytest.approx(fp["near_cr"] / fp["false_positives"], rel=1e-12), c
     # "all" pools the classes' pixels.
@@ -284,6 +285,25 @@ def test_frame_classes_scores_each_class_on_frames_of_that_class(frame_classes, 
     # seeded: the same frames again
     again = frame_classes.class_frames(frame_classes.frame_source(shape=(256, 256)), 1)
     assert [i for i, *_ in again["integer"]] == [integer["index"]]
+    # --threshold replaces the card's cut: at 0 every scored pixel is flagged.
+    assert frame_classes.main(["--tiny", "--model", str(path), "--threshold", "0", "--out", str(tmp_path / "t0")]) == 0
+    (row0,) = json.loads((tmp_path / "t0" / "frame_classes.json").read_text())["models"].values()
+    assert row0["threshold"] == 0 and row0["classes"]["all"]["fpr_at_threshold"] == 1.0
+
+
+def test_class_metrics_counts_false_positives_on_bleed_trails_apart(frame_classes):
+    import numpy as np
+
+    truth = np.zeros(10, bool)
+    truth[0] = True
+    near = np.zeros(10, bool)
+    near[1] = True  # the CR's rim
+    bleed = np.zeros(10, bool)
+    bleed[[1, 2, 3]] = True  # pixel 1 is both: it counts as near the CR
+    flagged = np.zeros(10, bool)
+    flagged[[0, 1, 2, 5]] = True
+    fp = frame_classes.class_metrics(truth, flagged.astype(float), flagged, near, bleed)["false_positives_at_threshold"]
+    assert (fp["near_cr"], fp["elsewhere"], fp["on_bleed"], fp["elsewhere_off_bleed"]) == (1, 2, 1, 1)
 
 
 def test_false_positive_split_counts_the_rim_of_each_cr(real_frames):

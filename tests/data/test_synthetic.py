@@ -154,6 +154,8 @@ def test_saturated_stars_and_bleed_trails_are_negatives_in_training_weights():
     image, mask, weight = source.frame(i)
     negatives = f.saturated_mask & (mask == 0)
     assert negatives.sum() > 20 and np.all(weight[negatives] == 1)
+    # What benchmarks count false positives on (frame_classes.py): this frame's saturated and bleed pixels.
+    assert np.array_equal(source.saturated_pixels(i), f.saturated_mask)
     hot_or_bad = f.ignore_mask & ~f.saturated_mask
     assert np.all(weight[hot_or_bad] == 0)
     # CR pixels below their own noise are left out of the loss; bright ones are positives.

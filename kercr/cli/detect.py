@@ -22,7 +22,7 @@ import math
 import sys
 from pathlib import Path
 
-from kercr.cli.common import add_verbosity, run
+from kercr.cli.common import add_verbosity, run, signals_as_interrupt
 from kercr.config import DETECT_CLEAN_METHODS, LOCAL_SCHEDULER, RUNTIMES
 
 __all__ = ["detect_main", "detect_parser", "evaluate_main", "evaluate_parser"]
@@ -91,7 +91,9 @@ def detect_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-existing", action="store_true",
                         help="skip inputs whose output exists (counted in the summary), to finish a batch that "
                              "failed or was killed; an output is taken as done only if it was made from this very "
-                             "file (its SHA-256, so each input with an output is read once) with these options. "
+                             "file (its SHA-256, so each input with an output is read once) with the same model, "
+                             "--dilate, --clean, --save-probability, --ext and, where given, --threshold, "
+                             "--runtime, --tta/--no-tta, --tta-gate and --keep-saturated. "
                              "Without it an existing output fails that input (never overwritten).")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
                         help="worker processes, each detecting whole CCDs with --threads/N LiteRT threads (default: "
@@ -119,6 +121,11 @@ def detect_parser() -> argparse.ArgumentParser:
 def _check_model_args(parser, args) -> None:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold {args.threshold}: pass a probability in [0, 1].")
+    for flag, value, least, what in (("--tile", args.tile, 1, "a tile side in pixels >= 1"),
+                                     ("--overlap", args.overlap, 0, "a margin in pixels >= 0"),
+                                     ("--batch-size", args.batch_size, 1, "a number of tiles per call >= 1")):
+        if value is not None and value < least:
+            parser.error(f"{flag} {value}: pass {what} (default: leave it out).")
     if args.tta_gate is not None and not 0.0 <= args.tta_gate < 1.0:
         parser.error(f"--tta-gate {args.tta_gate}: pass a probability in [0, 1) (0: flip every pixel).")
 
@@ -135,12 +142,14 @@ def _detect(parser, args) -> int:
     from kercr.detection.batch import detect_files  # heavy: astropy, LiteRT
 
     # A bad model stops the command before any file (kercr.cli.common.run reports it); a bad file does not.
-    result = detect_files(
-        args.files, out_dir=args.out, suffix=args.suffix, model=args.model, ext=args.ext, threshold=args.threshold,
-        dilate=args.dilate, save_probability=args.save_probability, clean=args.clean, runtime=args.runtime,
-        tta=args.tta, tta_gate=args.tta_gate, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, num_threads=args.threads,
-        exclude_saturated=not args.keep_saturated, jobs=args.jobs, scheduler=args.scheduler,
-        skip_existing=args.skip_existing, progress=False if args.quiet else None)
+    # SIGTERM (timeout, Slurm's time limit, docker stop) removes the partial output, as Ctrl-C does.
+    with signals_as_interrupt():
+        result = detect_files(
+            args.files, out_dir=args.out, suffix=args.suffix, model=args.model, ext=args.ext, threshold=args.threshold,
+            dilate=args.dilate, save_probability=args.save_probability, clean=args.clean, runtime=args.runtime,
+            tta=args.tta, tta_gate=args.tta_gate, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+            num_threads=args.threads, exclude_saturated=not args.keep_saturated, jobs=args.jobs,
+            scheduler=args.scheduler, skip_existing=args.skip_existing, progress=False if args.quiet else None)
     if not result.ok:
         logger.error("%d of %d input(s) failed: %s", len(result.failed), len(result.outcomes),
                      ", ".join(o.path for o in result.failed))

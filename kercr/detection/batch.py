@@ -42,6 +42,7 @@ from kercr.detection.files import (existing_output_differs, is_kercr_output, mas
                                    select_extensions, write_output)
 from kercr.detection.loading import load_model
 from kercr.detection.runtimes import resolve_runtime
+from kercr.detection.tiling import check_tiling
 from kercr.detection.workers import InProcess, Processes, model_reference, ordered
 
 __all__ = ["BatchResult", "FileOutcome", "detect_files"]
@@ -243,11 +244,23 @@ def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_pro
         except Exception as err:
             for _ in range(len(plan.extensions) - taken):  # the file's other CCDs: not needed any more
                 next(stream)[1].cancel()
+            if skip_existing and isinstance(err, FileExistsError) and _same_output_there(plan, dilate, made_by):
+                # Another run (an array job over overlapping lists) wrote this output meanwhile.
+                yield FileOutcome(str(plan.path), "skipped", output=str(plan.out),
+                                  reason=f"{plan.out} was written meanwhile by another run")
+                continue
             yield FileOutcome(str(plan.path), "failed", reason=_reason(err), error=err,
                               seconds=time.perf_counter() - t0)
             continue
         yield FileOutcome(str(plan.path), "done", output=str(plan.out), ccds=len(plan.extensions),
                           megapixels=pixels / 1e6, seconds=time.perf_counter() - t0, undetected=undetected)
+
+
+def _same_output_there(plan, dilate, made_by) -> bool:
+    """Whether ``plan.out`` now holds what this run would have written (``--skip-existing`` skips it)."""
+    masks = [mask_extname(name, plan.single) for _, name in plan.extensions]
+    return plan.out.exists() and existing_output_differs(plan.out, plan.path, dilate=dilate, masks=masks,
+                                                         **made_by) is None
 
 
 def _report(i: int, n: int, outcome: FileOutcome) -> None:
@@ -508,11 +521,17 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
     if threshold is not None and (isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real)
                                   or not 0.0 <= threshold <= 1.0):
         raise ValueError(f"threshold={threshold!r} must be a probability in [0, 1] (None: the model's).")
+    # Options that would fail every file stop the batch before any file, as a bad model does.
+    check_tiling(loaded, tile, overlap, resolve_runtime(runtime, loaded))
+    if batch_size is not None and (isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral)
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r} must be a whole number >= 1 (None: 4 with TFLite, 1 with Keras).")
     # The method's name (True is "median"), as the outputs record it.
     clean = None if clean is None or clean is False else check_clean_method("median" if clean is True else clean,
                                                                             DETECT_CLEAN_METHODS)
     options["clean"] = clean
-    made_by = dict(model_name=loaded.name, clean=clean, save_probability=bool(save_probability), threshold=threshold)
+    made_by = dict(model_name=loaded.name, clean=clean, save_probability=bool(save_probability), threshold=threshold,
+                   runtime=runtime, tta=tta, tta_gate=tta_gate, exclude_saturated=bool(exclude_saturated))
     file_options = dict(out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate, skip_existing=skip_existing,
                         save_probability=save_probability, clean=clean, made_by=made_by)
     common = dict(jobs=jobs, num_threads=num_threads, progress=_show_progress(progress), report=report)

@@ -11,7 +11,8 @@ masks numbered 1, 2, ...). Only 2-D images are processed; cubes and other HDUs a
 are. Each mask header names its image (``KCRSRCEX``, and its HDU index ``KCRSRCHD``) and
 carries the provenance (``KCRVER`` kercr version, ``KCRMODEL``, ``KCRTHR`` threshold, ``KCRDATE``
 UTC date, ``KCRRUNT`` runtime, ``KCRTTA`` whether the four flips were averaged, ``KCRDIL``
-dilation, tiling, counts) and the image's WCS keywords; the primary header carries the same
+dilation, tiling, ``KCRSATX`` whether pixels at or above the saturation level were excluded and
+``KCRSATL`` that level, counts) and the image's WCS keywords; the primary header carries the same
 provenance, ``KCRSRC`` (the input's name, non-ASCII characters escaped) and ``KCRSRCSH`` (the
 SHA-256 of the input's bytes, which ``--skip-existing`` checks): a file with
 ``KCRSRC`` is taken for an output, never an input (:func:`is_kercr_output`).
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -86,14 +88,17 @@ def is_kercr_output(path) -> bool:
 
 
 def existing_output_differs(out, path, *, model_name: str, dilate: int, clean, save_probability: bool,
-                            threshold=None, masks=None) -> str | None:
+                            threshold=None, masks=None, runtime=None, tta=None, tta_gate=None,
+                            exclude_saturated=None) -> str | None:
     """Why the existing output ``out`` is not what this run would write for ``path``, or None.
 
     ``kercr-detect --skip-existing`` skips an output only when it is kercr's output of this input
     (``KCRSRC``, and the input's bytes, ``KCRSRCSH``, in outputs that record them) made with this
-    model, dilation, cleaning method, probability extensions and, when one is given, threshold, and
-    holding the mask extensions ``masks`` (the names this run would write; None: not checked); a
-    junk file, one of another input or one made with other options is reported instead.
+    model, dilation, cleaning method, probability extensions and, when one is given, threshold,
+    runtime (not ``"auto"``), flips (``tta``), flip gate and saturated-pixel exclusion, and holding
+    the mask extensions ``masks`` (the names this run would write; None: not checked); a junk file,
+    one of another input or one made with other options is reported instead. An option that an
+    older kercr did not record (``KCRSATX``) is not checked.
     """
     from astropy.io import fits  # heavy: astropy
 
@@ -111,6 +116,11 @@ def existing_output_differs(out, path, *, model_name: str, dilate: int, clean, s
                 "KCRDIL": int(dilate), "KCRCLEAN": clean}
     if threshold is not None:
         expected["KCRTHR"] = float(threshold)
+    optional = {"KCRRUNT": None if runtime in (None, "auto") else str(runtime),
+                "KCRTTA": None if tta is None else bool(tta),
+                "KCRTTAG": None if tta_gate is None or primary.get("KCRTTA") is False else float(tta_gate),
+                "KCRSATX": None if exclude_saturated is None else bool(exclude_saturated)}
+    expected.update({key: value for key, value in optional.items() if value is not None and key in primary})
     found = {key: primary.get(key) for key in expected}
     found["CRPROB"] = any(n.endswith("CRPROB") for n in extnames)
     expected["CRPROB"] = bool(save_probability)
@@ -192,7 +202,7 @@ def select_extensions(path, ext="all") -> tuple[list[tuple[int, str]], bool]:
     return chosen, single
 
 
-def _provenance(result, *, dilate: int) -> dict:
+def _provenance(result, *, dilate: int, exclude_saturated: bool = True) -> dict:
     from kercr.data.fits_io import ascii_card, utc_now  # heavy: astropy (kercr.data)
 
     cleaning = ({"KCRCLEAN": (result.clean_method, "CR cleaning method (CLEAN extensions)")}
@@ -208,6 +218,7 @@ def _provenance(result, *, dilate: int) -> dict:
         "KCRDIL": (int(dilate), "mask dilation, pixels (3x3 element)"),
         "KCRTILE": (f"{result.tile[0]}x{result.tile[1]}", "tile shape, pixels"),
         "KCROVLP": (int(result.overlap), "tile overlap margin, pixels"),
+        "KCRSATX": (bool(exclude_saturated), "pixels >= the saturation level excluded"),
         **cleaning,
     }
 
@@ -273,6 +284,8 @@ def plan_file(path, *, out_dir=None, suffix="_crmask", ext="all", dilate=0) -> F
         ``path`` is missing, not FITS or holds no image; ``ext`` names no image; a bad ``dilate``.
     FileExistsError
         The output exists.
+    PermissionError
+        The output's folder (or the nearest existing folder above it) is not writable.
     """
     from kercr.data.errors import FITSFileNotFoundError, KercrDataError  # heavy: astropy (kercr.data)
 
@@ -286,6 +299,11 @@ def plan_file(path, *, out_dir=None, suffix="_crmask", ext="all", dilate=0) -> F
         raise FileExistsError(f"{out} already exists and kercr never overwrites files: skip it "
                               "(kercr-detect --skip-existing, skip_existing=True), write elsewhere (--out DIR or "
                               "--suffix; out_dir= or suffix=) or remove the file.")
+    folder = next(d for d in (out.parent, *out.parent.parents) if d.exists())  # --out is created if needed
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {out.name} in {folder} (no write permission there; the default "
+                              "is beside the input): pass a folder you can write to (kercr-detect --out DIR, "
+                              "out_dir=).")
     extensions, single = select_extensions(path, ext)
     return FilePlan(path=path, out=out, extensions=extensions, single=single)
 
@@ -327,12 +345,14 @@ def detect_ccd(path, hdu_index: int, extname: str, *, single: bool, model="defau
         return _undetected(frame, hdu_index, extname, model=model, reason=str(err), save_probability=save_probability,
                            clean=clean, t0=t0)
     mask = result.dilated_mask(dilate) if dilate else result.mask
-    prov = _provenance(result, dilate=dilate)
+    prov = _provenance(result, dilate=dilate, exclude_saturated=detect_options.get("exclude_saturated", True))
     header = _ccd_header(frame, hdu_index, extname, prov)
     header["KCRNCR"] = (int(mask.sum()), "flagged (CR) pixels")
     header["KCRNIGN"] = (int(result.ignored.sum()), "ignored pixels (NaN/inf, saturated)")
     header["KCRSKY"] = (float(result.normalization.sky), "sky, image units")
     header["KCRNOISE"] = (float(result.normalization.noise), "noise, image units")
+    if prov["KCRSATX"][0] and result.saturation is not None:
+        header["KCRSATL"] = (float(result.saturation), "saturation level excluded from, image units")
     hdus = _ccd_hdus(frame, header, extname, single, mask=mask, probability=result.probability if save_probability
                      else None, clean=result.clean)
     return CCDOutput(extname=extname, provenance=prov, hdus=hdus, n_cr=int(mask.sum()),

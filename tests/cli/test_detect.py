@@ -21,6 +21,7 @@ from kercr.cli.detect import detect_main, evaluate_main
 from kercr.detection.files import detect_file, output_path
 from kercr.detection import detect
 from kercr.metrics import dice_score
+from kercr.weights import has_default
 
 #: ~100 CR events per second per 2k x 4k CCD, so that small test frames hold CRs.
 MANY_CRS = SyntheticConfig(cr_model=CosmicRayModel(rate_per_s=100.0))
@@ -450,6 +451,14 @@ def test_batch_options_are_checked(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             detect_main([str(src), *bad])
         assert exit_.value.code == 2 and f"{bad[0]} 0: pass a number" in capsys.readouterr().err
+    # Tiling and batch options that would fail every file stop the command before any file.
+    for bad in (["--tile", "0"], ["--overlap", "-1"], ["--batch-size", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            detect_main([str(src), *bad, "--out", str(tmp_path / "o")])
+        assert exit_.value.code == 2 and f"{bad[0]} {bad[1]}: pass" in capsys.readouterr().err
+    assert detect_main([str(src), "--tile", "8", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "tile=8 leaves no core" in err and err.count("error") == 1 and not (tmp_path / "o").exists()
     with pytest.raises(SystemExit) as exit_:
         detect_main([str(src), "--tta-gate", "1.5"])
     assert exit_.value.code == 2 and "--tta-gate 1.5: pass a probability in [0, 1)" in capsys.readouterr().err
@@ -459,3 +468,31 @@ def test_batch_options_are_checked(tmp_path, capsys):
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--jobs N", "--scheduler ADDRESS", "--skip-existing", "GB per worker", "tcp://HOST:8786"):
         assert flag in text
+
+
+@pytest.mark.skipif(not has_default(), reason="needs the shipped default model")
+def test_sigterm_mid_batch_removes_the_partial_output_and_the_same_command_resumes(tmp_path):
+    """``timeout``, Slurm's time limit and ``docker stop`` send SIGTERM; before, the output being
+    written stayed behind under its hidden temporary name, one per kill."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = _mef(tmp_path / "night.fits", names=tuple(f"S{k}" for k in range(1, 9)), shape=(768, 512))
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "kercr.cli.detect", str(src), "--out", str(out), "--jobs", "1", "--threads", "1"]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob(".*.partial-*")):
+        time.sleep(0.05)
+    assert list(out.glob(".*.partial-*")), "the output was never started (or the run ended first)"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM" in err and "--skip-existing" in err
+    assert not any(out.iterdir()), sorted(os.listdir(out))
+    done = subprocess.run([*argv, "--skip-existing"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [p.name for p in out.iterdir()] == ["night_crmask.fits"]

@@ -204,10 +204,22 @@ def test_skip_existing_skips_only_an_output_of_this_input_made_with_these_option
     assert detect_files(paths, out_dir=out, jobs=1).ok
     assert [o.status for o in detect_files(paths, out_dir=out, jobs=1, skip_existing=True).outcomes] == ["skipped"] * 2
     for options, card in (({"clean": True}, "KCRCLEAN None there, 'median' now"), ({"dilate": 2}, "KCRDIL 0 there, 2 now"),
-                          ({"threshold": 0.3}, "KCRTHR"), ({"save_probability": True}, "CRPROB False there, True now")):
+                          ({"threshold": 0.3}, "KCRTHR"), ({"save_probability": True}, "CRPROB False there, True now"),
+                          ({"tta": False}, "KCRTTA True there, False now"), ({"tta_gate": 0.0}, "KCRTTAG"),
+                          ({"exclude_saturated": False}, "KCRSATX True there, False now"),
+                          ({"runtime": "keras"}, "KCRRUNT 'tflite-int8' there, 'keras' now")):
         again = detect_files(paths, out_dir=out, jobs=1, skip_existing=True, **options)
         assert [o.status for o in again.outcomes] == ["failed"] * 2, options
         assert card in again.failed[0].reason and "other options" in again.failed[0].reason
+    # The options the outputs were made with, named explicitly, still skip them (the card's runtime and flips).
+    same = dict(runtime="tflite-int8", tta=True, exclude_saturated=True)
+    assert [o.status for o in detect_files(paths, out_dir=out, jobs=1, skip_existing=True, **same).outcomes] == [
+        "skipped"] * 2
+    # Outputs of an older kercr, which did not record KCRSATX, are not checked for it.
+    with fits.open(output_path(paths[0], out), mode="update") as hdul:
+        del hdul[0].header["KCRSATX"]
+    older = detect_files(paths[:1], out_dir=out, jobs=1, skip_existing=True, exclude_saturated=False)
+    assert [o.status for o in older.outcomes] == ["skipped"]
     # Another input's output under this name (f1's output renamed to f0's):
     output_path(paths[0], out).unlink()
     output_path(paths[1], out).rename(output_path(paths[0], out))
@@ -506,3 +518,48 @@ def test_ctrl_c_on_a_local_dask_cluster_prints_one_message_and_no_worker_traceba
     assert proc.returncode == 130, text
     assert "interrupted" in text and "--skip-existing" in text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+
+
+def test_a_folder_that_cannot_be_written_fails_its_files_before_any_detection(tmp_path, monkeypatch):
+    """The default writes beside the input, often a read-only archive: say so and name --out, rather
+    than a permission error on a hidden temporary file after the CCDs were detected."""
+    from pathlib import Path
+
+    import kercr.detection.files as files
+
+    src = _single(tmp_path / "a.fits", 5)
+    access = os.access
+    monkeypatch.setattr(files.os, "access", lambda p, mode: Path(p) != tmp_path and access(p, mode))
+    result = detect_files([src], jobs=1)
+    (failed,) = result.failed
+    assert "no write permission" in failed.reason and "--out DIR" in failed.reason and str(tmp_path) in failed.reason
+    # ... also for an --out folder still to be made inside it:
+    assert "no write permission" in detect_files([src], out_dir=tmp_path / "masks", jobs=1).failed[0].reason
+    (tmp_path / "masks").mkdir()
+    assert detect_files([src], out_dir=tmp_path / "masks", jobs=1).ok
+
+
+def test_an_output_written_meanwhile_by_another_run_is_skipped_with_skip_existing(tmp_path, monkeypatch):
+    """Array jobs over overlapping file lists: the second writer of one output skips it when the first
+    made it with the same options, and fails it otherwise (never overwritten)."""
+    import shutil
+
+    import kercr.detection.batch as batch
+
+    src = _single(tmp_path / "a.fits", 7)
+    for options, status in (({}, "skipped"), ({"dilate": 1}, "failed")):
+        theirs = tmp_path / f"theirs{len(options)}"
+        assert detect_files([src], out_dir=theirs, jobs=1, **options).ok
+        out = tmp_path / f"ours{len(options)}"
+        out.mkdir()
+        write_output = batch.write_output
+
+        def the_other_run_first(plan, *args, **kwargs):
+            shutil.copy(output_path(src, theirs), plan.out)  # published by the other run after our plan
+            return write_output(plan, *args, **kwargs)
+
+        monkeypatch.setattr(batch, "write_output", the_other_run_first)
+        (outcome,) = detect_files([src], out_dir=out, jobs=1, skip_existing=True).outcomes
+        monkeypatch.setattr(batch, "write_output", write_output)
+        assert outcome.status == status, outcome.reason
+        assert ("written meanwhile" in outcome.reason) == (status == "skipped")

@@ -198,6 +198,13 @@ def select_extensions(path, ext="all") -> tuple[list[tuple[int, str]], bool]:
         if not match:
             raise FITSFormatError(f"{path}: extension {e!r} not found among the 2-D image extensions "
                                   f"{[n for _, n in images]}. Pass one of them (kercr-detect --ext), or 'all'.")
+        if e.isdigit() and _AUX_EXT.match(match[0][1]):  # "SCI,2" read as HDU 2, which is ERR in HST's layout
+            at = {n: [str(i) for i, m in images if m == n] for _, n in images if not _AUX_EXT.match(n)}
+            raise FITSFormatError(
+                f"{path}: HDU {e} is {match[0][1]}, an error, variance, weight or data-quality plane. Pass its name "
+                f"to process it (--ext {match[0][1]}); a name and a number ('SCI,2') are two extensions here, so "
+                "for one image of a repeated name pass its HDU index ("
+                + "; ".join(f"{n} at {', '.join(v)}" for n, v in at.items()) + ").")
         chosen.extend(m for m in match if m not in chosen)  # "1,N4" naming one HDU twice does it once
     return chosen, single
 

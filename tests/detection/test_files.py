@@ -35,3 +35,16 @@ def test_every_2d_image_but_masks_and_quality_planes_in_file_order(tmp_path):
                   fits.ImageHDU(np.zeros((8, 8), np.uint8), name="SCI_CRMASK")]).writeto(path)
     assert select_extensions(path) == ([(1, "SCI")], False)
     assert select_extensions(path, "err") == ([(2, "ERR")], False)
+
+
+def test_a_number_that_lands_on_an_error_plane_is_refused_with_the_images_indices(tmp_path):
+    """IRAF/astropy's [SCI,2] habit: '--ext SCI,2' is the name SCI and HDU 2, which is ERR,1 in HST's
+    layout; it used to process ERR,1 as an image without a word."""
+    path = tmp_path / "hst.fits"
+    image = np.ones((8, 8), np.float32)
+    fits.HDUList([fits.PrimaryHDU()] + [fits.ImageHDU(image, name=n, ver=v) for v in (1, 2)
+                                        for n in ("SCI", "ERR", "DQ")]).writeto(path)
+    with pytest.raises(FITSFormatError, match=r"HDU 2 is ERR.*--ext ERR.*SCI at 1, 4"):
+        select_extensions(path, "SCI,2")
+    assert select_extensions(path, "4") == ([(4, "SCI")], False)  # the second chip by its index
+    assert select_extensions(path, "ERR") == ([(2, "ERR"), (5, "ERR")], False)  # named: taken

@@ -302,7 +302,8 @@ def write_fits_with_mask(path, image, mask, *, header=None, extname=None, mask_e
     source, inherited = None, {}
     if isinstance(image, CCDFrame):
         header = image.header if header is None else header
-        extname = extname or image.extname
+        # An image read from a primary HDU is saved as an extension: "SCI" (PRIMARY is the empty HDU before it).
+        extname = extname or (image.extname if str(image.extname).upper() != "PRIMARY" else None)
         source = f"{image.path}[{image.extname}]"
         # The input's primary header (EXPTIME, FILTER, DATE-OBS, ...), which its image may INHERIT.
         inherited = _readable_cards(image_header(image.primary_header), out)

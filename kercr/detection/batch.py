@@ -160,7 +160,7 @@ def _items(paths, *, out_dir, suffix, ext, dilate, skip_existing, made_by):
                               f"(suffix {suffix!r}); pass a suffix (--suffix _crmask) or another directory (--out DIR).")
             continue
         if is_kercr_output(path):  # `kercr-detect *.fits` run again beside its own outputs
-            yield FileOutcome(str(path), "skipped", reason="a kercr-detect output (KCRSRC in its header), not an input")
+            yield FileOutcome(str(path), "skipped", reason="a kercr-detect output (KCRSRC and KCRSRCSH in its header), not an input")
             continue
         if skip_existing and out.exists():
             try:  # the mask extensions this run would write must be there

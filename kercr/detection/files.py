@@ -14,8 +14,8 @@ UTC date, ``KCRRUNT`` runtime, ``KCRTTA`` whether the four flips were averaged, 
 dilation, tiling, ``KCRSATX`` whether pixels at or above the saturation level were excluded and
 ``KCRSATL`` that level, counts) and the image's WCS keywords; the primary header carries the same
 provenance, ``KCRSRC`` (the input's name, non-ASCII characters escaped) and ``KCRSRCSH`` (the
-SHA-256 of the input's bytes, which ``--skip-existing`` checks): a file with
-``KCRSRC`` is taken for an output, never an input (:func:`is_kercr_output`).
+SHA-256 of the input's bytes, which ``--skip-existing`` checks): a file with both is taken for
+an output, never an input (:func:`is_kercr_output`).
 
 With ``clean=METHOD`` every processed CCD also gets a ``float32`` cleaned image, ``CLEAN`` (or
 ``<EXTNAME>_CLEAN``), after its mask: the image with the pixels of the written mask (after
@@ -77,14 +77,18 @@ def output_path(path, out_dir=None, suffix="_crmask") -> Path:
 
 
 def is_kercr_output(path) -> bool:
-    """Whether ``path`` is a file kercr-detect wrote (its primary header names its input: ``KCRSRC``);
-    False for anything unreadable (:func:`plan_file` then says what is wrong with it)."""
+    """Whether ``path`` is a file kercr-detect wrote: its primary header names its input (``KCRSRC``)
+    with the input's SHA-256 (``KCRSRCSH``) or, in outputs older than that card, the model
+    (``KCRMODEL``). A frame saved by :func:`kercr.data.write_fits_with_mask` names its source too
+    but is an image to detect on. False for anything unreadable (:func:`plan_file` then says what
+    is wrong with it)."""
     from astropy.io import fits  # heavy: astropy
 
     try:
-        return "KCRSRC" in fits.getheader(path, 0)
+        header = fits.getheader(path, 0)
     except Exception:  # not FITS, missing, unreadable: not kercr's
         return False
+    return "KCRSRC" in header and ("KCRSRCSH" in header or "KCRMODEL" in header)
 
 
 def existing_output_differs(out, path, *, model_name: str, dilate: int, clean, save_probability: bool,

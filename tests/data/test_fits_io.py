@@ -464,3 +464,17 @@ def test_read_ccd_and_detect_read_the_same_header_levels(tmp_path):
     fits.HDUList([fits.PrimaryHDU(np.ones((8, 8), np.float32), header=header)]).writeto(tmp_path / "f.fits")
     frame = read_ccd(tmp_path / "f.fits")
     assert (frame.gain, frame.readnoise, frame.saturation) == header_levels(header) == pytest.approx((4.2, 6.0, 38000.0))
+
+
+def test_a_frame_read_from_a_primary_hdu_is_saved_as_sci(tmp_path):
+    """A single-image file keeps its image in the primary HDU; saving that CCDFrame with its mask used to
+    fail on a second extension named PRIMARY."""
+    src = tmp_path / "raw.fits"
+    fits.PrimaryHDU(np.arange(12.0, dtype=np.float32).reshape(3, 4), header=fits.Header({"GAIN": 2.0})).writeto(src)
+    frame = read_ccd(src)
+    assert frame.extname == "PRIMARY"
+    out = write_fits_with_mask(tmp_path / "saved.fits", frame, np.eye(3, 4, dtype=bool))
+    with fits.open(out) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "SCI", "CRMASK"]
+        assert np.array_equal(hdul["SCI"].data, frame.data) and hdul["CRMASK"].data.sum() == 3
+        assert hdul[0].header["KCRSRC"].endswith("raw.fits[PRIMARY]")

@@ -445,11 +445,18 @@ def test_a_rerun_beside_its_own_outputs_skips_them_and_clashing_outputs_fail(tmp
     again = detect_files(sorted(tmp_path.glob("*.fits")), jobs=1, skip_existing=True)
     assert again.ok and [o.status for o in again.outcomes] == ["skipped"] * 4
     assert {o.reason for o in again.outcomes if o.path in map(str, outputs)} == {
-        "a kercr-detect output (KCRSRC in its header), not an input"}
+        "a kercr-detect output (KCRSRC and KCRSRCSH in its header), not an input"}
     with fits.open(outputs[0]) as hdul:
         assert hdul[0].header["KCRSRC"] == "n0.fits" and hdul["CRMASK"].header["KCRSRCHD"] == 0
     with pytest.raises(ValueError, match="a kercr-detect output .* run kercr-detect on the original file"):
         detect_file(outputs[0], out_dir=tmp_path / "again")
+    # A frame saved by write_fits_with_mask names its source (KCRSRC) too, but is no detect output: it is
+    # not skipped in silence (its CRMASK, a truth mask, is named with what to do).
+    from kercr.data import read_ccd, write_fits_with_mask
+
+    saved = write_fits_with_mask(tmp_path / "labelled" / "f.fits", read_ccd(paths[0]), np.zeros((64, 80), bool))
+    (outcome,) = detect_files([saved], jobs=1, skip_existing=True).outcomes
+    assert outcome.status == "failed" and "kercr-evaluate" in outcome.reason
 
     clash = tmp_path / "clash"
     clash.mkdir()

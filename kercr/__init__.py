@@ -19,10 +19,11 @@ import sys as _sys
 
 from kercr._version import __version__
 
-__all__ = ["__version__", "build_model", "detect", "detect_files", "list_models", "losses", "metrics", "models"]
+__all__ = ["__version__", "DetectionResult", "build_model", "detect", "detect_files", "list_models", "load_model",
+           "losses", "metrics", "models"]
 
-_NAMES = {"detect": "kercr.detection", "detect_files": "kercr.detection", "build_model": "kercr.models",
-          "list_models": "kercr.models"}
+_NAMES = {"detect": "kercr.detection", "detect_files": "kercr.detection", "load_model": "kercr.detection",
+          "DetectionResult": "kercr.detection", "build_model": "kercr.models", "list_models": "kercr.models"}
 _MODULES = ("config", "data", "detection", "evaluation", "export", "losses", "metrics", "model_files", "models",
             "training", "tuning", "weights")
 

@@ -46,7 +46,7 @@ import logging
 import numbers
 
 import numpy as np
-from astropy.nddata import CCDData
+from astropy.nddata import CCDData, NDData
 
 from kercr.config import DETECT_CLEAN_METHODS
 from kercr.data.cleaning import check_clean_method, clean_image, cleaning_mask
@@ -73,7 +73,7 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
 
     Parameters
     ----------
-    image : numpy.ndarray, astropy.nddata.CCDData, astropy.io.fits ImageHDU/PrimaryHDU/CompImageHDU or CCDFrame
+    image : numpy.ndarray, astropy.nddata.CCDData (or another NDData), astropy.io.fits ImageHDU/PrimaryHDU/CompImageHDU or CCDFrame
         Shape (ny, nx), any real dtype, in ADU or electrons, with or without sky. Not modified.
         NaN/inf pixels are allowed (ignored). A ``CCDData`` mask and header and an HDU's header
         are used.
@@ -83,13 +83,13 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     threshold : float, optional
         Probability threshold; default: the model card's ``threshold`` (chosen on validation
         for 0.01 % FPR), else the run's ``metrics.json`` ``threshold_at_fpr_1e-4``, else 0.5.
-    gain : float, optional
+    gain : float or astropy Quantity, optional
         e-/ADU; default: header ``GAIN`` (or mean of ``GAINA``/``GAINB``). Used by a model whose
         normalization takes the frame noise from the header (``header_noise``); recorded otherwise.
-    readnoise : float, optional
+    readnoise : float or astropy Quantity, optional
         Electrons; default: header ``RDNOISE`` (or mean of ``RDNOISEA``/``RDNOISEB``). As ``gain``.
-    saturation : float, optional
-        Saturation level in the image's units; default: header ``SATURATE`` (or the lower of
+    saturation : float or astropy Quantity, optional
+        Saturation level in the image's units (a Quantity is converted to them); default: header ``SATURATE`` (or the lower of
         ``SATURATA``/``SATURATB``), in ADU: for a CCDData in electrons ``SATURATE x GAIN`` (and
         gain 1), for other units none (pass it; see :func:`kercr.detection.inputs.header_levels`).
     exclude_saturated : bool
@@ -162,6 +162,10 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
     """
     data, header, extra_mask, description, frame = unpack(image)
     data = np.asarray(data)
+    image_unit = getattr(image, "unit", None) if isinstance(image, NDData) else None
+    gain, readnoise, saturation = (_plain_number(name, value, unit) for name, value, unit in (
+        ("gain", gain, "electron / adu"),
+        ("readnoise", readnoise, "electron"), ("saturation", saturation, image_unit or "adu")))
     for name, value, least in (("gain", gain, "> 0 (e- per image unit)"), ("readnoise", readnoise, ">= 0 (e-)")):
         if value is not None and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
                                       and np.isfinite(value) and (value > 0 if name == "gain" else value >= 0)):
@@ -172,7 +176,7 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
         readnoise = readnoise if readnoise is not None else frame.readnoise
         saturation = saturation if saturation is not None else frame.saturation
     else:  # a CCDData's header numbers are in ADU; its data may be in electrons
-        levels = header_levels(header, getattr(image, "unit", None) if isinstance(image, CCDData) else None,
+        levels = header_levels(header, image_unit,
                                saturation_given=saturation is not None, gain_given=gain is not None,
                                readnoise_given=readnoise is not None, source=description)
         gain, readnoise, saturation = (given if given is not None else level for given, level in
@@ -253,6 +257,18 @@ def _check_arguments(data, description, *, batch_size, clean, clean_dilate):
     else:
         clean = None
     return clean
+
+
+def _plain_number(name: str, value, unit: str):
+    """``value`` as a plain number: an astropy Quantity (``gain=2 * u.electron / u.adu``, as ccdproc takes
+    it) converted to ``unit``; anything else as given (checked by the caller)."""
+    if not (hasattr(value, "unit") and hasattr(value, "to_value")):
+        return value
+    try:
+        return float(value.to_value(unit))
+    except Exception:  # astropy.units.UnitConversionError, or a unit astropy cannot parse
+        raise KercrDataError(f"{name}={value!r} is not in {unit} (or a unit that converts to it); pass it in "
+                             f"{unit}, or as a plain number in those units.") from None
 
 
 def _ignored_pixels(data, description, *, saturation, masks) -> np.ndarray:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
 import numpy as np
 from astropy.io import fits
-from astropy.nddata import CCDData
+from astropy.nddata import NDData
 
 from kercr.data.errors import KercrDataError
 from kercr.data.fits_io import CCDFrame
 from kercr.data.fits_read import header_number, levels_in_image_units
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["header_levels", "unpack"]
 
@@ -58,11 +61,16 @@ def unpack(image):
     if isinstance(image, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
         if image.data is None:
             raise KercrDataError(f"HDU {image.name!r} holds no image data; pass an image extension.")
+        if not isinstance(image, fits.PrimaryHDU) and not any(
+                k in image.header for k in ("SATURATE", "SATURATA", "SATURATB", "GAIN", "GAINA", "GAINB")):
+            logger.warning("HDU %s has no SATURATE or GAIN card: levels kept in the file's primary header are not "
+                           "seen from one extension; pass saturation= and gain=, or read the file with "
+                           "kercr.data.read_ccd(path, ext=%r), which looks in both", image.name, image.name)
         return image.data, image.header, None, f"HDU {image.name}", None
-    if isinstance(image, CCDData):
+    if isinstance(image, NDData):  # CCDData, NDDataArray, ...: the mask (True = bad) is ignored pixels
         header = _meta_header(image.meta) if image.meta else None
         mask = None if image.mask is None else np.asarray(image.mask, dtype=bool)
-        return image.data, header, mask, "CCDData", None
+        return image.data, header, mask, type(image).__name__, None
     if isinstance(image, (str, os.PathLike)):
         raise KercrDataError(f"kercr.detect got the file name {str(image)!r}, not an image: read it first, e.g. "
                              f"kercr.detect(kercr.data.read_ccd({str(image)!r})) for its first image (ext=NAME "
@@ -74,4 +82,8 @@ def unpack(image):
     if isinstance(image, np.ma.MaskedArray):  # its masked pixels are ignored, as a CCDData's mask is
         mask = np.ma.getmaskarray(image)
         return image.data, None, (mask if mask.any() else None), "masked array", None
+    if not isinstance(image, np.ndarray) and np.asarray(image).dtype == object:
+        raise KercrDataError(f"kercr.detect got a {type(image).__module__}.{type(image).__name__}, not an image: pass "
+                             "a 2-D numpy array, an astropy CCDData (or other NDData), an image HDU "
+                             "(hdul[1]), a numpy masked array or a kercr.data.read_ccd frame.")
     return image, None, None, "image", None

@@ -279,8 +279,11 @@ def load_model(model="default") -> LoadedModel:
         raise ModelLoadError(f"model={model!r}: pass 'default', a .keras file, a run directory or a keras.Model.")
     shipped = str(model) if is_shipped_name(str(model)) else None
     if shipped is None and not Path(model).expanduser().exists():
-        from kercr.models import list_models  # heavy: Keras; only to explain the error
-
+        try:
+            from kercr.models import list_models  # heavy: Keras; only to explain the error
+        except ImportError:  # a LiteRT-only install has no registry: the error below says what is wrong
+            def list_models():
+                return ()
         if str(model) in list_models():
             raise ModelLoadError(
                 f"model={str(model)!r} is a registry architecture with random weights, not a trained "

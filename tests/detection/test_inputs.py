@@ -151,3 +151,40 @@ def test_one_unit_rule_for_a_file_an_hdu_and_a_ccddata(tiny, frame, tmp_path):
 def test_a_bad_gain_or_read_noise_is_named(tiny, frame, option, value):
     with pytest.raises(KercrDataError, match=f"{option}=.* must be a number"):
         detect(frame.image_adu, model=tiny, runtime="keras", **{option: value})
+
+
+def test_any_nddata_brings_its_mask_and_other_objects_are_named(tiny, frame):
+    """NDDataArray and plain NDData hold a mask as CCDData does (True = bad); before, an NDDataArray's mask
+    was dropped in silence and a plain NDData or an HDU section failed with "shape ()"."""
+    from astropy.nddata import NDData, NDDataArray
+
+    mask = np.zeros(SHAPE, bool)
+    mask[10:20, 30:40] = True
+    for kind in (NDData, NDDataArray):
+        r = detect(kind(frame.image_adu, mask=mask), model=tiny, runtime="keras")
+        assert r.ignored[mask].all() and not r.mask[mask].any(), kind
+    with pytest.raises(KercrDataError, match=r"got a .*BinTableHDU, not an image: pass a 2-D numpy array"):
+        detect(fits.BinTableHDU.from_columns([fits.Column(name="a", format="E", array=np.ones(3))]), model=tiny)
+
+
+def test_an_extension_hdu_without_levels_says_where_they_may_be(tiny, frame, caplog):
+    hdu = fits.ImageHDU(frame.image_adu, name="SCI")
+    with caplog.at_level("WARNING", logger="kercr.detection.inputs"):
+        detect(hdu, model=tiny, runtime="keras")
+    assert "HDU SCI has no SATURATE or GAIN card" in caplog.text and "read_ccd(path, ext='SCI')" in caplog.text
+    caplog.clear()
+    hdu.header["SATURATE"] = 60000.0
+    with caplog.at_level("WARNING", logger="kercr.detection.inputs"):
+        assert detect(hdu, model=tiny, runtime="keras").saturation == 60000.0
+    assert "no SATURATE" not in caplog.text
+
+
+def test_levels_may_be_astropy_quantities(tiny, frame):
+    """ccdproc users pass gain=2 * u.electron / u.adu; kercr took only plain numbers."""
+    import astropy.units as u
+
+    r = detect(CCDData(frame.image_adu, unit="adu"), model=tiny, runtime="keras", gain=2 * u.electron / u.adu,
+               readnoise=7 * u.electron, saturation=60000 * u.adu)
+    assert (r.gain, r.readnoise, r.saturation) == (2.0, 7.0, 60000.0)
+    with pytest.raises(KercrDataError, match=r"readnoise=.* is not in electron"):
+        detect(frame.image_adu, model=tiny, runtime="keras", readnoise=7 * u.adu)

@@ -227,3 +227,22 @@ def test_models_nested_in_a_wrapper_or_an_ensemble_are_tiled_like_their_parts(fr
     r = detect(image, model=ensemble, runtime="keras")
     assert r.probability.shape == image.shape and np.isfinite(r.probability).all()
 
+
+
+def test_a_mistyped_name_on_an_install_without_keras_is_a_load_error(monkeypatch):
+    """The registry hint imports Keras; without it (the LiteRT-only install) the error was a raw
+    ModuleNotFoundError about keras instead of the model's."""
+    import sys
+
+    from kercr.detection import ModelLoadError, load_model
+
+    monkeypatch.setitem(sys.modules, "kercr.models", None)  # `from kercr.models import ...` raises ImportError
+    with pytest.raises(ModelLoadError, match="'globl' does not exist"):
+        load_model("globl")
+
+
+def test_load_model_and_detection_result_are_top_level_names():
+    import kercr
+    from kercr.detection import DetectionResult, load_model
+
+    assert kercr.load_model is load_model and kercr.DetectionResult is DetectionResult

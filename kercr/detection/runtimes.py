@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -76,6 +77,13 @@ def resolve_runtime(runtime: str, loaded: LoadedModel) -> str:
     if runtime.startswith("tflite") and not litert_available():
         raise ValueError(f"runtime={runtime!r} needs the LiteRT interpreter: pip install ai-edge-litert "
                          "(or kercr[export]), or use runtime='keras'.")
+    # A detection-only install (no TensorFlow) runs prebuilt LiteRT files only: say so, not ModuleNotFoundError.
+    if (runtime == "keras" or runtime not in loaded.prebuilt) and importlib.util.find_spec("tensorflow") is None:
+        available = ", ".join(sorted(loaded.prebuilt)) or "none"
+        why = "Keras" if runtime == "keras" else "to convert the model to TFLite"
+        raise ValueError(f"runtime={runtime!r} for {loaded.name} needs TensorFlow ({why}), which this install does "
+                         f"not have; its prebuilt runtimes: {available}. Leave runtime='auto', or install the full "
+                         "kercr (README, 'A detection-only install').")
     return runtime
 
 

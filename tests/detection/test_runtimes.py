@@ -32,6 +32,22 @@ def test_auto_is_the_cards_runtime_else_keras_and_others_are_named():
         resolve_runtime("onnx", _carded({}))
 
 
+def test_without_tensorflow_only_prebuilt_runtimes_are_offered_by_name(monkeypatch):
+    """A detection-only install: runtime='keras' or a TFLite variant with no prebuilt file needs TensorFlow;
+    it used to end in a raw ModuleNotFoundError."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else find_spec(name, *a))
+    loaded = LoadedModel(None, name="test-model", path=None, normalization=NormalizationConfig(),
+                         normalization_source="default", threshold=0.5, threshold_source="card", card={}, multiple=2,
+                         fixed_size=None, rf_radius=10, local=True, prebuilt={"tflite-int8": "model-int8.tflite"})
+    assert resolve_runtime("tflite-int8", loaded) == "tflite-int8"
+    for runtime, why in (("keras", "Keras"), ("tflite-float32", "to convert the model to TFLite")):
+        with pytest.raises(ValueError, match=rf"needs TensorFlow \({why}\).*prebuilt runtimes: tflite-int8"):
+            resolve_runtime(runtime, loaded)
+
+
 def test_tta_is_the_cards_choice_unless_given():
     assert resolve_tta(None, _carded({"tta": True})) is True and resolve_tta(None, _carded({})) is False
     assert resolve_tta(False, _carded({"tta": True})) is False and resolve_tta(np.bool_(True), _carded({})) is True

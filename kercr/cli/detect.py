@@ -92,8 +92,8 @@ def detect_parser() -> argparse.ArgumentParser:
                         help="skip inputs whose output exists (counted in the summary), to finish a batch that "
                              "failed or was killed; an output is taken as done only if it was made from this very "
                              "file (its SHA-256, so each input with an output is read once) with the same model, "
-                             "--dilate, --clean, --save-probability, --ext and, where given, --threshold, "
-                             "--runtime, --tta/--no-tta, --tta-gate and --keep-saturated. "
+                             "--dilate, --clean, --save-probability, --ext and --keep-saturated and, where given, "
+                             "--threshold, --runtime, --tta/--no-tta and --tta-gate. "
                              "Without it an existing output fails that input (never overwritten).")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",
                         help="worker processes, each detecting whole CCDs with --threads/N LiteRT threads (default: "

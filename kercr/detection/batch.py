@@ -42,7 +42,7 @@ from kercr.detection.files import (existing_output_differs, is_kercr_output, mas
                                    select_extensions, write_output)
 from kercr.detection.loading import load_model
 from kercr.detection.runtimes import resolve_runtime
-from kercr.detection.tiling import check_tiling
+from kercr.detection.tiling import check_batch_size, check_tiling
 from kercr.detection.workers import InProcess, Processes, model_reference, ordered
 
 __all__ = ["BatchResult", "FileOutcome", "detect_files"]
@@ -168,8 +168,7 @@ def _items(paths, *, out_dir, suffix, ext, dilate, skip_existing, made_by):
             except Exception as err:  # one bad input must not stop the others
                 yield FileOutcome(str(path), "failed", reason=_reason(err), error=err)
                 continue
-            masks = [mask_extname(name, single) for _, name in extensions]
-            differs = existing_output_differs(out, path, dilate=dilate, masks=masks, **made_by)
+            differs = _output_differs(out, path, extensions, single, dilate=dilate, made_by=made_by)
             if differs:
                 yield FileOutcome(str(path), "failed", output=str(out), reason=differs)
             else:
@@ -244,7 +243,9 @@ def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_pro
         except Exception as err:
             for _ in range(len(plan.extensions) - taken):  # the file's other CCDs: not needed any more
                 next(stream)[1].cancel()
-            if skip_existing and isinstance(err, FileExistsError) and _same_output_there(plan, dilate, made_by):
+            if (skip_existing and isinstance(err, FileExistsError) and plan.out.exists()
+                    and _output_differs(plan.out, plan.path, plan.extensions, plan.single, dilate=dilate,
+                                        made_by=made_by) is None):
                 # Another run (an array job over overlapping lists) wrote this output meanwhile.
                 yield FileOutcome(str(plan.path), "skipped", output=str(plan.out),
                                   reason=f"{plan.out} was written meanwhile by another run")
@@ -256,11 +257,11 @@ def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_pro
                           megapixels=pixels / 1e6, seconds=time.perf_counter() - t0, undetected=undetected)
 
 
-def _same_output_there(plan, dilate, made_by) -> bool:
-    """Whether ``plan.out`` now holds what this run would have written (``--skip-existing`` skips it)."""
-    masks = [mask_extname(name, plan.single) for _, name in plan.extensions]
-    return plan.out.exists() and existing_output_differs(plan.out, plan.path, dilate=dilate, masks=masks,
-                                                         **made_by) is None
+def _output_differs(out, path, extensions, single, *, dilate, made_by) -> str | None:
+    """Why the output ``out`` is not what this run would write for ``path``'s ``extensions``, or None
+    (:func:`kercr.detection.files.existing_output_differs`, with the mask names this run would write)."""
+    masks = [mask_extname(name, single) for _, name in extensions]
+    return existing_output_differs(out, path, dilate=dilate, masks=masks, **made_by)
 
 
 def _report(i: int, n: int, outcome: FileOutcome) -> None:
@@ -511,7 +512,8 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
         raise ValueError(f"out_dir={str(out_dir)!r} is a file, not a directory: pass a directory for the outputs "
                          "(kercr-detect --out DIR; it is created if needed).")
     loaded = load_model(model)  # a bad model stops the batch before any file
-    jobs = _check_jobs(jobs, resolve_runtime(runtime, loaded))
+    resolved = resolve_runtime(runtime, loaded)
+    jobs = _check_jobs(jobs, resolved)
     if jobs > 1 and scheduler is None and len(paths) == 1:
         with contextlib.suppress(Exception):  # no more workers than CCDs; a bad file is reported below
             jobs = min(jobs, len(select_extensions(paths[0], ext)[0]))
@@ -522,10 +524,8 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
                                   or not 0.0 <= threshold <= 1.0):
         raise ValueError(f"threshold={threshold!r} must be a probability in [0, 1] (None: the model's).")
     # Options that would fail every file stop the batch before any file, as a bad model does.
-    check_tiling(loaded, tile, overlap, resolve_runtime(runtime, loaded))
-    if batch_size is not None and (isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral)
-                                   or batch_size < 1):
-        raise ValueError(f"batch_size={batch_size!r} must be a whole number >= 1 (None: 4 with TFLite, 1 with Keras).")
+    check_tiling(loaded, tile, overlap, resolved)
+    check_batch_size(batch_size)
     # The method's name (True is "median"), as the outputs record it.
     clean = None if clean is None or clean is False else check_clean_method("median" if clean is True else clean,
                                                                             DETECT_CLEAN_METHODS)

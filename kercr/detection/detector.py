@@ -46,6 +46,7 @@ import logging
 import numbers
 
 import numpy as np
+from astropy.io import fits
 from astropy.nddata import CCDData, NDData
 
 from kercr.config import DETECT_CLEAN_METHODS
@@ -58,7 +59,7 @@ from kercr.detection.result import DetectionResult
 from kercr.detection.flips import add_flips, gate_score
 from kercr.detection.runtimes import (DEFAULT_BATCH_SIZE, predictor, resolve_runtime, resolve_tta, resolve_tta_gate,
                                      view_predictor)
-from kercr.detection.tiling import check_tiling, predict_tiled
+from kercr.detection.tiling import check_batch_size, check_tiling, predict_tiled
 
 __all__ = ["detect"]
 
@@ -181,6 +182,10 @@ def detect(image, *, model="default", threshold=None, gain=None, readnoise=None,
                                readnoise_given=readnoise is not None, source=description)
         gain, readnoise, saturation = (given if given is not None else level for given, level in
                                        zip((gain, readnoise, saturation), levels))
+        if isinstance(image, (fits.ImageHDU, fits.CompImageHDU)) and gain is None and saturation is None:
+            logger.warning("HDU %s has no SATURATE or GAIN card: levels kept in the file's primary header are not "
+                           "seen from one extension; pass saturation= and gain=, or read the file with "
+                           "kercr.data.read_ccd(path, ext=%r), which looks in both", image.name, image.name)
 
     loaded = load_model(model)
     runtime = resolve_runtime(runtime, loaded)
@@ -248,8 +253,7 @@ def _check_arguments(data, description, *, batch_size, clean, clean_dilate):
                                      "(the noise statistics need them).")
     if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
         raise KercrDataError(f"{description} has dtype {data.dtype}; pass real-valued pixels.")
-    if batch_size is not None and int(batch_size) < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1 (or None: 4 with TFLite, 1 with Keras).")
+    check_batch_size(batch_size)
     if clean is not None and clean is not False:  # checked before the network runs
         clean = check_clean_method("median" if clean is True else clean, DETECT_CLEAN_METHODS)
         if isinstance(clean_dilate, bool) or not isinstance(clean_dilate, (int, np.integer)) or clean_dilate < 0:

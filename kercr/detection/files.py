@@ -356,13 +356,14 @@ def detect_ccd(path, hdu_index: int, extname: str, *, single: bool, model="defau
         return _undetected(frame, hdu_index, extname, model=model, reason=str(err), save_probability=save_probability,
                            clean=clean, t0=t0)
     mask = result.dilated_mask(dilate) if dilate else result.mask
-    prov = _provenance(result, dilate=dilate, exclude_saturated=detect_options.get("exclude_saturated", True))
+    exclude_saturated = detect_options.get("exclude_saturated", True)
+    prov = _provenance(result, dilate=dilate, exclude_saturated=exclude_saturated)
     header = _ccd_header(frame, hdu_index, extname, prov)
     header["KCRNCR"] = (int(mask.sum()), "flagged (CR) pixels")
     header["KCRNIGN"] = (int(result.ignored.sum()), "ignored pixels (NaN/inf, saturated)")
     header["KCRSKY"] = (float(result.normalization.sky), "sky, image units")
     header["KCRNOISE"] = (float(result.normalization.noise), "noise, image units")
-    if prov["KCRSATX"][0] and result.saturation is not None:
+    if exclude_saturated and result.saturation is not None:
         header["KCRSATL"] = (float(result.saturation), "saturation level excluded from, image units")
     hdus = _ccd_hdus(frame, header, extname, single, mask=mask, probability=result.probability if save_probability
                      else None, clean=result.clean)

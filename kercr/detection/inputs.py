@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 
@@ -13,8 +12,6 @@ from astropy.nddata import NDData
 from kercr.data.errors import KercrDataError
 from kercr.data.fits_io import CCDFrame
 from kercr.data.fits_read import header_number, levels_in_image_units
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["header_levels", "unpack"]
 
@@ -61,11 +58,6 @@ def unpack(image):
     if isinstance(image, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
         if image.data is None:
             raise KercrDataError(f"HDU {image.name!r} holds no image data; pass an image extension.")
-        if not isinstance(image, fits.PrimaryHDU) and not any(
-                k in image.header for k in ("SATURATE", "SATURATA", "SATURATB", "GAIN", "GAINA", "GAINB")):
-            logger.warning("HDU %s has no SATURATE or GAIN card: levels kept in the file's primary header are not "
-                           "seen from one extension; pass saturation= and gain=, or read the file with "
-                           "kercr.data.read_ccd(path, ext=%r), which looks in both", image.name, image.name)
         return image.data, image.header, None, f"HDU {image.name}", None
     if isinstance(image, NDData):  # CCDData, NDDataArray, ...: the mask (True = bad) is ignored pixels
         header = _meta_header(image.meta) if image.meta else None

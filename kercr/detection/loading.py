@@ -281,10 +281,11 @@ def load_model(model="default") -> LoadedModel:
     if shipped is None and not Path(model).expanduser().exists():
         try:
             from kercr.models import list_models  # heavy: Keras; only to explain the error
+
+            registry = list_models()
         except ImportError:  # a LiteRT-only install has no registry: the error below says what is wrong
-            def list_models():
-                return ()
-        if str(model) in list_models():
+            registry = ()
+        if str(model) in registry:
             raise ModelLoadError(
                 f"model={str(model)!r} is a registry architecture with random weights, not a trained "
                 "model; it would find nothing. Pass 'default', a trained .keras file or a kercr-train "

@@ -18,7 +18,7 @@ import numpy as np
 
 from kercr.detection.loading import LoadedModel, round_up
 
-__all__ = ["DEFAULT_TILE", "DEFAULT_TFLITE_TILE", "axis_plan", "check_tiling", "predict_tiled"]
+__all__ = ["DEFAULT_TILE", "DEFAULT_TFLITE_TILE", "axis_plan", "check_batch_size", "check_tiling", "predict_tiled"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ def predict_tiled(normalized, predict, *, tile, margin, multiple, fixed, batch_s
         for (y, x), p in zip(chunk, prob):
             out[y:y + core_y, x:x + core_x] = p[margin:margin + core_y, margin:margin + core_x]
     return out[:ny, :nx], (ty, tx), len(origins)
+
+
+def check_batch_size(batch_size) -> None:
+    """ValueError for a ``batch_size`` (tiles per network call) below 1; None is the runtime's default."""
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1 (or None: 4 with TFLite, 1 with Keras).")
 
 
 def check_tiling(loaded: LoadedModel, tile, overlap, runtime="keras"):

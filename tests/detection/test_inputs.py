@@ -169,12 +169,15 @@ def test_any_nddata_brings_its_mask_and_other_objects_are_named(tiny, frame):
 
 def test_an_extension_hdu_without_levels_says_where_they_may_be(tiny, frame, caplog):
     hdu = fits.ImageHDU(frame.image_adu, name="SCI")
-    with caplog.at_level("WARNING", logger="kercr.detection.inputs"):
+    with caplog.at_level("WARNING", logger="kercr.detection.detector"):
         detect(hdu, model=tiny, runtime="keras")
     assert "HDU SCI has no SATURATE or GAIN card" in caplog.text and "read_ccd(path, ext='SCI')" in caplog.text
     caplog.clear()
+    with caplog.at_level("WARNING", logger="kercr.detection.detector"):  # the levels the warning asks for
+        assert detect(hdu, model=tiny, runtime="keras", saturation=60000.0, gain=2.0).saturation == 60000.0
+    assert "no SATURATE" not in caplog.text
     hdu.header["SATURATE"] = 60000.0
-    with caplog.at_level("WARNING", logger="kercr.detection.inputs"):
+    with caplog.at_level("WARNING", logger="kercr.detection.detector"):
         assert detect(hdu, model=tiny, runtime="keras").saturation == 60000.0
     assert "no SATURATE" not in caplog.text
 

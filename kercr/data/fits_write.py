@@ -132,14 +132,35 @@ class FITSWriter:
 
     def update_primary(self, cards) -> None:
         """Set ``{keyword: value or (value, comment)}`` cards in the primary header (keywords over 8
-        characters become ``HIERARCH`` cards)."""
-        with _fixing_cards(self.path, self._fixed):
-            hdul = fits.open(self._tmp, mode="update")
-            try:
-                for key, value in cards.items():
-                    hdul[0].header[key if len(key) <= 8 else f"HIERARCH {key}"] = value
-            finally:
-                hdul.close(output_verify=_VERIFY)
+        characters become ``HIERARCH`` cards).
+
+        A header that still fits its 2880-byte blocks is written in place. One that grows is written
+        with the rest of the file's bytes into a second hidden file beside the first, which then
+        replaces it; an interruption removes that file, so nothing is left behind (astropy's update
+        mode would rewrite the file through a ``tmpXXXX`` file of its own).
+        """
+        with _fixing_cards(self.path, self._fixed), fits.open(self._tmp) as hdul:
+            where = hdul.fileinfo(0)
+            header = hdul[0].header
+            for key, value in cards.items():
+                header[key if len(key) <= 8 else f"HIERARCH {key}"] = value
+            hdul[0].verify(_VERIFY)
+            block = header.tostring().encode("ascii")  # padded to whole 2880-byte blocks, END included
+        if len(block) == where["datLoc"] - where["hdrLoc"]:
+            with open(self._tmp, "r+b") as f:
+                f.seek(where["hdrLoc"])
+                f.write(block)
+            return
+        grown = self._tmp.with_name(self._tmp.name + "-header")
+        try:
+            with open(self._tmp, "rb") as src, open(grown, "xb") as dst:
+                dst.write(block)
+                src.seek(where["datLoc"])
+                shutil.copyfileobj(src, dst, 16 << 20)
+            os.replace(grown, self._tmp)
+        except BaseException:
+            grown.unlink(missing_ok=True)
+            raise
 
     def append(self, data, *, name: str, header=None) -> None:
         """Append an image extension ``name`` holding ``data`` (written in its dtype) and ``header``.

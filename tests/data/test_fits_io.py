@@ -2,6 +2,7 @@
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +246,44 @@ def test_new_fits_file_copies_the_input_and_appends(tmp_path, image):
         assert hdul["N4_CRMASK", 1].header["CRVAL1"] == 5.0 and hdul["N4_CRMASK", 1].data.dtype == np.uint8
         np.testing.assert_array_equal(hdul["S22"].data, image + 1)
     assert sorted(p.name for p in out.parent.iterdir()) == ["copy.fits"]
+
+
+def test_a_primary_header_that_grows_keeps_the_input_bytes_after_it(tmp_path, image):
+    src = tmp_path / "src.fits"
+    _mef(src, image)
+    src_bytes = src.read_bytes()
+    cards = {f"KCRX{i:04d}": (i, "a card to make the header grow past its block") for i in range(60)}
+    with new_fits_file(tmp_path / "out" / "grown.fits", copy_of=src) as f:
+        f.update_primary(cards)
+        f.update_primary({"KCRX0000": -1})  # fits its blocks now: written in place
+        f.append(np.ones(image.shape, np.uint8), name="N4_CRMASK")
+    out = (tmp_path / "out" / "grown.fits").read_bytes()
+    with fits.open(tmp_path / "out" / "grown.fits") as hdul:
+        grown = hdul.fileinfo(0)["datLoc"]
+        assert grown > 2880 and hdul[0].header["KCRX0000"] == -1 and hdul[0].header["KCRX0059"] == 59
+        np.testing.assert_array_equal(hdul["S22"].data, image + 1)
+    assert out[grown: grown + len(src_bytes) - 2880] == src_bytes[2880:]  # the input's extensions byte for byte
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grown.fits"]
+
+
+def test_an_interrupt_while_the_primary_header_grows_leaves_nothing(tmp_path, image, monkeypatch):
+    """SIGTERM becomes KeyboardInterrupt in kercr-detect; one that lands while a grown header is
+    written must not leave a file beside the outputs (astropy's update mode leaves a tmpXXXX)."""
+    src = tmp_path / "in" / "src.fits"
+    src.parent.mkdir()
+    _mef(src, image)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with new_fits_file(out / "grown.fits", copy_of=src) as f:
+            monkeypatch.setattr(os, "replace", interrupted)
+            monkeypatch.setattr(os, "rename", interrupted)
+            f.update_primary({f"KCRX{i:04d}": i for i in range(60)})
+    monkeypatch.undo()
+    assert list(out.iterdir()) == []
 
 
 def test_new_fits_file_leaves_nothing_on_failure_and_never_overwrites(tmp_path, image):

@@ -199,6 +199,10 @@ def quiet_tensorflow_import() -> bool:
 # --------------------------------------------------------------------------------------------
 # Running a command
 # --------------------------------------------------------------------------------------------
+#: The packages of the full install that a detection-only install (README) leaves out.
+_FULL_INSTALL = {"tensorflow", "keras", "keras_tuner", "tensorboard"}
+
+
 def _is_user_error(err: BaseException) -> bool:
     """kercr's own errors: bad input, options, configuration or files. kercr's exceptions
     (KercrDataError, ConfigError, ModelFileError, ExportError, MissingWeightsError, ...) are
@@ -293,6 +297,16 @@ def run(parser: argparse.ArgumentParser, main, argv=None, *, interrupted: str = 
             except KeyboardInterrupt:
                 sys.stderr.write(f"\n{parser.prog}: {interrupted}\n")
                 return EXIT_INTERRUPTED
+            except ModuleNotFoundError as err:
+                if (err.name or "").split(".")[0] not in _FULL_INSTALL:
+                    raise
+                if level > 0:
+                    traceback.print_exc()
+                sys.stderr.write(error_line(parser.prog, f"needs {err.name.split('.')[0]}, which this install lacks "
+                                            "(a detection-only install runs kercr-detect alone): pip install "
+                                            "kercr with its dependencies (README, 'A detection-only install')")
+                                 + "\n")
+                return EXIT_ERROR
             except Exception as err:
                 if not _is_user_error(err):
                     raise

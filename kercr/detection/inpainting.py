@@ -97,7 +97,7 @@ def _choose_runtime(runtime: str, prebuilt: dict, card: dict, path: Path) -> str
                                  "python -m kercr.weights.ship --inpainter --prebuild --dest FOLDER.")
         if not litert_available():
             raise KercrDataError(f"runtime={runtime!r} needs the LiteRT interpreter: pip install ai-edge-litert "
-                                 "(or kercr[export]), or use runtime='keras'.")
+                                 "or use runtime='keras'.")
     return runtime
 
 

@@ -72,11 +72,11 @@ def resolve_runtime(runtime: str, loaded: LoadedModel) -> str:
             _warned_no_litert.append(True)
             logger.warning("%s: its card asks for runtime %r, but the LiteRT interpreter is not installed; running "
                            "Keras instead (nearly the same masks, about 3x slower on a CPU). pip install ai-edge-litert "
-                           "(or kercr[export]) for the fast path.", loaded.name, wanted)
+                           "for the fast path.", loaded.name, wanted)
         return "keras"
     if runtime.startswith("tflite") and not litert_available():
         raise ValueError(f"runtime={runtime!r} needs the LiteRT interpreter: pip install ai-edge-litert "
-                         "(or kercr[export]), or use runtime='keras'.")
+                         "or use runtime='keras'.")
     # A detection-only install (no TensorFlow) runs prebuilt LiteRT files only: say so, not ModuleNotFoundError.
     if (runtime == "keras" or runtime not in loaded.prebuilt) and importlib.util.find_spec("tensorflow") is None:
         available = ", ".join(sorted(loaded.prebuilt)) or "none"

@@ -163,3 +163,39 @@ print(r.runtime, "keras" in sys.modules, "tensorflow" in sys.modules)
     replaced = full.dilated_mask(1)
     np.testing.assert_array_equal(np.load(tmp_path / "clean.npy")[~replaced], data[~replaced])
     np.testing.assert_allclose(np.load(tmp_path / "clean.npy"), full.clean, rtol=1e-5, atol=1e-3 * sigma)
+
+
+def _console_scripts() -> dict:
+    import tomllib
+    from pathlib import Path
+
+    return tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_every_console_script_in_a_detection_only_install(detection_only_python, tmp_path):
+    """kercr-detect runs there; every other command says in one line that it needs the full install
+    (a traceback ending in ModuleNotFoundError before)."""
+    image = (100 + 5 * np.random.default_rng(2).standard_normal((96, 80))).astype(np.float32)
+    image[40, 10:30] += 300.0
+    fits.PrimaryHDU(image, header=fits.Header([("GAIN", 1.0), ("SATURATE", 60000.0)])).writeto(tmp_path / "f.fits")
+    argv = {"kercr-detect": [str(tmp_path / "f.fits"), "--out", str(tmp_path / "masks")],
+            "kercr-evaluate": ["--synthetic", "1", "--out", str(tmp_path / "ev")],
+            "kercr-train": ["--epochs", "1", "--out", str(tmp_path / "tr")],
+            "kercr-prepare": ["--out", str(tmp_path / "pr")],
+            "kercr-export": ["default", "--out", str(tmp_path / "ex")],
+            "kercr-tune": ["--out", str(tmp_path / "tu")],
+            "kercr-models": []}
+    scripts = _console_scripts()
+    assert set(scripts) == set(argv)  # a new command gets its line here
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        code = f"import sys; from {module} import {func}; sys.argv = sys.argv[1:]; sys.exit({func}())"
+        out = _run(detection_only_python, code, name, *argv[name])
+        if name == "kercr-detect":
+            assert out.returncode == 0, out.stderr
+            assert (tmp_path / "masks" / "f.fits").exists() or list((tmp_path / "masks").glob("*.fits"))
+            continue
+        assert out.returncode == 1, (name, out.stderr)
+        assert "Traceback" not in out.stderr, (name, out.stderr)
+        line = out.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"{name}: error: needs ") and "detection-only install" in line, (name, line)

@@ -75,7 +75,8 @@ def detect_parser() -> argparse.ArgumentParser:
                     "cleaned image (CLEAN / <EXTNAME>_CLEAN) beside each mask. Inputs are never "
                     "modified and no file is ever overwritten.",
         epilog="Exit status: 0 when every input was processed or skipped, 1 when any failed (the others are "
-               "still processed; each failure is named on one line), 2 for bad options. Outputs appear only "
+               "still processed; each failure is named on one line), 2 for bad options, 130 after Ctrl-C and 143 after "
+               "SIGTERM (the output being written is removed). Outputs appear only "
                "complete, so after a failure or a kill, the same command with --skip-existing does what is "
                "missing. Example: kercr-detect c4d_*_ooi_*.fits.fz --out masks/ --skip-existing",
     )

@@ -27,6 +27,7 @@ import concurrent.futures
 import concurrent.futures.process
 import contextlib
 import dataclasses
+import glob
 import logging
 import numbers
 import os
@@ -38,10 +39,10 @@ import numpy as np
 
 from kercr.config import DETECT_CLEAN_METHODS, LOCAL_SCHEDULER, ConfigError
 from kercr.data.cleaning import check_clean_method
-from kercr.detection.files import (existing_output_differs, is_kercr_output, mask_extname, output_path, plan_file,
+from kercr.detection.files import (FilePlan, existing_output_differs, is_kercr_output, mask_extname, output_path, plan_file,
                                    select_extensions, write_output)
 from kercr.detection.loading import load_model
-from kercr.detection.runtimes import resolve_runtime
+from kercr.detection.runtimes import prepare_runtime, resolve_runtime
 from kercr.detection.tiling import check_batch_size, check_tiling
 from kercr.detection.workers import InProcess, Processes, model_reference, ordered
 
@@ -126,12 +127,12 @@ class BatchResult:
         return sum(len(o.undetected) for o in self.outcomes)
 
     def summary(self) -> str:
-        """``N files: a written, b skipped (output exists), c failed; K CCDs, X Mpix in T s (Y Mpix/s)``,
+        """``N files: a written, b skipped, c failed; K CCDs, X Mpix in T s (Y Mpix/s)``,
         and how many CCDs held nothing to detect, when any did."""
         n = len(self.outcomes)
         empty = f" ({self.undetected} with nothing to detect: empty masks, KCRSTAT)" if self.undetected else ""
-        return (f"{n} file{'' if n == 1 else 's'}: {len(self.done)} written, {len(self.skipped)} skipped (output "
-                f"exists), {len(self.failed)} failed; {self.ccds} CCDs{empty}, {self.megapixels:.1f} Mpix in "
+        return (f"{n} file{'' if n == 1 else 's'}: {len(self.done)} written, {len(self.skipped)} skipped, "
+                f"{len(self.failed)} failed; {self.ccds} CCDs{empty}, {self.megapixels:.1f} Mpix in "
                 f"{self.seconds:.1f} s ({self.megapixels / max(self.seconds, 1e-9):.2f} Mpix/s)")
 
 
@@ -154,34 +155,33 @@ def _items(paths, *, out_dir, suffix, ext, dilate, skip_existing, made_by):
     followed by one task per CCD. ``made_by``: what an existing output must have been made with
     to be skipped (:func:`kercr.detection.files.existing_output_differs`)."""
     for path in paths:
-        out = output_path(path, out_dir, suffix)
-        if out.absolute() == Path(path).absolute():
-            yield FileOutcome(str(path), "failed", reason=f"{path}: its output would be the input itself "
-                              f"(suffix {suffix!r}); pass a suffix (--suffix _crmask) or another directory (--out DIR).")
-            continue
-        if is_kercr_output(path):  # `kercr-detect *.fits` run again beside its own outputs
-            yield FileOutcome(str(path), "skipped", reason="a kercr-detect output (KCRSRC and KCRSRCSH in its header), not an input")
-            continue
-        if skip_existing and out.exists():
-            try:  # the mask extensions this run would write must be there
-                extensions, single = select_extensions(path, ext)
-            except Exception as err:  # one bad input must not stop the others
-                yield FileOutcome(str(path), "failed", reason=_reason(err), error=err)
-                continue
-            differs = _output_differs(out, path, extensions, single, dilate=dilate, made_by=made_by)
-            if differs:
-                yield FileOutcome(str(path), "failed", output=str(out), reason=differs)
-            else:
-                yield FileOutcome(str(path), "skipped", output=str(out), reason=f"{out} exists")
-            continue
-        try:
-            plan = plan_file(path, out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate)
-        except Exception as err:  # one bad input must not stop the others (KeyboardInterrupt does)
-            yield FileOutcome(str(path), "failed", reason=_reason(err), error=err)
-            continue
-        yield plan
-        for hdu_index, extname in plan.extensions:
-            yield (str(plan.path), hdu_index, extname, plan.single)
+        try:  # one bad input (or an output folder that cannot be searched) must not stop the others
+            first = _check(path, out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate, skip_existing=skip_existing,
+                           made_by=made_by)
+        except Exception as err:  # KeyboardInterrupt does stop them
+            first = FileOutcome(str(path), "failed", reason=_reason(err), error=err)
+        yield first
+        if isinstance(first, FilePlan):
+            for hdu_index, extname in first.extensions:
+                yield (str(first.path), hdu_index, extname, first.single)
+
+
+def _check(path, *, out_dir, suffix, ext, dilate, skip_existing, made_by):
+    """``path``'s FilePlan, or its FileOutcome when it is skipped or fails before any detection."""
+    out = output_path(path, out_dir, suffix)
+    if out.absolute() == Path(path).absolute():
+        return FileOutcome(str(path), "failed", reason=f"{path}: its output would be the input itself "
+                           f"(suffix {suffix!r}); pass a suffix (--suffix _crmask) or another directory (--out DIR).")
+    if is_kercr_output(path):  # `kercr-detect *.fits` run again beside its own outputs
+        return FileOutcome(str(path), "skipped",
+                           reason="a kercr-detect output (KCRSRC and KCRSRCSH in its header), not an input")
+    if skip_existing and out.exists():
+        extensions, single = select_extensions(path, ext)  # the mask extensions this run would write
+        differs = _output_differs(out, path, extensions, single, dilate=dilate, made_by=made_by)
+        if differs:
+            return FileOutcome(str(path), "failed", output=str(out), reason=differs)
+        return FileOutcome(str(path), "skipped", output=str(out), reason=f"{out} exists")
+    return plan_file(path, out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate)
 
 
 class _NoBar:
@@ -216,12 +216,12 @@ def _show_progress(progress) -> bool:
 
 
 def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_probability, clean, made_by, progress,
-         log_prefix=None):
+         log_prefix=None, numbering=None):
     """Yield one FileOutcome per path, in order; failures are caught and reported, not raised."""
     stream = ordered(runner.submit, _items(paths, out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate,
                                             skip_existing=skip_existing, made_by=made_by), runner.window)
     for i, (item, _) in enumerate(stream, 1):
-        prefix = f"[{i}/{len(paths)}] " if log_prefix is None else log_prefix
+        prefix = f"[{_number(numbering, i)}] " if log_prefix is None else log_prefix
         if isinstance(item, FileOutcome):
             yield item
             continue
@@ -242,7 +242,9 @@ def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_pro
                                                   log_prefix=prefix)
         except Exception as err:
             for _ in range(len(plan.extensions) - taken):  # the file's other CCDs: not needed any more
-                next(stream)[1].cancel()
+                _, future = next(stream, (None, None))
+                if future is not None:
+                    future.cancel()
             if (skip_existing and isinstance(err, FileExistsError) and plan.out.exists()
                     and _output_differs(plan.out, plan.path, plan.extensions, plan.single, dilate=dilate,
                                         made_by=made_by) is None):
@@ -264,12 +266,18 @@ def _output_differs(out, path, extensions, single, *, dilate, made_by) -> str | 
     return existing_output_differs(out, path, dilate=dilate, masks=masks, **made_by)
 
 
-def _report(i: int, n: int, outcome: FileOutcome) -> None:
+def _number(numbering, i: int) -> str:
+    """``"i/n"`` of the ``i``-th file run (1-based), numbered within the whole input list when
+    ``numbering`` (``(input numbers of the files run, n)``) is given."""
+    return f"{i}/?" if numbering is None else f"{numbering[0][i - 1]}/{numbering[1]}"
+
+
+def _report(number: str, outcome: FileOutcome) -> None:
     if outcome.status == "failed":
-        logger.error("[%d/%d] %s failed: %s", i, n, outcome.path, outcome.reason,
+        logger.error("[%s] %s failed: %s", number, outcome.path, outcome.reason,
                      exc_info=outcome.error if logger.isEnabledFor(logging.DEBUG) else None)
     elif outcome.status == "skipped":
-        logger.info("[%d/%d] %s skipped: %s", i, n, outcome.path, outcome.reason)
+        logger.info("[%s] %s skipped: %s", number, outcome.path, outcome.reason)
 
 
 def _logging_beside_bars(progress: bool):
@@ -281,7 +289,8 @@ def _logging_beside_bars(progress: bool):
     return logging_redirect_tqdm(loggers=[logging.getLogger("kercr")])
 
 
-def _run_local(paths, loaded, options, *, jobs, num_threads, progress, report, log_prefix, file_options) -> list:
+def _run_local(paths, loaded, options, *, jobs, num_threads, progress, report, log_prefix, file_options,
+               numbering=None) -> list:
     if jobs > 1:
         from kercr.export.litert import available_cpus  # lazy: kercr.export loads its exporter
 
@@ -293,9 +302,9 @@ def _run_local(paths, loaded, options, *, jobs, num_threads, progress, report, l
     try:
         with _logging_beside_bars(progress), _bar(progress, total=len(paths), desc="files", unit="file") as bar:
             for i, outcome in enumerate(_run(paths, runner, progress=progress, log_prefix=log_prefix,
-                                             **file_options), 1):
+                                             numbering=numbering, **file_options), 1):
                 if report:
-                    _report(i, len(paths), outcome)
+                    _report(_number(numbering, i), outcome)
                 outcomes.append(outcome)
                 bar.update()
     except BaseException:  # Ctrl-C: the output being written is removed; stop the workers at once
@@ -313,7 +322,8 @@ def _dask_file_task(path: str, model_ref: str, options: dict, threads, file_opti
     return outcome
 
 
-def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, progress, report, file_options) -> list:
+def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, progress, report, file_options,
+              numbering=None) -> list:
     try:  # heavy: only for --scheduler
         from distributed import Client, LocalCluster, as_completed
     except ImportError as err:
@@ -327,13 +337,17 @@ def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, prog
     if file_options["out_dir"] is not None:
         file_options = {**file_options, "out_dir": Path(file_options["out_dir"]).absolute()}
     threads = num_threads or (max(1, available_cpus() // jobs) if local else 1)
-    outcomes = [None] * len(paths)
+    outcomes, pids = [None] * len(paths), set()
     with contextlib.ExitStack() as stack:
         if local:
+            # Run after the cluster closes: the partial outputs its workers, killed mid-file by an interrupt, left.
+            stack.callback(_remove_partials_of, paths, file_options, pids)
             with _children_ignore_sigint():  # Ctrl-C stops the batch here, which closes the cluster
                 cluster = stack.enter_context(LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
                                                            dashboard_address=None))
             client = stack.enter_context(Client(cluster))
+            with contextlib.suppress(Exception):
+                pids.update(client.run(os.getpid).values())
         else:
             client = stack.enter_context(_connect(Client, scheduler))
         try:
@@ -353,15 +367,32 @@ def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, prog
                         outcome = FileOutcome(str(paths[i]), "failed", reason=f"the Dask task failed: {_reason(err)}")
                     outcomes[i] = outcome
                     if report:
-                        _report(i + 1, len(paths), outcome)
+                        _report(_number(numbering, i + 1), outcome)
                     bar.update()
         except KeyboardInterrupt:
             if local:  # our own cluster goes down with us: its parts need not log each other's going
                 with contextlib.suppress(Exception):
+                    pids.update(client.run(os.getpid).values())  # workers a nanny restarted too
+                with contextlib.suppress(Exception):
                     client.run(_quiet_dask_logs)
                 _quiet_dask_logs()
+            else:
+                logger.warning("files already running on the cluster's workers are finished there (outputs appear "
+                               "only complete); the others are not started")
             raise
+        pids.clear()  # the batch ended: nothing of ours is left half-written
     return outcomes
+
+
+def _remove_partials_of(paths, file_options, pids) -> None:
+    """Remove the hidden partial outputs (:func:`kercr.data.fits_io.new_fits_file`) that the local
+    Dask workers ``pids``, killed with their cluster, left for ``paths``."""
+    for path in paths:
+        out = output_path(path, file_options["out_dir"], file_options["suffix"])
+        for pid in pids:
+            for partial in out.parent.glob(f".{glob.escape(out.name)}.partial-{pid}-*"):
+                with contextlib.suppress(OSError):
+                    partial.unlink()
 
 
 def _quiet_dask_logs() -> None:
@@ -526,6 +557,7 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
     # Options that would fail every file stop the batch before any file, as a bad model does.
     check_tiling(loaded, tile, overlap, resolved)
     check_batch_size(batch_size)
+    prepare_runtime(loaded, resolved)  # converted once here, not in every worker; a corrupt file stops the batch
     # The method's name (True is "median"), as the outputs record it.
     clean = None if clean is None or clean is False else check_clean_method("median" if clean is True else clean,
                                                                             DETECT_CLEAN_METHODS)
@@ -534,11 +566,14 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
                    runtime=runtime, tta=tta, tta_gate=tta_gate, exclude_saturated=bool(exclude_saturated))
     file_options = dict(out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate, skip_existing=skip_existing,
                         save_probability=save_probability, clean=clean, made_by=made_by)
-    common = dict(jobs=jobs, num_threads=num_threads, progress=_show_progress(progress), report=report)
     clashes = _clashes(paths, out_dir, suffix)
+    # Log lines number files within the whole list: "[i/n]", i counting the inputs done before the clashes.
+    numbering = ([i + 1 for i in range(len(paths)) if i not in clashes], len(paths))
+    common = dict(jobs=jobs, num_threads=num_threads, progress=_show_progress(progress), report=report,
+                  numbering=numbering)
     if report:
         for i, outcome in clashes.items():
-            _report(i + 1, len(paths), outcome)
+            _report(f"{i + 1}/{len(paths)}", outcome)
     run = [p for i, p in enumerate(paths) if i not in clashes]
     if scheduler is None:
         done = _run_local(run, loaded, options, log_prefix=log_prefix, file_options=file_options, **common)

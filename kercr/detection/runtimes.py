@@ -27,8 +27,8 @@ from kercr._version import __version__
 from kercr.config import RUNTIMES
 from kercr.data.augment import flip_average
 from kercr.detection.flips import DEFAULT_TTA_GATE
-from kercr.detection.loading import LoadedModel
-from kercr.export.litert import ParallelTFLiteRunner
+from kercr.detection.loading import LoadedModel, ModelLoadError
+from kercr.export.litert import ParallelTFLiteRunner, TFLiteRunner
 from kercr.model_files import file_sha256
 
 __all__ = ["DEFAULT_BATCH_SIZE", "RUNTIMES", "predictor", "resolve_runtime", "resolve_tta", "resolve_tta_gate",
@@ -149,6 +149,24 @@ def _tflite_model(loaded: LoadedModel, runtime: str):
         logger.warning("cannot cache the TFLite model in %s (%s); set KERCR_CACHE_DIR to a writable "
                        "directory to avoid converting again", cached.parent, err)
         return flatbuffer
+
+
+def prepare_runtime(loaded: LoadedModel, runtime: str) -> None:
+    """Make ``loaded``'s file for ``runtime`` ready once, here, before a batch starts its workers: a
+    model with no TFLite file of its own is converted (and cached) once instead of in every worker
+    at once, and a file LiteRT cannot load stops the batch, naming it, instead of breaking each
+    worker's start (:func:`kercr.detection.batch.detect_files`). Nothing for ``runtime="keras"``."""
+    if not runtime.startswith("tflite"):
+        return
+    source = _tflite_model(loaded, runtime)
+    try:
+        TFLiteRunner(source, num_threads=1)
+    except Exception as err:  # LiteRT's own errors: RuntimeError, ValueError
+        where = source if isinstance(source, Path) else f"{loaded.name}'s converted model"
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise ModelLoadError(f"{where}: LiteRT cannot load this {runtime} file ({text}). It is cut short or not a "
+                             "TFLite model: delete it (a cached conversion is made again) or export it again "
+                             "(kercr-export), reinstall kercr for a shipped model, or pass runtime='keras'.") from None
 
 
 @functools.lru_cache(maxsize=8)

@@ -77,14 +77,17 @@ def init_worker(model_ref: str, options: dict, threads: int, log_level: int) -> 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # A spawned process has no logging set up: its warnings go to stderr like the parent's.
     log = logging.getLogger("kercr")
-    log.setLevel(log_level)
     log.propagate = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [worker %(process)d] %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
-    loaded = load_model(model_ref)
-    predictor(loaded, resolve_runtime(options["runtime"], loaded), tta=resolve_tta(options["tta"], loaded),
-              num_threads=threads)  # LiteRT interpreters are cached per (file, threads): built here, once
+    log.setLevel(max(log_level, logging.ERROR))  # the parent loaded this model already and said what it had to
+    try:
+        loaded = load_model(model_ref)
+        predictor(loaded, resolve_runtime(options["runtime"], loaded), tta=resolve_tta(options["tta"], loaded),
+                  num_threads=threads)  # LiteRT interpreters are cached per (file, threads): built here, once
+    finally:
+        log.setLevel(log_level)
     _WORKER.update(model=loaded, options=options, threads=threads)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -207,12 +208,36 @@ class TFLiteRunner:
         return read_normalization(found)
 
 
+#: Where Linux tells a container's CPU quota (``docker --cpus``, Kubernetes limits): cgroup v2, then v1.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """Cores this process's cgroup quota allows (quota / period, rounded up), or None without a quota."""
+    for quota_file, period_file in ((root / "cpu.max", None),
+                                    (root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us")):
+        try:
+            fields = quota_file.read_text().split()
+            if period_file is not None:
+                fields.append(period_file.read_text().strip())
+            quota, period = fields[0], float(fields[1])
+            if quota in ("max", "-1") or period <= 0:
+                return None
+            return max(1, math.ceil(float(quota) / period))
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
 def available_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    """CPU cores this process may run on: its affinity mask where the OS has one, capped by a
+    container's CPU quota (cgroup ``cpu.max``), else the machine's count."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    limit = cgroup_cpu_limit()
+    return cores if limit is None else min(cores, limit)
 
 
 class ParallelTFLiteRunner:

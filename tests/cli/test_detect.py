@@ -427,11 +427,11 @@ def test_batch_with_jobs_skip_existing_and_a_local_dask_cluster(tmp_path, capsys
     err = capsys.readouterr().err
     failed = [line for line in err.splitlines() if " failed: " in line and "[2/3]" in line]
     assert len(failed) == 1 and str(corrupt) in failed[0] and "download or write it again" in failed[0].lower()
-    assert "3 files: 2 written, 0 skipped (output exists), 1 failed; 4 CCDs" in err
+    assert "3 files: 2 written, 0 skipped, 1 failed; 4 CCDs" in err
     assert sorted(p.name for p in (tmp_path / "j").iterdir()) == ["c4d_a_ooi_r_crmask.fits", "one_crmask.fits"]
     # The rerun: the two outputs are skipped, the corrupt file fails again; without it, exit status 0.
     assert detect_main([*files, "--out", str(tmp_path / "j"), "--skip-existing", "--jobs", "2"]) == 1
-    assert "3 files: 0 written, 2 skipped (output exists), 1 failed; 0 CCDs" in capsys.readouterr().err
+    assert "3 files: 0 written, 2 skipped, 1 failed; 0 CCDs" in capsys.readouterr().err
     assert detect_main([files[0], files[2], "--out", str(tmp_path / "j"), "--skip-existing", "-q"]) == 0
     assert capsys.readouterr().err == ""  # -q: nothing to say
     # One Dask task per file on a LocalCluster: the same masks.

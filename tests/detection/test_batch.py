@@ -136,7 +136,7 @@ def test_a_bad_file_in_the_night_stops_nothing_and_skip_existing_finishes(mode, 
     assert "not a readable FITS" in reasons[str(bad[1].absolute() if mode == "dask" else bad[1])]
     for path in bad:  # one line per failure, naming the file and the reason, then the summary
         assert sum(str(path.name) in r.message and "failed" in r.message for r in caplog.records) >= 1
-    assert "6 files: 4 written, 0 skipped (output exists), 2 failed; 8 CCDs" in caplog.text
+    assert "6 files: 4 written, 0 skipped, 2 failed; 8 CCDs" in caplog.text
     # The rerun skips the good files; with the bad ones fixed it does only them.
     written = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     again = _run_mode(mode, paths, out, cluster, skip_existing=True)
@@ -570,3 +570,94 @@ def test_an_output_written_meanwhile_by_another_run_is_skipped_with_skip_existin
         monkeypatch.setattr(batch, "write_output", write_output)
         assert outcome.status == status, outcome.reason
         assert ("written meanwhile" in outcome.reason) == (status == "skipped")
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_an_error_while_checking_a_later_file_fails_that_file_alone(jobs, tmp_path, caplog):
+    """With --skip-existing each input's output is looked at before its detection; an OSError there
+    (a name too long, a folder that cannot be searched, NFS) used to stop the batch (jobs=1) or fail
+    the file being written and end in 'generator raised StopIteration' (jobs=2)."""
+    long = _single(tmp_path / ("L" * 248 + ".fits"), 11)  # its output's name is over 255 bytes
+    paths = [_exposure(tmp_path / "m.fits", 12), long, _single(tmp_path / "z.fits", 13)]
+    with caplog.at_level("INFO", logger="kercr"):
+        result = detect_files(paths, out_dir=tmp_path / "out", jobs=jobs, skip_existing=True)
+    assert [o.status for o in result.outcomes] == ["done", "failed", "done"], result.summary()
+    assert "too long" in result.outcomes[1].reason
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m_crmask.fits", "z_crmask.fits"]
+    assert "3 files: 2 written, 0 skipped, 1 failed; 5 CCDs" in caplog.text
+
+
+def test_a_model_file_litert_cannot_load_stops_the_batch_before_any_file(tmp_path):
+    """Before, each worker failed in its start-up: the pool was restarted twice per CCD and every file
+    failed as 'a worker process died (out of memory, ...)'."""
+    import shutil
+
+    from kercr.detection import ModelLoadError
+    from kercr.weights import WEIGHTS_DIR
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("default.keras", "default.json", "default-int8.tflite", "normalization.json"):
+        shutil.copy(WEIGHTS_DIR / name, model / name)
+    (model / "default-int8.tflite").write_bytes((WEIGHTS_DIR / "default-int8.tflite").read_bytes()[:60000])
+    paths = [_single(tmp_path / f"f{k}.fits", 20 + k) for k in range(2)]
+    for jobs in (1, 2):
+        with pytest.raises(ModelLoadError, match=r"default-int8.tflite: LiteRT cannot load .*delete it"):
+            detect_files(paths, model=model / "default.keras", out_dir=tmp_path / "out", jobs=jobs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_log_lines_number_files_within_the_whole_list(tmp_path, caplog):
+    """A file listed twice is reported as [2/4]; the ones after it keep their own numbers."""
+    a, b = _single(tmp_path / "a.fits", 30), _single(tmp_path / "b.fits", 31)
+    with caplog.at_level("INFO", logger="kercr"):
+        result = detect_files([a, a, b], out_dir=tmp_path / "out", jobs=1)
+    assert [o.status for o in result.outcomes] == ["done", "skipped", "done"]
+    text = caplog.text
+    assert re.search(r"\[2/3\] .*a\.fits skipped", text) and re.search(r"\[3/3\] b\.fits", text), text
+    assert "[2/2]" not in text
+
+
+def test_sigterm_on_a_local_dask_cluster_leaves_no_partial_output(tmp_path):
+    """Closing the cluster kills its workers mid-file, so their cleanup never runs: the command removes
+    the hidden partial outputs they left (before, one per worker stayed, 4 MB each here)."""
+    import signal
+
+    pytest.importorskip("distributed")
+    paths = [str(_single(tmp_path / f"f{k}.fits", 90 + k, shape=(1024, 1024))) for k in range(6)]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "kercr.cli.detect", "--scheduler", "local", "--jobs", "2", *paths, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob(".*.partial-*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the batch ended before any partial output was seen"
+        proc.send_signal(signal.SIGTERM)  # the command alone, as Slurm's time limit or `timeout` does
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err
+    time.sleep(3)  # nothing may appear afterwards either (a worker left running)
+    assert not [p.name for p in out.iterdir() if ".partial-" in p.name], err
+
+
+def test_a_model_warning_is_printed_once_not_once_per_worker(tmp_path):
+    import json
+    import shutil
+
+    from kercr.weights import WEIGHTS_DIR
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("default.keras", "default-int8.tflite", "normalization.json"):
+        shutil.copy(WEIGHTS_DIR / name, model / name)
+    card = json.loads((WEIGHTS_DIR / "default.json").read_text())
+    card["tflite"]["tflite-float16"] = {**card["tflite"]["tflite-int8"], "file": "gone-float16.tflite"}
+    (model / "default.json").write_text(json.dumps(card))
+    paths = [str(_single(tmp_path / f"f{k}.fits", 40 + k)) for k in range(2)]
+    out = subprocess.run([sys.executable, "-m", "kercr.cli.detect", *paths, "--out", str(tmp_path / "out"), "--jobs",
+                          "2", "--model", str(model / "default.keras")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("gone-float16.tflite, which is missing") == 1, out.stderr

@@ -134,6 +134,7 @@ def test_a_shared_parallel_runner_serves_two_threads_at_once(batch):
 
 
 def test_available_cpus_is_the_affinity_mask_else_the_cpu_count(monkeypatch):
+    monkeypatch.setattr(litert, "cgroup_cpu_limit", lambda: None)
     if hasattr(os, "sched_getaffinity"):
         assert available_cpus() == len(os.sched_getaffinity(0))
     monkeypatch.delattr(litert.os, "sched_getaffinity", raising=False)
@@ -142,3 +143,21 @@ def test_available_cpus_is_the_affinity_mask_else_the_cpu_count(monkeypatch):
     monkeypatch.setattr(litert.os, "cpu_count", lambda: None)  # unknown: one
     assert available_cpus() == 1
     assert ParallelTFLiteRunner(SHIPPED).workers == 1  # num_threads=None: every core there is
+
+
+def test_a_containers_cpu_quota_caps_the_cores(tmp_path, monkeypatch):
+    """docker --cpus 2 on a 64-core host: 2 workers, not 64 (each holds a model's memory)."""
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert litert.cgroup_cpu_limit(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert litert.cgroup_cpu_limit(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert litert.cgroup_cpu_limit(tmp_path) == 4
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert litert.cgroup_cpu_limit(tmp_path) is None
+    assert litert.cgroup_cpu_limit(tmp_path / "none") is None
+    monkeypatch.setattr(litert, "cgroup_cpu_limit", lambda: 1)
+    assert available_cpus() == 1

@@ -51,6 +51,25 @@ def _meta_header(meta) -> fits.Header:
     return header
 
 
+def _blank_as_nan(data, header):
+    """``data``, or a float32 copy with NaN where integer ``data`` holds the header's ``BLANK`` (no
+    value: a gap, a dead amplifier), as ``read_ccd`` reads them. astropy hands such pixels over as
+    ``BLANK x BSCALE + BZERO`` (0 for uint16 stored with ``BZERO = 32768``; the raw value in an HDU
+    made in memory), numbers that must not be taken for pixel values."""
+    if header is None or "BLANK" not in header or not np.issubdtype(np.asarray(data).dtype, np.integer):
+        return data
+    try:
+        value = int(header["BLANK"]) * float(header.get("BSCALE", 1.0)) + float(header.get("BZERO", 0.0))
+    except (TypeError, ValueError):
+        return data
+    hit = np.asarray(data) == value
+    if not hit.any():
+        return data
+    out = np.asarray(data, dtype=np.float32).copy()
+    out[hit] = np.nan
+    return out
+
+
 def unpack(image):
     """(data, header, extra ignore mask or None, description, CCDFrame or None) of a supported input."""
     if isinstance(image, CCDFrame):
@@ -58,11 +77,11 @@ def unpack(image):
     if isinstance(image, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
         if image.data is None:
             raise KercrDataError(f"HDU {image.name!r} holds no image data; pass an image extension.")
-        return image.data, image.header, None, f"HDU {image.name}", None
+        return _blank_as_nan(image.data, image.header), image.header, None, f"HDU {image.name}", None
     if isinstance(image, NDData):  # CCDData, NDDataArray, ...: the mask (True = bad) is ignored pixels
         header = _meta_header(image.meta) if image.meta else None
         mask = None if image.mask is None else np.asarray(image.mask, dtype=bool)
-        return image.data, header, mask, type(image).__name__, None
+        return _blank_as_nan(image.data, header), header, mask, type(image).__name__, None
     if isinstance(image, (str, os.PathLike)):
         raise KercrDataError(f"kercr.detect got the file name {str(image)!r}, not an image: read it first, e.g. "
                              f"kercr.detect(kercr.data.read_ccd({str(image)!r})) for its first image (ext=NAME "

@@ -191,3 +191,30 @@ def test_levels_may_be_astropy_quantities(tiny, frame):
     assert (r.gain, r.readnoise, r.saturation) == (2.0, 7.0, 60000.0)
     with pytest.raises(KercrDataError, match=r"readnoise=.* is not in electron"):
         detect(frame.image_adu, model=tiny, runtime="keras", readnoise=7 * u.adu)
+
+
+def test_blank_pixels_of_an_hdu_or_a_ccddata_are_ignored_as_read_ccd_makes_them_nan(tiny, frame, tmp_path):
+    """Integer data can keep BLANK as a number through astropy: 0 for uint16 stored with BZERO =
+    32768, read from a file; the raw value in an HDU made in memory. Before, those pixels were CR
+    neighbours in cleaning and sky in the statistics; read_ccd makes them NaN."""
+    from astropy.nddata import CCDData
+
+    data = np.clip(frame.image_adu, 1, 30000).astype(np.uint16)
+    blank = np.zeros(SHAPE, bool)
+    blank[100:104, 200:260] = True
+    data[blank] = 0
+    hdu = fits.PrimaryHDU(data)
+    hdu.header["BLANK"], hdu.header["SATURATE"] = -32768, 30000.0  # stored as int16 - 32768: BLANK is 0 here
+    hdu.writeto(tmp_path / "f.fits")
+    with fits.open(tmp_path / "f.fits") as hdul:
+        assert hdul[0].data.dtype == np.uint16 and (hdul[0].data[blank] == 0).all()  # astropy's view of them
+        from_hdu = detect(hdul[0], model=tiny, runtime="keras")
+    from_ccd = detect(CCDData.read(tmp_path / "f.fits", unit="adu"), model=tiny, runtime="keras")
+    from_file = detect(read_ccd(tmp_path / "f.fits"), model=tiny, runtime="keras")
+    raw = data.astype(np.int32) - 32768
+    in_memory = fits.ImageHDU(raw.astype(np.int16), header=fits.Header([("BLANK", -32768), ("SATURATE", -2768.0)]))
+    from_memory = detect(in_memory, model=tiny, runtime="keras")
+    for r in (from_hdu, from_ccd, from_file, from_memory):
+        assert r.ignored[blank].all() and not r.mask[blank].any()
+    np.testing.assert_array_equal(from_hdu.probability, from_file.probability)
+    assert (from_memory.ignored == from_file.ignored).all()

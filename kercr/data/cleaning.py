@@ -7,7 +7,8 @@ other pixel is left as it was, NaN and ignored pixels included.
 Methods (after astroscrappy's ``cleantype``; kercr's are all masked):
 
 ``"median"``
-    Median of the good pixels in the window (astroscrappy's ``"medmask"``). Robust to a CR pixel
+    Median of the good pixels in the window (as astroscrappy's ``"medmask"``, except that an even
+    count averages the two middle values where astroscrappy takes the lower). Robust to a CR pixel
     the mask missed; the default.
 ``"mean"``
     Mean of the good pixels (astroscrappy's ``"meanmask"``).
@@ -20,8 +21,9 @@ Window rule: each replaced pixel starts with a ``window`` x ``window`` square (5
 astroscrappy) centred on it; while that square holds fewer than ``min_good`` good pixels it grows
 by one pixel on each side (7 x 7, 9 x 9, ...) up to ``max_window`` x ``max_window``. If even
 the largest square holds fewer than ``min_good`` good pixels, the good pixels it does hold are
-used; if it holds none, the pixel gets the *fallback*: the median of every good pixel of the
-frame (the sky, for a frame that is mostly sky), and a warning says how many pixels got it.
+used; if it holds none, the pixel gets the *fallback*: the median of the good pixels of the
+nearest ``max_window`` x ``max_window`` block holding any (the level around a large hole, a
+galaxy's where it lies on one), and a warning says how many pixels got it.
 A cleaned image never has a NaN hole where the input had a finite value.
 
 Speed: one pass of integral images counts the good pixels of every window size for every CR
@@ -35,6 +37,7 @@ from __future__ import annotations
 import logging
 import numbers
 import sys
+import warnings
 
 import numpy as np
 
@@ -157,7 +160,7 @@ def clean_image(image, cr_mask, *, ignore=None, method: str = "median", dilate: 
         Good pixels a window needs before it stops growing (default 8).
     fallback : float, optional
         Value of a pixel with no good pixel within ``max_window``, in the image's units; default
-        the median of every good pixel of the frame.
+        the median of the good pixels of the nearest ``max_window``-sized block that has any.
 
     Returns
     -------
@@ -219,7 +222,7 @@ def _clean(img, replace, ignore, *, method, window, max_window, min_good, fallba
     py, px = ys + half_max, xs + half_max
     half = _half_widths(padded, py, px, window=window, max_window=max_window, min_good=min_good)
     estimate = _window_estimates(padded, py, px, half, method)
-    _fill_empty(estimate, out, good, fallback=fallback, max_window=max_window)
+    _fill_empty(estimate, out, good, ys, xs, fallback=fallback, max_window=max_window)
     out[ys, xs] = estimate.astype(np.float32)
     return out
 
@@ -243,9 +246,11 @@ def _check_arguments(img, *, window, max_window, min_good, fallback) -> tuple[in
     return window, max_window, min_good
 
 
-def _fill_empty(estimate, out, good, *, fallback, max_window) -> None:
-    """Set the estimates with no good pixel in their window (NaN) to ``fallback``, by default the
-    median of the frame's good pixels (``out[good]``), in place."""
+def _fill_empty(estimate, out, good, ys, xs, *, fallback, max_window) -> None:
+    """Set the estimates with no good pixel in their window (NaN; pixels ``ys, xs``) to ``fallback``,
+    by default the median of the good pixels in the nearest ``max_window``-sized block that has
+    any (:func:`_nearest_block_medians`: local, so a large hole in a galaxy gets the galaxy's level,
+    not the sky's), in place."""
     empty = np.isnan(estimate)
     if empty.any():
         if fallback is None:
@@ -253,17 +258,40 @@ def _fill_empty(estimate, out, good, *, fallback, max_window) -> None:
                 raise KercrDataError(f"every pixel of the image is a CR, ignored or non-finite: {int(empty.sum())} "
                                      "CR pixels have nothing to be estimated from. Check the masks, or pass "
                                      "fallback=VALUE (image units).")
-            fallback = float(np.median(out[good]))
-        logger.warning("%d CR pixels have no good pixel within %d x %d; set to the fallback %.6g (the frame's median "
-                       "unless given). Pass a larger max_window to estimate them locally.",
-                       int(empty.sum()), max_window, max_window, fallback)
-        estimate[empty] = fallback
+            medians = _nearest_block_medians(out, good, max_window)
+            estimate[empty] = medians[ys[empty] // max_window, xs[empty] // max_window]
+            said = f"the median of the nearest {max_window} x {max_window} block with good pixels"
+        else:
+            estimate[empty] = fallback
+            said = f"fallback={fallback:.6g}"
+        logger.warning("%d CR pixels have no good pixel within %d x %d; set to %s. Pass a larger max_window to "
+                       "estimate them from their own windows.", int(empty.sum()), max_window, max_window, said)
+
+
+def _nearest_block_medians(image, good, block: int) -> np.ndarray:
+    """``(ceil(ny / block), ceil(nx / block))`` float64: the median of each ``block`` x ``block``
+    block's good pixels, or that of the nearest block holding any."""
+    from scipy import ndimage  # heavy: only for holes wider than the largest window
+
+    ny, nx = image.shape
+    gy, gx = -(-ny // block), -(-nx // block)
+    tiles = np.full((gy * block, gx * block), np.nan, np.float32)
+    tiles[:ny, :nx] = np.where(good, image, np.nan)
+    tiles = tiles.reshape(gy, block, gx, block).transpose(0, 2, 1, 3).reshape(gy, gx, block * block)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # blocks without a good pixel: NaN
+        medians = np.nanmedian(tiles, axis=-1).astype(np.float64)
+    missing = np.isnan(medians)
+    if missing.any():
+        nearest = ndimage.distance_transform_edt(missing, return_distances=False, return_indices=True)
+        medians = medians[tuple(nearest)]
+    return medians
 
 
 def _half_widths(padded, py, px, *, window, max_window, min_good) -> np.ndarray:
     """Half-width of the smallest window (``window`` up to ``max_window``) around each pixel
     ``(py, px)`` of ``padded`` (NaN = not good) that holds ``min_good`` good pixels; the largest
-    where none does. int64, one per pixel."""
+    where none does, -1 where even that holds no good pixel. int64, one per pixel."""
     half_max = max_window // 2
     # Integral image of the good pixels: the count in any square around any pixel in four look-ups.
     integral = np.zeros((padded.shape[0] + 1, padded.shape[1] + 1), np.int32)
@@ -276,19 +304,22 @@ def _half_widths(padded, py, px, *, window, max_window, min_good) -> np.ndarray:
         y0, y1, x0, x1 = py[todo] - h, py[todo] + h + 1, px[todo] - h, px[todo] + h + 1
         count = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
         half[todo[count >= min_good]] = h
-    short = half < 0
-    if short.any():
+    short = np.nonzero(half < 0)[0]
+    if short.size:
         logger.debug("%d CR pixels have fewer than %d good pixels within %d x %d; using those there are",
-                     int(short.sum()), min_good, max_window, max_window)
+                     short.size, min_good, max_window, max_window)
         half[short] = half_max
+        y0, y1, x0, x1 = py[short] - half_max, py[short] + half_max + 1, px[short] - half_max, px[short] + half_max + 1
+        none = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0] == 0
+        half[short[none]] = -1  # nothing to estimate from: no window to gather and sort
     return half
 
 
 def _window_estimates(padded, py, px, half, method) -> np.ndarray:
     """The ``method`` estimate of each pixel ``(py, px)`` over the good pixels of its window of
     half-width ``half`` in ``padded`` (float64; NaN where the window holds no good pixel)."""
-    estimate = np.empty(py.size, np.float64)
-    for h in np.unique(half):
+    estimate = np.full(py.size, np.nan)
+    for h in np.unique(half[half >= 0]):
         dy, dx, weights = _window_offsets(int(h))
         members = np.nonzero(half == h)[0]
         step = max(1, _CHUNK_VALUES // dy.size)

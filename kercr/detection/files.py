@@ -385,6 +385,10 @@ def _ccd_header(frame, hdu_index, extname, cards):
     return header
 
 
+#: Primary-header cards that describe the file, not an image: not copied into a CLEAN extension.
+_PRIMARY_ONLY = {"NEXTEND", "INHERIT", "FILENAME", "CHECKVER"}
+
+
 def _ccd_hdus(frame, header, extname, single, *, mask, probability, clean) -> list:
     """The CCD's extensions: the mask, then the probability and the cleaned image when given."""
     from kercr.data.fits_io import image_header  # heavy: astropy (kercr.data)
@@ -395,12 +399,21 @@ def _ccd_hdus(frame, header, extname, single, *, mask, probability, clean) -> li
         header["BUNIT"] = ("", "CR probability")
         hdus.append((mask_extname(extname, single, "CRPROB"), probability, header.copy()))
     if clean is not None:
-        # A usable image on its own: the image's header (units, gain, exposure, WCS), then kercr's cards.
+        # A usable image on its own: the image's header (units, gain, exposure, WCS; the primary header's
+        # cards it lacks, where a multi-extension file keeps them), its HISTORY, then kercr's cards.
         cleaned = image_header(frame.header)
+        for card in image_header(frame.primary_header).cards:
+            if card.keyword not in cleaned and card.keyword not in _PRIMARY_ONLY:
+                cleaned.append(card, end=True)
+        for key in ("DATAMIN", "DATAMAX"):  # the CR pixels they may have measured are gone
+            cleaned.remove(key, ignore_missing=True, remove_all=True)
         for card in header.cards:
             if card.keyword != "BUNIT":
                 cleaned[card.keyword] = (card.value, card.comment)
         cleaned["KCRNCLN"] = (int(mask.sum()), "pixels replaced by cleaning (the mask's)")
+        for text in frame.header.get("HISTORY", []):
+            cleaned.add_history(text)
+        cleaned.add_history(f"kercr {__version__}: {int(mask.sum())} CR pixels replaced ({header.get('KCRCLEAN')})")
         hdus.append((mask_extname(extname, single, "CLEAN"), clean, cleaned))
     return hdus
 

@@ -128,6 +128,10 @@ def test_mef_every_ccd_gets_a_mask(tiny, tmp_path):
 
 def test_clean_writes_a_float32_clean_extension_beside_each_mask(tiny, tmp_path):
     src = _mef(tmp_path / "c4d_clean_ooi_r.fits", names=("N4", "S22"))
+    with fits.open(src, mode="update") as hdul:  # what a reduction leaves: its history, the data's range
+        for name in ("N4", "S22"):
+            hdul[name].header["DATAMAX"] = 65000.0
+            hdul[name].header.add_history("flat-fielded")
     before = _sha(src)
     assert _run([str(src), "--out", str(tmp_path / "a"), "--threshold", "0.54", "--dilate", "1", "--clean"], tiny) == 0
     assert _sha(src) == before
@@ -146,8 +150,12 @@ def test_clean_writes_a_float32_clean_extension_beside_each_mask(tiny, tmp_path)
             h = clean.header
             assert h["KCRCLEAN"] == "median" and h["KCRSRCEX"] == name and h["KCRDIL"] == 1
             assert h["KCRNCLN"] == int(mask.sum()) and h["CRVAL1"] == orig[name].header["CRVAL1"]
-            # A usable image on its own: the image's cards (gain, read noise, saturation), no unit it had not.
+            # A usable image on its own: the image's cards (gain, read noise, saturation), no unit it had not,
+            # the primary header's it lacks (EXPTIME), its HISTORY and one saying what was done.
             assert (h["GAIN"], h["RDNOISE"], h["SATURATE"]) == (4.0, 7.0, 45000.0) and "BUNIT" not in h
+            assert h["EXPTIME"] == 90.0 and h["INSTRUME"] == "DECam" and "DATAMAX" not in h
+            history = [str(x) for x in h["HISTORY"]]
+            assert history[0] == "flat-fielded" and "CR pixels replaced (median)" in history[-1]
     # A method by name, with the probability: CRMASK, CRPROB, CLEAN for a single-image file.
     single = tmp_path / "single.fits"
     fits.PrimaryHDU(make_frame(seed=1, shape=(150, 130)).image_adu).writeto(single)

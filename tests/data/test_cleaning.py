@@ -146,14 +146,28 @@ def test_too_few_good_pixels_use_those_there_are_and_none_get_the_fallback(caplo
         out = clean_image(image, cr, max_window=5)
     # (6, 7): its 5 x 5 window (rows 4-8, columns 5-9) holds 5 good pixels (row 4) < min_good: those 5.
     assert out[6, 7] == np.float32(np.median(image[4, 5:10]))
-    # (10, 10): no good pixel within 5 x 5: the median of every good pixel of the frame.
-    assert out[10, 10] == np.float32(np.median(image[~cr]))
+    # (10, 10): no good pixel within 5 x 5: the median of the good pixels of the nearest 5 x 5 block
+    # holding any (its own block, rows and columns 10-14, is all CR; those beside it below or right are not).
+    assert out[10, 10] in {np.float32(np.median(image[15:20, 10:15])), np.float32(np.median(image[10:15, 15:20]))}
     assert np.isfinite(out).all()
     assert "no good pixel within 5 x 5" in caplog.text and "max_window" in caplog.text
     assert clean_image(image, cr, max_window=5, fallback=123.0)[10, 10] == 123.0
     # A larger max_window reaches good pixels: no fallback.
     grown = clean_image(image, cr, max_window=11)
     assert 80 < grown[10, 10] < 120 and grown[10, 10] != out[10, 10]
+
+
+def test_a_hole_wider_than_the_largest_window_gets_the_level_around_it_not_the_frames():
+    """A 60 x 60 blob of CR pixels on a galaxy 2000 above the sky: before, its middle got the frame's
+    median, the sky, 40 sigma below the galaxy."""
+    rng = np.random.default_rng(4)
+    image = rng.normal(100, 10, (400, 400)).astype(np.float32)
+    image[100:300, 100:300] += 2000.0  # the galaxy: a plateau, so its level is known
+    cr = np.zeros(image.shape, bool)
+    cr[170:230, 170:230] = True
+    out = clean_image(image, cr)
+    assert abs(float(np.median(out[cr])) - 2100.0) < 10.0  # the galaxy's level, within the noise
+    assert abs(float(out[200, 200]) - 2100.0) < 10.0
 
 
 def test_nothing_to_estimate_from_is_an_error_unless_a_fallback_is_given():

@@ -82,6 +82,25 @@ def test_the_shipped_network_cleans_crs_on_sky_to_within_the_noise():
     assert np.median(err_net) <= 1.2 * np.median(err_med)
 
 
+def test_the_shipped_network_cleans_crs_on_bright_smooth_light_to_within_the_noise():
+    """CRs on a galaxy and on the bright half of a frame, 200 sigma above the frame's sky: before, the
+    network gave -60 and -460 ADU on average (its asinh-stretched input loses the level there)."""
+    pytest.importorskip("kercr.weights").default_inpainter_path()
+    n = 384
+    yy, xx = np.mgrid[:n, :n]
+    for k, level in enumerate((2000 * np.exp(-((yy - 192) ** 2 + (xx - 192) ** 2) / (2 * 90.0 ** 2)),
+                               np.where(yy >= 192, 2000.0, 0.0))):
+        rng = np.random.default_rng(40 + k)
+        truth = (1000 + level + rng.normal(0, 10, (n, n))).astype(np.float32)
+        mask = np.zeros((n, n), bool)
+        for _ in range(60):
+            y, x = rng.integers(10, n - 10), rng.integers(10, n - 10)
+            mask[y, x:x + 3] = True
+        err = (inpaint(np.where(mask, truth + 5000, truth).astype(np.float32), mask) - truth)[mask]
+        # (the median: a CR on the step's edge, where the smooth level cannot follow, may be off by more)
+        assert abs(np.median(err)) < 5.0 and np.median(np.abs(err)) < 10.0, (k, np.median(err), np.median(np.abs(err)))
+
+
 def test_detect_cleans_with_the_network(tmp_path, untrained, monkeypatch):
     import kercr.detection.inpainting as module
 

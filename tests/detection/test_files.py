@@ -48,3 +48,26 @@ def test_a_number_that_lands_on_an_error_plane_is_refused_with_the_images_indice
         select_extensions(path, "SCI,2")
     assert select_extensions(path, "4") == ([(4, "SCI")], False)  # the second chip by its index
     assert select_extensions(path, "ERR") == ([(2, "ERR"), (5, "ERR")], False)  # named: taken
+
+
+def test_the_ignored_pixels_of_an_output_are_what_the_readme_says(tmp_path):
+    """README: ``~isfinite(image) | (image >= KCRSATL)``, to OR into a bad-pixel mask (kercr-detect
+    writes no mask of them)."""
+    from kercr.detection.files import detect_file
+    from kercr.weights import has_default
+
+    if not has_default():
+        pytest.skip("no shipped model in this checkout")
+    rng = np.random.default_rng(5)
+    image = rng.normal(1000.0, 10.0, (96, 80)).astype(np.float32)
+    image[40:44, 30:34] = 60000.0  # a saturated star's core
+    image[10, 5:9] = np.nan
+    image[70, 20:26] += 800.0  # a CR
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, fits.Header([("SATURATE", 50000.0)]), name="N4")]
+                 ).writeto(tmp_path / "f.fits")
+    out = detect_file(tmp_path / "f.fits", out_dir=tmp_path / "out")
+    with fits.open(out) as hdul:
+        data, header = hdul["N4"].data, hdul["CRMASK"].header
+        ignored = ~np.isfinite(data) | (data >= header["KCRSATL"])
+        assert ignored.sum() == header["KCRNIGN"] == 20 and not hdul["CRMASK"].data[ignored].any()
+        assert hdul["CRMASK"].data[70, 20:26].all()

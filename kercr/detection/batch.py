@@ -39,8 +39,8 @@ import numpy as np
 
 from kercr.config import DETECT_CLEAN_METHODS, LOCAL_SCHEDULER, ConfigError
 from kercr.data.cleaning import check_clean_method
-from kercr.detection.files import (FilePlan, existing_output_differs, is_kercr_output, mask_extname, output_path, plan_file,
-                                   select_extensions, write_output)
+from kercr.detection.files import (FilePlan, existing_output_differs, is_kercr_output, mask_extname, output_path,
+                                   plain_copy, plan_file, select_extensions, write_output)
 from kercr.detection.loading import load_model
 from kercr.detection.runtimes import prepare_runtime, resolve_runtime
 from kercr.detection.tiling import check_batch_size, check_tiling
@@ -150,20 +150,26 @@ def _reason(err: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 # The files, in order
 # --------------------------------------------------------------------------------------------
-def _items(paths, *, out_dir, suffix, ext, dilate, skip_existing, made_by):
+def _items(paths, *, out_dir, suffix, ext, dilate, skip_existing, made_by, copies):
     """For each file: a FileOutcome (skipped or failed before any detection), or its FilePlan
     followed by one task per CCD. ``made_by``: what an existing output must have been made with
-    to be skipped (:func:`kercr.detection.files.existing_output_differs`)."""
+    to be skipped (:func:`kercr.detection.files.existing_output_differs`). The plain copies of
+    gzip/bzip2 inputs (``FilePlan.source``) are added to ``copies``."""
     for path in paths:
         try:  # one bad input (or an output folder that cannot be searched) must not stop the others
             first = _check(path, out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate, skip_existing=skip_existing,
                            made_by=made_by)
+            if isinstance(first, FilePlan):
+                first.source = plain_copy(first)  # decompressed once, not once per CCD read
+                if first.source is not None:
+                    copies.append(first.source)
         except Exception as err:  # KeyboardInterrupt does stop them
             first = FileOutcome(str(path), "failed", reason=_reason(err), error=err)
         yield first
         if isinstance(first, FilePlan):
+            source = None if first.source is None else str(first.source)
             for hdu_index, extname in first.extensions:
-                yield (str(first.path), hdu_index, extname, first.single)
+                yield (str(first.path), hdu_index, extname, first.single, source)
 
 
 def _check(path, *, out_dir, suffix, ext, dilate, skip_existing, made_by):
@@ -215,11 +221,23 @@ def _show_progress(progress) -> bool:
     return sys.stderr.isatty()
 
 
-def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_probability, clean, made_by, progress,
-         log_prefix=None, numbering=None):
+def _run(paths, runner, **options):
+    """Yield one FileOutcome per path, in order (:func:`_run_files`); the plain copies of compressed
+    inputs are removed however it ends."""
+    copies = []
+    try:
+        yield from _run_files(paths, runner, copies=copies, **options)
+    finally:
+        for copy in copies:
+            copy.unlink(missing_ok=True)
+
+
+def _run_files(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_probability, clean, made_by,
+               progress, copies, log_prefix=None, numbering=None):
     """Yield one FileOutcome per path, in order; failures are caught and reported, not raised."""
     stream = ordered(runner.submit, _items(paths, out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate,
-                                            skip_existing=skip_existing, made_by=made_by), runner.window)
+                                            skip_existing=skip_existing, made_by=made_by, copies=copies),
+                     runner.window)
     for i, (item, _) in enumerate(stream, 1):
         prefix = f"[{_number(numbering, i)}] " if log_prefix is None else log_prefix
         if isinstance(item, FileOutcome):
@@ -241,6 +259,7 @@ def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_pro
                 pixels, undetected = write_output(plan, ccds(bar), save_probability=save_probability, clean=clean,
                                                   log_prefix=prefix)
         except Exception as err:
+            _remove_copy(plan)
             for _ in range(len(plan.extensions) - taken):  # the file's other CCDs: not needed any more
                 _, future = next(stream, (None, None))
                 if future is not None:
@@ -255,8 +274,15 @@ def _run(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, save_pro
             yield FileOutcome(str(plan.path), "failed", reason=_reason(err), error=err,
                               seconds=time.perf_counter() - t0)
             continue
+        _remove_copy(plan)
         yield FileOutcome(str(plan.path), "done", output=str(plan.out), ccds=len(plan.extensions),
                           megapixels=pixels / 1e6, seconds=time.perf_counter() - t0, undetected=undetected)
+
+
+def _remove_copy(plan: FilePlan) -> None:
+    """Remove the plain copy of a compressed input once its file is written or failed."""
+    if plan.source is not None:
+        plan.source.unlink(missing_ok=True)
 
 
 def _output_differs(out, path, extensions, single, *, dilate, made_by) -> str | None:

@@ -44,6 +44,7 @@ import dataclasses
 import logging
 import os
 import re
+import secrets
 import time
 from pathlib import Path
 
@@ -54,7 +55,7 @@ from kercr.config import FITS_SUFFIXES
 from kercr.model_files import file_sha256
 
 __all__ = ["FITS_SUFFIXES", "CCDOutput", "FilePlan", "detect_ccd", "detect_file", "existing_output_differs",
-           "mask_extname", "output_path", "plan_file", "select_extensions", "write_output"]
+           "mask_extname", "output_path", "plain_copy", "plan_file", "select_extensions", "write_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -246,12 +247,16 @@ class FilePlan:
         ``(hdu_index, extname)`` of the CCDs to process, in output order.
     single : bool
         The file holds a single image (masks are named ``CRMASK``, not ``<EXTNAME>_CRMASK``).
+    source : pathlib.Path or None
+        A plain FITS copy of a gzip or bzip2 input, which its CCDs and the output's copy are read
+        from (a stream must be decompressed from its start for every CCD read); None: ``path``.
     """
 
     path: Path
     out: Path
     extensions: list
     single: bool
+    source: Path | None = None
 
 
 @dataclasses.dataclass
@@ -320,7 +325,7 @@ def plan_file(path, *, out_dir=None, suffix="_crmask", ext="all", dilate=0) -> F
 
 
 def detect_ccd(path, hdu_index: int, extname: str, *, single: bool, model="default", dilate=0,
-               save_probability=False, clean=None, **detect_options) -> CCDOutput:
+               save_probability=False, clean=None, source=None, **detect_options) -> CCDOutput:
     """Read one CCD of a FITS file, detect its cosmic rays and make the extensions it adds.
 
     Parameters
@@ -333,6 +338,8 @@ def detect_ccd(path, hdu_index: int, extname: str, *, single: bool, model="defau
         Name the extensions ``CRMASK``... rather than ``<EXTNAME>_CRMASK``...
     model, dilate, save_probability, clean
         As :func:`detect_file`.
+    source : path-like, optional
+        A plain copy of ``path`` to read the CCD from (:attr:`FilePlan.source`); messages name ``path``.
     **detect_options
         ``threshold``, ``runtime``, ``tta``, ``tta_gate``, ``tile``, ``overlap``, ``batch_size``,
         ``num_threads``, ``exclude_saturated`` of :func:`kercr.detection.detect`.
@@ -346,7 +353,9 @@ def detect_ccd(path, hdu_index: int, extname: str, *, single: bool, model="defau
     from kercr.detection import detect  # lazy: kercr.detection imports this module
 
     t0 = time.perf_counter()
-    frame = read_ccd(path, hdu_index)
+    frame = read_ccd(path if source is None else source, hdu_index)
+    if source is not None:
+        frame = dataclasses.replace(frame, path=Path(path))
     try:
         result = detect(frame, model=model, clean=clean, clean_dilate=dilate, **detect_options)
     except UndetectableImageError as err:
@@ -468,7 +477,7 @@ def write_output(plan: FilePlan, ccds, *, save_probability=False, clean=None, lo
 
     path, n = plan.path, len(plan.extensions)
     t0, pixels = time.perf_counter(), 0
-    with new_fits_file(plan.out, copy_of=path) as f:
+    with new_fits_file(plan.out, copy_of=plan.source or path) as f:
         kinds = ("CRMASK", *(("CRPROB",) if save_probability else ()), *(("CLEAN",) if clean else ()))
         for _, extname in plan.extensions:
             for kind in kinds:
@@ -579,3 +588,23 @@ def detect_file(path, *, out_dir=None, suffix="_crmask", model="default", ext="a
         raise ValueError(outcome.reason if outcome.status == "failed" else
                          f"{path}: {outcome.reason}; run kercr-detect on the original file.")
     return Path(outcome.output)
+
+
+def plain_copy(plan: FilePlan) -> Path | None:
+    """For a gzip or bzip2 input (told by its first bytes), a plain FITS copy beside the output, under a
+    hidden partial name (``.<output>.partial-<pid>-<hex>-input.fits``, which kercr-detect's leftover
+    check names after a kill); None for any other input. The caller removes it when the file is done."""
+    from kercr.data.fits_read import _COMPRESSED_MAGIC  # heavy: astropy (kercr.data)
+    from kercr.data.fits_write import _copy_fits  # heavy: astropy (kercr.data)
+
+    with open(plan.path, "rb") as f:
+        if not f.read(3).startswith(_COMPRESSED_MAGIC):
+            return None
+    plan.out.parent.mkdir(parents=True, exist_ok=True)
+    copy = plan.out.with_name(f".{plan.out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}-input.fits")
+    try:
+        _copy_fits(plan.path, copy)
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise
+    return copy

@@ -1,6 +1,6 @@
 """Where ``kercr-detect``'s CCDs are detected: in this process, or in spawned worker processes.
 
-Internal to :mod:`kercr.detection.batch`. A runner's ``submit((path, hdu_index, extname, single))``
+Internal to :mod:`kercr.detection.batch`. A runner's ``submit((path, hdu_index, extname, single, source))``
 returns a future of :class:`kercr.detection.files.CCDOutput`; ``window`` is how many CCD tasks may
 be in flight ahead of the writer (:func:`ordered`), which bounds the memory of the results waiting.
 
@@ -53,8 +53,8 @@ class InProcess:
         self._model, self._options, self._threads = model, options, num_threads
 
     def submit(self, task) -> Lazy:
-        path, hdu_index, extname, single = task
-        return Lazy(detect_ccd, path, hdu_index, extname, single=single, model=self._model,
+        path, hdu_index, extname, single, source = task
+        return Lazy(detect_ccd, path, hdu_index, extname, single=single, source=source, model=self._model,
                      num_threads=self._threads, **self._options)
 
     def close(self, now: bool = False) -> None:
@@ -111,9 +111,9 @@ def _exit_with_parent() -> None:
 
 def ccd_task(task):
     """One CCD in a worker process, with the model and options :func:`init_worker` set."""
-    path, hdu_index, extname, single = task
-    return detect_ccd(path, hdu_index, extname, single=single, model=_WORKER["model"], num_threads=_WORKER["threads"],
-                      **_WORKER["options"])
+    path, hdu_index, extname, single, source = task
+    return detect_ccd(path, hdu_index, extname, single=single, source=source, model=_WORKER["model"],
+                      num_threads=_WORKER["threads"], **_WORKER["options"])
 
 
 class _Retried:
@@ -133,7 +133,7 @@ class _Retried:
             try:
                 return self._future.result()
             except concurrent.futures.process.BrokenProcessPool as err:
-                path, _, extname, _ = self._task
+                path, _, extname, _, _ = self._task
                 if self._tries > 1:
                     raise concurrent.futures.process.BrokenProcessPool(
                         f"{path} [{extname}]: a worker process died twice while detecting this CCD") from err
@@ -150,7 +150,7 @@ class Processes:
     """``jobs`` spawned worker processes, started at the first CCD and restarted if one dies (the
     CCDs in flight then are detected again, once: :class:`_Retried`).
 
-    ``task`` is the function the workers run on each ``(path, hdu_index, extname, single)``
+    ``task`` is the function the workers run on each ``(path, hdu_index, extname, single, source)``
     (default :func:`ccd_task`; tests pass one that crashes).
     """
 

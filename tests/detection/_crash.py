@@ -10,7 +10,7 @@ import time
 def die_on_boom(task):
     """Exit the worker abruptly (as an out-of-memory kill does) on the CCD named ``BOOM``; others
     take half a second, so that they are in flight when it dies, and return their name."""
-    _, _, extname, _ = task
+    _, _, extname, _, _ = task
     if extname == "BOOM":
         os._exit(3)
     time.sleep(0.5)

@@ -310,10 +310,10 @@ def test_a_dead_worker_costs_only_the_ccd_that_kills_it():
     from tests.detection._crash import die_on_boom
 
     runner = Processes("default", {"runtime": "tflite-int8", "tta": False}, jobs=2, threads=1, task=die_on_boom)
-    tasks = [("f.fits", k, name, False) for k, name in enumerate(("A", "B", "BOOM", "C", "D"), 1)]
+    tasks = [("f.fits", k, name, False, None) for k, name in enumerate(("A", "B", "BOOM", "C", "D"), 1)]
     results = {}
     try:
-        for (_, _, name, _), future in ordered(runner.submit, tasks, runner.window):
+        for (_, _, name, _, _), future in ordered(runner.submit, tasks, runner.window):
             try:
                 results[name] = future.result()
             except concurrent.futures.process.BrokenProcessPool as err:
@@ -337,7 +337,7 @@ def test_workers_end_when_their_parent_is_killed(tmp_path):
         if __name__ == "__main__":
             runner = Processes("default", {"runtime": "tflite-int8", "tta": False}, jobs=2, threads=1,
                                task=worker_pid)
-            futures = [runner.submit(("f.fits", k, "A", False)) for k in range(6)]
+            futures = [runner.submit(("f.fits", k, "A", False, None)) for k in range(6)]
             print(" ".join(sorted({str(f.result()) for f in futures})), flush=True)
             time.sleep(600)
     """))
@@ -661,3 +661,33 @@ def test_a_model_warning_is_printed_once_not_once_per_worker(tmp_path):
                           "2", "--model", str(model / "default.keras")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("gone-float16.tflite, which is missing") == 1, out.stderr
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_gzip_input_is_decompressed_once_not_for_every_ccd(jobs, tmp_path, monkeypatch):
+    """A gzip stream has no random access: each CCD read used to decompress the file from its start
+    (62 CCDs: 31 whole files on average). The CCDs are read from one plain copy, removed at the end."""
+    import gzip
+
+    import kercr.data
+    import kercr.data.fits_read as fits_read
+
+    plain = _exposure(tmp_path / "e.fits", 50)
+    packed = tmp_path / "e.fits.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    reads = []
+    real = fits_read.read_ccd
+    monkeypatch.setattr(kercr.data, "read_ccd", lambda path, *a, **k: reads.append(str(path)) or real(path, *a, **k))
+    out = tmp_path / "out"
+    result = detect_files([packed], out_dir=out, jobs=jobs)
+    assert result.ok, result.summary()
+    ours = list(reads)
+    expected = detect_files([plain], out_dir=tmp_path / "plain", jobs=1)
+    assert expected.ok
+    a, b = _masks(out / "e_crmask.fits"), _masks(tmp_path / "plain" / "e_crmask.fits")
+    assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    with fits.open(out / "e_crmask.fits") as hdul:
+        assert hdul[0].header["KCRSRC"] == "e.fits.gz"
+    assert sorted(p.name for p in out.iterdir()) == ["e_crmask.fits"]  # the copy is gone
+    if jobs == 1:  # (workers read in their own processes)
+        assert len(ours) == 4 and all(".partial-" in r and r.endswith("-input.fits") for r in ours), ours

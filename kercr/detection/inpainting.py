@@ -162,7 +162,8 @@ def _keras_network(path: Path):
 
 #: Block side (pixels) of the smooth level taken out before the network and added back after. 16 px
 #: follows a galaxy's profile: on a Gaussian galaxy of peak +2000 ADU (sd 90 px, sky noise 10 ADU) the
-#: mean error at CR pixels is +2.5 ADU, against +13.9 with 32-px blocks, -37 with 64 and -60 without.
+#: mean error at CR pixels is +2.5 ADU, against +13.9 with 32-px blocks, -37 with 64 and -60 without
+#: (``python benchmarks/clean_levels.py --level-block N``; BENCHMARKS.md, "Cleaning CR pixels").
 LEVEL_BLOCK = 16
 
 
@@ -216,7 +217,7 @@ def inpaint(image, mask, *, ignore=None, model="default", runtime="auto", num_th
     # The network sees the image less its smooth local level (blocks of the normalization's size), which is
     # added back: it was trained on frames of one sky, and on a galaxy or a gradient hundreds of sigma above
     # the frame's sky its asinh-stretched values lose the precision to give the level back (-460 ADU on a
-    # +2000 ADU half of a frame, where the median cleaner is within the noise; BENCHMARKS.md, "Cleaning CR pixels").
+    # +2000 ADU half of a frame, where the median cleaner is within the noise; benchmarks/clean_levels.py).
     level = _smooth_level(img, bad | replace, net.normalization)
     normalized, params = normalize(img - level, mask=bad | replace, config=net.normalization)
     values = _predict_where(normalized, bad | replace, replace, net.predict, net.margin, net.multiple,

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from kercr.data import clean_image
 
     if args.level_block == 0:
-        inpainting._smooth_level = lambda img, hidden, config: np.zeros(img.shape, np.float32)
+        inpainting._smooth_level = lambda img, hidden: np.zeros(img.shape, np.float32)
     elif args.level_block is not None:
         inpainting.LEVEL_BLOCK = args.level_block
     print(f"level blocks: {'none' if args.level_block == 0 else f'{inpainting.LEVEL_BLOCK} px'}")

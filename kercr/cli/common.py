@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import importlib.util
 import logging
 import os
 import re
@@ -298,11 +299,12 @@ def run(parser: argparse.ArgumentParser, main, argv=None, *, interrupted: str = 
                 sys.stderr.write(f"\n{parser.prog}: {interrupted}\n")
                 return EXIT_INTERRUPTED
             except ModuleNotFoundError as err:
-                if (err.name or "").split(".")[0] not in _FULL_INSTALL:
-                    raise
+                top = (err.name or "").split(".")[0]
+                if top not in _FULL_INSTALL or importlib.util.find_spec(top) is not None:
+                    raise  # installed, but a part of it is missing: a version mismatch, not this install
                 if level > 0:
                     traceback.print_exc()
-                sys.stderr.write(error_line(parser.prog, f"needs {err.name.split('.')[0]}, which this install lacks "
+                sys.stderr.write(error_line(parser.prog, f"needs {top}, which this install lacks "
                                             "(a detection-only install runs kercr-detect alone): pip install "
                                             "kercr with its dependencies (README, 'A detection-only install')")
                                  + "\n")

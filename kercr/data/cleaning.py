@@ -249,7 +249,7 @@ def _check_arguments(img, *, window, max_window, min_good, fallback) -> tuple[in
 def _fill_empty(estimate, out, good, ys, xs, *, fallback, max_window) -> None:
     """Set the estimates with no good pixel in their window (NaN; pixels ``ys, xs``) to ``fallback``,
     by default the median of the good pixels in the nearest ``max_window``-sized block that has
-    any (:func:`_nearest_block_medians`: local, so a large hole in a galaxy gets the galaxy's level,
+    any (:func:`nearest_block_medians`: local, so a large hole in a galaxy gets the galaxy's level,
     not the sky's), in place."""
     empty = np.isnan(estimate)
     if empty.any():
@@ -258,7 +258,7 @@ def _fill_empty(estimate, out, good, ys, xs, *, fallback, max_window) -> None:
                 raise KercrDataError(f"every pixel of the image is a CR, ignored or non-finite: {int(empty.sum())} "
                                      "CR pixels have nothing to be estimated from. Check the masks, or pass "
                                      "fallback=VALUE (image units).")
-            medians = _nearest_block_medians(out, good, max_window)
+            medians = nearest_block_medians(out, good, max_window)
             estimate[empty] = medians[ys[empty] // max_window, xs[empty] // max_window]
             said = f"the median of the nearest {max_window} x {max_window} block with good pixels"
         else:
@@ -268,9 +268,10 @@ def _fill_empty(estimate, out, good, ys, xs, *, fallback, max_window) -> None:
                        "estimate them from their own windows.", int(empty.sum()), max_window, max_window, said)
 
 
-def _nearest_block_medians(image, good, block: int) -> np.ndarray:
+def nearest_block_medians(image, good, block: int, *, min_good: int = 1) -> np.ndarray:
     """``(ceil(ny / block), ceil(nx / block))`` float64: the median of each ``block`` x ``block``
-    block's good pixels, or that of the nearest block holding any."""
+    block's ``good`` pixels, or, in a block with fewer than ``min_good`` of them, that of the
+    nearest block with enough (local however large the hole; image units). ``good`` has at least one."""
     from scipy import ndimage  # heavy: only for holes wider than the largest window
 
     ny, nx = image.shape
@@ -281,7 +282,9 @@ def _nearest_block_medians(image, good, block: int) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # blocks without a good pixel: NaN
         medians = np.nanmedian(tiles, axis=-1).astype(np.float64)
-    missing = np.isnan(medians)
+    missing = np.isfinite(tiles).sum(axis=-1) < max(1, min_good)
+    if missing.all():  # no block has enough: those with any
+        missing = np.isnan(medians)
     if missing.any():
         nearest = ndimage.distance_transform_edt(missing, return_distances=False, return_indices=True)
         medians = medians[tuple(nearest)]

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -145,6 +146,8 @@ class FITSWriter:
             for key, value in cards.items():
                 header[key if len(key) <= 8 else f"HIERARCH {key}"] = value
             hdul[0].verify(_VERIFY)
+            if "CHECKSUM" in header:  # an archive's checksum of the input's header: of this header now
+                hdul[0].add_checksum()
             block = header.tostring().encode("ascii")  # padded to whole 2880-byte blocks, END included
         if len(block) == where["datLoc"] - where["hdrLoc"]:
             with open(self._tmp, "r+b") as f:
@@ -174,16 +177,25 @@ class FITSWriter:
             raise ValueError(f"{self.path}: an extension {name} (EXTVER {key[1]}) is there already; every "
                              "extension needs its own EXTNAME or EXTVER. Pass another name.")
         header["EXTNAME"] = name
+        hdu = fits.ImageHDU(np.asarray(data), header=header)
         with _fixing_cards(self.path, self._fixed):
-            hdul = fits.open(self._tmp, mode="append")
-            try:
-                hdul.append(fits.ImageHDU(np.asarray(data), header=header))
-            finally:
-                hdul.close(output_verify=_VERIFY)
+            hdu.verify(_VERIFY)  # this HDU's cards only: the copied input's are kept as they are, byte for byte
+        hdul = fits.open(self._tmp, mode="append")
+        try:
+            hdul.append(hdu)
+        finally:
+            hdul.close(output_verify="ignore")
         self._keys.add(key)
         self.extnames.add(key[0])
 
 
+
+
+def partial_tag(pid: int | None = None) -> str:
+    """``<pid>.<host>`` in the names of kercr's partial outputs: which process on which machine writes
+    one (output folders are often shared between machines, whose process ids can coincide)."""
+    host = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname().split(".")[0])[:24] or "host"
+    return f"{os.getpid() if pid is None else pid}.{host}"
 
 
 def _copy_fits(src: Path, tmp: Path) -> None:
@@ -254,7 +266,7 @@ def new_fits_file(path, *, copy_of=None) -> Iterator[FITSWriter]:
         raise FileExistsError(f"{out}: already exists; kercr never overwrites files. Choose a new output path.")
     src = None if copy_of is None else _check_path(copy_of)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")  # hidden and unique
+    tmp = out.with_name(f".{out.name}.partial-{partial_tag()}-{secrets.token_hex(4)}")  # hidden and unique
     try:
         if src is None:
             fits.PrimaryHDU().writeto(tmp)

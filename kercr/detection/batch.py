@@ -16,7 +16,7 @@ mask data bit for bit the same):
 
 A bad file never stops the others: it is reported (:class:`FileOutcome`, one line each) and the
 batch goes on. Outputs appear only complete (written under a hidden temporary name
-``.<name>.partial-<pid>-<token>``, then renamed), so after a failure or a kill ``skip_existing=True``
+``.<name>.partial-<pid>.<host>-<token>``, then renamed), so after a failure or a kill ``skip_existing=True``
 (``kercr-detect --skip-existing``) does exactly what is missing. A hard kill leaves its temporary
 files behind; the next run names them in a warning (:func:`leftover_partials`) and deletes nothing.
 """
@@ -413,10 +413,12 @@ def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, prog
 def _remove_partials_of(paths, file_options, pids) -> None:
     """Remove the hidden partial outputs (:func:`kercr.data.fits_io.new_fits_file`) that the local
     Dask workers ``pids``, killed with their cluster, left for ``paths``."""
+    from kercr.data.fits_write import partial_tag  # heavy: astropy (kercr.data)
+
     for path in paths:
         out = output_path(path, file_options["out_dir"], file_options["suffix"])
         for pid in pids:
-            for partial in out.parent.glob(f".{glob.escape(out.name)}.partial-{pid}-*"):
+            for partial in out.parent.glob(f".{glob.escape(out.name)}.partial-{glob.escape(partial_tag(pid))}-*"):
                 with contextlib.suppress(OSError):
                     partial.unlink()
 
@@ -583,11 +585,11 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
     # Options that would fail every file stop the batch before any file, as a bad model does.
     check_tiling(loaded, tile, overlap, resolved)
     check_batch_size(batch_size)
-    prepare_runtime(loaded, resolved)  # converted once here, not in every worker; a corrupt file stops the batch
     # The method's name (True is "median"), as the outputs record it.
     clean = None if clean is None or clean is False else check_clean_method("median" if clean is True else clean,
                                                                             DETECT_CLEAN_METHODS)
     options["clean"] = clean
+    prepare_runtime(loaded, resolved)  # converted once here, not in every worker; a corrupt file stops the batch
     made_by = dict(model_name=loaded.name, clean=clean, save_probability=bool(save_probability), threshold=threshold,
                    runtime=runtime, tta=tta, tta_gate=tta_gate, exclude_saturated=bool(exclude_saturated))
     file_options = dict(out_dir=out_dir, suffix=suffix, ext=ext, dilate=dilate, skip_existing=skip_existing,
@@ -620,7 +622,7 @@ def detect_files(paths, *, out_dir=None, suffix="_crmask", model="default", ext=
 
 
 def leftover_partials(paths, out_dir=None, suffix="_crmask", *, before=None) -> list[Path]:
-    """The hidden temporary files (``.<output name>.partial-<pid>-<token>``) that a killed run left
+    """The hidden temporary files (``.<output name>.partial-<pid>.<host>-<token>``) that a killed run left
     beside the outputs of ``paths``, oldest first; only those last written before ``before`` (seconds
     since the epoch; default: all), so a run writing there now is left out. Nothing is deleted."""
     wanted: dict[Path, set] = {}

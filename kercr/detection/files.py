@@ -401,6 +401,7 @@ _PRIMARY_ONLY = {"NEXTEND", "INHERIT", "FILENAME", "CHECKVER"}
 def _ccd_hdus(frame, header, extname, single, *, mask, probability, clean) -> list:
     """The CCD's extensions: the mask, then the probability and the cleaned image when given."""
     from kercr.data.fits_io import image_header  # heavy: astropy (kercr.data)
+    from kercr.data.fits_write import _WCS_KEYS  # heavy: astropy (kercr.data)
 
     header["BUNIT"] = ("", "1 = cosmic ray, 0 = not")
     hdus = [(mask_extname(extname, single), mask.astype(np.uint8), header.copy())]
@@ -411,8 +412,8 @@ def _ccd_hdus(frame, header, extname, single, *, mask, probability, clean) -> li
         # A usable image on its own: the image's header (units, gain, exposure, WCS; the primary header's
         # cards it lacks, where a multi-extension file keeps them), its HISTORY, then kercr's cards.
         cleaned = image_header(frame.header)
-        for card in image_header(frame.primary_header).cards:
-            if card.keyword not in cleaned and card.keyword not in _PRIMARY_ONLY:
+        for card in image_header(frame.primary_header).cards:  # not its WCS: the image's own (or none) stays whole
+            if card.keyword not in cleaned and card.keyword not in _PRIMARY_ONLY and not _WCS_KEYS.match(card.keyword):
                 cleaned.append(card, end=True)
         for key in ("DATAMIN", "DATAMAX"):  # the CR pixels they may have measured are gone
             cleaned.remove(key, ignore_missing=True, remove_all=True)
@@ -422,7 +423,8 @@ def _ccd_hdus(frame, header, extname, single, *, mask, probability, clean) -> li
         cleaned["KCRNCLN"] = (int(mask.sum()), "pixels replaced by cleaning (the mask's)")
         for text in frame.header.get("HISTORY", []):
             cleaned.add_history(text)
-        cleaned.add_history(f"kercr {__version__}: {int(mask.sum())} CR pixels replaced ({header.get('KCRCLEAN')})")
+        if mask.any():
+            cleaned.add_history(f"kercr {__version__}: {int(mask.sum())} CR pixels replaced ({header.get('KCRCLEAN')})")
         hdus.append((mask_extname(extname, single, "CLEAN"), clean, cleaned))
     return hdus
 
@@ -592,16 +594,16 @@ def detect_file(path, *, out_dir=None, suffix="_crmask", model="default", ext="a
 
 def plain_copy(plan: FilePlan) -> Path | None:
     """For a gzip or bzip2 input (told by its first bytes), a plain FITS copy beside the output, under a
-    hidden partial name (``.<output>.partial-<pid>-<hex>-input.fits``, which kercr-detect's leftover
+    hidden partial name (``.<output>.partial-<pid>.<host>-<hex>-input.fits``, which kercr-detect's leftover
     check names after a kill); None for any other input. The caller removes it when the file is done."""
     from kercr.data.fits_read import _COMPRESSED_MAGIC  # heavy: astropy (kercr.data)
-    from kercr.data.fits_write import _copy_fits  # heavy: astropy (kercr.data)
+    from kercr.data.fits_write import _copy_fits, partial_tag  # heavy: astropy (kercr.data)
 
     with open(plan.path, "rb") as f:
         if not f.read(3).startswith(_COMPRESSED_MAGIC):
             return None
     plan.out.parent.mkdir(parents=True, exist_ok=True)
-    copy = plan.out.with_name(f".{plan.out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}-input.fits")
+    copy = plan.out.with_name(f".{plan.out.name}.partial-{partial_tag()}-{secrets.token_hex(4)}-input.fits")
     try:
         _copy_fits(plan.path, copy)
     except BaseException:

@@ -1,9 +1,10 @@
 """Cleaning with the learned inpainting network: :func:`inpaint`, and ``kercr.detect(..., clean="network")``.
 
 The network (:func:`kercr.models.build_inpainter`, trained by :mod:`kercr.training.inpainting`
-on synthetic frames whose CR-free truth is exact) sees the frame normalized as it was trained
-(its ``normalization.json``: sky and noise of the frame, asinh stretch, no clipping) with the
-pixels to replace set to 0, and their mask. It runs on the tiles (64, 128 or 256 pixels, whichever
+on synthetic frames whose CR-free truth is exact) sees the frame less its smooth local level
+(:data:`LEVEL_BLOCK`-pixel blocks, added back to its values), normalized as it was trained (its
+``normalization.json``: sky and noise of the frame, asinh stretch, no clipping), with the pixels to
+replace set to 0, and their mask. It runs on the tiles (64, 128 or 256 pixels, whichever
 predicts the fewest pixels in all; margins of its receptive field) that hold a pixel to replace; its values there are turned back into the image's
 units (:func:`kercr.data.normalization.denormalize`). Every other pixel is the input's (as
 float32) bit for bit, NaN and ignored pixels included, as with :func:`kercr.data.clean_image`.
@@ -30,9 +31,10 @@ from typing import Callable
 
 import numpy as np
 
-from kercr.data.cleaning import as_bool_mask, masked_input
+from kercr.data.cleaning import as_bool_mask, masked_input, nearest_block_medians
 from kercr.data.errors import KercrDataError
-from kercr.data.normalization import NormalizationConfig, denormalize, local_background_noise, normalize
+from kercr.data.normalization import NormalizationConfig, denormalize, normalize
+from kercr.data.robust_stats import fill_and_smooth, upsample_bilinear
 from kercr.detection.loading import prebuilt_files, round_up
 from kercr.detection.runtimes import litert_available
 from kercr.detection.tiling import axis_plan
@@ -214,11 +216,11 @@ def inpaint(image, mask, *, ignore=None, model="default", runtime="auto", num_th
     if (bad | replace).all():
         raise KercrDataError("every pixel of the image is ignored or to be replaced; nothing to inpaint from.")
     net = load_inpainter(model, runtime, num_threads)
-    # The network sees the image less its smooth local level (blocks of the normalization's size), which is
+    # The network sees the image less its smooth local level (LEVEL_BLOCK-pixel blocks), which is
     # added back: it was trained on frames of one sky, and on a galaxy or a gradient hundreds of sigma above
     # the frame's sky its asinh-stretched values lose the precision to give the level back (-460 ADU on a
     # +2000 ADU half of a frame, where the median cleaner is within the noise; benchmarks/clean_levels.py).
-    level = _smooth_level(img, bad | replace, net.normalization)
+    level = _smooth_level(img, bad | replace)
     normalized, params = normalize(img - level, mask=bad | replace, config=net.normalization)
     values = _predict_where(normalized, bad | replace, replace, net.predict, net.margin, net.multiple,
                             int(batch_size))
@@ -226,15 +228,15 @@ def inpaint(image, mask, *, ignore=None, model="default", runtime="auto", num_th
     return out
 
 
-def _smooth_level(img, hidden, config: NormalizationConfig) -> np.ndarray:
-    """The image's local background (float32): :func:`kercr.data.normalization.local_background_noise`
-    over :data:`LEVEL_BLOCK`-pixel blocks, the ``hidden`` pixels left out; zeros for an image too small
-    for them."""
-    config = dataclasses.replace(config, block_size=LEVEL_BLOCK)
-    if min(img.shape) < 2 * LEVEL_BLOCK:
-        return np.zeros(img.shape, np.float32)
-    background, _, _, _ = local_background_noise(img, mask=hidden, config=config)
-    return background.astype(np.float32)
+def _smooth_level(img, hidden) -> np.ndarray:
+    """The image's smooth local level (float32, image units): the median of the good pixels (finite,
+    not ``hidden``) of each :data:`LEVEL_BLOCK`-pixel block (a block with under a quarter of them
+    takes the nearest block's with enough, however large the hole), median-filtered over 3 x 3
+    blocks (a star or a CR shower cannot stand out) and interpolated bilinearly to every pixel."""
+    good = np.isfinite(img) & ~hidden
+    grid = nearest_block_medians(img, good, LEVEL_BLOCK, min_good=LEVEL_BLOCK * LEVEL_BLOCK // 4)
+    grid = fill_and_smooth(grid, float(np.median(grid)))
+    return upsample_bilinear(grid, img.shape, LEVEL_BLOCK).astype(np.float32)
 
 
 def _tile_plan(replace, margin, multiple):

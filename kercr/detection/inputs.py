@@ -56,12 +56,18 @@ def _blank_as_nan(data, header):
     value: a gap, a dead amplifier), as ``read_ccd`` reads them. astropy hands such pixels over as
     ``BLANK x BSCALE + BZERO`` (0 for uint16 stored with ``BZERO = 32768``; the raw value in an HDU
     made in memory), numbers that must not be taken for pixel values."""
-    if header is None or "BLANK" not in header or not np.issubdtype(np.asarray(data).dtype, np.integer):
+    dtype = np.asarray(data).dtype
+    if header is None or "BLANK" not in header or not np.issubdtype(dtype, np.integer):
         return data
     try:
-        value = int(header["BLANK"]) * float(header.get("BSCALE", 1.0)) + float(header.get("BZERO", 0.0))
+        blank, bscale, bzero = int(header["BLANK"]), float(header.get("BSCALE", 1.0)), float(header.get("BZERO", 0.0))
     except (TypeError, ValueError):
         return data
+    stored = {8: np.uint8, 16: np.int16, 32: np.int32, 64: np.int64}.get(header.get("BITPIX"))
+    # The stored integers themselves (no scaling, or astropy told not to scale): BLANK as it is; else
+    # astropy's scaled view (uint16 for BZERO = 32768): BLANK scaled as the data were.
+    raw = stored is not None and (dtype.kind, dtype.itemsize) == (np.dtype(stored).kind, np.dtype(stored).itemsize)
+    value = blank if (bscale, bzero) == (1.0, 0.0) or raw else blank * bscale + bzero
     hit = np.asarray(data) == value
     if not hit.any():
         return data

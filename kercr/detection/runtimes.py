@@ -158,7 +158,14 @@ def prepare_runtime(loaded: LoadedModel, runtime: str) -> None:
     worker's start (:func:`kercr.detection.batch.detect_files`). Nothing for ``runtime="keras"``."""
     if not runtime.startswith("tflite"):
         return
-    source = _tflite_model(loaded, runtime)
+    try:
+        source = _tflite_model(loaded, runtime)
+    except (ValueError, OSError):  # kercr's own errors (a detection-only install, ...): as they are
+        raise
+    except Exception as err:  # the TFLite converter's
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise ModelLoadError(f"{loaded.name}: converting it to TFLite ({runtime}) failed ({text}); pass "
+                             "runtime='keras' (--runtime keras).") from err
     try:
         TFLiteRunner(source, num_threads=1)
     except Exception as err:  # LiteRT's own errors: RuntimeError, ValueError

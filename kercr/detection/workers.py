@@ -81,7 +81,8 @@ def init_worker(model_ref: str, options: dict, threads: int, log_level: int) -> 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [worker %(process)d] %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
-    log.setLevel(max(log_level, logging.ERROR))  # the parent loaded this model already and said what it had to
+    # The parent loaded this model already and said what it had to (its warnings); -vv's debug lines stay.
+    log.setLevel(log_level if log_level <= logging.DEBUG else max(log_level, logging.ERROR))
     try:
         loaded = load_model(model_ref)
         predictor(loaded, resolve_runtime(options["runtime"], loaded), tta=resolve_tta(options["tta"], loaded),

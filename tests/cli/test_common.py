@@ -207,6 +207,30 @@ def test_run_reports_interrupts_and_lets_bugs_show(capsys, kercr_logger):
     assert not any(isinstance(f, common._QuietTensorFlowFinder) for f in sys.meta_path)  # nothing left behind
 
 
+def test_run_names_a_missing_full_install_package_but_not_a_broken_one(capsys, kercr_logger, monkeypatch):
+    """Without TensorFlow or Keras (the detection-only install): one line. With Keras installed but a
+    part of it missing (a version mismatch): the real error, not 'this install lacks keras'."""
+    import argparse
+    import importlib.util
+
+    parser = add_verbosity(argparse.ArgumentParser(prog="kercr-x"))
+
+    def needs(name):
+        def main(parser, args):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    assert run(parser, needs("tensorflow.lite"), []) == 1
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("kercr-x: error: needs tensorflow, which this install lacks") and "\n" not in line
+    with pytest.raises(ModuleNotFoundError):
+        run(parser, needs("keras.src.no_such_module"), [])  # keras is installed here
+    with pytest.raises(ModuleNotFoundError):
+        run(parser, needs("no_such_package"), [])  # not one of the full install's
+
+
 def test_run_ends_the_process_at_once_after_an_error_that_asks_for_it(capsys, kercr_logger, monkeypatch):
     """A lost worker (LostWorkerError.exit_at_once): the error line, then os._exit (_exit_at_once), not the teardown."""
     import argparse

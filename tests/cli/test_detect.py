@@ -129,6 +129,7 @@ def test_mef_every_ccd_gets_a_mask(tiny, tmp_path):
 def test_clean_writes_a_float32_clean_extension_beside_each_mask(tiny, tmp_path):
     src = _mef(tmp_path / "c4d_clean_ooi_r.fits", names=("N4", "S22"))
     with fits.open(src, mode="update") as hdul:  # what a reduction leaves: its history, the data's range
+        hdul[0].header["PC1_1"], hdul[0].header["CDELT1"] = 1.0, 7e-5  # a WCS in the primary: not the images'
         for name in ("N4", "S22"):
             hdul[name].header["DATAMAX"] = 65000.0
             hdul[name].header.add_history("flat-fielded")
@@ -154,6 +155,7 @@ def test_clean_writes_a_float32_clean_extension_beside_each_mask(tiny, tmp_path)
             # the primary header's it lacks (EXPTIME), its HISTORY and one saying what was done.
             assert (h["GAIN"], h["RDNOISE"], h["SATURATE"]) == (4.0, 7.0, 45000.0) and "BUNIT" not in h
             assert h["EXPTIME"] == 90.0 and h["INSTRUME"] == "DECam" and "DATAMAX" not in h
+            assert "PC1_1" not in h and "CDELT1" not in h  # the image's own WCS stays whole, as on its mask
             history = [str(x) for x in h["HISTORY"]]
             assert history[0] == "flat-fielded" and "CR pixels replaced (median)" in history[-1]
     # A method by name, with the probability: CRMASK, CRPROB, CLEAN for a single-image file.

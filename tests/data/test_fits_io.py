@@ -266,6 +266,21 @@ def test_a_primary_header_that_grows_keeps_the_input_bytes_after_it(tmp_path, im
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grown.fits"]
 
 
+@pytest.mark.parametrize("cards", [1, 60])  # written in place, and grown
+def test_an_archives_checksum_is_of_the_new_primary_header(tmp_path, image, cards):
+    src = tmp_path / "src.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image, name="N4")]).writeto(src, checksum=True)
+    with new_fits_file(tmp_path / "out.fits", copy_of=src) as f:
+        f.update_primary({f"KCRX{i:04d}": i for i in range(cards)})
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with fits.open(tmp_path / "out.fits", checksum=True) as hdul:
+            assert hdul[0].header["KCRX0000"] == 0
+    assert not [str(w.message) for w in caught if "hecksum" in str(w.message)]
+
+
 def test_an_interrupt_while_the_primary_header_grows_leaves_nothing(tmp_path, image, monkeypatch):
     """SIGTERM becomes KeyboardInterrupt in kercr-detect; one that lands while a grown header is
     written must not leave a file beside the outputs (astropy's update mode leaves a tmpXXXX)."""

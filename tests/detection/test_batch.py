@@ -608,7 +608,7 @@ def test_a_model_file_litert_cannot_load_stops_the_batch_before_any_file(tmp_pat
 
 
 def test_log_lines_number_files_within_the_whole_list(tmp_path, caplog):
-    """A file listed twice is reported as [2/4]; the ones after it keep their own numbers."""
+    """A file listed twice is reported as [2/3]; the one after it keeps its own number."""
     a, b = _single(tmp_path / "a.fits", 30), _single(tmp_path / "b.fits", 31)
     with caplog.at_level("INFO", logger="kercr"):
         result = detect_files([a, a, b], out_dir=tmp_path / "out", jobs=1)

@@ -218,3 +218,19 @@ def test_blank_pixels_of_an_hdu_or_a_ccddata_are_ignored_as_read_ccd_makes_them_
         assert r.ignored[blank].all() and not r.mask[blank].any()
     np.testing.assert_array_equal(from_hdu.probability, from_file.probability)
     assert (from_memory.ignored == from_file.ignored).all()
+
+
+def test_blank_of_raw_stored_integers_is_the_header_value(tmp_path):
+    """Data astropy was told not to scale (do_not_scale_image_data) hold the stored integers: BLANK
+    itself marks the gaps there, not BLANK x BSCALE + BZERO."""
+    from kercr.detection.inputs import _blank_as_nan
+
+    raw = np.array([[-32768, 0, 5], [100, -32768, 7]], np.int16)
+    hdu = fits.PrimaryHDU(raw)
+    hdu.header["BZERO"], hdu.header["BLANK"] = 10.0, -32768
+    hdu.writeto(tmp_path / "f.fits")
+    with fits.open(tmp_path / "f.fits", do_not_scale_image_data=True) as hdul:
+        out = _blank_as_nan(hdul[0].data, hdul[0].header)  # big-endian int16, as stored
+    assert np.isnan(out[0, 0]) and np.isnan(out[1, 1]) and np.isfinite(out[0, 1])
+    with fits.open(tmp_path / "f.fits") as hdul:  # scaled by astropy: float, BLANK already NaN
+        assert np.isnan(hdul[0].data[0, 0]) and _blank_as_nan(hdul[0].data, hdul[0].header) is hdul[0].data

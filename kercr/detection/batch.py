@@ -398,8 +398,6 @@ def _run_dask(paths, scheduler: str, loaded, options, *, jobs, num_threads, prog
         except KeyboardInterrupt:
             if local:  # our own cluster goes down with us: its parts need not log each other's going
                 with contextlib.suppress(Exception):
-                    pids.update(client.run(os.getpid).values())  # workers a nanny restarted too
-                with contextlib.suppress(Exception):
                     client.run(_quiet_dask_logs)
                 _quiet_dask_logs()
             else:

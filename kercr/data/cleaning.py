@@ -37,13 +37,13 @@ from __future__ import annotations
 import logging
 import numbers
 import sys
-import warnings
 
 import numpy as np
 
 from kercr.config import CLEAN_METHODS
 from kercr.data.errors import KercrDataError
 from kercr.data.masks import as_bool_mask, dilate_mask  # noqa: F401  (public here too)
+from kercr.data.robust_stats import cut_blocks, median_last
 
 __all__ = ["CLEAN_METHODS", "DEFAULT_WINDOW", "DEFAULT_MAX_WINDOW", "DEFAULT_MIN_GOOD", "as_bool_mask",
            "check_clean_method", "clean_image", "cleaning_mask", "dilate_mask", "masked_input"]
@@ -275,13 +275,9 @@ def nearest_block_medians(image, good, block: int, *, min_good: int = 1) -> np.n
     from scipy import ndimage  # heavy: only for holes wider than the largest window
 
     ny, nx = image.shape
-    gy, gx = -(-ny // block), -(-nx // block)
-    tiles = np.full((gy * block, gx * block), np.nan, np.float32)
-    tiles[:ny, :nx] = np.where(good, image, np.nan)
-    tiles = tiles.reshape(gy, block, gx, block).transpose(0, 2, 1, 3).reshape(gy, gx, block * block)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # blocks without a good pixel: NaN
-        medians = np.nanmedian(tiles, axis=-1).astype(np.float64)
+    tiles = cut_blocks(np.where(good, image, np.nan).astype(np.float32), block, block, -(-ny // block),
+                       -(-nx // block))
+    medians = median_last(tiles)  # NaN in blocks without a good pixel
     missing = np.isfinite(tiles).sum(axis=-1) < max(1, min_good)
     if missing.all():  # no block has enough: those with any
         missing = np.isnan(medians)
@@ -300,21 +296,21 @@ def _half_widths(padded, py, px, *, window, max_window, min_good) -> np.ndarray:
     integral = np.zeros((padded.shape[0] + 1, padded.shape[1] + 1), np.int32)
     np.cumsum(np.cumsum(~np.isnan(padded), axis=0, dtype=np.int32), axis=1, out=integral[1:, 1:])
     half = np.full(py.size, -1, np.int64)  # chosen half-width; -1 = none reaches min_good yet
+    def count(rows, h):  # good pixels in the square of half-width h around each of the pixels ``rows``
+        y0, y1, x0, x1 = py[rows] - h, py[rows] + h + 1, px[rows] - h, px[rows] + h + 1
+        return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+
     for h in range(window // 2, half_max + 1):
         todo = np.nonzero(half < 0)[0]
         if todo.size == 0:
             break
-        y0, y1, x0, x1 = py[todo] - h, py[todo] + h + 1, px[todo] - h, px[todo] + h + 1
-        count = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-        half[todo[count >= min_good]] = h
+        half[todo[count(todo, h) >= min_good]] = h
     short = np.nonzero(half < 0)[0]
     if short.size:
         logger.debug("%d CR pixels have fewer than %d good pixels within %d x %d; using those there are",
                      short.size, min_good, max_window, max_window)
         half[short] = half_max
-        y0, y1, x0, x1 = py[short] - half_max, py[short] + half_max + 1, px[short] - half_max, px[short] + half_max + 1
-        none = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0] == 0
-        half[short[none]] = -1  # nothing to estimate from: no window to gather and sort
+        half[short[count(short, half_max) == 0]] = -1  # nothing to estimate from: no window to gather and sort
     return half
 
 

@@ -94,6 +94,16 @@ def _check_path(path) -> Path:
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh")
 
 
+def compressed_stream(p) -> str | None:
+    """``"gzip"`` or ``"bzip2"`` when the file ``p`` is such a stream (told by its first bytes, not its
+    name: no random access, so astropy decompresses it from its start), else None."""
+    with open(p, "rb") as f:
+        head = f.read(3)
+    if not head.startswith(_COMPRESSED_MAGIC):
+        return None
+    return "gzip" if head.startswith(_COMPRESSED_MAGIC[0]) else "bzip2"
+
+
 def _check_stream(p: Path) -> None:
     """A FITSFormatError when ``p`` is a gzip or bzip2 stream that ends early or is corrupt: astropy
     stops at the end of what it can decompress without a word, and the HDUs after it vanish. Each
@@ -113,11 +123,10 @@ def _stream_error(p: str, size: int, mtime_ns: int) -> str | None:
     import gzip
     import zlib
 
-    with open(p, "rb") as f:
-        head = f.read(3)
-    if not head.startswith(_COMPRESSED_MAGIC):
+    kind = compressed_stream(p)
+    if kind is None:
         return None
-    opener = gzip.open if head.startswith(b"\x1f\x8b") else bz2.open
+    opener = gzip.open if kind == "gzip" else bz2.open
     try:
         with opener(p, "rb") as stream:
             while stream.read(1 << 24):

@@ -28,7 +28,7 @@ from astropy.nddata import CCDData
 from kercr._version import __version__
 from kercr.data.errors import KercrDataError
 from kercr.data.masks import as_bool_mask
-from kercr.data.fits_read import _COMPRESSED_MAGIC, CCDFrame, _check_path, _open
+from kercr.data.fits_read import CCDFrame, _check_path, _open, compressed_stream
 
 __all__ = ["FITSWriter", "image_header", "new_fits_file", "utc_now", "wcs_header", "write_fits_with_mask"]
 
@@ -201,9 +201,7 @@ def partial_tag(pid: int | None = None) -> str:
 def _copy_fits(src: Path, tmp: Path) -> None:
     """A copy of ``src`` at ``tmp``: byte for byte, or as plain FITS for a gzip or bzip2 file (told by
     its first bytes, not its name; astropy cannot append to them)."""
-    with open(src, "rb") as f:
-        head = f.read(3)
-    if head.startswith(_COMPRESSED_MAGIC):
+    if compressed_stream(src):
         with _open(src) as hdul:
             hdul.writeto(tmp, output_verify="silentfix")
     else:

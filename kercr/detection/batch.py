@@ -259,11 +259,11 @@ def _run_files(paths, runner, *, out_dir, suffix, ext, dilate, skip_existing, sa
                 pixels, undetected = write_output(plan, ccds(bar), save_probability=save_probability, clean=clean,
                                                   log_prefix=prefix)
         except Exception as err:
-            _remove_copy(plan)
             for _ in range(len(plan.extensions) - taken):  # the file's other CCDs: not needed any more
                 _, future = next(stream, (None, None))
                 if future is not None:
                     future.cancel()
+            _remove_copy(plan)
             if (skip_existing and isinstance(err, FileExistsError) and plan.out.exists()
                     and _output_differs(plan.out, plan.path, plan.extensions, plan.single, dilate=dilate,
                                         made_by=made_by) is None):

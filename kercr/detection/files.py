@@ -596,12 +596,11 @@ def plain_copy(plan: FilePlan) -> Path | None:
     """For a gzip or bzip2 input (told by its first bytes), a plain FITS copy beside the output, under a
     hidden partial name (``.<output>.partial-<pid>.<host>-<hex>-input.fits``, which kercr-detect's leftover
     check names after a kill); None for any other input. The caller removes it when the file is done."""
-    from kercr.data.fits_read import _COMPRESSED_MAGIC  # heavy: astropy (kercr.data)
+    from kercr.data.fits_read import compressed_stream  # heavy: astropy (kercr.data)
     from kercr.data.fits_write import _copy_fits, partial_tag  # heavy: astropy (kercr.data)
 
-    with open(plan.path, "rb") as f:
-        if not f.read(3).startswith(_COMPRESSED_MAGIC):
-            return None
+    if compressed_stream(plan.path) is None:
+        return None
     plan.out.parent.mkdir(parents=True, exist_ok=True)
     copy = plan.out.with_name(f".{plan.out.name}.partial-{partial_tag()}-{secrets.token_hex(4)}-input.fits")
     try:
